@@ -1,0 +1,167 @@
+/**
+ * The agent leg: one WebSocket to a PlayAI-protocol agent (`/v1/talk/{agentId}`).
+ *
+ * Transport only: it opens the socket, sends `setup` first, decodes frames with
+ * the pure codec and hands them to the session through {@link AgentLegHandlers}.
+ * It owns its socket and heartbeat timer and releases both in `close()`.
+ */
+import WebSocket from 'ws';
+import { decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
+
+export interface AgentLegHandlers {
+  /** Socket open and `setup` sent. */
+  onOpen(): void;
+  onMessage(msg: AgentServerMessage): void;
+  onBadFrame(kind: AgentBadFrameKind, name?: string): void;
+  /** The socket is gone (closed by either side, failed to connect, or missed heartbeats). Called once. */
+  onClose(info: AgentCloseInfo): void;
+}
+
+export interface AgentCloseInfo {
+  code: number;
+  reason: string;
+  /** Set when the socket failed (network error, handshake refused, heartbeat lost). */
+  error?: string;
+  /** True when `close()` was called by us. */
+  byUs: boolean;
+}
+
+export interface AgentLegOptions {
+  /** Base URL, e.g. `wss://api.play.ai`; the socket goes to `${baseUrl}/v1/talk/${agentId}`. */
+  baseUrl: string;
+  agentId: string;
+  setup: AgentSetup;
+  handlers: AgentLegHandlers;
+  /** Largest frame accepted from the agent. */
+  maxPayload?: number;
+  /** Ping interval; the socket is terminated when a pong does not come back in time. 0 disables. */
+  heartbeatMs?: number;
+  handshakeTimeoutMs?: number;
+}
+
+/** What the session needs from an agent leg; tests may substitute their own. */
+export interface AgentLeg {
+  /** Sends one `audioIn` (base64 μ-law, already validated). Returns false if the socket is not open. */
+  sendAudio(b64: string): boolean;
+  /** Bytes queued in the socket but not yet written. */
+  readonly bufferedAmount: number;
+  readonly isOpen: boolean;
+  close(code?: number, reason?: string): void;
+}
+
+export type AgentConnector = (opts: AgentLegOptions) => AgentLeg;
+
+export const DEFAULT_AGENT_MAX_PAYLOAD = 4 * 1024 * 1024;
+
+/** Opens an agent leg over `ws`. */
+export const connectAgent: AgentConnector = (opts) => new WsAgentLeg(opts);
+
+class WsAgentLeg implements AgentLeg {
+  readonly #ws: WebSocket;
+  readonly #handlers: AgentLegHandlers;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #awaitingPong = false;
+  #closedNotified = false;
+  #byUs = false;
+  #error: string | undefined;
+
+  constructor(opts: AgentLegOptions) {
+    this.#handlers = opts.handlers;
+    const url = `${opts.baseUrl}/v1/talk/${encodeURIComponent(opts.agentId)}`;
+    this.#ws = new WebSocket(url, {
+      perMessageDeflate: false,
+      maxPayload: opts.maxPayload ?? DEFAULT_AGENT_MAX_PAYLOAD,
+      handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+    });
+    const ws = this.#ws;
+    const setupText = encodeSetup(opts.setup);
+    ws.on('open', () => {
+      ws.send(setupText);
+      const every = opts.heartbeatMs ?? 0;
+      if (every > 0) {
+        this.#heartbeat = setInterval(() => this.#beat(), every);
+        this.#heartbeat.unref();
+      }
+      this.#handlers.onOpen();
+    });
+    ws.on('pong', () => {
+      this.#awaitingPong = false;
+    });
+    ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
+    ws.on('error', (err: Error & { code?: string }) => {
+      // ws emits 'close' after 'error'; remember why.
+      this.#error ??= err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'oversized frame' : err.message || 'socket error';
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.#handlers.onBadFrame('oversized');
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      this.#error = `handshake refused with HTTP ${res.statusCode ?? '?'}`;
+      res.resume();
+      ws.terminate();
+    });
+    ws.on('close', (code, reason) => this.#notifyClose(code, reason.toString('utf8').slice(0, 200)));
+  }
+
+  get isOpen(): boolean {
+    return this.#ws.readyState === WebSocket.OPEN;
+  }
+
+  get bufferedAmount(): number {
+    return this.#ws.bufferedAmount;
+  }
+
+  sendAudio(b64: string): boolean {
+    if (this.#ws.readyState !== WebSocket.OPEN) return false;
+    this.#ws.send(encodeAudioIn(b64));
+    return true;
+  }
+
+  close(code = 1000, reason = ''): void {
+    this.#byUs = true;
+    this.#stopHeartbeat();
+    const ws = this.#ws;
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.close(code, reason);
+      // Do not wait for the agent to complete the close handshake.
+      setTimeout(() => ws.terminate(), 2000).unref();
+    } else if (ws.readyState === WebSocket.CONNECTING) {
+      ws.terminate();
+    }
+  }
+
+  #beat(): void {
+    if (this.#awaitingPong) {
+      this.#error ??= 'heartbeat lost';
+      this.#ws.terminate();
+      return;
+    }
+    this.#awaitingPong = true;
+    this.#ws.ping();
+  }
+
+  #stopHeartbeat(): void {
+    if (this.#heartbeat !== undefined) {
+      clearInterval(this.#heartbeat);
+      this.#heartbeat = undefined;
+    }
+  }
+
+  #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    if (isBinary) {
+      this.#handlers.onBadFrame('binary');
+      return;
+    }
+    const text = typeof data === 'string' ? data : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
+    const msg = decodeAgentMessage(text);
+    if (msg.type === undefined) this.#handlers.onBadFrame(msg.kind, msg.name);
+    else this.#handlers.onMessage(msg);
+  }
+
+  #notifyClose(code: number, reason: string): void {
+    this.#stopHeartbeat();
+    if (this.#closedNotified) return;
+    this.#closedNotified = true;
+    const info: AgentCloseInfo = { code, reason, byUs: this.#byUs };
+    if (this.#error !== undefined) info.error = this.#error;
+    this.#handlers.onClose(info);
+  }
+}

@@ -1,0 +1,215 @@
+/**
+ * The carrier leg: one Twilio Media Streams WebSocket.
+ *
+ * Listeners are attached in the constructor, synchronously with the upgrade,
+ * so `connected`/`start` cannot be missed. Until `start` the connection is in
+ * its handshake phase (bounded by a timer); `start` is handed to `onStart`,
+ * which either returns the handlers of a call session or refuses the stream.
+ * Afterwards every decoded frame goes to those handlers. Frames that fail to
+ * decode, carry another streamSid, or arrive out of place are reported through
+ * `onBadFrame` and dropped; the call goes on.
+ */
+import WebSocket from 'ws';
+import { decodeTwilioMessage, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
+
+/** Why a frame from Twilio was dropped (metric label). */
+export type CarrierBadFrameKind = TwilioBadFrameKind | 'wrong_stream_sid' | 'before_start' | 'duplicate_start';
+
+/** What the session receives from the carrier leg. */
+export interface CarrierHandlers {
+  onMedia(payload: string): void;
+  onMark(name: string): void;
+  onDtmf(digit: string): void;
+  onStop(): void;
+  /** The socket closed (after or without `stop`). Called once. */
+  onClose(code: number): void;
+  onBadFrame(kind: CarrierBadFrameKind, name?: string): void;
+  /** A handler threw: the session must end the call (the process must not crash). */
+  onInternalError(err: unknown): void;
+}
+
+/** What the session may send to the carrier leg: only Twilio's three outbound messages. */
+export interface CarrierLeg {
+  sendMedia(payload: string): void;
+  sendMark(name: string): void;
+  sendClear(): void;
+  close(code?: number, reason?: string): void;
+  readonly isOpen: boolean;
+  readonly bufferedAmount: number;
+}
+
+export type StartDecision =
+  | { accept: true; handlers: CarrierHandlers }
+  | { accept: false; reason: string };
+
+export interface TwilioStreamOptions {
+  startTimeoutMs: number;
+  /** Decides what to do with `start`; called at most once. */
+  onStart(start: TwilioStart, leg: CarrierLeg): StartDecision;
+  /** Handshake-phase events (bad frames before start, timeout, refusal, close before start). */
+  onHandshakeEvent(event: 'start_timeout' | 'closed_before_start' | 'refused', detail?: string): void;
+  onHandshakeBadFrame(kind: CarrierBadFrameKind, name?: string): void;
+}
+
+/** Close codes the bridge uses on the Twilio socket. */
+export const CLOSE_NORMAL = 1000;
+export const CLOSE_POLICY = 1008;
+
+export class TwilioStreamConnection implements CarrierLeg {
+  readonly #ws: WebSocket;
+  readonly #opts: TwilioStreamOptions;
+  #encoder: TwilioEncoder | undefined;
+  #streamSid = '';
+  #handlers: CarrierHandlers | undefined;
+  #startTimer: NodeJS.Timeout | undefined;
+  #done = false;
+
+  constructor(ws: WebSocket, opts: TwilioStreamOptions) {
+    this.#ws = ws;
+    this.#opts = opts;
+    ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
+    ws.on('close', (code) => this.#onClose(code));
+    ws.on('error', (err: Error & { code?: string }) => {
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.#bad('oversized');
+    });
+    this.#startTimer = setTimeout(() => {
+      this.#startTimer = undefined;
+      if (this.#handlers === undefined && !this.#done) {
+        this.#opts.onHandshakeEvent('start_timeout');
+        this.close(CLOSE_POLICY, 'start timeout');
+      }
+    }, opts.startTimeoutMs);
+  }
+
+  get isOpen(): boolean {
+    return this.#ws.readyState === WebSocket.OPEN;
+  }
+
+  get bufferedAmount(): number {
+    return this.#ws.bufferedAmount;
+  }
+
+  get streamSid(): string {
+    return this.#streamSid;
+  }
+
+  sendMedia(payload: string): void {
+    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.media(payload));
+  }
+
+  sendMark(name: string): void {
+    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.mark(name));
+  }
+
+  sendClear(): void {
+    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.clear());
+  }
+
+  close(code = CLOSE_NORMAL, reason = ''): void {
+    this.#clearStartTimer();
+    const ws = this.#ws;
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.close(code, reason);
+      setTimeout(() => ws.terminate(), 2000).unref();
+    } else if (ws.readyState === WebSocket.CONNECTING) {
+      ws.terminate();
+    }
+  }
+
+  #clearStartTimer(): void {
+    if (this.#startTimer !== undefined) {
+      clearTimeout(this.#startTimer);
+      this.#startTimer = undefined;
+    }
+  }
+
+  #bad(kind: CarrierBadFrameKind, name?: string): void {
+    if (this.#handlers !== undefined) this.#handlers.onBadFrame(kind, name);
+    else this.#opts.onHandshakeBadFrame(kind, name);
+  }
+
+  #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    try {
+      this.#dispatch(data, isBinary);
+    } catch (err) {
+      const h = this.#handlers;
+      if (h !== undefined) h.onInternalError(err);
+      else this.close(CLOSE_POLICY, 'internal error');
+    }
+  }
+
+  #dispatch(data: WebSocket.RawData, isBinary: boolean): void {
+    if (isBinary) {
+      this.#bad('binary');
+      return;
+    }
+    const msg = decodeTwilioMessage(data.toString());
+    const h = this.#handlers;
+    switch (msg.event) {
+      case undefined:
+        this.#bad(msg.kind, msg.name);
+        return;
+      case 'media':
+        if (h === undefined) this.#bad('before_start', 'media');
+        else if (msg.streamSid !== this.#streamSid) h.onBadFrame('wrong_stream_sid', 'media');
+        else h.onMedia(msg.payload);
+        return;
+      case 'mark':
+        if (h === undefined) this.#bad('before_start', 'mark');
+        else if (msg.streamSid !== this.#streamSid) h.onBadFrame('wrong_stream_sid', 'mark');
+        else h.onMark(msg.name);
+        return;
+      case 'dtmf':
+        if (h === undefined) this.#bad('before_start', 'dtmf');
+        else if (msg.streamSid !== this.#streamSid) h.onBadFrame('wrong_stream_sid', 'dtmf');
+        else h.onDtmf(msg.digit);
+        return;
+      case 'stop':
+        if (h === undefined) {
+          this.#bad('before_start', 'stop');
+          this.close(CLOSE_NORMAL, 'stopped before start');
+        } else if (msg.streamSid !== this.#streamSid) h.onBadFrame('wrong_stream_sid', 'stop');
+        else h.onStop();
+        return;
+      case 'connected':
+        return;
+      case 'start':
+        this.#onStart(msg);
+        return;
+    }
+  }
+
+  #onStart(start: TwilioStart): void {
+    if (this.#handlers !== undefined || this.#done) {
+      this.#bad('duplicate_start', 'start');
+      return;
+    }
+    this.#clearStartTimer();
+    this.#streamSid = start.streamSid;
+    this.#encoder = new TwilioEncoder(start.streamSid);
+    const decision = this.#opts.onStart(start, this);
+    if (decision.accept) {
+      this.#handlers = decision.handlers;
+    } else {
+      this.#done = true;
+      this.#encoder = undefined;
+      this.#opts.onHandshakeEvent('refused', decision.reason);
+      this.close(CLOSE_POLICY, decision.reason.slice(0, 100));
+    }
+  }
+
+  #onClose(code: number): void {
+    this.#clearStartTimer();
+    const h = this.#handlers;
+    this.#handlers = undefined;
+    this.#encoder = undefined;
+    if (h !== undefined) {
+      try {
+        h.onClose(code);
+      } catch (err) {
+        h.onInternalError(err);
+      }
+    } else if (!this.#done) this.#opts.onHandshakeEvent('closed_before_start');
+    this.#done = true;
+  }
+}

@@ -1,0 +1,23 @@
+/** `GET /healthz` (process alive), `GET /readyz` (ready for new calls), `GET /metrics`. */
+import type { FastifyInstance } from 'fastify';
+import type { Metrics } from '../metrics.js';
+import type { SessionManager } from '../session/manager.js';
+
+export async function healthRoutes(app: FastifyInstance, deps: { manager: SessionManager; metrics: Metrics }): Promise<void> {
+  const { manager, metrics } = deps;
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const body = {
+      ready: manager.ready,
+      draining: manager.draining,
+      liveCalls: manager.liveCalls,
+      reservedSlots: manager.reservedSlots,
+      capacity: manager.capacity,
+    };
+    return reply.code(body.ready ? 200 : 503).send(body);
+  });
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+}
