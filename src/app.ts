@@ -2,7 +2,7 @@
  * Builds the Fastify app and everything a running bridge needs, without
  * listening: `main.ts` listens, tests call `createBridge` with their own fakes.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
@@ -72,7 +72,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 256 * 1024,
     routerOptions: { ignoreTrailingSlash: true },
   });

@@ -478,30 +478,34 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const previous = this.#state;
     this.#state = 'closed';
     const outcome = this.#endReason ?? reason;
-    this.#clearTimer('init');
-    this.#clearTimer('tail');
-    this.#clearTimer('drain');
-    this.#clearTimer('grace');
-    this.#closeAgent();
-    if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
-    this.#pending = [];
-    this.#pendingHead = 0;
-    this.#pendingBytes = 0;
-    this.record.endedAt = new Date().toISOString();
-    this.record.endReason = outcome;
-    this.#metrics.callsTotal.labels(outcome).inc();
-    this.#log.info(
-      {
-        outcome,
-        previousState: previous,
-        durationMs: Math.round(performance.now() - this.#startedAt),
-        framesUp: this.#framesUp,
-        framesDown: this.#framesDown,
-        bargeIns: this.#bargeIns,
-      },
-      'call ended',
-    );
-    this.#d.onClosed(this);
+    try {
+      this.#clearTimer('init');
+      this.#clearTimer('tail');
+      this.#clearTimer('drain');
+      this.#clearTimer('grace');
+      this.#closeAgent();
+      if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
+      this.#pending = [];
+      this.#pendingHead = 0;
+      this.#pendingBytes = 0;
+      this.record.endedAt = new Date().toISOString();
+      this.record.endReason = outcome;
+      this.#metrics.callsTotal.labels(outcome).inc();
+      this.#log.info(
+        {
+          outcome,
+          previousState: previous,
+          durationMs: Math.round(performance.now() - this.#startedAt),
+          framesUp: this.#framesUp,
+          framesDown: this.#framesDown,
+          bargeIns: this.#bargeIns,
+        },
+        'call ended',
+      );
+    } finally {
+      // The slot is given back whatever happened above.
+      this.#d.onClosed(this);
+    }
   }
 
   // ---------------------------------------------------------------- helpers

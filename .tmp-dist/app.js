@@ -1,0 +1,79 @@
+/**
+ * Builds the Fastify app and everything a running bridge needs, without
+ * listening: `main.ts` listens, tests call `createBridge` with their own fakes.
+ */
+import Fastify, { LogController } from 'fastify';
+import formbody from '@fastify/formbody';
+import websocket from '@fastify/websocket';
+import { connectAgent as wsConnectAgent } from './agent/leg.js';
+import { LocalCallControl, TwilioRestCallControl } from './carrier/twilio/callControl.js';
+import { healthRoutes } from './http/health.js';
+import { mediaStreamRoute } from './http/mediaStream.js';
+import { twilioWebhooks } from './http/twilioWebhooks.js';
+import { Metrics } from './metrics.js';
+import { SessionManager } from './session/manager.js';
+/** Largest frame accepted from Twilio (real frames are ~300 bytes). */
+export const TWILIO_MAX_PAYLOAD = 64 * 1024;
+export const AGENT_HEARTBEAT_MS = 5_000;
+export async function createBridge(config, logger, overrides = {}) {
+    const manager = new SessionManager({
+        maxConcurrentCalls: config.maxConcurrentCalls,
+        tokenTtlMs: config.timeouts.streamTokenTtlMs,
+        defaultAgentId: config.playai.defaultAgentId,
+        routes: config.routes,
+        forceAgentId: config.localAgent ? config.playai.defaultAgentId : undefined,
+        onReservationExpired: (callSid) => {
+            metrics.streamRejectedTotal.labels('reservation_expired').inc();
+            logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
+        },
+    });
+    const metrics = new Metrics({
+        liveCalls: () => manager.liveCalls,
+        reservedSlots: () => manager.reservedSlots,
+        capacity: () => manager.capacity,
+    });
+    const say = { voice: config.messages.voice, language: config.messages.language };
+    const callControl = overrides.callControl ??
+        (config.twilio.accountSid !== undefined && config.twilio.authToken !== undefined
+            ? new TwilioRestCallControl(config.twilio.accountSid, config.twilio.authToken, say, logger)
+            : new LocalCallControl());
+    const settings = {
+        agentBaseUrl: overrides.agentBaseUrl ?? config.playai.wsUrl,
+        apiKey: config.playai.apiKey,
+        agentInitTimeoutMs: config.timeouts.agentInitTimeoutMs,
+        hangupDrainMs: config.timeouts.hangupDrainMs,
+        callControlGraceMs: config.timeouts.callControlGraceMs,
+        markIntervalMs: config.media.markIntervalMs,
+        preInitBufferMs: config.media.preInitBufferMs,
+        apologyText: config.messages.apology,
+        agentHeartbeatMs: AGENT_HEARTBEAT_MS,
+    };
+    const app = Fastify({
+        loggerInstance: logger,
+        logController: new LogController({ disableRequestLogging: true }),
+        bodyLimit: 256 * 1024,
+        routerOptions: { ignoreTrailingSlash: true },
+    });
+    await app.register(formbody);
+    await app.register(websocket, {
+        options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false },
+    });
+    await app.register(healthRoutes, { manager, metrics });
+    await app.register(twilioWebhooks, { config, manager, metrics });
+    await app.register(mediaStreamRoute, {
+        config,
+        manager,
+        metrics,
+        logger,
+        callControl,
+        connectAgent: overrides.connectAgent ?? wsConnectAgent,
+        settings,
+    });
+    app.addHook('onClose', async () => {
+        for (const s of [...manager.sessions()])
+            s.close('shutdown');
+        manager.dispose();
+    });
+    return { app, manager, metrics, callControl, settings };
+}
+//# sourceMappingURL=app.js.map

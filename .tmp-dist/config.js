@@ -1,0 +1,171 @@
+/**
+ * Configuration: the only module that reads `process.env`.
+ *
+ * Every variable is validated at boot; a bad or missing value throws a
+ * {@link ConfigError} whose message names the variable, and `main` prints it
+ * and exits before anything listens.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+export class ConfigError extends Error {
+    name = 'ConfigError';
+}
+const emptyToUndefined = (v) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const optionalString = z.preprocess(emptyToUndefined, z.string().optional());
+const intIn = (min, max, def) => z.preprocess(emptyToUndefined, z.coerce.number().int().min(min).max(max).default(def));
+const envSchema = z.object({
+    PORT: intIn(0, 65535, 8080),
+    HOST: z.preprocess(emptyToUndefined, z.string().default('0.0.0.0')),
+    LOG_LEVEL: z.preprocess(emptyToUndefined, z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
+    PUBLIC_URL: optionalString,
+    TWILIO_ACCOUNT_SID: z.preprocess(emptyToUndefined, z.string().regex(/^AC[0-9a-fA-F]{32}$/, 'must look like AC followed by 32 hex digits').optional()),
+    TWILIO_AUTH_TOKEN: optionalString,
+    PLAYAI_API_KEY: optionalString,
+    PLAYAI_AGENT_ID: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be letters, digits, - or _').optional()),
+    PLAYAI_WS_URL: z.preprocess(emptyToUndefined, z.string().default('wss://api.play.ai')),
+    ROUTES_FILE: optionalString,
+    MAX_CONCURRENT_CALLS: intIn(1, 100_000, 50),
+    DATA_DIR: z.preprocess(emptyToUndefined, z.string().default('./data')),
+    LOCAL_AGENT_PORT: intIn(0, 65535, 0),
+    LOCAL_AGENT_MODE: z.preprocess(emptyToUndefined, z.enum(['echo-test', 'echo']).default('echo-test')),
+    STREAM_TOKEN_TTL_S: intIn(1, 120, 10),
+    START_TIMEOUT_MS: intIn(100, 60_000, 5_000),
+    AGENT_INIT_TIMEOUT_MS: intIn(100, 60_000, 10_000),
+    HANGUP_DRAIN_TIMEOUT_MS: intIn(0, 120_000, 10_000),
+    CALL_CONTROL_GRACE_MS: intIn(0, 60_000, 5_000),
+    MARK_INTERVAL_MS: intIn(20, 2_000, 160),
+    PREINIT_BUFFER_MS: intIn(0, 60_000, 15_000),
+    APOLOGY_TEXT: z.preprocess(emptyToUndefined, z.string().max(1000).default('Sorry, we are having trouble connecting your call. Please try again later. Goodbye.')),
+    BUSY_TEXT: z.preprocess(emptyToUndefined, z.string().max(1000).default('Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.')),
+    SAY_VOICE: optionalString,
+    SAY_LANGUAGE: optionalString,
+});
+const routeSchema = z
+    .object({
+    agentId: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/),
+    prompt: z.string().max(10_000).optional(),
+    customGreeting: z.string().max(1_000).optional(),
+})
+    .strict();
+const routesFileSchema = z.record(z.string().regex(/^\+[1-9]\d{1,14}$/, 'keys must be E.164 numbers like +15551234567'), routeSchema);
+function formatIssue(issue) {
+    const name = issue.path.length ? String(issue.path[0]) : '(env)';
+    return `${name}: ${issue.message}`;
+}
+/** Parses the number-routing JSON file. Exported for tests. */
+export function parseRoutesFile(path) {
+    let raw;
+    try {
+        raw = JSON.parse(readFileSync(path, 'utf8'));
+    }
+    catch (err) {
+        throw new ConfigError(`ROUTES_FILE: cannot read ${path} as JSON (${err.message})`);
+    }
+    const parsed = routesFileSchema.safeParse(raw);
+    if (!parsed.success) {
+        const first = parsed.error.issues[0];
+        const where = first ? first.path.join('.') : '';
+        throw new ConfigError(`ROUTES_FILE: ${path}: ${where ? `${where}: ` : ''}${first?.message ?? 'invalid'}`);
+    }
+    const routes = new Map();
+    for (const [number, route] of Object.entries(parsed.data))
+        routes.set(number, route);
+    return routes;
+}
+function parseUrl(name, value, schemes) {
+    let url;
+    try {
+        url = new URL(value);
+    }
+    catch {
+        throw new ConfigError(`${name}: not a valid URL: ${JSON.stringify(value)}`);
+    }
+    if (!schemes.includes(url.protocol)) {
+        throw new ConfigError(`${name}: scheme must be one of ${schemes.join(', ')} (got ${url.protocol})`);
+    }
+    return url;
+}
+/** The id the local agent answers for when no PLAYAI_AGENT_ID is configured. */
+export const LOCAL_AGENT_ID = 'local-echo';
+/**
+ * Builds the configuration from an environment map (normally `process.env`).
+ * Throws {@link ConfigError} naming the first bad variable.
+ */
+export function loadConfig(env = process.env) {
+    const parsed = envSchema.safeParse(env);
+    if (!parsed.success) {
+        throw new ConfigError(parsed.error.issues.map(formatIssue).join('; '));
+    }
+    const e = parsed.data;
+    const localAgent = e.PLAYAI_API_KEY === undefined;
+    if (!localAgent && e.PLAYAI_AGENT_ID === undefined) {
+        throw new ConfigError('PLAYAI_AGENT_ID: required when PLAYAI_API_KEY is set (the agent for numbers without a route)');
+    }
+    if (e.TWILIO_ACCOUNT_SID !== undefined && e.TWILIO_AUTH_TOKEN === undefined) {
+        throw new ConfigError('TWILIO_AUTH_TOKEN: required when TWILIO_ACCOUNT_SID is set');
+    }
+    let publicUrl;
+    if (e.PUBLIC_URL === undefined) {
+        if (e.TWILIO_AUTH_TOKEN !== undefined) {
+            throw new ConfigError('PUBLIC_URL: required when TWILIO_AUTH_TOKEN is set (the https origin Twilio reaches, used to check signatures)');
+        }
+        const host = e.HOST === '0.0.0.0' || e.HOST === '::' ? '127.0.0.1' : e.HOST;
+        publicUrl = `http://${host.includes(':') ? `[${host}]` : host}:${e.PORT}`;
+    }
+    else {
+        const url = parseUrl('PUBLIC_URL', e.PUBLIC_URL, ['https:', 'http:']);
+        if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username || url.password) {
+            throw new ConfigError(`PUBLIC_URL: must be an origin only, like https://voice.example.com (got ${JSON.stringify(e.PUBLIC_URL)})`);
+        }
+        publicUrl = url.origin;
+    }
+    const streamUrl = `${publicUrl.replace(/^http/, 'ws')}/twilio/media-stream`;
+    const wsUrl = parseUrl('PLAYAI_WS_URL', e.PLAYAI_WS_URL, ['wss:', 'ws:']);
+    if (wsUrl.search || wsUrl.hash)
+        throw new ConfigError('PLAYAI_WS_URL: must not have a query string or fragment');
+    let routes = new Map();
+    let routesFile;
+    if (e.ROUTES_FILE !== undefined) {
+        routesFile = resolve(e.ROUTES_FILE);
+        if (!existsSync(routesFile))
+            throw new ConfigError(`ROUTES_FILE: file not found: ${routesFile}`);
+        routes = parseRoutesFile(routesFile);
+    }
+    return {
+        port: e.PORT,
+        host: e.HOST,
+        logLevel: e.LOG_LEVEL,
+        publicUrl,
+        streamUrl,
+        twilio: { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN },
+        playai: {
+            apiKey: e.PLAYAI_API_KEY,
+            defaultAgentId: e.PLAYAI_AGENT_ID ?? LOCAL_AGENT_ID,
+            wsUrl: wsUrl.href.replace(/\/+$/, ''),
+        },
+        localAgent,
+        localAgentOptions: { port: e.LOCAL_AGENT_PORT, mode: e.LOCAL_AGENT_MODE },
+        routes,
+        routesFile,
+        maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
+        dataDir: resolve(e.DATA_DIR),
+        timeouts: {
+            streamTokenTtlMs: e.STREAM_TOKEN_TTL_S * 1000,
+            startTimeoutMs: e.START_TIMEOUT_MS,
+            agentInitTimeoutMs: e.AGENT_INIT_TIMEOUT_MS,
+            hangupDrainMs: e.HANGUP_DRAIN_TIMEOUT_MS,
+            callControlGraceMs: e.CALL_CONTROL_GRACE_MS,
+        },
+        media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS },
+        messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
+    };
+}
+/** Loads `.env` from the working directory into `process.env` if present (existing variables win). */
+export function loadDotEnv(path = '.env') {
+    if (!existsSync(path))
+        return false;
+    process.loadEnvFile(path);
+    return true;
+}
+//# sourceMappingURL=config.js.map

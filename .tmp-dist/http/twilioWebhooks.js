@@ -1,0 +1,62 @@
+import { z } from 'zod';
+import { connectStreamTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import { webhookAuth } from './twilioAuth.js';
+const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
+const voiceBody = z.object({
+    CallSid: sid,
+    From: z.string().max(256).optional().default(''),
+    To: z.string().max(256).optional().default(''),
+    Direction: z.string().max(64).optional().default('inbound'),
+});
+const statusBody = z.object({
+    CallSid: sid,
+    CallStatus: z.string().min(1).max(32),
+    SequenceNumber: z.coerce.number().int().min(0).optional(),
+    CallDuration: z.coerce.number().int().min(0).optional(),
+    From: z.string().max(256).optional(),
+    To: z.string().max(256).optional(),
+    Direction: z.string().max(64).optional(),
+});
+const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
+export async function twilioWebhooks(app, deps) {
+    const { config, manager, metrics } = deps;
+    const authOpts = { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics };
+    const say = { voice: config.messages.voice, language: config.messages.language };
+    app.post('/twilio/voice', { preValidation: webhookAuth(authOpts, 'voice'), bodyLimit: 64 * 1024 }, async (req, reply) => {
+        const parsed = voiceBody.safeParse(req.body);
+        if (!parsed.success) {
+            return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio voice webhook with CallSid' });
+        }
+        const call = parsed.data;
+        const log = req.log.child({ callSid: call.CallSid });
+        const admitted = manager.admit({ callSid: call.CallSid, from: call.From, to: call.To, direction: call.Direction });
+        reply.type('text/xml');
+        if (!admitted.ok) {
+            metrics.refusedTotal.labels(admitted.reason).inc();
+            log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
+            return sayHangupTwiml(config.messages.busy, say);
+        }
+        log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
+        return connectStreamTwiml(config.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
+    });
+    app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {
+        const parsed = statusBody.safeParse(req.body);
+        if (!parsed.success) {
+            return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio status callback with CallSid and CallStatus' });
+        }
+        const b = parsed.data;
+        manager.recordStatus(b.CallSid, b.CallStatus, {
+            sequence: b.SequenceNumber,
+            duration: b.CallDuration,
+            from: b.From,
+            to: b.To,
+            direction: b.Direction,
+        });
+        req.log.info({ callSid: b.CallSid, status: b.CallStatus, sequence: b.SequenceNumber }, 'call status');
+        // A finished call cannot keep a session: end it even if its socket lingers.
+        if (TERMINAL_STATUSES.has(b.CallStatus))
+            manager.getSession(b.CallSid)?.close('caller_hangup');
+        return reply.code(204).send();
+    });
+}
+//# sourceMappingURL=twilioWebhooks.js.map

@@ -1,0 +1,83 @@
+/**
+ * Prometheus metrics (prom-client), one registry per app instance.
+ *
+ * Per-frame counts are plain integer fields bumped on the media hot path and
+ * copied into the prom-client counters only when /metrics is scraped, so a
+ * frame costs an integer increment, not a label lookup.
+ */
+import client from 'prom-client';
+export class Metrics {
+    registry = new client.Registry();
+    /** Hot-path tallies, exported at scrape time. */
+    framesUp = 0;
+    bytesUp = 0;
+    framesDown = 0;
+    bytesDown = 0;
+    /** Caller frames that could not be delivered to the agent (buffer overflow, agent gone). */
+    framesLost = 0;
+    /** Agent frames dropped on purpose after a barge-in. */
+    framesDroppedAfterBargeIn = 0;
+    callsTotal;
+    refusedTotal;
+    streamRejectedTotal;
+    bargeInsTotal;
+    marksTotal;
+    badFramesTotal;
+    agentErrorsTotal;
+    agentUnknownMessagesTotal;
+    webhookSignatureFailures;
+    firstAgentAudioSeconds;
+    bargeInClearSeconds;
+    agentInitSeconds;
+    constructor(sources) {
+        const registers = [this.registry];
+        client.collectDefaultMetrics({ register: this.registry, prefix: 'playline_' });
+        new client.Gauge({ name: 'playline_calls_live', help: 'Calls with a live media session', registers, collect() { this.set(sources.liveCalls()); } });
+        new client.Gauge({ name: 'playline_slots_reserved', help: 'Capacity reserved by /twilio/voice for streams not yet started', registers, collect() { this.set(sources.reservedSlots()); } });
+        new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls', registers, collect() { this.set(sources.capacity()); } });
+        const self = this;
+        const frameCounter = (name, help, get) => new client.Counter({
+            name,
+            help,
+            labelNames: ['direction'],
+            registers,
+            collect() {
+                this.reset();
+                this.labels('caller_to_agent').inc(get('caller_to_agent'));
+                this.labels('agent_to_caller').inc(get('agent_to_caller'));
+            },
+        });
+        frameCounter('playline_media_frames_total', 'Media messages forwarded', (d) => (d === 'caller_to_agent' ? self.framesUp : self.framesDown));
+        frameCounter('playline_media_bytes_total', 'Audio bytes forwarded (decoded size)', (d) => (d === 'caller_to_agent' ? self.bytesUp : self.bytesDown));
+        new client.Counter({ name: 'playline_caller_frames_lost_total', help: 'Caller frames that could not be delivered to the agent', registers, collect() { this.reset(); this.inc(self.framesLost); } });
+        new client.Counter({ name: 'playline_agent_frames_dropped_total', help: 'Agent audio frames dropped after a barge-in (late audio of an interrupted response)', registers, collect() { this.reset(); this.inc(self.framesDroppedAfterBargeIn); } });
+        this.callsTotal = new client.Counter({ name: 'playline_calls_total', help: 'Ended calls by outcome', labelNames: ['outcome'], registers });
+        this.refusedTotal = new client.Counter({ name: 'playline_calls_refused_total', help: 'Calls refused at the webhook', labelNames: ['reason'], registers });
+        this.streamRejectedTotal = new client.Counter({ name: 'playline_streams_rejected_total', help: 'Media streams closed before a session started', labelNames: ['reason'], registers });
+        this.bargeInsTotal = new client.Counter({ name: 'playline_barge_ins_total', help: 'Agent playback cleared because the caller spoke', registers });
+        this.marksTotal = new client.Counter({ name: 'playline_marks_total', help: 'Playback marks', labelNames: ['kind'], registers });
+        this.badFramesTotal = new client.Counter({ name: 'playline_bad_frames_total', help: 'Frames dropped as malformed or out of place', labelNames: ['leg', 'kind'], registers });
+        this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent error frames', labelNames: ['code', 'fatal'], registers });
+        this.agentUnknownMessagesTotal = new client.Counter({ name: 'playline_agent_unknown_messages_total', help: 'Agent messages of an unknown type (ignored)', registers });
+        this.webhookSignatureFailures = new client.Counter({ name: 'playline_signature_failures_total', help: 'Requests refused for a missing or invalid X-Twilio-Signature', labelNames: ['route'], registers });
+        this.firstAgentAudioSeconds = new client.Histogram({
+            name: 'playline_first_agent_audio_seconds',
+            help: 'Time from stream start to the first agent audio sent to the caller',
+            buckets: [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10],
+            registers,
+        });
+        this.bargeInClearSeconds = new client.Histogram({
+            name: 'playline_barge_in_clear_seconds',
+            help: 'Time from the agent voiceActivityStart to the Twilio clear being written',
+            buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+            registers,
+        });
+        this.agentInitSeconds = new client.Histogram({
+            name: 'playline_agent_init_seconds',
+            help: 'Time from opening the agent socket to its init',
+            buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+            registers,
+        });
+    }
+}
+//# sourceMappingURL=metrics.js.map

@@ -1,0 +1,1129 @@
+/**
+ * Twilio simulator: plays the part of Twilio against a Playline bridge.
+ *
+ * - {@link parseTwiml}: a tolerant reader for the TwiML verbs the bridge answers with.
+ * - {@link postVoiceWebhook}: the signed `POST /twilio/voice` Twilio makes when a call arrives.
+ * - {@link FakeTwilioStream}: one Media Streams WebSocket, driven step by step. It checks
+ *   every message the bridge sends the way Twilio does (31950/31951/31924 become
+ *   `violations`), emulates Twilio's playback buffer (real-time playback, `mark`
+ *   echoes, `clear`) and records what the caller heard.
+ * - {@link placeCall} / {@link placeCalls}: whole calls, paced at 20 ms per frame by one
+ *   drift-corrected timer per call (used by tests, `npm run call` and load benchmarks).
+ *
+ * Behaviour follows docs/reference of Twilio (shared/reference/twilio.md), not the bridge.
+ */
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import twilio from 'twilio';
+import WebSocket from 'ws';
+import { base64ByteLength, isBase64 } from '../audio/base64.js';
+// ---------------------------------------------------------------------------
+// Ids and small helpers
+// ---------------------------------------------------------------------------
+const hex32 = () => randomBytes(16).toString('hex');
+/** `CA` + 32 hex digits, like a Twilio CallSid. */
+export const newCallSid = () => `CA${hex32()}`;
+/** `AC` + 32 hex digits, like a Twilio AccountSid. */
+export const newAccountSid = () => `AC${hex32()}`;
+/** `MZ` + 32 hex digits, like a Twilio StreamSid. */
+export const newStreamSid = () => `MZ${hex32()}`;
+/** Bytes of 8 kHz mu-law per ms. */
+const BYTES_PER_MS = 8;
+const FRAME_MS = 20;
+const FRAME_BYTES = FRAME_MS * BYTES_PER_MS;
+const MULAW_SILENCE = 0xff;
+const SILENCE_FRAME_B64 = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE).toString('base64');
+/** Twilio discards outbound audio beyond 10 minutes buffered (31931). */
+const MAX_BUFFERED_SAMPLES = 10 * 60 * 1000 * BYTES_PER_MS;
+/** Violations kept per stream (the count keeps going). */
+const MAX_VIOLATIONS_KEPT = 1000;
+const trimSlash = (s) => s.replace(/\/+$/, '');
+/** `http(s)://` → `ws(s)://`; ws/wss kept. */
+function toWsOrigin(bridgeUrl) {
+    const u = new URL(bridgeUrl);
+    const proto = u.protocol === 'https:' || u.protocol === 'wss:' ? 'wss:' : 'ws:';
+    return `${proto}//${u.host}`;
+}
+function timeoutError(what, ms) {
+    return new Error(`twilioSim: timed out after ${ms} ms waiting for ${what}`);
+}
+const ENTITY = /&(#x[0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);/g;
+const NAMED = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+export function decodeXmlEntities(s) {
+    if (!s.includes('&'))
+        return s;
+    return s.replace(ENTITY, (whole, body) => {
+        if (body.startsWith('#x'))
+            return safeCodePoint(parseInt(body.slice(2), 16), whole);
+        if (body.startsWith('#'))
+            return safeCodePoint(parseInt(body.slice(1), 10), whole);
+        return NAMED[body] ?? whole;
+    });
+}
+function safeCodePoint(cp, fallback) {
+    return Number.isFinite(cp) && cp >= 0 && cp <= 0x10ffff ? String.fromCodePoint(cp) : fallback;
+}
+const ATTR = /([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>/]+)))?/g;
+/** Tolerant XML tokenizer: enough for TwiML (prolog, comments, CDATA, quotes containing `>`). */
+function* tokenizeXml(xml) {
+    let i = 0;
+    const n = xml.length;
+    while (i < n) {
+        const lt = xml.indexOf('<', i);
+        if (lt < 0) {
+            yield { kind: 'text', text: decodeXmlEntities(xml.slice(i)) };
+            return;
+        }
+        if (lt > i)
+            yield { kind: 'text', text: decodeXmlEntities(xml.slice(i, lt)) };
+        if (xml.startsWith('<!--', lt)) {
+            const end = xml.indexOf('-->', lt + 4);
+            i = end < 0 ? n : end + 3;
+            continue;
+        }
+        if (xml.startsWith('<![CDATA[', lt)) {
+            const end = xml.indexOf(']]>', lt + 9);
+            yield { kind: 'text', text: xml.slice(lt + 9, end < 0 ? n : end) };
+            i = end < 0 ? n : end + 3;
+            continue;
+        }
+        if (xml.startsWith('<?', lt)) {
+            const end = xml.indexOf('?>', lt + 2);
+            i = end < 0 ? n : end + 2;
+            continue;
+        }
+        // Find the closing '>' of this tag, skipping quoted attribute values.
+        let j = lt + 1;
+        let quote = '';
+        for (; j < n; j++) {
+            const c = xml[j];
+            if (quote) {
+                if (c === quote)
+                    quote = '';
+            }
+            else if (c === '"' || c === "'") {
+                quote = c;
+            }
+            else if (c === '>') {
+                break;
+            }
+        }
+        const inner = xml.slice(lt + 1, j);
+        i = j + 1;
+        if (inner.startsWith('!'))
+            continue; // DOCTYPE and friends
+        if (inner.startsWith('/')) {
+            yield { kind: 'close', name: localName(inner.slice(1).trim()) };
+            continue;
+        }
+        const selfClosing = /\/\s*$/.test(inner);
+        const body = selfClosing ? inner.replace(/\/\s*$/, '') : inner;
+        const m = /^\s*([^\s/>]+)/.exec(body);
+        if (!m || m[1] === undefined)
+            continue;
+        const attrs = {};
+        const rest = body.slice(m[0].length);
+        ATTR.lastIndex = 0;
+        for (let a = ATTR.exec(rest); a !== null; a = ATTR.exec(rest)) {
+            const name = a[1];
+            if (name === undefined)
+                continue;
+            attrs[localName(name)] = decodeXmlEntities(a[2] ?? a[3] ?? a[4] ?? '');
+        }
+        yield { kind: 'open', name: localName(m[1]), attrs, selfClosing };
+    }
+}
+/** Drops a namespace prefix and lower-cases, so `<Say>`, `<say>` and `<t:Say>` match. */
+function localName(name) {
+    const c = name.lastIndexOf(':');
+    return (c >= 0 ? name.slice(c + 1) : name).toLowerCase();
+}
+/**
+ * Reads the TwiML verbs a bridge answers with: `<Connect><Stream url><Parameter/>`,
+ * `<Say>`, `<Dial>`, `<Hangup/>`, `<Reject/>`. Never throws; unknown tags are skipped.
+ */
+export function parseTwiml(xml) {
+    const out = { parameters: {}, say: [], dial: [], hangup: false, reject: false };
+    const stack = [];
+    let streamDepth = -1; // stack depth of the <Connect><Stream> we read parameters from
+    let sayText;
+    let dialText;
+    let dialHadChild = false;
+    let childText;
+    for (const tok of tokenizeXml(xml)) {
+        if (tok.kind === 'text') {
+            if (childText !== undefined)
+                childText += tok.text;
+            else if (sayText !== undefined)
+                sayText += tok.text;
+            else if (dialText !== undefined)
+                dialText += tok.text;
+            continue;
+        }
+        if (tok.kind === 'open') {
+            const { name, attrs } = tok;
+            const parent = stack[stack.length - 1];
+            switch (name) {
+                case 'stream':
+                    if (parent === 'connect' && out.streamUrl === undefined && attrs.url !== undefined) {
+                        out.streamUrl = attrs.url.trim();
+                        streamDepth = stack.length + 1;
+                    }
+                    break;
+                case 'parameter':
+                    if (parent === 'stream' && stack.length === streamDepth && attrs.name !== undefined) {
+                        out.parameters[attrs.name] = attrs.value ?? '';
+                    }
+                    break;
+                case 'say':
+                    if (tok.selfClosing)
+                        out.say.push('');
+                    else
+                        sayText = '';
+                    break;
+                case 'dial':
+                    if (tok.selfClosing)
+                        break;
+                    dialText = '';
+                    dialHadChild = false;
+                    break;
+                case 'number':
+                case 'sip':
+                case 'client':
+                    if (dialText !== undefined && !tok.selfClosing) {
+                        childText = '';
+                        dialHadChild = true;
+                    }
+                    break;
+                case 'hangup':
+                    out.hangup = true;
+                    break;
+                case 'reject':
+                    out.reject = true;
+                    if (attrs.reason !== undefined)
+                        out.rejectReason = attrs.reason;
+                    break;
+                default:
+                    break;
+            }
+            if (!tok.selfClosing)
+                stack.push(name);
+            continue;
+        }
+        // close tag: pop up to the matching open tag (tolerates unclosed children)
+        const idx = stack.lastIndexOf(tok.name);
+        if (idx < 0)
+            continue;
+        stack.length = idx;
+        switch (tok.name) {
+            case 'say':
+                if (sayText !== undefined)
+                    out.say.push(sayText.trim());
+                sayText = undefined;
+                break;
+            case 'number':
+            case 'sip':
+            case 'client':
+                if (childText !== undefined && childText.trim() !== '')
+                    out.dial.push(childText.trim());
+                childText = undefined;
+                break;
+            case 'dial':
+                if (!dialHadChild && dialText !== undefined && dialText.trim() !== '')
+                    out.dial.push(dialText.trim());
+                dialText = undefined;
+                break;
+            case 'stream':
+                if (stack.length < streamDepth)
+                    streamDepth = -1;
+                break;
+            default:
+                break;
+        }
+        if (streamDepth > stack.length)
+            streamDepth = -1;
+    }
+    return out;
+}
+function mergeParams(defaults, overrides) {
+    const out = { ...defaults };
+    if (overrides) {
+        for (const [k, v] of Object.entries(overrides)) {
+            if (v === undefined)
+                delete out[k];
+            else
+                out[k] = v;
+        }
+    }
+    return out;
+}
+async function postSignedForm(url, signedUrl, params, authToken, signature, timeoutMs, signal) {
+    const headers = { 'content-type': 'application/x-www-form-urlencoded', 'user-agent': 'TwilioProxy/1.1 (playline-sim)' };
+    const sig = signature ?? (authToken !== undefined ? twilio.getExpectedTwilioSignature(authToken, signedUrl, params) : undefined);
+    if (sig !== undefined)
+        headers['x-twilio-signature'] = sig;
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const res = await fetch(url, {
+        method: 'POST',
+        headers,
+        body: new URLSearchParams(params).toString(),
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    });
+    const body = await res.text();
+    return { status: res.status, body, contentType: res.headers.get('content-type') ?? '' };
+}
+/** Twilio's `POST /twilio/voice` for an incoming call. Network errors reject. */
+export async function postVoiceWebhook(opts) {
+    const from = opts.params?.From ?? '+15005550006';
+    const to = opts.params?.To ?? '+15005550001';
+    const params = mergeParams({
+        CallSid: newCallSid(),
+        AccountSid: newAccountSid(),
+        From: from,
+        To: to,
+        Caller: from,
+        Called: to,
+        CallStatus: 'ringing',
+        Direction: 'inbound',
+        ApiVersion: '2010-04-01',
+    }, opts.params);
+    const path = '/twilio/voice';
+    const publicUrl = trimSlash(opts.publicUrl ?? opts.bridgeUrl);
+    const r = await postSignedForm(trimSlash(opts.bridgeUrl) + path, publicUrl + path, params, opts.authToken, opts.signature, opts.timeoutMs ?? 15_000, opts.signal);
+    const looksLikeTwiml = r.status >= 200 && r.status < 300 && /<\s*Response[\s>/]/i.test(r.body);
+    return { status: r.status, body: r.body, twiml: looksLikeTwiml ? parseTwiml(r.body) : undefined, params };
+}
+/** Twilio's signed call status callback, `POST /twilio/status`. Network errors reject. */
+export async function postStatusCallback(opts) {
+    const path = '/twilio/status';
+    const r = await postSignedForm(trimSlash(opts.bridgeUrl) + path, trimSlash(opts.publicUrl ?? opts.bridgeUrl) + path, opts.params, opts.authToken, opts.signature, opts.timeoutMs ?? 15_000, undefined);
+    return { status: r.status, body: r.body };
+}
+/** A refused or failed WebSocket upgrade; `status` is the HTTP status when there was one. */
+export class StreamConnectError extends Error {
+    status;
+    name = 'StreamConnectError';
+    constructor(message, status) {
+        super(message);
+        this.status = status;
+    }
+}
+function isPlainObject(v) {
+    return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+/** First key of `o` outside `allowed`, if any. */
+function extraKey(o, allowed) {
+    for (const k of Object.keys(o))
+        if (!allowed.includes(k))
+            return k;
+    return undefined;
+}
+/** Checks one text frame the bridge sent against what Twilio accepts on a bidirectional stream. */
+function checkOutbound(text, streamSid) {
+    let v;
+    try {
+        v = JSON.parse(text);
+    }
+    catch {
+        return { kind: 'violation', text: '31951 invalid JSON' };
+    }
+    if (!isPlainObject(v))
+        return { kind: 'violation', text: '31951 message is not a JSON object' };
+    const ev = v.event;
+    const bad = (why) => ({ kind: 'violation', text: `31951 ${typeof ev === 'string' ? ev : '?'}: ${why}` });
+    if (ev !== 'media' && ev !== 'mark' && ev !== 'clear') {
+        return { kind: 'violation', text: `31951 unknown event ${JSON.stringify(ev)?.slice(0, 40) ?? 'undefined'}` };
+    }
+    const top = ev === 'clear' ? ['event', 'streamSid'] : ['event', 'streamSid', ev];
+    const extra = extraKey(v, top);
+    if (extra !== undefined)
+        return bad(`extra field ${JSON.stringify(extra)}`);
+    if (typeof v.streamSid !== 'string')
+        return bad('missing streamSid');
+    if (streamSid === undefined)
+        return bad('sent before start (no streamSid yet)');
+    if (v.streamSid !== streamSid)
+        return bad(`wrong streamSid ${JSON.stringify(v.streamSid.slice(0, 40))}`);
+    if (ev === 'clear')
+        return { kind: 'clear' };
+    const body = v[ev];
+    if (!isPlainObject(body))
+        return bad(`missing ${ev} object`);
+    if (ev === 'media') {
+        const x = extraKey(body, ['payload']);
+        if (x !== undefined)
+            return bad(`extra field ${JSON.stringify(`media.${x}`)}`);
+        if (typeof body.payload !== 'string')
+            return bad('missing media.payload');
+        if (!isBase64(body.payload))
+            return { kind: 'violation', text: '31924 media: payload is not base64' };
+        return { kind: 'media', payload: body.payload };
+    }
+    const x = extraKey(body, ['name']);
+    if (x !== undefined)
+        return bad(`extra field ${JSON.stringify(`mark.${x}`)}`);
+    if (typeof body.name !== 'string')
+        return bad('missing mark.name');
+    return { kind: 'mark', name: body.name };
+}
+/**
+ * One Media Streams WebSocket, acting as Twilio. Low level: nothing is sent until you
+ * call a `send*` method. Times (`received[].at`, `startSentAt`, ...) are ms since the
+ * socket opened; the playback/heard timeline starts when `start` is sent.
+ */
+export class FakeTwilioStream {
+    received = [];
+    /** Valid `media` payloads from the bridge, in order (when `recordMessages`). */
+    mediaPayloads = [];
+    /** Names of valid `mark`s received from the bridge, in order. */
+    marks = [];
+    /** Names of marks echoed back to the bridge, in order. */
+    echoedMarks = [];
+    /** Protocol violations by the bridge (Twilio would log 31950/31951/31924/31931). */
+    violations = [];
+    violationCount = 0;
+    clears = 0;
+    mediaReceived = 0;
+    bytesReceived = 0;
+    /** Messages this simulator sent (all kinds, `connected` included). */
+    messagesSent = 0;
+    framesSent = 0;
+    bytesSent = 0;
+    streamSid;
+    callSid;
+    accountSid;
+    startSentAt;
+    stopSentAt;
+    firstMediaAt;
+    closed = false;
+    closeCode;
+    closeReason = '';
+    closedAt;
+    /** Resolves once the socket is closed (never rejects). */
+    whenClosed;
+    autoEchoMarks;
+    #ws;
+    #openedAt;
+    #record;
+    #seq = 0;
+    #chunk = 0;
+    /** JSON-encoded streamSid, computed once at start. */
+    #sidJson = '""';
+    #segments = [];
+    /** Sample (relative to start) at which the queued audio finishes. */
+    #playEnd = 0;
+    #pending = [];
+    #markTimer;
+    #waiters = new Set();
+    #overflowReported = false;
+    #resolveClosed;
+    constructor(ws, autoEchoMarks, record) {
+        this.#ws = ws;
+        this.#openedAt = performance.now();
+        this.autoEchoMarks = autoEchoMarks;
+        this.#record = record;
+        this.whenClosed = new Promise((resolve) => (this.#resolveClosed = resolve));
+        ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
+        ws.on('close', (code, reason) => this.#onClose(code, reason.toString()));
+        ws.on('error', () => {
+            /* a 'close' always follows */
+        });
+    }
+    /**
+     * Opens the socket to the bridge's real address with the path of `streamUrl`, signed
+     * over `streamUrl` exactly. A refused upgrade rejects with a {@link StreamConnectError}
+     * whose `status` is the HTTP status (e.g. 403).
+     */
+    static connect(opts) {
+        const origin = toWsOrigin(opts.bridgeUrl);
+        const target = new URL(opts.streamUrl, origin.replace(/^ws/, 'http'));
+        const url = origin + target.pathname + target.search;
+        const headers = {};
+        const sig = opts.signature === null
+            ? undefined
+            : (opts.signature ?? (opts.authToken !== undefined ? twilio.getExpectedTwilioSignature(opts.authToken, opts.streamUrl, {}) : undefined));
+        if (sig !== undefined)
+            headers['x-twilio-signature'] = sig;
+        return new Promise((resolve, reject) => {
+            let settled = false;
+            const ws = new WebSocket(url, {
+                headers,
+                perMessageDeflate: false,
+                handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+            });
+            const fail = (err) => {
+                if (settled)
+                    return;
+                settled = true;
+                reject(err);
+            };
+            ws.on('unexpected-response', (req, res) => {
+                const status = res.statusCode ?? 0;
+                res.resume();
+                fail(new StreamConnectError(`twilioSim: WebSocket upgrade to ${url} refused with HTTP ${status}`, status));
+                req.destroy();
+                ws.terminate();
+            });
+            ws.on('error', (err) => fail(new StreamConnectError(`twilioSim: WebSocket to ${url} failed: ${err.message}`)));
+            ws.on('close', () => fail(new StreamConnectError(`twilioSim: WebSocket to ${url} closed during the handshake`)));
+            ws.once('open', () => {
+                if (settled)
+                    return;
+                settled = true;
+                resolve(new FakeTwilioStream(ws, opts.autoEchoMarks ?? true, opts.recordMessages ?? true));
+            });
+        });
+    }
+    /** ms since the socket opened. */
+    now() {
+        return performance.now() - this.#openedAt;
+    }
+    // ---- sending -----------------------------------------------------------
+    #send(data) {
+        if (this.#ws.readyState !== WebSocket.OPEN)
+            return;
+        this.#ws.send(data);
+        this.messagesSent++;
+    }
+    sendConnected() {
+        this.#send('{"event":"connected","protocol":"Call","version":"1.0.0"}');
+    }
+    /** Sends `start` (sequenceNumber "1"); ids not given are generated. Starts the playback clock. */
+    sendStart(opts = {}) {
+        this.streamSid = opts.streamSid ?? newStreamSid();
+        this.callSid = opts.callSid ?? newCallSid();
+        this.accountSid = opts.accountSid ?? newAccountSid();
+        this.#sidJson = JSON.stringify(this.streamSid);
+        this.#seq = 1;
+        this.#chunk = 0;
+        this.startSentAt = this.now();
+        this.#playEnd = 0;
+        this.#send(JSON.stringify({
+            event: 'start',
+            sequenceNumber: '1',
+            streamSid: this.streamSid,
+            start: {
+                accountSid: this.accountSid,
+                streamSid: this.streamSid,
+                callSid: this.callSid,
+                tracks: ['inbound'],
+                customParameters: { ...(opts.customParameters ?? {}) },
+                mediaFormat: { encoding: 'audio/x-mulaw', sampleRate: 8000, channels: 1 },
+            },
+        }));
+    }
+    /**
+     * Sends one inbound `media` frame (default: 20 ms of silence). `timestampMs` is the
+     * media timestamp (default: ms since `start`, rounded).
+     */
+    sendMedia(payloadB64 = SILENCE_FRAME_B64, timestampMs) {
+        const seq = ++this.#seq;
+        const chunk = ++this.#chunk;
+        const ts = timestampMs ?? Math.max(0, Math.round(this.now() - (this.startSentAt ?? 0)));
+        this.#send(`{"event":"media","sequenceNumber":"${seq}","streamSid":${this.#sidJson},"media":{"track":"inbound","chunk":"${chunk}","timestamp":"${ts}","payload":"${payloadB64}"}}`);
+        this.framesSent++;
+        this.bytesSent += base64ByteLength(payloadB64);
+    }
+    sendDtmf(digit) {
+        const seq = ++this.#seq;
+        this.#send(JSON.stringify({ event: 'dtmf', sequenceNumber: String(seq), streamSid: this.streamSid, dtmf: { track: 'inbound_track', digit } }));
+    }
+    /** Sends `stop` (the caller hung up). Marks pending after this are never echoed. */
+    sendStop() {
+        const seq = ++this.#seq;
+        this.stopSentAt = this.now();
+        this.#clearMarkTimer();
+        this.#send(JSON.stringify({ event: 'stop', sequenceNumber: String(seq), streamSid: this.streamSid, stop: { accountSid: this.accountSid, callSid: this.callSid } }));
+    }
+    /** Sends anything as is (a Buffer goes as a binary frame). */
+    sendRaw(data) {
+        this.#send(data);
+    }
+    close(code = 1000, reason) {
+        if (this.closed)
+            return;
+        try {
+            this.#ws.close(code, reason);
+        }
+        catch {
+            this.#ws.terminate();
+        }
+    }
+    terminate() {
+        this.#ws.terminate();
+    }
+    // ---- receiving ---------------------------------------------------------
+    #violation(text) {
+        this.violationCount++;
+        if (this.violations.length < MAX_VIOLATIONS_KEPT)
+            this.violations.push(text);
+    }
+    #onMessage(data, isBinary) {
+        const at = this.now();
+        if (isBinary) {
+            const raw = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+            if (this.#record)
+                this.received.push({ at, msg: undefined, raw });
+            // Twilio reports 31950 once per stream; we record each so tests see counts.
+            this.#violation(`31950 binary frame (${raw.length} bytes)`);
+            this.#notify();
+            return;
+        }
+        const text = data.toString();
+        const r = checkOutbound(text, this.streamSid);
+        if (this.#record) {
+            let msg;
+            try {
+                msg = JSON.parse(text);
+            }
+            catch {
+                msg = undefined;
+            }
+            this.received.push({ at, msg, raw: text });
+        }
+        if (this.stopSentAt !== undefined) {
+            // Call is over: Twilio has torn the stream down; nothing plays any more.
+            this.#notify();
+            return;
+        }
+        switch (r.kind) {
+            case 'violation':
+                this.#violation(r.text);
+                break;
+            case 'media':
+                this.#onMedia(r.payload, at);
+                break;
+            case 'mark':
+                this.#onMark(r.name, at);
+                break;
+            case 'clear':
+                this.#onClear(at);
+                break;
+        }
+        this.#notify();
+    }
+    /** Sample index (8 kHz, relative to start) for a time in ms since open. */
+    #sampleAt(at) {
+        return Math.max(0, Math.floor((at - (this.startSentAt ?? 0)) * BYTES_PER_MS));
+    }
+    #onMedia(payload, at) {
+        const len = base64ByteLength(payload);
+        this.mediaReceived++;
+        this.bytesReceived += len;
+        if (this.firstMediaAt === undefined)
+            this.firstMediaAt = at;
+        if (this.#record)
+            this.mediaPayloads.push(payload);
+        if (len === 0)
+            return;
+        const nowS = this.#sampleAt(at);
+        const start = Math.max(nowS, this.#playEnd);
+        if (start + len - nowS > MAX_BUFFERED_SAMPLES) {
+            if (!this.#overflowReported)
+                this.#violation('31931 more than 10 minutes of audio buffered; audio discarded');
+            this.#overflowReported = true;
+            return;
+        }
+        this.#segments.push({ start, len, payload });
+        this.#playEnd = start + len;
+    }
+    #onMark(name, at) {
+        this.marks.push(name);
+        const nowS = this.#sampleAt(at);
+        if (this.autoEchoMarks && this.#pending.length === 0 && this.#playEnd <= nowS) {
+            this.#echo(name);
+            return;
+        }
+        this.#pending.push({ name, due: this.#playEnd });
+        if (this.autoEchoMarks)
+            this.#armMarkTimer();
+    }
+    #onClear(at) {
+        this.clears++;
+        const cut = this.#sampleAt(at);
+        // Drop everything that has not played yet.
+        const segs = this.#segments;
+        while (segs.length > 0) {
+            const last = segs[segs.length - 1];
+            if (last === undefined || last.start + last.len <= cut)
+                break;
+            if (last.start >= cut)
+                segs.pop();
+            else {
+                last.len = cut - last.start;
+                break;
+            }
+        }
+        if (this.#playEnd > cut)
+            this.#playEnd = cut;
+        // Every pending mark comes back at once, played or not.
+        this.#clearMarkTimer();
+        const pending = this.#pending;
+        this.#pending = [];
+        for (const m of pending)
+            this.#echo(m.name);
+    }
+    #echo(name) {
+        const seq = ++this.#seq;
+        this.echoedMarks.push(name);
+        this.#send(`{"event":"mark","sequenceNumber":"${seq}","streamSid":${this.#sidJson},"mark":{"name":${JSON.stringify(name)}}}`);
+    }
+    #clearMarkTimer() {
+        if (this.#markTimer !== undefined)
+            clearTimeout(this.#markTimer);
+        this.#markTimer = undefined;
+    }
+    #armMarkTimer() {
+        if (this.#markTimer !== undefined || this.closed || this.stopSentAt !== undefined)
+            return;
+        const head = this.#pending[0];
+        if (head === undefined)
+            return;
+        const dueAt = (this.startSentAt ?? 0) + head.due / BYTES_PER_MS;
+        const delay = Math.max(0, dueAt - this.now());
+        this.#markTimer = setTimeout(() => {
+            this.#markTimer = undefined;
+            this.#flushDueMarks();
+        }, Math.ceil(delay));
+    }
+    #flushDueMarks() {
+        if (this.closed || this.stopSentAt !== undefined || !this.autoEchoMarks)
+            return;
+        const nowS = this.#sampleAt(this.now());
+        let echoed = false;
+        while (this.#pending.length > 0) {
+            const head = this.#pending[0];
+            if (head === undefined || head.due > nowS + BYTES_PER_MS)
+                break; // 1 ms tolerance for timer granularity
+            this.#pending.shift();
+            this.#echo(head.name);
+            echoed = true;
+        }
+        this.#armMarkTimer();
+        if (echoed)
+            this.#notify();
+    }
+    /** Echoes every pending mark now, played or not. Returns their names. */
+    echoPendingMarks() {
+        this.#clearMarkTimer();
+        const names = this.#pending.map((m) => m.name);
+        this.#pending = [];
+        for (const n of names)
+            this.#echo(n);
+        if (names.length > 0)
+            this.#notify();
+        return names;
+    }
+    /**
+     * Pretends the playback buffer drained right now: echoes all pending marks and lets new
+     * audio start playing at once. Audio already queued stays where it was scheduled in `heard()`.
+     */
+    playAll() {
+        const nowS = this.#sampleAt(this.now());
+        if (this.#playEnd > nowS)
+            this.#playEnd = nowS;
+        return this.echoPendingMarks();
+    }
+    /** Names of marks still waiting for their audio to play. */
+    get pendingMarks() {
+        return this.#pending.map((m) => m.name);
+    }
+    /** ms of received audio not played yet. */
+    get bufferedMs() {
+        if (this.startSentAt === undefined)
+            return 0;
+        return Math.max(0, this.#playEnd - this.#sampleAt(this.now())) / BYTES_PER_MS;
+    }
+    /** Marks echoed so far. */
+    get marksEchoed() {
+        return this.echoedMarks.length;
+    }
+    #onClose(code, reason) {
+        this.closed = true;
+        this.closeCode = code;
+        this.closeReason = reason;
+        this.closedAt = this.now();
+        this.#clearMarkTimer();
+        this.#resolveClosed({ code, reason });
+        this.#notify();
+    }
+    // ---- waiting -----------------------------------------------------------
+    #notify() {
+        if (this.#waiters.size === 0)
+            return;
+        for (const w of this.#waiters) {
+            let ok = false;
+            try {
+                ok = w.pred(this);
+            }
+            catch (err) {
+                this.#waiters.delete(w);
+                clearTimeout(w.timer);
+                w.reject(err instanceof Error ? err : new Error(String(err)));
+                continue;
+            }
+            if (ok) {
+                this.#waiters.delete(w);
+                clearTimeout(w.timer);
+                w.resolve();
+            }
+            else if (this.closed) {
+                this.#waiters.delete(w);
+                clearTimeout(w.timer);
+                w.reject(new Error(`twilioSim: socket closed (code ${this.closeCode ?? '?'}) before the awaited condition held`));
+            }
+        }
+    }
+    /**
+     * Resolves when `pred(this)` holds; it is checked now, after every message from the
+     * bridge, every mark echo and on close. Rejects on timeout (default 5000 ms) or when the
+     * socket closes first.
+     */
+    waitFor(pred, timeoutMs = 5000) {
+        return new Promise((resolve, reject) => {
+            if (pred(this)) {
+                resolve();
+                return;
+            }
+            if (this.closed) {
+                reject(new Error(`twilioSim: socket already closed (code ${this.closeCode ?? '?'}); awaited condition does not hold`));
+                return;
+            }
+            const w = {
+                pred,
+                resolve,
+                reject,
+                timer: setTimeout(() => {
+                    this.#waiters.delete(w);
+                    reject(timeoutError('a stream condition', timeoutMs));
+                }, timeoutMs),
+            };
+            this.#waiters.add(w);
+        });
+    }
+    /** Resolves with the close code and reason; rejects after `timeoutMs` (default 5000). */
+    waitForClose(timeoutMs = 5000) {
+        if (this.closed)
+            return Promise.resolve({ code: this.closeCode ?? 1005, reason: this.closeReason });
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => reject(timeoutError('the WebSocket to close', timeoutMs)), timeoutMs);
+            void this.whenClosed.then((v) => {
+                clearTimeout(timer);
+                resolve(v);
+            });
+        });
+    }
+    // ---- what the caller heard ----------------------------------------------
+    /**
+     * What the caller heard: mu-law at 8 kHz from `start` until the caller hung up
+     * (`stop`), the socket closed, or now. Played agent audio sits where it played;
+     * the rest is silence (0xff). Audio still buffered at the end is not included.
+     */
+    heard() {
+        if (this.startSentAt === undefined)
+            return new Uint8Array(0);
+        const endAt = this.stopSentAt ?? this.closedAt ?? this.now();
+        const end = this.#sampleAt(endAt);
+        const out = new Uint8Array(end).fill(MULAW_SILENCE);
+        for (const seg of this.#segments) {
+            if (seg.start >= end)
+                break;
+            const n = Math.min(seg.len, end - seg.start);
+            if (n <= 0)
+                continue;
+            const bytes = Buffer.from(seg.payload, 'base64');
+            out.set(bytes.subarray(0, n), seg.start);
+        }
+        return out;
+    }
+}
+/** base64 frames of an audio buffer, cached per buffer so N concurrent calls share them. */
+const frameCache = new WeakMap();
+function framesOf(audio) {
+    const cached = frameCache.get(audio);
+    if (cached)
+        return cached;
+    const frames = [];
+    for (let off = 0; off < audio.length; off += FRAME_BYTES) {
+        const part = audio.subarray(off, off + FRAME_BYTES);
+        if (part.length === FRAME_BYTES)
+            frames.push(Buffer.from(part.buffer, part.byteOffset, part.length).toString('base64'));
+        else {
+            const padded = Buffer.alloc(FRAME_BYTES, MULAW_SILENCE);
+            padded.set(part);
+            frames.push(padded.toString('base64'));
+        }
+    }
+    frameCache.set(audio, frames);
+    return frames;
+}
+function percentiles(values) {
+    if (values.length === 0)
+        return { p50: 0, p99: 0, max: 0 };
+    const s = Float64Array.from(values).sort();
+    const at = (q) => s[Math.min(s.length - 1, Math.floor(q * (s.length - 1)))] ?? 0;
+    const r = (x) => Math.round(x * 100) / 100;
+    return { p50: r(at(0.5)), p99: r(at(0.99)), max: r(s[s.length - 1] ?? 0) };
+}
+const errorText = (e) => (e instanceof Error ? e.message : String(e));
+/**
+ * Places one call the way Twilio does: webhook → TwiML → signed WebSocket →
+ * `connected`/`start` → 20 ms `media` frames → hang up (`stop` + close) or wait for the
+ * bridge to close → status callback. Never rejects; failures come back as `endedBy: 'error'`.
+ */
+export async function placeCall(opts) {
+    const t0 = performance.now();
+    const publicUrl = opts.publicUrl ?? opts.bridgeUrl;
+    const callSid = opts.params?.CallSid ?? newCallSid();
+    const accountSid = opts.params?.AccountSid ?? newAccountSid();
+    const result = {
+        callSid,
+        streamSid: undefined,
+        voiceStatus: 0,
+        refused: false,
+        twiml: undefined,
+        sayTexts: [],
+        framesSent: 0,
+        bytesSent: 0,
+        mediaReceived: 0,
+        bytesReceived: 0,
+        heard: new Uint8Array(0),
+        clears: 0,
+        marksReceived: 0,
+        marksEchoed: 0,
+        protocolViolations: [],
+        endedBy: 'error',
+        durationMs: 0,
+        sendLag: { p50: 0, p99: 0, max: 0 },
+    };
+    let webhookParams = {};
+    let finalStatus = 'completed';
+    const finish = async () => {
+        result.durationMs = Math.round(performance.now() - t0);
+        if (opts.statusCallback !== false && result.voiceStatus !== 0) {
+            const p = {
+                CallSid: callSid,
+                AccountSid: accountSid,
+                From: webhookParams.From ?? '',
+                To: webhookParams.To ?? '',
+                Caller: webhookParams.Caller ?? webhookParams.From ?? '',
+                Called: webhookParams.Called ?? webhookParams.To ?? '',
+                CallStatus: finalStatus,
+                Direction: webhookParams.Direction ?? 'inbound',
+                ApiVersion: '2010-04-01',
+                CallbackSource: 'call-progress-events',
+                SequenceNumber: '0',
+                Timestamp: new Date().toUTCString().replace('GMT', '+0000'),
+            };
+            if (finalStatus === 'completed') {
+                const secs = Math.max(1, Math.ceil(result.durationMs / 1000));
+                p.CallDuration = String(secs);
+                p.Duration = String(Math.ceil(secs / 60));
+            }
+            else {
+                p.CallDuration = '0';
+            }
+            try {
+                const r = await postStatusCallback({ bridgeUrl: opts.bridgeUrl, publicUrl, ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}), params: p, timeoutMs: 5000 });
+                result.statusCallbackStatus = r.status;
+            }
+            catch (err) {
+                result.statusCallbackStatus = 0;
+                result.error ??= `status callback failed: ${errorText(err)}`;
+            }
+        }
+        return result;
+    };
+    if (opts.signal?.aborted) {
+        result.error = 'aborted before the call started';
+        return result;
+    }
+    // 1. Voice webhook.
+    let voice;
+    try {
+        voice = await postVoiceWebhook({
+            bridgeUrl: opts.bridgeUrl,
+            publicUrl,
+            ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}),
+            ...(opts.webhookSignature !== undefined ? { signature: opts.webhookSignature } : {}),
+            ...(opts.signal !== undefined ? { signal: opts.signal } : {}),
+            params: { ...opts.params, CallSid: callSid, AccountSid: accountSid },
+        });
+    }
+    catch (err) {
+        result.error = `voice webhook failed: ${errorText(err)}`;
+        result.durationMs = Math.round(performance.now() - t0);
+        return result;
+    }
+    webhookParams = voice.params;
+    result.voiceStatus = voice.status;
+    result.twiml = voice.twiml;
+    result.sayTexts = voice.twiml?.say ?? [];
+    if (voice.twiml === undefined) {
+        // Twilio: 11200, the caller hears an application error and the call fails.
+        result.error = `voice webhook answered HTTP ${voice.status} without TwiML`;
+        finalStatus = 'failed';
+        return finish();
+    }
+    const streamUrl = voice.twiml.streamUrl;
+    if (streamUrl === undefined) {
+        result.refused = true;
+        result.endedBy = 'bridge';
+        if (voice.twiml.reject)
+            finalStatus = voice.twiml.rejectReason === 'busy' ? 'busy' : 'no-answer';
+        return finish();
+    }
+    // 2. Media stream.
+    // Signed exactly as written; a relative url is resolved against the public origin.
+    let signedUrl = streamUrl;
+    try {
+        const absolute = /^[a-z][a-z0-9+.-]*:/i.test(streamUrl);
+        const u = new URL(streamUrl, publicUrl.replace(/^http/i, 'ws'));
+        if (!absolute)
+            signedUrl = u.href;
+        if (u.protocol !== 'wss:' && u.protocol !== 'ws:') {
+            result.protocolViolations.push(`31922 <Stream url> scheme is ${u.protocol} (Twilio requires wss)`);
+        }
+        if (u.search !== '' || signedUrl.includes('?')) {
+            result.protocolViolations.push('31920 <Stream url> has a query string (unsupported by Twilio; dropped)');
+            signedUrl = signedUrl.slice(0, signedUrl.indexOf('?'));
+        }
+    }
+    catch {
+        result.error = `invalid <Stream url> ${JSON.stringify(streamUrl)}`;
+        return finish();
+    }
+    let stream;
+    try {
+        stream = await FakeTwilioStream.connect({
+            bridgeUrl: opts.bridgeUrl,
+            streamUrl: signedUrl,
+            ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}),
+            ...(opts.streamSignature !== undefined ? { signature: opts.streamSignature } : {}),
+            autoEchoMarks: opts.autoEchoMarks ?? true,
+            recordMessages: opts.recordMessages ?? true,
+        });
+    }
+    catch (err) {
+        result.error = errorText(err);
+        if (err instanceof StreamConnectError && err.status !== undefined)
+            result.streamConnectStatus = err.status;
+        return finish();
+    }
+    opts.onStream?.(stream);
+    const streamSid = newStreamSid();
+    result.streamSid = streamSid;
+    stream.sendConnected();
+    stream.sendStart({ callSid, streamSid, accountSid, customParameters: voice.twiml.parameters });
+    // 3. Frames, one drift-corrected timer.
+    const audioFrames = opts.audio ? framesOf(opts.audio) : [];
+    const trailingFrames = Math.ceil(Math.max(0, opts.trailingMs ?? 0) / FRAME_MS);
+    const maxFrames = Math.ceil(Math.max(0, opts.maxDurationMs ?? 60_000) / FRAME_MS);
+    const callerFrames = audioFrames.length + trailingFrames;
+    const dtmf = [...(opts.dtmf ?? [])].sort((a, b) => a.atMs - b.atMs);
+    const lags = [];
+    const clockStart = performance.now();
+    let n = 0;
+    let timer;
+    const outcome = await new Promise((resolve) => {
+        let done = false;
+        const end = (why) => {
+            if (done)
+                return;
+            done = true;
+            if (timer !== undefined)
+                clearTimeout(timer);
+            timer = undefined;
+            opts.signal?.removeEventListener('abort', onAbort);
+            resolve(why);
+        };
+        const onAbort = () => end('abort');
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        void stream.whenClosed.then(() => end('bridge'));
+        const tick = () => {
+            timer = undefined;
+            if (done)
+                return;
+            if (stream.closed)
+                return end('bridge');
+            const now = performance.now();
+            while (clockStart + n * FRAME_MS <= now) {
+                // Frame n would start at n·20 ms: the caller is done once all its frames have played.
+                if (!opts.waitForBridgeHangup && n >= callerFrames)
+                    return end('caller');
+                if (n >= maxFrames)
+                    return end('timeout');
+                const due = n * FRAME_MS;
+                lags.push(now - clockStart - due);
+                while (dtmf.length > 0 && (dtmf[0]?.atMs ?? Infinity) <= due)
+                    stream.sendDtmf(dtmf.shift()?.digit ?? '');
+                stream.sendMedia(n < audioFrames.length ? audioFrames[n] : SILENCE_FRAME_B64, due);
+                n++;
+            }
+            timer = setTimeout(tick, Math.max(0, clockStart + n * FRAME_MS - performance.now()));
+        };
+        if (opts.signal?.aborted)
+            return end('abort');
+        tick();
+    });
+    if (outcome === 'bridge') {
+        result.endedBy = 'bridge';
+    }
+    else {
+        // The caller hangs up: Twilio sends `stop` and closes the socket.
+        result.endedBy = 'caller';
+        if (outcome === 'timeout')
+            result.timedOut = true;
+        stream.sendStop();
+        stream.close(1000);
+        try {
+            await stream.waitForClose(2000);
+        }
+        catch {
+            stream.terminate();
+            await stream.whenClosed;
+        }
+    }
+    if (stream.closeCode !== undefined)
+        result.closeCode = stream.closeCode;
+    result.framesSent = stream.framesSent;
+    result.bytesSent = stream.bytesSent;
+    result.mediaReceived = stream.mediaReceived;
+    result.bytesReceived = stream.bytesReceived;
+    result.heard = stream.heard();
+    result.clears = stream.clears;
+    result.marksReceived = stream.marks.length;
+    result.marksEchoed = stream.marksEchoed;
+    if (stream.firstMediaAt !== undefined && stream.startSentAt !== undefined) {
+        result.firstAgentAudioMs = Math.round(stream.firstMediaAt - stream.startSentAt);
+    }
+    result.protocolViolations.push(...stream.violations);
+    if (stream.violationCount > stream.violations.length) {
+        result.protocolViolations.push(`... and ${stream.violationCount - stream.violations.length} more`);
+    }
+    result.sendLag = percentiles(lags);
+    return finish();
+}
+/** Runs `n` calls (optsFactory(i) for call i) and returns their results in index order. */
+export async function placeCalls(n, optsFactory, opts = {}) {
+    const results = new Array(n);
+    const concurrency = Math.max(1, Math.min(n, opts.concurrency ?? n));
+    const rampMs = Math.max(0, opts.rampMs ?? 0);
+    const t0 = performance.now();
+    let next = 0;
+    const worker = async () => {
+        for (;;) {
+            const i = next++;
+            if (i >= n)
+                return;
+            const startAt = t0 + (n > 0 ? (i * rampMs) / n : 0);
+            const wait = startAt - performance.now();
+            if (wait > 0)
+                await new Promise((r) => setTimeout(r, wait));
+            results[i] = await placeCall(optsFactory(i));
+        }
+    };
+    await Promise.all(Array.from({ length: concurrency }, () => worker()));
+    return results;
+}
+//# sourceMappingURL=twilioSim.js.map

@@ -1,0 +1,511 @@
+/**
+ * Built-in local agent: a protocol-faithful PlayAI agent server
+ * (`ws://host:port/v1/talk/{agentId}`) for demos, tests and benchmarks when no
+ * real agent is reachable.
+ *
+ * Modes:
+ * - `echo-test` (default), like a carrier's echo test: greets the caller
+ *   (`newAudioStream`, `onAgentTranscript`, paced `audioStream` chunks,
+ *   `audioStreamEnd`), then detects each caller utterance with an energy VAD
+ *   (`voiceActivityStart` / `voiceActivityEnd`), reports it with
+ *   `onUserTranscript` and plays it back as a new audio stream. Speaking while
+ *   a reply is still being sent stops it and sends `onAgentInterrupted`.
+ *   Replies are sent as 100 ms chunks at twice real time, so they queue up at
+ *   the carrier like real TTS output.
+ * - `echo` (benchmarks): every non-empty `audioIn` is answered at once with an
+ *   `audioStream` carrying the same data. No greeting, no VAD.
+ *
+ * The first frame must be a `setup` asking for mu-law 8 kHz in and out;
+ * anything else gets a fatal `error` 4400 (or 4401 for a wrong `apiKey`) and
+ * the socket is closed with code 1008. `continueConversation` with an id this
+ * server issued reuses that id and skips the greeting.
+ *
+ * Test hook: a `setup.prompt` containing `#hangup-after:<ms>` makes the agent
+ * send `{"type":"hangup","endedBy":"agent"}` that many ms after `init`, then
+ * close the socket (code 1000).
+ *
+ * The greeting audio is `assets/greeting.ulaw` (raw 8 kHz mu-law, made by
+ * `scripts/make-greeting.sh`), found relative to the package root; when it is
+ * missing a short two-tone chime is used instead.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { isBase64 } from '../audio/base64.js';
+import { mulawEncode } from '../audio/mulaw.js';
+import { EnergyVad } from '../audio/vad.js';
+
+/** Options for {@link LocalAgentServer.start}. */
+export interface LocalAgentOptions {
+  /** Interface to listen on. Default `127.0.0.1`. */
+  host?: string;
+  /** Port; 0 (default) picks a free one. */
+  port?: number;
+  /** Behaviour, see the module docs. Default `echo-test`. */
+  mode?: 'echo-test' | 'echo';
+  /** When set, `setup.apiKey` must equal it (else error 4401). */
+  apiKey?: string;
+  logger?: Logger;
+  /** Greeting audio (raw 8 kHz mu-law) instead of `assets/greeting.ulaw`; handy for short tests. */
+  greetingAudio?: Uint8Array;
+}
+
+const TALK_PATH = /^\/v1\/talk\/([^/]+)$/;
+const MAX_PAYLOAD = 1024 * 1024;
+/** 100 ms of 8 kHz mu-law per `audioStream`. */
+const CHUNK_BYTES = 800;
+/** One chunk every 50 ms: twice real time. */
+const CHUNK_INTERVAL_MS = 50;
+/** Longest caller utterance recorded for playback (15 s). */
+const MAX_RECORDING_BYTES = 15 * 8000;
+/** Audio kept from before the VAD fired, so the onset is not cut. */
+const PREROLL_BYTES = 200 * 8;
+/** Quiet audio kept before the first voiced frame of an utterance (soft onsets). */
+const LEAD_IN_BYTES = 40 * 8;
+/** Silence kept after the last voiced frame of an utterance. */
+const TAIL_BYTES = 100 * 8;
+/** How many issued conversation ids are remembered for `continueConversation`. */
+const MAX_CONVERSATIONS = 1000;
+const DEFAULT_GREETING = 'Hello, this is the Playline echo test. Say something, and I will play it back to you.';
+const HANGUP_HOOK = /#hangup-after:(\d+)/;
+const AUDIO_IN_PREFIX = '{"type":"audioIn","data":"';
+const AUDIO_STREAM_PREFIX = '{"type":"audioStream","data":"';
+
+interface ValidSetup {
+  apiKey: string | undefined;
+  prompt: string | undefined;
+  customGreeting: string | undefined;
+  continueConversation: string | undefined;
+}
+
+/** Audio being sent to the client, chunk by chunk. */
+interface OutgoingStream {
+  audio: Uint8Array;
+  offset: number;
+  /** Spoken text; sent as `onAgentTranscript` after the audio unless already sent before it. */
+  text: string;
+  textSentFirst: boolean;
+}
+
+/** Conversation ids this server issued, oldest forgotten first beyond a cap. */
+class ConversationRegistry {
+  private readonly ids = new Set<string>();
+
+  has(id: string): boolean {
+    return this.ids.has(id);
+  }
+
+  remember(id: string): void {
+    this.ids.delete(id);
+    this.ids.add(id);
+    if (this.ids.size > MAX_CONVERSATIONS) {
+      const oldest = this.ids.values().next();
+      if (oldest.done !== true) this.ids.delete(oldest.value);
+    }
+  }
+}
+
+let greetingCache: Promise<Uint8Array> | undefined;
+
+/** Loads `assets/greeting.ulaw` once (two levels above this file in both src/ and dist/). */
+function loadGreeting(): Promise<Uint8Array> {
+  greetingCache ??= readFile(new URL('../../assets/greeting.ulaw', import.meta.url)).then(
+    (buf): Uint8Array => (buf.length > 0 ? new Uint8Array(buf.buffer, buf.byteOffset, buf.length) : chime()),
+    (): Uint8Array => chime(),
+  );
+  return greetingCache;
+}
+
+/** Fallback greeting: two 250 ms tones (660 Hz, 880 Hz) with short fades. */
+function chime(): Uint8Array {
+  const tone = 2000;
+  const pcm = new Int16Array(tone * 2 + 1600);
+  for (let n = 0; n < tone * 2; n++) {
+    const f = n < tone ? 660 : 880;
+    const i = n % tone;
+    const fade = Math.min(1, i / 80, (tone - i) / 80);
+    pcm[n] = Math.round(8000 * fade * Math.sin((2 * Math.PI * f * n) / 8000));
+  }
+  return mulawEncode(pcm);
+}
+
+function newConversationId(): string {
+  return randomBytes(15).toString('base64url');
+}
+
+function rejectUpgrade(socket: Duplex, status: string): void {
+  socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}
+
+/** A PlayAI-protocol agent server running in this process. */
+export class LocalAgentServer {
+  /** Base URL, e.g. `ws://127.0.0.1:43121`; clients connect to `${url}/v1/talk/{agentId}`. */
+  readonly url: string;
+  readonly port: number;
+  private readonly conversations = new ConversationRegistry();
+  private readonly connections = new Set<AgentConnection>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly http: Server,
+    private readonly wss: WebSocketServer,
+    private readonly options: Readonly<LocalAgentOptions>,
+    private readonly greeting: Uint8Array,
+  ) {
+    const addr = http.address() as AddressInfo;
+    this.port = addr.port;
+    const host = options.host ?? '127.0.0.1';
+    this.url = `ws://${host.includes(':') ? `[${host}]` : host}:${this.port}`;
+  }
+
+  /** Starts listening; resolves once the port is bound. */
+  static async start(opts: LocalAgentOptions = {}): Promise<LocalAgentServer> {
+    const greeting = opts.greetingAudio ?? (await loadGreeting());
+    const http = createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket endpoint: /v1/talk/{agentId}\n');
+    });
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: MAX_PAYLOAD });
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', reject);
+      http.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
+        http.off('error', reject);
+        resolve();
+      });
+    });
+    const server = new LocalAgentServer(http, wss, { ...opts }, greeting);
+    http.on('upgrade', (req, socket, head) => server.onUpgrade(req, socket, head));
+    opts.logger?.info({ url: server.url, mode: opts.mode ?? 'echo-test' }, 'local agent listening');
+    return server;
+  }
+
+  /** Number of open agent sockets. */
+  get activeConnections(): number {
+    return this.connections.size;
+  }
+
+  /** Terminates every socket, clears every timer and stops listening. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const conn of this.connections) conn.destroy();
+      this.connections.clear();
+      await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+      await new Promise<void>((resolve) => {
+        this.http.close(() => resolve());
+        this.http.closeAllConnections();
+      });
+    })();
+    return this.closing;
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.closing !== undefined) return rejectUpgrade(socket, '503 Service Unavailable');
+    const path = (req.url ?? '').split('?', 1)[0] ?? '';
+    const match = TALK_PATH.exec(path);
+    if (match === null) return rejectUpgrade(socket, '404 Not Found');
+    let agentId: string;
+    try {
+      agentId = decodeURIComponent(match[1] ?? '');
+    } catch {
+      return rejectUpgrade(socket, '400 Bad Request');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      if (this.closing !== undefined) {
+        ws.terminate();
+        return;
+      }
+      const conn = new AgentConnection(this.conversations, ws, agentId, this.greeting, this.options);
+      this.connections.add(conn);
+      ws.once('close', () => this.connections.delete(conn));
+    });
+  }
+}
+
+/** One client socket and its state. */
+class AgentConnection {
+  private readonly log: Logger | undefined;
+  private readonly mode: 'echo-test' | 'echo';
+  private setupDone = false;
+  /** No more frames are sent or handled (closing or closed). */
+  private closed = false;
+  private destroyed = false;
+  private conversationId = '';
+  private vad: EnergyVad | undefined;
+  /** The last ~200 ms while not speaking, so the utterance onset is kept. */
+  private preroll: Array<{ frame: Uint8Array; voiced: boolean }> = [];
+  private prerollBytes = 0;
+  /** The utterance being recorded. */
+  private recording: Uint8Array[] = [];
+  private recordingBytes = 0;
+  /** Recorded length right after the last voiced frame (for trimming the tail). */
+  private voicedBytes = 0;
+  private outgoing: OutgoingStream | undefined;
+  private pacer: NodeJS.Timeout | undefined;
+  private hangupTimer: NodeJS.Timeout | undefined;
+  private jobId = 0;
+
+  constructor(
+    private readonly conversations: ConversationRegistry,
+    private readonly ws: WebSocket,
+    private readonly agentId: string,
+    private readonly greeting: Uint8Array,
+    private readonly options: Readonly<LocalAgentOptions>,
+  ) {
+    this.mode = options.mode ?? 'echo-test';
+    this.log = options.logger?.child({ agentId });
+    ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('close', () => this.destroy());
+    ws.on('error', (err) => {
+      this.log?.debug({ err }, 'local agent socket error');
+      this.destroy();
+    });
+  }
+
+  /** Releases every timer and buffer, and terminates the socket. */
+  destroy(): void {
+    if (!this.destroyed) this.log?.debug({ conversationId: this.conversationId }, 'local agent connection closed');
+    this.destroyed = true;
+    this.closed = true;
+    this.stopSending();
+    if (this.hangupTimer !== undefined) clearTimeout(this.hangupTimer);
+    this.hangupTimer = undefined;
+    this.preroll = [];
+    this.recording = [];
+    this.vad = undefined;
+    if (this.ws.readyState !== WebSocket.CLOSED) this.ws.terminate();
+  }
+
+  private send(text: string): void {
+    if (!this.closed && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
+  }
+
+  private sendJson(msg: Record<string, unknown>): void {
+    this.send(JSON.stringify(msg));
+  }
+
+  private error(code: number, message: string, isFatal: boolean): void {
+    this.log?.debug({ code, message, isFatal }, 'local agent sends error');
+    this.sendJson({ type: 'error', code, message, isFatal });
+    if (isFatal) this.end(1008, message);
+  }
+
+  /** Closes the socket gracefully and stops all activity. */
+  private end(code: number, reason: string): void {
+    this.stopSending();
+    if (this.hangupTimer !== undefined) clearTimeout(this.hangupTimer);
+    this.hangupTimer = undefined;
+    this.closed = true;
+    this.ws.close(code, reason.slice(0, 120));
+  }
+
+  private onMessage(data: RawData, isBinary: boolean): void {
+    if (this.closed) return;
+    if (isBinary) {
+      this.error(4400, 'binary frames are not supported', !this.setupDone);
+      return;
+    }
+    const text = rawToString(data);
+    if (!this.setupDone) {
+      this.onSetup(text);
+      return;
+    }
+    // Fast path for the exact shape the bridge sends; falls back to JSON.parse.
+    if (text.startsWith(AUDIO_IN_PREFIX) && text.endsWith('"}')) {
+      const b64 = text.slice(AUDIO_IN_PREFIX.length, -2);
+      if (isBase64(b64)) {
+        this.onAudioIn(b64);
+        return;
+      }
+    }
+    let msg: unknown;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      this.error(4400, 'frame is not JSON', false);
+      return;
+    }
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
+      this.error(4400, 'frame is not a JSON object', false);
+      return;
+    }
+    const o = msg as Record<string, unknown>;
+    if (o.type === 'audioIn') {
+      if (typeof o.data !== 'string' || !isBase64(o.data)) {
+        this.error(4400, 'audioIn.data must be base64', false);
+        return;
+      }
+      this.onAudioIn(o.data);
+    } else if (o.type === 'setup') {
+      this.error(4400, 'setup was already received', false);
+    }
+    // Other client messages (bufferEmpty, customInput, …) are accepted and ignored.
+  }
+
+  private onSetup(text: string): void {
+    const setup = parseSetup(text);
+    if (typeof setup === 'string') {
+      this.error(4400, setup, true);
+      return;
+    }
+    if (this.options.apiKey !== undefined && setup.apiKey !== this.options.apiKey) {
+      this.error(4401, 'invalid apiKey', true);
+      return;
+    }
+    this.setupDone = true;
+    const resumed = setup.continueConversation !== undefined && this.conversations.has(setup.continueConversation);
+    this.conversationId = resumed && setup.continueConversation !== undefined ? setup.continueConversation : newConversationId();
+    this.conversations.remember(this.conversationId);
+    this.sendJson({ type: 'init', agentOwnerId: 'local', conversationId: this.conversationId });
+    this.log?.debug({ conversationId: this.conversationId, resumed, mode: this.mode }, 'local agent session started');
+
+    const hook = setup.prompt === undefined ? null : HANGUP_HOOK.exec(setup.prompt);
+    if (hook !== null) {
+      const ms = Math.min(Number(hook[1]), 2_147_483_647);
+      this.hangupTimer = setTimeout(() => {
+        this.hangupTimer = undefined;
+        this.stopSending();
+        this.sendJson({ type: 'hangup', endedBy: 'agent' });
+        this.end(1000, 'agent hangup');
+      }, ms);
+    }
+
+    if (this.mode === 'echo-test') {
+      this.vad = new EnergyVad();
+      if (!resumed) this.startStream(this.greeting, setup.customGreeting ?? DEFAULT_GREETING, true);
+    }
+  }
+
+  private onAudioIn(b64: string): void {
+    if (b64.length === 0) return; // mute keep-alive
+    if (this.mode === 'echo') {
+      this.send(AUDIO_STREAM_PREFIX + b64 + '"}');
+      return;
+    }
+    const vad = this.vad;
+    if (vad === undefined) return;
+    const frame = Buffer.from(b64, 'base64');
+    const change = vad.push(frame);
+    if (change === 'start') this.onSpeechStart();
+    if (vad.speaking || change === 'end') this.record(frame, vad.voiced);
+    else this.keepPreroll(frame, vad.voiced);
+    if (change === 'end') this.onSpeechEnd();
+  }
+
+  private keepPreroll(frame: Uint8Array, voiced: boolean): void {
+    this.preroll.push({ frame, voiced });
+    this.prerollBytes += frame.length;
+    while (this.preroll.length > 1 && this.prerollBytes - (this.preroll[0]?.frame.length ?? 0) >= PREROLL_BYTES) {
+      this.prerollBytes -= this.preroll.shift()?.frame.length ?? 0;
+    }
+  }
+
+  private record(frame: Uint8Array, voiced: boolean): void {
+    const room = MAX_RECORDING_BYTES - this.recordingBytes;
+    if (room <= 0) return;
+    const part = frame.length <= room ? frame : frame.subarray(0, room);
+    this.recording.push(part);
+    this.recordingBytes += part.length;
+    if (voiced) this.voicedBytes = this.recordingBytes;
+  }
+
+  private onSpeechStart(): void {
+    this.sendJson({ type: 'voiceActivityStart' });
+    if (this.outgoing !== undefined) {
+      this.stopSending();
+      this.sendJson({ type: 'onAgentInterrupted' });
+    }
+    // Start the recording with the pre-roll: its voiced part plus up to 40 ms of lead-in.
+    this.recording = [];
+    this.recordingBytes = 0;
+    this.voicedBytes = 0;
+    let first = this.preroll.findIndex((p) => p.voiced);
+    if (first < 0) first = this.preroll.length;
+    let leadIn = 0;
+    while (first > 0 && leadIn + (this.preroll[first - 1]?.frame.length ?? 0) <= LEAD_IN_BYTES) {
+      first--;
+      leadIn += this.preroll[first]?.frame.length ?? 0;
+    }
+    for (const p of this.preroll.slice(first)) this.record(p.frame, p.voiced);
+    this.preroll = [];
+    this.prerollBytes = 0;
+  }
+
+  private onSpeechEnd(): void {
+    const end = Math.min(this.recordingBytes, this.voicedBytes + TAIL_BYTES);
+    const audio = Buffer.concat(this.recording, this.recordingBytes).subarray(0, end);
+    this.recording = [];
+    this.recordingBytes = 0;
+    this.voicedBytes = 0;
+    const seconds = (audio.length / 8000).toFixed(1);
+    this.sendJson({ type: 'voiceActivityEnd' });
+    this.sendJson({ type: 'onUserTranscript', message: `(${seconds} seconds of audio)` });
+    this.startStream(audio, `Here is what you said: ${seconds} seconds of audio.`, false);
+  }
+
+  /** Begins a new agent response; the pacer sends it chunk by chunk. */
+  private startStream(audio: Uint8Array, text: string, textFirst: boolean): void {
+    this.stopSending();
+    this.sendJson({ type: 'newAudioStream' });
+    if (textFirst) this.sendJson({ type: 'onAgentTranscript', message: text });
+    this.outgoing = { audio, offset: 0, text, textSentFirst: textFirst };
+    this.sendChunk();
+    if (this.outgoing !== undefined) this.pacer = setInterval(() => this.sendChunk(), CHUNK_INTERVAL_MS);
+  }
+
+  private sendChunk(): void {
+    const out = this.outgoing;
+    if (out === undefined || this.closed) {
+      this.stopSending();
+      return;
+    }
+    if (out.offset < out.audio.length) {
+      const end = Math.min(out.audio.length, out.offset + CHUNK_BYTES);
+      const chunk = out.audio.subarray(out.offset, end);
+      out.offset = end;
+      this.send(AUDIO_STREAM_PREFIX + Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).toString('base64') + '"}');
+    }
+    if (out.offset >= out.audio.length) {
+      if (!out.textSentFirst) this.sendJson({ type: 'onAgentTranscript', message: out.text });
+      this.sendJson({ type: 'audioStreamEnd', message: out.text, jobId: ++this.jobId });
+      this.stopSending();
+    }
+  }
+
+  private stopSending(): void {
+    if (this.pacer !== undefined) clearInterval(this.pacer);
+    this.pacer = undefined;
+    this.outgoing = undefined;
+  }
+}
+
+function rawToString(data: RawData): string {
+  if (Buffer.isBuffer(data)) return data.toString('utf8');
+  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
+  return Buffer.from(data).toString('utf8');
+}
+
+/** Validates the first frame; returns an error message when it is unusable. */
+function parseSetup(text: string): ValidSetup | string {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return 'first frame must be a JSON setup message';
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return 'first frame must be a JSON setup message';
+  const o = raw as Record<string, unknown>;
+  if (o.type !== 'setup') return 'first frame must be setup';
+  if (o.inputEncoding !== 'mulaw' || o.inputSampleRate !== 8000 || o.outputFormat !== 'mulaw' || o.outputSampleRate !== 8000) {
+    return 'only inputEncoding "mulaw" at 8000 Hz and outputFormat "mulaw" at 8000 Hz are supported';
+  }
+  const optStr = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+  return {
+    apiKey: optStr(o.apiKey),
+    prompt: optStr(o.prompt),
+    customGreeting: optStr(o.customGreeting),
+    continueConversation: optStr(o.continueConversation),
+  };
+}

@@ -1,0 +1,148 @@
+/**
+ * Test harness: an in-process bridge on 127.0.0.1:0 wired to the fake PlayAI
+ * agent and a recording call-control fake, plus shortcuts to place calls with
+ * the Twilio simulator.
+ */
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { createBridge, type Bridge } from '../src/app.js';
+import { loadConfig, type Config } from '../src/config.js';
+import { FakeAgentServer, type FakeAgentConnection, type FakeAgentOptions } from '../src/testing/fakeAgent.js';
+import { FakeCallControl } from '../src/testing/fakeCallControl.js';
+import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/testing/twilioSim.js';
+
+export const AUTH_TOKEN = 'test-auth-token-0123456789abcdef';
+export const PUBLIC_URL = 'https://voice.example.test';
+export const STREAM_URL = 'wss://voice.example.test/twilio/media-stream';
+
+/** Captures log lines as parsed JSON objects. */
+export class LogSink {
+  readonly lines: Array<Record<string, unknown>> = [];
+  readonly stream = new Writable({
+    write: (chunk: Buffer, _enc, cb) => {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line.trim()) this.lines.push(JSON.parse(line) as Record<string, unknown>);
+      }
+      cb();
+    },
+  });
+  text(): string {
+    return this.lines.map((l) => JSON.stringify(l)).join('\n');
+  }
+}
+
+export interface TestBridge {
+  url: string;
+  config: Config;
+  bridge: Bridge;
+  agent: FakeAgentServer;
+  callControl: FakeCallControl;
+  logs: LogSink;
+  close(): Promise<void>;
+}
+
+export interface TestBridgeOptions {
+  env?: Record<string, string | undefined>;
+  agent?: FakeAgentOptions;
+  /** Sign requests (default true). */
+  signed?: boolean;
+}
+
+export async function startTestBridge(opts: TestBridgeOptions = {}): Promise<TestBridge> {
+  const agent = await FakeAgentServer.start({ autoInit: false, ...opts.agent });
+  const signed = opts.signed ?? true;
+  const config = loadConfig({
+    PORT: '0',
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'debug',
+    PLAYAI_API_KEY: 'test-playai-key',
+    PLAYAI_AGENT_ID: 'agent-default',
+    PLAYAI_WS_URL: agent.url,
+    START_TIMEOUT_MS: '500',
+    AGENT_INIT_TIMEOUT_MS: '1500',
+    HANGUP_DRAIN_TIMEOUT_MS: '1500',
+    CALL_CONTROL_GRACE_MS: '500',
+    ...(signed ? { TWILIO_AUTH_TOKEN: AUTH_TOKEN, PUBLIC_URL } : {}),
+    ...opts.env,
+  });
+  const logs = new LogSink();
+  const logger = pino({ level: 'debug' }, logs.stream);
+  const callControl = new FakeCallControl();
+  const bridge = await createBridge(config, logger, { callControl });
+  const address = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
+  return {
+    url: address,
+    config,
+    bridge,
+    agent,
+    callControl,
+    logs,
+    async close() {
+      await bridge.app.close();
+      await agent.close();
+    },
+  };
+}
+
+export interface OpenCall {
+  stream: FakeTwilioStream;
+  agent: FakeAgentConnection;
+  callSid: string;
+  token: string;
+}
+
+/**
+ * Webhook → stream → `start`, then waits for the agent socket and its setup.
+ * With `init` (default) the fake agent answers init before returning.
+ */
+export async function openCall(
+  tb: TestBridge,
+  opts: { to?: string; init?: boolean; autoEchoMarks?: boolean; connected?: boolean } = {},
+): Promise<OpenCall> {
+  const callSid = newCallSid();
+  const signed = tb.config.twilio.authToken !== undefined;
+  const hook = await postVoiceWebhook({
+    bridgeUrl: tb.url,
+    publicUrl: tb.config.publicUrl,
+    authToken: signed ? AUTH_TOKEN : undefined,
+    params: { CallSid: callSid, ...(opts.to ? { To: opts.to, Called: opts.to } : {}) },
+  });
+  const streamUrl = hook.twiml?.streamUrl;
+  const token = hook.twiml?.parameters.token;
+  if (streamUrl === undefined || token === undefined) throw new Error(`call not admitted: ${hook.status} ${hook.body}`);
+  const stream = await FakeTwilioStream.connect({
+    bridgeUrl: tb.url,
+    streamUrl,
+    authToken: signed ? AUTH_TOKEN : undefined,
+    autoEchoMarks: opts.autoEchoMarks ?? true,
+  });
+  if (opts.connected ?? true) stream.sendConnected();
+  stream.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+  const agent = await tb.agent.nextConnection();
+  await agent.waitForSetup();
+  if (opts.init ?? true) agent.init();
+  return { stream, agent, callSid, token };
+}
+
+/** Polls until `check` is true (for state that has no event to wait on). */
+export async function eventually(check: () => boolean, timeoutMs = 3000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A base64 μ-law payload of `bytes` bytes filled with `fill`. */
+export function ulaw(bytes: number, fill = 0x55): string {
+  return Buffer.alloc(bytes, fill).toString('base64');
+}
+
+/** Distinct 20 ms frames (160 bytes), so order can be checked. */
+export function numberedFrames(n: number): string[] {
+  return Array.from({ length: n }, (_, i) => {
+    const b = Buffer.alloc(160, 0x7f);
+    b.writeUInt16BE(i, 0);
+    return b.toString('base64');
+  });
+}
