@@ -128,7 +128,8 @@ const routeSchema = z
     customGreeting: z.string().max(1_000).optional(),
   })
   .strict();
-const routesFileSchema = z.record(z.string().regex(/^\+[1-9]\d{1,14}$/, 'keys must be E.164 numbers like +15551234567'), routeSchema);
+const routesFileSchema = z.record(z.string(), routeSchema);
+const E164 = /^\+[1-9]\d{1,14}$/;
 
 function formatIssue(issue: z.core.$ZodIssue): string {
   const name = issue.path.length ? String(issue.path[0]) : '(env)';
@@ -150,7 +151,12 @@ export function parseRoutesFile(path: string): Map<string, NumberRoute> {
     throw new ConfigError(`ROUTES_FILE: ${path}: ${where ? `${where}: ` : ''}${first?.message ?? 'invalid'}`);
   }
   const routes = new Map<string, NumberRoute>();
-  for (const [number, route] of Object.entries(parsed.data)) routes.set(number, route);
+  for (const [number, route] of Object.entries(parsed.data)) {
+    if (!E164.test(number)) {
+      throw new ConfigError(`ROUTES_FILE: ${path}: ${JSON.stringify(number)} is not an E.164 number like +15551234567`);
+    }
+    routes.set(number, route);
+  }
   return routes;
 }
 
