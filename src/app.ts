@@ -18,7 +18,6 @@ import { SessionManager } from './session/manager.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
-export const AGENT_HEARTBEAT_MS = 5_000;
 
 export interface BridgeOverrides {
   callControl?: CallControl;
@@ -33,6 +32,23 @@ export interface Bridge {
   metrics: Metrics;
   callControl: CallControl;
   settings: SessionSettings;
+  /**
+   * Graceful drain: stop admitting calls (readiness 503 at once), let live
+   * calls end on their own for up to `timeoutMs`, then end the rest with a
+   * goodbye. Resolves when no call is left. Does not close the server.
+   */
+  drain(timeoutMs: number): Promise<{ endedByDrain: number }>;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs;
+  while (!check()) {
+    if (performance.now() >= deadline) return false;
+    await sleep(Math.min(100, Math.max(1, deadline - performance.now())));
+  }
+  return true;
 }
 
 export async function createBridge(config: Config, logger: Logger, overrides: BridgeOverrides = {}): Promise<Bridge> {
@@ -42,6 +58,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     defaultAgentId: config.playai.defaultAgentId,
     routes: config.routes,
     forceAgentId: config.localAgent ? config.playai.defaultAgentId : undefined,
+    agentLimits: config.agentLimits,
+    agentCapacityCooldownMs: config.agentCapacityCooldownMs,
     onReservationExpired: (callSid) => {
       metrics.streamRejectedTotal.labels('reservation_expired').inc();
       logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
@@ -51,12 +69,19 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     liveCalls: () => manager.liveCalls,
     reservedSlots: () => manager.reservedSlots,
     capacity: () => manager.capacity,
+    draining: () => manager.draining,
   });
   const say = { voice: config.messages.voice, language: config.messages.language };
   const callControl =
     overrides.callControl ??
     (config.twilio.accountSid !== undefined && config.twilio.authToken !== undefined
-      ? new TwilioRestCallControl(config.twilio.accountSid, config.twilio.authToken, say, logger)
+      ? new TwilioRestCallControl({
+          accountSid: config.twilio.accountSid,
+          authToken: config.twilio.authToken,
+          say,
+          log: logger,
+          apiUrl: config.twilioApiUrl,
+        })
       : new LocalCallControl());
   const settings: SessionSettings = {
     agentBaseUrl: overrides.agentBaseUrl ?? config.playai.wsUrl,
@@ -66,8 +91,12 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callControlGraceMs: config.timeouts.callControlGraceMs,
     markIntervalMs: config.media.markIntervalMs,
     preInitBufferMs: config.media.preInitBufferMs,
-    apologyText: config.messages.apology,
-    agentHeartbeatMs: AGENT_HEARTBEAT_MS,
+    agentHeartbeatMs: config.agentReconnect.heartbeatMs,
+    reconnect: config.agentReconnect,
+    maxCallMs: config.timeouts.maxCallMs,
+    idleMs: config.timeouts.idleMs,
+    texts: config.messages,
+    overflow: config.overflow,
   };
 
   const app = Fastify({
@@ -91,9 +120,22 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     connectAgent: overrides.connectAgent ?? wsConnectAgent,
     settings,
   });
+  manager.startSweep(config.timeouts.sweepIntervalMs);
   app.addHook('onClose', async () => {
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
   });
-  return { app, manager, metrics, callControl, settings };
+  const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
+    manager.startDrain();
+    logger.info({ liveCalls: manager.liveCalls, reservedSlots: manager.reservedSlots, timeoutMs }, 'draining: no new calls; waiting for live calls to end');
+    if (await waitFor(() => manager.usedSlots === 0, timeoutMs)) return { endedByDrain: 0 };
+    const left = [...manager.sessions()];
+    logger.warn({ liveCalls: left.length }, 'drain timeout: ending the remaining calls with a goodbye');
+    for (const s of left) s.endWithGoodbye('shutdown');
+    await waitFor(() => manager.liveCalls === 0, settings.callControlGraceMs + 1000);
+    for (const s of [...manager.sessions()]) s.close('shutdown');
+    manager.dispose();
+    return { endedByDrain: left.length };
+  };
+  return { app, manager, metrics, callControl, settings, drain };
 }

@@ -46,7 +46,17 @@ export interface Config {
   routes: Map<string, NumberRoute>;
   routesFile?: string;
   maxConcurrentCalls: number;
+  /** Optional per-agent caps on concurrent calls, on top of {@link Config.maxConcurrentCalls}. */
+  agentLimits: Map<string, number>;
+  /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
+  agentCapacityCooldownMs: number;
+  /** What a caller refused for capacity gets: a spoken apology, or a forward to FALLBACK_NUMBER. */
+  overflow: { action: 'say' | 'dial'; fallbackNumber?: string };
   dataDir: string;
+  /** Seconds live calls get to finish after SIGTERM/SIGINT before they are ended with a goodbye. */
+  drainTimeoutMs: number;
+  /** Twilio REST base URL override (a Twilio-compatible server, for tests and gateways). */
+  twilioApiUrl?: string;
   timeouts: {
     /** How long a token minted by /twilio/voice stays valid (and the slot reserved). */
     streamTokenTtlMs: number;
@@ -58,6 +68,22 @@ export interface Config {
     hangupDrainMs: number;
     /** After asking Twilio to speak an apology, how long before we close the stream ourselves. */
     callControlGraceMs: number;
+    /** A call is ended (with a goodbye) after this long. */
+    maxCallMs: number;
+    /** A call with no media from Twilio for this long is ended (its stream is dead). */
+    idleMs: number;
+    /** How often the manager sweeps sessions for dead sockets, idle and over-long calls. */
+    sweepIntervalMs: number;
+  };
+  agentReconnect: {
+    /** Attempts per outage. */
+    attempts: number;
+    /** Time budget per outage, from the moment the agent leg was lost. */
+    windowMs: number;
+    /** Caller audio kept while the agent leg is down, in ms. */
+    bufferMs: number;
+    /** Ping interval on the agent socket; a missed pong terminates it. */
+    heartbeatMs: number;
   };
   media: {
     /** Agent audio between two playback marks, in ms. */
@@ -68,6 +94,7 @@ export interface Config {
   messages: {
     apology: string;
     busy: string;
+    goodbye: string;
     voice?: string;
     language?: string;
   };
@@ -117,7 +144,27 @@ const envSchema = z.object({
     emptyToUndefined,
     z.string().max(1000).default('Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
   ),
+  GOODBYE_TEXT: z.preprocess(
+    emptyToUndefined,
+    z.string().max(1000).default('We have to end this call now. Thank you for calling. Goodbye.'),
+  ),
   SAY_VOICE: optionalString,
+  AGENT_LIMITS: optionalString,
+  AGENT_CAPACITY_COOLDOWN_S: intIn(1, 3600, 60),
+  OVERFLOW_ACTION: z.preprocess(emptyToUndefined, z.enum(['say', 'dial']).default('say')),
+  FALLBACK_NUMBER: z.preprocess(
+    emptyToUndefined,
+    z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
+  ),
+  DRAIN_TIMEOUT_S: intIn(0, 86_400, 120),
+  MAX_CALL_DURATION_S: intIn(10, 86_400, 3600),
+  IDLE_TIMEOUT_S: intIn(1, 3600, 20),
+  SWEEP_INTERVAL_S: intIn(1, 600, 5),
+  AGENT_RECONNECT_ATTEMPTS: intIn(0, 20, 5),
+  AGENT_RECONNECT_WINDOW_MS: intIn(0, 120_000, 10_000),
+  RECONNECT_BUFFER_MS: intIn(0, 120_000, 10_000),
+  AGENT_HEARTBEAT_MS: intIn(0, 60_000, 3_000),
+  TWILIO_API_URL: optionalString,
   SAY_LANGUAGE: optionalString,
 });
 
@@ -222,6 +269,24 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     routes = parseRoutesFile(routesFile);
   }
 
+  const agentLimits = new Map<string, number>();
+  if (e.AGENT_LIMITS !== undefined) {
+    for (const part of e.AGENT_LIMITS.split(',')) {
+      const m = /^\s*([A-Za-z0-9_-]{1,128})\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
+      if (m === null || m[1] === undefined || m[2] === undefined) {
+        throw new ConfigError(`AGENT_LIMITS: expected agentId:max pairs separated by commas, e.g. "sales:5,support:10" (got ${JSON.stringify(part)})`);
+      }
+      agentLimits.set(m[1], Number(m[2]));
+    }
+  }
+  if (e.OVERFLOW_ACTION === 'dial' && e.FALLBACK_NUMBER === undefined) {
+    throw new ConfigError('FALLBACK_NUMBER: required when OVERFLOW_ACTION=dial');
+  }
+  let twilioApiUrl: string | undefined;
+  if (e.TWILIO_API_URL !== undefined) {
+    twilioApiUrl = parseUrl('TWILIO_API_URL', e.TWILIO_API_URL, ['https:', 'http:']).href.replace(/\/+$/, '');
+  }
+
   return {
     port: e.PORT,
     host: e.HOST,
@@ -239,16 +304,30 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     routes,
     routesFile,
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
+    agentLimits,
+    agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
+    overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },
     dataDir: resolve(e.DATA_DIR),
+    drainTimeoutMs: e.DRAIN_TIMEOUT_S * 1000,
+    twilioApiUrl,
     timeouts: {
       streamTokenTtlMs: e.STREAM_TOKEN_TTL_S * 1000,
       startTimeoutMs: e.START_TIMEOUT_MS,
       agentInitTimeoutMs: e.AGENT_INIT_TIMEOUT_MS,
       hangupDrainMs: e.HANGUP_DRAIN_TIMEOUT_MS,
       callControlGraceMs: e.CALL_CONTROL_GRACE_MS,
+      maxCallMs: e.MAX_CALL_DURATION_S * 1000,
+      idleMs: e.IDLE_TIMEOUT_S * 1000,
+      sweepIntervalMs: e.SWEEP_INTERVAL_S * 1000,
+    },
+    agentReconnect: {
+      attempts: e.AGENT_RECONNECT_ATTEMPTS,
+      windowMs: e.AGENT_RECONNECT_WINDOW_MS,
+      bufferMs: e.RECONNECT_BUFFER_MS,
+      heartbeatMs: e.AGENT_HEARTBEAT_MS,
     },
     media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS },
-    messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
+    messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, goodbye: e.GOODBYE_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
   };
 }
 

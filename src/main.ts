@@ -50,13 +50,20 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const stop = async (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: ending every call now');
+      for (const session of [...bridge.manager.sessions()]) session.close('shutdown');
+      process.exit(0);
+    }
     stopping = true;
-    logger.info({ signal, liveCalls: bridge.manager.liveCalls }, 'shutting down');
-    bridge.manager.startDrain();
+    logger.info({ signal, liveCalls: bridge.manager.liveCalls, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down');
     try {
+      const { endedByDrain } = await bridge.drain(config.drainTimeoutMs);
       await bridge.app.close();
       await localAgent?.close();
+      logger.info({ endedByDrain }, 'stopped');
+    } catch (err) {
+      logger.error({ err }, 'error while shutting down');
     } finally {
       logger.flush?.();
       process.exit(0);

@@ -13,6 +13,7 @@ export interface MetricsSources {
   liveCalls(): number;
   reservedSlots(): number;
   capacity(): number;
+  draining(): boolean;
 }
 
 export class Metrics {
@@ -36,6 +37,8 @@ export class Metrics {
   readonly badFramesTotal: client.Counter<'leg' | 'kind'>;
   readonly agentErrorsTotal: client.Counter<'code' | 'fatal'>;
   readonly agentUnknownMessagesTotal: client.Counter;
+  readonly agentReconnectsTotal: client.Counter<'result'>;
+  readonly agentCapacityTotal: client.Counter;
   readonly webhookSignatureFailures: client.Counter<'route'>;
   readonly firstAgentAudioSeconds: client.Histogram;
   readonly bargeInClearSeconds: client.Histogram;
@@ -47,7 +50,8 @@ export class Metrics {
 
     new client.Gauge({ name: 'playline_calls_live', help: 'Calls with a live media session', registers, collect() { this.set(sources.liveCalls()); } });
     new client.Gauge({ name: 'playline_slots_reserved', help: 'Capacity reserved by /twilio/voice for streams not yet started', registers, collect() { this.set(sources.reservedSlots()); } });
-    new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls', registers, collect() { this.set(sources.capacity()); } });
+    new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls (lower than configured after a PlayAI 4429)', registers, collect() { this.set(sources.capacity()); } });
+    new client.Gauge({ name: 'playline_draining', help: '1 while the bridge is draining for shutdown', registers, collect() { this.set(sources.draining() ? 1 : 0); } });
 
     const self = this;
     const frameCounter = (name: string, help: string, get: (d: Direction) => number) =>
@@ -75,6 +79,8 @@ export class Metrics {
     this.badFramesTotal = new client.Counter({ name: 'playline_bad_frames_total', help: 'Frames dropped as malformed or out of place', labelNames: ['leg', 'kind'] as const, registers });
     this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent error frames', labelNames: ['code', 'fatal'] as const, registers });
     this.agentUnknownMessagesTotal = new client.Counter({ name: 'playline_agent_unknown_messages_total', help: 'Agent messages of an unknown type (ignored)', registers });
+    this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
+    this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'PlayAI 4429 (too many concurrent connections on the account)', registers });
     this.webhookSignatureFailures = new client.Counter({ name: 'playline_signature_failures_total', help: 'Requests refused for a missing or invalid X-Twilio-Signature', labelNames: ['route'] as const, registers });
     this.firstAgentAudioSeconds = new client.Histogram({
       name: 'playline_first_agent_audio_seconds',

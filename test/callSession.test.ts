@@ -60,8 +60,8 @@ describe('call start', () => {
     call.stream.sendStop();
   });
 
-  it('ends the call with an apology when the agent never sends init', async () => {
-    tb = await startTestBridge({ env: { AGENT_INIT_TIMEOUT_MS: '300' } });
+  it('ends the call with an apology when the agent never sends init and no retry is allowed', async () => {
+    tb = await startTestBridge({ env: { AGENT_INIT_TIMEOUT_MS: '300', AGENT_RECONNECT_ATTEMPTS: '0' } });
     const call = await openCall(tb, { init: false });
     await call.agent.closed;
     await call.stream.waitForClose(2000);
@@ -266,10 +266,10 @@ describe('ending the call', () => {
     await call.agent.closed;
   });
 
-  it('speaks an apology and ends the call on a fatal agent error', async () => {
+  it('speaks an apology and ends the call on a fatal agent error that a reconnect cannot fix', async () => {
     tb = await startTestBridge();
     const call = await openCall(tb);
-    call.agent.error(4500, 'internal', true);
+    call.agent.error(1002, 'invalid agent id', true);
     await call.agent.closed;
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toEqual([{ callSid: call.callSid, text: tb.config.messages.apology }]);
@@ -281,9 +281,10 @@ describe('ending the call', () => {
   it('treats a documented non-retryable code without isFatal as fatal', async () => {
     tb = await startTestBridge();
     const call = await openCall(tb);
-    call.agent.send({ type: 'error', code: 4429, message: 'max concurrent connections exceeded' });
+    call.agent.send({ type: 'error', code: 4401, message: 'unauthorized' });
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toHaveLength(1);
+    expect(tb.agent.connections).toHaveLength(1);
   });
 
   it('closes the stream itself when call control cannot speak (falls through to <Hangup/>)', async () => {
@@ -308,15 +309,6 @@ describe('ending the call', () => {
     expect(tb.callControl.spoken).toHaveLength(0);
     expect(tb.logs.lines.some((l) => l.msg === 'agent reported a non-fatal error' && l.code === 2001)).toBe(true);
     call.stream.sendStop();
-  });
-
-  it('ends the call with an apology when the agent socket drops without hangup', async () => {
-    tb = await startTestBridge();
-    const call = await openCall(tb);
-    call.agent.terminate();
-    await call.stream.waitForClose(2000);
-    expect(tb.callControl.spoken).toHaveLength(1);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('agent_disconnected');
   });
 });
 

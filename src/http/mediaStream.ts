@@ -48,10 +48,14 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
         settings: deps.settings,
         metrics,
         logger,
+        onAgentCapacityExceeded: (s) => {
+          const limit = manager.noteAgentCapacityExceeded();
+          logger.warn({ callSid: s.callSid, learnedLimit: limit }, 'agent account refused a connection (4429); capping admissions');
+        },
         onClosed: (s) => manager.release(s),
       });
     } catch (err) {
-      manager.abandonClaim();
+      manager.releaseSlot(claim.reservation.slot);
       logger.error({ err, callSid: start.callSid }, 'could not create a call session');
       return { accept: false, reason: 'internal_error' };
     }

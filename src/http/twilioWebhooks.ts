@@ -3,7 +3,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { connectStreamTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import { connectStreamTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import type { SessionManager } from '../session/manager.js';
@@ -51,7 +51,8 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     if (!admitted.ok) {
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
-      return sayHangupTwiml(config.messages.busy, say);
+      const fallback = config.overflow.action === 'dial' && admitted.reason !== 'draining' ? config.overflow.fallbackNumber : undefined;
+      return fallback === undefined ? sayHangupTwiml(config.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
     return connectStreamTwiml(config.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });

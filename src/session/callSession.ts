@@ -6,20 +6,25 @@
  * of them in one idempotent {@link CallSession.close}. Audio is relayed as
  * base64 strings without decoding in either direction.
  *
- * States: `connecting` (agent socket opening, waiting for `init`; caller audio
- * is buffered) → `live` → `draining` (agent hung up, its queued audio is
- * finishing) or `ending` (the caller is being told goodbye by call control)
- * → `closed`.
+ * States:
+ * - `connecting`: first agent socket opening, waiting for `init`; caller audio is buffered.
+ * - `live`: audio flows both ways.
+ * - `reconnecting`: the agent leg was lost without a `hangup`; the caller stays on the
+ *   line, caller audio is buffered, agent audio already queued at Twilio keeps playing,
+ *   and the session reconnects with `continueConversation` within a bounded budget.
+ * - `draining`: the agent hung up; its queued audio is finishing.
+ * - `ending`: call control is telling the caller goodbye (or forwarding the call).
+ * - `closed`.
  */
 import type { Logger } from 'pino';
-import type { AgentConnector, AgentLeg, AgentLegHandlers, AgentCloseInfo } from '../agent/leg.js';
-import { isFatalAgentError, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
+import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/leg.js';
+import { NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
 import { base64ByteLength } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrier/twilio/stream.js';
 import type { Metrics } from '../metrics.js';
-import type { CallRecord, ManagedSession, Reservation } from './manager.js';
+import type { CallRecord, ManagedSession, Reservation, Slot } from './manager.js';
 import { PlaybackTracker } from './playback.js';
 
 export interface SessionSettings {
@@ -30,8 +35,13 @@ export interface SessionSettings {
   callControlGraceMs: number;
   markIntervalMs: number;
   preInitBufferMs: number;
-  apologyText: string;
   agentHeartbeatMs: number;
+  reconnect: { attempts: number; windowMs: number; bufferMs: number };
+  maxCallMs: number;
+  idleMs: number;
+  texts: { apology: string; busy: string; goodbye: string };
+  /** What a caller refused for agent capacity (4429) gets. */
+  overflow: { action: 'say' | 'dial'; fallbackNumber?: string };
 }
 
 export interface CallSessionDeps {
@@ -43,37 +53,51 @@ export interface CallSessionDeps {
   settings: SessionSettings;
   metrics: Metrics;
   logger: Logger;
+  /** The agent account refused a connection (4429). */
+  onAgentCapacityExceeded(session: CallSession): void;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
+  /** Backoff jitter source (tests). */
+  random?: () => number;
 }
 
-export type SessionState = 'connecting' | 'live' | 'draining' | 'ending' | 'closed';
+export type SessionState = 'connecting' | 'live' | 'reconnecting' | 'draining' | 'ending' | 'closed';
 
 /** Why a call ended (the `outcome` label of `playline_calls_total`). */
 export type EndReason =
   | 'caller_hangup'
   | 'agent_hangup'
   | 'agent_error'
-  | 'agent_disconnected'
+  | 'agent_capacity'
+  | 'agent_unreachable'
   | 'agent_init_timeout'
+  | 'idle'
+  | 'max_duration'
+  | 'carrier_gone'
   | 'shutdown'
+  | 'replaced'
   | 'internal_error';
 
 /** Agent audio stays this far behind before the session stops queueing more on a stuck socket. */
 const MAX_AGENT_SOCKET_BUFFER = 1024 * 1024;
 const MAX_TRANSCRIPT_TURNS = 500;
 const MAX_DTMF = 200;
+/** Backoff before reconnect attempt n (ms), before jitter. */
+const BACKOFF_MS = [100, 400, 1000, 2000, 3000];
 
 export class CallSession implements CarrierHandlers, ManagedSession {
   readonly callSid: string;
   readonly streamSid: string;
+  readonly agentId: string;
   readonly record: CallRecord;
+  readonly slot: Slot;
   readonly playback: PlaybackTracker;
 
   readonly #d: CallSessionDeps;
   readonly #s: SessionSettings;
   readonly #carrier: CarrierLeg;
   readonly #metrics: Metrics;
+  readonly #baseLog: Logger;
   #log: Logger;
   #state: SessionState = 'connecting';
   #agent: AgentLeg | undefined;
@@ -81,23 +105,34 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   readonly #startedAt = performance.now();
   #firstAudioSeen = false;
   #endReason: EndReason | undefined;
+  #conversationId: string | undefined;
+  #everInit = false;
 
-  /** Caller audio waiting for the agent's `init` (base64 payloads, oldest first). */
+  /** Reconnect bookkeeping for the current outage. */
+  #outageStartedAt = 0;
+  #attempts = 0;
+
+  /** Caller audio waiting for the agent (base64 payloads, oldest first). */
   #pending: string[] = [];
   #pendingHead = 0;
   #pendingBytes = 0;
-  readonly #pendingMaxBytes: number;
+  #pendingMaxBytes: number;
 
   /** Late audio of an interrupted response is dropped until the next `newAudioStream`. */
   #dropAgentAudio = false;
 
   #initTimer: NodeJS.Timeout | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
   #tailMarkTimer: NodeJS.Timeout | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
   #graceTimer: NodeJS.Timeout | undefined;
 
+  /** Sweep bookkeeping: media frames seen, and when that count last moved. */
+  #mediaIn = 0;
+  #sweepMediaIn = -1;
+  #lastMediaMoveAt = performance.now();
+
   readonly #badSeen = new Set<string>();
-  /** Frame tallies for the end-of-call log line. */
   #framesUp = 0;
   #framesDown = 0;
   #bargeIns = 0;
@@ -109,27 +144,40 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#metrics = deps.metrics;
     this.callSid = deps.reservation.callSid;
     this.streamSid = deps.streamSid;
+    this.agentId = deps.reservation.route.agentId;
+    this.slot = deps.reservation.slot;
     this.record = deps.reservation.record;
     this.record.streamSid = deps.streamSid;
     this.record.startedAt = new Date().toISOString();
     this.playback = new PlaybackTracker(this.#s.markIntervalMs);
     this.#pendingMaxBytes = this.#s.preInitBufferMs * 8;
-    this.#log = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: deps.reservation.route.agentId });
+    this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: this.agentId });
+    this.#log = this.#baseLog;
   }
 
   get state(): SessionState {
     return this.#state;
   }
 
+  get agentConnected(): boolean {
+    return this.#agent !== undefined && (this.#state === 'live' || this.#state === 'draining');
+  }
+
+  get agentConnectedOnce(): boolean {
+    return this.#everInit;
+  }
+
   /** Opens the agent leg. Called once by whoever built the session, after registering it. */
   start(): void {
     this.#log.info({ from: this.record.from, to: this.record.to }, 'call started');
+    this.#outageStartedAt = performance.now();
     this.#openAgent();
   }
 
   // ---------------------------------------------------------------- carrier → session
 
   onMedia(payload: string): void {
+    this.#mediaIn++;
     if (this.#state === 'live') {
       const agent = this.#agent;
       if (agent !== undefined && agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(payload)) {
@@ -139,7 +187,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       } else {
         this.#metrics.framesLost++;
       }
-    } else if (this.#state === 'connecting') {
+    } else if (this.#state === 'connecting' || this.#state === 'reconnecting') {
       this.#bufferCallerAudio(payload);
     }
     // draining / ending: the agent is gone; the caller is hearing the last words.
@@ -180,6 +228,35 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
   }
 
+  // ---------------------------------------------------------------- manager → session
+
+  endWithGoodbye(reason: EndReason | string): void {
+    if (this.#state === 'closed' || this.#state === 'ending') return;
+    this.#log.info({ reason }, 'ending the call with a goodbye');
+    this.#endWith(reason as EndReason, this.#s.texts.goodbye);
+  }
+
+  sweep(now: number): void {
+    if (this.#state === 'closed') return;
+    if (!this.#carrier.isOpen) {
+      this.close('carrier_gone');
+      return;
+    }
+    if (this.#mediaIn !== this.#sweepMediaIn) {
+      this.#sweepMediaIn = this.#mediaIn;
+      this.#lastMediaMoveAt = now;
+    } else if (now - this.#lastMediaMoveAt >= this.#s.idleMs) {
+      this.#log.warn({ idleMs: Math.round(now - this.#lastMediaMoveAt) }, 'no media from Twilio; ending the call');
+      this.close('idle');
+      return;
+    }
+    if (now - this.#startedAt >= this.#s.maxCallMs && this.#state !== 'ending') {
+      this.endWithGoodbye('max_duration');
+      return;
+    }
+    if (this.#state === 'live' && this.#agent === undefined) this.#agentLost('agent leg missing');
+  }
+
   // ---------------------------------------------------------------- agent leg
 
   #openAgent(): void {
@@ -194,10 +271,13 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#s.apiKey !== undefined) setup.apiKey = this.#s.apiKey;
     if (route.prompt !== undefined) setup.prompt = route.prompt;
     if (route.customGreeting !== undefined) setup.customGreeting = route.customGreeting;
+    if (this.#conversationId !== undefined) setup.continueConversation = this.#conversationId;
 
+    let leg: AgentLeg | undefined;
     const handlers: AgentLegHandlers = {
       onOpen: () => {},
       onMessage: (msg) => {
+        if (leg !== this.#agent) return; // a late frame from a leg we already dropped
         try {
           this.#onAgentMessage(msg);
         } catch (err) {
@@ -206,6 +286,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       },
       onBadFrame: (kind, name) => this.#onAgentBadFrame(kind, name),
       onClose: (info) => {
+        if (leg !== this.#agent) return;
         try {
           this.#onAgentClose(info);
         } catch (err) {
@@ -214,18 +295,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       },
     };
     this.#agentOpenedAt = performance.now();
-    this.#agent = this.#d.connectAgent({
+    leg = this.#d.connectAgent({
       baseUrl: this.#s.agentBaseUrl,
-      agentId: route.agentId,
+      agentId: this.agentId,
       setup,
       handlers,
       heartbeatMs: this.#s.agentHeartbeatMs,
     });
+    this.#agent = leg;
     this.#initTimer = setTimeout(() => {
       this.#initTimer = undefined;
-      if (this.#state === 'connecting') {
+      if (this.#state === 'connecting' || this.#state === 'reconnecting') {
         this.#log.warn({ timeoutMs: this.#s.agentInitTimeoutMs }, 'agent did not send init in time');
-        this.#fail('agent_init_timeout');
+        this.#agentLost('init timeout', 'agent_init_timeout');
       }
     }, this.#s.agentInitTimeoutMs);
   }
@@ -265,12 +347,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       case 'onAgentInterrupted':
         this.#log.debug('agent reports it was interrupted');
         return;
-      case 'voiceActivityEnd':
-      case 'audioStreamEnd': {
+      case 'audioStreamEnd':
         // End of a response: mark its tail now rather than waiting for the tail timer.
-        if (msg.type === 'audioStreamEnd') this.#flushTailMark();
+        this.#flushTailMark();
         return;
-      }
+      case 'voiceActivityEnd':
       case 'ignored':
         return;
       case 'unknown':
@@ -281,16 +362,29 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onInit(conversationId: string): void {
-    if (this.#state !== 'connecting') {
+    if (this.#state !== 'connecting' && this.#state !== 'reconnecting') {
       this.#warnOnce('agent:duplicate_init', {}, 'ignored a second init from the agent');
       return;
     }
     this.#clearTimer('init');
     this.#metrics.agentInitSeconds.observe((performance.now() - this.#agentOpenedAt) / 1000);
-    this.record.conversationId = conversationId;
-    this.#log = this.#log.child({ conversationId });
+    const reconnected = this.#state === 'reconnecting';
+    if (conversationId !== this.#conversationId) {
+      this.#conversationId = conversationId;
+      this.record.conversationId = conversationId;
+      this.#log = this.#baseLog.child({ conversationId });
+    }
     this.#state = 'live';
-    this.#log.info({ bufferedFrames: this.#pending.length - this.#pendingHead }, 'agent ready');
+    this.#everInit = true;
+    this.#attempts = 0;
+    const buffered = this.#pending.length - this.#pendingHead;
+    if (reconnected) {
+      this.record.agentReconnects++;
+      this.#metrics.agentReconnectsTotal.labels('success').inc();
+      this.#log.info({ outageMs: Math.round(performance.now() - this.#outageStartedAt), bufferedFrames: buffered }, 'agent reconnected');
+    } else {
+      this.#log.info({ bufferedFrames: buffered }, 'agent ready');
+    }
     this.#flushPending();
   }
 
@@ -359,11 +453,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onAgentHangup(endedBy: string | undefined): void {
-    if (this.#state !== 'live' && this.#state !== 'connecting') return;
+    if (this.#state !== 'live' && this.#state !== 'connecting' && this.#state !== 'reconnecting') return;
     this.#log.info({ endedBy }, 'agent hung up');
     this.#endReason ??= 'agent_hangup';
     this.#state = 'draining';
     this.#clearTimer('init');
+    this.#clearTimer('retry');
     this.#closeAgent();
     this.#flushTailMark();
     if (!this.playback.queued) {
@@ -379,21 +474,72 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onAgentError(code: number | undefined, message: string, isFatal: boolean | undefined): void {
-    const fatal = isFatalAgentError(code, isFatal);
+    const known = code !== undefined && (NON_RETRYABLE_AGENT_ERRORS.has(code) || RETRYABLE_AGENT_ERRORS.has(code));
+    const fatal = isFatal ?? known;
     this.#metrics.agentErrorsTotal.labels(code === undefined ? 'none' : String(code), String(fatal)).inc();
     if (!fatal) {
       this.#log.warn({ code, agentMessage: message }, 'agent reported a non-fatal error');
       return;
     }
-    this.#log.error({ code, agentMessage: message }, 'agent reported a fatal error');
-    this.#fail('agent_error');
+    if (code !== undefined && NON_RETRYABLE_AGENT_ERRORS.has(code)) {
+      this.#log.error({ code, agentMessage: message }, 'agent reported a fatal error that a reconnect cannot fix');
+      if (code === 4429) {
+        this.#metrics.agentCapacityTotal.inc();
+        this.#d.onAgentCapacityExceeded(this);
+        this.#endWith('agent_capacity', this.#s.texts.busy, this.#s.overflow);
+      } else {
+        this.#endWith('agent_error', this.#s.texts.apology);
+      }
+      return;
+    }
+    this.#log.warn({ code, agentMessage: message }, 'agent reported a retryable error');
+    this.#agentLost(`error ${code ?? 'without code'}`);
   }
 
   #onAgentClose(info: AgentCloseInfo): void {
     this.#agent = undefined;
     if (info.byUs || this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
     this.#log.warn({ code: info.code, reason: info.reason, error: info.error, state: this.#state }, 'agent socket closed without hangup');
-    this.#fail('agent_disconnected');
+    this.#agentLost(info.error ?? `closed with ${info.code}`);
+  }
+
+  /**
+   * The agent leg is gone (or useless) without a hangup: reconnect with
+   * `continueConversation` within the budget, or end the call with an apology.
+   */
+  #agentLost(why: string, failReason: EndReason = 'agent_unreachable'): void {
+    if (this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
+    this.#clearTimer('init');
+    this.#closeAgent();
+    if (this.#state === 'live') {
+      this.#state = 'reconnecting';
+      this.#outageStartedAt = performance.now();
+      this.#attempts = 0;
+      this.#pendingMaxBytes = this.#s.reconnect.bufferMs * 8;
+    }
+    const elapsed = performance.now() - this.#outageStartedAt;
+    const delay = this.#backoff(this.#attempts);
+    if (this.#attempts >= this.#s.reconnect.attempts || elapsed + delay > this.#s.reconnect.windowMs) {
+      if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('gave_up').inc();
+      this.#log.error({ why, attempts: this.#attempts, outageMs: Math.round(elapsed) }, 'agent leg lost; reconnect budget spent');
+      this.#endWith(failReason, this.#s.texts.apology);
+      return;
+    }
+    this.#attempts++;
+    this.#log.warn({ why, attempt: this.#attempts, delayMs: Math.round(delay) }, 'agent leg lost; reconnecting');
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (this.#state === 'connecting' || this.#state === 'reconnecting') {
+        if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('attempt').inc();
+        this.#openAgent();
+      }
+    }, delay);
+  }
+
+  #backoff(attempt: number): number {
+    const base = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] ?? 1000;
+    const r = this.#d.random?.() ?? Math.random();
+    return base * (0.75 + 0.5 * r);
   }
 
   #onAgentBadFrame(kind: AgentBadFrameKind, name?: string): void {
@@ -407,7 +553,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     agent?.close(1000, 'call ended');
   }
 
-  // ---------------------------------------------------------------- caller audio before init
+  // ---------------------------------------------------------------- caller audio while the agent is not ready
 
   #bufferCallerAudio(payload: string): void {
     this.#pending.push(payload);
@@ -416,7 +562,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       const dropped = this.#pending[this.#pendingHead++] ?? '';
       this.#pendingBytes -= base64ByteLength(dropped);
       this.#metrics.framesLost++;
-      this.#warnOnce('preinit_overflow', { maxMs: this.#s.preInitBufferMs }, 'caller audio buffer full before agent init; dropping oldest');
+      this.#warnOnce('buffer_overflow', { maxMs: this.#pendingMaxBytes / 8 }, 'caller audio buffer full while the agent is not ready; dropping oldest');
     }
   }
 
@@ -440,20 +586,24 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   // ---------------------------------------------------------------- ending
 
   /**
-   * Ends the call with a spoken apology through call control. If the carrier
-   * cannot speak it (no REST credentials, request failed) the stream is closed
-   * and the TwiML falls through to `<Hangup/>`.
+   * Ends the call through call control: speaks `text` (or forwards the call),
+   * then Twilio tears the stream down. If the carrier cannot do it (no REST
+   * credentials, request failed) the stream is closed and the TwiML falls
+   * through to `<Hangup/>`.
    */
-  #fail(reason: EndReason): void {
+  #endWith(reason: EndReason, text: string, overflow?: SessionSettings['overflow']): void {
     if (this.#state === 'closed' || this.#state === 'ending') return;
     this.#endReason ??= reason;
     this.#state = 'ending';
     this.#clearTimer('init');
+    this.#clearTimer('retry');
     this.#clearTimer('drain');
     this.#closeAgent();
-    const text = this.#s.apologyText;
+    const forwardTo = overflow?.action === 'dial' ? overflow.fallbackNumber : undefined;
     this.record.spokenToCaller.push(text);
-    this.#d.callControl.sayAndHangup(this.callSid, text).then(
+    const request =
+      forwardTo === undefined ? this.#d.callControl.sayAndHangup(this.callSid, text) : this.#d.callControl.forward(this.callSid, forwardTo, text);
+    request.then(
       (accepted) => this.#afterCallControl(accepted),
       () => this.#afterCallControl(false),
     );
@@ -480,11 +630,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const outcome = this.#endReason ?? reason;
     try {
       this.#clearTimer('init');
+      this.#clearTimer('retry');
       this.#clearTimer('tail');
       this.#clearTimer('drain');
       this.#clearTimer('grace');
       this.#closeAgent();
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
+      const lost = this.#pending.length - this.#pendingHead;
+      if (lost > 0) this.#metrics.framesLost += lost;
       this.#pending = [];
       this.#pendingHead = 0;
       this.#pendingBytes = 0;
@@ -499,6 +652,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
           framesUp: this.#framesUp,
           framesDown: this.#framesDown,
           bargeIns: this.#bargeIns,
+          agentReconnects: this.record.agentReconnects,
         },
         'call ended',
       );
@@ -510,18 +664,21 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   // ---------------------------------------------------------------- helpers
 
-
   #warnOnce(key: string, obj: Record<string, unknown>, msg: string): void {
     if (this.#badSeen.has(key)) return;
     this.#badSeen.add(key);
     this.#log.warn(obj, msg);
   }
 
-  #clearTimer(which: 'init' | 'tail' | 'drain' | 'grace'): void {
+  #clearTimer(which: 'init' | 'retry' | 'tail' | 'drain' | 'grace'): void {
     switch (which) {
       case 'init':
         if (this.#initTimer !== undefined) clearTimeout(this.#initTimer);
         this.#initTimer = undefined;
+        return;
+      case 'retry':
+        if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+        this.#retryTimer = undefined;
         return;
       case 'tail':
         if (this.#tailMarkTimer !== undefined) clearTimeout(this.#tailMarkTimer);

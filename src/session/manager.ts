@@ -1,11 +1,16 @@
 /**
  * The session manager: the one place that knows every call in flight.
  *
- * A call takes a capacity slot when `/twilio/voice` admits it and gives it
- * back on every exit path: the stream never arrives (the reservation expires),
- * the token is refused, or the session closes for any reason. Tokens minted at
- * the webhook are single use and short lived; the media stream must present
- * one to get a session.
+ * Capacity is counted in slots. A call takes a slot when `/twilio/voice`
+ * admits it, and the slot is released exactly once on every exit path: the
+ * stream never arrives (the reservation expires), the token is refused, the
+ * session could not be built, or the session closes for any reason. Slots are
+ * objects with a `released` flag, so a double release cannot go negative and
+ * a missed one shows up as a live slot in tests.
+ *
+ * Limits: MAX_CONCURRENT_CALLS, optional per-agent caps, and the account limit
+ * learned from a PlayAI 4429 (the number of agent sessions open at that
+ * moment), which holds until a call ends or a cooldown passes.
  */
 import { randomBytes } from 'node:crypto';
 import type { NumberRoute } from '../config.js';
@@ -34,14 +39,23 @@ export interface CallRecord {
   startedAt?: string;
   endedAt?: string;
   conversationId?: string;
-  /** Latest Twilio call status from status callbacks. */
+  /** Latest Twilio call status from status callbacks (highest SequenceNumber). */
   status?: string;
   statusHistory: Array<{ status: string; at: string; sequence?: number; duration?: number }>;
   transcript: TranscriptTurn[];
   dtmf: string[];
   /** Texts the bridge asked the carrier to speak to the caller (apologies, goodbyes). */
   spokenToCaller: string[];
+  /** Agent reconnects during the call, successful ones. */
+  agentReconnects: number;
   endReason?: string;
+}
+
+/** A unit of capacity held by one admitted call. */
+export interface Slot {
+  readonly callSid: string;
+  readonly agentId: string;
+  released: boolean;
 }
 
 export interface Reservation {
@@ -49,11 +63,14 @@ export interface Reservation {
   callSid: string;
   route: CallRoute;
   record: CallRecord;
+  slot: Slot;
 }
+
+export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining';
 
 export type AdmitResult =
   | { ok: true; token: string; route: CallRoute; record: CallRecord }
-  | { ok: false; reason: 'capacity' | 'draining' };
+  | { ok: false; reason: RefusalReason };
 
 export type ClaimRefusal = 'missing_token' | 'unknown_token' | 'used_token' | 'expired_token' | 'call_mismatch';
 export type ClaimResult = { ok: true; reservation: Reservation } | { ok: false; reason: ClaimRefusal };
@@ -61,7 +78,17 @@ export type ClaimResult = { ok: true; reservation: Reservation } | { ok: false; 
 /** What the manager needs from a live session. */
 export interface ManagedSession {
   readonly callSid: string;
+  readonly slot: Slot;
+  /** True while the session holds an open agent socket (counts toward the agent account's limit). */
+  readonly agentConnected: boolean;
+  /** True once the agent leg has sent `init` at least once. */
+  readonly agentConnectedOnce: boolean;
+  /** Ends the call now. */
   close(reason: string): void;
+  /** Ends the call with a goodbye spoken to the caller (drain, maximum length). */
+  endWithGoodbye(reason: string): void;
+  /** Periodic check: dead sockets, idle stream, maximum length. `now` is performance.now(). */
+  sweep(now: number): void;
 }
 
 export interface SessionManagerOptions {
@@ -71,8 +98,12 @@ export interface SessionManagerOptions {
   routes: Map<string, NumberRoute>;
   /** Local mode: every call goes to this agent id whatever the route says. */
   forceAgentId?: string;
+  agentLimits?: Map<string, number>;
+  agentCapacityCooldownMs?: number;
   /** Called when a reservation expires without a stream (for metrics/logs). */
   onReservationExpired?(callSid: string): void;
+  /** Clock for the learned-limit cooldown (tests). */
+  now?: () => number;
 }
 
 const MAX_SPENT_TOKENS = 10_000;
@@ -84,45 +115,65 @@ interface PendingReservation extends Reservation {
 
 export class SessionManager {
   readonly #opts: SessionManagerOptions;
+  readonly #now: () => number;
+  readonly #slots = new Set<Slot>();
+  readonly #perAgent = new Map<string, number>();
   readonly #reservations = new Map<string, PendingReservation>();
   readonly #reservationByCall = new Map<string, string>();
   /** Tokens already claimed or expired, to tell a replay from a forgery in logs. */
   readonly #spent = new Map<string, 'used_token' | 'expired_token'>();
   readonly #sessions = new Map<string, ManagedSession>();
-  /** Claimed but not yet registered (the session is being built). */
-  #claimed = 0;
   readonly #records = new Map<string, CallRecord>();
   readonly #ended: string[] = [];
   #draining = false;
+  /** Account limit learned from a 4429, valid until `until` (or until a call ends). */
+  #learned: { limit: number; until: number } | undefined;
+  #sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: SessionManagerOptions) {
     this.#opts = opts;
+    this.#now = opts.now ?? Date.now;
   }
 
   get liveCalls(): number {
     return this.#sessions.size;
   }
 
+  /** Slots held by calls that have no live session yet (admitted, stream not started). */
   get reservedSlots(): number {
-    return this.#reservations.size + this.#claimed;
-  }
-
-  get capacity(): number {
-    return this.#opts.maxConcurrentCalls;
+    return this.#slots.size - this.#sessions.size;
   }
 
   /** Slots in use: live sessions plus reservations. */
   get usedSlots(): number {
-    return this.#sessions.size + this.#reservations.size + this.#claimed;
+    return this.#slots.size;
+  }
+
+  /** The configured maximum. */
+  get maxCalls(): number {
+    return this.#opts.maxConcurrentCalls;
+  }
+
+  /** The maximum in force now: MAX_CONCURRENT_CALLS, or less after a 4429. */
+  get capacity(): number {
+    const learned = this.#learnedLimit();
+    return learned === undefined ? this.#opts.maxConcurrentCalls : Math.min(this.#opts.maxConcurrentCalls, learned);
   }
 
   get draining(): boolean {
     return this.#draining;
   }
 
-  /** True when a new call would be admitted now. */
+  /** True when a new call would be admitted now (for an agent without its own cap). */
   get ready(): boolean {
     return !this.#draining && this.usedSlots < this.capacity;
+  }
+
+  /** Agent sessions with an open socket now. */
+  get openAgentSessions(): number {
+    let n = 0;
+    for (const s of this.#sessions.values()) if (s.agentConnected) n++;
+    return n;
   }
 
   resolveRoute(to: string): CallRoute {
@@ -140,9 +191,14 @@ export class SessionManager {
     // A retried webhook for the same call replaces its earlier reservation.
     const previous = this.#reservationByCall.get(call.callSid);
     if (previous !== undefined) this.#dropReservation(previous, 'expired_token');
-    if (this.usedSlots >= this.capacity) return { ok: false, reason: 'capacity' };
-
     const route = this.resolveRoute(call.to);
+    if (this.usedSlots >= this.capacity) {
+      return { ok: false, reason: this.#learnedLimit() !== undefined && this.usedSlots < this.#opts.maxConcurrentCalls ? 'agent_capacity' : 'capacity' };
+    }
+    const agentCap = this.#opts.agentLimits?.get(route.agentId);
+    if (agentCap !== undefined && (this.#perAgent.get(route.agentId) ?? 0) >= agentCap) return { ok: false, reason: 'agent_limit' };
+
+    const slot = this.#takeSlot(call.callSid, route.agentId);
     const token = randomBytes(18).toString('base64url');
     const record: CallRecord = {
       callSid: call.callSid,
@@ -155,46 +211,71 @@ export class SessionManager {
       transcript: [],
       dtmf: [],
       spokenToCaller: [],
+      agentReconnects: 0,
     };
     const timer = setTimeout(() => {
       if (this.#dropReservation(token, 'expired_token')) this.#opts.onReservationExpired?.(call.callSid);
     }, this.#opts.tokenTtlMs);
     timer.unref();
-    this.#reservations.set(token, { token, callSid: call.callSid, route, record, timer });
+    this.#reservations.set(token, { token, callSid: call.callSid, route, record, slot, timer });
     this.#reservationByCall.set(call.callSid, token);
-    this.#remember(record);
+    this.#records.set(record.callSid, record);
     return { ok: true, token, route, record };
   }
 
   /**
-   * Redeems a stream token (single use). On success the slot stays held until
-   * {@link register} + {@link release}, or {@link abandonClaim} if the session
-   * could not be built.
+   * Redeems a stream token (single use). On success the caller owns the
+   * reservation's slot: it must {@link register} a session that releases it,
+   * or give it back with {@link releaseSlot}.
    */
   claim(token: string | undefined, callSid: string): ClaimResult {
     if (token === undefined || token === '') return { ok: false, reason: 'missing_token' };
     const r = this.#reservations.get(token);
     if (r === undefined) return { ok: false, reason: this.#spent.get(token) ?? 'unknown_token' };
-    this.#dropReservation(token, 'used_token');
-    if (r.callSid !== callSid) return { ok: false, reason: 'call_mismatch' };
-    this.#claimed++;
-    return { ok: true, reservation: { token: r.token, callSid: r.callSid, route: r.route, record: r.record } };
-  }
-
-  /** Gives back a claimed slot whose session was never registered. */
-  abandonClaim(): void {
-    if (this.#claimed > 0) this.#claimed--;
+    this.#forgetReservation(r, 'used_token');
+    if (r.callSid !== callSid) {
+      this.releaseSlot(r.slot);
+      this.#retire(r.callSid);
+      return { ok: false, reason: 'call_mismatch' };
+    }
+    return { ok: true, reservation: { token: r.token, callSid: r.callSid, route: r.route, record: r.record, slot: r.slot } };
   }
 
   register(session: ManagedSession): void {
-    if (this.#claimed > 0) this.#claimed--;
+    const existing = this.#sessions.get(session.callSid);
+    // A second stream for the same call (should not happen): the older session goes.
+    if (existing !== undefined && existing !== session) existing.close('replaced');
     this.#sessions.set(session.callSid, session);
   }
 
-  /** Called by a session once, when it has closed. */
+  /** Called by a session once, when it has closed: releases its slot and forgets it. */
   release(session: ManagedSession): void {
     if (this.#sessions.get(session.callSid) === session) this.#sessions.delete(session.callSid);
+    const hadSlot = !session.slot.released;
+    this.releaseSlot(session.slot);
+    // A call ending frees a connection on the agent account: the learned limit no longer holds.
+    if (hadSlot && session.agentConnectedOnce) this.#learned = undefined;
     this.#retire(session.callSid);
+  }
+
+  /** Releases a slot (idempotent). */
+  releaseSlot(slot: Slot): void {
+    if (slot.released) return;
+    slot.released = true;
+    this.#slots.delete(slot);
+    const n = (this.#perAgent.get(slot.agentId) ?? 1) - 1;
+    if (n <= 0) this.#perAgent.delete(slot.agentId);
+    else this.#perAgent.set(slot.agentId, n);
+  }
+
+  /**
+   * A PlayAI 4429: the account's real limit is the number of agent sessions
+   * open now. Admission is capped there until a call ends or the cooldown passes.
+   */
+  noteAgentCapacityExceeded(): number {
+    const limit = this.openAgentSessions;
+    this.#learned = { limit, until: this.#now() + (this.#opts.agentCapacityCooldownMs ?? 60_000) };
+    return limit;
   }
 
   getRecord(callSid: string): CallRecord | undefined {
@@ -224,8 +305,9 @@ export class SessionManager {
         transcript: [],
         dtmf: [],
         spokenToCaller: [],
+        agentReconnects: 0,
       };
-      this.#remember(record);
+      this.#records.set(callSid, record);
       this.#retire(callSid);
     }
     const entry: CallRecord['statusHistory'][number] = { status, at: new Date().toISOString() };
@@ -239,18 +321,50 @@ export class SessionManager {
     return record;
   }
 
-  /** Stops admitting calls (readiness goes false). */
+  /** Starts the periodic sweep of live sessions (dead sockets, idle, maximum length). */
+  startSweep(intervalMs: number): void {
+    if (this.#sweepTimer !== undefined) return;
+    this.#sweepTimer = setInterval(() => this.sweep(), intervalMs);
+    this.#sweepTimer.unref();
+  }
+
+  /** One sweep over every live session. */
+  sweep(now = performance.now()): void {
+    for (const s of [...this.#sessions.values()]) {
+      try {
+        s.sweep(now);
+      } catch {
+        s.close('internal_error');
+      }
+    }
+  }
+
+  /** Stops admitting calls (readiness goes false at once). */
   startDrain(): void {
     this.#draining = true;
   }
 
   /** Drops every reservation and timer (shutdown). Live sessions are closed by the caller. */
   dispose(): void {
+    if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
     for (const token of [...this.#reservations.keys()]) this.#dropReservation(token, 'expired_token');
   }
 
-  #remember(record: CallRecord): void {
-    this.#records.set(record.callSid, record);
+  #learnedLimit(): number | undefined {
+    if (this.#learned === undefined) return undefined;
+    if (this.#now() >= this.#learned.until) {
+      this.#learned = undefined;
+      return undefined;
+    }
+    return this.#learned.limit;
+  }
+
+  #takeSlot(callSid: string, agentId: string): Slot {
+    const slot: Slot = { callSid, agentId, released: false };
+    this.#slots.add(slot);
+    this.#perAgent.set(agentId, (this.#perAgent.get(agentId) ?? 0) + 1);
+    return slot;
   }
 
   /** Queues an ended call's record for eviction once enough newer calls have ended. */
@@ -262,21 +376,24 @@ export class SessionManager {
     }
   }
 
-  #dropReservation(token: string, as: 'used_token' | 'expired_token'): boolean {
-    const r = this.#reservations.get(token);
-    if (r === undefined) return false;
+  #forgetReservation(r: PendingReservation, as: 'used_token' | 'expired_token'): void {
     clearTimeout(r.timer);
-    this.#reservations.delete(token);
-    if (this.#reservationByCall.get(r.callSid) === token) this.#reservationByCall.delete(r.callSid);
-    this.#spent.set(token, as);
+    this.#reservations.delete(r.token);
+    if (this.#reservationByCall.get(r.callSid) === r.token) this.#reservationByCall.delete(r.callSid);
+    this.#spent.set(r.token, as);
     if (this.#spent.size > MAX_SPENT_TOKENS) {
       const oldest = this.#spent.keys().next().value;
       if (oldest !== undefined) this.#spent.delete(oldest);
     }
-    if (as === 'expired_token' && !this.#sessions.has(r.callSid)) {
-      r.record.endReason ??= 'stream_never_started';
-      this.#retire(r.callSid);
-    }
+  }
+
+  #dropReservation(token: string, as: 'used_token' | 'expired_token'): boolean {
+    const r = this.#reservations.get(token);
+    if (r === undefined) return false;
+    this.#forgetReservation(r, as);
+    this.releaseSlot(r.slot);
+    r.record.endReason ??= 'stream_never_started';
+    this.#retire(r.callSid);
     return true;
   }
 }
