@@ -180,12 +180,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#mediaIn++;
     if (this.#state === 'live') {
       const agent = this.#agent;
-      if (agent !== undefined && agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(payload)) {
-        this.#framesUp++;
-        this.#metrics.framesUp++;
-        this.#metrics.bytesUp += base64ByteLength(payload);
+      if (agent !== undefined && agent.isOpen) {
+        if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(payload)) {
+          this.#framesUp++;
+          this.#metrics.framesUp++;
+          this.#metrics.bytesUp += base64ByteLength(payload);
+        } else {
+          // The agent is not reading: dropping beats queueing without bound.
+          this.#metrics.framesLost++;
+          this.#warnOnce('agent_backpressure', {}, 'agent socket is not draining; dropping caller audio');
+        }
       } else {
-        this.#metrics.framesLost++;
+        // The agent socket is closing but we have not been told yet: keep the audio for the reconnect.
+        this.#bufferCallerAudio(payload);
       }
     } else if (this.#state === 'connecting' || this.#state === 'reconnecting') {
       this.#bufferCallerAudio(payload);
