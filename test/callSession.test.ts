@@ -390,3 +390,31 @@ describe('tolerance of bad input', () => {
     call.stream.sendStop();
   });
 });
+
+describe('logging', () => {
+  it('binds callSid, streamSid, agentId and conversationId to call log lines and never logs secrets, tokens or audio', async () => {
+    tb = await startTestBridge();
+    const call = await openCall(tb);
+    const payload = ulaw(160, 0x3c);
+    call.stream.sendMedia(payload);
+    await call.agent.waitForAudioIn(1);
+    call.agent.audio(ulaw(160, 0x3d));
+    await call.stream.waitFor((s) => s.mediaPayloads.length === 1);
+    call.agent.hangup();
+    await call.stream.waitForClose(3000);
+    const text = tb.logs.text();
+    for (const secret of ['test-playai-key', 'test-auth-token', call.token, payload, ulaw(160, 0x3d)]) {
+      expect(text).not.toContain(secret);
+    }
+    const ended = tb.logs.lines.find((l) => l.msg === 'call ended');
+    expect(ended).toMatchObject({
+      callSid: call.callSid,
+      streamSid: call.stream.streamSid,
+      agentId: 'agent-default',
+      conversationId: call.agent.conversationId,
+      outcome: 'agent_hangup',
+    });
+    // Nothing is logged per frame.
+    expect(tb.logs.lines.length).toBeLessThan(20);
+  });
+});

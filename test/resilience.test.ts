@@ -262,3 +262,21 @@ describe('graceful drain', () => {
     expect(tb.bridge.manager.getRecord(a.callSid)?.endReason).toBe('shutdown');
   });
 });
+
+describe('agent heartbeat', () => {
+  it('notices an agent that stops answering pings within seconds and reconnects', async () => {
+    tb = await startTestBridge({ env: { AGENT_HEARTBEAT_MS: '200' } });
+    const call = await openCall(tb);
+    tb.agent.options.answerPings = false;
+    const t0 = Date.now();
+    const second = await tb.agent.nextConnection(3000);
+    // One interval to send the ping, one more to find the pong missing.
+    expect(Date.now() - t0).toBeLessThan(1000);
+    tb.agent.options.answerPings = true;
+    expect((await second.waitForSetup()).continueConversation).toBe(call.agent.conversationId);
+    second.init();
+    call.stream.sendMedia(ulaw(160));
+    await second.waitForAudioIn(1);
+    call.stream.sendStop();
+  });
+});

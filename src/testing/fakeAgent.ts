@@ -23,6 +23,8 @@ export interface FakeAgentOptions {
   echo?: boolean;
   /** Require `setup.apiKey === apiKey`, else error 4401 (fatal) and close. */
   apiKey?: string;
+  /** Answer WebSocket pings (default true). False simulates a dead TCP peer that still looks open. */
+  answerPings?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 3000;
@@ -123,6 +125,9 @@ export class FakeAgentConnection {
       /* 'close' follows; nothing else to do */
     });
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('ping', (data) => {
+      if (this.options().answerPings !== false && ws.readyState === WebSocket.OPEN) ws.pong(data);
+    });
   }
 
   /** The `conversationId` sent in `init`, if any. */
@@ -310,7 +315,7 @@ export class FakeAgentServer {
     const http = createServer((_req, res) => {
       res.writeHead(426).end();
     });
-    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1024 * 1024 });
+    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1024 * 1024, autoPong: false });
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
       http.listen(0, '127.0.0.1', () => {
