@@ -2,6 +2,7 @@
  * Deterministic synthetic audio for simulated callers and tests (8 kHz mu-law).
  */
 import { MULAW_SILENCE, mulawEncode } from './mulaw.js';
+import { prng } from '../util/prng.js';
 
 const RATE = 8000;
 /** RMS of each talk spurt: -20 dBFS. */
@@ -17,18 +18,6 @@ export interface SpeechLikeOptions {
   pauseMs?: number;
   /** PRNG seed; the same seed always gives the same bytes. Default 1. */
   seed?: number;
-}
-
-/** mulberry32: tiny deterministic PRNG returning floats in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** One talk spurt of `n` samples: a gliding harmonic tone shaped into syllables. */

@@ -17,6 +17,7 @@ import { loadConfig } from '../config.js';
 import { FakeAgentServer, type FakeAgentConnection } from '../testing/fakeAgent.js';
 import { FakeCallControl } from '../testing/fakeCallControl.js';
 import { placeCalls, type SimCallResult } from '../testing/twilioSim.js';
+import { prng } from '../util/prng.js';
 
 const HELP = `Usage: npm run chaos -- [options]
 
@@ -36,18 +37,6 @@ Options:
 const FRAME = 160;
 const TOKEN = 'chaos-auth-token';
 const PUBLIC_URL = 'https://chaos.playline.invalid';
-
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Caller audio whose every 20 ms frame is unique: bytes 0-1 call index, 2-3 frame index. */
 function uniqueAudio(call: number, frames: number): Uint8Array {
