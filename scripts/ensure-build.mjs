@@ -1,12 +1,14 @@
-// Builds dist/ from src/ when dist/ is missing or older than any source file,
-// so `npm start` works on a fresh clone without a separate build step.
-import { existsSync, readdirSync, statSync } from 'node:fs';
+// Builds dist/ from src/ when it is missing or older than a source file, so
+// `npm start` works on a fresh clone without a separate build step. A stamp
+// written after each successful build records when dist/ was last made
+// (incremental tsc leaves unchanged outputs untouched, so their mtimes can't).
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 
 const root = new URL('..', import.meta.url).pathname;
-const stamp = join(root, 'dist', 'main.js');
+const stamp = join(root, 'dist', '.build-stamp');
 
 function newestMtime(dir) {
   let newest = 0;
@@ -18,16 +20,25 @@ function newestMtime(dir) {
   return newest;
 }
 
-const built = existsSync(stamp) ? statSync(stamp).mtimeMs : 0;
-const sources = Math.max(newestMtime(join(root, 'src')), statSync(join(root, 'tsconfig.json')).mtimeMs, statSync(join(root, 'tsconfig.build.json')).mtimeMs);
+const built = existsSync(stamp) && existsSync(join(root, 'dist', 'main.js')) ? statSync(stamp).mtimeMs : 0;
+const sources = Math.max(
+  newestMtime(join(root, 'src')),
+  statSync(join(root, 'tsconfig.json')).mtimeMs,
+  statSync(join(root, 'tsconfig.build.json')).mtimeMs,
+);
 if (built >= sources) process.exit(0);
 
 let tsc;
 try {
   tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 } catch {
-  console.error('playline: dist/ is missing or stale and TypeScript is not installed. Run `npm ci` first (or `npm ci --include=dev`).');
+  if (existsSync(join(root, 'dist', 'main.js'))) {
+    console.error('playline: TypeScript is not installed (production install); running the existing dist/.');
+    process.exit(0);
+  }
+  console.error('playline: dist/ is missing and TypeScript is not installed. Run `npm ci` first.');
   process.exit(1);
 }
 console.error('playline: building dist/ from src/ ...');
 execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+writeFileSync(stamp, `${new Date().toISOString()}\n`);

@@ -8,6 +8,9 @@ import { ConfigError, loadConfig, loadDotEnv } from './config.js';
 import { LocalAgentServer } from './local/localAgent.js';
 import { createLogger } from './log.js';
 
+/** After the drain, how long the HTTP server keeps answering (final status callbacks). */
+const STATUS_CALLBACK_LINGER_MS = 2000;
+
 async function main(): Promise<void> {
   loadDotEnv();
   let config;
@@ -59,6 +62,8 @@ async function main(): Promise<void> {
     logger.info({ signal, liveCalls: bridge.manager.liveCalls, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down');
     try {
       const { endedByDrain } = await bridge.drain(config.drainTimeoutMs);
+      // Twilio posts the last status callbacks just after the streams close: keep answering briefly.
+      await new Promise((resolve) => setTimeout(resolve, STATUS_CALLBACK_LINGER_MS));
       await bridge.app.close();
       await localAgent?.close();
       logger.info({ endedByDrain }, 'stopped');

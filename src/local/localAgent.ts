@@ -14,6 +14,11 @@
  *   the carrier like real TTS output.
  * - `echo` (benchmarks): every non-empty `audioIn` is answered at once with an
  *   `audioStream` carrying the same data. No greeting, no VAD.
+ *   Opt-in benchmark hook (`bargeInMarker`): a 160-byte frame carrying
+ *   {@link BARGE_IN_MARKER} at byte {@link BARGE_IN_MARKER_OFFSET} is not echoed;
+ *   the agent answers it with `voiceActivityStart` (the caller barged in) and
+ *   `newAudioStream` (its next reply starts), so echoes after it play again.
+ *   Without the option, or for any other frame, echo mode is unchanged.
  *
  * The first frame must be a `setup` asking for mu-law 8 kHz in and out;
  * anything else gets a fatal `error` 4400 (or 4401 for a wrong `apiKey`) and
@@ -52,7 +57,19 @@ export interface LocalAgentOptions {
   logger?: Logger;
   /** Greeting audio (raw 8 kHz mu-law) instead of `assets/greeting.ulaw`; handy for short tests. */
   greetingAudio?: Uint8Array;
+  /** `echo` mode only: answer marker frames with a barge-in (see the module docs). Default false. */
+  bargeInMarker?: boolean;
 }
+
+/** Benchmark barge-in marker: these 6 bytes at {@link BARGE_IN_MARKER_OFFSET} of a 160-byte frame. */
+export const BARGE_IN_MARKER: readonly number[] = [0xb4, 0x26, 0x1e, 0x5a, 0x0d, 0xc3];
+/** Byte offset of the marker; a multiple of 3, so it is a fixed base64 substring. */
+export const BARGE_IN_MARKER_OFFSET = 6;
+/** The marker as it appears in the base64 payload, at character `BARGE_IN_MARKER_OFFSET / 3 * 4`. */
+export const BARGE_IN_MARKER_B64 = Buffer.from(BARGE_IN_MARKER).toString('base64');
+const BARGE_IN_MARKER_B64_AT = (BARGE_IN_MARKER_OFFSET / 3) * 4;
+/** Base64 length of a 160-byte (20 ms) frame. */
+const FRAME_160_B64_LENGTH = 216;
 
 const TALK_PATH = /^\/v1\/talk\/([^/]+)$/;
 const MAX_PAYLOAD = 1024 * 1024;
@@ -228,6 +245,7 @@ export class LocalAgentServer {
 class AgentConnection {
   private readonly log: Logger | undefined;
   private readonly mode: 'echo-test' | 'echo';
+  private readonly bargeInMarker: boolean;
   private setupDone = false;
   /** No more frames are sent or handled (closing or closed). */
   private closed = false;
@@ -255,6 +273,7 @@ class AgentConnection {
     private readonly options: Readonly<LocalAgentOptions>,
   ) {
     this.mode = options.mode ?? 'echo-test';
+    this.bargeInMarker = options.bargeInMarker === true && this.mode === 'echo';
     this.log = options.logger?.child({ agentId });
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('close', () => this.destroy());
@@ -381,6 +400,11 @@ class AgentConnection {
   private onAudioIn(b64: string): void {
     if (b64.length === 0) return; // mute keep-alive
     if (this.mode === 'echo') {
+      if (this.bargeInMarker && b64.length === FRAME_160_B64_LENGTH && b64.startsWith(BARGE_IN_MARKER_B64, BARGE_IN_MARKER_B64_AT)) {
+        this.send('{"type":"voiceActivityStart"}');
+        this.send('{"type":"newAudioStream"}');
+        return;
+      }
       this.send(AUDIO_STREAM_PREFIX + b64 + '"}');
       return;
     }

@@ -399,6 +399,12 @@ export interface FakeTwilioStreamConnectOptions {
   recordMessages?: boolean;
   /** WebSocket handshake timeout, default 10 000 ms (Twilio: 31901). */
   handshakeTimeoutMs?: number;
+  /** Keep received audio for `heard()` (default true; turn off for big load runs: `heard()` is then silence). */
+  recordHeard?: boolean;
+  /** Called with every valid `media` payload from the bridge and its arrival time (`performance.now()`). For load benchmarks. */
+  onMedia?: (payload: string, nowMs: number) => void;
+  /** Called on every valid `clear` from the bridge with its arrival time (`performance.now()`). */
+  onClear?: (nowMs: number) => void;
 }
 
 export interface ReceivedRecord {
@@ -528,6 +534,9 @@ export class FakeTwilioStream {
   readonly #ws: WebSocket;
   readonly #openedAt: number;
   readonly #record: boolean;
+  readonly #recordHeard: boolean;
+  readonly #mediaHook: ((payload: string, nowMs: number) => void) | undefined;
+  readonly #clearHook: ((nowMs: number) => void) | undefined;
   #seq = 0;
   #chunk = 0;
   /** JSON-encoded streamSid, computed once at start. */
@@ -541,11 +550,14 @@ export class FakeTwilioStream {
   #overflowReported = false;
   #resolveClosed!: (v: { code: number; reason: string }) => void;
 
-  private constructor(ws: WebSocket, autoEchoMarks: boolean, record: boolean) {
+  private constructor(ws: WebSocket, autoEchoMarks: boolean, record: boolean, hooks: Pick<FakeTwilioStreamConnectOptions, 'recordHeard' | 'onMedia' | 'onClear'> = {}) {
     this.#ws = ws;
     this.#openedAt = performance.now();
     this.autoEchoMarks = autoEchoMarks;
     this.#record = record;
+    this.#recordHeard = hooks.recordHeard ?? true;
+    this.#mediaHook = hooks.onMedia;
+    this.#clearHook = hooks.onClear;
     this.whenClosed = new Promise((resolve) => (this.#resolveClosed = resolve));
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString()));
@@ -594,7 +606,7 @@ export class FakeTwilioStream {
       ws.once('open', () => {
         if (settled) return;
         settled = true;
-        resolve(new FakeTwilioStream(ws, opts.autoEchoMarks ?? true, opts.recordMessages ?? true));
+        resolve(new FakeTwilioStream(ws, opts.autoEchoMarks ?? true, opts.recordMessages ?? true, opts));
       });
     });
   }
@@ -752,6 +764,7 @@ export class FakeTwilioStream {
     this.bytesReceived += len;
     if (this.firstMediaAt === undefined) this.firstMediaAt = at;
     if (this.#record) this.mediaPayloads.push(payload);
+    if (this.#mediaHook !== undefined) this.#mediaHook(payload, this.#openedAt + at);
     if (len === 0) return;
     const nowS = this.#sampleAt(at);
     const start = Math.max(nowS, this.#playEnd);
@@ -760,7 +773,7 @@ export class FakeTwilioStream {
       this.#overflowReported = true;
       return;
     }
-    this.#segments.push({ start, len, payload });
+    if (this.#recordHeard) this.#segments.push({ start, len, payload });
     this.#playEnd = start + len;
   }
 
@@ -777,6 +790,7 @@ export class FakeTwilioStream {
 
   #onClear(at: number): void {
     this.clears++;
+    if (this.#clearHook !== undefined) this.#clearHook(this.#openedAt + at);
     const cut = this.#sampleAt(at);
     // Drop everything that has not played yet.
     const segs = this.#segments;
@@ -988,6 +1002,19 @@ export interface SimCallOptions {
   streamSignature?: string | null;
   /** Caller audio, raw mu-law 8 kHz, sent in 20 ms frames (last one padded with silence). */
   audio?: Uint8Array;
+  /**
+   * Base64 payload of caller frame `n`, asked for at send time (`nowMs` is the
+   * `performance.now()` of the send); replaces `audio`/silence as the frame content.
+   * The call length still follows `audio`, `trailingMs`, `waitForBridgeHangup`,
+   * `maxDurationMs` and `signal`. For load benchmarks.
+   */
+  frameSource?: (n: number, nowMs: number) => string;
+  /** Keep what the caller heard (default true); false makes `heard` silence and saves memory in big load runs. */
+  recordHeard?: boolean;
+  /** See {@link FakeTwilioStreamConnectOptions.onMedia}. */
+  onMedia?: (payload: string, nowMs: number) => void;
+  /** See {@link FakeTwilioStreamConnectOptions.onClear}. */
+  onClear?: (nowMs: number) => void;
   /** Silence sent after `audio` before hanging up (default 0). */
   trailingMs?: number;
   /** Keep streaming silence until the bridge closes the socket (bounded by `maxDurationMs`). */
@@ -1207,6 +1234,9 @@ export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
       ...(opts.streamSignature !== undefined ? { signature: opts.streamSignature } : {}),
       autoEchoMarks: opts.autoEchoMarks ?? true,
       recordMessages: opts.recordMessages ?? true,
+      ...(opts.recordHeard !== undefined ? { recordHeard: opts.recordHeard } : {}),
+      ...(opts.onMedia !== undefined ? { onMedia: opts.onMedia } : {}),
+      ...(opts.onClear !== undefined ? { onClear: opts.onClear } : {}),
     });
   } catch (err) {
     result.error = errorText(err);
@@ -1226,6 +1256,7 @@ export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
   const maxFrames = Math.ceil(Math.max(0, opts.maxDurationMs ?? 60_000) / FRAME_MS);
   const callerFrames = audioFrames.length + trailingFrames;
   const dtmf = [...(opts.dtmf ?? [])].sort((a, b) => a.atMs - b.atMs);
+  const frameSource = opts.frameSource;
   const lags: number[] = [];
   const clockStart = performance.now();
   let n = 0;
@@ -1257,7 +1288,7 @@ export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
         const due = n * FRAME_MS;
         lags.push(now - clockStart - due);
         while (dtmf.length > 0 && (dtmf[0]?.atMs ?? Infinity) <= due) stream.sendDtmf(dtmf.shift()?.digit ?? '');
-        stream.sendMedia(n < audioFrames.length ? audioFrames[n] : SILENCE_FRAME_B64, due);
+        stream.sendMedia(frameSource !== undefined ? frameSource(n, now) : n < audioFrames.length ? audioFrames[n] : SILENCE_FRAME_B64, due);
         n++;
       }
       timer = setTimeout(tick, Math.max(0, clockStart + n * FRAME_MS - performance.now()));

@@ -1,0 +1,57 @@
+/**
+ * The benchmark's agent process: the built-in local agent (`src/local/localAgent.ts`)
+ * in `echo` mode with the barge-in marker hook on. Same server as `npm run agent --
+ * --mode echo`, plus `bargeInMarker` (see the local agent's docs).
+ *
+ *   node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]
+ *
+ * Prints `local agent listening on ws://127.0.0.1:PORT` on stdout.
+ * Exits on SIGTERM/SIGINT, and with `--watch-stdin` when its stdin closes
+ * (the benchmark runner died).
+ */
+import { parseArgs } from 'node:util';
+import { LocalAgentServer } from '../local/localAgent.js';
+
+const HELP = `Usage: node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]
+
+Local PlayAI-protocol agent in echo mode for benchmarks, on 127.0.0.1.
+`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string', default: '0' },
+      'no-barge-in-marker': { type: 'boolean', default: false },
+      'watch-stdin': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write(`echoAgent: invalid --port\n${HELP}`);
+    process.exit(2);
+  }
+  const server = await LocalAgentServer.start({ host: '127.0.0.1', port, mode: 'echo', bargeInMarker: !values['no-barge-in-marker'] });
+  process.stdout.write(`local agent listening on ${server.url}\n`);
+  const stop = (): void => {
+    void server.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  if (values['watch-stdin']) {
+    process.stdin.on('end', stop);
+    process.stdin.on('error', stop);
+    process.stdin.resume();
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`echoAgent: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,240 @@
+/**
+ * The benchmark's building blocks: unique frames, the latency histogram, /proc and
+ * Prometheus parsers, the local agent's barge-in marker hook, and the simulator's
+ * load-test hooks end to end through a real bridge.
+ */
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { WebSocket } from 'ws';
+import { afterEach, describe, expect, it } from 'vitest';
+import { encodeAudioIn, encodeSetup } from '../src/agent/protocol.js';
+import { createBridge, type Bridge } from '../src/app.js';
+import { decodeFrameId, encodeFrame, FRAME_B64_LENGTH, FRAME_BYTES, isMarkerFrame } from '../src/bench/frames.js';
+import { parseHostStat, parseProcStat, parseStatusKb, readCpuTicks, readMemoryKb } from '../src/bench/procstat.js';
+import { LatencyHistogram, parsePromHistogram, promHistogramQuantile, promValue } from '../src/bench/stats.js';
+import { loadConfig } from '../src/config.js';
+import { BARGE_IN_MARKER, BARGE_IN_MARKER_B64, LocalAgentServer } from '../src/local/localAgent.js';
+import { placeCall, type FakeTwilioStream } from '../src/testing/twilioSim.js';
+
+describe('bench frames', () => {
+  it('encodes call index and sequence in the first 6 bytes and decodes them from 8 base64 characters', () => {
+    for (const [call, seq] of [
+      [0, 0],
+      [1, 2],
+      [599, 12_345],
+      [65_535, 2 ** 32 - 1],
+    ] as const) {
+      const b64 = encodeFrame(call, seq);
+      expect(b64).toHaveLength(FRAME_B64_LENGTH);
+      const bytes = Buffer.from(b64, 'base64');
+      expect(bytes).toHaveLength(FRAME_BYTES);
+      expect(bytes.readUInt16BE(0)).toBe(call);
+      expect(bytes.readUInt32BE(2)).toBe(seq);
+      expect(bytes.subarray(6).every((b) => b === 0x7e)).toBe(true);
+      expect(decodeFrameId(b64)).toEqual({ call, seq });
+      expect(isMarkerFrame(b64)).toBe(false);
+    }
+    expect(decodeFrameId(Buffer.alloc(160).toString('base64').slice(4))).toBeUndefined();
+    expect(decodeFrameId('!'.repeat(FRAME_B64_LENGTH))).toBeUndefined();
+  });
+
+  it('marker frames carry the local agent marker at bytes 6-11, i.e. base64 characters 8-15', () => {
+    const b64 = encodeFrame(7, 99, true);
+    const bytes = Buffer.from(b64, 'base64');
+    expect([...bytes.subarray(6, 12)]).toEqual([...BARGE_IN_MARKER]);
+    expect(b64.startsWith(BARGE_IN_MARKER_B64, 8)).toBe(true);
+    expect(isMarkerFrame(b64)).toBe(true);
+    expect(decodeFrameId(b64)).toEqual({ call: 7, seq: 99 });
+  });
+});
+
+describe('bench stats', () => {
+  it('latency histogram: nearest-rank percentiles within its resolution, exact max', () => {
+    const h = new LatencyHistogram();
+    for (let i = 1; i <= 1000; i++) h.record(i / 10); // 0.1 .. 100 ms
+    const s = h.summary();
+    expect(s.count).toBe(1000);
+    expect(s.p50).toBeCloseTo(50, 1);
+    expect(s.p99).toBeCloseTo(99, 0);
+    expect(s.max).toBe(100);
+    expect(s.mean).toBeCloseTo(50.05, 2);
+    const small = new LatencyHistogram();
+    small.record(0.123);
+    small.record(-1); // clock noise counts as 0
+    small.record(250_000); // overflow keeps the max
+    expect(small.quantile(0.33)).toBe(0.005);
+    expect(small.quantile(0.5)).toBeCloseTo(0.125, 3);
+    expect(small.summary().max).toBe(250_000);
+  });
+
+  it('reads Prometheus counters and histograms and estimates quantiles like histogram_quantile', () => {
+    const text = [
+      '# HELP x_seconds help',
+      '# TYPE x_seconds histogram',
+      'x_seconds_bucket{le="0.001"} 50',
+      'x_seconds_bucket{le="0.01"} 100',
+      'x_seconds_bucket{le="+Inf"} 100',
+      'x_seconds_sum 0.3',
+      'x_seconds_count 100',
+      'y_total{kind="a"} 3',
+      'y_total{kind="b"} 4',
+      'y_total_other 9',
+    ].join('\n');
+    const h = parsePromHistogram(text, 'x_seconds');
+    expect(h).toEqual({ count: 100, sum: 0.3, buckets: [{ le: 0.001, count: 50 }, { le: 0.01, count: 100 }, { le: Infinity, count: 100 }] });
+    expect(promHistogramQuantile(h!, 0.5)).toBeCloseTo(0.001, 9);
+    expect(promHistogramQuantile(h!, 0.99)).toBeCloseTo(0.001 + (0.009 * 49) / 50, 9);
+    expect(promValue(text, 'y_total')).toBe(7);
+    expect(promValue(text, 'y_total', 'kind="b"')).toBe(4);
+    expect(promValue(text, 'z_total')).toBeUndefined();
+  });
+
+  it('parses /proc stat and status, including command names with spaces and parentheses', () => {
+    expect(parseProcStat('123 (node (x) y) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0')).toEqual({ utime: 250, stime: 17 });
+    expect(parseStatusKb('Name:\tnode\nVmHWM:\t  20000 kB\nVmRSS:\t   12345 kB\n', 'VmRSS')).toBe(12345);
+    expect(parseHostStat('cpu  10 1 5 100 2 0 3 4 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n')).toEqual({ busy: 19, idle: 102, steal: 4 });
+    if (process.platform === 'linux') {
+      expect(readCpuTicks(process.pid)).toBeGreaterThanOrEqual(0);
+      expect(readMemoryKb(process.pid).rssKb).toBeGreaterThan(1000);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+
+let agent: LocalAgentServer | undefined;
+let bridge: Bridge | undefined;
+afterEach(async () => {
+  await bridge?.app.close();
+  await agent?.close();
+  bridge = undefined;
+  agent = undefined;
+});
+
+/** Opens a PlayAI session on the local agent; returns the socket and the frames it receives. */
+async function agentSession(url: string): Promise<{ ws: WebSocket; frames: Array<Record<string, unknown>>; waitCount: (n: number) => Promise<void> }> {
+  const ws = new WebSocket(`${url}/v1/talk/echo`);
+  const frames: Array<Record<string, unknown>> = [];
+  const waiters: Array<() => void> = [];
+  ws.on('message', (d) => {
+    frames.push(JSON.parse(d.toString()) as Record<string, unknown>);
+    for (const w of waiters.splice(0)) w();
+  });
+  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+  ws.send(encodeSetup({ type: 'setup', inputEncoding: 'mulaw', inputSampleRate: 8000, outputFormat: 'mulaw', outputSampleRate: 8000 }));
+  const waitCount = async (n: number): Promise<void> => {
+    const deadline = Date.now() + 3000;
+    while (frames.length < n) {
+      if (Date.now() > deadline) throw new Error(`timed out; frames: ${frames.map((f) => String(f.type)).join(',')}`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  };
+  await waitCount(1);
+  expect(frames[0]?.type).toBe('init');
+  return { ws, frames, waitCount };
+}
+
+describe('local agent: barge-in marker (echo mode)', () => {
+  it('answers a marker frame with voiceActivityStart + newAudioStream and echoes every other frame', async () => {
+    agent = await LocalAgentServer.start({ mode: 'echo', bargeInMarker: true });
+    const { ws, frames, waitCount } = await agentSession(agent.url);
+    const a = encodeFrame(0, 1);
+    const m = encodeFrame(0, 2, true);
+    const b = encodeFrame(0, 3);
+    ws.send(encodeAudioIn(a));
+    ws.send(encodeAudioIn(m));
+    ws.send(JSON.stringify({ type: 'audioIn', data: b }));
+    await waitCount(5);
+    expect(frames.slice(1)).toEqual([
+      { type: 'audioStream', data: a },
+      { type: 'voiceActivityStart' },
+      { type: 'newAudioStream' },
+      { type: 'audioStream', data: b },
+    ]);
+    ws.close();
+  });
+
+  it('echoes marker frames like any other without the option', async () => {
+    agent = await LocalAgentServer.start({ mode: 'echo' });
+    const { ws, frames, waitCount } = await agentSession(agent.url);
+    const m = encodeFrame(0, 2, true);
+    ws.send(encodeAudioIn(m));
+    await waitCount(2);
+    expect(frames[1]).toEqual({ type: 'audioStream', data: m });
+    ws.close();
+  });
+});
+
+describe('simulator load hooks through the bridge', () => {
+  it('frameSource, onMedia, onClear: every frame echoed once, a marker gives exactly one clear, echoes resume after it', async () => {
+    agent = await LocalAgentServer.start({ mode: 'echo', bargeInMarker: true });
+    const token = 'bench-test-token';
+    const publicUrl = 'https://bench.example.test';
+    const config = loadConfig({
+      PORT: '0',
+      HOST: '127.0.0.1',
+      TWILIO_AUTH_TOKEN: token,
+      PUBLIC_URL: publicUrl,
+      PLAYAI_API_KEY: 'bench',
+      PLAYAI_AGENT_ID: 'echo',
+      PLAYAI_WS_URL: agent.url,
+    });
+    bridge = await createBridge(config, pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() })));
+    const url = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
+
+    const FRAMES = 75;
+    let stream: FakeTwilioStream | undefined;
+    let markerSeq = -1;
+    let markerAt = 0;
+    const sentAt = new Map<number, number>();
+    const echoed = new Map<number, number>();
+    const clears: number[] = [];
+    const r = await placeCall({
+      bridgeUrl: url,
+      publicUrl,
+      authToken: token,
+      audio: new Uint8Array(FRAMES * 160),
+      trailingMs: 300,
+      recordMessages: false,
+      recordHeard: false,
+      onStream: (s) => (stream = s),
+      frameSource: (n, now) => {
+        if (markerSeq < 0 && n >= 40 && n < 60 && (stream?.bufferedMs ?? 0) >= 5) {
+          markerSeq = n;
+          markerAt = now;
+          return encodeFrame(3, n, true);
+        }
+        sentAt.set(n, now);
+        return encodeFrame(3, n);
+      },
+      onMedia: (payload, now) => {
+        const id = decodeFrameId(payload);
+        expect(id?.call).toBe(3);
+        if (id !== undefined) {
+          expect(echoed.has(id.seq)).toBe(false);
+          echoed.set(id.seq, now);
+        }
+      },
+      onClear: (now) => clears.push(now),
+    });
+    expect(r.endedBy).toBe('caller');
+    expect(r.protocolViolations).toEqual([]);
+    expect(markerSeq).toBeGreaterThanOrEqual(40);
+    expect(clears).toHaveLength(1);
+    expect(clears[0]!).toBeGreaterThan(markerAt);
+    expect(r.clears).toBe(1);
+    expect(echoed.has(markerSeq)).toBe(false);
+    // Every audio frame of the caller's audio came back, before and after the barge-in.
+    for (let n = 0; n < FRAMES; n++) {
+      if (n === markerSeq) continue;
+      expect(echoed.has(n), `frame ${n} echoed`).toBe(true);
+      expect(echoed.get(n)!).toBeGreaterThanOrEqual(sentAt.get(n)!);
+    }
+    // recordHeard: false keeps nothing for heard(): silence only.
+    expect(r.heard.every((b) => b === 0xff)).toBe(true);
+    expect(r.bytesReceived).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,747 @@
+/**
+ * Deployment files, checked as far as this machine allows (there is no Docker engine here):
+ * the Dockerfile (parsed), deploy/compose.yaml (parsed with `yaml`), deploy/Caddyfile (adapted by
+ * a real `caddy` binary), .dockerignore, and the settings documentation (.env.example and the
+ * README table) against the variables src/config.ts actually reads.
+ *
+ * The image's start command is cross-checked with `npm start`; test/process.test.ts runs that
+ * same command as a real process.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, posix, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseDocument } from 'yaml';
+import { loadConfig } from '../src/config.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const DEPLOY = join(ROOT, 'deploy');
+const read = (p: string): string => readFileSync(join(ROOT, p), 'utf8');
+
+// ---------------------------------------------------------------------------
+// Dockerfile
+// ---------------------------------------------------------------------------
+
+interface Instruction {
+  /** Upper-cased keyword, e.g. `COPY`. */
+  op: string;
+  /** Everything after the keyword, continuation lines joined. */
+  args: string;
+  line: number;
+}
+
+interface Stage {
+  image: string;
+  name?: string;
+  instructions: Instruction[];
+}
+
+/** A small Dockerfile reader: comments, blank lines, `\` continuations, stages split at FROM. */
+function parseDockerfile(text: string): Stage[] {
+  const instructions: Instruction[] = [];
+  const lines = text.split(/\r?\n/);
+  let buf = '';
+  let startLine = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i] ?? '';
+    const trimmed = raw.trim();
+    if (buf === '' && (trimmed === '' || trimmed.startsWith('#'))) continue;
+    if (buf !== '' && trimmed.startsWith('#')) continue; // comment lines inside a continuation are dropped
+    if (buf === '') startLine = i + 1;
+    if (trimmed.endsWith('\\')) {
+      buf += trimmed.slice(0, -1) + ' ';
+      continue;
+    }
+    buf += trimmed;
+    const m = /^(\S+)\s*(.*)$/s.exec(buf);
+    if (m?.[1] !== undefined) instructions.push({ op: m[1].toUpperCase(), args: (m[2] ?? '').trim(), line: startLine });
+    buf = '';
+  }
+  if (buf !== '') throw new Error('Dockerfile ends inside a line continuation');
+
+  const stages: Stage[] = [];
+  for (const ins of instructions) {
+    if (ins.op === 'FROM') {
+      const words = ins.args.split(/\s+/).filter((w) => !w.startsWith('--'));
+      const image = words[0] ?? '';
+      const as = words.findIndex((w) => w.toUpperCase() === 'AS');
+      stages.push({ image, ...(as >= 0 && words[as + 1] !== undefined ? { name: words[as + 1] } : {}), instructions: [] });
+      continue;
+    }
+    const stage = stages[stages.length - 1];
+    if (stage === undefined) {
+      if (ins.op === 'ARG') continue; // ARG before the first FROM is allowed
+      throw new Error(`Dockerfile line ${ins.line}: ${ins.op} before the first FROM`);
+    }
+    stage.instructions.push(ins);
+  }
+  return stages;
+}
+
+/** `["a", "b"]` (exec form) → the array; anything else (shell form) → undefined. */
+function execForm(args: string): string[] | undefined {
+  if (!args.startsWith('[')) return undefined;
+  try {
+    const v: unknown = JSON.parse(args);
+    return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface CopyOp {
+  from?: string;
+  sources: string[];
+  /** Absolute path of what each source becomes in the image. */
+  targets: string[];
+}
+
+/** COPY/ADD in one stage, with destinations resolved against the WORKDIR in effect. */
+function copiesOf(stage: Stage): CopyOp[] {
+  const out: CopyOp[] = [];
+  let workdir = '/';
+  for (const ins of stage.instructions) {
+    if (ins.op === 'WORKDIR') workdir = posix.resolve(workdir, ins.args.trim());
+    if (ins.op !== 'COPY' && ins.op !== 'ADD') continue;
+    let words = execForm(ins.args) ?? ins.args.split(/\s+/);
+    let from: string | undefined;
+    words = words.filter((w) => {
+      if (!w.startsWith('--')) return true;
+      const m = /^--from=(.+)$/.exec(w);
+      if (m?.[1] !== undefined) from = m[1];
+      return false;
+    });
+    const dest = words[words.length - 1] ?? '';
+    const sources = words.slice(0, -1);
+    const destAbs = posix.resolve(workdir, dest);
+    const intoDir = dest.endsWith('/') || dest === '.' || sources.length > 1;
+    const targets = sources.map((s) => (intoDir ? posix.join(destAbs, posix.basename(s.replace(/\/+$/, ''))) : destAbs));
+    out.push({ ...(from !== undefined ? { from } : {}), sources, targets });
+  }
+  return out;
+}
+
+function workdirOf(stage: Stage): string {
+  let w = '/';
+  for (const ins of stage.instructions) if (ins.op === 'WORKDIR') w = posix.resolve(w, ins.args.trim());
+  return w;
+}
+
+const last = <T>(xs: T[]): T | undefined => xs[xs.length - 1];
+
+/** The start script as argv, without a leading `exec` (which only replaces npm's shell). */
+function startArgv(): string[] {
+  const pkg = JSON.parse(read('package.json')) as { scripts?: Record<string, string> };
+  const start = pkg.scripts?.start;
+  expect(start, 'package.json has a start script').toBeTypeOf('string');
+  expect(start, 'the start script is one plain command (no &&, pipes or quoting)').toMatch(/^[\w ./=-]+$/);
+  return start!.trim().split(/\s+/).filter((w, i) => !(i === 0 && w === 'exec'));
+}
+
+/** Top-level folders that src/ reads at run time through `new URL('../…/<dir>/…', import.meta.url)`. */
+function runtimeAssetDirs(): string[] {
+  const dirs = new Set<string>();
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.ts')) {
+        const text = readFileSync(p, 'utf8');
+        for (const m of text.matchAll(/new URL\(\s*['"`]((?:\.\.\/)+)([\w.-]+)\//g)) {
+          const target = resolve(dir, m[1] ?? '', m[2] ?? '');
+          const rel = relative(ROOT, target);
+          if (!rel.startsWith('..') && !rel.includes('/') && !rel.includes('\\') && rel !== 'src') dirs.add(rel);
+        }
+      }
+    }
+  };
+  walk(join(ROOT, 'src'));
+  return [...dirs].sort();
+}
+
+describe('Dockerfile', () => {
+  let stages: Stage[] = [];
+  let final: Stage;
+  const finalOps = (op: string) => final.instructions.filter((i) => i.op === op);
+  beforeAll(() => {
+    stages = parseDockerfile(read('Dockerfile'));
+    final = last(stages)!;
+  });
+
+  it('is multi-stage, and every stage uses the same even-numbered (LTS) Node slim image', () => {
+    expect(stages.length).toBeGreaterThanOrEqual(2);
+    const m = /^node:(\d+)(?:\.\d+){0,2}-([a-z0-9]+-)*slim(@sha256:[0-9a-f]{64})?$/.exec(final.image);
+    expect(m, `final stage FROM ${final.image} is not a node:<major>-…-slim image`).not.toBeNull();
+    const major = Number(m![1]);
+    expect(major % 2, `node:${major} is not an LTS line (LTS majors are even)`).toBe(0);
+    const engines = (JSON.parse(read('package.json')) as { engines?: { node?: string } }).engines?.node ?? '';
+    const minMajor = Number(/(\d+)/.exec(engines)?.[1] ?? '0');
+    expect(major).toBeGreaterThanOrEqual(minMajor);
+    for (const s of stages) {
+      if (!s.image.startsWith('node:')) continue;
+      expect(s.image.split('-')[0], `stage ${s.name ?? s.image} builds with another Node major than it runs with`).toBe(`node:${major}`);
+    }
+  });
+
+  it('installs production dependencies only for the runtime image', () => {
+    const copies = copiesOf(final);
+    const modules = copies.find((c) => c.targets.some((t) => posix.basename(t) === 'node_modules'));
+    expect(modules, 'the final stage copies node_modules').toBeDefined();
+    // node_modules comes from a stage that ran `npm ci --omit=dev` (and nothing that adds dev deps after it).
+    const from = stages.find((s) => s.name === modules!.from);
+    expect(from, `COPY --from=${modules!.from ?? '(build context)'} names a stage`).toBeDefined();
+    const runs = from!.instructions.filter((i) => i.op === 'RUN').map((i) => i.args);
+    expect(runs.some((r) => /\bnpm ci\b[^&;|]*--omit=dev/.test(r)), `stage ${from!.name} runs npm ci --omit=dev`).toBe(true);
+    expect(runs.some((r) => /\bnpm (i|install|ci)\b(?![^&;|]*--omit=dev)/.test(r)), `stage ${from!.name} also installs dev dependencies`).toBe(false);
+    // The final stage installs nothing with dev dependencies itself.
+    for (const r of finalOps('RUN')) expect(r.args).not.toMatch(/\bnpm (i|install|ci)\b(?![^&;|]*--omit=dev)/);
+    expect(finalOps('ENV').map((e) => e.args).join(' ')).toMatch(/\bNODE_ENV=production\b/);
+  });
+
+  it('copies everything the server needs at run time into the final stage', () => {
+    const workdir = workdirOf(final);
+    const targets = new Set(copiesOf(final).flatMap((c) => c.targets));
+    const needed = ['dist', 'node_modules', 'package.json', ...runtimeAssetDirs()];
+    expect(needed, 'src/local/localAgent.ts reads assets/greeting.ulaw').toContain('assets');
+    for (const n of needed) expect([...targets], `${posix.join(workdir, n)} is not copied into the final stage`).toContain(posix.join(workdir, n));
+    // dist comes from the stage that builds it.
+    const dist = copiesOf(final).find((c) => c.targets.includes(posix.join(workdir, 'dist')));
+    const builder = stages.find((s) => s.name === dist?.from);
+    expect(builder?.instructions.some((i) => i.op === 'RUN' && /\bnpm run build\b/.test(i.args)), 'dist is copied from the stage that runs npm run build').toBe(true);
+    // Sources copied from the build context exist in the repository.
+    for (const s of stages) {
+      for (const c of copiesOf(s)) {
+        if (c.from !== undefined) continue;
+        for (const src of c.sources) expect(existsSync(join(ROOT, src)), `COPY ${src}: not in the repository`).toBe(true);
+      }
+    }
+  });
+
+  it('runs as a non-root user, with a health check and SIGTERM as the stop signal', () => {
+    const user = last(finalOps('USER'))?.args.split(':')[0];
+    expect(user, 'the final stage sets USER').toBeDefined();
+    expect(['root', '0']).not.toContain(user);
+    const userAt = final.instructions.findIndex((i) => i.op === 'USER');
+    const cmdAt = final.instructions.findIndex((i) => i.op === 'CMD');
+    expect(userAt).toBeLessThan(cmdAt);
+
+    const hc = last(finalOps('HEALTHCHECK'));
+    expect(hc, 'HEALTHCHECK present').toBeDefined();
+    expect(hc!.args).not.toMatch(/^NONE\b/i);
+    expect(hc!.args).toMatch(/\bCMD\b/);
+    expect(hc!.args, 'the container health check asks /healthz (liveness), not /readyz').toContain('/healthz');
+
+    expect(last(finalOps('STOPSIGNAL'))?.args).toBe('SIGTERM');
+  });
+
+  it('starts with an exec-form CMD equal to `npm start` (the command test/process.test.ts runs)', () => {
+    const cmd = last(finalOps('CMD'));
+    expect(cmd, 'CMD present').toBeDefined();
+    const argv = execForm(cmd!.args);
+    expect(argv, `CMD ${cmd!.args} is not exec form (a JSON array): a shell would swallow SIGTERM`).toBeDefined();
+    expect(argv).toEqual(startArgv());
+    expect(argv).toEqual(['node', 'dist/main.js']);
+    // No ENTRYPOINT of our own (the node image's docker-entrypoint.sh execs the CMD).
+    expect(finalOps('ENTRYPOINT')).toEqual([]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// .dockerignore
+// ---------------------------------------------------------------------------
+
+/** Docker's ignore rules, enough for plain patterns, `*`, `**`, `?` and `!` exceptions. */
+function dockerIgnored(patterns: string[], path: string): boolean {
+  let ignored = false;
+  for (const raw of patterns) {
+    let p = raw.trim();
+    if (p === '' || p.startsWith('#')) continue;
+    const negate = p.startsWith('!');
+    if (negate) p = p.slice(1).trim();
+    p = posix.normalize(p).replace(/^\/+/, '').replace(/\/+$/, '');
+    let re = '';
+    for (let i = 0; i < p.length; i++) {
+      const c = p[i]!;
+      if (c === '*' && p[i + 1] === '*') {
+        // `**/` matches any number of leading folders (including none); `**` anything.
+        if (p[i + 2] === '/') {
+          re += '(?:.*/)?';
+          i += 2;
+        } else {
+          re += '.*';
+          i += 1;
+        }
+      } else if (c === '*') re += '[^/]*';
+      else if (c === '?') re += '[^/]';
+      else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+    }
+    // A pattern that matches a folder excludes everything inside it.
+    if (new RegExp(`^${re}(?:/.*)?$`).test(path)) ignored = !negate;
+  }
+  return ignored;
+}
+
+describe('.dockerignore', () => {
+  const patterns = read('.dockerignore').split(/\r?\n/);
+
+  it('keeps dependencies, builds and secrets out of the build context, wherever the .env is', () => {
+    for (const p of ['node_modules', 'node_modules/zod/package.json', '.env', 'deploy/.env', 'dist', 'data', '.git']) {
+      expect(dockerIgnored(patterns, p), `${p} is sent to the Docker build context`).toBe(true);
+    }
+  });
+
+  it('does not exclude anything the Dockerfile copies from the context', () => {
+    const sources = parseDockerfile(read('Dockerfile')).flatMap((s) => copiesOf(s).filter((c) => c.from === undefined).flatMap((c) => c.sources));
+    expect(sources.length).toBeGreaterThan(0);
+    for (const s of sources) expect(dockerIgnored(patterns, posix.normalize(s).replace(/\/+$/, '')), `${s} is excluded by .dockerignore`).toBe(false);
+    expect(dockerIgnored(patterns, 'assets/greeting.ulaw')).toBe(false);
+    expect(dockerIgnored(patterns, 'src/main.ts')).toBe(false);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// compose.yaml
+// ---------------------------------------------------------------------------
+
+/** Compose durations: `90s`, `3m`, `1m30s`, `1.5h`, `500ms`, `2us`. */
+function parseDurationMs(v: unknown): number {
+  const s = String(v).trim();
+  const unit: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 0.001, µs: 0.001, ns: 0.000001 };
+  const re = /(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)/gy;
+  let total = 0;
+  let at = 0;
+  for (let m = re.exec(s); m !== null; m = re.exec(s)) {
+    total += Number(m[1]) * (unit[m[2] ?? ''] ?? NaN);
+    at = re.lastIndex;
+  }
+  if (s === '' || at !== s.length || !Number.isFinite(total)) throw new Error(`not a compose duration: ${JSON.stringify(v)}`);
+  return total;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** `environment:` in map or list form. */
+function envOf(service: Obj): Record<string, string> {
+  const env = service.environment;
+  const out: Record<string, string> = {};
+  if (Array.isArray(env)) {
+    for (const e of env) {
+      const [k, ...v] = String(e).split('=');
+      if (k !== undefined) out[k] = v.join('=');
+    }
+  } else if (isObj(env)) {
+    for (const [k, v] of Object.entries(env)) out[k] = v === null ? '' : String(v);
+  }
+  return out;
+}
+
+/** `volumes:` of a service in short (`src:dst[:ro]`) or long form. */
+function mountsOf(service: Obj): Array<{ source: string; target: string; readOnly: boolean }> {
+  const vols = Array.isArray(service.volumes) ? service.volumes : [];
+  return vols.map((v: unknown) => {
+    if (typeof v === 'string') {
+      const [source = '', target = '', mode = ''] = v.split(':');
+      return { source, target, readOnly: mode.split(',').includes('ro') };
+    }
+    const o = v as Obj;
+    return { source: String(o.source ?? ''), target: String(o.target ?? ''), readOnly: o.read_only === true };
+  });
+}
+
+/** `ports:` as published container ports. */
+function publishedPorts(service: Obj): Array<{ published: number; target: number }> {
+  const ports = Array.isArray(service.ports) ? service.ports : [];
+  return ports.map((p: unknown) => {
+    if (isObj(p)) return { published: Number(p.published), target: Number(p.target) };
+    const parts = String(p).split('/')[0]!.split(':');
+    const target = Number(parts[parts.length - 1]);
+    const published = parts.length >= 2 ? Number(parts[parts.length - 2]) : target;
+    return { published, target };
+  });
+}
+
+const isNamedVolume = (source: string): boolean => /^[A-Za-z0-9][\w.-]*$/.test(source);
+
+function loadCompose(): Obj {
+  const doc = parseDocument(readFileSync(join(DEPLOY, 'compose.yaml'), 'utf8'), { uniqueKeys: true, prettyErrors: true });
+  expect(doc.errors.map(String), 'compose.yaml parses').toEqual([]);
+  expect(doc.warnings.map(String)).toEqual([]);
+  const v: unknown = doc.toJS();
+  expect(isObj(v)).toBe(true);
+  return v as Obj;
+}
+
+describe('deploy/compose.yaml', () => {
+  let compose: Obj;
+  let playline: Obj;
+  let caddy: Obj;
+  let env: Record<string, string>;
+  beforeAll(() => {
+    compose = loadCompose();
+    const services = (compose.services ?? {}) as Record<string, Obj>;
+    playline = services.playline!;
+    caddy = services.caddy!;
+    env = envOf(playline ?? {});
+  });
+
+  it('has a playline service built from the repository Dockerfile', () => {
+    expect(playline, 'service "playline"').toBeDefined();
+    const build = playline.build;
+    const context = typeof build === 'string' ? build : String((build as Obj).context ?? '.');
+    const dockerfile = typeof build === 'string' ? 'Dockerfile' : String((build as Obj).dockerfile ?? 'Dockerfile');
+    expect(resolve(DEPLOY, context)).toBe(resolve(ROOT));
+    expect(resolve(DEPLOY, context, dockerfile)).toBe(join(ROOT, 'Dockerfile'));
+  });
+
+  it('keeps DATA_DIR on a named volume', () => {
+    const dataDir = env.DATA_DIR;
+    expect(dataDir, 'environment sets DATA_DIR').toBeDefined();
+    expect(posix.isAbsolute(dataDir!)).toBe(true);
+    const mount = mountsOf(playline).find((m) => posix.normalize(m.target) === posix.normalize(dataDir!));
+    expect(mount, `a volume is mounted at DATA_DIR=${dataDir}`).toBeDefined();
+    expect(isNamedVolume(mount!.source), `${mount!.source} is a named volume, not a host path`).toBe(true);
+    expect(Object.keys((compose.volumes ?? {}) as Obj)).toContain(mount!.source);
+    expect(mount!.readOnly).toBe(false);
+  });
+
+  it('gives the drain more time than DRAIN_TIMEOUT_S before Docker kills the container', () => {
+    const config = loadConfig(env);
+    const defaults = loadConfig({});
+    expect(config.drainTimeoutMs).toBe(defaults.drainTimeoutMs); // compose does not override it
+    expect(defaults.drainTimeoutMs).toBeGreaterThan(0);
+    const grace = parseDurationMs(playline.stop_grace_period);
+    expect(grace, `stop_grace_period ${String(playline.stop_grace_period)} vs DRAIN_TIMEOUT_S`).toBeGreaterThan(config.drainTimeoutMs);
+    // After the drain timeout the goodbye phase may take CALL_CONTROL_GRACE_MS more.
+    expect(grace).toBeGreaterThan(config.drainTimeoutMs + config.timeouts.callControlGraceMs);
+    expect(playline.stop_signal ?? 'SIGTERM').toBe('SIGTERM');
+    expect(parseDurationMs('1m30s')).toBe(90_000);
+    expect(parseDurationMs('90s')).toBe(90_000);
+    expect(parseDurationMs('3m')).toBe(180_000);
+  });
+
+  it('has a health check on /healthz, an env_file, and listens where Caddy expects it', () => {
+    const hc = playline.healthcheck as Obj | undefined;
+    expect(hc, 'healthcheck').toBeDefined();
+    expect(hc!.disable).not.toBe(true);
+    const test = Array.isArray(hc!.test) ? hc!.test.join(' ') : String(hc!.test);
+    expect(test).not.toMatch(/^NONE\b/);
+    // Liveness, not readiness: /readyz is 503 whenever the bridge is full or draining, and an
+    // "unhealthy" busy container invites a restart that would drop every live call.
+    expect(test).toContain('/healthz');
+    expect(test).not.toContain('/readyz');
+    parseDurationMs(hc!.interval ?? '30s');
+    parseDurationMs(hc!.timeout ?? '30s');
+
+    const envFiles = ([] as unknown[]).concat(playline.env_file ?? []).map((f) => (isObj(f) ? String(f.path) : String(f)));
+    expect(envFiles).toContain('.env');
+    expect(read('deploy/README.md')).toContain('cp ../.env.example .env');
+
+    expect(env.HOST, 'Playline must listen on all interfaces of its container for Caddy to reach it').toMatch(/^(0\.0\.0\.0|::)$/);
+    const config = loadConfig(env);
+    expect(config.port).toBe(8080);
+    // Playline is reachable only through Caddy.
+    expect(playline.ports, 'playline publishes no ports of its own').toBeUndefined();
+  });
+
+  it('runs Caddy (2.7 or newer) publishing 80 and 443 with the Caddyfile mounted and its certificates on a volume', () => {
+    expect(caddy, 'service "caddy"').toBeDefined();
+    const image = String(caddy.image);
+    const m = /^caddy:(\d+)(?:\.(\d+))?/.exec(image);
+    expect(m, `caddy image ${image}`).not.toBeNull();
+    expect(Number(m![1])).toBe(2);
+    if (m![2] !== undefined) expect(Number(m![2]), 'the Caddyfile uses stream_close_delay (Caddy 2.7+)').toBeGreaterThanOrEqual(7);
+    const ports = publishedPorts(caddy);
+    expect(ports).toContainEqual({ published: 80, target: 80 });
+    expect(ports).toContainEqual({ published: 443, target: 443 });
+    const mounts = mountsOf(caddy);
+    const caddyfile = mounts.find((v) => v.target === '/etc/caddy/Caddyfile');
+    expect(caddyfile, 'Caddyfile mounted at /etc/caddy/Caddyfile').toBeDefined();
+    expect(resolve(DEPLOY, caddyfile!.source)).toBe(join(DEPLOY, 'Caddyfile'));
+    const data = mounts.find((v) => v.target === '/data');
+    expect(data && isNamedVolume(data.source), 'certificates (/data) on a named volume, or every restart asks Let’s Encrypt again').toBe(true);
+    expect(([] as unknown[]).concat(caddy.depends_on ?? []).flatMap((d) => (isObj(d) ? Object.keys(d) : [String(d)]))).toContain('playline');
+  });
+
+  it('passes Caddy every variable the Caddyfile reads, and requires those without a default', () => {
+    const caddyEnv = envOf(caddy);
+    const used = [...read('deploy/Caddyfile').matchAll(/\{\$([A-Z0-9_]+)(:[^}]*)?\}/g)];
+    expect(used.map((u) => u[1])).toContain('PLAYLINE_DOMAIN');
+    for (const [, name, dflt] of used) {
+      expect(caddyEnv[name!], `compose passes ${name} to caddy`).toBeDefined();
+      // A Caddyfile placeholder without a default that ends up empty breaks the config
+      // (`email` with no argument, a site block with no address): compose must refuse to start.
+      if (dflt === undefined) expect(caddyEnv[name!], `${name} must be required in compose: \${${name}:?message}`).toMatch(new RegExp(`^\\$\\{${name}:\\?.+\\}$`));
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Caddyfile (adapted by a real caddy)
+// ---------------------------------------------------------------------------
+
+/** Caddyfile subdirectives newer than some caddy we may validate with: name → first version. */
+const NEWER_SUBDIRECTIVES: Record<string, [number, number]> = { stream_close_delay: [2, 7] };
+
+function findCaddy(): string {
+  const bin = process.env.CADDY ?? 'caddy';
+  const r = spawnSync(bin, ['version'], { encoding: 'utf8' });
+  if (r.error !== undefined || r.status !== 0) {
+    throw new Error(
+      `The Caddyfile check needs a caddy binary (${bin}: ${r.error?.message ?? r.stderr}). ` +
+        '.ci/run installs Debian’s caddy package; locally run `apt-get install caddy` (or `brew install caddy`), ' +
+        'or point CADDY at a caddy binary.',
+    );
+  }
+  return bin;
+}
+
+function caddyVersion(bin: string): [number, number, number] {
+  const out = execFileSync(bin, ['version'], { encoding: 'utf8' });
+  const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(out);
+  if (m === null) throw new Error(`cannot read the caddy version from ${JSON.stringify(out)}`);
+  return [Number(m[1]), Number(m[2]), Number(m[3])];
+}
+
+function walk(v: unknown, visit: (o: Obj) => void): void {
+  if (Array.isArray(v)) for (const x of v) walk(x, visit);
+  else if (isObj(v)) {
+    visit(v);
+    for (const x of Object.values(v)) walk(x, visit);
+  }
+}
+
+/** Whether a caddy binary is on this machine (CI installs one and must run the real checks). */
+const HAVE_CADDY = spawnSync(process.env.CADDY ?? 'caddy', ['version'], { encoding: 'utf8' }).status === 0;
+const REQUIRE_CADDY = process.env.CI === 'true' || process.env.CI === '1' || process.env.REQUIRE_CADDY === '1';
+
+describe('deploy/Caddyfile (structure, checked everywhere)', () => {
+  const text = read('deploy/Caddyfile').replace(/#[^\n]*/g, '');
+
+  it('has balanced braces, one site block for {$PLAYLINE_DOMAIN}, and keeps /metrics private', () => {
+    let depth = 0;
+    for (const ch of text) {
+      if (ch === '{') depth++;
+      if (ch === '}') depth--;
+      expect(depth).toBeGreaterThanOrEqual(0);
+    }
+    expect(depth).toBe(0);
+    expect(text).toMatch(/^\{\$PLAYLINE_DOMAIN\}\s*\{/m);
+    const metrics = text.indexOf('@metrics');
+    expect(metrics).toBeGreaterThan(-1);
+    expect(metrics).toBeLessThan(text.indexOf('reverse_proxy'));
+  });
+
+  it('proxies to the compose service and port Playline listens on', () => {
+    const targets = [...text.matchAll(/reverse_proxy\s+([^\s{]+)/g)].map((m) => m[1]);
+    expect(targets).toEqual(['playline:8080']);
+    const services = (loadCompose().services ?? {}) as Record<string, Obj>;
+    expect(Object.keys(services)).toContain('playline');
+    expect(String(loadConfig(envOf(services.playline!)).port)).toBe('8080');
+  });
+});
+
+describe.runIf(HAVE_CADDY || REQUIRE_CADDY)('deploy/Caddyfile (adapted by a real caddy; required in CI)', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'playline-caddy-'));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  /** `caddy adapt` the Caddyfile; subdirectives this caddy is too old to know are checked and set aside. */
+  function adapt(env: Record<string, string>): { json: Obj; setAside: string[] } {
+    const bin = findCaddy();
+    const [maj, min] = caddyVersion(bin);
+    let text = read('deploy/Caddyfile');
+    const setAside: string[] = [];
+    for (const [name, [needMaj, needMin]] of Object.entries(NEWER_SUBDIRECTIVES)) {
+      if (maj > needMaj || (maj === needMaj && min >= needMin)) continue;
+      text = text.replace(new RegExp(`^[ \\t]*${name}\\b(.*)\\r?\\n`, 'gm'), (_all, rest: string) => {
+        setAside.push(`${name}${rest}`);
+        return '';
+      });
+    }
+    const file = join(tmp, 'Caddyfile');
+    writeFileSync(file, text);
+    const r = spawnSync(bin, ['adapt', '--config', file, '--adapter', 'caddyfile'], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '', HOME: tmp, XDG_DATA_HOME: tmp, XDG_CONFIG_HOME: tmp, ...env },
+      timeout: 20_000,
+    });
+    expect(r.status, `caddy adapt failed:\n${r.stderr}`).toBe(0);
+    expect(r.stderr, 'caddy adapt warns').not.toMatch(/"level":"warn"|WARN/);
+    return { json: JSON.parse(r.stdout) as Obj, setAside };
+  }
+
+  it('adapts without error, proxies the public host to playline:8080 and gets a certificate for it', () => {
+    const { json, setAside } = adapt({ PLAYLINE_DOMAIN: 'voice.example.test', ACME_EMAIL: 'ops@example.test' });
+    for (const line of setAside) expect(line, 'a subdirective set aside for an older caddy still has a valid form').toMatch(/^stream_close_delay\s+\d+(ms|s|m|h)\s*$/);
+
+    const proxies: Obj[] = [];
+    walk(json, (o) => {
+      if (o.handler === 'reverse_proxy') proxies.push(o);
+    });
+    expect(proxies).toHaveLength(1);
+    const dials = ((proxies[0]!.upstreams ?? []) as Obj[]).map((u) => u.dial);
+    expect(dials).toEqual(['playline:8080']);
+
+    // The upstream is the compose service and the port it listens on.
+    const [host, port] = String(dials[0]).split(':');
+    const services = (loadCompose().services ?? {}) as Record<string, Obj>;
+    expect(Object.keys(services)).toContain(host);
+    expect(String(loadConfig(envOf(services[host!]!)).port)).toBe(port);
+
+    const hosts: string[] = [];
+    walk(json, (o) => {
+      if (Array.isArray(o.host)) hosts.push(...(o.host as string[]));
+    });
+    expect(hosts).toEqual(['voice.example.test']);
+    const http = ((json.apps as Obj).http as Obj).servers as Record<string, Obj>;
+    expect(Object.values(http).flatMap((s) => s.listen as string[])).toContain(':443');
+
+    const emails: string[] = [];
+    walk((json.apps as Obj).tls, (o) => {
+      if (typeof o.email === 'string') emails.push(o.email);
+    });
+    expect(emails.length).toBeGreaterThan(0);
+    expect(new Set(emails)).toEqual(new Set(['ops@example.test']));
+
+    // /metrics stays private: a 404 route for it comes before the proxy.
+    const text = JSON.stringify(json);
+    expect(text.indexOf('"/metrics"')).toBeGreaterThan(-1);
+    expect(text.indexOf('"/metrics"')).toBeLessThan(text.indexOf('"reverse_proxy"'));
+  });
+
+  it('is what caddy fmt would write (no stray syntax)', () => {
+    const bin = findCaddy();
+    const file = join(tmp, 'Caddyfile.fmt');
+    writeFileSync(file, read('deploy/Caddyfile'));
+    const r = spawnSync(bin, ['fmt', file], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe(read('deploy/Caddyfile'));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Settings documentation
+// ---------------------------------------------------------------------------
+
+/** Keys of `envSchema` in src/config.ts (the variables the config reads). */
+function schemaKeys(): string[] {
+  const src = read('src/config.ts');
+  const start = src.indexOf('const envSchema = z.object({');
+  expect(start, 'src/config.ts defines envSchema = z.object({…})').toBeGreaterThan(-1);
+  const end = src.indexOf('\n});', start);
+  const body = src.slice(start, end);
+  const keys = [...body.matchAll(/^ {2}([A-Z][A-Z0-9_]*):/gm)].map((m) => m[1]!);
+  return [...new Set(keys)].sort();
+}
+
+/** Every `process.env.X` / `process.env['X']` read anywhere in src/. */
+function processEnvReads(): string[] {
+  const names = new Set<string>();
+  const walkDir = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walkDir(p);
+      else if (e.name.endsWith('.ts')) {
+        for (const m of readFileSync(p, 'utf8').matchAll(/process\.env(?:\.([A-Z][A-Z0-9_]*)|\[\s*['"]([A-Z][A-Z0-9_]*)['"]\s*\])/g)) names.add((m[1] ?? m[2])!);
+      }
+    }
+  };
+  walkDir(join(ROOT, 'src'));
+  return [...names].sort();
+}
+
+/** `.env.example` as lines of `NAME=value`, each with whether a comment documents it. */
+function envExample(): Array<{ name: string; value: string; documented: boolean; line: number }> {
+  const lines = read('.env.example').split(/\r?\n/);
+  const out: Array<{ name: string; value: string; documented: boolean; line: number }> = [];
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(lines[i] ?? '');
+    if (m === null) continue;
+    // Documented: a comment line directly above it (a section ruler like `# --- Server ---` does not count).
+    const above = lines[i - 1] ?? '';
+    const documented = /^#\s*\S/.test(above) && !/^#\s*-{3}/.test(above);
+    out.push({ name: m[1]!, value: m[2]!, documented, line: i + 1 });
+  }
+  return out;
+}
+
+/** Variables in the README "Settings" table, with the default column. */
+function readmeSettings(): Array<{ name: string; dflt: string }> {
+  const readme = read('README.md');
+  const section = readme.slice(readme.indexOf('## Settings'), readme.indexOf('\n## ', readme.indexOf('## Settings') + 3));
+  const rows: Array<{ name: string; dflt: string }> = [];
+  for (const line of section.split('\n')) {
+    const cells = line.split('|').map((c) => c.trim());
+    if (cells.length < 4 || !cells[1]?.startsWith('`')) continue;
+    for (const m of cells[1].matchAll(/`([A-Z][A-Z0-9_]*)`/g)) rows.push({ name: m[1]!, dflt: cells[2] ?? '' });
+  }
+  return rows;
+}
+
+describe('settings documentation', () => {
+  const keys = schemaKeys();
+
+  it('finds the variables src/config.ts reads, and nothing in src/ reads others', () => {
+    expect(keys.length).toBeGreaterThan(20);
+    expect(keys).toContain('DRAIN_TIMEOUT_S');
+    expect(keys).toContain('PORT');
+    // Operating-system variables (a benchmark passing PATH on to a child) are not settings.
+    const system = new Set(['PATH', 'HOME', 'LANG', 'TZ', 'TMPDIR', 'USER', 'SHELL', 'CI', 'NODE_ENV', 'NODE_OPTIONS']);
+    for (const n of processEnvReads().filter((n) => !system.has(n))) expect(keys, `src/ reads process.env.${n}, which config.ts does not know`).toContain(n);
+  });
+
+  it('.env.example lists every variable once, each with a comment, and nothing else', () => {
+    const example = envExample();
+    const names = example.map((e) => e.name);
+    expect(names.filter((n, i) => names.indexOf(n) !== i), 'listed twice').toEqual([]);
+    expect(keys.filter((k) => !names.includes(k)), 'missing from .env.example').toEqual([]);
+    expect(names.filter((n) => !keys.includes(n)), 'in .env.example but unknown to src/config.ts').toEqual([]);
+    expect(example.filter((e) => !e.documented).map((e) => `${e.name} (line ${e.line})`), 'no comment above').toEqual([]);
+  });
+
+  it('.env.example as written is a valid configuration equal to the defaults', () => {
+    const env = Object.fromEntries(envExample().map((e) => [e.name, e.value]));
+    expect(loadConfig(env)).toEqual(loadConfig({}));
+  });
+
+  it('the README settings table lists every variable, with the same defaults as .env.example', () => {
+    const rows = readmeSettings();
+    const names = rows.map((r) => r.name);
+    expect(keys.filter((k) => !names.includes(k)), 'missing from the README settings table').toEqual([]);
+    expect(names.filter((n) => !keys.includes(n)), 'in the README table but unknown to src/config.ts').toEqual([]);
+    expect(names.filter((n, i) => names.indexOf(n) !== i), 'listed twice').toEqual([]);
+    const example = new Map(envExample().map((e) => [e.name, e.value]));
+    for (const r of rows) {
+      const literal = /^`([^`]*)`$/.exec(r.dflt)?.[1];
+      const value = example.get(r.name);
+      if (literal !== undefined && value !== undefined && value !== '') expect(literal, `README default of ${r.name}`).toBe(value);
+    }
+  });
+});
+
+describe('test helpers', () => {
+  it('read Docker ignore rules like Docker', () => {
+    expect(dockerIgnored(['node_modules'], 'node_modules/x/y.js')).toBe(true);
+    expect(dockerIgnored(['.env'], 'deploy/.env')).toBe(false);
+    expect(dockerIgnored(['**/.env'], 'deploy/.env')).toBe(true);
+    expect(dockerIgnored(['**/.env'], '.env')).toBe(true);
+    expect(dockerIgnored(['*.log', '!keep.log'], 'keep.log')).toBe(false);
+    expect(dockerIgnored(['*.log'], 'a/b.log')).toBe(false);
+  });
+
+  it('parse Dockerfile continuations and stages', () => {
+    const stages = parseDockerfile('ARG V=1\nFROM a AS one\nRUN x \\\n  # note\n  && y\nFROM b\nCOPY --from=one /app/dist ./dist\n');
+    expect(stages.map((s) => s.image)).toEqual(['a', 'b']);
+    expect(stages[0]!.instructions[0]!.args).toBe('x  && y');
+    expect(copiesOf(stages[1]!)[0]).toEqual({ from: 'one', sources: ['/app/dist'], targets: ['/dist'] });
+  });
+
+  it('find the files these checks read', () => {
+    for (const f of ['Dockerfile', '.dockerignore', '.env.example', 'deploy/compose.yaml', 'deploy/Caddyfile', 'deploy/README.md', 'assets/greeting.ulaw']) {
+      expect(existsSync(join(ROOT, f)), `${f} is missing`).toBe(true);
+      expect(statSync(join(ROOT, f)).size).toBeGreaterThan(0);
+    }
+  });
+});

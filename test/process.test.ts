@@ -1,0 +1,425 @@
+/**
+ * The real process, as users and the Docker image run it: `node dist/main.js` (the image's CMD)
+ * and `npm start`, on 127.0.0.1, in local mode, driven by the Twilio simulator. Checks the
+ * graceful drain on SIGTERM/SIGINT, the goodbye at the drain timeout, that `npm start` hands
+ * SIGTERM to the server, and that a bad setting stops the start with a message.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { speechLikeSignal } from '../src/audio/signal.js';
+import { placeCall, postVoiceWebhook, type FakeTwilioStream, type SimCallResult } from '../src/testing/twilioSim.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Every variable src/config.ts knows, so a developer's `.env` in the repo cannot leak into these runs. */
+function configKeys(): string[] {
+  const src = readFileSync(join(ROOT, 'src/config.ts'), 'utf8');
+  const start = src.indexOf('const envSchema = z.object({');
+  const body = src.slice(start, src.indexOf('\n});', start));
+  return [...body.matchAll(/^ {2}([A-Z][A-Z0-9_]*):/gm)].map((m) => m[1]!);
+}
+const CONFIG_KEYS = configKeys();
+
+async function freePort(): Promise<number> {
+  const srv = createNetServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+// ---------------------------------------------------------------------------
+// Children: every one is started in its own process group and killed after each test.
+// ---------------------------------------------------------------------------
+
+interface Child {
+  proc: ChildProcess;
+  pid: number;
+  url: string;
+  port: number;
+  stdout: string;
+  stderr: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+  exit?: { code: number | null; signal: NodeJS.Signals | null; at: number };
+  /** Parsed JSON log lines from stdout. */
+  logs(): Array<Record<string, unknown>>;
+  tail(): string;
+}
+
+const children: Child[] = [];
+const dataDirs: string[] = [];
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+/** Last resort if the worker dies without running afterAll. */
+const killAllSync = (): void => {
+  for (const c of children) killGroup(c.pid);
+};
+process.once('exit', killAllSync);
+
+afterEach(async () => {
+  for (const c of children.splice(0)) {
+    killGroup(c.pid);
+    await Promise.race([c.exited, sleep(2000)]);
+  }
+});
+afterAll(() => {
+  killAllSync();
+  process.removeListener('exit', killAllSync);
+  for (const d of dataDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+interface StartOptions {
+  /** argv; default `node dist/main.js`, the Dockerfile CMD. */
+  command?: string[];
+  env?: Record<string, string>;
+  port?: number;
+}
+
+async function start(opts: StartOptions = {}): Promise<Child> {
+  const port = opts.port ?? (await freePort());
+  const dataDir = mkdtempSync(join(tmpdir(), 'playline-data-'));
+  dataDirs.push(dataDir);
+  const env: Record<string, string> = {
+    PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
+    HOME: process.env.HOME ?? tmpdir(),
+    ...(process.env.TMPDIR !== undefined ? { TMPDIR: process.env.TMPDIR } : {}),
+    // Blank (= default) unless set below; blanks also win over a stray .env in the repo.
+    ...Object.fromEntries(CONFIG_KEYS.map((k) => [k, ''])),
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'info',
+    DATA_DIR: dataDir,
+    ...opts.env,
+  };
+  const [cmd = 'node', ...args] = opts.command ?? ['node', 'dist/main.js'];
+  const proc = spawn(cmd === 'node' ? process.execPath : cmd, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  if (proc.pid === undefined) throw new Error(`could not spawn ${cmd}`);
+  const child: Child = {
+    proc,
+    pid: proc.pid,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    stdout: '',
+    stderr: '',
+    exited: new Promise((resolve) => {
+      proc.once('exit', (code, signal) => {
+        child.exit = { code, signal, at: performance.now() };
+        resolve(child.exit);
+      });
+    }),
+    logs() {
+      return child.stdout
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .flatMap((l) => {
+          try {
+            return [JSON.parse(l) as Record<string, unknown>];
+          } catch {
+            return [];
+          }
+        });
+    },
+    tail() {
+      return `--- stdout ---\n${child.stdout.slice(-3000)}\n--- stderr ---\n${child.stderr.slice(-3000)}`;
+    },
+  };
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => (child.stdout += d));
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => (child.stderr += d));
+  children.push(child);
+  return child;
+}
+
+async function get(url: string, timeoutMs = 1000): Promise<{ status: number; body: unknown } | undefined> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    const text = await res.text();
+    let body: unknown = text;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      /* not JSON */
+    }
+    return { status: res.status, body };
+  } catch {
+    return undefined; // connection refused, reset or timed out
+  }
+}
+
+async function waitHealthy(c: Child, timeoutMs = 15_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    if (c.exit !== undefined) throw new Error(`the server exited (${JSON.stringify(c.exit)}) before /healthz answered\n${c.tail()}`);
+    const r = await get(`${c.url}/healthz`, 500);
+    if (r?.status === 200) return;
+    await sleep(50);
+  }
+  throw new Error(`/healthz did not answer within ${timeoutMs} ms\n${c.tail()}`);
+}
+
+async function waitExit(c: Child, timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }> {
+  const r = await Promise.race([c.exited, sleep(timeoutMs).then(() => undefined)]);
+  if (r === undefined) throw new Error(`the process did not exit within ${timeoutMs} ms\n${c.tail()}`);
+  return r;
+}
+
+async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** Places a call and resolves once its media is flowing both ways. */
+async function liveCall(c: Child, opts: { audioMs: number; waitForBridgeHangup?: boolean; authToken?: string }) {
+  let stream: FakeTwilioStream | undefined;
+  const result: Promise<SimCallResult> = placeCall({
+    bridgeUrl: c.url,
+    audio: speechLikeSignal({ durationMs: opts.audioMs }),
+    waitForBridgeHangup: opts.waitForBridgeHangup ?? false,
+    maxDurationMs: 30_000,
+    // No status callback: Twilio sends it after the stream has closed, and a drained process may
+    // already have stopped listening by then (see the report); these tests are about the call.
+    statusCallback: false,
+    ...(opts.authToken !== undefined ? { authToken: opts.authToken } : {}),
+    onStream: (s) => (stream = s),
+  });
+  await waitFor('the call to be live (agent audio coming back)', () => (stream?.mediaReceived ?? 0) >= 10, 5000);
+  return { stream: stream!, result };
+}
+
+/** `pid ppid pgid args` of every process. */
+function processTable(): Array<{ pid: number; ppid: number; pgid: number; args: string }> {
+  return execFileSync('ps', ['-eo', 'pid=,ppid=,pgid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(.*)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), pgid: Number(m[3]), args: m[4] ?? '' }));
+}
+
+const message = (r: Record<string, unknown>) => r.msg;
+
+// ---------------------------------------------------------------------------
+
+beforeAll(async () => {
+  // The image and `npm start` run the compiled dist/; build it from the current sources once.
+  await new Promise<void>((resolve, reject) => {
+    execFile('npm', ['run', 'build', '--silent'], { cwd: ROOT, timeout: 90_000 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`npm run build failed: ${err.message}\n${stdout}${stderr}`)) : resolve(),
+    );
+  });
+}, 120_000);
+
+describe('node dist/main.js (the Docker CMD)', () => {
+  it('drains on SIGTERM: /readyz 503 at once, new calls refused, the live call runs to its end, exit 0', async () => {
+    const drainS = 20;
+    const c = await start({ env: { DRAIN_TIMEOUT_S: String(drainS), LOCAL_AGENT_MODE: 'echo' } });
+    await waitHealthy(c);
+    expect((await get(`${c.url}/readyz`))?.status).toBe(200);
+    const { stream, result } = await liveCall(c, { audioMs: 4000 });
+
+    const tTerm = performance.now();
+    process.kill(c.pid, 'SIGTERM');
+    // Readiness flips at once.
+    let ready = await get(`${c.url}/readyz`);
+    while (ready?.status !== 503 && performance.now() - tTerm < 2000) ready = await get(`${c.url}/readyz`);
+    const flipMs = performance.now() - tTerm;
+    expect(ready?.status, c.tail()).toBe(503);
+    expect(flipMs, '/readyz answered 503 within ~200 ms of SIGTERM').toBeLessThan(250);
+    expect(ready?.body).toMatchObject({ ready: false, draining: true, liveCalls: 1 });
+    expect((await get(`${c.url}/healthz`))?.status, 'still alive while draining').toBe(200);
+
+    // A new call is refused at the webhook: TwiML without a <Stream>.
+    const refused = await postVoiceWebhook({ bridgeUrl: c.url });
+    expect(refused.status).toBe(200);
+    expect(refused.twiml, refused.body).toBeDefined();
+    expect(refused.twiml!.streamUrl).toBeUndefined();
+    expect(refused.body).not.toMatch(/<Stream/i);
+    expect(refused.twiml!.hangup || refused.twiml!.reject).toBe(true);
+
+    // The live call keeps flowing: its audio keeps being echoed back.
+    const before = stream.mediaReceived;
+    await sleep(600);
+    expect(stream.mediaReceived - before, 'frames echoed in the 600 ms after SIGTERM').toBeGreaterThanOrEqual(20);
+    expect(c.exit, 'still running while a call is live').toBeUndefined();
+
+    // ... and ends normally, by the caller.
+    const r = await result;
+    const tCallEnd = performance.now();
+    expect(r.endedBy).toBe('caller');
+    expect(r.error).toBeUndefined();
+    expect(r.protocolViolations).toEqual([]);
+    expect(r.mediaReceived).toBeGreaterThan(r.framesSent * 0.9);
+
+    // Then the process exits 0 on its own, well before the drain timeout.
+    const exit = await waitExit(c, 5000);
+    expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    expect(exit.at - tTerm).toBeLessThan(drainS * 1000);
+    expect(exit.at - tCallEnd, 'exits soon after the last call ended').toBeLessThan(3000);
+    const logs = c.logs();
+    expect(logs.find((l) => message(l) === 'shutting down')).toMatchObject({ signal: 'SIGTERM', liveCalls: 1 });
+    expect(logs.find((l) => message(l) === 'call ended')).toMatchObject({ outcome: 'caller_hangup' });
+    expect(logs.find((l) => message(l) === 'stopped')).toMatchObject({ endedByDrain: 0 });
+    expect(await get(`${c.url}/healthz`), 'nothing listens any more').toBeUndefined();
+  });
+
+  it('ends a call still live at DRAIN_TIMEOUT_S (1 s) and exits 0', async () => {
+    const c = await start({ env: { DRAIN_TIMEOUT_S: '1', LOCAL_AGENT_MODE: 'echo' } });
+    await waitHealthy(c);
+    const { stream, result } = await liveCall(c, { audioMs: 2000, waitForBridgeHangup: true });
+
+    const tTerm = performance.now();
+    process.kill(c.pid, 'SIGTERM');
+    await stream.whenClosed;
+    const closedAfter = performance.now() - tTerm;
+    const r = await result;
+    expect(r.endedBy, 'the bridge closed the stream').toBe('bridge');
+    expect(r.protocolViolations).toEqual([]);
+    expect(r.timedOut).toBeUndefined();
+    expect(closedAfter, 'not before the drain timeout').toBeGreaterThanOrEqual(900);
+    expect(closedAfter, 'soon after the drain timeout').toBeLessThan(2500);
+
+    const exit = await waitExit(c, 5000);
+    expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    expect(exit.at - tTerm).toBeLessThan(4000);
+    const logs = c.logs();
+    expect(logs.find((l) => message(l) === 'drain timeout: ending the remaining calls with a goodbye')).toMatchObject({ liveCalls: 1 });
+    expect(logs.find((l) => message(l) === 'call ended')).toMatchObject({ outcome: 'shutdown' });
+    expect(logs.find((l) => message(l) === 'stopped')).toMatchObject({ endedByDrain: 1 });
+  });
+
+  it('with Twilio credentials, the drain timeout says GOODBYE_TEXT through the REST API before the call ends', async () => {
+    // A stand-in for api.twilio.com (TWILIO_API_URL) that records call updates.
+    const updates: Array<{ path: string; form: URLSearchParams; auth: string | undefined }> = [];
+    const rest: Server = createHttpServer((req: IncomingMessage, res) => {
+      let body = '';
+      req.setEncoding('utf8').on('data', (d: string) => (body += d));
+      req.on('end', () => {
+        updates.push({ path: req.url ?? '', form: new URLSearchParams(body), auth: req.headers.authorization });
+        const sid = /Calls\/(CA[0-9a-f]{32})\.json/.exec(req.url ?? '')?.[1] ?? '';
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ sid, status: 'in-progress' }));
+      });
+    });
+    await new Promise<void>((resolve) => rest.listen(0, '127.0.0.1', () => resolve()));
+    try {
+      const restUrl = `http://127.0.0.1:${(rest.address() as AddressInfo).port}`;
+      const port = await freePort();
+      const authToken = 'process-test-auth-token';
+      const accountSid = `AC${'1'.repeat(32)}`;
+      const goodbye = 'Playline is restarting. Goodbye.';
+      const c = await start({
+        port,
+        env: {
+          DRAIN_TIMEOUT_S: '1',
+          LOCAL_AGENT_MODE: 'echo',
+          TWILIO_ACCOUNT_SID: accountSid,
+          TWILIO_AUTH_TOKEN: authToken,
+          PUBLIC_URL: `http://127.0.0.1:${port}`,
+          TWILIO_API_URL: restUrl,
+          CALL_CONTROL_GRACE_MS: '300',
+          GOODBYE_TEXT: goodbye,
+        },
+      });
+      await waitHealthy(c);
+      const { stream, result } = await liveCall(c, { audioMs: 2000, waitForBridgeHangup: true, authToken });
+      const tTerm = performance.now();
+      process.kill(c.pid, 'SIGTERM');
+      const r = await result;
+      expect(r.endedBy).toBe('bridge');
+      expect(performance.now() - tTerm).toBeGreaterThanOrEqual(900);
+      expect(updates, c.tail()).toHaveLength(1);
+      const u = updates[0]!;
+      expect(u.path).toBe(`/2010-04-01/Accounts/${accountSid}/Calls/${stream.callSid}.json`);
+      expect(u.auth).toBe(`Basic ${Buffer.from(`${accountSid}:${authToken}`).toString('base64')}`);
+      const twiml = u.form.get('Twiml') ?? '';
+      expect(twiml).toContain(`<Say>${goodbye}</Say>`);
+      expect(twiml).toContain('<Hangup/>');
+      const exit = await waitExit(c, 5000);
+      expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    } finally {
+      await new Promise<void>((resolve) => rest.close(() => resolve()));
+    }
+  });
+
+  it('drains on SIGINT too', async () => {
+    const c = await start();
+    await waitHealthy(c);
+    process.kill(c.pid, 'SIGINT');
+    const exit = await waitExit(c, 5000);
+    expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    expect(c.logs().find((l) => message(l) === 'shutting down')).toMatchObject({ signal: 'SIGINT', liveCalls: 0 });
+  });
+
+  it('refuses a bad configuration: non-zero exit, a message naming the variable, nothing listening', async () => {
+    const port = await freePort();
+    for (const [name, value] of [
+      ['PORT', 'abc'],
+      ['LOG_LEVEL', 'loud'],
+      ['DRAIN_TIMEOUT_S', '-5'],
+    ] as const) {
+      const c = await start({ port, env: { [name]: value } });
+      const exit = await waitExit(c, 10_000);
+      expect(exit.code, c.tail()).not.toBe(0);
+      expect(exit.code).not.toBeNull();
+      expect(c.stderr).toMatch(new RegExp(`configuration error: .*\\b${name}\\b`));
+      expect(await get(`http://127.0.0.1:${port}/healthz`)).toBeUndefined();
+    }
+  });
+});
+
+describe('npm start', () => {
+  it('passes SIGTERM to the server: the server drains and exits, then npm exits, and no server is left behind', async () => {
+    const c = await start({ command: ['npm', 'start'] });
+    // dist/ is fresh from beforeAll, so prestart has nothing to build; allow for it anyway.
+    await waitHealthy(c, 60_000);
+
+    // The server process is a descendant of npm (in npm's process group).
+    const servers = processTable().filter((p) => p.pgid === c.pid && p.pid !== c.pid && /\bdist\/main\.js\b/.test(p.args) && !p.args.startsWith('sh '));
+    expect(servers.length, `node dist/main.js under npm:\n${JSON.stringify(processTable().filter((p) => p.pgid === c.pid))}`).toBe(1);
+    const server = servers[0]!;
+
+    // SIGTERM to npm only, as `docker stop`, systemd or a terminal's kill would send it.
+    const tTerm = performance.now();
+    process.kill(c.pid, 'SIGTERM');
+    const exit = await waitExit(c, 10_000);
+    expect(exit.at - tTerm, 'npm exits within a few seconds').toBeLessThan(5000);
+
+    // The server got the signal: it stops listening and its process is gone.
+    await waitFor('the port to stop answering', async () => (await get(`${c.url}/healthz`, 300)) === undefined, 5000).catch(() => {
+      throw new Error(`npm exited but node dist/main.js (pid ${server.pid}) still answers on ${c.url}: npm start did not pass SIGTERM to the server\n${c.tail()}`);
+    });
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await waitFor('the server process to exit', () => !alive(server.pid), 5000).catch(() => {
+      throw new Error(`node dist/main.js (pid ${server.pid}) is still running after npm exited`);
+    });
+    const left = processTable().filter((p) => p.pgid === c.pid);
+    expect(left, 'processes left from npm start').toEqual([]);
+    expect(c.logs().find((l) => message(l) === 'shutting down'), `the server logged its drain\n${c.tail()}`).toMatchObject({ signal: 'SIGTERM' });
+    expect(c.logs().find((l) => message(l) === 'stopped')).toBeDefined();
+    expect(exit.code, c.tail()).toBe(0);
+  });
+});
