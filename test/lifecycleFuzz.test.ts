@@ -42,6 +42,7 @@ import { Metrics } from '../src/metrics.js';
 import type { CallSession, SessionSettings, SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
+import { prng } from '../src/util/prng.js';
 
 // Captured before any test fakes the timers: yields to the real event loop so every microtask runs.
 const realSetImmediate = globalThis.setImmediate;
@@ -52,18 +53,11 @@ const MASTER_SEED = process.env.FUZZ_SEED !== undefined && process.env.FUZZ_SEED
 
 // ---------------------------------------------------------------- seeded PRNG
 
+/** Helpers over the shared seeded PRNG (mulberry32). */
 class Rng {
-  #a: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.#a = seed >>> 0;
-  }
-  /** mulberry32 */
-  next(): number {
-    this.#a = (this.#a + 0x6d2b79f5) >>> 0;
-    let t = this.#a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = prng(seed);
   }
   int(lo: number, hi: number): number {
     return lo + Math.floor(this.next() * (hi - lo + 1));
@@ -701,7 +695,12 @@ class World {
   readonly connector: AgentConnector = (opts) => {
     const call = this.callsByAgent.get(opts.agentId);
     const sm = this.starting ?? call?.streams.find((s) => s.session !== undefined && s.session.state !== 'closed');
-    if (call === undefined || sm === undefined || sm.call !== call) this.fail(`agent leg opened for an unknown call (agent ${opts.agentId})`);
+    const leg = new FakeAgentLeg(opts, this.rng.pick([0, 5, 50, 1500]), () => (this.injectedFired = true));
+    if (call === undefined || sm === undefined || sm.call !== call) {
+      // Recorded, not thrown: this runs inside the bridge, which would turn a throw into an internal error.
+      this.violations.push(`agent leg opened for an unknown call (agent ${opts.agentId})`);
+      return leg;
+    }
     if (sm.session !== undefined && sm.session.state !== 'connecting' && sm.session.state !== 'reconnecting') {
       this.violations.push(`agent leg opened while the session is ${sm.session.state}`);
     }
@@ -713,8 +712,6 @@ class World {
     if (setup.continueConversation !== sm.conversationId) {
       this.violations.push(`setup.continueConversation ${setup.continueConversation} but the conversation is ${sm.conversationId}`);
     }
-    if (process.env.FUZZ_DEBUG && sm.session?.state === 'reconnecting') console.log('reconnect leg', sm.call.id, this.label);
-    const leg = new FakeAgentLeg(opts, this.rng.pick([0, 5, 50, 1500]), () => (this.injectedFired = true));
     sm.legs.push(leg);
     return leg;
   };
@@ -839,7 +836,6 @@ class World {
     delta(spec.media, a.media - b.media, 'carrier media count');
     delta(spec.marks, a.marks - b.marks, 'carrier mark count');
     delta(spec.clears, a.clears - b.clears, 'carrier clear count');
-    if (process.env.FUZZ_DEBUG && b.state !== a.state) console.log('T', b.state, a.state, what.split(' (')[0]);
     if (ACTIVE.has(b.state) && !ACTIVE.has(a.state)) {
       if (spec.reasons === undefined || spec.reasons.length === 0) this.fail(`${what}: call #${sm.call.id} left ${b.state} for ${a.state} without a cause`);
       sm.reasons ??= spec.reasons;
@@ -1921,7 +1917,7 @@ async function runProfile(index: number): Promise<Totals> {
     totals.steps += world.steps;
     currentWorld = undefined;
   }
-  if (process.env.FUZZ_VERBOSE) console.log(index, realDateNow() - t0, JSON.stringify(totals));
+  if (process.env.FUZZ_VERBOSE) console.log(`${profile.name}: ${realDateNow() - t0} ms ${JSON.stringify(totals)}`);
   for (const [k, v] of Object.entries(totals)) {
     if (k === 'outcomes') for (const [o, n] of Object.entries(v as Record<string, number>)) grandTotals.outcomes[o] = (grandTotals.outcomes[o] ?? 0) + n;
     else (grandTotals as unknown as Record<string, number>)[k] = ((grandTotals as unknown as Record<string, number>)[k] ?? 0) + (v as number);

@@ -9,8 +9,9 @@
  * echo (or `--connect-timeout-ms` after the ramp), `--settle-ms` pass, then the
  * steady window of `--duration` seconds, sampled at both ends: the target's (and
  * agent's) CPU ticks from /proc, the target's RSS, this process's CPU. Frames sent in
- * the window are the measured ones. After the window the calls keep streaming for
- * `--trailing-ms` (so in-flight echoes return), then every caller hangs up.
+ * the window are the measured ones. After the window the calls keep streaming until
+ * every measured frame has come back or `--trailing-ms` has passed, then every caller
+ * hangs up; measured frames still missing then are lost.
  *
  * Per frame: every caller frame is unique (see `frames.ts`); its send time is kept in
  * a per-call ring, and an echo carrying the same id gives the round trip. Barge-in:
@@ -40,7 +41,7 @@ Options:
   --connect-timeout-ms MS wait this long after the ramp for every call's first echo (default 20000)
   --settle-ms MS          pause between "all connected" and the window (default 2000)
   --duration S            steady window, seconds (default 20)
-  --trailing-ms MS        keep streaming after the window before hanging up (default 1000)
+  --trailing-ms MS        after the window, wait up to MS for in-flight echoes before hanging up (default 5000)
   --barge-every-ms MS     barge-in marker interval per call; 0 = none (default 2000)
   --target-pid PID        process whose CPU/RSS is sampled over the window
   --agent-pid PID         second process whose CPU is sampled (the agent)
@@ -162,7 +163,7 @@ async function main(): Promise<void> {
   const connectTimeoutMs = int('connect-timeout-ms', values['connect-timeout-ms'], 20_000, 0, 600_000);
   const settleMs = int('settle-ms', values['settle-ms'], 2000, 0, 600_000);
   const durationMs = int('duration', values.duration, 20, 1, 3600) * 1000;
-  const trailingMs = int('trailing-ms', values['trailing-ms'], 1000, 0, 60_000);
+  const trailingMs = int('trailing-ms', values['trailing-ms'], 5000, 0, 60_000);
   const bargeEveryMs = int('barge-every-ms', values['barge-every-ms'], 2000, 0, 600_000);
   const targetPid = values['target-pid'] === undefined ? undefined : int('target-pid', values['target-pid'], 0, 1, 2 ** 31);
   const agentPid = values['agent-pid'] === undefined ? undefined : int('agent-pid', values['agent-pid'], 0, 1, 2 ** 31);
@@ -316,6 +317,7 @@ async function main(): Promise<void> {
 
   let w0: Sample | undefined;
   let w1: Sample | undefined;
+  let drainMs: number | undefined;
   let rssKb: number | undefined;
   let hwmKb: number | undefined;
   const eld = monitorEventLoopDelay({ resolution: 1 });
@@ -337,8 +339,11 @@ async function main(): Promise<void> {
         /* target gone: reported as missing */
       }
     }
-    log(`window done (${((w1.t - w0.t) / 1000).toFixed(1)} s); trailing ${trailingMs} ms, then hanging up`);
-    await sleep(trailingMs);
+    log(`window done (${((w1.t - w0.t) / 1000).toFixed(1)} s); waiting up to ${trailingMs} ms for in-flight echoes, then hanging up`);
+    const drainStart = performance.now();
+    const missing = (): number => probes.reduce((n, p) => n + p.counted - p.echoed, 0);
+    while (missing() > 0 && performance.now() - drainStart < trailingMs) await sleep(20);
+    drainMs = performance.now() - drainStart;
   }
   abort.abort();
   let endTimer: NodeJS.Timeout | undefined;
@@ -401,6 +406,8 @@ async function main(): Promise<void> {
     targetRssKb: rssKb,
     targetHwmKb: hwmKb,
     frames: {
+      /** ms after the window until every measured frame was back (or the cap). */
+      drainMs: drainMs === undefined ? undefined : Math.round(drainMs),
       counted: framesCounted,
       echoed: framesEchoed,
       lost: framesCounted - framesEchoed,

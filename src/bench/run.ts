@@ -38,7 +38,10 @@ Options:
   --duration S        steady-state window per step, seconds (default 20)
   --ramp-ms MS        spread call starts over MS (default 10 ms per call, at most 10000)
   --settle-ms MS      pause between "all calls connected" and the window (default 2000)
-  --trailing-ms MS    streaming after the window so in-flight echoes return (default 1000)
+  --trailing-ms MS    after the window, wait up to MS for in-flight echoes (default 5000);
+                      frames still missing then count as lost
+  --agent-cpu CPU     CPU for the agent process, or "none" for no pinning (default: a third
+                      CPU when there is one, else the load generator's)
   --barge-every-ms MS barge-in marker interval per call (default 2000; 0 = no barge-ins)
   --quiet-wait-s S    before each measurement, wait up to S seconds for other processes
                       to go quiet (default 60; 0 = do not wait)
@@ -72,6 +75,8 @@ interface Options {
   settleMs: number;
   trailingMs: number;
   bargeEveryMs: number;
+  /** CPU for the agent, 'none' (unpinned), or undefined (automatic). */
+  agentCpu: number | 'none' | undefined;
   floor: boolean;
   pin: boolean;
   quietWaitS: number;
@@ -104,6 +109,7 @@ function parseOptions(): Options | undefined {
         'settle-ms': { type: 'string' },
         'trailing-ms': { type: 'string' },
         'barge-every-ms': { type: 'string' },
+        'agent-cpu': { type: 'string' },
         'no-floor': { type: 'boolean', default: false },
         'quiet-wait-s': { type: 'string' },
         retries: { type: 'string' },
@@ -132,7 +138,8 @@ function parseOptions(): Options | undefined {
     durationS: Math.round(numOpt('duration', values.duration, quick ? 5 : 20, 1, 3600)),
     rampMs: values['ramp-ms'] === undefined ? undefined : Math.round(numOpt('ramp-ms', values['ramp-ms'], 0, 0, 600_000)),
     settleMs: Math.round(numOpt('settle-ms', values['settle-ms'], quick ? 1000 : 2000, 0, 600_000)),
-    trailingMs: Math.round(numOpt('trailing-ms', values['trailing-ms'], 1000, 0, 60_000)),
+    trailingMs: Math.round(numOpt('trailing-ms', values['trailing-ms'], 5000, 0, 60_000)),
+    agentCpu: values['agent-cpu'] === undefined || values['agent-cpu'] === 'none' ? values['agent-cpu'] : Math.round(numOpt('agent-cpu', values['agent-cpu'], 0, 0, 4095)),
     bargeEveryMs: Math.round(numOpt('barge-every-ms', values['barge-every-ms'], 2000, 0, 600_000)),
     floor: !values['no-floor'],
     pin: !values['no-pin'],
@@ -359,7 +366,7 @@ interface Machine {
   node: string;
   taskset: string | undefined;
   pinned: boolean;
-  cores: { bridge?: number; loadgen?: number; agent?: number };
+  cores: { bridge?: number; loadgen?: number; agent?: number | 'none' };
   clkTck: number;
   /** Code measured: `git describe --always --dirty` of the checkout (dist/ is built from its working tree). */
   revision: string;
@@ -407,7 +414,7 @@ interface LoadgenResult {
   };
   targetRssKb?: number;
   targetHwmKb?: number;
-  frames: { counted: number; echoed: number; lost: number; callsWithLoss: number; duplicates: number; reordered: number; misrouted: number; foreign: number };
+  frames: { drainMs?: number; counted: number; echoed: number; lost: number; callsWithLoss: number; duplicates: number; reordered: number; misrouted: number; foreign: number };
   rttMs: LatencySummary;
   firstAudioMs: LatencySummary;
   bargeIn: { markersSent: number; clears: number; noClear: number; unexpectedClears: number; markerToClearMs: LatencySummary };
@@ -520,7 +527,8 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     let url: string;
     let publicUrl: string;
     if (kind === 'bridge') {
-      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--port', '0', '--watch-stdin'], { core: machine.cores.agent, taskset: pin, env: baseEnv() });
+      const agentCore = machine.cores.agent === 'none' ? undefined : machine.cores.agent;
+      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--port', '0', '--watch-stdin'], { core: agentCore, taskset: pin, env: baseEnv() });
       procs.push(agent);
       const m = await waitForLine(agent, /listening on (ws:\/\/\S+)/, 15_000);
       const agentUrl = m[1] ?? '';
@@ -678,7 +686,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   );
   out.push(
     machine.pinned
-      ? `pinning: taskset yes — bridge/floor on CPU ${machine.cores.bridge}, load generator on CPU ${machine.cores.loadgen}, agent on CPU ${machine.cores.agent}${machine.cores.agent === machine.cores.loadgen ? ' (shared with the load generator)' : ''}`
+      ? `pinning: taskset yes — bridge/floor on CPU ${machine.cores.bridge}, load generator on CPU ${machine.cores.loadgen}, agent ${machine.cores.agent === 'none' ? 'not pinned' : `on CPU ${machine.cores.agent}`}${machine.cores.agent === machine.cores.loadgen ? ' (shared with the load generator)' : machine.cores.agent === machine.cores.bridge ? ' (shared with the bridge)' : ''}`
       : `pinning: none (${machine.taskset === undefined ? 'taskset not found' : opts.pin ? 'fewer than 2 usable CPUs' : '--no-pin'}) — figures are noisier`,
   );
   const j = machine.jitter;
@@ -732,7 +740,10 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       f1(m?.eventLoopLagP99Ms),
       f1(b.agentCorePct),
       r === undefined ? '–' : f1(r.loadgen.cpuPct),
+      r?.frames.drainMs === undefined ? '–' : String(r.frames.drainMs),
+      m?.callerFramesLost === undefined ? '–' : String(m.callerFramesLost),
       f1(fl?.corePct),
+      fl?.loadgen === undefined ? '–' : f1(fl.loadgen.loadgen.cpuPct),
       pair(fl?.rssSteadyMb, fl?.rssGrowthKbPerCall, f1),
       fl?.loadgen === undefined ? '–' : String(fl.loadgen.frames.lost),
       fl?.loadgen === undefined ? '–' : `${f2(fl.loadgen.loadgen.sendLagMs.p99)}${fl.loadgenSaturated ? ' !' : ''}`,
@@ -742,7 +753,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   });
   out.push(
     table(
-      ['calls', 'clears/markers', '/metrics clear mean/p99 ms', 'RTT p99.9/max', '1st audio p99', 'bridge loop lag p99', 'agent % core', 'LG % core', 'floor % core', 'floor RSS MB, KB/call', 'floor lost', 'floor LG lag p99', 'bridge sys %', 'others/steal % core'],
+      ['calls', 'clears/markers', '/metrics clear mean/p99 ms', 'RTT p99.9/max', '1st audio p99', 'bridge loop lag p99', 'agent % core', 'LG % core', 'drain ms', 'bridge drops', 'floor % core', 'floor LG % core', 'floor RSS MB, KB/call', 'floor lost', 'floor LG lag p99', 'bridge sys %', 'others/steal % core'],
       detail,
     ),
   );
@@ -925,7 +936,7 @@ async function main(): Promise<void> {
     node: process.version,
     taskset,
     pinned,
-    cores: pinned ? { bridge: allowed[0], loadgen: allowed[1], agent: allowed[2] ?? allowed[1] } : {},
+    cores: pinned ? { bridge: allowed[0], loadgen: allowed[1], agent: opts.agentCpu ?? allowed[2] ?? allowed[1] } : {},
     clkTck: clockTicksPerSecond(),
     revision: gitRevision(),
   };

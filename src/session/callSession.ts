@@ -171,7 +171,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   start(): void {
     this.#log.info({ from: this.record.from, to: this.record.to }, 'call started');
     this.#outageStartedAt = performance.now();
-    this.#openAgent();
+    try {
+      this.#openAgent();
+    } catch (err) {
+      this.onInternalError(err);
+    }
   }
 
   // ---------------------------------------------------------------- carrier → session
@@ -405,7 +409,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     // Defensive: a WAV-wrapped chunk would play as noise on the phone.
     if (data.charCodeAt(0) === 85 /* U */ && data.startsWith('UklGR')) {
       const pcm = stripWavHeader(Buffer.from(data, 'base64'));
-      if (pcm === undefined) return;
+      if (pcm === undefined || pcm.length === 0) return;
       data = Buffer.from(pcm).toString('base64');
     }
     this.#carrier.sendMedia(data);
@@ -538,7 +542,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#retryTimer = undefined;
       if (this.#state === 'connecting' || this.#state === 'reconnecting') {
         if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('attempt').inc();
-        this.#openAgent();
+        try {
+          this.#openAgent();
+        } catch (err) {
+          this.onInternalError(err);
+        }
       }
     }, delay);
   }

@@ -13,7 +13,7 @@ import WebSocket from 'ws';
 import { decodeTwilioMessage, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
 
 /** Why a frame from Twilio was dropped (metric label). */
-export type CarrierBadFrameKind = TwilioBadFrameKind | 'wrong_stream_sid' | 'before_start' | 'duplicate_start';
+export type CarrierBadFrameKind = TwilioBadFrameKind | 'wrong_stream_sid' | 'before_start' | 'duplicate_start' | 'late_start';
 
 /** What the session receives from the carrier leg. */
 export interface CarrierHandlers {
@@ -75,6 +75,7 @@ export class TwilioStreamConnection implements CarrierLeg {
     this.#startTimer = setTimeout(() => {
       this.#startTimer = undefined;
       if (this.#handlers === undefined && !this.#done) {
+        this.#done = true;
         this.#opts.onHandshakeEvent('start_timeout');
         this.close(CLOSE_POLICY, 'start timeout');
       }
@@ -180,8 +181,13 @@ export class TwilioStreamConnection implements CarrierLeg {
   }
 
   #onStart(start: TwilioStart): void {
-    if (this.#handlers !== undefined || this.#done) {
+    if (this.#handlers !== undefined) {
       this.#bad('duplicate_start', 'start');
+      return;
+    }
+    // Too late (the start timeout already closed the socket): the token stays unused.
+    if (this.#done || this.#ws.readyState !== WebSocket.OPEN) {
+      this.#bad('late_start', 'start');
       return;
     }
     this.#clearStartTimer();
