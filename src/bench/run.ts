@@ -254,8 +254,12 @@ function launch(name: string, script: string, args: string[], o: LaunchOptions):
       if (o.keepStdout === true) proc.stdoutLines.push(line);
       if (line.startsWith('{') && proc.msgCounts.size < 100) {
         try {
-          const msg = (JSON.parse(line) as { msg?: unknown }).msg;
-          if (typeof msg === 'string') proc.msgCounts.set(msg, (proc.msgCounts.get(msg) ?? 0) + 1);
+          const o = JSON.parse(line) as { msg?: unknown; kind?: unknown; event?: unknown; reason?: unknown };
+          if (typeof o.msg === 'string') {
+            const detail = [o.kind, o.event, o.reason].filter((x) => typeof x === 'string').join(' ');
+            const key = detail === '' ? o.msg : `${o.msg} (${detail})`;
+            proc.msgCounts.set(key, (proc.msgCounts.get(key) ?? 0) + 1);
+          }
         } catch {
           /* not a log line */
         }
@@ -461,6 +465,8 @@ interface TargetRun {
   quietWait?: QuietWait;
   /** Measurements made for this step (the least disturbed one is reported). */
   attempts?: number;
+  /** The target used more than 90% of its core: it is CPU-bound, its latency includes queueing. */
+  targetSaturated?: boolean;
   loadgenSaturated: boolean;
   loadgenNotes: string[];
   loadgen?: LoadgenResult;
@@ -512,6 +518,8 @@ interface Plan {
 }
 
 const LAG_P99_LIMIT_MS = 5;
+/** Above this share of its core the target is CPU-bound: its ms per call-second is capped by the core. */
+const TARGET_SATURATED_PCT = 90;
 const LOADGEN_CPU_LIMIT_PCT = 90;
 const SHARED_CORE_LIMIT_PCT = 95;
 
@@ -608,6 +616,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     if (r.window.targetTicks !== undefined && secs > 0) {
       const cpuS = r.window.targetTicks / tck;
       run.corePct = round2((cpuS / secs) * 100);
+      run.targetSaturated = machine.pinned && run.corePct > TARGET_SATURATED_PCT;
       if (r.connected > 0) run.cpuMsPerCallSecond = round3((cpuS * 1000) / (r.connected * secs));
     }
     if (r.window.agentTicks !== undefined && secs > 0) run.agentCorePct = round2((r.window.agentTicks / tck / secs) * 100);
@@ -706,7 +715,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       String(s.calls),
       `${b.connected}/${s.calls}`,
       f2(b.cpuMsPerCallSecond),
-      f1(b.corePct),
+      `${f1(b.corePct)}${b.targetSaturated === true ? ' !' : ''}`,
       f2(fl?.cpuMsPerCallSecond),
       s.cpuRatio === undefined ? '–' : `${s.cpuRatio.toFixed(2)}x`,
       pair(r?.rttMs.p50, r?.rttMs.p99),
@@ -762,6 +771,13 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
     for (const run of [s.bridge, s.floor]) {
       if (run === undefined) continue;
       if (!run.ok) notes.push(`${s.calls} calls, ${run.kind}: FAILED — ${(run.failure ?? '').split('\n')[0]}`);
+      if (run.targetSaturated === true) {
+        notes.push(
+          `${s.calls} calls, ${run.kind}: CPU-bound (${run.corePct}% of its core): its ms per call-second is capped by the core` +
+            (run.kind === 'bridge' && s.cpuRatio !== undefined ? `, so the ${s.cpuRatio}x ratio understates its cost` : '') +
+            ', and its latency includes queueing',
+        );
+      }
       if (run.loadgenSaturated) notes.push(`${s.calls} calls, ${run.kind}: load generator saturated (${run.loadgenNotes.join('; ')}): latency figures include its own delay`);
       const r = run.loadgen;
       if (r !== undefined) {
@@ -793,7 +809,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   }
   out.push('');
   out.push('RTT = caller frame sent -> same audio back (bridge -> agent -> bridge); barge = marker frame sent -> clear received (a round trip through both legs);');
-  out.push('"!" = the load generator was saturated. LG = load generator. See BENCHMARKS.md.');
+  out.push('"!" after % core: the bridge was CPU-bound; after LG lag: the load generator was saturated. LG = load generator. See BENCHMARKS.md.');
   return out.join('\n');
 }
 
