@@ -107,7 +107,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   });
   await app.register(formbody);
   await app.register(websocket, {
-    options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false },
+    // Frames are validated by our own codec (ASCII base64 audio, JSON otherwise), so ws need not
+    // check UTF-8 on every frame first.
+    options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
   });
   await app.register(healthRoutes, { manager, metrics });
   await app.register(twilioWebhooks, { config, manager, metrics });

@@ -28,6 +28,7 @@
  *   the only timers left are the bridge's 2 s terminate timers and the sweep
  *   interval; after dispose() they are gone and vi.getTimerCount() is 0.
  */
+import { newSpan, scanAgentAudio } from '../src/audio/jsonScan.js';
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
@@ -199,13 +200,12 @@ class FakeTwilioWs extends EventEmitter {
   }
 
   // ---- ws API used by the bridge
-  send(data: unknown): void {
+  send(data: unknown, opts?: { binary?: boolean }): void {
     if (this.readyState !== WS_OPEN) this.onViolation(`sent a frame on a Twilio socket in state ${this.readyState}`);
-    if (typeof data !== 'string') {
-      this.onViolation('sent a binary frame to Twilio');
-      return;
-    }
-    this.onFrame(data);
+    // Like ws: strings are text frames; a Buffer is binary unless sent with { binary: false }.
+    if (typeof data === 'string') this.onFrame(data);
+    else if (Buffer.isBuffer(data) && opts?.binary === false) this.onFrame(data.toString('utf8'));
+    else this.onViolation('sent a binary frame to Twilio');
   }
 
   close(code?: number): void {
@@ -289,6 +289,7 @@ class FakeAgentLeg implements AgentLeg {
   /** The next sendAudio throws (injected handler crash). */
   throwOnSend = false;
   #timer: NodeJS.Timeout | undefined;
+  readonly #span = newSpan();
 
   constructor(
     readonly opts: AgentLegOptions,
@@ -311,6 +312,10 @@ class FakeAgentLeg implements AgentLeg {
     return true;
   }
 
+  sendAudioBytes(buf: Buffer, start: number, end: number): boolean {
+    return this.sendAudio(buf.toString('latin1', start, end));
+  }
+
   close(code = 1000, reason = ''): void {
     this.closedByUs = true;
     if (this.state === 'open' || this.state === 'connecting' || (this.state === 'closing' && this.#timer === undefined)) {
@@ -328,6 +333,11 @@ class FakeAgentLeg implements AgentLeg {
 
   /** One text frame from the agent, decoded as the real leg does. */
   deliver(text: string): void {
+    const buf = Buffer.from(text, 'utf8');
+    if (scanAgentAudio(buf, this.#span, 4 * 1024 * 1024)) {
+      this.opts.handlers.onAudio(buf, this.#span.audioStart, this.#span.audioEnd);
+      return;
+    }
     const msg = decodeAgentMessage(text);
     if (msg.type === undefined) this.opts.handlers.onBadFrame(msg.kind, msg.name);
     else this.opts.handlers.onMessage(msg);
@@ -1857,6 +1867,7 @@ const PROFILES: Profile[] = [
 const grandTotals = newTotals();
 const carrierOriginals = {
   sendMedia: TwilioStreamConnection.prototype.sendMedia,
+  sendMediaBytes: TwilioStreamConnection.prototype.sendMediaBytes,
   sendMark: TwilioStreamConnection.prototype.sendMark,
   sendClear: TwilioStreamConnection.prototype.sendClear,
 };
@@ -1867,6 +1878,10 @@ beforeAll(() => {
   proto.sendMedia = function (this: TwilioStreamConnection, payload: string) {
     currentWorld?.onCarrierCall(this.streamSid, 'media');
     carrierOriginals.sendMedia.call(this, payload);
+  };
+  proto.sendMediaBytes = function (this: TwilioStreamConnection, buf: Buffer, start: number, end: number) {
+    currentWorld?.onCarrierCall(this.streamSid, 'media');
+    carrierOriginals.sendMediaBytes.call(this, buf, start, end);
   };
   proto.sendMark = function (this: TwilioStreamConnection, name: string) {
     currentWorld?.onCarrierCall(this.streamSid, 'mark');

@@ -30,7 +30,7 @@ class Ws extends EventEmitter {
     this.emit('close', 1006, Buffer.alloc(0));
   }
 }
-const leg = (): AgentLeg => ({ sendAudio: () => true, bufferedAmount: 0, isOpen: true, close: () => {} });
+const leg = (): AgentLeg => ({ sendAudio: () => true, sendAudioBytes: () => true, bufferedAmount: 0, isOpen: true, close: () => {} });
 
 async function setup(connectAgent: AgentConnector) {
   const config = loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'agent', START_TIMEOUT_MS: '500', AGENT_INIT_TIMEOUT_MS: '1000' });

@@ -6,12 +6,18 @@
  * It owns its socket and heartbeat timer and releases both in `close()`.
  */
 import WebSocket from 'ws';
+import { newSpan, scanAgentAudio } from '../audio/jsonScan.js';
 import { decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
 
 export interface AgentLegHandlers {
   /** Socket open and `setup` sent. */
   onOpen(): void;
   onMessage(msg: AgentServerMessage): void;
+  /**
+   * The hot path: an `audioStream` whose base64 data is `buf[start, end)`,
+   * already validated. `buf` is only valid during the call.
+   */
+  onAudio(buf: Buffer, start: number, end: number): void;
   onBadFrame(kind: AgentBadFrameKind, name?: string): void;
   /** The socket is gone (closed by either side, failed to connect, or missed heartbeats). Called once. */
   onClose(info: AgentCloseInfo): void;
@@ -43,6 +49,8 @@ export interface AgentLegOptions {
 export interface AgentLeg {
   /** Sends one `audioIn` (base64 μ-law, already validated). Returns false if the socket is not open. */
   sendAudio(b64: string): boolean;
+  /** Same, with the base64 taken from `buf[start, end)` without making a string of it. */
+  sendAudioBytes(buf: Buffer, start: number, end: number): boolean;
   /** Bytes queued in the socket but not yet written. */
   readonly bufferedAmount: number;
   readonly isOpen: boolean;
@@ -52,6 +60,11 @@ export interface AgentLeg {
 export type AgentConnector = (opts: AgentLegOptions) => AgentLeg;
 
 export const DEFAULT_AGENT_MAX_PAYLOAD = 4 * 1024 * 1024;
+
+const AUDIO_IN_HEAD = Buffer.from('{"type":"audioIn","data":"', 'latin1');
+const AUDIO_IN_TAIL = Buffer.from('"}', 'latin1');
+/** ws send options for a Buffer that holds a text message. */
+const TEXT = { binary: false } as const;
 
 /** Opens an agent leg over `ws`. */
 export const connectAgent: AgentConnector = (opts) => new WsAgentLeg(opts);
@@ -72,6 +85,8 @@ class WsAgentLeg implements AgentLeg {
       perMessageDeflate: false,
       maxPayload: opts.maxPayload ?? DEFAULT_AGENT_MAX_PAYLOAD,
       handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+      // Every frame is validated by our own codec (ASCII base64 audio, JSON otherwise).
+      skipUTF8Validation: true,
     });
     const ws = this.#ws;
     const setupText = encodeSetup(opts.setup);
@@ -115,6 +130,17 @@ class WsAgentLeg implements AgentLeg {
     return true;
   }
 
+  sendAudioBytes(buf: Buffer, start: number, end: number): boolean {
+    if (this.#ws.readyState !== WebSocket.OPEN) return false;
+    const head = AUDIO_IN_HEAD.length;
+    const out = Buffer.allocUnsafe(head + (end - start) + AUDIO_IN_TAIL.length);
+    AUDIO_IN_HEAD.copy(out, 0);
+    buf.copy(out, head, start, end);
+    AUDIO_IN_TAIL.copy(out, head + (end - start));
+    this.#ws.send(out, TEXT);
+    return true;
+  }
+
   close(code = 1000, reason = ''): void {
     this.#byUs = true;
     this.#stopHeartbeat();
@@ -145,12 +171,20 @@ class WsAgentLeg implements AgentLeg {
     }
   }
 
+  readonly #span = newSpan();
+  readonly #maxPayload: number = DEFAULT_AGENT_MAX_PAYLOAD;
+
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
     if (isBinary) {
       this.#handlers.onBadFrame('binary');
       return;
     }
-    const text = typeof data === 'string' ? data : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
+    const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+    if (scanAgentAudio(buf, this.#span, this.#maxPayload)) {
+      this.#handlers.onAudio(buf, this.#span.audioStart, this.#span.audioEnd);
+      return;
+    }
+    const text = buf.toString('utf8');
     const msg = decodeAgentMessage(text);
     if (msg.type === undefined) this.#handlers.onBadFrame(msg.kind, msg.name);
     else this.#handlers.onMessage(msg);

@@ -13,3 +13,11 @@ export function base64ByteLength(s: string): number {
   const pad = s.charCodeAt(n - 1) === 61 ? (s.charCodeAt(n - 2) === 61 ? 2 : 1) : 0;
   return (n >>> 2) * 3 - pad;
 }
+
+/** {@link base64ByteLength} for base64 held as bytes in `buf[start, end)`. */
+export function base64ByteLengthOf(buf: Uint8Array, start: number, end: number): number {
+  const n = end - start;
+  if (n === 0) return 0;
+  const pad = buf[end - 1] === 61 ? (buf[end - 2] === 61 ? 2 : 1) : 0;
+  return (n >>> 2) * 3 - pad;
+}

@@ -19,7 +19,7 @@
 import type { Logger } from 'pino';
 import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/leg.js';
 import { NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
-import { base64ByteLength } from '../audio/base64.js';
+import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrier/twilio/stream.js';
@@ -181,14 +181,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   // ---------------------------------------------------------------- carrier → session
 
   onMedia(payload: string): void {
+    const buf = Buffer.from(payload, 'latin1');
+    this.onMediaBytes(buf, 0, buf.length);
+  }
+
+  onMediaBytes(buf: Buffer, start: number, end: number): void {
     this.#mediaIn++;
     if (this.#state === 'live') {
       const agent = this.#agent;
       if (agent !== undefined && agent.isOpen) {
-        if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(payload)) {
+        if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudioBytes(buf, start, end)) {
           this.#framesUp++;
           this.#metrics.framesUp++;
-          this.#metrics.bytesUp += base64ByteLength(payload);
+          this.#metrics.bytesUp += base64ByteLengthOf(buf, start, end);
         } else {
           // The agent is not reading: dropping beats queueing without bound.
           this.#metrics.framesLost++;
@@ -196,10 +201,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         }
       } else {
         // The agent socket is closing but we have not been told yet: keep the audio for the reconnect.
-        this.#bufferCallerAudio(payload);
+        this.#bufferCallerAudio(buf.toString('latin1', start, end));
       }
     } else if (this.#state === 'connecting' || this.#state === 'reconnecting') {
-      this.#bufferCallerAudio(payload);
+      this.#bufferCallerAudio(buf.toString('latin1', start, end));
     }
     // draining / ending: the agent is gone; the caller is hearing the last words.
   }
@@ -291,6 +296,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         if (leg !== this.#agent) return; // a late frame from a leg we already dropped
         try {
           this.#onAgentMessage(msg);
+        } catch (err) {
+          this.onInternalError(err);
+        }
+      },
+      onAudio: (buf, start, end) => {
+        if (leg !== this.#agent) return;
+        try {
+          this.#onAgentAudioBytes(buf, start, end);
         } catch (err) {
           this.onInternalError(err);
         }
@@ -400,20 +413,28 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onAgentAudio(data: string): void {
+    const buf = Buffer.from(data, 'latin1');
+    this.#onAgentAudioBytes(buf, 0, buf.length);
+  }
+
+  /** Agent audio (base64 in `buf[start, end)`) to the caller, without decoding it. */
+  #onAgentAudioBytes(buf: Buffer, start: number, end: number): void {
     if (this.#state !== 'live') return;
     if (this.#dropAgentAudio) {
       this.#metrics.framesDroppedAfterBargeIn++;
       return;
     }
-    if (data.length === 0) return;
-    // Defensive: a WAV-wrapped chunk would play as noise on the phone.
-    if (data.charCodeAt(0) === 85 /* U */ && data.startsWith('UklGR')) {
-      const pcm = stripWavHeader(Buffer.from(data, 'base64'));
+    if (end === start) return;
+    // Defensive: a WAV-wrapped chunk ("UklGR" = base64 of "RIFF") would play as noise on the phone.
+    if (buf[start] === 0x55 && buf.toString('latin1', start, Math.min(end, start + 5)) === 'UklGR') {
+      const pcm = stripWavHeader(Buffer.from(buf.toString('latin1', start, end), 'base64'));
       if (pcm === undefined || pcm.length === 0) return;
-      data = Buffer.from(pcm).toString('base64');
+      buf = Buffer.from(Buffer.from(pcm).toString('base64'), 'latin1');
+      start = 0;
+      end = buf.length;
     }
-    this.#carrier.sendMedia(data);
-    const bytes = base64ByteLength(data);
+    this.#carrier.sendMediaBytes(buf, start, end);
+    const bytes = base64ByteLengthOf(buf, start, end);
     this.#framesDown++;
     this.#metrics.framesDown++;
     this.#metrics.bytesDown += bytes;
@@ -423,6 +444,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     const mark = this.playback.onAudioSent(bytes);
     if (mark !== undefined) {
+      // This mark covers everything sent so far: no tail mark is due until more audio comes.
+      this.#clearTimer('tail');
       this.#sendMark(mark);
     } else if (this.#tailMarkTimer === undefined) {
       this.#tailMarkTimer = setTimeout(this.#onTailMarkTimer, this.#s.markIntervalMs);

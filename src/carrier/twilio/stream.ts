@@ -10,7 +10,8 @@
  * `onBadFrame` and dropped; the call goes on.
  */
 import WebSocket from 'ws';
-import { decodeTwilioMessage, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
+import { newSpan, scanTwilioMedia } from '../../audio/jsonScan.js';
+import { decodeTwilioMessage, MAX_INBOUND_PAYLOAD_CHARS, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
 
 /** Why a frame from Twilio was dropped (metric label). */
 export type CarrierBadFrameKind = TwilioBadFrameKind | 'wrong_stream_sid' | 'before_start' | 'duplicate_start' | 'late_start';
@@ -18,6 +19,8 @@ export type CarrierBadFrameKind = TwilioBadFrameKind | 'wrong_stream_sid' | 'bef
 /** What the session receives from the carrier leg. */
 export interface CarrierHandlers {
   onMedia(payload: string): void;
+  /** The hot path: caller audio whose base64 is `buf[start, end)`, validated; `buf` is only valid during the call. */
+  onMediaBytes(buf: Buffer, start: number, end: number): void;
   onMark(name: string): void;
   onDtmf(digit: string): void;
   onStop(): void;
@@ -31,6 +34,8 @@ export interface CarrierHandlers {
 /** What the session may send to the carrier leg: only Twilio's three outbound messages. */
 export interface CarrierLeg {
   sendMedia(payload: string): void;
+  /** Same, with the base64 taken from `buf[start, end)` without making a string of it. */
+  sendMediaBytes(buf: Buffer, start: number, end: number): void;
   sendMark(name: string): void;
   sendClear(): void;
   close(code?: number, reason?: string): void;
@@ -55,8 +60,15 @@ export interface TwilioStreamOptions {
 export const CLOSE_NORMAL = 1000;
 export const CLOSE_POLICY = 1008;
 
+/** ws send options for a Buffer that holds a text message. */
+const TEXT = { binary: false } as const;
+const MEDIA_TAIL = Buffer.from('"}}', 'latin1');
+
 export class TwilioStreamConnection implements CarrierLeg {
   readonly #ws: WebSocket;
+  readonly #span = newSpan();
+  #sidBytes: Buffer | undefined;
+  #mediaHead: Buffer | undefined;
   readonly #opts: TwilioStreamOptions;
   #encoder: TwilioEncoder | undefined;
   #streamSid = '';
@@ -96,6 +108,17 @@ export class TwilioStreamConnection implements CarrierLeg {
 
   sendMedia(payload: string): void {
     if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.media(payload));
+  }
+
+  sendMediaBytes(buf: Buffer, start: number, end: number): void {
+    const head = this.#mediaHead;
+    if (head === undefined || this.#ws.readyState !== WebSocket.OPEN) return;
+    const n = end - start;
+    const out = Buffer.allocUnsafe(head.length + n + MEDIA_TAIL.length);
+    head.copy(out, 0);
+    buf.copy(out, head.length, start, end);
+    MEDIA_TAIL.copy(out, head.length + n);
+    this.#ws.send(out, TEXT);
   }
 
   sendMark(name: string): void {
@@ -144,8 +167,17 @@ export class TwilioStreamConnection implements CarrierLeg {
       this.#bad('binary');
       return;
     }
-    const msg = decodeTwilioMessage(data.toString());
     const h = this.#handlers;
+    const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+    // Hot path: a media frame of Twilio's exact shape goes through without JSON.parse or strings.
+    const sid = this.#sidBytes;
+    if (h !== undefined && sid !== undefined && scanTwilioMedia(buf, this.#span, MAX_INBOUND_PAYLOAD_CHARS)) {
+      const span = this.#span;
+      if (sid.compare(buf, span.sidStart, span.sidEnd) === 0) h.onMediaBytes(buf, span.audioStart, span.audioEnd);
+      else h.onBadFrame('wrong_stream_sid', 'media');
+      return;
+    }
+    const msg = decodeTwilioMessage(buf.toString('utf8'));
     switch (msg.event) {
       case undefined:
         this.#bad(msg.kind, msg.name);
@@ -193,12 +225,15 @@ export class TwilioStreamConnection implements CarrierLeg {
     this.#clearStartTimer();
     this.#streamSid = start.streamSid;
     this.#encoder = new TwilioEncoder(start.streamSid);
+    this.#sidBytes = Buffer.from(start.streamSid, 'utf8');
+    this.#mediaHead = Buffer.from(this.#encoder.media(''), 'utf8').subarray(0, -3);
     const decision = this.#opts.onStart(start, this);
     if (decision.accept) {
       this.#handlers = decision.handlers;
     } else {
       this.#done = true;
       this.#encoder = undefined;
+      this.#mediaHead = undefined;
       this.#opts.onHandshakeEvent('refused', decision.reason);
       this.close(CLOSE_POLICY, decision.reason.slice(0, 100));
     }
@@ -209,6 +244,7 @@ export class TwilioStreamConnection implements CarrierLeg {
     const h = this.#handlers;
     this.#handlers = undefined;
     this.#encoder = undefined;
+    this.#mediaHead = undefined;
     if (h !== undefined) {
       try {
         h.onClose(code);
