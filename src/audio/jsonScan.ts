@@ -34,9 +34,9 @@ const OPEN = 0x7b;
 const CLOSE = 0x7d;
 const EQUALS = 0x3d;
 
-/** 1 for bytes of the base64 alphabet (padding excluded). */
-const B64 = new Uint8Array(256);
-for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/') B64[c.charCodeAt(0)] = 1;
+/** 0 for bytes of the base64 alphabet (padding excluded), 1 for every other byte. */
+const NOT_B64 = new Uint8Array(256).fill(1);
+for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/') NOT_B64[c.charCodeAt(0)] = 0;
 
 const bytes = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));
 const K_EVENT = bytes('event');
@@ -52,13 +52,12 @@ const K_DATA = bytes('data');
 const V_MEDIA = K_MEDIA;
 const V_AUDIO_STREAM = bytes('audioStream');
 
-function isWs(b: number): boolean {
-  return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
-}
-
 function skipWs(buf: Uint8Array, i: number): number {
-  while (i < buf.length && isWs(buf[i] as number)) i++;
-  return i;
+  for (;;) {
+    const b = buf[i];
+    if (b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09) return i;
+    i++;
+  }
 }
 
 function eq(buf: Uint8Array, start: number, end: number, word: Uint8Array): boolean {
@@ -67,23 +66,28 @@ function eq(buf: Uint8Array, start: number, end: number, word: Uint8Array): bool
   return true;
 }
 
-/** Scans a JSON string starting at the opening quote; returns the index after the closing quote, or -1. */
-let strStart = 0;
-let strEnd = 0;
+/**
+ * Scans a JSON string starting at the opening quote at `i`; returns the index
+ * of the closing quote (the value is `buf[i + 1, result)`), or -1 for anything
+ * with escapes or control characters (left to JSON.parse).
+ */
 function scanString(buf: Uint8Array, i: number): number {
   if (buf[i] !== QUOTE) return -1;
-  const start = i + 1;
-  for (let j = start; j < buf.length; j++) {
+  // Keys and short values: a plain loop beats a call into native indexOf.
+  for (let j = i + 1, n = buf.length; j < n; j++) {
     const b = buf[j] as number;
-    if (b === QUOTE) {
-      strStart = start;
-      strEnd = j;
-      return j + 1;
-    }
-    // Escapes and control characters: leave those to JSON.parse.
+    if (b === QUOTE) return j;
     if (b === BACKSLASH || b < 0x20) return -1;
   }
   return -1;
+}
+
+/** Like {@link scanString} for a value that must be base64: one pass with the alphabet table. */
+function scanBase64String(buf: Uint8Array, i: number, max: number): number {
+  if (buf[i] !== QUOTE) return -1;
+  const end = buf.indexOf(QUOTE, i + 1);
+  if (end < 0 || end - i - 1 > max || !isBase64Bytes(buf, i + 1, end)) return -1;
+  return end;
 }
 
 /** Strict padded base64 over buf[start, end). */
@@ -92,8 +96,14 @@ export function isBase64Bytes(buf: Uint8Array, start: number, end: number): bool
   if ((n & 3) !== 0) return false;
   let stop = end;
   if (n > 0 && buf[end - 1] === EQUALS) stop = buf[end - 2] === EQUALS ? end - 2 : end - 1;
-  for (let k = start; k < stop; k++) if (B64[buf[k] as number] === 0) return false;
-  return true;
+  let bad = 0;
+  let k = start;
+  // Branch-free over four bytes at a time; any byte outside the alphabet sets `bad`.
+  for (const last = stop - 3; k < last; k += 4) {
+    bad |= (NOT_B64[buf[k] as number] as number) | (NOT_B64[buf[k + 1] as number] as number) | (NOT_B64[buf[k + 2] as number] as number) | (NOT_B64[buf[k + 3] as number] as number);
+  }
+  for (; k < stop; k++) bad |= NOT_B64[buf[k] as number] as number;
+  return bad === 0;
 }
 
 /**
@@ -101,17 +111,17 @@ export function isBase64Bytes(buf: Uint8Array, start: number, end: number): bool
  * `span.sid*` the streamSid. `maxPayload` bounds the payload length in chars.
  */
 export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number): boolean {
+  const n = buf.length;
   let i = skipWs(buf, 0);
   if (buf[i] !== OPEN) return false;
   let seen = 0; // bits: 1 event, 2 seq, 4 sid, 8 media
   let mediaSeen = 0; // bits: 1 track, 2 chunk, 4 timestamp, 8 payload
   i = skipWs(buf, i + 1);
   for (;;) {
-    i = scanString(buf, i);
-    if (i < 0) return false;
-    const ks = strStart;
-    const ke = strEnd;
-    i = skipWs(buf, i);
+    const ke = scanString(buf, i);
+    if (ke < 0) return false;
+    const ks = i + 1;
+    i = skipWs(buf, ke + 1);
     if (buf[i] !== COLON) return false;
     i = skipWs(buf, i + 1);
     let bit: number;
@@ -120,27 +130,31 @@ export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number)
       if (buf[i] !== OPEN) return false;
       i = skipWs(buf, i + 1);
       for (;;) {
-        i = scanString(buf, i);
-        if (i < 0) return false;
-        const mks = strStart;
-        const mke = strEnd;
-        i = skipWs(buf, i);
+        const mke = scanString(buf, i);
+        if (mke < 0) return false;
+        const mks = i + 1;
+        i = skipWs(buf, mke + 1);
         if (buf[i] !== COLON) return false;
-        i = scanString(buf, skipWs(buf, i + 1));
-        if (i < 0) return false;
+        i = skipWs(buf, i + 1);
         let mbit: number;
+        let ve: number;
         if (eq(buf, mks, mke, K_PAYLOAD)) {
           mbit = 8;
-          if (strEnd - strStart > maxPayload || !isBase64Bytes(buf, strStart, strEnd)) return false;
-          span.audioStart = strStart;
-          span.audioEnd = strEnd;
-        } else if (eq(buf, mks, mke, K_TRACK)) mbit = 1;
-        else if (eq(buf, mks, mke, K_CHUNK)) mbit = 2;
-        else if (eq(buf, mks, mke, K_TIMESTAMP)) mbit = 4;
-        else return false;
+          ve = scanBase64String(buf, i, maxPayload);
+          if (ve < 0) return false;
+          span.audioStart = i + 1;
+          span.audioEnd = ve;
+        } else {
+          if (eq(buf, mks, mke, K_TRACK)) mbit = 1;
+          else if (eq(buf, mks, mke, K_CHUNK)) mbit = 2;
+          else if (eq(buf, mks, mke, K_TIMESTAMP)) mbit = 4;
+          else return false;
+          ve = scanString(buf, i);
+          if (ve < 0) return false;
+        }
         if ((mediaSeen & mbit) !== 0) return false;
         mediaSeen |= mbit;
-        i = skipWs(buf, i);
+        i = skipWs(buf, ve + 1);
         if (buf[i] === COMMA) {
           i = skipWs(buf, i + 1);
           continue;
@@ -150,17 +164,18 @@ export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number)
         break;
       }
     } else {
-      i = scanString(buf, i);
-      if (i < 0) return false;
+      const ve = scanString(buf, i);
+      if (ve < 0) return false;
       if (eq(buf, ks, ke, K_EVENT)) {
-        if (!eq(buf, strStart, strEnd, V_MEDIA)) return false;
+        if (!eq(buf, i + 1, ve, V_MEDIA)) return false;
         bit = 1;
       } else if (eq(buf, ks, ke, K_SID)) {
-        span.sidStart = strStart;
-        span.sidEnd = strEnd;
+        span.sidStart = i + 1;
+        span.sidEnd = ve;
         bit = 4;
       } else if (eq(buf, ks, ke, K_SEQ)) bit = 2;
       else return false;
+      i = ve + 1;
     }
     if ((seen & bit) !== 0) return false;
     seen |= bit;
@@ -174,7 +189,7 @@ export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number)
     break;
   }
   // event, streamSid and media.payload are required; nothing may follow the object.
-  return i === buf.length && (seen & 13) === 13 && (mediaSeen & 8) === 8;
+  return i === n && (seen & 13) === 13 && (mediaSeen & 8) === 8;
 }
 
 /** Scans a PlayAI `audioStream` message. On success `span.audio*` is the data. */
@@ -184,27 +199,28 @@ export function scanAgentAudio(buf: Uint8Array, span: Span, maxData: number): bo
   let seen = 0; // 1 type, 2 data
   i = skipWs(buf, i + 1);
   for (;;) {
-    i = scanString(buf, i);
-    if (i < 0) return false;
-    const ks = strStart;
-    const ke = strEnd;
-    i = skipWs(buf, i);
+    const ke = scanString(buf, i);
+    if (ke < 0) return false;
+    const ks = i + 1;
+    i = skipWs(buf, ke + 1);
     if (buf[i] !== COLON) return false;
-    i = scanString(buf, skipWs(buf, i + 1));
-    if (i < 0) return false;
+    i = skipWs(buf, i + 1);
     let bit: number;
+    let ve: number;
     if (eq(buf, ks, ke, K_TYPE)) {
-      if (!eq(buf, strStart, strEnd, V_AUDIO_STREAM)) return false;
+      ve = scanString(buf, i);
+      if (ve < 0 || !eq(buf, i + 1, ve, V_AUDIO_STREAM)) return false;
       bit = 1;
     } else if (eq(buf, ks, ke, K_DATA)) {
-      if (strEnd - strStart > maxData || !isBase64Bytes(buf, strStart, strEnd)) return false;
-      span.audioStart = strStart;
-      span.audioEnd = strEnd;
+      ve = scanBase64String(buf, i, maxData);
+      if (ve < 0) return false;
+      span.audioStart = i + 1;
+      span.audioEnd = ve;
       bit = 2;
     } else return false;
     if ((seen & bit) !== 0) return false;
     seen |= bit;
-    i = skipWs(buf, i);
+    i = skipWs(buf, ve + 1);
     if (buf[i] === COMMA) {
       i = skipWs(buf, i + 1);
       continue;
