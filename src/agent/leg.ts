@@ -6,7 +6,9 @@
  * It owns its socket and heartbeat timer and releases both in `close()`.
  */
 import WebSocket from 'ws';
+import type { Socket } from 'node:net';
 import { newSpan, scanAgentAudio } from '../audio/jsonScan.js';
+import { corkForThisTurn, socketOf } from '../util/writeBatch.js';
 import { decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
 
 export interface AgentLegHandlers {
@@ -75,6 +77,7 @@ class WsAgentLeg implements AgentLeg {
   #heartbeat: NodeJS.Timeout | undefined;
   #awaitingPong = false;
   #closedNotified = false;
+  #socket: Socket | undefined;
   #byUs = false;
   #error: string | undefined;
 
@@ -91,6 +94,7 @@ class WsAgentLeg implements AgentLeg {
     const ws = this.#ws;
     const setupText = encodeSetup(opts.setup);
     ws.on('open', () => {
+      this.#socket = socketOf(ws);
       ws.send(setupText);
       const every = opts.heartbeatMs ?? 0;
       if (every > 0) {
@@ -126,6 +130,7 @@ class WsAgentLeg implements AgentLeg {
 
   sendAudio(b64: string): boolean {
     if (this.#ws.readyState !== WebSocket.OPEN) return false;
+    corkForThisTurn(this.#socket);
     this.#ws.send(encodeAudioIn(b64));
     return true;
   }
@@ -137,6 +142,7 @@ class WsAgentLeg implements AgentLeg {
     AUDIO_IN_HEAD.copy(out, 0);
     buf.copy(out, head, start, end);
     AUDIO_IN_TAIL.copy(out, head + (end - start));
+    corkForThisTurn(this.#socket);
     this.#ws.send(out, TEXT);
     return true;
   }

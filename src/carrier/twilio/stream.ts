@@ -10,7 +10,9 @@
  * `onBadFrame` and dropped; the call goes on.
  */
 import WebSocket from 'ws';
+import type { Socket } from 'node:net';
 import { newSpan, scanTwilioMedia } from '../../audio/jsonScan.js';
+import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
 import { decodeTwilioMessage, MAX_INBOUND_PAYLOAD_CHARS, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
 
 /** Why a frame from Twilio was dropped (metric label). */
@@ -67,6 +69,7 @@ const MEDIA_TAIL = Buffer.from('"}}', 'latin1');
 export class TwilioStreamConnection implements CarrierLeg {
   readonly #ws: WebSocket;
   readonly #span = newSpan();
+  readonly #socket: Socket | undefined;
   #sidBytes: Buffer | undefined;
   #mediaHead: Buffer | undefined;
   readonly #opts: TwilioStreamOptions;
@@ -78,6 +81,7 @@ export class TwilioStreamConnection implements CarrierLeg {
 
   constructor(ws: WebSocket, opts: TwilioStreamOptions) {
     this.#ws = ws;
+    this.#socket = socketOf(ws);
     this.#opts = opts;
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
     ws.on('close', (code) => this.#onClose(code));
@@ -107,7 +111,10 @@ export class TwilioStreamConnection implements CarrierLeg {
   }
 
   sendMedia(payload: string): void {
-    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.media(payload));
+    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) {
+      corkForThisTurn(this.#socket);
+      this.#ws.send(this.#encoder.media(payload));
+    }
   }
 
   sendMediaBytes(buf: Buffer, start: number, end: number): void {
@@ -118,11 +125,15 @@ export class TwilioStreamConnection implements CarrierLeg {
     head.copy(out, 0);
     buf.copy(out, head.length, start, end);
     MEDIA_TAIL.copy(out, head.length + n);
+    corkForThisTurn(this.#socket);
     this.#ws.send(out, TEXT);
   }
 
   sendMark(name: string): void {
-    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) this.#ws.send(this.#encoder.mark(name));
+    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) {
+      corkForThisTurn(this.#socket);
+      this.#ws.send(this.#encoder.mark(name));
+    }
   }
 
   sendClear(): void {
