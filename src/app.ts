@@ -91,6 +91,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callControlGraceMs: config.timeouts.callControlGraceMs,
     markIntervalMs: config.media.markIntervalMs,
     preInitBufferMs: config.media.preInitBufferMs,
+    audioInBatchMs: config.media.audioInBatchMs,
     agentHeartbeatMs: config.agentReconnect.heartbeatMs,
     reconnect: config.agentReconnect,
     maxCallMs: config.timeouts.maxCallMs,

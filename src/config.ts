@@ -90,6 +90,8 @@ export interface Config {
     markIntervalMs: number;
     /** Caller audio kept while the agent leg is not ready yet, in ms. */
     preInitBufferMs: number;
+    /** Coalesce caller audio into `audioIn` messages of this many ms (0 = one message per Twilio frame). */
+    audioInBatchMs: number;
   };
   messages: {
     apology: string;
@@ -136,6 +138,7 @@ const envSchema = z.object({
   CALL_CONTROL_GRACE_MS: intIn(0, 60_000, 5_000),
   MARK_INTERVAL_MS: intIn(20, 2_000, 160),
   PREINIT_BUFFER_MS: intIn(0, 60_000, 15_000),
+  AUDIO_IN_BATCH_MS: intIn(0, 500, 0),
   APOLOGY_TEXT: z.preprocess(
     emptyToUndefined,
     z.string().max(1000).default('Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
@@ -326,7 +329,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       bufferMs: e.RECONNECT_BUFFER_MS,
       heartbeatMs: e.AGENT_HEARTBEAT_MS,
     },
-    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS },
+    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS },
     messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, goodbye: e.GOODBYE_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
   };
 }

@@ -418,3 +418,35 @@ describe('logging', () => {
     expect(tb.logs.lines.length).toBeLessThan(20);
   });
 });
+
+describe('AUDIO_IN_BATCH_MS', () => {
+  const decode = (frames: string[]) => Buffer.concat(frames.map((f) => Buffer.from(f, 'base64')));
+
+  it('coalesces caller frames into audioIn messages of the batch length, in order, and flushes a partial batch after the batch time', async () => {
+    tb = await startTestBridge({ env: { AUDIO_IN_BATCH_MS: '40' } });
+    const call = await openCall(tb);
+    const frames = numberedFrames(11);
+    for (const f of frames) call.stream.sendMedia(f);
+    const got = await call.agent.waitForAudioIn(6, 2000);
+    expect(got.slice(0, 5).map((g) => Buffer.from(g, 'base64').length)).toEqual([320, 320, 320, 320, 320]);
+    expect(Buffer.from(got[5]!, 'base64').length).toBe(160); // the 11th frame, after the timer
+    expect(decode(got).equals(decode(frames))).toBe(true);
+    call.stream.sendStop();
+  });
+
+  it('keeps a partial batch for the reconnect when the agent leg drops', async () => {
+    tb = await startTestBridge({ env: { AUDIO_IN_BATCH_MS: '100' } });
+    const call = await openCall(tb);
+    const frames = numberedFrames(13);
+    for (const f of frames.slice(0, 7)) call.stream.sendMedia(f); // 5 go out as one batch, 2 wait
+    await call.agent.waitForAudioIn(1);
+    call.agent.terminate();
+    const second = await tb.agent.nextConnection(3000);
+    await second.waitForSetup();
+    for (const f of frames.slice(7)) call.stream.sendMedia(f);
+    second.init();
+    await eventually(() => decode([...call.agent.audioIn, ...second.audioIn]).length === 13 * 160, 3000, 'all audio');
+    expect(decode([...call.agent.audioIn, ...second.audioIn]).equals(decode(frames))).toBe(true);
+    call.stream.sendStop();
+  });
+});

@@ -50,6 +50,7 @@ Options:
   --no-floor          skip the floor measurement
   --no-pin            do not pin processes with taskset
   --json-out FILE     where to write the JSON result (default bench/results/latest.json)
+  --bridge-env K=V    extra environment for the bridge (repeatable), e.g. AUDIO_IN_BATCH_MS=40
   --quick             short smoke run: --calls 10,50 --duration 5 --settle-ms 1000
                       --quiet-wait-s 10 --retries 0 unless given
   -h, --help          this text
@@ -83,6 +84,8 @@ interface Options {
   retries: number;
   jsonOut: string;
   quick: boolean;
+  /** Extra environment for the bridge (`--bridge-env NAME=VALUE`), e.g. AUDIO_IN_BATCH_MS=40. */
+  bridgeEnv: Record<string, string>;
 }
 
 function usage(msg: string): never {
@@ -116,6 +119,7 @@ function parseOptions(): Options | undefined {
         'no-pin': { type: 'boolean', default: false },
         'json-out': { type: 'string' },
         quick: { type: 'boolean', default: false },
+        'bridge-env': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -133,7 +137,14 @@ function parseOptions(): Options | undefined {
   const calls = callsText.split(',').map((s) => Number(s.trim()));
   if (calls.length === 0 || calls.some((n) => !Number.isInteger(n) || n < 1 || n > 5000)) usage(`--calls must list integers in [1, 5000] (got ${JSON.stringify(callsText)})`);
   if (values['with-600'] && !calls.includes(600)) calls.push(600);
+  const bridgeEnv: Record<string, string> = {};
+  for (const kv of values['bridge-env'] ?? []) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
+    if (m === null || m[1] === undefined || m[2] === undefined) usage(`--bridge-env takes NAME=VALUE (got ${JSON.stringify(kv)})`);
+    bridgeEnv[m[1]] = m[2];
+  }
   return {
+    bridgeEnv,
     calls,
     durationS: Math.round(numOpt('duration', values.duration, quick ? 5 : 20, 1, 3600)),
     rampMs: values['ramp-ms'] === undefined ? undefined : Math.round(numOpt('ramp-ms', values['ramp-ms'], 0, 0, 600_000)),
@@ -555,6 +566,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
         MAX_CONCURRENT_CALLS: String(Math.max(1000, plan.maxCalls * 2)),
         DATA_DIR: plan.dataDir,
         DRAIN_TIMEOUT_S: '2',
+        ...opts.bridgeEnv,
       };
       // cwd = the temp dir, so no .env of the checkout is loaded.
       target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir });

@@ -35,6 +35,8 @@ export interface SessionSettings {
   callControlGraceMs: number;
   markIntervalMs: number;
   preInitBufferMs: number;
+  /** Coalesce caller audio into `audioIn` messages of this many ms; 0 forwards each frame as it comes. */
+  audioInBatchMs?: number;
   agentHeartbeatMs: number;
   reconnect: { attempts: number; windowMs: number; bufferMs: number };
   maxCallMs: number;
@@ -121,6 +123,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   /** Late audio of an interrupted response is dropped until the next `newAudioStream`. */
   #dropAgentAudio = false;
 
+  /** AUDIO_IN_BATCH_MS: decoded caller audio waiting to fill one `audioIn` (undefined when off). */
+  readonly #batch: Buffer | undefined;
+  #batchLen = 0;
+  #batchTimer: NodeJS.Timeout | undefined;
+
   #initTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #tailMarkTimer: NodeJS.Timeout | undefined;
@@ -151,6 +158,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.record.startedAt = new Date().toISOString();
     this.playback = new PlaybackTracker(this.#s.markIntervalMs);
     this.#pendingMaxBytes = this.#s.preInitBufferMs * 8;
+    const batchMs = this.#s.audioInBatchMs ?? 0;
+    this.#batch = batchMs > 0 ? Buffer.alloc(batchMs * 8) : undefined;
     this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: this.agentId });
     this.#log = this.#baseLog;
   }
@@ -190,7 +199,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#state === 'live') {
       const agent = this.#agent;
       if (agent !== undefined && agent.isOpen) {
-        if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudioBytes(buf, start, end)) {
+        if (this.#batch !== undefined) {
+          this.#addToBatch(buf, start, end);
+        } else if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudioBytes(buf, start, end)) {
           this.#framesUp++;
           this.#metrics.framesUp++;
           this.#metrics.bytesUp += base64ByteLengthOf(buf, start, end);
@@ -207,6 +218,48 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#bufferCallerAudio(buf.toString('latin1', start, end));
     }
     // draining / ending: the agent is gone; the caller is hearing the last words.
+  }
+
+  /** AUDIO_IN_BATCH_MS: appends a frame's decoded audio; a full batch goes out at once. */
+  #addToBatch(buf: Buffer, start: number, end: number): void {
+    const batch = this.#batch as Buffer;
+    const audio = Buffer.from(buf.toString('latin1', start, end), 'base64');
+    for (let off = 0; off < audio.length; ) {
+      const n = audio.copy(batch, this.#batchLen, off);
+      this.#batchLen += n;
+      off += n;
+      if (this.#batchLen === batch.length) this.#flushBatch();
+    }
+    if (this.#batchLen > 0 && this.#batchTimer === undefined) {
+      // A stalled stream must not hold audio back for long.
+      this.#batchTimer = setTimeout(this.#onBatchTimer, this.#s.audioInBatchMs ?? 0);
+    }
+  }
+
+  readonly #onBatchTimer = (): void => {
+    this.#batchTimer = undefined;
+    this.#flushBatch();
+  };
+
+  /** Sends the batched caller audio (or keeps it for the reconnect when the agent leg is down). */
+  #flushBatch(): void {
+    this.#clearTimer('batch');
+    if (this.#batch === undefined || this.#batchLen === 0) return;
+    const b64 = this.#batch.toString('base64', 0, this.#batchLen);
+    const frames = Math.max(1, Math.round(this.#batchLen / 160));
+    this.#batchLen = 0;
+    const agent = this.#agent;
+    if (this.#state === 'live' && agent !== undefined && agent.isOpen) {
+      if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(b64)) {
+        this.#framesUp += frames;
+        this.#metrics.framesUp += frames;
+        this.#metrics.bytesUp += base64ByteLength(b64);
+      } else {
+        this.#metrics.framesLost += frames;
+      }
+    } else if (this.#state === 'connecting' || this.#state === 'reconnecting' || this.#state === 'live') {
+      this.#bufferCallerAudio(b64);
+    }
   }
 
   onMark(name: string): void {
@@ -545,6 +598,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
     this.#clearTimer('init');
     this.#closeAgent();
+    this.#flushBatch(); // with the agent gone, batched audio joins the reconnect buffer
     if (this.#state === 'live') {
       this.#state = 'reconnecting';
       this.#outageStartedAt = performance.now();
@@ -672,6 +726,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#clearTimer('tail');
       this.#clearTimer('drain');
       this.#clearTimer('grace');
+      this.#clearTimer('batch');
+      this.#batchLen = 0;
       this.#closeAgent();
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
       const lost = this.#pending.length - this.#pendingHead;
@@ -708,8 +764,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log.warn(obj, msg);
   }
 
-  #clearTimer(which: 'init' | 'retry' | 'tail' | 'drain' | 'grace'): void {
+  #clearTimer(which: 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch'): void {
     switch (which) {
+      case 'batch':
+        if (this.#batchTimer !== undefined) clearTimeout(this.#batchTimer);
+        this.#batchTimer = undefined;
+        return;
       case 'init':
         if (this.#initTimer !== undefined) clearTimeout(this.#initTimer);
         this.#initTimer = undefined;
