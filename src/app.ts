@@ -14,6 +14,7 @@ import { mediaStreamRoute } from './http/mediaStream.js';
 import { twilioWebhooks } from './http/twilioWebhooks.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
+import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager } from './session/manager.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
@@ -52,7 +53,9 @@ async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean
 }
 
 export async function createBridge(config: Config, logger: Logger, overrides: BridgeOverrides = {}): Promise<Bridge> {
+  const loadGuard = new LoadGuard(config.maxEventLoopDelayMs);
   const manager = new SessionManager({
+    overloaded: () => loadGuard.overloaded,
     maxConcurrentCalls: config.maxConcurrentCalls,
     tokenTtlMs: config.timeouts.streamTokenTtlMs,
     defaultAgentId: config.playai.defaultAgentId,
@@ -127,6 +130,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   app.addHook('onClose', async () => {
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
+    loadGuard.dispose();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
     manager.startDrain();

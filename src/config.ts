@@ -53,6 +53,8 @@ export interface Config {
   /** What a caller refused for capacity gets: a spoken apology, or a forward to FALLBACK_NUMBER. */
   overflow: { action: 'say' | 'dial'; fallbackNumber?: string };
   dataDir: string;
+  /** New calls are refused while the event-loop delay p99 is above this (ms); 0 disables. */
+  maxEventLoopDelayMs: number;
   /** Seconds live calls get to finish after SIGTERM/SIGINT before they are ended with a goodbye. */
   drainTimeoutMs: number;
   /** Twilio REST base URL override (a Twilio-compatible server, for tests and gateways). */
@@ -160,6 +162,7 @@ const envSchema = z.object({
     z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
   ),
   DRAIN_TIMEOUT_S: intIn(0, 86_400, 120),
+  MAX_EVENT_LOOP_DELAY_MS: intIn(0, 60_000, 250),
   MAX_CALL_DURATION_S: intIn(1, 86_400, 3600),
   IDLE_TIMEOUT_S: intIn(1, 3600, 20),
   SWEEP_INTERVAL_S: intIn(1, 600, 5),
@@ -312,6 +315,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },
     dataDir: resolve(e.DATA_DIR),
     drainTimeoutMs: e.DRAIN_TIMEOUT_S * 1000,
+    maxEventLoopDelayMs: e.MAX_EVENT_LOOP_DELAY_MS,
     twilioApiUrl,
     timeouts: {
       streamTokenTtlMs: e.STREAM_TOKEN_TTL_S * 1000,

@@ -181,6 +181,7 @@ describe('simulator load hooks through the bridge', () => {
       PLAYAI_API_KEY: 'bench',
       PLAYAI_AGENT_ID: 'echo',
       PLAYAI_WS_URL: agent.url,
+      MAX_EVENT_LOOP_DELAY_MS: '0',
     });
     bridge = await createBridge(config, pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() })));
     const url = await bridge.app.listen({ port: 0, host: '127.0.0.1' });

@@ -24,7 +24,7 @@ afterEach(async () => {
 const quiet = pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() }));
 
 async function startLocal(env: Record<string, string> = {}, greetingMs = 600): Promise<string> {
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', ...env });
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', MAX_EVENT_LOOP_DELAY_MS: '0', ...env });
   expect(config.localAgent).toBe(true);
   const greetingAudio = speechLikeSignal({ durationMs: greetingMs, talkMs: greetingMs, pauseMs: 0 });
   agent = await LocalAgentServer.start({ mode: config.localAgentOptions.mode, greetingAudio });

@@ -75,7 +75,10 @@ class WsAgentLeg implements AgentLeg {
   readonly #ws: WebSocket;
   readonly #handlers: AgentLegHandlers;
   #heartbeat: NodeJS.Timeout | undefined;
-  #awaitingPong = false;
+  /** Frames (pongs included) received since the last heartbeat tick. */
+  #heard = 0;
+  /** Consecutive heartbeat ticks with nothing heard. */
+  #silentTicks = 0;
   #closedNotified = false;
   #socket: Socket | undefined;
   #byUs = false;
@@ -104,7 +107,7 @@ class WsAgentLeg implements AgentLeg {
       this.#handlers.onOpen();
     });
     ws.on('pong', () => {
-      this.#awaitingPong = false;
+      this.#heard++;
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
     ws.on('error', (err: Error & { code?: string }) => {
@@ -160,13 +163,21 @@ class WsAgentLeg implements AgentLeg {
     }
   }
 
+  /**
+   * Heartbeat tick: a ping every interval; any frame from the agent (a pong or
+   * anything else) proves the connection alive. Two silent intervals in a row
+   * end it, so a loaded event loop that reads the pong a little late is not
+   * mistaken for a dead peer.
+   */
   #beat(): void {
-    if (this.#awaitingPong) {
+    if (this.#heard > 0) {
+      this.#heard = 0;
+      this.#silentTicks = 0;
+    } else if (++this.#silentTicks >= 2) {
       this.#error ??= 'heartbeat lost';
       this.#ws.terminate();
       return;
     }
-    this.#awaitingPong = true;
     this.#ws.ping();
   }
 
@@ -181,6 +192,7 @@ class WsAgentLeg implements AgentLeg {
   readonly #maxPayload: number = DEFAULT_AGENT_MAX_PAYLOAD;
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    this.#heard++;
     if (isBinary) {
       this.#handlers.onBadFrame('binary');
       return;

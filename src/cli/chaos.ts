@@ -89,6 +89,8 @@ async function main(): Promise<void> {
     PLAYAI_AGENT_ID: 'chaos-agent',
     PLAYAI_WS_URL: agent.url,
     MAX_CONCURRENT_CALLS: String(calls),
+    // Everything shares one event loop here; this run is about agent faults, not admission control.
+    MAX_EVENT_LOOP_DELAY_MS: '0',
     LOG_LEVEL: 'warn',
   });
   const silent = pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() }));

@@ -66,7 +66,7 @@ export interface Reservation {
   slot: Slot;
 }
 
-export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining';
+export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining' | 'overload';
 
 export type AdmitResult =
   | { ok: true; token: string; route: CallRoute; record: CallRecord }
@@ -104,6 +104,8 @@ export interface SessionManagerOptions {
   onReservationExpired?(callSid: string): void;
   /** Clock for the learned-limit cooldown (tests). */
   now?: () => number;
+  /** True while the process is too busy to take another call (see LoadGuard). */
+  overloaded?: () => boolean;
 }
 
 const MAX_SPENT_TOKENS = 10_000;
@@ -166,7 +168,7 @@ export class SessionManager {
 
   /** True when a new call would be admitted now (for an agent without its own cap). */
   get ready(): boolean {
-    return !this.#draining && this.usedSlots < this.capacity;
+    return !this.#draining && this.usedSlots < this.capacity && this.#opts.overloaded?.() !== true;
   }
 
   /** Agent sessions with an open socket now. */
@@ -192,6 +194,7 @@ export class SessionManager {
     const previous = this.#reservationByCall.get(call.callSid);
     if (previous !== undefined) this.#dropReservation(previous, 'expired_token');
     const route = this.resolveRoute(call.to);
+    if (this.#opts.overloaded?.() === true) return { ok: false, reason: 'overload' };
     if (this.usedSlots >= this.capacity) {
       return { ok: false, reason: this.#learnedLimit() !== undefined && this.usedSlots < this.#opts.maxConcurrentCalls ? 'agent_capacity' : 'capacity' };
     }
