@@ -29,6 +29,7 @@ Options:
   --calls N          concurrent calls (default 50)
   --duration S       seconds of caller audio per call (default 15)
   --drop-every MS    mean interval between injected agent faults (default 250)
+  --faults LIST      which faults to inject, from terminate,close,error (default: all three)
   --seed N           seed for the fault schedule (default: random)
   --json             print the result as JSON
   -h, --help         this text
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
       duration: { type: 'string', default: '15' },
       'drop-every': { type: 'string', default: '250' },
       seed: { type: 'string' },
+      faults: { type: 'string', default: 'terminate,close,error' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -78,6 +80,11 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const rand = prng(seed);
+  const kinds = (values.faults ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  if (kinds.length === 0 || kinds.some((k) => k !== 'terminate' && k !== 'close' && k !== 'error')) {
+    process.stderr.write(`chaos: --faults takes terminate, close and/or error\n\n${HELP}`);
+    process.exit(2);
+  }
 
   const agent = await FakeAgentServer.start({ autoInit: true, echo: true });
   const config = loadConfig({
@@ -106,11 +113,11 @@ async function main(): Promise<void> {
       const open = agent.connections.filter((c) => c.isOpen && c.conversationId !== undefined);
       const victim = open[Math.floor(rand() * open.length)];
       if (victim !== undefined) {
-        const r = rand();
-        if (r < 0.4) {
+        const kind = kinds[Math.floor(rand() * kinds.length)];
+        if (kind === 'terminate') {
           victim.terminate();
           faults.terminate++;
-        } else if (r < 0.7) {
+        } else if (kind === 'close') {
           victim.close(1011, 'chaos');
           faults.close++;
         } else {
