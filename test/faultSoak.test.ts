@@ -26,7 +26,7 @@
 import { describe, expect, it } from 'vitest';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
 import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/testing/twilioSim.js';
-import { prng } from '../src/util/prng.js';
+import { Rng } from '../src/util/prng.js';
 import { AUTH_TOKEN, PUBLIC_URL, startTestBridge, type TestBridge } from './helpers.js';
 
 const SEED = process.env.SOAK_SEED !== undefined && process.env.SOAK_SEED !== '' ? Number(process.env.SOAK_SEED) >>> 0 : 424_242;
@@ -59,24 +59,6 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
 
 const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
 
-/** Helpers over the shared seeded PRNG (mulberry32). */
-class Rng {
-  readonly next: () => number;
-  constructor(seed: number) {
-    this.next = prng(seed);
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    const x = xs[Math.floor(this.next() * xs.length)];
-    if (x === undefined) throw new Error('pick from an empty list');
-    return x;
-  }
-}
 
 type Plan =
   | 'normal'

@@ -43,7 +43,7 @@ import { Metrics } from '../src/metrics.js';
 import type { CallSession, SessionSettings, SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
-import { prng } from '../src/util/prng.js';
+import { Rng } from '../src/util/prng.js';
 
 // Captured before any test fakes the timers: yields to the real event loop so every microtask runs.
 const realSetImmediate = globalThis.setImmediate;
@@ -54,36 +54,6 @@ const MASTER_SEED = process.env.FUZZ_SEED !== undefined && process.env.FUZZ_SEED
 
 // ---------------------------------------------------------------- seeded PRNG
 
-/** Helpers over the shared seeded PRNG (mulberry32). */
-class Rng {
-  readonly next: () => number;
-  constructor(seed: number) {
-    this.next = prng(seed);
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    const x = xs[Math.floor(this.next() * xs.length)];
-    if (x === undefined) throw new Error('pick from an empty list');
-    return x;
-  }
-  weighted<T>(entries: ReadonlyArray<readonly [number, T]>): T {
-    let total = 0;
-    for (const [w] of entries) total += w;
-    let r = this.next() * total;
-    for (const [w, v] of entries) {
-      if (r < w) return v;
-      r -= w;
-    }
-    const last = entries[entries.length - 1];
-    if (last === undefined) throw new Error('weighted pick from an empty list');
-    return last[1];
-  }
-}
 
 // ---------------------------------------------------------------- protocol facts the oracle relies on (documented, not imported)
 

@@ -11,6 +11,7 @@
  */
 import { parseArgs } from 'node:util';
 import { LocalAgentServer } from '../local/localAgent.js';
+import { stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]
 
@@ -42,13 +43,7 @@ async function main(): Promise<void> {
     void server.close().finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-  if (values['watch-stdin']) {
-    process.stdin.on('end', stop);
-    process.stdin.on('error', stop);
-    process.stdin.resume();
-  }
+  stopOn(stop, values['watch-stdin'] === true);
 }
 
 main().catch((err: unknown) => {

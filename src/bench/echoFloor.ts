@@ -16,6 +16,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { WebSocketServer, type RawData } from 'ws';
+import { stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoFloor.js [--port N] [--watch-stdin]
 
@@ -98,13 +99,7 @@ async function main(): Promise<void> {
     http.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 1000).unref();
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-  if (values['watch-stdin']) {
-    process.stdin.on('end', stop);
-    process.stdin.on('error', stop);
-    process.stdin.resume();
-  }
+  stopOn(stop, values['watch-stdin'] === true);
 }
 
 main().catch((err: unknown) => {

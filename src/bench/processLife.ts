@@ -1,0 +1,21 @@
+/** Shutdown wiring shared by the benchmark's child processes. */
+
+/**
+ * Runs `stop` once on SIGTERM, SIGINT or, with `watchStdin`, when the parent
+ * closes our stdin (so a killed runner does not leave children behind).
+ */
+export function stopOn(stop: () => void, watchStdin: boolean): void {
+  let stopped = false;
+  const once = (): void => {
+    if (stopped) return;
+    stopped = true;
+    stop();
+  };
+  process.once('SIGTERM', once);
+  process.once('SIGINT', once);
+  if (watchStdin) {
+    process.stdin.on('end', once);
+    process.stdin.on('error', once);
+    process.stdin.resume();
+  }
+}
