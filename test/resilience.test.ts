@@ -280,3 +280,28 @@ describe('agent heartbeat', () => {
     call.stream.sendStop();
   });
 });
+
+describe('agent close codes that mirror error codes', () => {
+  it('treats a close with code 4429 like error 4429: busy text, learned limit, no reconnect', async () => {
+    tb = await startTestBridge();
+    const a = await openCall(tb);
+    const c = await openCall(tb, { init: false });
+    c.agent.close(4429, 'max concurrent connections');
+    await c.stream.waitForClose(2000);
+    expect(tb.agent.connections).toHaveLength(2);
+    expect(tb.callControl.spoken.at(-1)).toEqual({ callSid: c.callSid, text: tb.config.messages.busy });
+    expect(tb.bridge.manager.capacity).toBe(1);
+    a.stream.sendStop();
+  });
+
+  it('treats a close with code 4401 as fatal (apology, no reconnect) and 4500 as retryable', async () => {
+    tb = await startTestBridge();
+    const a = await openCall(tb);
+    a.agent.close(4500, 'internal');
+    const again = await tb.agent.nextConnection(3000);
+    expect((await again.waitForSetup()).continueConversation).toBe(a.agent.conversationId);
+    again.close(4401, 'unauthorized');
+    await a.stream.waitForClose(2000);
+    expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.apology]);
+  });
+});

@@ -587,6 +587,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#agent = undefined;
     if (info.byUs || this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
     this.#log.warn({ code: info.code, reason: info.reason, error: info.error, state: this.#state }, 'agent socket closed without hangup');
+    // A close code that mirrors a non-retryable error code (4400, 4401, 4429) means what the error would.
+    if (info.code >= 4000 && NON_RETRYABLE_AGENT_ERRORS.has(info.code)) {
+      this.#onAgentError(info.code, info.reason, true);
+      return;
+    }
     this.#agentLost(info.error ?? `closed with ${info.code}`);
   }
 
