@@ -162,7 +162,7 @@ const envSchema = z.object({
     z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
   ),
   DRAIN_TIMEOUT_S: intIn(0, 86_400, 120),
-  MAX_EVENT_LOOP_DELAY_MS: intIn(0, 60_000, 250),
+  MAX_EVENT_LOOP_DELAY_MS: intIn(0, 60_000, 500),
   MAX_CALL_DURATION_S: intIn(1, 86_400, 3600),
   IDLE_TIMEOUT_S: intIn(1, 3600, 20),
   SWEEP_INTERVAL_S: intIn(1, 600, 5),
