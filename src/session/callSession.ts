@@ -86,6 +86,12 @@ const MAX_TRANSCRIPT_TURNS = 500;
 const MAX_DTMF = 200;
 /** Backoff before reconnect attempt n (ms), before jitter. */
 const BACKOFF_MS = [100, 400, 1000, 2000, 3000];
+/**
+ * After an agent hangup, if Twilio never confirms playback with marks, the call
+ * ends this long after the queued audio should have finished playing (within
+ * HANGUP_DRAIN_TIMEOUT_MS in any case).
+ */
+const PLAYBACK_SLACK_MS = 2000;
 
 export class CallSession implements CarrierHandlers, ManagedSession {
   readonly callSid: string;
@@ -122,6 +128,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   /** Late audio of an interrupted response is dropped until the next `newAudioStream`. */
   #dropAgentAudio = false;
+  /** When the agent audio sent so far should have finished playing at Twilio (performance.now() ms). */
+  #playEnd = 0;
 
   /** AUDIO_IN_BATCH_MS: decoded caller audio waiting to fill one `audioIn` (undefined when off). */
   readonly #batch: Buffer | undefined;
@@ -488,6 +496,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     this.#carrier.sendMediaBytes(buf, start, end);
     const bytes = base64ByteLengthOf(buf, start, end);
+    const now = performance.now();
+    this.#playEnd = (this.#playEnd > now ? this.#playEnd : now) + bytes / 8;
     this.#framesDown++;
     this.#metrics.framesDown++;
     this.#metrics.bytesDown += bytes;
@@ -536,6 +546,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #clearPlayback(): void {
     this.#carrier.sendClear();
     this.playback.reset();
+    this.#playEnd = 0;
     this.#clearTimer('tail');
   }
 
@@ -552,12 +563,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.close('agent_hangup');
       return;
     }
-    // Let the last words play; the echo of the final mark ends the call (see onMark).
+    // Let the last words play; the echo of the final mark ends the call (see onMark). Without
+    // echoes, give up a little after the audio should have played, and never later than the bound.
+    const remainingMs = Math.max(0, this.#playEnd - performance.now());
     this.#drainTimer = setTimeout(() => {
       this.#drainTimer = undefined;
       this.#log.info({ pendingMarks: this.playback.pendingMarks }, 'playback did not confirm in time after agent hangup');
       this.close('agent_hangup');
-    }, this.#s.hangupDrainMs);
+    }, Math.min(this.#s.hangupDrainMs, remainingMs + PLAYBACK_SLACK_MS));
   }
 
   #onAgentError(code: number | undefined, message: string, isFatal: boolean | undefined): void {
