@@ -9,7 +9,7 @@ import WebSocket from 'ws';
 import type { Socket } from 'node:net';
 import { newSpan, scanAgentAudio } from '../audio/jsonScan.js';
 import { corkForThisTurn, socketOf } from '../util/writeBatch.js';
-import { decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
+import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
 
 export interface AgentLegHandlers {
   /** Socket open and `setup` sent. */
@@ -63,8 +63,8 @@ export type AgentConnector = (opts: AgentLegOptions) => AgentLeg;
 
 export const DEFAULT_AGENT_MAX_PAYLOAD = 4 * 1024 * 1024;
 
-const AUDIO_IN_HEAD = Buffer.from('{"type":"audioIn","data":"', 'latin1');
-const AUDIO_IN_TAIL = Buffer.from('"}', 'latin1');
+const AUDIO_IN_HEAD = Buffer.from(AUDIO_IN_HEAD_TEXT, 'latin1');
+const AUDIO_IN_TAIL = Buffer.from(AUDIO_IN_TAIL_TEXT, 'latin1');
 /** ws send options for a Buffer that holds a text message. */
 const TEXT = { binary: false } as const;
 

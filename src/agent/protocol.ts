@@ -124,10 +124,12 @@ export function encodeSetup(setup: AgentSetup): string {
   return JSON.stringify(setup);
 }
 
-const AUDIO_IN_PREFIX = '{"type":"audioIn","data":"';
+/** `audioIn` is `AUDIO_IN_HEAD + base64 + AUDIO_IN_TAIL` (shared with the byte-level encoder in leg.ts). */
+export const AUDIO_IN_HEAD = '{"type":"audioIn","data":"';
+export const AUDIO_IN_TAIL = '"}';
 /** `data` must be validated base64 (it needs no JSON escaping). */
 export function encodeAudioIn(data: string): string {
-  return AUDIO_IN_PREFIX + data + '"}';
+  return AUDIO_IN_HEAD + data + AUDIO_IN_TAIL;
 }
 
 /**

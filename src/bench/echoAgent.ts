@@ -11,7 +11,7 @@
  */
 import { parseArgs } from 'node:util';
 import { LocalAgentServer } from '../local/localAgent.js';
-import { stopOn } from './processLife.js';
+import { portArg, stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]
 
@@ -32,11 +32,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    process.stderr.write(`echoAgent: invalid --port\n${HELP}`);
-    process.exit(2);
-  }
+  const port = portArg(values.port, 'echoAgent', HELP);
   const server = await LocalAgentServer.start({ host: '127.0.0.1', port, mode: 'echo', bargeInMarker: !values['no-barge-in-marker'] });
   process.stdout.write(`local agent listening on ${server.url}\n`);
   const stop = (): void => {

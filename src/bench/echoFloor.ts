@@ -16,7 +16,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { WebSocketServer, type RawData } from 'ws';
-import { stopOn } from './processLife.js';
+import { portArg, stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoFloor.js [--port N] [--watch-stdin]
 
@@ -44,11 +44,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    process.stderr.write(`echoFloor: invalid --port\n${HELP}`);
-    process.exit(2);
-  }
+  const port = portArg(values.port, 'echoFloor', HELP);
 
   let twiml = '';
   const http = createServer((req, res) => {

@@ -19,3 +19,13 @@ export function stopOn(stop: () => void, watchStdin: boolean): void {
     process.stdin.resume();
   }
 }
+
+/** Parses a `--port` value (0 = any free port); exits 2 with `help` when it is not a port. */
+export function portArg(value: string | undefined, who: string, help: string): number {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write(`${who}: invalid --port\n${help}`);
+    process.exit(2);
+  }
+  return port;
+}

@@ -18,7 +18,7 @@
  */
 import type { Logger } from 'pino';
 import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/leg.js';
-import { NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
+import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
 import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
@@ -574,8 +574,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onAgentError(code: number | undefined, message: string, isFatal: boolean | undefined): void {
-    const known = code !== undefined && (NON_RETRYABLE_AGENT_ERRORS.has(code) || RETRYABLE_AGENT_ERRORS.has(code));
-    const fatal = isFatal ?? known;
+    const fatal = isFatalAgentError(code, isFatal);
     this.#metrics.agentErrorsTotal.labels(code === undefined ? 'none' : String(code), String(fatal)).inc();
     if (!fatal) {
       this.#log.warn({ code, agentMessage: message }, 'agent reported a non-fatal error');
