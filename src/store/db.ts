@@ -1,0 +1,185 @@
+/**
+ * The embedded database: SQLite in DATA_DIR through better-sqlite3.
+ *
+ * WAL journal, foreign keys on, and numbered migrations recorded in
+ * `PRAGMA user_version`, each applied in its own transaction. better-sqlite3
+ * is synchronous: every statement here is short (one row or one small page),
+ * and nothing on the media path touches the database.
+ *
+ * Durability: `synchronous=NORMAL` in WAL mode survives a crash or `kill -9`
+ * of the process (a committed transaction is in the WAL before `commit`
+ * returns); only a power loss can take back the last transactions.
+ *
+ * Times are integers: milliseconds since the epoch (UTC).
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+
+export type Db = Database.Database;
+
+/** Migrations, in order. Never edit one that has shipped; add a new one. */
+export const MIGRATIONS: readonly string[] = [
+  // 1: calls, events, transcripts, idempotency keys, campaigns, contacts, do-not-call list, webhook deliveries.
+  `
+  CREATE TABLE calls (
+    id               TEXT PRIMARY KEY,
+    call_sid         TEXT UNIQUE,
+    direction        TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    to_number        TEXT NOT NULL,
+    from_number      TEXT NOT NULL,
+    agent_id         TEXT NOT NULL,
+    prompt           TEXT,
+    custom_greeting  TEXT,
+    metadata         TEXT,
+    machine_detection INTEGER NOT NULL DEFAULT 0,
+    voicemail_action TEXT,
+    voicemail_message TEXT,
+    campaign_id      TEXT,
+    contact_id       TEXT,
+    attempt          INTEGER,
+    -- queued → claimed → dialed → (initiated | ringing | in-progress) → terminal
+    -- terminal: completed | busy | no-answer | failed | canceled | not-dialed
+    status           TEXT NOT NULL,
+    outcome          TEXT,
+    answered_by      TEXT,
+    last_sequence    INTEGER,
+    error_code       INTEGER,
+    error_message    TEXT,
+    hangup_requested INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    claimed_at       INTEGER,
+    dialed_at        INTEGER,
+    answered_at      INTEGER,
+    ended_at         INTEGER,
+    duration_s       INTEGER,
+    conversation_id  TEXT,
+    end_reason       TEXT,
+    session_ended_at INTEGER,
+    finalized_at     INTEGER
+  );
+  CREATE INDEX calls_status ON calls (status);
+  CREATE INDEX calls_campaign ON calls (campaign_id, contact_id);
+  CREATE INDEX calls_created ON calls (created_at);
+
+  CREATE TABLE call_events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_id   TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    type      TEXT NOT NULL,
+    status    TEXT,
+    sequence  INTEGER,
+    data      TEXT
+  );
+  CREATE INDEX call_events_call ON call_events (call_id, id);
+
+  CREATE TABLE transcript_turns (
+    call_id TEXT NOT NULL,
+    source  TEXT NOT NULL CHECK (source IN ('live', 'playai')),
+    seq     INTEGER NOT NULL,
+    role    TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (call_id, source, seq)
+  );
+
+  CREATE TABLE idempotency_keys (
+    key          TEXT PRIMARY KEY,
+    request_hash TEXT NOT NULL,
+    call_id      TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+  );
+
+  CREATE TABLE campaigns (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    -- draft | running | paused | completed | canceled
+    status       TEXT NOT NULL,
+    settings     TEXT NOT NULL,
+    pause_reason TEXT,
+    last_error   TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    completed_at INTEGER
+  );
+
+  CREATE TABLE contacts (
+    id              TEXT PRIMARY KEY,
+    campaign_id     TEXT NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE,
+    line            INTEGER,
+    phone           TEXT NOT NULL,
+    variables       TEXT NOT NULL DEFAULT '{}',
+    timezone        TEXT,
+    -- pending | dialing | done
+    state           TEXT NOT NULL,
+    -- set when done: answered | voicemail | busy | no-answer | failed | canceled | dnc | invalid-number
+    outcome         TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_call_id    TEXT,
+    last_error      TEXT,
+    merged_lines    TEXT,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (campaign_id, phone)
+  );
+  CREATE INDEX contacts_due ON contacts (campaign_id, state, next_attempt_at);
+
+  CREATE TABLE dnc (
+    phone      TEXT PRIMARY KEY,
+    reason     TEXT,
+    created_at INTEGER NOT NULL
+  );
+
+  CREATE TABLE webhook_deliveries (
+    id               TEXT PRIMARY KEY,
+    call_id          TEXT,
+    event            TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    -- pending | delivered | failed
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    delivered_at     INTEGER
+  );
+  CREATE INDEX webhook_due ON webhook_deliveries (status, next_attempt_at);
+  `,
+];
+
+/** Opens (creating if needed) the database file and brings its schema up to date. */
+export function openDb(path: string): Db {
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+/** Opens `playline.db` in `dataDir` (created if missing). */
+export function openDataDir(dataDir: string): Db {
+  mkdirSync(dataDir, { recursive: true });
+  return openDb(join(dataDir, 'playline.db'));
+}
+
+/** Applies the migrations the database has not seen yet. */
+export function migrate(db: Db): number {
+  const current = Number(db.pragma('user_version', { simple: true }));
+  if (current > MIGRATIONS.length) {
+    throw new Error(`database schema version ${current} is newer than this Playline (${MIGRATIONS.length}); upgrade Playline`);
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    const sql = MIGRATIONS[v];
+    if (sql === undefined) break;
+    db.transaction(() => {
+      db.exec(sql);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+  return MIGRATIONS.length - current;
+}
