@@ -4,6 +4,7 @@
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
+import multipart from '@fastify/multipart';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { connectAgent as wsConnectAgent, type AgentConnector } from './agent/leg.js';
@@ -16,6 +17,17 @@ import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
 import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager } from './session/manager.js';
+import { apiRoutes } from './api/routes.js';
+import { docsRoutes } from './api/docs.js';
+import { fetchConversationTranscript } from './agent/rest.js';
+import { DeferredDialer, type Dialer } from './outbound/dialer.js';
+import { OutboundService } from './outbound/service.js';
+import { TwilioDialer } from './outbound/twilioDialer.js';
+import { WebhookDispatcher } from './outbound/webhooks.js';
+import { LocalDialer } from './local/simCarrier.js';
+import { CampaignStore } from './store/campaigns.js';
+import { CallStore } from './store/calls.js';
+import { openDataDir, type Db } from './store/db.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -25,6 +37,12 @@ export interface BridgeOverrides {
   connectAgent?: AgentConnector;
   /** Where agent sockets go (defaults to config.playai.wsUrl). */
   agentBaseUrl?: string;
+  /** Outbound carrier (defaults to Twilio REST with credentials, else the simulated local carrier). */
+  dialer?: Dialer;
+  /** Database (defaults to `playline.db` in DATA_DIR). */
+  db?: Db;
+  /** HTTP client for webhooks and the PlayAI REST API (tests). */
+  fetchImpl?: typeof fetch;
 }
 
 export interface Bridge {
@@ -33,6 +51,11 @@ export interface Bridge {
   metrics: Metrics;
   callControl: CallControl;
   settings: SessionSettings;
+  outbound: OutboundService;
+  calls: CallStore;
+  campaigns: CampaignStore;
+  webhooks: WebhookDispatcher | undefined;
+  db: Db;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
    * calls end on their own for up to `timeoutMs`, then end the rest with a
@@ -54,6 +77,8 @@ async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean
 
 export async function createBridge(config: Config, logger: Logger, overrides: BridgeOverrides = {}): Promise<Bridge> {
   const loadGuard = new LoadGuard(config.maxEventLoopDelayMs);
+  // Set once the outbound service exists (it records inbound calls and session ends).
+  let outboundRef: OutboundService | undefined;
   const manager = new SessionManager({
     overloaded: () => loadGuard.overloaded,
     maxConcurrentCalls: config.maxConcurrentCalls,
@@ -63,6 +88,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     forceAgentId: config.localAgent ? config.playai.defaultAgentId : undefined,
     agentLimits: config.agentLimits,
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
+    inboundReserved: config.outbound.inboundReserved,
+    onSessionEnded: (record) => outboundRef?.onSessionEnded(record),
     onReservationExpired: (callSid) => {
       metrics.streamRejectedTotal.labels('reservation_expired').inc();
       logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
@@ -103,6 +130,66 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     overflow: config.overflow,
   };
 
+  const db = overrides.db ?? openDataDir(config.dataDir);
+  const calls = new CallStore(db);
+  const campaigns = new CampaignStore(db);
+  // The simulated carrier needs the address the bridge listens on: it is set at listen time.
+  const deferred = new DeferredDialer('local');
+  const dialer: Dialer =
+    overrides.dialer ??
+    (config.outbound.localCarrier
+      ? deferred
+      : new TwilioDialer({
+          accountSid: config.twilio.accountSid ?? '',
+          authToken: config.twilio.authToken ?? '',
+          say,
+          log: logger,
+          ...(config.twilioApiUrl !== undefined ? { apiUrl: config.twilioApiUrl } : {}),
+        }));
+  const webhooks =
+    config.webhook.url === undefined
+      ? undefined
+      : new WebhookDispatcher({
+          db,
+          url: config.webhook.url,
+          ...(config.webhook.secret !== undefined ? { secret: config.webhook.secret } : {}),
+          log: logger.child({ component: 'webhooks' }),
+          ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+        });
+  const playaiUserId = config.playaiRest.userId;
+  const playaiKey = config.playai.apiKey;
+  const outbound = new OutboundService({
+    calls,
+    campaigns,
+    dialer,
+    manager,
+    log: logger,
+    publicUrl: config.publicUrl,
+    ...(config.outbound.defaultCallerId !== undefined ? { defaultFrom: config.outbound.defaultCallerId } : {}),
+    defaultAgentId: config.playai.defaultAgentId,
+    maxCps: config.outbound.maxCps,
+    ringTimeoutS: config.outbound.ringTimeoutS,
+    maxCallS: Math.round(config.timeouts.maxCallMs / 1000),
+    ...(webhooks !== undefined ? { webhooks } : {}),
+    ...(playaiUserId !== undefined && playaiKey !== undefined && !config.localAgent
+      ? {
+          fetchTranscript: async (row) => {
+            const turns = await fetchConversationTranscript({
+              baseUrl: config.playaiRest.baseUrl,
+              apiKey: playaiKey,
+              userId: playaiUserId,
+              agentId: row.agentId,
+              conversationId: row.conversationId ?? '',
+              ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+            });
+            return turns.map((t) => ({ role: t.role, text: t.content, at: Date.parse(t.timestamp) || Date.now() }));
+          },
+        }
+      : {}),
+    onDial: (result) => metrics.outboundDialsTotal.labels(result).inc(),
+  });
+  outboundRef = outbound;
+
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -116,7 +203,20 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
   });
   await app.register(healthRoutes, { manager, metrics });
-  await app.register(twilioWebhooks, { config, manager, metrics });
+  await app.register(twilioWebhooks, { config, manager, metrics, outbound });
+  await app.register(docsRoutes);
+  await app.register(async (api) => {
+    await api.register(multipart);
+    await apiRoutes(api, {
+      outbound,
+      calls,
+      campaigns,
+      ...(webhooks !== undefined ? { webhooks } : {}),
+      ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
+      localMode: config.outbound.localCarrier,
+      ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
+    });
+  });
   await app.register(mediaStreamRoute, {
     config,
     manager,
@@ -127,13 +227,36 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     settings,
   });
   manager.startSweep(config.timeouts.sweepIntervalMs);
+  app.addHook('onListen', async () => {
+    if (overrides.dialer === undefined && config.outbound.localCarrier) {
+      const addr = app.server.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : config.port;
+      deferred.set(
+        new LocalDialer({
+          bridgeUrl: `http://127.0.0.1:${port}`,
+          publicUrl: config.publicUrl,
+          ...(config.twilio.authToken !== undefined ? { authToken: config.twilio.authToken } : {}),
+          outcomes: config.outbound.localOutcomes,
+          talkMs: config.outbound.localTalkMs,
+          log: logger.child({ component: 'local-carrier' }),
+        }),
+      );
+    }
+    webhooks?.start();
+    await outbound.start();
+  });
   app.addHook('onClose', async () => {
+    await outbound.stop();
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
     loadGuard.dispose();
+    await webhooks?.stop();
+    await dialer.close?.();
+    if (overrides.db === undefined) db.close();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
     manager.startDrain();
+    outbound.pauseDialing();
     logger.info({ liveCalls: manager.liveCalls, reservedSlots: manager.reservedSlots, timeoutMs }, 'draining: no new calls; waiting for live calls to end');
     if (await waitFor(() => manager.usedSlots === 0, timeoutMs)) return { endedByDrain: 0 };
     const left = [...manager.sessions()];
@@ -144,5 +267,5 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, metrics, callControl, settings, drain };
+  return { app, manager, metrics, callControl, settings, drain, outbound, calls, campaigns, webhooks, db };
 }

@@ -95,6 +95,29 @@ export interface Config {
     /** Coalesce caller audio into `audioIn` messages of this many ms (0 = one message per Twilio frame). */
     audioInBatchMs: number;
   };
+  outbound: {
+    /** Bearer token of the /v1 API; without one the API answers only on loopback in local mode. */
+    apiToken?: string;
+    /** Caller id for calls and campaigns that name none. */
+    defaultCallerId?: string;
+    /** Country (ISO 3166 alpha-2) for CSV numbers written without +country code. */
+    defaultCountry?: string;
+    /** Account-wide dials per second. */
+    maxCps: number;
+    /** Slots outbound dialing never takes. */
+    inboundReserved: number;
+    /** Ring time of API calls before no-answer. */
+    ringTimeoutS: number;
+    /** No Twilio credentials: calls go to the built-in simulated carrier. */
+    localCarrier: boolean;
+    /** Weights of the simulated carrier's outcomes. */
+    localOutcomes: Record<'answered' | 'busy' | 'no-answer' | 'voicemail' | 'failed', number>;
+    /** How long a simulated callee stays on the line. */
+    localTalkMs: number;
+  };
+  webhook: { url?: string; secret?: string };
+  /** PlayAI REST (transcripts after the call) when PLAYAI_USER_ID is set. */
+  playaiRest: { baseUrl: string; userId?: string };
   messages: {
     apology: string;
     busy: string;
@@ -172,7 +195,39 @@ const envSchema = z.object({
   AGENT_HEARTBEAT_MS: intIn(0, 60_000, 3_000),
   TWILIO_API_URL: optionalString,
   SAY_LANGUAGE: optionalString,
+  API_TOKEN: z.preprocess(emptyToUndefined, z.string().min(16, 'must be at least 16 characters').optional()),
+  DEFAULT_CALLER_ID: z.preprocess(
+    emptyToUndefined,
+    z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
+  ),
+  DEFAULT_COUNTRY: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Z]{2}$/, 'must be a two-letter country code like US').optional()),
+  OUTBOUND_MAX_CPS: z.preprocess(emptyToUndefined, z.coerce.number().positive().max(1000).optional()),
+  INBOUND_RESERVED: intIn(0, 100_000, 0),
+  RING_TIMEOUT_S: intIn(5, 600, 30),
+  LOCAL_CARRIER_OUTCOMES: z.preprocess(emptyToUndefined, z.string().default('answered:70,busy:10,no-answer:10,voicemail:10')),
+  LOCAL_CARRIER_TALK_S: intIn(1, 3600, 8),
+  WEBHOOK_URL: optionalString,
+  WEBHOOK_SECRET: z.preprocess(emptyToUndefined, z.string().min(16, 'must be at least 16 characters').optional()),
+  PLAYAI_USER_ID: optionalString,
+  PLAYAI_API_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai')),
 });
+
+const OUTCOME_NAMES = ['answered', 'busy', 'no-answer', 'voicemail', 'failed'] as const;
+
+/** Parses `answered:70,busy:10,...` (weights; missing outcomes weigh 0). Exported for tests. */
+export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)[number], number> {
+  const out = { answered: 0, busy: 0, 'no-answer': 0, voicemail: 0, failed: 0 };
+  for (const part of text.split(',')) {
+    const m = /^\s*([a-z-]+)\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
+    const name = m?.[1];
+    if (m === null || name === undefined || !(OUTCOME_NAMES as readonly string[]).includes(name)) {
+      throw new ConfigError(`LOCAL_CARRIER_OUTCOMES: expected outcome:weight pairs of ${OUTCOME_NAMES.join(', ')} (got ${JSON.stringify(part)})`);
+    }
+    out[name as (typeof OUTCOME_NAMES)[number]] = Number(m[2]);
+  }
+  if (Object.values(out).every((w) => w === 0)) throw new ConfigError('LOCAL_CARRIER_OUTCOMES: at least one weight must be above 0');
+  return out;
+}
 
 const routeSchema = z
   .object({
@@ -228,6 +283,9 @@ function parseUrl(name: string, value: string, schemes: string[]): URL {
 
 /** The id the local agent answers for when no PLAYAI_AGENT_ID is configured. */
 export const LOCAL_AGENT_ID = 'local-echo';
+
+/** Caller id of simulated calls in local mode when DEFAULT_CALLER_ID is not set. */
+export const LOCAL_CALLER_ID = '+12025550100';
 
 /**
  * Builds the configuration from an environment map (normally `process.env`).
@@ -293,6 +351,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     twilioApiUrl = parseUrl('TWILIO_API_URL', e.TWILIO_API_URL, ['https:', 'http:']).href.replace(/\/+$/, '');
   }
 
+  if (e.INBOUND_RESERVED >= e.MAX_CONCURRENT_CALLS) {
+    throw new ConfigError(`INBOUND_RESERVED: must be below MAX_CONCURRENT_CALLS (${e.MAX_CONCURRENT_CALLS}), or outbound calls could never be placed`);
+  }
+  let webhookUrl: string | undefined;
+  if (e.WEBHOOK_URL !== undefined) webhookUrl = parseUrl('WEBHOOK_URL', e.WEBHOOK_URL, ['https:', 'http:']).href;
+  const playaiApi = parseUrl('PLAYAI_API_URL', e.PLAYAI_API_URL, ['https:', 'http:']).href.replace(/\/+$/, '');
+  const localCarrier = e.TWILIO_ACCOUNT_SID === undefined;
+
   return {
     port: e.PORT,
     host: e.HOST,
@@ -334,6 +400,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       heartbeatMs: e.AGENT_HEARTBEAT_MS,
     },
     media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS },
+    outbound: {
+      apiToken: e.API_TOKEN,
+      defaultCallerId: e.DEFAULT_CALLER_ID ?? (localCarrier ? LOCAL_CALLER_ID : undefined),
+      defaultCountry: e.DEFAULT_COUNTRY,
+      maxCps: e.OUTBOUND_MAX_CPS ?? (localCarrier ? 10 : 1),
+      inboundReserved: e.INBOUND_RESERVED,
+      ringTimeoutS: e.RING_TIMEOUT_S,
+      localCarrier,
+      localOutcomes: parseOutcomeWeights(e.LOCAL_CARRIER_OUTCOMES),
+      localTalkMs: e.LOCAL_CARRIER_TALK_S * 1000,
+    },
+    webhook: { url: webhookUrl, secret: e.WEBHOOK_SECRET },
+    playaiRest: { baseUrl: playaiApi, userId: e.PLAYAI_USER_ID },
     messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, goodbye: e.GOODBYE_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
   };
 }

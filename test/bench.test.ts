@@ -9,6 +9,7 @@ import { WebSocket } from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encodeAudioIn, encodeSetup } from '../src/agent/protocol.js';
 import { createBridge, type Bridge } from '../src/app.js';
+import { openDb } from '../src/store/db.js';
 import { decodeFrameId, encodeFrame, FRAME_B64_LENGTH, FRAME_BYTES, isMarkerFrame } from '../src/bench/frames.js';
 import { parseHostStat, parseProcStat, parseStatusKb, readCpuTicks, readMemoryKb } from '../src/bench/procstat.js';
 import { LatencyHistogram, parsePromHistogram, promHistogramQuantile, promValue } from '../src/bench/stats.js';
@@ -183,7 +184,7 @@ describe('simulator load hooks through the bridge', () => {
       PLAYAI_WS_URL: agent.url,
       MAX_EVENT_LOOP_DELAY_MS: '0',
     });
-    bridge = await createBridge(config, pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() })));
+    bridge = await createBridge(config, pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() })), { db: openDb(':memory:') });
     const url = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
 
     const FRAMES = 75;

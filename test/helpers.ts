@@ -5,7 +5,8 @@
  */
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { createBridge, type Bridge } from '../src/app.js';
+import { createBridge, type Bridge, type BridgeOverrides } from '../src/app.js';
+import { openDb, type Db } from '../src/store/db.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { FakeAgentServer, type FakeAgentConnection, type FakeAgentOptions } from '../src/testing/fakeAgent.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
@@ -46,6 +47,9 @@ export interface TestBridgeOptions {
   agent?: FakeAgentOptions;
   /** Sign requests (default true). */
   signed?: boolean;
+  /** Database (default: a fresh in-memory one). */
+  db?: Db;
+  overrides?: BridgeOverrides;
 }
 
 export async function startTestBridge(opts: TestBridgeOptions = {}): Promise<TestBridge> {
@@ -70,7 +74,7 @@ export async function startTestBridge(opts: TestBridgeOptions = {}): Promise<Tes
   const logs = new LogSink();
   const logger = pino({ level: 'debug' }, logs.stream);
   const callControl = new FakeCallControl();
-  const bridge = await createBridge(config, logger, { callControl });
+  const bridge = await createBridge(config, logger, { callControl, db: opts.db ?? openDb(':memory:'), ...opts.overrides });
   const address = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
   return {
     url: address,

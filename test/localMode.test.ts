@@ -7,6 +7,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createBridge, type Bridge } from '../src/app.js';
+import { openDb } from '../src/store/db.js';
 import { silence, speechLikeSignal } from '../src/audio/signal.js';
 import { loadConfig } from '../src/config.js';
 import { LocalAgentServer } from '../src/local/localAgent.js';
@@ -28,7 +29,7 @@ async function startLocal(env: Record<string, string> = {}, greetingMs = 600): P
   expect(config.localAgent).toBe(true);
   const greetingAudio = speechLikeSignal({ durationMs: greetingMs, talkMs: greetingMs, pauseMs: 0 });
   agent = await LocalAgentServer.start({ mode: config.localAgentOptions.mode, greetingAudio });
-  bridge = await createBridge(config, quiet, { agentBaseUrl: agent.url });
+  bridge = await createBridge(config, quiet, { agentBaseUrl: agent.url, db: openDb(':memory:') });
   return bridge.app.listen({ port: 0, host: '127.0.0.1' });
 }
 

@@ -13,6 +13,7 @@ import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { createBridge } from '../app.js';
+import { openDb } from '../store/db.js';
 import { loadConfig } from '../config.js';
 import { FakeAgentServer, type FakeAgentConnection } from '../testing/fakeAgent.js';
 import { FakeCallControl } from '../testing/fakeCallControl.js';
@@ -102,7 +103,7 @@ async function main(): Promise<void> {
   });
   const silent = pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() }));
   const callControl = new FakeCallControl();
-  const bridge = await createBridge(config, silent, { callControl });
+  const bridge = await createBridge(config, silent, { callControl, db: openDb(':memory:') });
   const url = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
 
   // Fault injector: at random moments, hit a random open agent connection.

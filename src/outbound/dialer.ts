@@ -99,3 +99,38 @@ export interface Dialer {
   /** Stops timers and simulated calls (local carrier); no-op for REST. */
   close?(): Promise<void>;
 }
+
+/** A dialer whose implementation is chosen later (the local carrier needs the listening address). */
+export class DeferredDialer implements Dialer {
+  #inner: Dialer | undefined;
+
+  constructor(readonly name: string) {}
+
+  set(inner: Dialer): void {
+    this.#inner = inner;
+  }
+
+  #get(): Dialer {
+    if (this.#inner === undefined) throw new DialError('unknown', 'the carrier is not ready yet (the server is not listening)');
+    return this.#inner;
+  }
+
+  create(req: DialRequest): Promise<CarrierCall> {
+    return Promise.resolve().then(() => this.#get().create(req));
+  }
+  hangup(sid: string): Promise<void> {
+    return Promise.resolve().then(() => this.#get().hangup(sid));
+  }
+  sayAndHangup(sid: string, text: string): Promise<void> {
+    return Promise.resolve().then(() => this.#get().sayAndHangup(sid, text));
+  }
+  fetch(sid: string): Promise<CarrierCall | undefined> {
+    return Promise.resolve().then(() => this.#get().fetch(sid));
+  }
+  findRecent(to: string, from: string, since: number): Promise<CarrierCall[]> {
+    return Promise.resolve().then(() => this.#get().findRecent(to, from, since));
+  }
+  async close(): Promise<void> {
+    await this.#inner?.close?.();
+  }
+}

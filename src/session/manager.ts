@@ -55,6 +55,8 @@ export interface CallRecord {
 export interface Slot {
   readonly callSid: string;
   readonly agentId: string;
+  /** Taken by outbound dialing (counts against MAX_CONCURRENT_CALLS − INBOUND_RESERVED). */
+  readonly outbound?: boolean;
   released: boolean;
 }
 
@@ -106,6 +108,10 @@ export interface SessionManagerOptions {
   now?: () => number;
   /** True while the process is too busy to take another call (see LoadGuard). */
   overloaded?: () => boolean;
+  /** Slots outbound dialing never takes (INBOUND_RESERVED). */
+  inboundReserved?: number;
+  /** Called once when a live session has ended (after its slot is released), with its record. */
+  onSessionEnded?(record: CallRecord): void;
 }
 
 const MAX_SPENT_TOKENS = 10_000;
@@ -128,6 +134,7 @@ export class SessionManager {
   readonly #records = new Map<string, CallRecord>();
   readonly #ended: string[] = [];
   #draining = false;
+  #outboundSlots = 0;
   /** Account limit learned from a 4429, valid until `until` (or until a call ends). */
   #learned: { limit: number; until: number } | undefined;
   #sweepTimer: NodeJS.Timeout | undefined;
@@ -187,21 +194,58 @@ export class SessionManager {
     return out;
   }
 
-  /** Admits a call at the webhook: reserves a slot and mints its stream token. */
-  admit(call: { callSid: string; from: string; to: string; direction: string }): AdmitResult {
-    if (this.#draining) return { ok: false, reason: 'draining' };
+  /**
+   * Holds a slot for an outbound call about to be dialed, so that a call
+   * that answers always finds room. Outbound calls never take the last
+   * INBOUND_RESERVED slots, and none is held while draining, overloaded, at
+   * the agent's own cap, or after a PlayAI 4429 lowered the capacity.
+   * The holder passes the slot to {@link admit} at answer, or gives it back
+   * with {@link releaseSlot}.
+   */
+  holdOutboundSlot(key: string, agentId: string): Slot | undefined {
+    if (this.outboundRoom === 0) return undefined;
+    const agentCap = this.#opts.agentLimits?.get(this.#opts.forceAgentId ?? agentId);
+    if (agentCap !== undefined && (this.#perAgent.get(this.#opts.forceAgentId ?? agentId) ?? 0) >= agentCap) return undefined;
+    this.#outboundSlots++;
+    return this.#takeSlot(key, this.#opts.forceAgentId ?? agentId, true);
+  }
+
+  /** Slots outbound dialing may still take now: within capacity, and never the inbound reserve. */
+  get outboundRoom(): number {
+    if (this.#draining || this.#opts.overloaded?.() === true) return 0;
+    const capacity = this.capacity;
+    return Math.max(0, Math.min(capacity - this.usedSlots, capacity - (this.#opts.inboundReserved ?? 0) - this.#outboundSlots));
+  }
+
+  /** Slots held by outbound calls (ringing or live). */
+  get outboundSlots(): number {
+    return this.#outboundSlots;
+  }
+
+  /**
+   * Admits a call at the webhook: reserves a slot and mints its stream token.
+   * An outbound call passes its route in `held`, and the slot held for it
+   * when it was dialed: it is admitted on that slot without another capacity check.
+   */
+  admit(call: { callSid: string; from: string; to: string; direction: string }, held?: { slot?: Slot; route: CallRoute }): AdmitResult {
+    const heldSlot = held?.slot !== undefined && !held.slot.released ? held.slot : undefined;
+    if (this.#draining && heldSlot === undefined) return { ok: false, reason: 'draining' };
     // A retried webhook for the same call replaces its earlier reservation.
     const previous = this.#reservationByCall.get(call.callSid);
     if (previous !== undefined) this.#dropReservation(previous, 'expired_token');
-    const route = this.resolveRoute(call.to);
-    if (this.#opts.overloaded?.() === true) return { ok: false, reason: 'overload' };
-    if (this.usedSlots >= this.capacity) {
-      return { ok: false, reason: this.#learnedLimit() !== undefined && this.usedSlots < this.#opts.maxConcurrentCalls ? 'agent_capacity' : 'capacity' };
+    const route = held !== undefined ? { ...held.route, agentId: this.#opts.forceAgentId ?? held.route.agentId } : this.resolveRoute(call.to);
+    let slot: Slot;
+    if (heldSlot !== undefined) {
+      slot = heldSlot;
+    } else {
+      if (this.#opts.overloaded?.() === true) return { ok: false, reason: 'overload' };
+      if (this.usedSlots >= this.capacity) {
+        return { ok: false, reason: this.#learnedLimit() !== undefined && this.usedSlots < this.#opts.maxConcurrentCalls ? 'agent_capacity' : 'capacity' };
+      }
+      const agentCap = this.#opts.agentLimits?.get(route.agentId);
+      if (agentCap !== undefined && (this.#perAgent.get(route.agentId) ?? 0) >= agentCap) return { ok: false, reason: 'agent_limit' };
+      slot = this.#takeSlot(call.callSid, route.agentId);
     }
-    const agentCap = this.#opts.agentLimits?.get(route.agentId);
-    if (agentCap !== undefined && (this.#perAgent.get(route.agentId) ?? 0) >= agentCap) return { ok: false, reason: 'agent_limit' };
-
-    const slot = this.#takeSlot(call.callSid, route.agentId);
     const token = randomBytes(18).toString('base64url');
     const record: CallRecord = {
       callSid: call.callSid,
@@ -259,6 +303,14 @@ export class SessionManager {
     // A call ending frees a connection on the agent account: the learned limit no longer holds.
     if (hadSlot && session.agentConnectedOnce) this.#learned = undefined;
     this.#retire(session.callSid);
+    const record = this.#records.get(session.callSid);
+    if (record !== undefined && this.#opts.onSessionEnded !== undefined) {
+      try {
+        this.#opts.onSessionEnded(record);
+      } catch {
+        // A failing observer must not break slot accounting.
+      }
+    }
   }
 
   /** Releases a slot (idempotent). */
@@ -266,6 +318,7 @@ export class SessionManager {
     if (slot.released) return;
     slot.released = true;
     this.#slots.delete(slot);
+    if (slot.outbound === true) this.#outboundSlots--;
     const n = (this.#perAgent.get(slot.agentId) ?? 1) - 1;
     if (n <= 0) this.#perAgent.delete(slot.agentId);
     else this.#perAgent.set(slot.agentId, n);
@@ -363,8 +416,8 @@ export class SessionManager {
     return this.#learned.limit;
   }
 
-  #takeSlot(callSid: string, agentId: string): Slot {
-    const slot: Slot = { callSid, agentId, released: false };
+  #takeSlot(callSid: string, agentId: string, outbound = false): Slot {
+    const slot: Slot = outbound ? { callSid, agentId, outbound, released: false } : { callSid, agentId, released: false };
     this.#slots.add(slot);
     this.#perAgent.set(agentId, (this.#perAgent.get(agentId) ?? 0) + 1);
     return slot;

@@ -45,3 +45,10 @@ export function sayDialTwiml(text: string | undefined, number: string, opts: Say
   vr.dial(number);
   return vr.toString();
 }
+
+/** Just hang up (an outbound call that is no longer wanted when it answers). */
+export function hangupTwiml(): string {
+  const vr = new twilio.twiml.VoiceResponse();
+  vr.hangup();
+  return vr.toString();
+}
