@@ -74,3 +74,46 @@ describe('local mode end to end', () => {
     expect(bridge!.manager.usedSlots).toBe(0);
   });
 });
+
+describe('local mode: a campaign against the simulated carrier and the local agent', () => {
+  it('uploads a CSV, dials every contact through the simulated carrier, and finishes with one outcome per contact', async () => {
+    const url = await startLocal({ LOCAL_CARRIER_TALK_S: '1', LOCAL_CARRIER_OUTCOMES: 'answered:60,busy:20,no-answer:10,failed:10' });
+    const csv = ['phone,name', ...Array.from({ length: 12 }, (_, i) => `+1415555${String(2000 + i)},Person ${i}`)].join('\n');
+    const form = new FormData();
+    form.set('name', 'local demo');
+    form.set('settings', JSON.stringify({ callsPerSecond: 10, maxConcurrent: 6, prompt: 'Say hello to {{name}}.', retry: { maxAttempts: 2, on: ['busy'], delaySeconds: 0 } }));
+    form.set('start', 'true');
+    form.set('file', new Blob([csv], { type: 'text/csv' }), 'contacts.csv');
+    const res = await fetch(`${url}/v1/campaigns`, { method: 'POST', body: form });
+    expect(res.status).toBe(201);
+    const created = (await res.json()) as { campaign: { id: string }; import: { added: number; errors: unknown[] } };
+    expect(created.import).toMatchObject({ added: 12, errors: [] });
+    const id = created.campaign.id;
+    const deadline = Date.now() + 40_000;
+    let campaign: any;
+    for (;;) {
+      campaign = await (await fetch(`${url}/v1/campaigns/${id}`)).json();
+      if (campaign.status === 'completed' || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(campaign.status).toBe('completed');
+    expect(campaign.progress.counts.total).toBe(12);
+    expect(campaign.progress.counts.byState).toEqual({ pending: 0, dialing: 0, done: 12 });
+    const contacts = ((await (await fetch(`${url}/v1/campaigns/${id}/contacts?limit=100`)).json()) as { data: any[] }).data;
+    for (const c of contacts) {
+      expect(['answered', 'busy', 'no-answer', 'failed']).toContain(c.outcome);
+      expect(c.attempts).toBeGreaterThanOrEqual(1);
+      expect(c.attempts).toBeLessThanOrEqual(c.outcome === 'busy' ? 2 : 2);
+    }
+    const calls = ((await (await fetch(`${url}/v1/calls?campaignId=${id}&limit=100`)).json()) as { data: any[] }).data;
+    const answered = calls.filter((c) => c.outcome === 'answered');
+    expect(answered.length).toBeGreaterThan(0);
+    for (const c of answered) {
+      expect(c.answeredAt).not.toBeNull();
+      expect(c.durationSeconds).toBeGreaterThanOrEqual(1);
+    }
+    // Every slot came back.
+    expect(bridge!.manager.usedSlots).toBe(0);
+    expect(bridge!.outbound.stats.held).toBe(0);
+  }, 60_000);
+});
