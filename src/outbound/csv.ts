@@ -1,0 +1,416 @@
+/**
+ * Campaign contacts in (a CSV upload or a JSON array) and results out (CSV).
+ *
+ * An import never throws on bad data and never drops a row silently: every
+ * row either becomes a contact, is merged into an earlier one with the same
+ * number (`duplicates`), or is reported in `errors` with its line. CSV lines
+ * are physical lines of the file (1-based, as an editor shows them), counting
+ * blank lines and the lines inside quoted multi-line fields; a row is reported
+ * at the line it starts on.
+ *
+ * Row errors (bad phone, bad time zone, a required variable left empty, a
+ * wrong number of columns) reject that row only. File errors (no phone
+ * column, a header that cannot be a variable name, no column for a required
+ * variable, malformed CSV, too many rows) reject the whole file: `contacts`
+ * and `duplicates` come back empty, so a half-read file cannot be imported by
+ * mistake.
+ */
+import { CsvError, parse } from 'csv-parse/sync';
+import { stringify } from 'csv-stringify/sync';
+import { normalizePhone, type CountryCode } from './phone.js';
+import { VARIABLE_NAME } from './template.js';
+import { isValidTimeZone } from './window.js';
+
+export interface ImportedContact {
+  /** CSV: the line the row starts on; JSON: the item's index + 1. */
+  line: number;
+  /** E.164. */
+  phone: string;
+  /** Non-empty values only: an empty cell is no value. */
+  variables: Record<string, string>;
+  /** IANA zone, as written (validated). */
+  timezone?: string;
+  /** Lines of later rows with the same number, merged into this one. */
+  mergedLines: number[];
+}
+
+export interface ImportError {
+  line: number;
+  /** The column (CSV header as written; JSON `phone`, `timezone`, `variables.x`). */
+  column?: string;
+  message: string;
+  /** The offending value (cut to 100 characters). */
+  value?: string;
+}
+
+export interface ImportDuplicate {
+  line: number;
+  phone: string;
+  /** Line of the contact it was merged into. */
+  firstLine: number;
+}
+
+export interface ContactsImport {
+  contacts: ImportedContact[];
+  errors: ImportError[];
+  duplicates: ImportDuplicate[];
+  /** Data rows read (CSV: non-blank rows after the header; JSON: items). */
+  totalRows: number;
+}
+
+export interface ImportOptions {
+  /** Country of numbers written without `+`. Without it they are errors. */
+  defaultCountry?: CountryCode;
+  /** Variables the campaign's templates use: every contact needs a non-empty value for each. */
+  requiredVariables?: string[];
+  /** More data rows than this reject the file (default 100 000). */
+  maxRows?: number;
+}
+
+/** Header names taken as the phone column, by priority. */
+export const PHONE_COLUMNS = ['phone', 'phone_number', 'number', 'to', 'mobile'] as const;
+/** Header names taken as the time-zone column, by priority. */
+export const TIMEZONE_COLUMNS = ['timezone', 'time_zone', 'tz'] as const;
+
+const DEFAULT_MAX_ROWS = 100_000;
+const BREAK = /\r\n|\r|\n/g;
+/** Whole blank lines csv-parse skipped before a record (they lead its raw text). */
+const LEADING_BLANK_LINES = /^(?:[ \t]*(?:\r\n|\r|\n))*/;
+
+function countBreaks(s: string): number {
+  return s.match(BREAK)?.length ?? 0;
+}
+
+function clip(s: string): string {
+  return s.length > 100 ? `${s.slice(0, 99)}…` : s;
+}
+
+/** A header as a variable name: trimmed, runs of whitespace → `_`. */
+function headerName(h: string): string {
+  return h.trim().replace(/\s+/g, '_');
+}
+
+/** Validates rows and collects the result; shared by the CSV and JSON readers. */
+class Collector {
+  readonly contacts: ImportedContact[] = [];
+  readonly errors: ImportError[] = [];
+  readonly duplicates: ImportDuplicate[] = [];
+  totalRows = 0;
+  readonly #byPhone = new Map<string, ImportedContact>();
+
+  constructor(readonly opts: ImportOptions) {}
+
+  error(line: number, message: string, column?: string, value?: string): void {
+    const e: ImportError = { line, message };
+    if (column !== undefined) e.column = column;
+    if (value !== undefined) e.value = clip(value);
+    this.errors.push(e);
+  }
+
+  /**
+   * One row: the phone cell, the time-zone cell (blank = none), the variables
+   * (blank values already left out) and the required variables it lacks.
+   */
+  row(
+    line: number,
+    phone: { value: string; column: string },
+    tz: { value: string; column: string } | undefined,
+    variables: Record<string, string>,
+    missing: Array<{ name: string; column: string }>,
+  ): void {
+    const before = this.errors.length;
+    const p = normalizePhone(phone.value, this.opts.defaultCountry);
+    if (!p.ok) this.error(line, phone.value.trim() === '' ? 'phone number is empty' : p.error, phone.column, phone.value);
+    let timezone: string | undefined;
+    if (tz !== undefined && tz.value.trim() !== '') {
+      timezone = tz.value.trim();
+      if (!isValidTimeZone(timezone)) this.error(line, 'not a known IANA time zone (e.g. America/New_York)', tz.column, tz.value);
+    }
+    for (const m of missing) this.error(line, `"${m.name}" is empty; the campaign's template needs it`, m.column);
+    if (this.errors.length > before || !p.ok) return;
+    const first = this.#byPhone.get(p.e164);
+    if (first !== undefined) {
+      first.mergedLines.push(line);
+      this.duplicates.push({ line, phone: p.e164, firstLine: first.line });
+      return;
+    }
+    const c: ImportedContact = { line, phone: p.e164, variables, mergedLines: [] };
+    if (timezone !== undefined) c.timezone = timezone;
+    this.contacts.push(c);
+    this.#byPhone.set(p.e164, c);
+  }
+
+  /** The file as a whole is rejected: earlier row errors are kept, no contacts. */
+  fail(line: number, message: string, column?: string, value?: string): ContactsImport {
+    this.error(line, message, column, value);
+    return { contacts: [], errors: this.errors, duplicates: [], totalRows: this.totalRows };
+  }
+
+  result(): ContactsImport {
+    return { contacts: this.contacts, errors: this.errors, duplicates: this.duplicates, totalRows: this.totalRows };
+  }
+}
+
+interface CsvLayout {
+  phone: number;
+  tz: number | undefined;
+  /** Column index → variable name, for every other column. */
+  vars: Array<{ index: number; name: string }>;
+  headers: string[];
+  required: Array<{ name: string; index: number }>;
+}
+
+/** Reads the header row; a string is a file error. */
+function layout(header: string[], required: readonly string[]): CsvLayout | { error: string; column?: string } {
+  const headers = header.map((h) => h.trim());
+  const keys = headers.map((h) => headerName(h).toLowerCase());
+  const phone = PHONE_COLUMNS.map((n) => keys.indexOf(n)).find((i) => i >= 0);
+  if (phone === undefined) {
+    return { error: `no phone column: name one of ${PHONE_COLUMNS.join(', ')} (got ${headers.map((h) => JSON.stringify(h)).join(', ')})` };
+  }
+  const tz = TIMEZONE_COLUMNS.map((n) => keys.indexOf(n)).find((i) => i >= 0);
+  const vars: CsvLayout['vars'] = [];
+  const seen = new Map<string, string>();
+  for (let i = 0; i < headers.length; i++) {
+    const h = headers[i] as string;
+    if (i === phone || i === tz) continue;
+    const name = headerName(h);
+    if (!VARIABLE_NAME.test(name)) {
+      return {
+        error: h === ''
+          ? `column ${i + 1} has no header; every column needs a name`
+          : `header "${h}" cannot be a variable name: use letters, digits and _ (not starting with a digit)`,
+        column: h,
+      };
+    }
+    const other = seen.get(name.toLowerCase());
+    if (other !== undefined) return { error: `headers "${other}" and "${h}" name the same variable`, column: h };
+    seen.set(name.toLowerCase(), h);
+    // A header matching a template variable but for case takes the template's spelling.
+    const exact = required.find((r) => r.toLowerCase() === name.toLowerCase());
+    vars.push({ index: i, name: exact ?? name });
+  }
+  const req: CsvLayout['required'] = [];
+  for (const r of required) {
+    const v = vars.find((x) => x.name === r);
+    if (v === undefined) return { error: `no column for the template variable "${r}"`, column: r };
+    req.push({ name: r, index: v.index });
+  }
+  return { phone, tz, vars, headers, required: req };
+}
+
+/** Thrown from csv-parse's record hook to stop reading: a bad header, or more than `maxRows` rows. */
+class StopReading extends Error {
+  constructor(readonly line: number, message: string, readonly column?: string) {
+    super(message);
+  }
+}
+
+/** Friendlier words for csv-parse's structural errors. */
+function describeCsvError(code: string, message: string): string {
+  switch (code) {
+    case 'CSV_QUOTE_NOT_CLOSED':
+      return 'unclosed quote: a quoted field starts here and never ends';
+    case 'CSV_INVALID_CLOSING_QUOTE':
+      return 'characters after a closing quote: a quoted field must end at a comma or the end of the line';
+    case 'INVALID_OPENING_QUOTE':
+      return 'a quote inside an unquoted field: quote the whole field and double the quotes inside ("")';
+    default:
+      return `malformed CSV: ${message.replace(/\s+at line \d+.*$|\s+on line \d+.*$/, '')}`;
+  }
+}
+
+/** Offset in `raw` of the quote that opened a field never closed. */
+function openingQuoteOffset(raw: string): number {
+  let open = -1;
+  let quoting = false;
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] !== '"') continue;
+    quoting = !quoting; // `""` inside quotes toggles twice
+    if (quoting) open = i;
+  }
+  return Math.max(open, 0);
+}
+
+/**
+ * Reads contacts from CSV text (UTF-8, optional BOM; commas; quotes as in
+ * RFC 4180). The first non-blank row is the header, matched without regard to
+ * case or surrounding spaces: the phone column is the first of
+ * {@link PHONE_COLUMNS}, the optional time-zone column the first of
+ * {@link TIMEZONE_COLUMNS}, and every other column becomes a template
+ * variable named after its header (spaces → `_`). Blank lines and rows whose
+ * cells are all empty are skipped; a duplicate number is merged into its first
+ * row. See the module comment for what rejects a row and what the file.
+ */
+export function parseContactsCsv(input: string | Buffer, opts: ImportOptions = {}): ContactsImport {
+  const out = new Collector(opts);
+  const maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
+  const required = [...new Set(opts.requiredVariables ?? [])];
+  /** Line breaks in the raw text of the records before the current one. */
+  let breaks = 0;
+  let head: CsvLayout | undefined;
+
+  const onRecord = (record: string[], raw: string): void => {
+    const line = 1 + breaks + countBreaks(LEADING_BLANK_LINES.exec(raw)?.[0] ?? '');
+    breaks += countBreaks(raw);
+    if (record.every((f) => f.trim() === '')) return;
+    if (head === undefined) {
+      const l = layout(record, required);
+      if ('error' in l) throw new StopReading(line, l.error, l.column);
+      head = l;
+      return;
+    }
+    out.totalRows++;
+    if (out.totalRows > maxRows) throw new StopReading(line, `more than ${maxRows} rows: split the file`);
+    if (record.length !== head.headers.length) {
+      out.error(line, `expected ${head.headers.length} columns (as in the header), found ${record.length}`);
+      return;
+    }
+    const variables: Record<string, string> = {};
+    for (const v of head.vars) {
+      const value = record[v.index] as string;
+      if (value.trim() !== '') variables[v.name] = value;
+    }
+    const missing = head.required.filter((r) => !Object.hasOwn(variables, r.name)).map((r) => ({ name: r.name, column: head?.headers[r.index] ?? r.name }));
+    out.row(
+      line,
+      { value: record[head.phone] as string, column: head.headers[head.phone] as string },
+      head.tz === undefined ? undefined : { value: record[head.tz] as string, column: head.headers[head.tz] as string },
+      variables,
+      missing,
+    );
+  };
+
+  try {
+    parse(input, {
+      bom: true,
+      skip_empty_lines: true,
+      // Column counts are checked here, so a bad row is reported and the rest still read.
+      relax_column_count: true,
+      // Spaces around a delimiter are not data (`a, "b"` is allowed); quoted spaces are kept.
+      trim: true,
+      raw: true,
+      // With `raw`, each record arrives as {record, raw}; returning null keeps
+      // csv-parse from collecting them (rows are handled one at a time).
+      on_record: (rec: unknown) => {
+        const r = rec as { record: string[]; raw?: string };
+        onRecord(r.record, r.raw ?? '');
+        return null;
+      },
+    });
+  } catch (err) {
+    if (err instanceof StopReading) {
+      return out.fail(err.line, err.message, err.column);
+    }
+    if (!(err instanceof CsvError)) throw err;
+    // `raw` is the text of the record being read when it failed.
+    const raw = typeof err.raw === 'string' ? err.raw : '';
+    const at = err.code === 'CSV_QUOTE_NOT_CLOSED' ? raw.slice(0, openingQuoteOffset(raw)) : raw;
+    return out.fail(1 + breaks + countBreaks(at), `${describeCsvError(err.code, err.message)}; nothing was imported`);
+  }
+  if (head === undefined) return out.fail(1, 'the file is empty: expected a header row with a phone column');
+  return out.result();
+}
+
+const JSON_KEYS = new Set(['phone', 'timezone', 'variables']);
+
+/**
+ * Reads contacts from a JSON array of `{phone, timezone?, variables?}` with
+ * the same rules as {@link parseContactsCsv}; `line` is the item's index + 1.
+ * Variable values may be strings, numbers or booleans (stored as text); null
+ * or an empty string is no value. Unknown fields are errors (a `timeZone`
+ * typo must not go unnoticed).
+ */
+export function parseContactsJson(items: unknown[], opts: ImportOptions = {}): ContactsImport {
+  const out = new Collector(opts);
+  const maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
+  const required = [...new Set(opts.requiredVariables ?? [])];
+  if (items.length > maxRows) {
+    out.totalRows = items.length;
+    return out.fail(maxRows + 1, `more than ${maxRows} contacts: send them in parts`);
+  }
+  items.forEach((item, i) => {
+    const line = i + 1;
+    out.totalRows++;
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+      out.error(line, 'expected an object {phone, timezone?, variables?}');
+      return;
+    }
+    const o = item as Record<string, unknown>;
+    let bad = false;
+    for (const k of Object.keys(o)) {
+      if (!JSON_KEYS.has(k)) {
+        out.error(line, `unknown field "${k}" (expected phone, timezone, variables)`, k);
+        bad = true;
+      }
+    }
+    if (typeof o.phone !== 'string') {
+      out.error(line, 'phone is required (a string)', 'phone');
+      bad = true;
+    }
+    if (o.timezone !== undefined && o.timezone !== null && typeof o.timezone !== 'string') {
+      out.error(line, 'timezone must be a string (an IANA zone)', 'timezone');
+      bad = true;
+    }
+    const variables: Record<string, string> = {};
+    if (o.variables !== undefined && o.variables !== null) {
+      if (typeof o.variables !== 'object' || Array.isArray(o.variables)) {
+        out.error(line, 'variables must be an object of name → text', 'variables');
+        bad = true;
+      } else {
+        for (const [k, v] of Object.entries(o.variables as Record<string, unknown>)) {
+          if (!VARIABLE_NAME.test(k)) {
+            out.error(line, 'not a variable name: use letters, digits and _ (not starting with a digit)', `variables.${k}`);
+            bad = true;
+          } else if (typeof v === 'string') {
+            if (v.trim() !== '') variables[k] = v;
+          } else if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean') {
+            variables[k] = String(v);
+          } else if (v !== null) {
+            out.error(line, 'a variable must be text, a number or a boolean', `variables.${k}`);
+            bad = true;
+          }
+        }
+      }
+    }
+    if (bad) return;
+    const missing = required.filter((r) => !Object.hasOwn(variables, r)).map((r) => ({ name: r, column: `variables.${r}` }));
+    const tz = typeof o.timezone === 'string' ? { value: o.timezone, column: 'timezone' } : undefined;
+    out.row(line, { value: o.phone as string, column: 'phone' }, tz, variables, missing);
+  });
+  return out.result();
+}
+
+export interface CsvExportOptions {
+  /**
+   * Prefix `'` to text cells a spreadsheet would run as a formula (`=…`, `@…`,
+   * `+`/`-` not followed by a plain number…). Default true: exported values
+   * come from callers and contacts. E.164 numbers are left alone.
+   */
+  escapeFormulas?: boolean;
+  /** Start with a UTF-8 BOM (helps Excel with non-ASCII text). Default false. */
+  bom?: boolean;
+}
+
+const FORMULA_START = /^[=@\t\r\uFF1D\uFF20]|^[+\-\uFF0B\uFF0D](?![\d.]+$)/;
+
+/**
+ * CSV text with a header row of `columns`, then one line per row in that
+ * column order (missing and null cells empty). Quoting as RFC 4180, `\n` line ends.
+ */
+export function resultsToCsv(rows: ReadonlyArray<Record<string, string | number | null>>, columns: string[], opts: CsvExportOptions = {}): string {
+  const escape = opts.escapeFormulas ?? true;
+  const records: string[][] = rows.map((r) =>
+    columns.map((c) => {
+      const v = Object.hasOwn(r, c) ? r[c] : null;
+      if (v === null || v === undefined) return '';
+      if (typeof v === 'number') return Number.isFinite(v) ? String(v) : '';
+      return escape && FORMULA_START.test(v) ? `'${v}` : v;
+    }),
+  );
+  // Cells with surrounding spaces are quoted, so reading the file back keeps them.
+  return stringify([columns, ...records], { bom: opts.bom ?? false, quoted_match: /^\s|\s$/ });
+}
+
+/** {@link resultsToCsv} under the name the contacts export uses. */
+export const contactsToCsv = resultsToCsv;
