@@ -278,6 +278,11 @@ export interface VoiceWebhookOptions {
   /** Request timeout, default 15 000 ms (Twilio's own limit, 31408). */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * Path and query to request, default `/twilio/voice`, e.g. `/twilio/voice?callId=abc`.
+   * The signature covers the public URL with this path and query, as Twilio signs.
+   */
+  path?: string;
 }
 
 export interface VoiceWebhookResult {
@@ -341,7 +346,7 @@ export async function postVoiceWebhook(opts: VoiceWebhookOptions): Promise<Voice
     },
     opts.params,
   );
-  const path = '/twilio/voice';
+  const path = opts.path ?? '/twilio/voice';
   const publicUrl = trimSlash(opts.publicUrl ?? opts.bridgeUrl);
   const r = await postSignedForm(
     trimSlash(opts.bridgeUrl) + path,
@@ -364,11 +369,13 @@ export interface StatusCallbackOptions {
   params: Record<string, string>;
   signature?: string;
   timeoutMs?: number;
+  /** Path and query, default `/twilio/status` (e.g. `/twilio/status?callId=abc`); signed with the query. */
+  path?: string;
 }
 
 /** Twilio's signed call status callback, `POST /twilio/status`. Network errors reject. */
 export async function postStatusCallback(opts: StatusCallbackOptions): Promise<{ status: number; body: string }> {
-  const path = '/twilio/status';
+  const path = opts.path ?? '/twilio/status';
   const r = await postSignedForm(
     trimSlash(opts.bridgeUrl) + path,
     trimSlash(opts.publicUrl ?? opts.bridgeUrl) + path,
