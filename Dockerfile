@@ -1,7 +1,14 @@
 # Playline: Twilio Media Streams <-> PlayAI-protocol voice agents.
 # Multi-stage: build with dev dependencies, run with production ones only.
 
-FROM node:24-bookworm-slim AS build
+# Native modules (better-sqlite3, bufferutil) install prebuilt binaries when there is one for
+# this Node and platform, and compile otherwise: the install stages carry a compiler.
+FROM node:24-bookworm-slim AS toolchain
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+
+FROM toolchain AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -9,7 +16,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
 
-FROM node:24-bookworm-slim AS deps
+FROM toolchain AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force

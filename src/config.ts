@@ -8,6 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { isCountryCode } from './outbound/phone.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -200,7 +201,7 @@ const envSchema = z.object({
     emptyToUndefined,
     z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
   ),
-  DEFAULT_COUNTRY: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Z]{2}$/, 'must be a two-letter country code like US').optional()),
+  DEFAULT_COUNTRY: z.preprocess(emptyToUndefined, z.string().refine(isCountryCode, 'must be a two-letter country code like US').optional()),
   OUTBOUND_MAX_CPS: z.preprocess(emptyToUndefined, z.coerce.number().positive().max(1000).optional()),
   INBOUND_RESERVED: intIn(0, 100_000, 0),
   RING_TIMEOUT_S: intIn(5, 600, 30),
