@@ -378,6 +378,16 @@ describe('LocalDialer against the bridge', () => {
     expect(a.filter((o) => o === 'answered').length).toBeGreaterThan(a.filter((o) => o === 'failed').length);
   });
 
+  it('forgets the oldest ended calls beyond keepEnded', async () => {
+    const d = dialer({ bridgeUrl: 'http://127.0.0.1:1', ringMs: [0, 0], outcomeFor: () => 'busy', keepEnded: 2 });
+    const sids: string[] = [];
+    for (let i = 0; i < 4; i++) sids.push((await d.create(request())).sid);
+    await Promise.all(sids.map((sid) => d.simulator.whenEnded(sid)));
+    expect(d.calls().map((c) => c.sid)).toEqual(sids.slice(2));
+    expect(d.stats()).toMatchObject({ created: 4, live: 0 });
+    expect(await d.fetch(sids[0] ?? '')).toBeUndefined();
+  });
+
   it('findRecent: calls to a number from a number since a time, newest first; attempts counted per number', async () => {
     const attempts: number[] = [];
     const d = dialer({ bridgeUrl: 'http://127.0.0.1:1', ringMs: [5000, 5000], outcomeFor: (_to, attempt) => (attempts.push(attempt), 'busy') });

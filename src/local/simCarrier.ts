@@ -71,6 +71,8 @@ export interface SimCallParams {
   /** Async AMD (default true): TwiML runs at answer, the result is POSTed to `amdCallback`. False: TwiML waits for the result and carries `AnsweredBy`. */
   asyncAmd?: boolean;
   amdCallback?: string;
+  /** How long this callee stays after answer, ms (default: the simulator's `talkMs`). */
+  talkMs?: number;
 }
 
 /** One request the carrier made to the application (status callback or AMD result). */
@@ -150,7 +152,7 @@ export interface SimStats {
   live: number;
   /** Most non-terminal calls at once. */
   maxConcurrent: number;
-  /** ms epoch of every create, in order. */
+  /** ms epoch of every create, in order (the most recent `keepEnded`, at least 1000). */
   createTimes: number[];
 }
 
@@ -206,6 +208,8 @@ export interface CarrierSimulatorOptions {
   seed?: number;
   timing?: Partial<SimTiming>;
   log?: Logger;
+  /** Ended calls kept for `get`/`calls`/`findRecent` (oldest forgotten first; default 10 000). Also caps `createTimes`. */
+  keepEnded?: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -322,6 +326,8 @@ interface SimCall {
   requests: Set<AbortController>;
   stream: FakeTwilioStream | undefined;
   done: Promise<void>;
+  /** Ended, callbacks settled, nothing held: may be forgotten. */
+  finished: boolean;
 }
 
 /**
@@ -343,7 +349,10 @@ export class CarrierSimulator {
   readonly #streams = new Set<FakeTwilioStream>();
   #live = 0;
   #maxLive = 0;
+  #created = 0;
   readonly #createTimes: number[] = [];
+  #ended = 0;
+  readonly #keepEnded: number;
   #closing = false;
 
   constructor(opts: CarrierSimulatorOptions) {
@@ -357,6 +366,7 @@ export class CarrierSimulator {
     this.#rng = new Rng(opts.seed ?? randomBytes(4).readUInt32LE(0));
     this.#t = { ...DEFAULT_TIMING, ...opts.timing };
     this.#log = opts.log;
+    this.#keepEnded = Math.max(0, opts.keepEnded ?? 10_000);
   }
 
   /** Places a call that will end with `outcome`. Returns the `queued` call at once. Throws after `close()`. */
@@ -394,12 +404,20 @@ export class CarrierSimulator {
       requests: new Set(),
       stream: undefined,
       done: Promise.resolve(),
+      finished: false,
     };
     this.#calls.set(sid, call);
+    this.#created++;
     this.#createTimes.push(now);
+    if (this.#createTimes.length > Math.max(1000, this.#keepEnded)) this.#createTimes.shift();
     this.#live++;
     this.#maxLive = Math.max(this.#maxLive, this.#live);
-    call.done = this.#run(call).then(() => call.chain);
+    call.done = this.#run(call)
+      .then(() => call.chain)
+      .then(() => {
+        call.finished = true;
+        this.#forgetOld();
+      });
     return snapshot(info);
   }
 
@@ -452,7 +470,7 @@ export class CarrierSimulator {
   }
 
   stats(): SimStats {
-    return { created: this.#createTimes.length, live: this.#live, maxConcurrent: this.#maxLive, createTimes: [...this.#createTimes] };
+    return { created: this.#created, live: this.#live, maxConcurrent: this.#maxLive, createTimes: [...this.#createTimes] };
   }
 
   /** Resolves once the call has ended and its callbacks were delivered (or failed); undefined if unknown. */
@@ -495,6 +513,18 @@ export class CarrierSimulator {
       await Promise.all(calls.map((c) => c.done));
     } finally {
       clearTimeout(cut);
+    }
+  }
+
+  /** Drops the oldest ended calls beyond `keepEnded`. */
+  #forgetOld(): void {
+    this.#ended++;
+    if (this.#ended <= this.#keepEnded) return;
+    for (const [sid, c] of this.#calls) {
+      if (this.#ended <= this.#keepEnded) break;
+      if (!c.finished) continue;
+      this.#calls.delete(sid);
+      this.#ended--;
     }
   }
 
@@ -729,7 +759,7 @@ export class CarrierSimulator {
     stream.sendStart({ callSid: c.info.sid, streamSid, accountSid: c.info.accountSid, customParameters: parameters });
 
     const frames = c.info.outcome === 'answered' ? humanFrames() : undefined;
-    const talkLeft = Math.max(0, (c.info.answeredAt ?? Date.now()) + this.#talkMs - Date.now());
+    const talkLeft = Math.max(0, (c.info.answeredAt ?? Date.now()) + (c.params.talkMs ?? this.#talkMs) - Date.now());
     const clockStart = performance.now();
     let n = 0;
 
@@ -997,6 +1027,8 @@ export interface LocalDialerOptions {
   outcomeFor?: (to: string, attempt: number) => Outcome;
   accountSid?: string;
   timing?: Partial<SimTiming>;
+  /** Ended calls remembered (default 10 000). */
+  keepEnded?: number;
 }
 
 /**
@@ -1024,6 +1056,7 @@ export class LocalDialer implements Dialer {
       ...(opts.log !== undefined ? { log: opts.log } : {}),
       ...(opts.accountSid !== undefined ? { accountSid: opts.accountSid } : {}),
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
+      ...(opts.keepEnded !== undefined ? { keepEnded: opts.keepEnded } : {}),
     });
     this.#outcomeFor = opts.outcomeFor;
     const weights = OUTCOMES.map((o) => [Math.max(0, opts.outcomes?.[o] ?? 0), o] as const).filter(([w]) => w > 0);
