@@ -29,7 +29,7 @@ const TWILIO_API_ORIGIN = 'https://api.twilio.com';
  * A RequestClient that sends Twilio REST requests to another origin
  * (`TWILIO_API_URL`: a Twilio-compatible server for tests and gateways).
  */
-class RedirectingRequestClient extends twilio.RequestClient {
+export class RedirectingRequestClient extends twilio.RequestClient {
   constructor(
     private readonly origin: string,
     opts: ConstructorParameters<typeof twilio.RequestClient>[0],

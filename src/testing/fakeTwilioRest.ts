@@ -1,0 +1,488 @@
+/**
+ * A fake Twilio REST API (the `Calls` resource of 2010-04-01) on 127.0.0.1, for
+ * tests: the real `twilio` client talks to it (through a RequestClient that
+ * rewrites https://api.twilio.com, see `RedirectingRequestClient`), and every
+ * call it creates is run against a Playline bridge by the
+ * {@link CarrierSimulator}: signed status callbacks, TwiML request at answer,
+ * media stream, AMD, hang-ups and TwiML updates, as Twilio would.
+ *
+ * - `POST /2010-04-01/Accounts/{AC}/Calls.json` → 201 call JSON (snake_case, RFC 2822 dates);
+ * - `GET  …/Calls.json?To=&From=&Status=&PageSize=&Page=` → Twilio page shape (newest first);
+ * - `GET  …/Calls/{CA}.json` → call JSON, 404/20404 if unknown;
+ * - `POST …/Calls/{CA}.json` with `Status=completed|canceled`, `Twiml=…` or `Url=…`.
+ *
+ * HTTP basic auth with the account SID and auth token (401/20003 otherwise).
+ * Errors use Twilio's JSON shape (`code`, `message`, `more_info`, `status`), so the
+ * client throws a RestException with `.code` and `.status`. Error injection:
+ * `errorFor` (e.g. 21211 → 400) and `rateLimit` (429/20429, the create is not processed).
+ * It records every create and the most simultaneously live calls, so tests can
+ * assert pacing and concurrency. It is a separate server: it outlives bridge
+ * restarts (`setBridgeUrl` if the bridge comes back elsewhere); callbacks to a
+ * bridge that is down are recorded as failed deliveries, never retried.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type Outcome, type SimCallInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../local/simCarrier.js';
+import type { AmdMode } from '../outbound/dialer.js';
+import { Rng } from '../util/prng.js';
+import { newAccountSid } from './twilioSim.js';
+
+export interface TwilioErrorSpec {
+  code: number;
+  /** HTTP status (e.g. 400, 429, 500). */
+  status: number;
+  message?: string;
+}
+
+export interface FakeTwilioRestOptions {
+  /** Where the bridge listens, e.g. `http://127.0.0.1:8080`. */
+  bridgeUrl: string;
+  /** Origin the bridge signs against (`PUBLIC_URL`): callback URLs on it go to `bridgeUrl`. Default `bridgeUrl`. */
+  publicUrl?: string;
+  /** Default: a random `AC…`. */
+  accountSid?: string;
+  /** Default: random. Also signs every request to the bridge. */
+  authToken?: string;
+  /** Outcome of each created call (`attempt` counts creates to `to`, 1 first). Default: the weights, else `answered`. */
+  outcomeFor?: (to: string, attempt: number) => Outcome;
+  outcomes?: Partial<Record<Outcome, number>>;
+  seed?: number;
+  /** How long an answered callee stays, ms (default 2000). */
+  talkMs?: number;
+  /** Per-number talk time (undefined: `talkMs`). */
+  talkMsFor?: (to: string) => number | undefined;
+  /** Ring time range, ms (default [50, 150]). */
+  ringMs?: [number, number];
+  timing?: Partial<SimTiming>;
+  /** Answer a create to `to` with this error instead of creating the call. */
+  errorFor?: (to: string, params: Record<string, string | string[]>) => TwilioErrorSpec | undefined;
+  /**
+   * Answer some creates with 429 / 20429 (not processed): `perSecond` refuses
+   * creates beyond that many accepted in the last second; `reject(n, to)` refuses
+   * the n-th create request (1 first) when it returns true.
+   */
+  rateLimit?: { perSecond?: number; reject?: (n: number, to: string) => boolean };
+  log?: Logger;
+}
+
+export interface CreateRecord {
+  /** ms epoch of the request. */
+  at: number;
+  to: string;
+  from: string;
+  /** Form fields as sent (repeated fields as arrays). */
+  params: Record<string, string | string[]>;
+  /** HTTP status answered (201 = created). */
+  httpStatus: number;
+  sid?: string;
+  /** Twilio error code when refused. */
+  code?: number;
+}
+
+export interface RequestRecord {
+  at: number;
+  method: string;
+  path: string;
+  httpStatus: number;
+  code?: number;
+}
+
+const API_PREFIX = '/2010-04-01/Accounts/';
+const LIST_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\.json$/;
+const CALL_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\/([^/]+)\.json$/;
+const MAX_BODY = 1024 * 1024;
+const STATUS_EVENTS = new Set<StatusCallbackEvent>(['initiated', 'ringing', 'answered', 'completed']);
+
+const DEFAULT_MESSAGES: Record<number, string> = {
+  20003: 'Authenticate',
+  20404: 'The requested resource was not found',
+  20429: 'Too Many Requests',
+  21201: "No 'To' number is specified",
+  21205: 'Url parameter is required.',
+  21211: "Invalid 'To' Phone Number",
+  21215: 'Account not authorized to call this number (geo permissions)',
+  21217: 'Phone number does not appear to be valid',
+  21219: "'To' number not verified (trial account)",
+  21220: 'Call is not in-progress. Cannot redirect.',
+  21603: "A 'From' phone number is required.",
+};
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: number,
+    message?: string,
+  ) {
+    super(message ?? DEFAULT_MESSAGES[code] ?? `Twilio error ${code}`);
+  }
+}
+
+function first(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function parseForm(body: string): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of new URLSearchParams(body)) {
+    const prev = out[k];
+    if (prev === undefined) out[k] = v;
+    else if (Array.isArray(prev)) prev.push(v);
+    else out[k] = [prev, v];
+  }
+  return out;
+}
+
+function all(v: string | string[] | undefined): string[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** A fake Twilio REST server; see the module comment. */
+export class FakeTwilioRest {
+  /** Origin, e.g. `http://127.0.0.1:43121` (use as TWILIO_API_URL / `apiUrl`). */
+  readonly url: string;
+  readonly accountSid: string;
+  readonly authToken: string;
+  readonly simulator: CarrierSimulator;
+  /** Every create request, accepted or not, in order. */
+  readonly creates: CreateRecord[] = [];
+  /** Every request, in order. */
+  readonly requests: RequestRecord[] = [];
+  readonly #server: Server;
+  readonly #opts: FakeTwilioRestOptions;
+  readonly #rng: Rng;
+  readonly #weights: Array<readonly [number, Outcome]>;
+  readonly #attempts = new Map<string, number>();
+  #closing: Promise<void> | undefined;
+
+  private constructor(server: Server, opts: FakeTwilioRestOptions, accountSid: string, authToken: string) {
+    this.#server = server;
+    this.#opts = opts;
+    this.accountSid = accountSid;
+    this.authToken = authToken;
+    this.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const seed = opts.seed ?? randomBytes(4).readUInt32LE(0);
+    this.#rng = new Rng(seed);
+    this.#weights = OUTCOMES.map((o) => [Math.max(0, opts.outcomes?.[o] ?? 0), o] as const).filter(([w]) => w > 0);
+    this.simulator = new CarrierSimulator({
+      bridgeUrl: opts.bridgeUrl,
+      accountSid,
+      authToken,
+      talkMs: opts.talkMs ?? 2000,
+      ringMs: opts.ringMs ?? [50, 150],
+      seed: (seed + 1) >>> 0,
+      ...(opts.publicUrl !== undefined ? { publicUrl: opts.publicUrl } : {}),
+      ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
+      ...(opts.log !== undefined ? { log: opts.log } : {}),
+    });
+    server.on('request', (req, res) => this.#onRequest(req, res));
+  }
+
+  /** Starts listening on 127.0.0.1 (random port). */
+  static async start(opts: FakeTwilioRestOptions): Promise<FakeTwilioRest> {
+    const server = createServer();
+    server.keepAliveTimeout = 1000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return new FakeTwilioRest(server, opts, opts.accountSid ?? newAccountSid(), opts.authToken ?? randomBytes(16).toString('hex'));
+  }
+
+  /** Points the simulated carrier at a bridge that came back on another address. */
+  setBridgeUrl(url: string): void {
+    this.simulator.bridgeUrl = url.replace(/\/+$/, '');
+  }
+
+  /** Every call created, oldest first. */
+  calls(): SimCallInfo[] {
+    return this.simulator.calls();
+  }
+
+  call(sid: string): SimCallInfo | undefined {
+    return this.simulator.get(sid);
+  }
+
+  whenEnded(sid: string): Promise<SimCallInfo | undefined> {
+    return this.simulator.whenEnded(sid);
+  }
+
+  /** Created calls, live now, most live at once, create times. */
+  stats(): SimStats {
+    return this.simulator.stats();
+  }
+
+  /** Most simultaneously live (non-terminal) calls so far. */
+  get maxLive(): number {
+    return this.simulator.stats().maxConcurrent;
+  }
+
+  /** Most accepted creates within any window of `windowMs` (pacing check). */
+  maxCreatesInWindow(windowMs = 1000): number {
+    const times = this.creates.filter((c) => c.httpStatus === 201).map((c) => c.at);
+    let best = 0;
+    let lo = 0;
+    for (let hi = 0; hi < times.length; hi++) {
+      while ((times[hi] ?? 0) - (times[lo] ?? 0) >= windowMs) lo++;
+      best = Math.max(best, hi - lo + 1);
+    }
+    return best;
+  }
+
+  /** Ends every simulated call and stops the server. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.simulator.close();
+      await new Promise<void>((resolve) => {
+        this.#server.close(() => resolve());
+        this.#server.closeAllConnections();
+      });
+    })();
+    return this.#closing;
+  }
+
+  // ---- HTTP --------------------------------------------------------------
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooBig = false;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) tooBig = true;
+      else chunks.push(c);
+    });
+    req.on('error', () => res.destroy());
+    req.on('end', () => {
+      const record: RequestRecord = { at: Date.now(), method: req.method ?? '', path: req.url ?? '', httpStatus: 0 };
+      this.requests.push(record);
+      let status = 500;
+      let body: unknown;
+      try {
+        if (tooBig) throw new HttpError(413, 20001, 'Request entity too large');
+        const r = this.#route(req, Buffer.concat(chunks).toString('utf8'));
+        status = r.status;
+        body = r.body;
+      } catch (err) {
+        const e = err instanceof HttpError ? err : new HttpError(500, 20500, err instanceof Error ? err.message : String(err));
+        status = e.status;
+        body = { code: e.code, message: e.message, more_info: `https://www.twilio.com/docs/errors/${e.code}`, status: e.status };
+        record.code = e.code;
+      }
+      record.httpStatus = status;
+      const text = JSON.stringify(body);
+      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+    });
+  }
+
+  #route(req: IncomingMessage, rawBody: string): { status: number; body: unknown } {
+    const url = new URL(req.url ?? '/', 'http://fake.twilio');
+    const method = (req.method ?? 'GET').toUpperCase();
+    this.#authenticate(req);
+    if (!url.pathname.startsWith(API_PREFIX)) throw new HttpError(404, 20404);
+    const list = LIST_RE.exec(url.pathname);
+    const one = CALL_RE.exec(url.pathname);
+    const account = list?.[1] ?? one?.[1];
+    if (account === undefined || account !== this.accountSid) throw new HttpError(404, 20404, `The requested resource ${url.pathname} was not found`);
+    if (list !== null) {
+      if (method === 'POST') return this.#create(parseForm(rawBody));
+      if (method === 'GET') return { status: 200, body: this.#list(url) };
+    } else if (one !== null) {
+      const sid = decodeURIComponent(one[2] ?? '');
+      if (method === 'GET') return { status: 200, body: this.#json(this.#known(sid, url.pathname)) };
+      if (method === 'POST') return { status: 200, body: this.#update(sid, parseForm(rawBody), url.pathname) };
+    }
+    throw new HttpError(405, 20004, 'Method not allowed');
+  }
+
+  #authenticate(req: IncomingMessage): void {
+    const h = req.headers.authorization ?? '';
+    const m = /^Basic\s+(.+)$/i.exec(h);
+    const decoded = m?.[1] !== undefined ? Buffer.from(m[1], 'base64').toString('utf8') : '';
+    const colon = decoded.indexOf(':');
+    const user = colon >= 0 ? decoded.slice(0, colon) : '';
+    const pass = colon >= 0 ? decoded.slice(colon + 1) : '';
+    if (!(safeEqual(user, this.accountSid) && safeEqual(pass, this.authToken))) throw new HttpError(401, 20003);
+  }
+
+  #known(sid: string, path: string): SimCallInfo {
+    const info = this.simulator.get(sid);
+    if (info === undefined) throw new HttpError(404, 20404, `The requested resource ${path} was not found`);
+    return info;
+  }
+
+  #create(form: Record<string, string | string[]>): { status: number; body: unknown } {
+    const now = Date.now();
+    const to = first(form.To) ?? '';
+    const from = first(form.From) ?? '';
+    const rec: CreateRecord = { at: now, to, from, params: form, httpStatus: 0 };
+    this.creates.push(rec);
+    const n = this.creates.length;
+    try {
+      const rl = this.#opts.rateLimit;
+      if (rl !== undefined) {
+        const recent = this.creates.filter((c) => c.httpStatus === 201 && now - c.at < 1000).length;
+        if ((rl.perSecond !== undefined && recent >= rl.perSecond) || rl.reject?.(n, to) === true) throw new HttpError(429, 20429);
+      }
+      const injected = this.#opts.errorFor?.(to, form);
+      if (injected !== undefined) throw new HttpError(injected.status, injected.code, injected.message);
+      if (to === '') throw new HttpError(400, 21201);
+      if (from === '') throw new HttpError(400, 21603);
+      if (!/^\+[1-9]\d{1,14}$/.test(to) && !/^(client|sip):/i.test(to)) throw new HttpError(400, 21211, `Invalid 'To' Phone Number: ${to}`);
+      const url = first(form.Url);
+      const twiml = first(form.Twiml);
+      if (url === undefined && twiml === undefined) throw new HttpError(400, 21205);
+
+      const attempt = (this.#attempts.get(to) ?? 0) + 1;
+      this.#attempts.set(to, attempt);
+      const outcome = this.#opts.outcomeFor?.(to, attempt) ?? (this.#weights.length > 0 ? this.#rng.weighted(this.#weights) : 'answered');
+      const statusCallback = first(form.StatusCallback);
+      const requested = all(form.StatusCallbackEvent)
+        .flatMap((v) => v.split(/[\s,]+/))
+        .filter((e): e is StatusCallbackEvent => STATUS_EVENTS.has(e as StatusCallbackEvent));
+      const timeout = Number(first(form.Timeout) ?? 60);
+      const timeLimit = first(form.TimeLimit) !== undefined ? Number(first(form.TimeLimit)) : undefined;
+      const md = first(form.MachineDetection);
+      const machineDetection: AmdMode | undefined = md === 'Enable' || md === 'DetectMessageEnd' ? md : undefined;
+      const amdCallback = first(form.AsyncAmdStatusCallback);
+      const talkMs = this.#opts.talkMsFor?.(to);
+      const info = this.simulator.start(
+        {
+          to,
+          from,
+          ...(twiml !== undefined ? { twiml } : url !== undefined ? { url } : {}),
+          ...(statusCallback !== undefined ? { statusCallback, statusCallbackEvents: requested.length > 0 ? requested : ['completed'] } : {}),
+          timeoutS: Number.isFinite(timeout) ? Math.min(600, Math.max(1, timeout)) : 60,
+          ...(timeLimit !== undefined && Number.isFinite(timeLimit) ? { timeLimitS: timeLimit } : {}),
+          ...(machineDetection !== undefined ? { machineDetection, asyncAmd: first(form.AsyncAmd) === 'true' } : {}),
+          ...(amdCallback !== undefined ? { amdCallback } : {}),
+          ...(talkMs !== undefined ? { talkMs } : {}),
+        },
+        outcome,
+      );
+      rec.httpStatus = 201;
+      rec.sid = info.sid;
+      return { status: 201, body: this.#json(info) };
+    } catch (err) {
+      if (err instanceof HttpError) {
+        rec.httpStatus = err.status;
+        rec.code = err.code;
+      }
+      throw err;
+    }
+  }
+
+  #update(sid: string, form: Record<string, string | string[]>, path: string): unknown {
+    let info = this.#known(sid, path);
+    const status = first(form.Status);
+    const twiml = first(form.Twiml);
+    const url = first(form.Url);
+    if (twiml !== undefined && url !== undefined) throw new HttpError(400, 21210, 'Twiml and Url are mutually exclusive');
+    if (status !== undefined) {
+      if (status !== 'completed' && status !== 'canceled') throw new HttpError(400, 21218, `Invalid Status ${status}`);
+      info = this.simulator.hangup(sid, status) ?? info;
+    } else if (twiml !== undefined || url !== undefined) {
+      const r = this.simulator.update(sid, twiml !== undefined ? { twiml } : { url: url ?? '' });
+      if (r === 'not-in-progress') throw new HttpError(400, 21220);
+      info = this.simulator.get(sid) ?? info;
+    }
+    return this.#json(info);
+  }
+
+  #list(url: URL): unknown {
+    const q = url.searchParams;
+    const to = q.get('To');
+    const from = q.get('From');
+    const status = q.get('Status');
+    const pageSize = Math.min(1000, Math.max(1, Number(q.get('PageSize') ?? 50) || 50));
+    const page = Math.max(0, Number(q.get('Page') ?? 0) || 0);
+    const matching = this.simulator
+      .calls()
+      .map((c, i) => ({ c, i }))
+      .filter(({ c }) => (to === null || c.to === to) && (from === null || c.from === from) && (status === null || c.status === status))
+      .sort((a, b) => b.c.createdAt - a.c.createdAt || b.i - a.i)
+      .map(({ c }) => c);
+    const start = page * pageSize;
+    const items = matching.slice(start, start + pageSize);
+    const base = `${API_PREFIX}${this.accountSid}/Calls.json`;
+    const pageUri = (p: number): string => {
+      const sp = new URLSearchParams();
+      if (to !== null) sp.set('To', to);
+      if (from !== null) sp.set('From', from);
+      if (status !== null) sp.set('Status', status);
+      sp.set('PageSize', String(pageSize));
+      sp.set('Page', String(p));
+      return `${base}?${sp.toString()}`;
+    };
+    const more = start + pageSize < matching.length;
+    return {
+      calls: items.map((c) => this.#json(c)),
+      end: start + Math.max(0, items.length - 1),
+      first_page_uri: pageUri(0),
+      next_page_uri: more ? pageUri(page + 1) : null,
+      page,
+      page_size: pageSize,
+      previous_page_uri: page > 0 ? pageUri(page - 1) : null,
+      start,
+      uri: pageUri(page),
+    };
+  }
+
+  /** A call resource as Twilio renders it. */
+  #json(c: SimCallInfo): Record<string, unknown> {
+    const uri = `${API_PREFIX}${c.accountSid}/Calls/${c.sid}.json`;
+    const ended = isTerminalStatus(c.status);
+    const updated = c.endedAt ?? c.answeredAt ?? c.createdAt;
+    const sub = (name: string): string => `${API_PREFIX}${c.accountSid}/Calls/${c.sid}/${name}.json`;
+    return {
+      account_sid: c.accountSid,
+      annotation: null,
+      answered_by: c.answeredBy ?? null,
+      api_version: '2010-04-01',
+      caller_name: null,
+      date_created: rfc2822(c.createdAt),
+      date_updated: rfc2822(updated),
+      direction: 'outbound-api',
+      duration: ended ? String(c.durationS ?? 0) : null,
+      end_time: c.endedAt !== undefined ? rfc2822(c.endedAt) : null,
+      forwarded_from: null,
+      from: c.from,
+      from_formatted: c.from,
+      group_sid: null,
+      parent_call_sid: null,
+      phone_number_sid: null,
+      price: null,
+      price_unit: 'USD',
+      queue_time: '0',
+      sid: c.sid,
+      start_time: c.answeredAt !== undefined ? rfc2822(c.answeredAt) : null,
+      status: c.status,
+      subresource_uris: {
+        notifications: sub('Notifications'),
+        recordings: sub('Recordings'),
+        payments: sub('Payments'),
+        events: sub('Events'),
+        siprec: sub('Siprec'),
+        streams: sub('Streams'),
+        transcriptions: sub('Transcriptions'),
+        user_defined_message_subscriptions: sub('UserDefinedMessageSubscriptions'),
+        user_defined_messages: sub('UserDefinedMessages'),
+      },
+      to: c.to,
+      to_formatted: c.to,
+      trunk_sid: null,
+      uri,
+    };
+  }
+}
