@@ -310,6 +310,44 @@ describe('LocalDialer against the bridge', () => {
     }
   });
 
+  it('a refused stream upgrade (31920) falls through to <Hangup/>: completed', async () => {
+    const stub = await startStub(() => ({
+      status: 200,
+      type: 'text/xml',
+      body: '<Response><Connect><Stream url="wss://voice.example.test/not-a-stream"><Parameter name="a" value="b"/></Stream></Connect><Hangup/></Response>',
+    }));
+    try {
+      const d = dialer();
+      const { sid } = await d.create(request({ url: `${stub.url}/twiml` }));
+      const info = await ended(d, sid);
+      expect(info.errorCode).toBe(31920);
+      expect(info.status).toBe('completed');
+      expect(info.endedBy).toBe('bridge');
+      expect(info.events.at(-1)?.params.ErrorCode).toBeUndefined();
+      expect(d.simulator.resources().streams).toBe(0);
+    } finally {
+      await stub.close();
+    }
+  });
+
+  it('a TwiML update by URL (redirect) tears the stream down and runs the new document', async () => {
+    const stub = await startStub(() => ({ status: 200, type: 'text/xml', body: '<Response><Say>Goodbye from the redirect.</Say><Hangup/></Response>' }));
+    try {
+      const d = dialer({ talkMs: 30_000 });
+      const { sid } = await d.create(request());
+      // (Earlier tests left agent connections unclaimed: wait on the bridge's session of this call.)
+      await eventually(() => tb.bridge.manager.getSession(sid) !== undefined, 5000, 'stream up');
+      expect(d.simulator.update(sid, { url: `${stub.url}/next` })).toBe('ok');
+      const info = await ended(d, sid);
+      expect(info.said).toEqual(['Goodbye from the redirect.']);
+      expect(info.twimlRequests.map((r) => r.httpStatus)).toEqual([200, 200]);
+      expect(stub.requests[0]?.params).toMatchObject({ CallSid: sid, CallStatus: 'in-progress' });
+      await eventually(() => tb.bridge.manager.getSession(sid) === undefined, 3000, 'session over');
+    } finally {
+      await stub.close();
+    }
+  });
+
   it('TwiML request failures end the call with 11200 (404 route, bad signature)', async () => {
     const d = dialer();
     const r = request();
@@ -344,7 +382,6 @@ describe('LocalDialer against the bridge', () => {
     const d = dialer({ talkMs: 60_000, ringMs: [20, 20], outcomeFor: (to) => by[to] ?? 'answered', timing: { ...FAST, noAnswerMaxMs: 60_000 } });
     const a = await d.create(request({ to: '+15550000021' }));
     const b = await d.create(request({ to: '+15550000022', timeoutS: 60 }));
-    await tb.agent.nextConnection(5000);
     await eventually(() => d.simulator.get(a.sid)?.streamSid !== undefined && d.simulator.get(b.sid)?.status === 'ringing', 3000, 'calls up');
     const c = await d.create(request({ to: '+15550000023' })); // still queued
     expect(d.simulator.resources().liveCalls).toBe(3);

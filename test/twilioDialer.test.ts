@@ -3,6 +3,8 @@
  * run against an in-process bridge: create, fetch, list, hang-ups, TwiML
  * updates, and the mapping of Twilio errors to DialError kinds.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import twilio from 'twilio';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Outcome, SimCallInfo, SimTiming } from '../src/local/simCarrier.js';
@@ -255,6 +257,34 @@ describe('FakeTwilioRest', () => {
       expect(okInfo.errorCode).toBeUndefined();
     } finally {
       await fake.close();
+    }
+  });
+
+  it('POST Calls/{sid}.json with Url redirects a live call; Twiml on an ended call is 21220', async () => {
+    const hits: string[] = [];
+    const stub = createServer((req, res) => {
+      hits.push(req.url ?? '');
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'text/xml' }).end('<Response><Say>Redirected.</Say><Hangup/></Response>'));
+    });
+    await new Promise<void>((resolve) => stub.listen(0, '127.0.0.1', resolve));
+    const stubUrl = `http://127.0.0.1:${(stub.address() as AddressInfo).port}`;
+    try {
+      const client = twilio(rest.accountSid, AUTH_TOKEN, { httpClient: new RedirectingRequestClient(rest.url, {}) });
+      const created = await dialer.create(request({ to: LONG }));
+      await eventually(() => tb.bridge.manager.getSession(created.sid) !== undefined, 5000, 'stream up');
+      const updated = await client.calls(created.sid).update({ url: `${stubUrl}/next?x=1`, method: 'POST' });
+      expect(updated.status).toBe('in-progress');
+      const info = await ended(rest, created.sid);
+      expect(hits).toEqual(['/next?x=1']);
+      expect(info.said).toEqual(['Redirected.']);
+      await expect(client.calls(created.sid).update({ twiml: '<Response><Hangup/></Response>' })).rejects.toMatchObject({ code: 21220, status: 400 });
+      await expect(client.calls('CA0123456789abcdef0123456789abcdef').fetch()).rejects.toMatchObject({ code: 20404, status: 404 });
+    } finally {
+      await new Promise<void>((resolve) => {
+        stub.close(() => resolve());
+        stub.closeAllConnections();
+      });
     }
   });
 
