@@ -3,32 +3,42 @@
  */
 
 /**
- * A token bucket with a burst of one: at most one dial per `1000 / rate` ms,
- * measured from the dial actually made. So no one-second window ever holds
- * more than `rate` dials (Twilio's CPS counts calls created per second). A
- * `pauseUntil` pushes the next dial out (after a 20429).
+ * Dial pacing: a token bucket with a burst of one (at most one dial per
+ * `1000 / rate` ms), plus a sliding-window guard: never more than `rate`
+ * dials within any `1000 + guardMs` ms, counted at the moment each dial is
+ * issued. The guard absorbs jitter between issuing a request and its arrival
+ * (event-loop lag, connection reuse), so the carrier never counts `rate + 1`
+ * calls in one second (Twilio's CPS); it costs about `guardMs / 10` percent of
+ * the rate. `pauseUntil` pushes the next dial out (after a 20429).
  */
 export class Pacer {
-  #spacingMs: number;
+  #spacingMs = 0;
+  #window: number[] = [];
+  #size = 1;
   #last = Number.NEGATIVE_INFINITY;
   #pausedUntil = 0;
 
-  constructor(ratePerSecond: number) {
-    this.#spacingMs = Pacer.spacing(ratePerSecond);
-  }
-
-  /** A small margin over 1000/rate keeps request jitter from ever putting rate+1 dials in one second. */
-  static spacing(ratePerSecond: number): number {
-    return 1000 / ratePerSecond + 2;
+  constructor(
+    ratePerSecond: number,
+    private readonly guardMs = 100,
+  ) {
+    this.setRate(ratePerSecond);
   }
 
   setRate(ratePerSecond: number): void {
-    this.#spacingMs = Pacer.spacing(ratePerSecond);
+    this.#spacingMs = 1000 / ratePerSecond;
+    const size = Math.max(1, Math.floor(ratePerSecond));
+    if (size !== this.#size) {
+      this.#size = size;
+      this.#window = this.#window.slice(-size);
+    }
   }
 
   /** Earliest time (ms) the next dial may go. */
   nextAt(): number {
-    return Math.max(this.#last + this.#spacingMs, this.#pausedUntil);
+    let t = Math.max(this.#last + this.#spacingMs, this.#pausedUntil);
+    if (this.#window.length >= this.#size) t = Math.max(t, (this.#window[this.#window.length - this.#size] ?? 0) + 1000 + this.guardMs);
+    return t;
   }
 
   ready(now: number): boolean {
@@ -37,6 +47,8 @@ export class Pacer {
 
   take(now: number): void {
     this.#last = now;
+    this.#window.push(now);
+    if (this.#window.length > this.#size) this.#window.splice(0, this.#window.length - this.#size);
   }
 
   pauseUntil(t: number): void {
