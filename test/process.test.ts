@@ -14,6 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { speechLikeSignal } from '../src/audio/signal.js';
+import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { placeCall, postVoiceWebhook, type FakeTwilioStream, type SimCallResult } from '../src/testing/twilioSim.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -90,12 +91,14 @@ interface StartOptions {
   command?: string[];
   env?: Record<string, string>;
   port?: number;
+  /** Reuse a data directory (a restart); default: a fresh one. */
+  dataDir?: string;
 }
 
 async function start(opts: StartOptions = {}): Promise<Child> {
   const port = opts.port ?? (await freePort());
-  const dataDir = mkdtempSync(join(tmpdir(), 'playline-data-'));
-  dataDirs.push(dataDir);
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'playline-data-'));
+  if (opts.dataDir === undefined) dataDirs.push(dataDir);
   const env: Record<string, string> = {
     PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
     HOME: process.env.HOME ?? tmpdir(),
@@ -422,4 +425,67 @@ describe('npm start', () => {
     expect(c.logs().find((l) => message(l) === 'stopped')).toBeDefined();
     expect(exit.code, c.tail()).toBe(0);
   });
+});
+
+describe('restart after kill -9 in the middle of a campaign', () => {
+  it('dials nobody twice and forgets nobody', async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const rest = await FakeTwilioRest.start({ bridgeUrl: url, outcomeFor: () => 'answered', talkMs: 1500, ringMs: [100, 400] });
+    try {
+      const dataDir = mkdtempSync(join(tmpdir(), 'playline-data-'));
+      dataDirs.push(dataDir);
+      const token = 'api-token-0123456789abcdef';
+      const env = {
+        TWILIO_ACCOUNT_SID: rest.accountSid,
+        TWILIO_AUTH_TOKEN: rest.authToken,
+        PUBLIC_URL: url,
+        TWILIO_API_URL: rest.url,
+        API_TOKEN: token,
+        DEFAULT_CALLER_ID: '+14155550100',
+        OUTBOUND_MAX_CPS: '10',
+        MAX_EVENT_LOOP_DELAY_MS: '0',
+        LOG_LEVEL: 'warn',
+      };
+      const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+      const first = await start({ env, port, dataDir });
+      await waitHealthy(first);
+      const contacts = Array.from({ length: 60 }, (_, i) => ({ phone: `+1415555${String(5000 + i)}` }));
+      const res = await fetch(`${url}/v1/campaigns`, {
+        method: 'POST',
+        headers: auth,
+        body: JSON.stringify({ name: 'crash', settings: { callsPerSecond: 10, maxConcurrent: 20, retry: { maxAttempts: 1 } }, contacts, start: true }),
+      });
+      expect(res.status).toBe(201);
+      const id = ((await res.json()) as { campaign: { id: string } }).campaign.id;
+      // Mid-campaign: some contacts dialed, some in flight, most still pending.
+      await waitFor('20 dials', () => rest.creates.length >= 20, 20_000);
+      killGroup(first.pid);
+      await waitExit(first, 5000);
+      const dialsBeforeCrash = rest.creates.filter((c) => c.httpStatus === 201).length;
+
+      const second = await start({ env, port, dataDir });
+      await waitHealthy(second);
+      let campaign: { status: string; progress: { counts: { byState: Record<string, number>; byOutcome: Record<string, number> } } } | undefined;
+      await waitFor(
+        'the campaign to complete after the restart',
+        async () => {
+          const r = await fetch(`${url}/v1/campaigns/${id}`, { headers: auth });
+          campaign = (await r.json()) as typeof campaign;
+          return campaign?.status === 'completed';
+        },
+        60_000,
+      );
+      const dials = new Map<string, number>();
+      for (const c of rest.creates) if (c.httpStatus === 201) dials.set(c.to, (dials.get(c.to) ?? 0) + 1);
+      const twice = [...dials].filter(([, n]) => n > 1);
+      expect(twice, 'numbers dialed more than once').toEqual([]);
+      expect(dials.size).toBe(60);
+      expect(campaign!.progress.counts.byState).toEqual({ pending: 0, dialing: 0, done: 60 });
+      expect(campaign!.progress.counts.byOutcome).toEqual({ answered: 60 });
+      process.stdout.write(`kill -9 restart: ${dialsBeforeCrash} dials before the crash, ${rest.creates.length} creates in all, 60 numbers, 0 dialed twice\n`);
+    } finally {
+      await rest.close();
+    }
+  }, 120_000);
 });
