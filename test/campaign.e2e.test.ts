@@ -92,6 +92,8 @@ describe('a 200-contact campaign through the Twilio REST API', () => {
     }
     expect(maxPerSecond).toBeLessThanOrEqual(5);
     expect(rest.maxLive).toBeLessThanOrEqual(20);
+    // Every answered call was routed as the outbound call it is (by the callId on its URLs).
+    expect(tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
     // Accounting: nothing held, nothing live.
     expect(tb.bridge.manager.usedSlots).toBe(0);
     expect(tb.bridge.outbound.stats.held).toBe(0);

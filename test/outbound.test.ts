@@ -9,7 +9,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DialError } from '../src/outbound/dialer.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
 import { openDb, type Db } from '../src/store/db.js';
-import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
+import { FakeTwilioStream } from '../src/testing/twilioSim.js';
+import { AUTH_TOKEN, PUBLIC_URL, STREAM_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;
 afterEach(async () => {
@@ -66,6 +67,28 @@ describe('POST /v1/calls', () => {
     expect(got.body.callSid).toBe(dialer.created[0]!.sid);
     expect(got.body.metadata).toEqual({ crm: 'lead-1' });
     expect(got.body.events.map((e: any) => e.type)).toEqual(['created', 'dialed']);
+  });
+
+  it('routes the answering call by the callId on its TwiML URL: its own prompt, on the slot held since the dial', async () => {
+    const { tb, dialer } = await start();
+    const r = await api(tb, 'POST', '/v1/calls', { to: '+14155550123', prompt: 'Remind them about Tuesday.' });
+    await eventually(() => dialer.created.length === 1, 3000, 'the dial');
+    expect(tb.bridge.manager.outboundSlots).toBe(1);
+    const sid = dialer.created[0]!.sid;
+    const voice = await twilioPost(tb, `/twilio/voice?callId=${r.body.id}`, { CallSid: sid, From: '+12025550100', To: '+14155550123', Direction: 'outbound-api', CallStatus: 'in-progress' });
+    expect(voice.body).toContain('<Connect>');
+    // No second slot: the held one became the call's reservation.
+    expect(tb.bridge.manager.usedSlots).toBe(1);
+    expect(tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
+    const token = /name="token" value="([^"]+)"/.exec(voice.body)?.[1];
+    expect(token).toBeDefined();
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    stream.sendConnected();
+    stream.sendStart({ callSid: sid, customParameters: { token: token!, agentId: 'agent-default' } });
+    const agent = await tb.agent.nextConnection();
+    const setup = await agent.waitForSetup();
+    expect(JSON.stringify(setup)).toContain('Remind them about Tuesday.');
+    stream.close();
   });
 
   it('returns the first call for a repeated Idempotency-Key and dials once; another body with the key is a 409', async () => {

@@ -431,7 +431,8 @@ describe('restart after kill -9 in the middle of a campaign', () => {
   it('dials nobody twice and forgets nobody', async () => {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    const rest = await FakeTwilioRest.start({ bridgeUrl: url, outcomeFor: () => 'answered', talkMs: 1500, ringMs: [100, 400] });
+    // Creates are answered 500 ms late, so the crash also catches dials the carrier made but the bridge never heard back about.
+    const rest = await FakeTwilioRest.start({ bridgeUrl: url, outcomeFor: () => 'answered', talkMs: 1500, ringMs: [100, 400], createResponseDelayMs: 500 });
     try {
       const dataDir = mkdtempSync(join(tmpdir(), 'playline-data-'));
       dataDirs.push(dataDir);
@@ -464,7 +465,7 @@ describe('restart after kill -9 in the middle of a campaign', () => {
       await waitExit(first, 5000);
       const dialsBeforeCrash = rest.creates.filter((c) => c.httpStatus === 201).length;
 
-      const second = await start({ env, port, dataDir });
+      const second = await start({ env: { ...env, LOG_LEVEL: 'info' }, port, dataDir });
       await waitHealthy(second);
       let campaign: { status: string; progress: { counts: { byState: Record<string, number>; byOutcome: Record<string, number> } } } | undefined;
       await waitFor(
@@ -475,7 +476,9 @@ describe('restart after kill -9 in the middle of a campaign', () => {
           return campaign?.status === 'completed';
         },
         60_000,
-      );
+      ).catch((err: unknown) => {
+        throw new Error(`${(err as Error).message}: ${JSON.stringify(campaign)}\n${second.tail()}`);
+      });
       const dials = new Map<string, number>();
       for (const c of rest.creates) if (c.httpStatus === 201) dials.set(c.to, (dials.get(c.to) ?? 0) + 1);
       const twice = [...dials].filter(([, n]) => n > 1);
@@ -483,7 +486,11 @@ describe('restart after kill -9 in the middle of a campaign', () => {
       expect(dials.size).toBe(60);
       expect(campaign!.progress.counts.byState).toEqual({ pending: 0, dialing: 0, done: 60 });
       expect(campaign!.progress.counts.byOutcome).toEqual({ answered: 60 });
-      process.stdout.write(`kill -9 restart: ${dialsBeforeCrash} dials before the crash, ${rest.creates.length} creates in all, 60 numbers, 0 dialed twice\n`);
+      const reconciled = second.logs().find((l) => l.msg === 'reconciled unfinished calls') as { attached?: number; voided?: number; finished?: number } | undefined;
+      expect(reconciled?.attached ?? 0, 'claimed dials found at the carrier after the restart').toBeGreaterThan(0);
+      process.stdout.write(
+        `kill -9 restart: ${dialsBeforeCrash} dials before the crash (reconciled: ${JSON.stringify(reconciled)}), ${rest.creates.length} creates in all, 60 numbers, 0 dialed twice\n`,
+      );
     } finally {
       await rest.close();
     }

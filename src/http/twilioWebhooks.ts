@@ -35,7 +35,7 @@ const amdBody = z.object({
   MachineDetectionDuration: z.coerce.number().int().min(0).optional(),
 });
 /** Our call id on the callback URLs of outbound calls. */
-const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-v]{19}$/).optional() });
+const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-z]{19}$/).optional() });
 
 const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
 

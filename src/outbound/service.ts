@@ -113,8 +113,11 @@ export class OutboundService {
   readonly #held = new Map<string, { slot: Slot; at: number }>();
   readonly #inflight = new Set<Promise<void>>();
   readonly #afterCall = new Set<Promise<void>>();
-  /** Claimed rows whose dial had no answer from the carrier: reconcile them after a pause. */
-  readonly #unsure = new Map<string, number>();
+  /**
+   * Rows to settle with the carrier at the given time: dials the carrier never
+   * answered, calls followed after a restart, calls whose callbacks stopped.
+   */
+  readonly #recheck = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
   #paused = false;
@@ -415,8 +418,11 @@ export class OutboundService {
       try {
         const r = await this.#reconcileRow(row);
         out[r]++;
+        // Followed, but nothing here will hear of it unless a callback comes: look again soon.
+        if (r === 'kept' || r === 'attached') this.#recheck.set(row.id, this.#now() + 5_000);
       } catch (err) {
         out.kept++;
+        this.#recheck.set(row.id, this.#now() + 15_000);
         this.#log.warn({ callId: row.id, err: (err as Error).message }, 'reconcile: carrier not reachable; will try again');
       }
     }
@@ -705,7 +711,7 @@ export class OutboundService {
         return;
       case 'unknown':
         // The request may or may not have created a call: ask the carrier later rather than dial again.
-        this.#unsure.set(row.id, now + 15_000);
+        this.#recheck.set(row.id, now + 15_000);
         this.#releaseHeld(row.id);
         return;
     }
@@ -754,7 +760,7 @@ export class OutboundService {
     // A finished call keeps no session: ending it first stores its transcript.
     if (row.callSid !== null) this.#o.manager.getSession(row.callSid)?.close('caller_hangup');
     this.#releaseHeld(row.id);
-    this.#unsure.delete(row.id);
+    this.#recheck.delete(row.id);
     const fresh = this.#o.calls.get(row.id) ?? row;
     if (fresh.finalizedAt !== null) return;
     const answeredBy = f.answeredBy ?? fresh.answeredBy ?? undefined;
@@ -876,54 +882,66 @@ export class OutboundService {
 
   // -------------------------------------------------------------- upkeep
 
-  /** Every few seconds: unsure dials, slots held too long, ended sessions without a final status. */
+  /**
+   * Every few seconds: settle rows due for a recheck, release slots held far
+   * past the ring time, and schedule a recheck for calls that went quiet (no
+   * session here and no callback for a while: lost callbacks, a restart).
+   */
   #sweep(now: number): void {
-    for (const [id, at] of this.#unsure) {
-      if (at > now) continue;
-      this.#unsure.delete(id);
-      const row = this.#o.calls.get(id);
-      if (row === undefined || row.finalizedAt !== null || row.callSid !== null) continue;
-      this.#track(
-        this.#inflight,
-        this.#reconcileRow(row).then(
-          () => undefined,
-          () => void this.#unsure.set(id, now + 15_000),
-        ),
-      );
-    }
     for (const [id, h] of this.#held) {
       const row = this.#o.calls.get(id);
-      const limit = (this.#ringLimitS(row) + 60) * 1000;
-      if (row === undefined || now - h.at < limit) continue;
+      if (row !== undefined && now - h.at < (this.#ringLimitS(row) + 60) * 1000) continue;
       // No answer and no final status long after the ring time: ask the carrier.
       this.#releaseHeld(id);
-      this.#track(this.#inflight, this.#settleStale(row));
+      this.#recheck.set(id, now);
     }
     const settle = this.#o.settleAfterMs ?? 20_000;
     for (const row of this.#o.calls.unfinished()) {
-      if (row.sessionEndedAt !== null && now - row.sessionEndedAt > settle && !this.#held.has(row.id)) {
-        this.#track(this.#inflight, this.#settleStale(row));
-      }
+      if (row.status === 'queued' || this.#held.has(row.id) || this.#recheck.has(row.id)) continue;
+      if (row.callSid !== null && this.#o.manager.getSession(row.callSid) !== undefined) continue;
+      const last = Math.max(row.createdAt, row.claimedAt ?? 0, row.dialedAt ?? 0, row.answeredAt ?? 0, row.sessionEndedAt ?? 0);
+      const quietFor = row.sessionEndedAt !== null ? settle : (this.#ringLimitS(row) + 60) * 1000;
+      if (now - last > quietFor) this.#recheck.set(row.id, now);
+    }
+    for (const [id, at] of this.#recheck) {
+      if (at > now) continue;
+      this.#recheck.delete(id);
+      const row = this.#o.calls.get(id);
+      if (row === undefined || row.finalizedAt !== null || this.#held.has(id)) continue;
+      if (row.callSid !== null && this.#o.manager.getSession(row.callSid) !== undefined) continue;
+      this.#track(
+        this.#inflight,
+        this.#settleStale(row).then((finished) => {
+          if (!finished) this.#recheck.set(id, this.#now() + 15_000);
+        }),
+      );
     }
   }
 
-  async #settleStale(row: CallRow): Promise<void> {
+  /** Asks the carrier about a quiet call; true when the call is settled now. */
+  async #settleStale(row: CallRow): Promise<boolean> {
     try {
       if (row.callSid === null) {
-        await this.#reconcileRow(row);
-        return;
+        const r = await this.#reconcileRow(row);
+        return r === 'voided' || r === 'finished';
       }
       const c = await this.#o.dialer.fetch(row.callSid);
       if (c === undefined) {
         this.#finalize(row, row.answeredAt !== null || row.sessionEndedAt !== null ? 'completed' : 'failed', { endReason: row.endReason ?? 'no_final_status' });
-      } else if (TERMINAL_CALL_STATUSES.has(c.status)) {
+        return true;
+      }
+      if (TERMINAL_CALL_STATUSES.has(c.status)) {
         this.#finalize(row, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
-      } else if (c.status === 'in-progress' && row.answeredAt === null) {
+        return true;
+      }
+      if (c.status === 'in-progress' && row.answeredAt === null && row.direction === 'outbound') {
         // Answered, but its TwiML request never reached us: nobody is on our side of it.
         await this.#o.dialer.hangup(row.callSid);
       }
+      return false;
     } catch (err) {
-      this.#log.warn({ callId: row.id, err: (err as Error).message }, 'could not settle a stale call; will try again');
+      this.#log.warn({ callId: row.id, err: (err as Error).message }, 'could not settle a quiet call; will try again');
+      return false;
     }
   }
 
@@ -978,8 +996,8 @@ export class OutboundService {
   }
 
   /** Held outbound slots and dials in flight (for tests and metrics). */
-  get stats(): { held: number; inflight: number; unsure: number } {
-    return { held: this.#held.size, inflight: this.#inflight.size, unsure: this.#unsure.size };
+  get stats(): { held: number; inflight: number; recheck: number } {
+    return { held: this.#held.size, inflight: this.#inflight.size, recheck: this.#recheck.size };
   }
 }
 

@@ -64,6 +64,11 @@ export interface FakeTwilioRestOptions {
    * the n-th create request (1 first) when it returns true.
    */
   rateLimit?: { perSecond?: number; reject?: (n: number, to: string) => boolean };
+  /**
+   * Answer a successful create this many ms after the call was created (a slow
+   * API or network): a client that dies meanwhile has a call it never heard of.
+   */
+  createResponseDelayMs?: number;
   log?: Logger;
 }
 
@@ -281,8 +286,14 @@ export class FakeTwilioRest {
       }
       record.httpStatus = status;
       const text = JSON.stringify(body);
-      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
-      res.end(text);
+      const send = (): void => {
+        if (res.destroyed) return;
+        res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      };
+      const delay = status === 201 ? (this.#opts.createResponseDelayMs ?? 0) : 0;
+      if (delay > 0) setTimeout(send, delay).unref();
+      else send();
     });
   }
 
