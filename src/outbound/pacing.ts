@@ -2,42 +2,50 @@
  * Pacing and failure detection for dialing.
  */
 
+/** One dial as the pacer sees it: when it was issued, and when the carrier had answered it. */
+export interface PacerTicket {
+  issuedAt: number;
+  answeredAt: number | undefined;
+}
+
 /**
- * Dial pacing: a token bucket with a burst of one (at most one dial per
- * `1000 / rate` ms), plus a sliding-window guard: never more than `rate`
- * dials within any `1000 + guardMs` ms, counted at the moment each dial is
- * issued. The guard absorbs jitter between issuing a request and its arrival
- * (event-loop lag, connection reuse), so the carrier never counts `rate + 1`
- * calls in one second (Twilio's CPS); it costs about `guardMs / 10` percent of
- * the rate. `pauseUntil` pushes the next dial out (after a 20429).
+ * Dial pacing that holds at the carrier, whatever the jitter between issuing
+ * a request and its arrival (event-loop lag under load, connection set-up):
+ *
+ * - a token bucket with a burst of one: at most one dial per `1000 / rate` ms;
+ * - a window: a dial goes only when the dial `rate` places before it was
+ *   answered by the carrier at least 1000 ms ago. The carrier received that
+ *   dial before it answered it, and receives this one after it is issued, so
+ *   it never counts `rate + 1` dials within one second (Twilio's CPS).
+ *
+ * With a fast API the window costs nothing; with a slow one the rate drops
+ * by about the request's round trip per `rate` dials. `pauseUntil` pushes
+ * the next dial out (after a 20429).
  */
 export class Pacer {
   #spacingMs = 0;
-  #window: number[] = [];
   #size = 1;
+  #recent: PacerTicket[] = [];
   #last = Number.NEGATIVE_INFINITY;
   #pausedUntil = 0;
 
-  constructor(
-    ratePerSecond: number,
-    private readonly guardMs = 100,
-  ) {
+  constructor(ratePerSecond: number) {
     this.setRate(ratePerSecond);
   }
 
   setRate(ratePerSecond: number): void {
     this.#spacingMs = 1000 / ratePerSecond;
-    const size = Math.max(1, Math.floor(ratePerSecond));
-    if (size !== this.#size) {
-      this.#size = size;
-      this.#window = this.#window.slice(-size);
-    }
+    this.#size = Math.max(1, Math.floor(ratePerSecond));
+    if (this.#recent.length > this.#size) this.#recent = this.#recent.slice(-this.#size);
   }
 
-  /** Earliest time (ms) the next dial may go. */
+  /** Earliest time (ms) the next dial may go; Infinity while the window waits for an answer. */
   nextAt(): number {
     let t = Math.max(this.#last + this.#spacingMs, this.#pausedUntil);
-    if (this.#window.length >= this.#size) t = Math.max(t, (this.#window[this.#window.length - this.#size] ?? 0) + 1000 + this.guardMs);
+    if (this.#recent.length >= this.#size) {
+      const oldest = this.#recent[this.#recent.length - this.#size];
+      t = Math.max(t, oldest?.answeredAt === undefined ? Number.POSITIVE_INFINITY : oldest.answeredAt + 1000);
+    }
     return t;
   }
 
@@ -45,10 +53,13 @@ export class Pacer {
     return now >= this.nextAt();
   }
 
-  take(now: number): void {
+  /** Records a dial issued now; set its `answeredAt` when the carrier has answered it (or the request failed). */
+  take(now: number): PacerTicket {
+    const ticket: PacerTicket = { issuedAt: now, answeredAt: undefined };
     this.#last = now;
-    this.#window.push(now);
-    if (this.#window.length > this.#size) this.#window.splice(0, this.#window.length - this.#size);
+    this.#recent.push(ticket);
+    if (this.#recent.length > this.#size) this.#recent.splice(0, this.#recent.length - this.#size);
+    return ticket;
   }
 
   pauseUntil(t: number): void {

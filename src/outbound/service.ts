@@ -24,7 +24,7 @@ import type { CallRecord, CallRoute, SessionManager, Slot } from '../session/man
 import type { CampaignStore, CampaignRow, ContactRow } from '../store/campaigns.js';
 import { TERMINAL_CALL_STATUSES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
 import { DialError, type DialRequest, type Dialer } from './dialer.js';
-import { FailureBreaker, Pacer } from './pacing.js';
+import { FailureBreaker, Pacer, type PacerTicket } from './pacing.js';
 import { campaignSettingsSchema, type CampaignSettings, type CreateCallRequest } from './settings.js';
 import { fillTemplate } from './template.js';
 import { isWithinWindow, nextWindowStart } from './window.js';
@@ -491,6 +491,7 @@ export class OutboundService {
         for (;;) {
           const next = this.#account.nextAt();
           if (next > now) {
+            // Infinity: waiting for the carrier to answer a dial; its answer kicks the loop.
             wakeAt = Math.min(wakeAt, next);
             break;
           }
@@ -500,9 +501,9 @@ export class OutboundService {
             break;
           }
           if (job === undefined) break;
-          this.#account.take(now);
-          if (job.kind === 'contact') this.#pacerOf(job.campaign).take(now);
-          this.#dial(job, now);
+          const tickets = [this.#account.take(now)];
+          if (job.kind === 'contact') tickets.push(this.#pacerOf(job.campaign).take(now));
+          this.#dial(job, now, tickets);
         }
       }
     } catch (err) {
@@ -576,7 +577,12 @@ export class OutboundService {
     return now + 50;
   }
 
-  #dial(job: Job, now: number): void {
+  #dial(job: Job, now: number, tickets: PacerTicket[]): void {
+    const answered = (): void => {
+      const t = this.#now();
+      for (const ticket of tickets) ticket.answeredAt ??= t;
+      this.kick();
+    };
     const { calls, campaigns } = this.#o;
     let row: CallRow;
     let timeoutS = this.#o.ringTimeoutS;
@@ -588,6 +594,7 @@ export class OutboundService {
       });
       if (claimed === undefined) {
         this.#o.manager.releaseSlot(job.slot);
+        answered();
         return;
       }
       row = claimed;
@@ -602,6 +609,7 @@ export class OutboundService {
         const why = from === undefined ? 'no caller id: set settings.from or DEFAULT_CALLER_ID' : 'a template variable is missing for this contact';
         campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now);
         this.#o.manager.releaseSlot(job.slot);
+        answered();
         if (from === undefined) this.pauseCampaign(campaign.id, 'configuration', why);
         return;
       }
@@ -634,7 +642,7 @@ export class OutboundService {
       this.#activeOf(campaign.id).add(row.id);
     }
     this.#held.set(row.id, { slot: job.slot, at: now });
-    this.#track(this.#inflight, this.#place(row, timeoutS));
+    this.#track(this.#inflight, this.#place(row, timeoutS).finally(answered));
   }
 
   async #place(row: CallRow, timeoutS: number): Promise<void> {
