@@ -100,6 +100,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     reservedSlots: () => manager.reservedSlots,
     capacity: () => manager.capacity,
     draining: () => manager.draining,
+    outboundSlots: () => manager.outboundSlots,
   });
   const say = { voice: config.messages.voice, language: config.messages.language };
   const callControl =

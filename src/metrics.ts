@@ -14,6 +14,8 @@ export interface MetricsSources {
   reservedSlots(): number;
   capacity(): number;
   draining(): boolean;
+  /** Slots held by outbound calls (ringing or live). */
+  outboundSlots?(): number;
 }
 
 export class Metrics {
@@ -52,6 +54,7 @@ export class Metrics {
     new client.Gauge({ name: 'playline_calls_live', help: 'Calls with a live media session', registers, collect() { this.set(sources.liveCalls()); } });
     new client.Gauge({ name: 'playline_slots_reserved', help: 'Capacity reserved by /twilio/voice for streams not yet started', registers, collect() { this.set(sources.reservedSlots()); } });
     new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls (lower than configured after a PlayAI 4429)', registers, collect() { this.set(sources.capacity()); } });
+    new client.Gauge({ name: 'playline_outbound_slots', help: 'Slots held by outbound calls (dialed, ringing or live)', registers, collect() { this.set(sources.outboundSlots?.() ?? 0); } });
     new client.Gauge({ name: 'playline_draining', help: '1 while the bridge is draining for shutdown', registers, collect() { this.set(sources.draining() ? 1 : 0); } });
 
     const self = this;

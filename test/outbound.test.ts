@@ -308,6 +308,17 @@ describe('campaigns', () => {
     await eventually(() => dialer.created.length === 4, 5000, 'a fourth dial after one ended');
   });
 
+  it('stops dialing while a PlayAI 4429 has lowered the capacity, and goes on when it lifts', async () => {
+    const { tb, dialer } = await start({ AGENT_CAPACITY_COOLDOWN_S: '1' });
+    // The agent account said it is full with no agent session open here: capacity 0 for the cooldown.
+    tb.bridge.manager.noteAgentCapacityExceeded();
+    expect(tb.bridge.manager.capacity).toBe(0);
+    await createCampaign(tb, { callsPerSecond: 50 }, [contact(1)]);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(dialer.created).toHaveLength(0);
+    await eventually(() => dialer.created.length === 1, 3000, 'the dial after the cooldown');
+  });
+
   it('pauses automatically when failures spike', async () => {
     const { tb, dialer } = await start();
     const c = await createCampaign(tb, { callsPerSecond: 50, maxConcurrent: 10, retry: { maxAttempts: 1 }, failurePause: { threshold: 0.5, minCalls: 4, windowSeconds: 60 } }, [1, 2, 3, 4, 5, 6, 7, 8].map((n) => contact(n)));

@@ -124,6 +124,7 @@ export class OutboundService {
   #rr = 0;
   #rateBackoff = 0;
   #lastSweep = 0;
+  #lastPrune = 0;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -486,6 +487,11 @@ export class OutboundService {
       if (now - this.#lastSweep >= 5_000) {
         this.#lastSweep = now;
         this.#sweep(now);
+        if (now - this.#lastPrune >= 3_600_000) {
+          this.#lastPrune = now;
+          // Idempotency keys protect against retries, not forever: a day is plenty.
+          this.#o.calls.pruneIdempotency(86_400_000, now);
+        }
       }
       if (!this.#paused) {
         for (;;) {
