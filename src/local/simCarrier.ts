@@ -334,6 +334,24 @@ interface SimCall {
  * The call-simulation engine. `start()` runs one call with a given outcome;
  * `hangup`/`update`/`sayAndHangup` act on it like Twilio's `calls(sid).update`.
  */
+/** The fields Twilio sends with every request about an outbound call (TwiML fetch, status callbacks). */
+function callParams(c: SimCall, callStatus: string): Record<string, string> {
+  const p = c.params;
+  const params: Record<string, string> = {
+    CallSid: c.info.sid,
+    AccountSid: c.info.accountSid,
+    From: p.from,
+    To: p.to,
+    Caller: p.from,
+    Called: p.to,
+    CallStatus: callStatus,
+    Direction: 'outbound-api',
+    ApiVersion: '2010-04-01',
+  };
+  if (c.info.answeredBy !== undefined) params.AnsweredBy = c.info.answeredBy;
+  return params;
+}
+
 export class CarrierSimulator {
   /** Where requests for the public origin actually go; may change (e.g. a restarted bridge). */
   bridgeUrl: string;
@@ -670,19 +688,7 @@ export class CarrierSimulator {
 
   async #fetchTwiml(c: SimCall, url: string): Promise<ParsedTwiml | undefined | 'interrupted'> {
     if (c.interrupt !== undefined) return 'interrupted';
-    const p = c.params;
-    const params: Record<string, string> = {
-      CallSid: c.info.sid,
-      AccountSid: c.info.accountSid,
-      From: p.from,
-      To: p.to,
-      Caller: p.from,
-      Called: p.to,
-      CallStatus: 'in-progress',
-      Direction: 'outbound-api',
-      ApiVersion: '2010-04-01',
-    };
-    if (c.info.answeredBy !== undefined) params.AnsweredBy = c.info.answeredBy;
+    const params = callParams(c, 'in-progress');
     const ac = new AbortController();
     let interrupted = false;
     const wake = (): void => {
@@ -851,23 +857,13 @@ export class CarrierSimulator {
   #postStatus(c: SimCall, event: StatusCallbackEvent, callStatus: string, extra: Record<string, string> = {}): void {
     const url = c.params.statusCallback;
     if (url === undefined || !c.events.has(event)) return;
-    const p = c.params;
     const params: Record<string, string> = {
-      CallSid: c.info.sid,
-      AccountSid: c.info.accountSid,
-      From: p.from,
-      To: p.to,
-      Caller: p.from,
-      Called: p.to,
-      CallStatus: callStatus,
-      Direction: 'outbound-api',
-      ApiVersion: '2010-04-01',
+      ...callParams(c, callStatus),
       Timestamp: rfc2822(Date.now()),
       CallbackSource: 'call-progress-events',
       SequenceNumber: String(c.seq++),
       ...extra,
     };
-    if (c.info.answeredBy !== undefined) params.AnsweredBy = c.info.answeredBy;
     const rec: PostedCallback = { kind: 'status', event, callStatus, sequence: Number(params.SequenceNumber), url, params, at: Date.now(), httpStatus: -1 };
     c.info.events.push(rec);
     this.#deliver(c, rec);

@@ -3,23 +3,12 @@
  * the HTTP routes (validation and OpenAPI) and the outbound service.
  */
 import { z } from 'zod';
-import { normalizePhone } from './phone.js';
+import { e164Schema } from './phone.js';
 import { templateVariables } from './template.js';
 import { callingWindowSchema } from './window.js';
 
 /** An E.164 number, checked with libphonenumber-js (not a regex). */
-export const phoneSchema = z
-  .string()
-  .min(2)
-  .max(32)
-  .transform((v, ctx) => {
-    const r = normalizePhone(v);
-    if (!r.ok) {
-      ctx.addIssue({ code: 'custom', message: r.error });
-      return z.NEVER;
-    }
-    return r.e164;
-  });
+export const phoneSchema = e164Schema;
 
 export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be letters, digits, - or _ (1-128)');
 
