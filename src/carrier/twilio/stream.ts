@@ -236,8 +236,16 @@ export class TwilioStreamConnection implements CarrierLeg {
     this.#clearStartTimer();
     this.#streamSid = start.streamSid;
     this.#encoder = new TwilioEncoder(start.streamSid);
-    this.#sidBytes = Buffer.from(start.streamSid, 'utf8');
-    this.#mediaHead = Buffer.from(this.#encoder.media(''), 'utf8').subarray(0, -3);
+    // Both live as long as the call, so they get one small allocation of their own: a small
+    // Buffer.from() is a slice of Node's shared 8 KB pool and would keep the whole slab alive
+    // (the per-frame buffers rotate that pool quickly, so every call would pin its own slabs).
+    const head = this.#encoder.media('').slice(0, -MEDIA_TAIL.length);
+    const headLen = Buffer.byteLength(head, 'utf8');
+    const own = Buffer.allocUnsafeSlow(headLen + Buffer.byteLength(start.streamSid, 'utf8'));
+    own.write(head, 0, 'utf8');
+    own.write(start.streamSid, headLen, 'utf8');
+    this.#mediaHead = own.subarray(0, headLen);
+    this.#sidBytes = own.subarray(headLen);
     const decision = this.#opts.onStart(start, this);
     if (decision.accept) {
       this.#handlers = decision.handlers;
