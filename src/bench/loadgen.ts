@@ -19,6 +19,9 @@
  * echoed audio is queued in the simulated Twilio buffer, a marker frame is sent
  * instead of audio; the local agent answers it with `voiceActivityStart`, the bridge
  * with `clear`; marker-sent → clear-received is recorded.
+ *
+ * Besides the result, stdout carries `{"type":"window-start"}` and `{"type":"window-end"}`
+ * when the window opens and closes (the runner samples the target's memory in between).
  */
 import { setMaxListeners } from 'node:events';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -30,7 +33,8 @@ import { LatencyHistogram, round2, round3, summarize, type LatencySummary } from
 
 const HELP = `Usage: node dist/bench/loadgen.js --url URL --calls N [options]
 
-Places N simulated Twilio calls against URL and prints one JSON result line.
+Places N simulated Twilio calls against URL and prints one JSON result line (and a
+{"type":"window-start"} and a {"type":"window-end"} line when the window opens and closes).
 
 Options:
   --url URL               server address (http://127.0.0.1:PORT)
@@ -105,6 +109,8 @@ function int(name: string, v: string | undefined, def: number, min: number, max:
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const log = (msg: string): void => void process.stderr.write(`loadgen: ${msg}\n`);
+/** A timeline line on stdout, so the runner can sample the target during the window (calls still live). */
+const marker = (type: 'window-start' | 'window-end'): void => void process.stdout.write(`${JSON.stringify({ type })}\n`);
 
 function timesOf(pid: number | undefined): { utime: number; stime: number } | undefined {
   if (pid === undefined) return undefined;
@@ -328,6 +334,7 @@ async function main(): Promise<void> {
     for (const p of probes) p.nextMarkerAt = w0.t + stagger(p.idx);
     eld.enable();
     phase = Phase.Steady;
+    marker('window-start');
     await sleep(durationMs);
     phase = Phase.Tail;
     w1 = sample(targetPid, agentPid, w0.cpu);
@@ -339,6 +346,7 @@ async function main(): Promise<void> {
         /* target gone: reported as missing */
       }
     }
+    marker('window-end');
     log(`window done (${((w1.t - w0.t) / 1000).toFixed(1)} s); waiting up to ${trailingMs} ms for in-flight echoes, then hanging up`);
     const drainStart = performance.now();
     const missing = (): number => probes.reduce((n, p) => n + p.counted - p.echoed, 0);

@@ -53,9 +53,16 @@ Options:
   --bridge-env K=V    extra environment for the bridge (repeatable), e.g. AUDIO_IN_BATCH_MS=40
   --quick             short smoke run: --calls 10,50 --duration 5 --settle-ms 1000
                       --quiet-wait-s 10 --retries 0 unless given
+  --soak              memory over time at a fixed load: one step of --calls N (default 200)
+                      held for --duration S (default 600, at least 120); the bridge's RSS and
+                      V8 heap are sampled every --sample-s during the window, and the growth
+                      from minute 1 to the end is reported. Implies --no-floor and --retries 0
+  --sample-s S        soak sampling interval, seconds (default 10)
   -h, --help          this text
 `;
 
+/** Soak target: RSS growth after minute 1 at most this (sampling noise; 2 MB over a 10-minute run). */
+const SOAK_GROWTH_MB_PER_MIN = 0.2;
 /** The host counts as quiet when everything running uses less than this (% of one core). */
 const QUIET_PCT = 15;
 /** A measurement is repeated when processes outside the benchmark used more than this (% of one core). */
@@ -86,6 +93,9 @@ interface Options {
   quick: boolean;
   /** Extra environment for the bridge (`--bridge-env NAME=VALUE`), e.g. AUDIO_IN_BATCH_MS=40. */
   bridgeEnv: Record<string, string>;
+  /** Memory over time: one step, the bridge sampled every `sampleS` during the window. */
+  soak: boolean;
+  sampleS: number;
 }
 
 function usage(msg: string): never {
@@ -119,6 +129,8 @@ function parseOptions(): Options | undefined {
         'no-pin': { type: 'boolean', default: false },
         'json-out': { type: 'string' },
         quick: { type: 'boolean', default: false },
+        soak: { type: 'boolean', default: false },
+        'sample-s': { type: 'string' },
         'bridge-env': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -133,10 +145,14 @@ function parseOptions(): Options | undefined {
     return undefined;
   }
   const quick = values.quick;
-  const callsText = values.calls ?? (quick ? '10,50' : '10,100,300');
+  const soak = values.soak;
+  if (soak && quick) usage('--soak and --quick do not go together');
+  const callsText = values.calls ?? (soak ? '200' : quick ? '10,50' : '10,100,300');
   const calls = callsText.split(',').map((s) => Number(s.trim()));
   if (calls.length === 0 || calls.some((n) => !Number.isInteger(n) || n < 1 || n > 5000)) usage(`--calls must list integers in [1, 5000] (got ${JSON.stringify(callsText)})`);
   if (values['with-600'] && !calls.includes(600)) calls.push(600);
+  if (soak && calls.length !== 1) usage(`--soak takes one call count (got ${JSON.stringify(calls.join(','))})`);
+  const durationS = Math.round(numOpt('duration', values.duration, soak ? 600 : quick ? 5 : 20, soak ? 120 : 1, 3600));
   const bridgeEnv: Record<string, string> = {};
   for (const kv of values['bridge-env'] ?? []) {
     const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
@@ -146,18 +162,20 @@ function parseOptions(): Options | undefined {
   return {
     bridgeEnv,
     calls,
-    durationS: Math.round(numOpt('duration', values.duration, quick ? 5 : 20, 1, 3600)),
+    durationS,
     rampMs: values['ramp-ms'] === undefined ? undefined : Math.round(numOpt('ramp-ms', values['ramp-ms'], 0, 0, 600_000)),
     settleMs: Math.round(numOpt('settle-ms', values['settle-ms'], quick ? 1000 : 2000, 0, 600_000)),
     trailingMs: Math.round(numOpt('trailing-ms', values['trailing-ms'], 5000, 0, 60_000)),
     agentCpu: values['agent-cpu'] === undefined || values['agent-cpu'] === 'none' ? values['agent-cpu'] : Math.round(numOpt('agent-cpu', values['agent-cpu'], 0, 0, 4095)),
     bargeEveryMs: Math.round(numOpt('barge-every-ms', values['barge-every-ms'], 2000, 0, 600_000)),
-    floor: !values['no-floor'],
+    floor: !values['no-floor'] && !soak,
     pin: !values['no-pin'],
     quietWaitS: Math.round(numOpt('quiet-wait-s', values['quiet-wait-s'], quick ? 10 : 60, 0, 3600)),
-    retries: Math.round(numOpt('retries', values.retries, quick ? 0 : 2, 0, 10)),
+    retries: soak ? 0 : Math.round(numOpt('retries', values.retries, quick ? 0 : 2, 0, 10)),
     jsonOut: values['json-out'] ?? join('bench', 'results', 'latest.json'),
     quick,
+    soak,
+    sampleS: numOpt('sample-s', values['sample-s'], 10, 1, 600),
   };
 }
 
@@ -466,6 +484,13 @@ interface TargetRun {
   rssSteadyMb?: number;
   rssHwmMb?: number;
   rssGrowthKbPerCall?: number;
+  /** The bridge's V8 heap from /metrics: idle before the calls, and at the end of the window (calls live). */
+  heapBefore?: HeapSample;
+  heapEnd?: HeapSample;
+  /** (V8 heap used outside the young generation at the end of the window − before calls) ÷ N. */
+  heapGrowthKbPerCall?: number;
+  /** --soak: memory sampled during the window. */
+  soak?: Soak;
   /** Share of the target's CPU time spent in the kernel. */
   systemSharePct?: number;
   /** CPU used during the window by processes outside the benchmark, in % of one core. */
@@ -510,6 +535,135 @@ function parseBridgeMetrics(text: string): BridgeMetrics {
   }
   if (first !== undefined && first.count > 0) out.firstAgentAudioMeanMs = round3((first.sum / first.count) * 1000);
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// Memory: RSS from /proc, the V8 heap from the bridge's /metrics (prom-client default metrics)
+// ---------------------------------------------------------------------------
+
+interface HeapSample {
+  /** nodejs_heap_size_used_bytes, MB. */
+  usedMb: number;
+  /** Used outside the young generation (old, code and large-object spaces), MB: less noisy than `usedMb`, whose young part is mostly garbage. */
+  oldMb: number;
+  /** Young generation (new space) size, MB: V8 doubles it once the allocation rate is high, whatever the number of calls. */
+  youngTotalMb: number;
+  /** nodejs_external_memory_bytes, MB (Buffers and other memory outside the V8 heap). */
+  externalMb: number;
+}
+
+async function scrapeHeap(url: string): Promise<HeapSample | undefined> {
+  try {
+    const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) });
+    const text = await res.text();
+    const used = promValue(text, 'playline_nodejs_heap_size_used_bytes');
+    if (used === undefined) return undefined;
+    const youngUsed = promValue(text, 'playline_nodejs_heap_space_size_used_bytes', 'space="new"') ?? 0;
+    const youngTotal = promValue(text, 'playline_nodejs_heap_space_size_total_bytes', 'space="new"') ?? 0;
+    const external = promValue(text, 'playline_nodejs_external_memory_bytes') ?? 0;
+    const mb = (b: number): number => round2(b / 2 ** 20);
+    return { usedMb: mb(used), oldMb: mb(used - youngUsed), youngTotalMb: mb(youngTotal), externalMb: mb(external) };
+  } catch {
+    return undefined;
+  }
+}
+
+interface MemorySample {
+  /** Seconds since the window opened. */
+  t: number;
+  rssMb: number;
+  heap?: HeapSample;
+}
+
+interface Soak {
+  sampleS: number;
+  samples: MemorySample[];
+  /** The first sample at least 60 s into the window, and the last one. */
+  minute1?: MemorySample;
+  end?: MemorySample;
+  rssGrowthMb?: number;
+  rssGrowthMbPerMin?: number;
+  /** Least-squares slope of RSS over the samples from minute 1 on, MB/min. */
+  rssFitMbPerMin?: number;
+  rssMaxAfterMinute1Mb?: number;
+  /** The same for the V8 heap used outside the young generation. */
+  heapOldGrowthMb?: number;
+  heapOldFitMbPerMin?: number;
+  /** Lowest and highest sample of each minute of the window (lows are past V8's garbage peaks). */
+  perMinute: Array<{ minute: number; rssLowMb: number; rssHighMb: number; heapOldLowMb?: number }>;
+}
+
+/** Samples the bridge's RSS and heap every `everyS` from `started` until `ended`, and once more then. */
+async function sampleWindow(
+  pid: number,
+  url: string,
+  started: Promise<boolean>,
+  ended: Promise<boolean>,
+  everyS: number,
+  onSample: (x: MemorySample) => void,
+): Promise<MemorySample[]> {
+  const out: MemorySample[] = [];
+  if (!(await started)) return out;
+  const t0 = performance.now();
+  let last = false;
+  for (let i = 1; ; i++) {
+    let rssKb: number;
+    try {
+      rssKb = readMemoryKb(pid).rssKb;
+    } catch {
+      return out; // the bridge is gone
+    }
+    const heap = await scrapeHeap(url);
+    const x: MemorySample = { t: round2((performance.now() - t0) / 1000), rssMb: round2(rssKb / 1024), ...(heap !== undefined ? { heap } : {}) };
+    out.push(x);
+    onSample(x);
+    if (last) return out;
+    // Wait for the next tick; when the window ends first, one last sample is taken at its end.
+    last = await within(ended, Math.max(0, t0 + i * everyS * 1000 - performance.now()));
+  }
+}
+
+/** Least-squares slope of y over t (seconds), per minute. */
+function slopePerMin(points: Array<[number, number]>): number | undefined {
+  if (points.length < 2) return undefined;
+  const n = points.length;
+  const mt = points.reduce((a, [t]) => a + t, 0) / n;
+  const my = points.reduce((a, [, y]) => a + y, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (const [t, y] of points) {
+    num += (t - mt) * (y - my);
+    den += (t - mt) ** 2;
+  }
+  return den === 0 ? undefined : round3((num / den) * 60);
+}
+
+function summarizeSoak(samples: MemorySample[], sampleS: number): Soak {
+  const soak: Soak = { sampleS, samples, perMinute: [] };
+  for (let minute = 0; minute * 60 < (samples[samples.length - 1]?.t ?? 0); minute++) {
+    const inMinute = samples.filter((x) => x.t >= minute * 60 && x.t < (minute + 1) * 60);
+    if (inMinute.length === 0) continue;
+    const heapLows = inMinute.flatMap((x) => (x.heap === undefined ? [] : [x.heap.oldMb]));
+    soak.perMinute.push({
+      minute: minute + 1,
+      rssLowMb: Math.min(...inMinute.map((x) => x.rssMb)),
+      rssHighMb: Math.max(...inMinute.map((x) => x.rssMb)),
+      ...(heapLows.length > 0 ? { heapOldLowMb: Math.min(...heapLows) } : {}),
+    });
+  }
+  const m1 = samples.find((x) => x.t >= 60);
+  const end = samples[samples.length - 1];
+  if (m1 === undefined || end === undefined || end.t - m1.t < 30) return soak;
+  const after = samples.filter((x) => x.t >= m1.t);
+  soak.minute1 = m1;
+  soak.end = end;
+  soak.rssGrowthMb = round2(end.rssMb - m1.rssMb);
+  soak.rssGrowthMbPerMin = round3(soak.rssGrowthMb / ((end.t - m1.t) / 60));
+  soak.rssFitMbPerMin = slopePerMin(after.map((x) => [x.t, x.rssMb]));
+  soak.rssMaxAfterMinute1Mb = Math.max(...after.map((x) => x.rssMb));
+  if (m1.heap !== undefined && end.heap !== undefined) soak.heapOldGrowthMb = round2(end.heap.oldMb - m1.heap.oldMb);
+  soak.heapOldFitMbPerMin = slopePerMin(after.flatMap((x) => (x.heap === undefined ? [] : [[x.t, x.heap.oldMb] as [number, number]])));
+  return soak;
 }
 
 function summarizeLog(proc: Proc): { lines: number; byMessage: Record<string, number>; tail: string[] } {
@@ -584,6 +738,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     await sleep(1000); // idle after boot, before the RSS baseline
     const before = readMemoryKb(target.pid);
     run.rssBeforeMb = round2(before.rssKb / 1024);
+    if (kind === 'bridge') run.heapBefore = await scrapeHeap(url);
 
     const rampMs = opts.rampMs ?? Math.min(10_000, calls * 10);
     const connectTimeoutMs = 20_000;
@@ -612,10 +767,20 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     });
     procs.push(lg);
     const limitMs = rampMs + connectTimeoutMs + opts.settleMs + opts.durationS * 1000 + opts.trailingMs + 60_000;
+    // The load generator says when the window opens and closes: the bridge's heap is read at the
+    // end of the window (calls still live), and with --soak its memory is sampled throughout.
+    const windowStarted = waitForLine(lg, /^\{"type":"window-start"\}/, limitMs).then(() => true, () => false);
+    const windowEnded = waitForLine(lg, /^\{"type":"window-end"\}/, limitMs).then(() => true, () => false);
+    const heapAtEnd = kind === 'bridge' ? windowEnded.then((ok) => (ok ? scrapeHeap(url) : undefined)) : Promise.resolve(undefined);
+    const onSample = (x: MemorySample): void =>
+      say(`soak t=${Math.round(x.t)} s: RSS ${f1(x.rssMb)} MB, heap used ${f1(x.heap?.usedMb)} MB (outside the young generation ${f1(x.heap?.oldMb)})`);
+    const samples = kind === 'bridge' && opts.soak ? sampleWindow(target.pid, url, windowStarted, windowEnded, opts.sampleS, onSample) : Promise.resolve([]);
     if (!(await within(lg.exited, limitMs))) {
       await stop(lg, 1000);
       throw new Error(`load generator did not finish within ${Math.round(limitMs / 1000)} s`);
     }
+    run.heapEnd = await heapAtEnd;
+    if (kind === 'bridge' && opts.soak) run.soak = summarizeSoak(await samples, opts.sampleS);
     const line = [...lg.stdoutLines].reverse().find((l) => l.startsWith('{"type":"result"'));
     if (line === undefined) throw new Error(`load generator gave no result (exit ${lg.child.exitCode ?? lg.child.signalCode})\n${lg.tail.join('\n')}`);
     const r = JSON.parse(line) as LoadgenResult;
@@ -645,6 +810,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
       run.rssGrowthKbPerCall = round2((r.targetRssKb - before.rssKb) / calls);
     }
     if (r.targetHwmKb !== undefined) run.rssHwmMb = round2(r.targetHwmKb / 1024);
+    if (run.heapBefore !== undefined && run.heapEnd !== undefined) run.heapGrowthKbPerCall = round2(((run.heapEnd.oldMb - run.heapBefore.oldMb) * 1024) / calls);
 
     // Is the load generator itself the bottleneck?
     const lag = r.loadgen.sendLagMs;
@@ -737,15 +903,26 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       r === undefined ? '–' : String(r.frames.lost),
       f1(b.rssSteadyMb),
       f1(b.rssGrowthKbPerCall),
+      f1(b.heapGrowthKbPerCall),
       r === undefined ? '–' : `${f2(r.loadgen.sendLagMs.p99)}${b.loadgenSaturated ? ' !' : ''}`,
     ];
   });
   out.push(
     table(
-      ['calls', 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'LG lag p99 ms'],
+      ['calls', 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'heap KB/call', 'LG lag p99 ms'],
       headline,
     ),
   );
+  // Each step is a fresh bridge, so the one-off growth of the first calls (young generation, compiled code) cancels out here.
+  const marginal: string[] = [];
+  const withRss = steps.filter((s) => s.bridge.rssSteadyMb !== undefined).sort((a, b) => a.calls - b.calls);
+  for (let i = 1; i < withRss.length; i++) {
+    const a = (withRss[i - 1] as Step).bridge;
+    const b = (withRss[i] as Step).bridge;
+    const perCall = (x: number | undefined, y: number | undefined): string => (x === undefined || y === undefined ? '–' : f1(((y - x) * 1024) / (b.calls - a.calls)));
+    marginal.push(`${a.calls}->${b.calls}: RSS ${perCall(a.rssSteadyMb, b.rssSteadyMb)} KB, heap ${perCall(a.heapEnd?.oldMb, b.heapEnd?.oldMb)} KB`);
+  }
+  if (marginal.length > 0) out.push(`per added call between steps (fresh bridge each step, so one-off warm-up cancels out): ${marginal.join('; ')}`);
   out.push('');
   const detail = steps.map((s) => {
     const b = s.bridge;
@@ -770,14 +947,32 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       fl?.loadgen === undefined ? '–' : `${f2(fl.loadgen.loadgen.sendLagMs.p99)}${fl.loadgenSaturated ? ' !' : ''}`,
       f1(b.systemSharePct),
       `${f1(b.otherProcessesPct)}/${f1(b.hostStealPct)}`,
+      `${f1(b.rssBeforeMb)}/${f1(b.heapBefore?.youngTotalMb)}/${f1(b.heapEnd?.youngTotalMb)}`,
     ];
   });
   out.push(
     table(
-      ['calls', 'clears/markers', '/metrics clear mean/p99 ms', 'RTT p99.9/max', '1st audio p99', 'bridge loop lag p99', 'agent % core', 'LG % core', 'drain ms', 'bridge drops', 'floor % core', 'floor LG % core', 'floor RSS MB, KB/call', 'floor lost', 'floor LG lag p99', 'bridge sys %', 'others/steal % core'],
+      ['calls', 'clears/markers', '/metrics clear mean/p99 ms', 'RTT p99.9/max', '1st audio p99', 'bridge loop lag p99', 'agent % core', 'LG % core', 'drain ms', 'bridge drops', 'floor % core', 'floor LG % core', 'floor RSS MB, KB/call', 'floor lost', 'floor LG lag p99', 'bridge sys %', 'others/steal % core', 'RSS before / young gen before/end MB'],
       detail,
     ),
   );
+  for (const s of steps) {
+    const k = s.bridge.soak;
+    if (k === undefined) continue;
+    out.push('');
+    out.push(`soak: ${s.calls} calls for ${Math.round(s.bridge.windowS)} s, bridge RSS and heap sampled every ${k.sampleS} s (${k.samples.length} samples)`);
+    if (k.minute1 === undefined || k.end === undefined) {
+      out.push('  too few samples after minute 1 to say anything');
+      continue;
+    }
+    const heapOld = (x: MemorySample): string => f1(x.heap?.oldMb);
+    out.push(
+      `  RSS MB: minute 1 (t=${f1(k.minute1.t)} s) ${f1(k.minute1.rssMb)}, end (t=${f1(k.end.t)} s) ${f1(k.end.rssMb)}: ${f2(k.rssGrowthMb)} MB, ${f2(k.rssGrowthMbPerMin)} MB/min (least-squares ${f2(k.rssFitMbPerMin)} MB/min); max after minute 1 ${f1(k.rssMaxAfterMinute1Mb)}`,
+    );
+    out.push(`  heap used outside the young generation MB: minute 1 ${heapOld(k.minute1)}, end ${heapOld(k.end)}: ${f2(k.heapOldGrowthMb)} MB (least-squares ${f2(k.heapOldFitMbPerMin)} MB/min)`);
+    out.push(`  per minute, RSS low-high MB: ${k.perMinute.map((m) => `${m.minute}: ${f1(m.rssLowMb)}-${f1(m.rssHighMb)}`).join(', ')}`);
+    out.push(`  per minute, heap outside the young generation, low MB: ${k.perMinute.map((m) => `${m.minute}: ${f1(m.heapOldLowMb)}`).join(', ')}`);
+  }
   const notes: string[] = [];
   for (const s of steps) {
     for (const run of [s.bridge, s.floor]) {
@@ -840,6 +1035,19 @@ function evaluateTargets(steps: Step[]): TargetCheck[] {
     if (s300.cpuRatio !== undefined) out.push({ what: '300 calls: <= 2.0x the floor', value: `${s300.cpuRatio.toFixed(2)}x`, pass: s300.cpuRatio <= 2.0 });
     const p99 = b.loadgen?.rttMs.p99;
     out.push({ what: '300 calls: RTT p99 <= 5 ms', value: `${f2(p99)} ms`, pass: (p99 ?? Infinity) <= 5 });
+  }
+  for (const s of steps.filter((x) => x.calls >= 300 && x.bridge.rssGrowthKbPerCall !== undefined)) {
+    const kb = s.bridge.rssGrowthKbPerCall ?? 0;
+    out.push({ what: `${s.calls} calls: RSS growth <= 0.1 MB per live call`, value: `${f2(kb / 1024)} MB (heap outside the young generation: ${f1(s.bridge.heapGrowthKbPerCall)} KB)`, pass: kb <= 102.4 });
+  }
+  for (const s of steps) {
+    const k = s.bridge.soak;
+    if (k?.rssGrowthMbPerMin === undefined) continue;
+    out.push({
+      what: `soak, ${s.calls} calls for ${Math.round(s.bridge.windowS)} s: no RSS growth after minute 1 (<= ${SOAK_GROWTH_MB_PER_MIN} MB/min)`,
+      value: `${f2(k.rssGrowthMb)} MB, ${f2(k.rssGrowthMbPerMin)} MB/min`,
+      pass: k.rssGrowthMbPerMin <= SOAK_GROWTH_MB_PER_MIN,
+    });
   }
   const s600 = steps.find((s) => s.calls === 600);
   if (s600 !== undefined) {
@@ -1032,7 +1240,9 @@ async function main(): Promise<void> {
       steps.push(step);
       const r = bridge.loadgen;
       process.stderr.write(
-        `[${calls} calls] bridge ${f2(bridge.cpuMsPerCallSecond)} ms/call-s (${f1(bridge.corePct)}% core), floor ${f2(step.floor?.cpuMsPerCallSecond)}, ratio ${step.cpuRatio ?? '–'}; RTT p50/p99 ${pair(r?.rttMs.p50, r?.rttMs.p99)} ms; lost ${r?.frames.lost ?? '–'}\n`,
+        `[${calls} calls] bridge ${f2(bridge.cpuMsPerCallSecond)} ms/call-s (${f1(bridge.corePct)}% core), floor ${f2(step.floor?.cpuMsPerCallSecond)}, ratio ${step.cpuRatio ?? '–'}; RTT p50/p99 ${pair(r?.rttMs.p50, r?.rttMs.p99)} ms; lost ${r?.frames.lost ?? '–'}; RSS ${f1(bridge.rssSteadyMb)} MB (${f1(bridge.rssGrowthKbPerCall)} KB/call)` +
+          (bridge.soak?.rssGrowthMb !== undefined ? `; soak RSS growth after minute 1 ${f2(bridge.soak.rssGrowthMb)} MB` : '') +
+          '\n',
       );
       await sleep(500);
     }
