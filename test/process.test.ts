@@ -29,6 +29,12 @@ function configKeys(): string[] {
 }
 const CONFIG_KEYS = configKeys();
 
+/** `npm start` without `exec`: the production command, as the Dockerfile's CMD also runs it. */
+function productionCommand(): string[] {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+  return pkg.scripts.start.trim().split(/\s+/).filter((w, i) => !(i === 0 && w === 'exec'));
+}
+
 async function freePort(): Promise<number> {
   const srv = createNetServer();
   await new Promise<void>((resolve, reject) => {
@@ -87,7 +93,7 @@ afterAll(() => {
 });
 
 interface StartOptions {
-  /** argv; default `node dist/main.js`, the Dockerfile CMD. */
+  /** argv; default the production command (`npm start` without npm, the Dockerfile CMD). */
   command?: string[];
   env?: Record<string, string>;
   port?: number;
@@ -111,7 +117,7 @@ async function start(opts: StartOptions = {}): Promise<Child> {
     DATA_DIR: dataDir,
     ...opts.env,
   };
-  const [cmd = 'node', ...args] = opts.command ?? ['node', 'dist/main.js'];
+  const [cmd = 'node', ...args] = opts.command ?? productionCommand();
   const proc = spawn(cmd === 'node' ? process.execPath : cmd, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   if (proc.pid === undefined) throw new Error(`could not spawn ${cmd}`);
   const child: Child = {

@@ -3,7 +3,7 @@
  *
  * For each call count N:
  *  1. bridge: the local agent in echo mode (`dist/bench/echoAgent.js`) and the bridge with its
- *     production start command (`node dist/main.js`, signatures on, LOG_LEVEL=warn), each its own
+ *     production start command (`node --max-semi-space-size=8 dist/main.js`, the flags read from `npm start`, signatures on, LOG_LEVEL=warn), each its own
  *     process; the bridge pinned to one core with `taskset` when it exists, the agent and the
  *     load generator to another. The load generator (`dist/bench/loadgen.js`, its own process)
  *     places N simulated Twilio calls and measures them (see loadgen.ts); the bridge's CPU and
@@ -16,7 +16,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants as fsConstants, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -28,8 +28,9 @@ import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, t
 
 const HELP = `Usage: npm run bench -- [options]
 
-Benchmarks the built bridge (node dist/main.js) against the local echo agent with N simulated
-Twilio calls per step, and a minimal JSON media echo server (the floor) in the same run.
+Benchmarks the built bridge (the production start command: node dist/main.js with the
+flags of npm start) against the local echo agent with N simulated Twilio calls per step,
+and a minimal JSON media echo server (the floor) in the same run.
 Prints a table and writes a JSON file. Linux only (reads /proc).
 
 Options:
@@ -245,10 +246,19 @@ interface LaunchOptions {
   keepStdout?: boolean;
   /** Forward stderr lines to ours with this prefix. */
   forwardStderr?: string;
+  /** Flags for node before the script. */
+  nodeFlags?: string[];
+}
+
+/** Node flags of the production start command (`npm start`: `exec node <flags> dist/main.js`). */
+function productionNodeFlags(): string[] {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts?: { start?: string } };
+  const words = (pkg.scripts?.start ?? '').trim().split(/\s+/).filter((w, i) => !(i === 0 && w === 'exec'));
+  return words.slice(1).filter((w) => w.startsWith('--'));
 }
 
 function launch(name: string, script: string, args: string[], o: LaunchOptions): Proc {
-  const nodeArgs = [script, ...args];
+  const nodeArgs = [...(o.nodeFlags ?? []), script, ...args];
   const [cmd, argv] =
     o.core !== undefined && o.taskset !== undefined ? [o.taskset, ['-c', String(o.core), process.execPath, ...nodeArgs]] : [process.execPath, nodeArgs];
   // taskset execs the command: the pid is node's.
@@ -723,7 +733,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
         ...opts.bridgeEnv,
       };
       // cwd = the temp dir, so no .env of the checkout is loaded.
-      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir });
+      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir, nodeFlags: productionNodeFlags() });
       procs.push(target);
       url = `http://127.0.0.1:${port}`;
       publicUrl = PUBLIC_URL;
