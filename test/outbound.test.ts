@@ -267,6 +267,39 @@ describe('campaigns', () => {
     expect(dnc.map((x) => x.phone)).toEqual(['+14155551002']);
   });
 
+  it('takes a text/csv body with the campaign in the query, and multipart forms with one field per setting', async () => {
+    const { tb, dialer } = await start();
+    const csv = 'phone,name\n+14155551001,Ada\nnot-a-number,Bob\n';
+    const settings = encodeURIComponent(JSON.stringify({ callsPerSecond: 50, prompt: 'Hi {{name}}' }));
+    const r = await fetch(`${tb.url}/v1/campaigns?name=from-csv&start=true&settings=${settings}`, { method: 'POST', headers: { 'content-type': 'text/csv' }, body: csv });
+    expect(r.status).toBe(201);
+    const body = (await r.json()) as any;
+    expect(body.campaign).toMatchObject({ name: 'from-csv', status: 'running' });
+    expect(body.import).toMatchObject({ rows: 2, added: 1 });
+    expect(body.import.errors).toEqual([expect.objectContaining({ line: 3, column: 'phone' })]);
+    await eventually(() => dialer.created.length === 1, 3000, 'the dial');
+    expect(tb.bridge.calls.get(dialer.created[0]!.req.callId)?.prompt).toBe('Hi Ada');
+
+    const form = new FormData();
+    form.set('name', 'from-form');
+    form.set('callsPerSecond', '2');
+    form.set('maxConcurrent', '3');
+    form.set('voicemail', '{"action":"hangup"}');
+    form.set('contacts', new Blob(['number\n+14155551002\n'], { type: 'text/csv' }), 'c.csv');
+    const m = await fetch(`${tb.url}/v1/campaigns`, { method: 'POST', body: form });
+    expect(m.status).toBe(201);
+    const mb = (await m.json()) as any;
+    expect(mb.campaign.status).toBe('draft');
+    expect(mb.campaign.settings).toMatchObject({ callsPerSecond: 2, maxConcurrent: 3, voicemail: { action: 'hangup' } });
+    expect(mb.import.added).toBe(1);
+    const badForm = new FormData();
+    badForm.set('name', 'bad');
+    badForm.set('callsPerSecond', 'fast');
+    const bad = await fetch(`${tb.url}/v1/campaigns`, { method: 'POST', body: badForm });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as any).message).toMatch(/callsPerSecond/);
+  });
+
   it('fills templates per contact and reports rows missing a variable with their line', async () => {
     const { tb, dialer } = await start();
     const c = await createCampaign(tb, { callsPerSecond: 50, prompt: 'Call {{name}} about order {{order}}.' }, [

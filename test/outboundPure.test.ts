@@ -299,26 +299,33 @@ describe('parseContactsJson', () => {
         { phone: '4155550101' },
         { phone: '+14155550100', variables: { name: 'dup' } },
         'just a string',
-        { phone: '+14155550102', timeZone: 'UTC' },
+        { phone: '+14155550102', timeZone: 'UTC', name: 'Flat' },
         { phone: '+14155550103', timezone: 'Not/AZone', variables: { 'first name': 'x', obj: {} } },
         { phone: '+14155550104', variables: { name: ' ' } },
+        '+14155550105',
+        { mobile: '+14155550106', tz: 'Asia/Kolkata', name: 'Ravi', order: 42, variables: { name: 'Ravi K' } },
+        { name: 'no phone' },
       ],
       { requiredVariables: ['name'] },
     );
     expect(imp.contacts).toEqual([
       { line: 1, phone: '+14155550100', timezone: 'Europe/London', variables: { name: 'Ann', n: '3', vip: 'true' }, mergedLines: [3] },
+      { line: 5, phone: '+14155550102', timezone: 'UTC', variables: { name: 'Flat' }, mergedLines: [] },
+      { line: 9, phone: '+14155550106', timezone: 'Asia/Kolkata', variables: { name: 'Ravi K', order: '42' }, mergedLines: [] },
     ]);
     expect(imp.duplicates).toEqual([{ line: 3, phone: '+14155550100', firstLine: 1 }]);
     expect(imp.errors.map((e) => [e.line, e.column])).toEqual([
       [2, 'phone'],
       [2, 'variables.name'],
-      [4, undefined],
-      [5, 'timeZone'],
+      [4, 'phone'],
+      [4, 'variables.name'],
       [6, 'variables.first name'],
       [6, 'variables.obj'],
       [7, 'variables.name'],
+      [8, 'variables.name'],
+      [10, 'phone'],
     ]);
-    expect(imp.totalRows).toBe(7);
+    expect(imp.totalRows).toBe(10);
   });
 
   it('uses the default country and rejects more than maxRows items', () => {

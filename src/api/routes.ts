@@ -54,6 +54,31 @@ const listContactsQuery = z
 const idParams = z.object({ id: z.string().min(1).max(64) });
 const contactParams = z.object({ id: z.string().min(1).max(64), contactId: z.string().min(1).max(64) });
 const importQuery = z.object({ strict: z.enum(['true', 'false']).optional() }).strict();
+/** With a `text/csv` body, the campaign's name, settings (JSON) and start come in the query. */
+const createQuery = z
+  .object({
+    strict: z.enum(['true', 'false']).optional(),
+    name: z.string().min(1).max(200).optional(),
+    settings: z.string().max(100_000).optional(),
+    start: z.enum(['true', 'false']).optional(),
+  })
+  .strict();
+
+/** A form field's value: JSON when it parses (numbers, booleans, objects), else the text itself. */
+function formValue(v: string): unknown {
+  try {
+    return JSON.parse(v) as unknown;
+  } catch {
+    return v;
+  }
+}
+
+function parseSettingsJson(text: string | undefined, where: string): Record<string, unknown> {
+  if (text === undefined) return {};
+  const v = formValue(text);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ApiError(400, 'invalid_request', `${where}: settings must be a JSON object`);
+  return v as Record<string, unknown>;
+}
 const dncBody = z.object({ phone: phoneSchema, reason: z.string().max(500).optional() }).strict();
 const dncParams = z.object({ phone: z.string().min(2).max(32) });
 const contactsBody = z.object({ contacts: z.array(z.unknown()).min(1).max(100_000) }).strict();
@@ -233,27 +258,27 @@ export async function apiRoutes(app: FastifyInstance, deps: ApiDeps): Promise<vo
     {
       schema: {
         tags: ['campaigns'],
-        summary: 'Create a campaign from JSON, or multipart (fields name, settings as JSON, start; a CSV file)',
+        summary:
+          'Create a campaign: JSON {name, settings, contacts, start}; multipart (fields name, settings as JSON or one field per setting, start; a CSV file); or a text/csv body with name, settings and start in the query',
         body: doc(createCampaignSchema),
-        querystring: doc(importQuery),
+        querystring: doc(createQuery),
       },
     },
     async (req, reply) => {
-      const q = parse(importQuery, req.query, 'query');
+      const q = parse(createQuery, req.query, 'query');
       let input: z.infer<typeof createCampaignSchema>;
       let csv: string | undefined;
       if (req.isMultipart()) {
+        // Fields: name, start, settings (a JSON object), and any setting on its own (callsPerSecond=5).
         const mp = await readMultipart(req);
-        let settings: unknown = {};
-        if (mp.fields.settings !== undefined) {
-          try {
-            settings = JSON.parse(mp.fields.settings);
-          } catch {
-            throw new ApiError(400, 'invalid_request', 'settings: not valid JSON');
-          }
-        }
-        input = parse(createCampaignSchema, { name: mp.fields.name, settings, ...(mp.fields.start !== undefined ? { start: mp.fields.start === 'true' } : {}) }, 'form');
+        const { name, start, settings: settingsText, ...rest } = mp.fields;
+        const settings: Record<string, unknown> = parseSettingsJson(settingsText, 'form');
+        for (const [k, v] of Object.entries(rest)) settings[k] ??= formValue(v);
+        input = parse(createCampaignSchema, { name, settings, ...(start !== undefined ? { start: start === 'true' || start === '1' } : {}) }, 'form');
         csv = mp.csv;
+      } else if (typeof req.body === 'string') {
+        input = parse(createCampaignSchema, { name: q.name ?? 'campaign', settings: parseSettingsJson(q.settings, 'query'), ...(q.start !== undefined ? { start: q.start === 'true' } : {}) }, 'query');
+        csv = req.body;
       } else {
         input = parse(createCampaignSchema, req.body, 'body');
       }

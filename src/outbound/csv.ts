@@ -312,14 +312,17 @@ export function parseContactsCsv(input: string | Buffer, opts: ImportOptions = {
   return out.result();
 }
 
-const JSON_KEYS = new Set(['phone', 'timezone', 'variables']);
+
 
 /**
- * Reads contacts from a JSON array of `{phone, timezone?, variables?}` with
- * the same rules as {@link parseContactsCsv}; `line` is the item's index + 1.
- * Variable values may be strings, numbers or booleans (stored as text); null
- * or an empty string is no value. Unknown fields are errors (a `timeZone`
- * typo must not go unnoticed).
+ * Reads contacts from a JSON array with the same rules as
+ * {@link parseContactsCsv}; `line` is the item's index + 1. An item is an
+ * object read like a CSV row: the phone is the first of {@link PHONE_COLUMNS}
+ * present, the time zone the first of {@link TIMEZONE_COLUMNS} (or
+ * `timeZone`), and every other field is a variable, as is every entry of an
+ * optional `variables` object (which wins on a clash). A bare string is a
+ * phone number. Values may be strings, numbers or booleans (stored as text);
+ * null or an empty string is no value; anything else is an error.
  */
 export function parseContactsJson(items: unknown[], opts: ImportOptions = {}): ContactsImport {
   const out = new Collector(opts);
@@ -332,51 +335,56 @@ export function parseContactsJson(items: unknown[], opts: ImportOptions = {}): C
   items.forEach((item, i) => {
     const line = i + 1;
     out.totalRows++;
+    if (typeof item === 'string') item = { phone: item };
     if (typeof item !== 'object' || item === null || Array.isArray(item)) {
-      out.error(line, 'expected an object {phone, timezone?, variables?}');
+      out.error(line, 'expected an object like {phone, timezone?, name: "…"} or a phone number string');
       return;
     }
     const o = item as Record<string, unknown>;
+    const keys = Object.keys(o);
+    const phoneKey = PHONE_COLUMNS.map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
+    const tzKey = [...TIMEZONE_COLUMNS, 'timezone'].map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
     let bad = false;
-    for (const k of Object.keys(o)) {
-      if (!JSON_KEYS.has(k)) {
-        out.error(line, `unknown field "${k}" (expected phone, timezone, variables)`, k);
-        bad = true;
-      }
-    }
-    if (typeof o.phone !== 'string') {
-      out.error(line, 'phone is required (a string)', 'phone');
+    const phone = phoneKey === undefined ? undefined : o[phoneKey];
+    if (typeof phone !== 'string' && typeof phone !== 'number') {
+      out.error(line, `a phone number is required (a field named one of ${PHONE_COLUMNS.join(', ')})`, phoneKey ?? 'phone');
       bad = true;
     }
-    if (o.timezone !== undefined && o.timezone !== null && typeof o.timezone !== 'string') {
-      out.error(line, 'timezone must be a string (an IANA zone)', 'timezone');
+    const tzValue = tzKey === undefined ? undefined : o[tzKey];
+    if (tzValue !== undefined && tzValue !== null && typeof tzValue !== 'string') {
+      out.error(line, 'timezone must be a string (an IANA zone)', tzKey);
       bad = true;
     }
     const variables: Record<string, string> = {};
+    const take = (k: string, v: unknown, column: string): void => {
+      if (!VARIABLE_NAME.test(k)) {
+        out.error(line, 'not a variable name: use letters, digits and _ (not starting with a digit)', column);
+        bad = true;
+      } else if (typeof v === 'string') {
+        if (v.trim() !== '') variables[k] = v;
+      } else if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean') {
+        variables[k] = String(v);
+      } else if (v !== null && v !== undefined) {
+        out.error(line, 'a variable must be text, a number or a boolean', column);
+        bad = true;
+      }
+    };
+    for (const k of keys) {
+      if (k === phoneKey || k === tzKey || k === 'variables') continue;
+      take(k, o[k], k);
+    }
     if (o.variables !== undefined && o.variables !== null) {
       if (typeof o.variables !== 'object' || Array.isArray(o.variables)) {
         out.error(line, 'variables must be an object of name → text', 'variables');
         bad = true;
       } else {
-        for (const [k, v] of Object.entries(o.variables as Record<string, unknown>)) {
-          if (!VARIABLE_NAME.test(k)) {
-            out.error(line, 'not a variable name: use letters, digits and _ (not starting with a digit)', `variables.${k}`);
-            bad = true;
-          } else if (typeof v === 'string') {
-            if (v.trim() !== '') variables[k] = v;
-          } else if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean') {
-            variables[k] = String(v);
-          } else if (v !== null) {
-            out.error(line, 'a variable must be text, a number or a boolean', `variables.${k}`);
-            bad = true;
-          }
-        }
+        for (const [k, v] of Object.entries(o.variables as Record<string, unknown>)) take(k, v, `variables.${k}`);
       }
     }
     if (bad) return;
     const missing = required.filter((r) => !Object.hasOwn(variables, r)).map((r) => ({ name: r, column: `variables.${r}` }));
-    const tz = typeof o.timezone === 'string' ? { value: o.timezone, column: 'timezone' } : undefined;
-    out.row(line, { value: o.phone as string, column: 'phone' }, tz, variables, missing);
+    const tz = typeof tzValue === 'string' && tzKey !== undefined ? { value: tzValue, column: tzKey } : undefined;
+    out.row(line, { value: String(phone), column: phoneKey ?? 'phone' }, tz, variables, missing);
   });
   return out.result();
 }

@@ -85,14 +85,6 @@ export function requiredVariables(s: Pick<CampaignSettings, 'prompt' | 'customGr
   return [...names];
 }
 
-export const contactInputSchema = z
-  .object({
-    phone: z.string().min(1).max(64),
-    timezone: z.string().max(64).optional(),
-    variables: z.record(z.string().max(64), z.string().max(2_000)).optional(),
-  })
-  .strict();
-
 export const createCampaignSchema = z
   .object({
     name: z.string().min(1).max(200),
