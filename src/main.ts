@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import { createBridge } from './app.js';
 import { ConfigError, loadConfig, loadDotEnv } from './config.js';
-import { LocalAgentServer } from './local/localAgent.js';
+import { LocalAgentServer } from './sim/localAgent.js';
 import { createLogger } from './log.js';
 
 /** After the drain, how long the HTTP server keeps answering (final status callbacks). */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeAgentMessage, encodeAudioIn, encodeSetup, isFatalAgentError } from '../src/agent/protocol.js';
+import { decodeAgentMessage, encodeAudioIn, encodeSetup, isFatalAgentError } from '../src/agent/playai/codec.js';
 
 describe('PlayAI agent protocol codec', () => {
   it('decodes the messages the bridge acts on', () => {

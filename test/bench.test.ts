@@ -7,15 +7,15 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { WebSocket } from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
-import { encodeAudioIn, encodeSetup } from '../src/agent/protocol.js';
+import { encodeAudioIn, encodeSetup } from '../src/agent/playai/codec.js';
 import { createBridge, type Bridge } from '../src/app.js';
 import { openDb } from '../src/store/db.js';
 import { decodeFrameId, encodeFrame, FRAME_B64_LENGTH, FRAME_BYTES, isMarkerFrame } from '../src/bench/frames.js';
 import { parseHostStat, parseProcStat, parseStatusKb, readCpuTicks, readMemoryKb } from '../src/bench/procstat.js';
 import { LatencyHistogram, parsePromHistogram, promHistogramQuantile, promValue } from '../src/bench/stats.js';
 import { loadConfig } from '../src/config.js';
-import { BARGE_IN_MARKER, BARGE_IN_MARKER_B64, LocalAgentServer } from '../src/local/localAgent.js';
-import { placeCall, type FakeTwilioStream } from '../src/testing/twilioSim.js';
+import { BARGE_IN_MARKER, BARGE_IN_MARKER_B64, LocalAgentServer } from '../src/sim/localAgent.js';
+import { placeCall, type FakeTwilioStream } from '../src/sim/twilioSim.js';
 
 describe('bench frames', () => {
   it('encodes call index and sequence in the first 6 bytes and decodes them from 8 base64 characters', () => {

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { encodeAudioIn, encodeSetup, type AgentSetup } from '../src/agent/protocol.js';
+import { encodeAudioIn, encodeSetup, type AgentSetup } from '../src/agent/playai/codec.js';
 import { FakeAgentServer } from '../src/testing/fakeAgent.js';
 
 type Frame = Record<string, unknown>;

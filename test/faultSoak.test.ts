@@ -25,7 +25,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
-import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/testing/twilioSim.js';
+import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/sim/twilioSim.js';
 import { Rng } from '../src/util/prng.js';
 import { AUTH_TOKEN, PUBLIC_URL, startTestBridge, type TestBridge } from './helpers.js';
 

@@ -10,7 +10,7 @@ import { openDb, type Db } from '../src/store/db.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { FakeAgentServer, type FakeAgentConnection, type FakeAgentOptions } from '../src/testing/fakeAgent.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
-import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/testing/twilioSim.js';
+import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/sim/twilioSim.js';
 
 export const AUTH_TOKEN = 'test-auth-token-0123456789abcdef';
 export const PUBLIC_URL = 'https://voice.example.test';

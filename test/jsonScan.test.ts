@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { decodeAgentMessage } from '../src/agent/protocol.js';
-import { newSpan, scanAgentAudio, scanTwilioMedia } from '../src/audio/jsonScan.js';
+import { decodeAgentMessage } from '../src/agent/playai/codec.js';
+import { newSpan } from '../src/util/jsonBytes.js';
+import { scanAgentAudio } from '../src/agent/playai/scan.js';
+import { scanTwilioMedia } from '../src/carrier/twilio/scan.js';
 import { decodeTwilioMessage } from '../src/carrier/twilio/codec.js';
 import { prng } from '../src/util/prng.js';
 

@@ -28,14 +28,15 @@
  *   the only timers left are the bridge's 2 s terminate timers and the sweep
  *   interval; after dispose() they are gone and vi.getTimerCount() is 0.
  */
-import { newSpan, scanAgentAudio } from '../src/audio/jsonScan.js';
+import { newSpan } from '../src/util/jsonBytes.js';
+import { scanAgentAudio } from '../src/agent/playai/scan.js';
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/leg.js';
-import { decodeAgentMessage } from '../src/agent/protocol.js';
+import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/playai/leg.js';
+import { decodeAgentMessage } from '../src/agent/playai/codec.js';
 import { TwilioStreamConnection } from '../src/carrier/twilio/stream.js';
 import { loadConfig, type NumberRoute } from '../src/config.js';
 import { mediaStreamRoute } from '../src/http/mediaStream.js';
@@ -1836,7 +1837,6 @@ const PROFILES: Profile[] = [
 
 const grandTotals = newTotals();
 const carrierOriginals = {
-  sendMedia: TwilioStreamConnection.prototype.sendMedia,
   sendMediaBytes: TwilioStreamConnection.prototype.sendMediaBytes,
   sendMark: TwilioStreamConnection.prototype.sendMark,
   sendClear: TwilioStreamConnection.prototype.sendClear,
@@ -1845,10 +1845,6 @@ const carrierOriginals = {
 beforeAll(() => {
   // Watch every carrier send the session makes (and inject failures), then let it through.
   const proto = TwilioStreamConnection.prototype;
-  proto.sendMedia = function (this: TwilioStreamConnection, payload: string) {
-    currentWorld?.onCarrierCall(this.streamSid, 'media');
-    carrierOriginals.sendMedia.call(this, payload);
-  };
   proto.sendMediaBytes = function (this: TwilioStreamConnection, buf: Buffer, start: number, end: number) {
     currentWorld?.onCarrierCall(this.streamSid, 'media');
     carrierOriginals.sendMediaBytes.call(this, buf, start, end);

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { encodeAudioIn, encodeSetup, type AgentSetup } from '../src/agent/protocol.js';
+import { encodeAudioIn, encodeSetup, type AgentSetup } from '../src/agent/playai/codec.js';
 import { silence, speechLikeSignal } from '../src/audio/signal.js';
-import { LocalAgentServer, type LocalAgentOptions } from '../src/local/localAgent.js';
+import { LocalAgentServer, type LocalAgentOptions } from '../src/sim/localAgent.js';
 
 type Frame = Record<string, unknown>;
 

@@ -10,8 +10,8 @@ import { createBridge, type Bridge } from '../src/app.js';
 import { openDb } from '../src/store/db.js';
 import { silence, speechLikeSignal } from '../src/audio/signal.js';
 import { loadConfig } from '../src/config.js';
-import { LocalAgentServer } from '../src/local/localAgent.js';
-import { placeCall, placeCalls } from '../src/testing/twilioSim.js';
+import { LocalAgentServer } from '../src/sim/localAgent.js';
+import { placeCall, placeCalls } from '../src/sim/twilioSim.js';
 
 let bridge: Bridge | undefined;
 let agent: LocalAgentServer | undefined;

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DialError } from '../src/outbound/dialer.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
 import { openDb, type Db } from '../src/store/db.js';
-import { FakeTwilioStream } from '../src/testing/twilioSim.js';
+import { FakeTwilioStream } from '../src/sim/twilioSim.js';
 import { AUTH_TOKEN, PUBLIC_URL, STREAM_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;

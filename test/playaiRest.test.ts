@@ -4,7 +4,7 @@ import {
   fetchConversationTranscriptPages,
   PlayAiRestError,
   type FetchTranscriptOptions,
-} from '../src/agent/rest.js';
+} from '../src/agent/playai/rest.js';
 import { FakePlayAiRest, type FakePlayAiRestOptions } from '../src/testing/fakePlayaiRest.js';
 
 const API_KEY = 'sk-test-very-secret-playai-key-0123';

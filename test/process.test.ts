@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { speechLikeSignal } from '../src/audio/signal.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
-import { placeCall, postVoiceWebhook, type FakeTwilioStream, type SimCallResult } from '../src/testing/twilioSim.js';
+import { placeCall, postVoiceWebhook, type FakeTwilioStream, type SimCallResult } from '../src/sim/twilioSim.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

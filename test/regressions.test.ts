@@ -7,7 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterEach, expect, it, vi } from 'vitest';
-import type { AgentConnector, AgentLeg } from '../src/agent/leg.js';
+import type { AgentConnector, AgentLeg } from '../src/agent/playai/leg.js';
 import { loadConfig } from '../src/config.js';
 import { mediaStreamRoute } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';

@@ -3,7 +3,7 @@
  * per-agent limits, stuck-call reaping and graceful drain.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { postVoiceWebhook } from '../src/testing/twilioSim.js';
+import { postVoiceWebhook } from '../src/sim/twilioSim.js';
 import { AUTH_TOKEN, eventually, numberedFrames, openCall, PUBLIC_URL, startTestBridge, ulaw, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;
@@ -218,7 +218,7 @@ describe('limits and stuck calls', () => {
   it('closes a session whose status callback reports the call completed', async () => {
     tb = await startTestBridge();
     const call = await openCall(tb);
-    const { postStatusCallback } = await import('../src/testing/twilioSim.js');
+    const { postStatusCallback } = await import('../src/sim/twilioSim.js');
     await postStatusCallback({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: call.callSid, CallStatus: 'completed', SequenceNumber: '3' } });
     await call.agent.closed;
     await call.stream.waitForClose(2000);

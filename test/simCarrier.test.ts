@@ -7,8 +7,8 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import twilio from 'twilio';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { postStatusCallback, postVoiceWebhook } from '../src/testing/twilioSim.js';
-import { LocalDialer, type LocalDialerOptions, type Outcome, type SimCallInfo, type SimTiming } from '../src/local/simCarrier.js';
+import { postStatusCallback, postVoiceWebhook } from '../src/sim/twilioSim.js';
+import { LocalDialer, type LocalDialerOptions, type Outcome, type SimCallInfo, type SimTiming } from '../src/sim/simCarrier.js';
 import type { DialRequest } from '../src/outbound/dialer.js';
 import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
 

@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import twilio from 'twilio';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Outcome, SimCallInfo, SimTiming } from '../src/local/simCarrier.js';
+import type { Outcome, SimCallInfo, SimTiming } from '../src/sim/simCarrier.js';
 import { DialError, type DialRequest } from '../src/outbound/dialer.js';
 import { TwilioDialer } from '../src/outbound/twilioDialer.js';
 import { RedirectingRequestClient } from '../src/carrier/twilio/callControl.js';

@@ -1,6 +1,6 @@
 import twilio from 'twilio';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FakeTwilioStream, newCallSid, postStatusCallback, postVoiceWebhook, StreamConnectError } from '../src/testing/twilioSim.js';
+import { FakeTwilioStream, newCallSid, postStatusCallback, postVoiceWebhook, StreamConnectError } from '../src/sim/twilioSim.js';
 import { AUTH_TOKEN, eventually, PUBLIC_URL, startTestBridge, STREAM_URL, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;

@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import twilio from 'twilio';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { FakeTwilioStream, StreamConnectError, parseTwiml, placeCall, placeCalls, postVoiceWebhook } from '../src/testing/twilioSim.js';
+import { FakeTwilioStream, StreamConnectError, parseTwiml, placeCall, placeCalls, postVoiceWebhook } from '../src/sim/twilioSim.js';
 
 const TOKEN = 'test-auth-token-0123456789abcdef';
 const PUBLIC = 'https://voice.example.com';

@@ -1,5 +1,5 @@
 /**
- * The benchmark's agent process: the built-in local agent (`src/local/localAgent.ts`)
+ * The benchmark's agent process: the built-in local agent (`src/sim/localAgent.ts`)
  * in `echo` mode with the barge-in marker hook on. Same server as `npm run agent --
  * --mode echo`, plus `bargeInMarker` (see the local agent's docs).
  *
@@ -10,7 +10,7 @@
  * (the benchmark runner died).
  */
 import { parseArgs } from 'node:util';
-import { LocalAgentServer } from '../local/localAgent.js';
+import { LocalAgentServer } from '../sim/localAgent.js';
 import { portArg, stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]

@@ -8,7 +8,7 @@
  * the marker characters 8-15: a frame is an 8-character id + one of two constant
  * tails, and decoding the id reads 8 characters.
  */
-import { BARGE_IN_MARKER, BARGE_IN_MARKER_OFFSET } from '../local/localAgent.js';
+import { BARGE_IN_MARKER, BARGE_IN_MARKER_OFFSET } from '../sim/localAgent.js';
 
 export const FRAME_BYTES = 160;
 /** Filler byte: quiet but not digital silence (0xff), so nothing mistakes it for a mute frame. */

@@ -26,7 +26,7 @@
 import { setMaxListeners } from 'node:events';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { placeCalls, type FakeTwilioStream, type SimCallResult } from '../testing/twilioSim.js';
+import { placeCalls, type FakeTwilioStream, type SimCallResult } from '../sim/twilioSim.js';
 import { decodeFrameId, encodeFrame } from './frames.js';
 import { clockTicksPerSecond, readCpuTimes, readHostCpuTimes, readMemoryKb, type HostCpuTimes } from './procstat.js';
 import { LatencyHistogram, round2, round3, summarize, type LatencySummary } from './stats.js';

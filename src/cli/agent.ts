@@ -1,5 +1,5 @@
 /**
- * Standalone local PlayAI-protocol agent (see `src/local/localAgent.ts`).
+ * Standalone local PlayAI-protocol agent (see `src/sim/localAgent.ts`).
  *
  *   node dist/cli/agent.js [--port N] [--host H] [--mode echo-test|echo]
  *
@@ -8,7 +8,7 @@
  */
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { LocalAgentServer } from '../local/localAgent.js';
+import { LocalAgentServer } from '../sim/localAgent.js';
 
 const USAGE = `Usage: node dist/cli/agent.js [options]
 

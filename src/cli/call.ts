@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { mulawEncode } from '../audio/mulaw.js';
 import { speechLikeSignal } from '../audio/signal.js';
 import { toMulaw8k, writeWavMulaw } from '../audio/wav.js';
-import { placeCalls, type SimCallOptions, type SimCallResult } from '../testing/twilioSim.js';
+import { placeCalls, type SimCallOptions, type SimCallResult } from '../sim/twilioSim.js';
 
 const HELP = `Usage: npm run call -- [options]
 

@@ -17,7 +17,7 @@ import { openDb } from '../store/db.js';
 import { loadConfig } from '../config.js';
 import { FakeAgentServer, type FakeAgentConnection } from '../testing/fakeAgent.js';
 import { FakeCallControl } from '../testing/fakeCallControl.js';
-import { placeCalls, type SimCallResult } from '../testing/twilioSim.js';
+import { placeCalls, type SimCallResult } from '../sim/twilioSim.js';
 import { prng } from '../util/prng.js';
 
 const HELP = `Usage: npm run chaos -- [options]

@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import type { AgentConnector } from '../agent/leg.js';
+import type { AgentConnector } from '../agent/playai/leg.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import { TwilioStreamConnection, type StartDecision } from '../carrier/twilio/stream.js';
 import type { TwilioStart } from '../carrier/twilio/codec.js';

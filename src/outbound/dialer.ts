@@ -3,7 +3,7 @@
  * to place and follow calls. Two implementations: Twilio REST
  * (`twilioDialer.ts`, also used against a Twilio-compatible server through
  * TWILIO_API_URL) and the built-in simulated carrier of local mode
- * (`src/local/simCarrier.ts`).
+ * (`src/sim/simCarrier.ts`).
  *
  * The carrier reaches the bridge back through three URLs, all carrying our
  * call id in the query string (the Twilio signature covers it):

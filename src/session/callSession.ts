@@ -17,8 +17,8 @@
  * - `closed`.
  */
 import type { Logger } from 'pino';
-import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/leg.js';
-import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/protocol.js';
+import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/playai/leg.js';
+import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/playai/codec.js';
 import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';

@@ -6,10 +6,9 @@
  * (`frames`, `audioIn`). Listens on 127.0.0.1 on a random port.
  */
 import { randomBytes } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { WebSocket, type RawData } from 'ws';
+import { decodeSetup, encodeAudioStream, listenTalkServer, rawToString, type TalkServer } from '../agent/playai/server.js';
 
 /** Behaviour of new connections; read when each connection needs it, so it may change between calls. */
 export interface FakeAgentOptions {
@@ -28,8 +27,6 @@ export interface FakeAgentOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 3000;
-const TALK_PATH = /^\/v1\/talk\/([^/]+)$/;
-const AUDIO_STREAM_PREFIX = '{"type":"audioStream","data":"';
 /** Close code used after a fatal error frame. */
 const POLICY_CLOSE = 1008;
 
@@ -37,12 +34,6 @@ interface Waiter {
   /** Tries to settle; returns true when done. */
   poll(): boolean;
   fail(err: Error): void;
-}
-
-function rawToString(data: RawData): string {
-  if (Buffer.isBuffer(data)) return data.toString('utf8');
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
 }
 
 /**
@@ -158,7 +149,7 @@ export class FakeAgentConnection {
 
   /** Sends an `audioStream` chunk (`b64` is sent as is, unchecked). */
   audio(b64: string): void {
-    this.sendRaw(AUDIO_STREAM_PREFIX + b64 + '"}');
+    this.sendRaw(encodeAudioStream(b64));
   }
 
   newAudioStream(): void {
@@ -249,7 +240,7 @@ export class FakeAgentConnection {
     this.frames.push(frame);
     if (this.setup === undefined && this.frames.length === 1) {
       this.setup = frame;
-      this.onSetup(frame);
+      this.onSetup(rawToString(data));
     } else if (frame.type === 'audioIn' && typeof frame.data === 'string') {
       this.audioIn.push(frame.data);
       if (this.options().echo === true && frame.data.length > 0) this.audio(frame.data);
@@ -257,11 +248,12 @@ export class FakeAgentConnection {
     for (const w of [...this.waiters]) w.poll();
   }
 
-  private onSetup(setup: Record<string, unknown>): void {
+  private onSetup(text: string): void {
     const opts = this.options();
-    if (setup.type !== 'setup') {
-      this.error(4400, 'first frame must be setup', true);
-      this.close(POLICY_CLOSE, 'first frame must be setup');
+    const setup = decodeSetup(text);
+    if (typeof setup === 'string') {
+      this.error(4400, setup, true);
+      this.close(POLICY_CLOSE, setup.slice(0, 120));
       return;
     }
     if (opts.apiKey !== undefined && setup.apiKey !== opts.apiKey) {
@@ -301,29 +293,30 @@ export class FakeAgentServer {
   private isClosed = false;
 
   private constructor(
-    private readonly http: Server,
-    private readonly wss: WebSocketServer,
+    private readonly server: TalkServer,
     options: FakeAgentOptions,
   ) {
     this.options = options;
-    this.url = `ws://127.0.0.1:${(http.address() as AddressInfo).port}`;
-    http.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket, head));
+    this.url = server.url;
   }
 
   /** Starts listening on 127.0.0.1 (random port). */
   static async start(opts: FakeAgentOptions = {}): Promise<FakeAgentServer> {
-    const http = createServer((_req, res) => {
-      res.writeHead(426).end();
+    let self: FakeAgentServer | undefined;
+    const server = await listenTalkServer({
+      ws: { maxPayload: 1024 * 1024, autoPong: false },
+      onConnection: (ws, req, agentId) => {
+        if (self === undefined || self.isClosed) {
+          ws.terminate();
+          return;
+        }
+        const owner = self;
+        owner.connections.push(new FakeAgentConnection(ws, req, agentId, () => owner.options));
+        for (const w of [...owner.waiters]) if (w.poll()) break;
+      },
     });
-    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 1024 * 1024, autoPong: false });
-    await new Promise<void>((resolve, reject) => {
-      http.once('error', reject);
-      http.listen(0, '127.0.0.1', () => {
-        http.off('error', reject);
-        resolve();
-      });
-    });
-    return new FakeAgentServer(http, wss, { ...opts });
+    self = new FakeAgentServer(server, { ...opts });
+    return self;
   }
 
   /** Resolves with the oldest connection not yet returned by this method, waiting if needed. */
@@ -349,34 +342,7 @@ export class FakeAgentServer {
     const err = new Error('fake agent: server closed');
     for (const w of [...this.waiters]) w.fail(err);
     for (const conn of this.connections) conn.terminate();
-    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
-    await new Promise<void>((resolve) => {
-      this.http.close(() => resolve());
-      this.http.closeAllConnections();
-    });
+    await this.server.close();
     await Promise.all(this.connections.map((c) => c.closed));
-  }
-
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const match = TALK_PATH.exec((req.url ?? '').split('?', 1)[0] ?? '');
-    if (this.isClosed || match === null) {
-      socket.end(`HTTP/1.1 ${this.isClosed ? '503 Service Unavailable' : '404 Not Found'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-      return;
-    }
-    let agentId: string;
-    try {
-      agentId = decodeURIComponent(match[1] ?? '');
-    } catch {
-      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      if (this.isClosed) {
-        ws.terminate();
-        return;
-      }
-      this.connections.push(new FakeAgentConnection(ws, req, agentId, () => this.options));
-      for (const w of [...this.waiters]) if (w.poll()) break;
-    });
   }
 }

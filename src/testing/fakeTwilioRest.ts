@@ -24,10 +24,10 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
-import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type Outcome, type SimCallInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../local/simCarrier.js';
+import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type Outcome, type SimCallInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../sim/simCarrier.js';
 import type { AmdMode } from '../outbound/dialer.js';
 import { Rng } from '../util/prng.js';
-import { newAccountSid } from './twilioSim.js';
+import { newAccountSid } from '../sim/twilioSim.js';
 
 export interface TwilioErrorSpec {
   code: number;

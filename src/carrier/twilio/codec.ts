@@ -150,24 +150,53 @@ export function decodeTwilioMessage(text: string): TwilioInbound | TwilioDecodeE
 }
 
 /**
- * Encoders for the three messages Twilio accepts on a bidirectional stream.
- * Bound to one streamSid so the hot path only concatenates strings.
+ * Encoders for the three messages Twilio accepts on a bidirectional stream,
+ * bound to one streamSid. `media` is built as bytes: the caller's base64
+ * (already validated, needing no JSON escaping) is copied between a fixed
+ * head and tail, with no string in between.
  */
 export class TwilioEncoder {
-  readonly #mediaPrefix: string;
+  /** `{"event":"media","streamSid":"…","media":{"payload":"` and the streamSid, in one buffer of their own. */
+  readonly #mediaHead: Buffer;
+  readonly #sid: Buffer;
   readonly #markPrefix: string;
   readonly #clear: string;
 
   constructor(readonly streamSid: string) {
     const sidJson = JSON.stringify(streamSid);
-    this.#mediaPrefix = `{"event":"media","streamSid":${sidJson},"media":{"payload":"`;
+    const head = `{"event":"media","streamSid":${sidJson},"media":{"payload":"`;
+    // Both live as long as the call, so they get one small allocation of their own: a small
+    // Buffer.from() is a slice of Node's shared 8 KB pool and would keep the whole slab alive
+    // (the per-frame buffers rotate that pool quickly, so every call would pin its own slabs).
+    const headLen = Buffer.byteLength(head, 'utf8');
+    const own = Buffer.allocUnsafeSlow(headLen + Buffer.byteLength(streamSid, 'utf8'));
+    own.write(head, 0, 'utf8');
+    own.write(streamSid, headLen, 'utf8');
+    this.#mediaHead = own.subarray(0, headLen);
+    this.#sid = own.subarray(headLen);
     this.#markPrefix = `{"event":"mark","streamSid":${sidJson},"mark":{"name":`;
     this.#clear = `{"event":"clear","streamSid":${sidJson}}`;
   }
 
-  /** `payload` must already be validated base64 (it needs no JSON escaping). */
+  /** True when `buf[start, end)` is this stream's streamSid. */
+  isStreamSid(buf: Buffer, start: number, end: number): boolean {
+    return this.#sid.compare(buf, start, end) === 0;
+  }
+
+  /** A `media` message carrying the base64 audio `buf[start, end)` (validated base64). */
+  mediaBytes(buf: Buffer, start: number, end: number): Buffer {
+    const head = this.#mediaHead;
+    const n = end - start;
+    const out = Buffer.allocUnsafe(head.length + n + MEDIA_TAIL.length);
+    head.copy(out, 0);
+    buf.copy(out, head.length, start, end);
+    MEDIA_TAIL.copy(out, head.length + n);
+    return out;
+  }
+
+  /** The same as a string, for callers that hold a string (`payload` must be validated base64). */
   media(payload: string): string {
-    return this.#mediaPrefix + payload + '"}}';
+    return this.#mediaHead.toString('utf8') + payload + '"}}';
   }
 
   mark(name: string): string {
@@ -178,3 +207,5 @@ export class TwilioEncoder {
     return this.#clear;
   }
 }
+
+const MEDIA_TAIL = Buffer.from('"}}', 'latin1');

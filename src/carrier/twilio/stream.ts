@@ -11,7 +11,8 @@
  */
 import WebSocket from 'ws';
 import type { Socket } from 'node:net';
-import { newSpan, scanTwilioMedia } from '../../audio/jsonScan.js';
+import { newSpan } from '../../util/jsonBytes.js';
+import { scanTwilioMedia } from './scan.js';
 import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
 import { decodeTwilioMessage, MAX_INBOUND_PAYLOAD_CHARS, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
 
@@ -35,8 +36,7 @@ export interface CarrierHandlers {
 
 /** What the session may send to the carrier leg: only Twilio's three outbound messages. */
 export interface CarrierLeg {
-  sendMedia(payload: string): void;
-  /** Same, with the base64 taken from `buf[start, end)` without making a string of it. */
+  /** Agent audio to the caller: the base64 `buf[start, end)`, validated, sent without making a string of it. */
   sendMediaBytes(buf: Buffer, start: number, end: number): void;
   sendMark(name: string): void;
   sendClear(): void;
@@ -64,14 +64,11 @@ export const CLOSE_POLICY = 1008;
 
 /** ws send options for a Buffer that holds a text message. */
 const TEXT = { binary: false } as const;
-const MEDIA_TAIL = Buffer.from('"}}', 'latin1');
 
 export class TwilioStreamConnection implements CarrierLeg {
   readonly #ws: WebSocket;
   readonly #span = newSpan();
   readonly #socket: Socket | undefined;
-  #sidBytes: Buffer | undefined;
-  #mediaHead: Buffer | undefined;
   readonly #opts: TwilioStreamOptions;
   #encoder: TwilioEncoder | undefined;
   #streamSid = '';
@@ -110,23 +107,11 @@ export class TwilioStreamConnection implements CarrierLeg {
     return this.#streamSid;
   }
 
-  sendMedia(payload: string): void {
-    if (this.#encoder !== undefined && this.#ws.readyState === WebSocket.OPEN) {
-      corkForThisTurn(this.#socket);
-      this.#ws.send(this.#encoder.media(payload));
-    }
-  }
-
   sendMediaBytes(buf: Buffer, start: number, end: number): void {
-    const head = this.#mediaHead;
-    if (head === undefined || this.#ws.readyState !== WebSocket.OPEN) return;
-    const n = end - start;
-    const out = Buffer.allocUnsafe(head.length + n + MEDIA_TAIL.length);
-    head.copy(out, 0);
-    buf.copy(out, head.length, start, end);
-    MEDIA_TAIL.copy(out, head.length + n);
+    const encoder = this.#encoder;
+    if (encoder === undefined || this.#ws.readyState !== WebSocket.OPEN) return;
     corkForThisTurn(this.#socket);
-    this.#ws.send(out, TEXT);
+    this.#ws.send(encoder.mediaBytes(buf, start, end), TEXT);
   }
 
   sendMark(name: string): void {
@@ -181,10 +166,10 @@ export class TwilioStreamConnection implements CarrierLeg {
     const h = this.#handlers;
     const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
     // Hot path: a media frame of Twilio's exact shape goes through without JSON.parse or strings.
-    const sid = this.#sidBytes;
-    if (h !== undefined && sid !== undefined && scanTwilioMedia(buf, this.#span, MAX_INBOUND_PAYLOAD_CHARS)) {
+    const encoder = this.#encoder;
+    if (h !== undefined && encoder !== undefined && scanTwilioMedia(buf, this.#span, MAX_INBOUND_PAYLOAD_CHARS)) {
       const span = this.#span;
-      if (sid.compare(buf, span.sidStart, span.sidEnd) === 0) h.onMediaBytes(buf, span.audioStart, span.audioEnd);
+      if (encoder.isStreamSid(buf, span.sidStart, span.sidEnd)) h.onMediaBytes(buf, span.audioStart, span.audioEnd);
       else h.onBadFrame('wrong_stream_sid', 'media');
       return;
     }
@@ -236,23 +221,12 @@ export class TwilioStreamConnection implements CarrierLeg {
     this.#clearStartTimer();
     this.#streamSid = start.streamSid;
     this.#encoder = new TwilioEncoder(start.streamSid);
-    // Both live as long as the call, so they get one small allocation of their own: a small
-    // Buffer.from() is a slice of Node's shared 8 KB pool and would keep the whole slab alive
-    // (the per-frame buffers rotate that pool quickly, so every call would pin its own slabs).
-    const head = this.#encoder.media('').slice(0, -MEDIA_TAIL.length);
-    const headLen = Buffer.byteLength(head, 'utf8');
-    const own = Buffer.allocUnsafeSlow(headLen + Buffer.byteLength(start.streamSid, 'utf8'));
-    own.write(head, 0, 'utf8');
-    own.write(start.streamSid, headLen, 'utf8');
-    this.#mediaHead = own.subarray(0, headLen);
-    this.#sidBytes = own.subarray(headLen);
     const decision = this.#opts.onStart(start, this);
     if (decision.accept) {
       this.#handlers = decision.handlers;
     } else {
       this.#done = true;
       this.#encoder = undefined;
-      this.#mediaHead = undefined;
       this.#opts.onHandshakeEvent('refused', decision.reason);
       this.close(CLOSE_POLICY, decision.reason.slice(0, 100));
     }
@@ -263,7 +237,6 @@ export class TwilioStreamConnection implements CarrierLeg {
     const h = this.#handlers;
     this.#handlers = undefined;
     this.#encoder = undefined;
-    this.#mediaHead = undefined;
     if (h !== undefined) {
       try {
         h.onClose(code);

@@ -26,7 +26,7 @@ import twilio from 'twilio';
 import { speechLikeSignal } from '../audio/signal.js';
 import { sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import { DialError, type AmdMode, type CarrierCall, type Dialer, type DialRequest } from '../outbound/dialer.js';
-import { FakeTwilioStream, newAccountSid, newCallSid, newStreamSid, parseTwiml, type ParsedTwiml } from '../testing/twilioSim.js';
+import { FakeTwilioStream, newAccountSid, newCallSid, newStreamSid, parseTwiml, type ParsedTwiml } from './twilioSim.js';
 import { Rng } from '../util/prng.js';
 
 // ---------------------------------------------------------------------------

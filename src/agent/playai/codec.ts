@@ -5,7 +5,7 @@
  * as `{ type: 'unknown' }` so the caller can count and ignore them, and unknown
  * fields are dropped. Fields the bridge acts on are checked, never cast.
  */
-import { isBase64 } from '../audio/base64.js';
+import { isBase64 } from '../../audio/base64.js';
 
 /** Fields of the first client frame. */
 export interface AgentSetup {

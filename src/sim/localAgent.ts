@@ -35,12 +35,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { isBase64 } from '../audio/base64.js';
+import { WebSocket, type RawData } from 'ws';
+import { decodeClientFrame, decodeSetup, encodeAudioStream, listenTalkServer, rawToString, type TalkServer } from '../agent/playai/server.js';
 import { mulawEncode } from '../audio/mulaw.js';
 import { EnergyVad } from '../audio/vad.js';
 
@@ -71,7 +68,6 @@ const BARGE_IN_MARKER_B64_AT = (BARGE_IN_MARKER_OFFSET / 3) * 4;
 /** Base64 length of a 160-byte (20 ms) frame. */
 const FRAME_160_B64_LENGTH = 216;
 
-const TALK_PATH = /^\/v1\/talk\/([^/]+)$/;
 const MAX_PAYLOAD = 1024 * 1024;
 /** 100 ms of 8 kHz mu-law per `audioStream`. */
 const CHUNK_BYTES = 800;
@@ -89,15 +85,6 @@ const TAIL_BYTES = 100 * 8;
 const MAX_CONVERSATIONS = 1000;
 const DEFAULT_GREETING = 'Hello, this is the Playline echo test. Say something, and I will play it back to you.';
 const HANGUP_HOOK = /#hangup-after:(\d+)/;
-const AUDIO_IN_PREFIX = '{"type":"audioIn","data":"';
-const AUDIO_STREAM_PREFIX = '{"type":"audioStream","data":"';
-
-interface ValidSetup {
-  apiKey: string | undefined;
-  prompt: string | undefined;
-  customGreeting: string | undefined;
-  continueConversation: string | undefined;
-}
 
 /** Audio being sent to the client, chunk by chunk. */
 interface OutgoingStream {
@@ -154,10 +141,6 @@ function newConversationId(): string {
   return randomBytes(15).toString('base64url');
 }
 
-function rejectUpgrade(socket: Duplex, status: string): void {
-  socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-}
-
 /** A PlayAI-protocol agent server running in this process. */
 export class LocalAgentServer {
   /** Base URL, e.g. `ws://127.0.0.1:43121`; clients connect to `${url}/v1/talk/{agentId}`. */
@@ -168,35 +151,34 @@ export class LocalAgentServer {
   private closing: Promise<void> | undefined;
 
   private constructor(
-    private readonly http: Server,
-    private readonly wss: WebSocketServer,
+    private readonly server: TalkServer,
     private readonly options: Readonly<LocalAgentOptions>,
-    private readonly greeting: Uint8Array,
   ) {
-    const addr = http.address() as AddressInfo;
-    this.port = addr.port;
-    const host = options.host ?? '127.0.0.1';
-    this.url = `ws://${host.includes(':') ? `[${host}]` : host}:${this.port}`;
+    this.port = server.port;
+    this.url = server.url;
   }
 
   /** Starts listening; resolves once the port is bound. */
   static async start(opts: LocalAgentOptions = {}): Promise<LocalAgentServer> {
     const greeting = opts.greetingAudio ?? (await loadGreeting());
-    const http = createServer((_req, res) => {
-      res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket endpoint: /v1/talk/{agentId}\n');
+    let self: LocalAgentServer | undefined;
+    const server = await listenTalkServer({
+      ...(opts.host !== undefined ? { host: opts.host } : {}),
+      port: opts.port ?? 0,
+      ws: { maxPayload: MAX_PAYLOAD },
+      onConnection: (ws, _req, agentId) => {
+        if (self === undefined || self.closing !== undefined) {
+          ws.terminate();
+          return;
+        }
+        const conn = new AgentConnection(self.conversations, ws, agentId, greeting, self.options);
+        self.connections.add(conn);
+        ws.once('close', () => self?.connections.delete(conn));
+      },
     });
-    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: MAX_PAYLOAD });
-    await new Promise<void>((resolve, reject) => {
-      http.once('error', reject);
-      http.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
-        http.off('error', reject);
-        resolve();
-      });
-    });
-    const server = new LocalAgentServer(http, wss, { ...opts }, greeting);
-    http.on('upgrade', (req, socket, head) => server.onUpgrade(req, socket, head));
-    opts.logger?.info({ url: server.url, mode: opts.mode ?? 'echo-test' }, 'local agent listening');
-    return server;
+    self = new LocalAgentServer(server, { ...opts });
+    opts.logger?.info({ url: self.url, mode: opts.mode ?? 'echo-test' }, 'local agent listening');
+    return self;
   }
 
   /** Number of open agent sockets. */
@@ -209,35 +191,9 @@ export class LocalAgentServer {
     this.closing ??= (async () => {
       for (const conn of this.connections) conn.destroy();
       this.connections.clear();
-      await new Promise<void>((resolve) => this.wss.close(() => resolve()));
-      await new Promise<void>((resolve) => {
-        this.http.close(() => resolve());
-        this.http.closeAllConnections();
-      });
+      await this.server.close();
     })();
     return this.closing;
-  }
-
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    if (this.closing !== undefined) return rejectUpgrade(socket, '503 Service Unavailable');
-    const path = (req.url ?? '').split('?', 1)[0] ?? '';
-    const match = TALK_PATH.exec(path);
-    if (match === null) return rejectUpgrade(socket, '404 Not Found');
-    let agentId: string;
-    try {
-      agentId = decodeURIComponent(match[1] ?? '');
-    } catch {
-      return rejectUpgrade(socket, '400 Bad Request');
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      if (this.closing !== undefined) {
-        ws.terminate();
-        return;
-      }
-      const conn = new AgentConnection(this.conversations, ws, agentId, this.greeting, this.options);
-      this.connections.add(conn);
-      ws.once('close', () => this.connections.delete(conn));
-    });
   }
 }
 
@@ -331,40 +287,25 @@ class AgentConnection {
       this.onSetup(text);
       return;
     }
-    // Fast path for the exact shape the bridge sends; falls back to JSON.parse.
-    if (text.startsWith(AUDIO_IN_PREFIX) && text.endsWith('"}')) {
-      const b64 = text.slice(AUDIO_IN_PREFIX.length, -2);
-      if (isBase64(b64)) {
-        this.onAudioIn(b64);
+    const frame = decodeClientFrame(text);
+    switch (frame.type) {
+      case 'audioIn':
+        this.onAudioIn(frame.data);
         return;
-      }
-    }
-    let msg: unknown;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      this.error(4400, 'frame is not JSON', false);
-      return;
-    }
-    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
-      this.error(4400, 'frame is not a JSON object', false);
-      return;
-    }
-    const o = msg as Record<string, unknown>;
-    if (o.type === 'audioIn') {
-      if (typeof o.data !== 'string' || !isBase64(o.data)) {
-        this.error(4400, 'audioIn.data must be base64', false);
+      case 'invalid':
+        this.error(4400, frame.why, false);
         return;
-      }
-      this.onAudioIn(o.data);
-    } else if (o.type === 'setup') {
-      this.error(4400, 'setup was already received', false);
+      case 'setup':
+        this.error(4400, 'setup was already received', false);
+        return;
+      case 'other':
+        // Other client messages (bufferEmpty, customInput, …) are accepted and ignored.
+        return;
     }
-    // Other client messages (bufferEmpty, customInput, …) are accepted and ignored.
   }
 
   private onSetup(text: string): void {
-    const setup = parseSetup(text);
+    const setup = decodeSetup(text);
     if (typeof setup === 'string') {
       this.error(4400, setup, true);
       return;
@@ -405,7 +346,7 @@ class AgentConnection {
         this.send('{"type":"newAudioStream"}');
         return;
       }
-      this.send(AUDIO_STREAM_PREFIX + b64 + '"}');
+      this.send(encodeAudioStream(b64));
       return;
     }
     const vad = this.vad;
@@ -489,7 +430,7 @@ class AgentConnection {
       const end = Math.min(out.audio.length, out.offset + CHUNK_BYTES);
       const chunk = out.audio.subarray(out.offset, end);
       out.offset = end;
-      this.send(AUDIO_STREAM_PREFIX + Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).toString('base64') + '"}');
+      this.send(encodeAudioStream(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length).toString('base64')));
     }
     if (out.offset >= out.audio.length) {
       if (!out.textSentFirst) this.sendJson({ type: 'onAgentTranscript', message: out.text });
@@ -503,33 +444,4 @@ class AgentConnection {
     this.pacer = undefined;
     this.outgoing = undefined;
   }
-}
-
-function rawToString(data: RawData): string {
-  if (Buffer.isBuffer(data)) return data.toString('utf8');
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
-}
-
-/** Validates the first frame; returns an error message when it is unusable. */
-function parseSetup(text: string): ValidSetup | string {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return 'first frame must be a JSON setup message';
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return 'first frame must be a JSON setup message';
-  const o = raw as Record<string, unknown>;
-  if (o.type !== 'setup') return 'first frame must be setup';
-  if (o.inputEncoding !== 'mulaw' || o.inputSampleRate !== 8000 || o.outputFormat !== 'mulaw' || o.outputSampleRate !== 8000) {
-    return 'only inputEncoding "mulaw" at 8000 Hz and outputFormat "mulaw" at 8000 Hz are supported';
-  }
-  const optStr = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-  return {
-    apiKey: optStr(o.apiKey),
-    prompt: optStr(o.prompt),
-    customGreeting: optStr(o.customGreeting),
-    continueConversation: optStr(o.continueConversation),
-  };
 }

@@ -7,9 +7,10 @@
  */
 import WebSocket from 'ws';
 import type { Socket } from 'node:net';
-import { newSpan, scanAgentAudio } from '../audio/jsonScan.js';
-import { corkForThisTurn, socketOf } from '../util/writeBatch.js';
-import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './protocol.js';
+import { newSpan } from '../../util/jsonBytes.js';
+import { scanAgentAudio } from './scan.js';
+import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
+import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './codec.js';
 
 export interface AgentLegHandlers {
   /** Socket open and `setup` sent. */
