@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { contactsToCsv, parseContactsCsv, parseContactsJson, type ContactsImport } from '../outbound/csv.js';
-import { OutboundError, callToApi, type OutboundService } from '../outbound/service.js';
+import { callToApi } from '../calls/view.js';
+import { OutboundError, type OutboundService } from '../outbound/service.js';
 import {
   campaignSettingsSchema,
   createCallSchema,

@@ -22,6 +22,7 @@
 import type { Logger } from 'pino';
 import type { CallRecord, CallRoute, SessionManager, Slot } from '../session/manager.js';
 import type { CampaignStore, CampaignRow, ContactRow } from '../store/campaigns.js';
+import { callPayload, isMachine, outcomeOf } from '../calls/view.js';
 import { TERMINAL_CALL_STATUSES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
 import { DialError, type DialRequest, type Dialer } from './dialer.js';
 import { FailureBreaker, Pacer, type PacerTicket } from './pacing.js';
@@ -79,26 +80,7 @@ type Job =
   | { kind: 'call'; row: CallRow; slot: Slot }
   | { kind: 'contact'; campaign: CampaignRow<CampaignSettings>; contact: ContactRow; slot: Slot };
 
-const MACHINE = /^machine_/;
 const BACKOFF_429_MS = [1_000, 2_000, 5_000, 10_000, 30_000];
-
-/** Outcome of a finished call from its final carrier status and AMD result. */
-export function outcomeOf(status: string, answeredBy: string | null | undefined): CallOutcome {
-  switch (status) {
-    case 'completed':
-      if (answeredBy !== null && answeredBy !== undefined && MACHINE.test(answeredBy)) return 'voicemail';
-      if (answeredBy === 'fax') return 'failed';
-      return 'answered';
-    case 'busy':
-    case 'no-answer':
-    case 'failed':
-    case 'canceled':
-    case 'not-dialed':
-      return status;
-    default:
-      return 'failed';
-  }
-}
 
 export class OutboundService {
   readonly #o: OutboundOptions;
@@ -364,7 +346,7 @@ export class OutboundService {
     this.#o.calls.event(row.id, 'amd', null, null, { answeredBy: b.answeredBy, durationMs: b.durationMs ?? null }, now);
     this.#o.calls.update(row.id, { answeredBy: b.answeredBy });
     if (row.finalizedAt !== null) return;
-    const machine = MACHINE.test(b.answeredBy) || b.answeredBy === 'fax';
+    const machine = isMachine(b.answeredBy) || b.answeredBy === 'fax';
     if (!machine) return;
     const sid = row.callSid ?? b.callSid;
     const act = async (): Promise<void> => {
@@ -865,33 +847,11 @@ export class OutboundService {
       }
       if (this.#o.webhooks !== undefined) {
         const fresh = this.#o.calls.get(row.id) ?? row;
-        this.#o.webhooks.enqueue('call.completed', row.id, this.callPayload(fresh));
+        this.#o.webhooks.enqueue('call.completed', row.id, callPayload(fresh, this.#o.calls, this.#o.campaigns));
       }
     } catch (err) {
       this.#log.error({ callId: row.id, err }, 'post-call work failed');
     }
-  }
-
-  /** The post-call webhook body. */
-  callPayload(row: CallRow): Record<string, unknown> {
-    const playai = this.#o.calls.transcript(row.id, 'playai');
-    const live = this.#o.calls.transcript(row.id, 'live');
-    const transcript = playai.length > 0 ? playai : live;
-    const contact = row.contactId !== null ? this.#o.campaigns.contact(row.contactId) : undefined;
-    return {
-      call: callToApi(row),
-      outcome: row.outcome,
-      answeredBy: row.answeredBy,
-      durations: {
-        ringSeconds: row.answeredAt !== null && row.dialedAt !== null ? Math.max(0, Math.round((row.answeredAt - row.dialedAt) / 1000)) : null,
-        talkSeconds: row.durationS,
-        totalSeconds: row.endedAt !== null ? Math.round((row.endedAt - (row.dialedAt ?? row.createdAt)) / 1000) : null,
-      },
-      transcript: { source: playai.length > 0 ? 'playai' : 'live', turns: transcript.map((t) => ({ role: t.role, text: t.text, at: new Date(t.at).toISOString() })) },
-      campaignId: row.campaignId,
-      contactId: row.contactId,
-      contact: contact === undefined ? null : { phone: contact.phone, variables: contact.variables, attempts: contact.attempts },
-    };
   }
 
   // -------------------------------------------------------------- upkeep
@@ -1013,35 +973,4 @@ export class OutboundService {
   get stats(): { held: number; inflight: number; recheck: number } {
     return { held: this.#held.size, inflight: this.#inflight.size, recheck: this.#recheck.size };
   }
-}
-
-const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
-
-/** The API's view of a call row. */
-export function callToApi(r: CallRow): Record<string, unknown> {
-  return {
-    id: r.id,
-    callSid: r.callSid,
-    direction: r.direction,
-    to: r.to,
-    from: r.from,
-    agentId: r.agentId,
-    status: r.status,
-    outcome: r.outcome,
-    answeredBy: r.answeredBy,
-    campaignId: r.campaignId,
-    contactId: r.contactId,
-    attempt: r.attempt,
-    metadata: r.metadata,
-    machineDetection: r.machineDetection,
-    voicemailAction: r.voicemailAction,
-    error: r.errorCode !== null || r.errorMessage !== null ? { code: r.errorCode, message: r.errorMessage } : null,
-    conversationId: r.conversationId,
-    endReason: r.endReason,
-    createdAt: iso(r.createdAt),
-    dialedAt: iso(r.dialedAt),
-    answeredAt: iso(r.answeredAt),
-    endedAt: iso(r.endedAt),
-    durationSeconds: r.durationS,
-  };
 }

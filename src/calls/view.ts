@@ -1,0 +1,83 @@
+/**
+ * The one view of a call record that leaves the process: the API's call
+ * object, and the post-call webhook body built from it. Read-only over the
+ * store; no I/O besides reads.
+ */
+import type { CampaignStore } from '../store/campaigns.js';
+import type { CallOutcome, CallRow, CallStore } from '../store/calls.js';
+
+/** Twilio AMD results that mean an answering machine (`machine_start`, `machine_end_beep`, …). */
+export function isMachine(answeredBy: string | null | undefined): boolean {
+  return answeredBy !== null && answeredBy !== undefined && answeredBy.startsWith('machine_');
+}
+
+/** Outcome of a finished call from its final carrier status and AMD result. */
+export function outcomeOf(status: string, answeredBy: string | null | undefined): CallOutcome {
+  switch (status) {
+    case 'completed':
+      if (isMachine(answeredBy)) return 'voicemail';
+      if (answeredBy === 'fax') return 'failed';
+      return 'answered';
+    case 'busy':
+    case 'no-answer':
+    case 'failed':
+    case 'canceled':
+    case 'not-dialed':
+      return status;
+    default:
+      return 'failed';
+  }
+}
+
+const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+
+/** The API's view of a call row. */
+export function callToApi(r: CallRow): Record<string, unknown> {
+  return {
+    id: r.id,
+    callSid: r.callSid,
+    direction: r.direction,
+    to: r.to,
+    from: r.from,
+    agentId: r.agentId,
+    status: r.status,
+    outcome: r.outcome,
+    answeredBy: r.answeredBy,
+    campaignId: r.campaignId,
+    contactId: r.contactId,
+    attempt: r.attempt,
+    metadata: r.metadata,
+    machineDetection: r.machineDetection,
+    voicemailAction: r.voicemailAction,
+    error: r.errorCode !== null || r.errorMessage !== null ? { code: r.errorCode, message: r.errorMessage } : null,
+    conversationId: r.conversationId,
+    endReason: r.endReason,
+    createdAt: iso(r.createdAt),
+    dialedAt: iso(r.dialedAt),
+    answeredAt: iso(r.answeredAt),
+    endedAt: iso(r.endedAt),
+    durationSeconds: r.durationS,
+  };
+}
+
+/** The post-call webhook body: the call, its outcome, durations, transcript, campaign and contact. */
+export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignStore): Record<string, unknown> {
+  const playai = calls.transcript(row.id, 'playai');
+  const live = calls.transcript(row.id, 'live');
+  const transcript = playai.length > 0 ? playai : live;
+  const contact = row.contactId !== null ? campaigns.contact(row.contactId) : undefined;
+  return {
+    call: callToApi(row),
+    outcome: row.outcome,
+    answeredBy: row.answeredBy,
+    durations: {
+      ringSeconds: row.answeredAt !== null && row.dialedAt !== null ? Math.max(0, Math.round((row.answeredAt - row.dialedAt) / 1000)) : null,
+      talkSeconds: row.durationS,
+      totalSeconds: row.endedAt !== null ? Math.round((row.endedAt - (row.dialedAt ?? row.createdAt)) / 1000) : null,
+    },
+    transcript: { source: playai.length > 0 ? 'playai' : 'live', turns: transcript.map((t) => ({ role: t.role, text: t.text, at: new Date(t.at).toISOString() })) },
+    campaignId: row.campaignId,
+    contactId: row.contactId,
+    contact: contact === undefined ? null : { phone: contact.phone, variables: contact.variables, attempts: contact.attempts },
+  };
+}
