@@ -27,6 +27,8 @@ import { WebhookDispatcher } from './outbound/webhooks.js';
 import { LocalDialer } from './sim/simCarrier.js';
 import { CampaignStore } from './store/campaigns.js';
 import { CallStore } from './store/calls.js';
+import { CallRecorder } from './calls/recorder.js';
+import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
@@ -54,6 +56,7 @@ export interface Bridge {
   outbound: OutboundService;
   calls: CallStore;
   campaigns: CampaignStore;
+  recorder: CallRecorder;
   webhooks: WebhookDispatcher | undefined;
   db: Db;
   /**
@@ -77,8 +80,6 @@ async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean
 
 export async function createBridge(config: Config, logger: Logger, overrides: BridgeOverrides = {}): Promise<Bridge> {
   const loadGuard = new LoadGuard(config.maxEventLoopDelayMs);
-  // Set once the outbound service exists (it records inbound calls and session ends).
-  let outboundRef: OutboundService | undefined;
   const manager = new SessionManager({
     overloaded: () => loadGuard.overloaded,
     maxConcurrentCalls: config.maxConcurrentCalls,
@@ -89,7 +90,6 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     agentLimits: config.agentLimits,
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
     inboundReserved: config.outbound.inboundReserved,
-    onSessionEnded: (record) => outboundRef?.onSessionEnded(record),
     onReservationExpired: (callSid) => {
       metrics.streamRejectedTotal.labels('reservation_expired').inc();
       logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
@@ -134,6 +134,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   const db = overrides.db ?? openDataDir(config.dataDir);
   const calls = new CallStore(db);
   const campaigns = new CampaignStore(db);
+  const onStoreError = (op: string, err: unknown): void => {
+    metrics.storeErrorsTotal.labels(op, errorCode(err) || 'unknown').inc();
+  };
+  const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError });
   // The simulated carrier needs the address the bridge listens on: it is set at listen time.
   const deferred = new DeferredDialer('local');
   const dialer: Dialer =
@@ -188,8 +192,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
         }
       : {}),
     onDial: (result) => metrics.outboundDialsTotal.labels(result).inc(),
+    onStoreError,
   });
-  outboundRef = outbound;
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -204,7 +208,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
   });
   await app.register(healthRoutes, { manager, metrics });
-  await app.register(twilioWebhooks, { config, manager, metrics, outbound });
+  await app.register(twilioWebhooks, { config, manager, metrics, callbacks: outbound.callbacks, recorder });
   await app.register(docsRoutes);
   await app.register(async (api) => {
     await api.register(multipart);
@@ -226,6 +230,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callControl,
     connectAgent: overrides.connectAgent ?? wsConnectAgent,
     settings,
+    journal: recorder,
   });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   app.addHook('onListen', async () => {
@@ -268,5 +273,5 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, metrics, callControl, settings, drain, outbound, calls, campaigns, webhooks, db };
+  return { app, manager, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
 }

@@ -43,6 +43,7 @@ export class Metrics {
   readonly agentCapacityTotal: client.Counter;
   readonly webhookSignatureFailures: client.Counter<'route'>;
   readonly outboundDialsTotal: client.Counter<'result'>;
+  readonly storeErrorsTotal: client.Counter<'op' | 'code'>;
   readonly firstAgentAudioSeconds: client.Histogram;
   readonly bargeInClearSeconds: client.Histogram;
   readonly agentInitSeconds: client.Histogram;
@@ -86,6 +87,12 @@ export class Metrics {
     this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
     this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'PlayAI 4429 (too many concurrent connections on the account)', registers });
     this.outboundDialsTotal = new client.Counter({ name: 'playline_outbound_dials_total', help: 'Outbound dial requests by result (dialed, invalid-number, rate-limited, auth, rejected, unknown)', labelNames: ['result'] as const, registers });
+    this.storeErrorsTotal = new client.Counter({
+      name: 'playline_store_errors_total',
+      help: 'Failed database writes or reads by operation and SQLite code (alert on any: disk full, unwritable DATA_DIR, locked database)',
+      labelNames: ['op', 'code'] as const,
+      registers,
+    });
     this.webhookSignatureFailures = new client.Counter({ name: 'playline_signature_failures_total', help: 'Requests refused for a missing or invalid X-Twilio-Signature', labelNames: ['route'] as const, registers });
     this.firstAgentAudioSeconds = new client.Histogram({
       name: 'playline_first_agent_audio_seconds',

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, numberedFrames, openCall, startTestBridge, ulaw, type TestBridge } from './helpers.js';
+import { eventually, numberedFrames, openCall, startTestBridge, storedCall, ulaw, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;
 afterEach(async () => {
@@ -44,7 +44,7 @@ describe('call start', () => {
     for (const f of frames.slice(30)) call.stream.sendMedia(f);
     const got = await call.agent.waitForAudioIn(40);
     expect(got).toEqual(frames);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.conversationId).toBe('conv-1');
+    expect(storedCall(tb, call.callSid)?.conversationId).toBe('conv-1');
     call.stream.sendStop();
   });
 
@@ -66,7 +66,7 @@ describe('call start', () => {
     await call.agent.closed;
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toEqual([{ callSid: call.callSid, text: tb.config.messages.apology }]);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('agent_init_timeout');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_init_timeout');
   });
 });
 
@@ -225,7 +225,7 @@ describe('ending the call', () => {
     const closed = await call.stream.waitForClose(3000);
     expect(closed.code).toBe(1000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('agent_hangup');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_hangup');
   });
 
   it('closes at once after an agent hangup when nothing is queued', async () => {
@@ -270,7 +270,7 @@ describe('ending the call', () => {
     call.stream.sendStop();
     await call.agent.closed;
     expect(Date.now() - t0).toBeLessThan(500);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('caller_hangup');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('caller_hangup');
   });
 
   it('closes the agent socket when the Twilio socket drops without stop', async () => {
@@ -287,9 +287,9 @@ describe('ending the call', () => {
     await call.agent.closed;
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toEqual([{ callSid: call.callSid, text: tb.config.messages.apology }]);
-    const record = tb.bridge.manager.getRecord(call.callSid);
+    const record = storedCall(tb, call.callSid);
     expect(record?.endReason).toBe('agent_error');
-    expect(record?.spokenToCaller).toEqual([tb.config.messages.apology]);
+    expect(record?.spoken).toEqual([tb.config.messages.apology]);
   });
 
   it('treats a documented non-retryable code without isFatal as fatal', async () => {
@@ -337,7 +337,7 @@ describe('tolerance of bad input', () => {
     call.agent.transcript('agent', 'thanks');
     call.agent.audio(ulaw(160));
     await call.stream.waitFor((s) => s.mediaPayloads.length === 1);
-    const record = tb.bridge.manager.getRecord(call.callSid);
+    const record = storedCall(tb, call.callSid);
     expect(record?.transcript.map((t) => [t.role, t.text])).toEqual([
       ['user', 'my account number is 1234'],
       ['agent', 'thanks'],

@@ -1,6 +1,6 @@
 /**
  * Fault soak: a bounded run of real calls over real sockets on 127.0.0.1 (the
- * bridge from startTestBridge, the FakeAgentServer, FakeTwilioStream), with
+ * bridge from startTestBridge, storedCall, the FakeAgentServer, FakeTwilioStream), with
  * faults on both sides. Choices come from a seeded PRNG (override with
  * SOAK_SEED=<n>); socket timing is real, so every check is causal, not timed.
  *
@@ -27,7 +27,7 @@ import { describe, expect, it } from 'vitest';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
 import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/sim/twilioSim.js';
 import { Rng } from '../src/util/prng.js';
-import { AUTH_TOKEN, PUBLIC_URL, startTestBridge, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, PUBLIC_URL, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 const SEED = process.env.SOAK_SEED !== undefined && process.env.SOAK_SEED !== '' ? Number(process.env.SOAK_SEED) >>> 0 : 424_242;
 const CALLS = 200;
@@ -637,7 +637,7 @@ describe('fault soak over real sockets', () => {
       expect(tb.bridge.manager.usedSlots).toBe(0);
       expect(tb.bridge.manager.liveCalls).toBe(0);
       await until(() => tb.bridge.app.websocketServer.clients.size === 0, 2000, 'server sockets closed');
-      expect(tb.bridge.manager.getRecord(calls[1]?.callSid ?? '')?.endReason).toBe('shutdown');
+      expect(storedCall(tb, calls[1]?.callSid ?? '')?.endReason).toBe('shutdown');
     } finally {
       await tb.close();
     }

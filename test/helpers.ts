@@ -152,3 +152,37 @@ export function numberedFrames(n: number): string[] {
     return b.toString('base64');
   });
 }
+
+/** What the store holds about a call, the way tests read it. */
+export interface StoredCall {
+  id: string;
+  endReason: string | null;
+  conversationId: string | null;
+  status: string;
+  /** Texts Playline asked the carrier to speak, in order. */
+  spoken: string[];
+  transcript: Array<{ role: string; text: string }>;
+  dtmf: string[];
+  /** Successful agent reconnects so far. */
+  agentReconnects: number;
+  events: Array<{ type: string; status: string | null; sequence: number | null; data: Record<string, unknown> | null }>;
+}
+
+/** The call's record in the bridge's store, or undefined when it has none. */
+export function storedCall(tb: TestBridge, callSid: string): StoredCall | undefined {
+  const row = tb.bridge.calls.getBySid(callSid);
+  if (row === undefined) return undefined;
+  const events = tb.bridge.calls.events(row.id);
+  const text = (d: Record<string, unknown> | null, k: string): string => (typeof d?.[k] === 'string' ? (d[k] as string) : '');
+  return {
+    id: row.id,
+    endReason: row.endReason,
+    conversationId: row.conversationId,
+    status: row.status,
+    spoken: events.filter((e) => e.type === 'spoke').map((e) => text(e.data, 'text')),
+    transcript: tb.bridge.calls.transcript(row.id, 'live').map((t) => ({ role: t.role, text: t.text })),
+    dtmf: events.filter((e) => e.type === 'dtmf').map((e) => text(e.data, 'digit')),
+    agentReconnects: events.filter((e) => e.type === 'agent_reconnected').length,
+    events: events.map((e) => ({ type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
+  };
+}

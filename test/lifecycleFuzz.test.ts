@@ -44,6 +44,7 @@ import { Metrics } from '../src/metrics.js';
 import type { CallSession, SessionSettings, SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
+import { RecordingJournal } from '../src/testing/recordingJournal.js';
 import { Rng } from '../src/util/prng.js';
 
 // Captured before any test fakes the timers: yields to the real event loop so every microtask runs.
@@ -386,6 +387,8 @@ interface ReservationModel {
   call: CallModel;
   status: 'pending' | 'used' | 'expired';
   expiresAt: number;
+  /** I-Twilio-Idempotency-Token of the webhook that minted it. */
+  idem: string;
 }
 
 interface CallModel {
@@ -476,6 +479,10 @@ interface Totals {
   steps: number;
   sessions: number;
   refusedAtWebhook: number;
+  /** Second webhooks for a pending or live call, refused. */
+  duplicatesRefused: number;
+  /** Twilio's retries of a webhook, answered with the same token. */
+  webhookRetries: number;
   claimsRefused: number;
   expiredReservations: number;
   reconnects: number;
@@ -491,6 +498,8 @@ const newTotals = (): Totals => ({
   steps: 0,
   sessions: 0,
   refusedAtWebhook: 0,
+  duplicatesRefused: 0,
+  webhookRetries: 0,
   claimsRefused: 0,
   expiredReservations: 0,
   reconnects: 0,
@@ -562,6 +571,9 @@ class World {
   readonly trace: string[] = [];
   starting: StreamModel | undefined;
   lastClaim: ClaimResult | undefined;
+  /** What every session reported for its call's record. */
+  readonly journal = new RecordingJournal();
+  #idem = 0;
   injectedFired = false;
   failSessionBuild = false;
   /** Model of the 4429-learned limit. */
@@ -653,6 +665,7 @@ class World {
       callControl: this.callControl,
       connectAgent: this.connector,
       settings: this.settings,
+      journal: this.journal,
     });
     if (this.periodicSweep) this.manager.startSweep(this.rng.pick([1000, 5000]));
   }
@@ -797,7 +810,7 @@ class World {
     if (s === undefined) throw new Error('no session');
     let audio = 0;
     for (const l of sm.legs) audio += l.audio.length;
-    return { state: s.state, spoken: s.record.spokenToCaller.length, audio, media: sm.media.length, marks: sm.marks, clears: sm.clears };
+    return { state: s.state, spoken: this.journal.get(s.callSid).spoken.length, audio, media: sm.media.length, marks: sm.marks, clears: sm.clears };
   }
 
   #checkSpec(sm: StreamModel, b: Snap, spec: Spec, what: string): void {
@@ -805,7 +818,7 @@ class World {
     if (s === undefined) return;
     const a = this.#snap(sm);
     if (!spec.to.includes(a.state)) this.fail(`${what}: call #${sm.call.id} went ${b.state} → ${a.state}; allowed: ${spec.to.join(', ')}`);
-    const spoken = s.record.spokenToCaller.slice(b.spoken);
+    const spoken = this.journal.get(s.callSid).spoken.slice(b.spoken);
     if (spoken.length > 1) this.fail(`${what}: spoke ${spoken.length} texts in one step`);
     const text = spoken[0];
     if (text !== undefined && !(spec.speak ?? []).includes(text)) this.fail(`${what}: call #${sm.call.id} was told "${text}" (${b.state} → ${a.state})`);
@@ -852,7 +865,7 @@ class World {
     // Left the active states during a time step: the spoken text tells which timer did it.
     const s = sm.session;
     if (s === undefined || !ACTIVE.has(b.state) || ACTIVE.has(s.state) || sm.reasons === undefined) return;
-    const text = s.record.spokenToCaller[b.spoken];
+    const text = this.journal.get(s.callSid).spoken[b.spoken];
     if (text === APOLOGY) sm.reasons = ['agent_init_timeout'];
     else if (text === GOODBYE) sm.reasons = ['max_duration'];
     else sm.reasons = sm.reasons.filter((r) => r === 'idle' || r === 'carrier_gone' || r === 'caller_hangup');
@@ -966,10 +979,10 @@ class World {
     const s = sm.session;
     if (s === undefined) return;
     sm.closedChecked = true;
-    const reason = s.record.endReason ?? '(none)';
+    const reason = this.journal.get(s.callSid).endReason ?? '(none)';
     this.totals.outcomes[reason] = (this.totals.outcomes[reason] ?? 0) + 1;
     if (sm.reasons === undefined || !sm.reasons.includes(reason)) this.fail(`${what}: call #${sm.call.id} ended as ${reason}; the path allows ${JSON.stringify(sm.reasons)}`);
-    const spoken = s.record.spokenToCaller;
+    const spoken = this.journal.get(s.callSid).spoken;
     if (!allowedSpoken(reason).some((a) => a.length === spoken.length && a.every((t, i) => t === spoken[i]))) {
       this.fail(`${what}: call #${sm.call.id} ended as ${reason} after saying ${JSON.stringify(spoken)}`);
     }
@@ -1094,29 +1107,46 @@ class World {
     await this.#admit(call, 'POST /twilio/voice');
   }
 
-  async #admit(call: CallModel, label: string): Promise<void> {
+  /**
+   * A voice webhook for the call. `kind`: the first one; Twilio's retry of the
+   * pending one (same I-Twilio-Idempotency-Token: the same token comes back);
+   * a replay of it (another idempotency token: refused as a duplicate); or
+   * one for a call that is live (refused as a duplicate).
+   */
+  async #admit(call: CallModel, label: string, kind: 'first' | 'retry' | 'replay' | 'live' = 'first'): Promise<void> {
     await this.act(`${label} for call #${call.id}`, undefined, () => {
       const m = this.manager;
       const draining = this.drainStarted;
       const prev = call.reservations.find((r) => r.status === 'pending');
-      const usedAfterDrop = m.usedSlots - (prev !== undefined && !draining ? 1 : 0);
+      const idem = kind === 'retry' && prev !== undefined ? prev.idem : `idem-${++this.#idem}`;
+      const usedBefore = m.usedSlots;
       const capacity = this.#expectedCapacity();
-      const r = m.admit({ callSid: call.callSid, from: '+15005550006', to: call.to, direction: 'inbound' });
+      const r = m.admit({ callSid: call.callSid, from: '+15005550006', to: call.to, direction: 'inbound' }, undefined, idem);
       call.admitted = true;
+      if (m.usedSlots !== usedBefore && (kind !== 'first' || !r.ok)) this.fail(`${label}: slots moved ${usedBefore} → ${m.usedSlots}`);
+      if (kind === 'retry' && prev !== undefined) {
+        if (!r.ok || !r.replayed || r.token !== prev.token) this.fail(`Twilio's retry of the webhook did not get the same token: ${JSON.stringify(r)}`);
+        this.totals.webhookRetries++;
+        return undefined;
+      }
+      if (kind === 'replay' || kind === 'live') {
+        if (r.ok || r.reason !== 'duplicate') this.fail(`${label}: a second webhook for a call ${kind === 'live' ? 'that is live' : 'with a pending token'} was not refused as a duplicate: ${JSON.stringify(r)}`);
+        this.totals.duplicatesRefused++;
+        return undefined;
+      }
       if (draining) {
         if (r.ok || r.reason !== 'draining') this.fail(`admit while draining: ${JSON.stringify(r)}`);
         this.totals.refusedAtWebhook++;
         return undefined;
       }
-      if (prev !== undefined) prev.status = 'expired'; // a retried webhook replaces the earlier reservation
-      if (usedAfterDrop >= capacity) {
-        if (r.ok || (r.reason !== 'capacity' && r.reason !== 'agent_capacity')) this.fail(`admit at ${usedAfterDrop}/${capacity}: ${JSON.stringify(r)}`);
+      if (usedBefore >= capacity) {
+        if (r.ok || (r.reason !== 'capacity' && r.reason !== 'agent_capacity')) this.fail(`admit at ${usedBefore}/${capacity}: ${JSON.stringify(r)}`);
         this.totals.refusedAtWebhook++;
         return undefined;
       }
-      if (!r.ok) this.fail(`admit refused at ${usedAfterDrop}/${capacity}: ${r.reason}`);
+      if (!r.ok) this.fail(`admit refused at ${usedBefore}/${capacity}: ${r.reason}`);
       if (r.route.agentId !== call.agentId) this.fail(`admit routed to ${r.route.agentId}`);
-      const res: ReservationModel = { token: r.token, call, status: 'pending', expiresAt: now() + this.tokenTtlMs };
+      const res: ReservationModel = { token: r.token, call, status: 'pending', expiresAt: now() + this.tokenTtlMs, idem };
       call.reservations.push(res);
       this.tokens.set(r.token, res);
       return undefined;
@@ -1150,7 +1180,7 @@ class World {
 
   #finalCallChecks(call: CallModel): void {
     const spoken: string[] = [];
-    for (const sm of call.streams) if (sm.session !== undefined) spoken.push(...sm.session.record.spokenToCaller);
+    if (call.streams.some((sm) => sm.session !== undefined)) spoken.push(...this.journal.get(call.callSid).spoken);
     const requests = this.callControl.byCall.get(call.callSid) ?? [];
     this.callControl.byCall.delete(call.callSid);
     const asked = requests.map((r) => r.text ?? '');
@@ -1183,14 +1213,15 @@ class World {
     const handshaking = open.some((s) => !s.startSent);
     if (pending !== undefined && !handshaking) {
       choices.push([open.length === 0 ? 10 : 3, () => this.#connect(call)]);
-      choices.push([open.length === 0 ? 0.3 : 0, () => this.#admit(call, 'retried webhook')]);
+      choices.push([open.length === 0 ? 0.2 : 0, () => this.#admit(call, 'Twilio retries the webhook', 'retry')]);
+      choices.push([0.2, () => this.#admit(call, 'replayed webhook', 'replay')]);
     }
     if (call.lateStream === true && !handshaking) {
       call.lateStream = false;
       choices.push([100, () => this.#connect(call)]);
     }
     if (open.some((s) => s.session?.state === 'live') && pending === undefined && !this.drainStarted) {
-      choices.push([0.15, () => this.#admit(call, 'webhook again for a live call')]);
+      choices.push([0.15, () => this.#admit(call, 'webhook again for a live call', 'live')]);
     }
     if (choices.length === 0) return;
     await this.rng.weighted(choices)();
@@ -1299,15 +1330,18 @@ class World {
       }
     }
     const res = token === undefined ? undefined : this.tokens.get(token);
+    const liveHere = this.manager.getSession(callSid);
     const expected =
       token === undefined
         ? 'missing_token'
         : res === undefined
           ? 'unknown_token'
           : res.status === 'pending'
-            ? res.call.callSid === callSid
-              ? 'ok'
-              : 'call_mismatch'
+            ? res.call.callSid !== callSid
+              ? 'call_mismatch'
+              : liveHere !== undefined && !liveHere.streamDead
+                ? 'call_live'
+                : 'ok'
             : res.status === 'used'
               ? 'used_token'
               : 'expired_token';
@@ -1332,7 +1366,8 @@ class World {
         const got = this.lastClaim as ClaimResult | undefined;
         const gotText = got === undefined ? 'no claim' : got.ok ? 'ok' : got.reason;
         if (gotText !== expected) this.fail(`start with a ${variant} token: claim ${gotText}, expected ${expected}`);
-        if (res !== undefined && res.status === 'pending') res.status = 'used';
+        // A refused claim (wrong CallSid, call live) leaves the token valid for its own call.
+        if (res !== undefined && res.status === 'pending' && expected === 'ok') res.status = 'used';
         if (expected === 'ok' && buildFails) {
           // The token is spent, the slot is given back and the stream refused.
           this.totals.injectedCrashes++;
@@ -1464,9 +1499,9 @@ class World {
   async #dtmf(sm: StreamModel): Promise<void> {
     await this.act('caller presses a key', sm, (b) => {
       const s = sm.session as CallSession;
-      const n = s.record.dtmf.length;
+      const n = this.journal.get(s.callSid).dtmf.length;
       sm.ws.deliver(tw.dtmf(sm.streamSid, this.rng.pick(['1', '5', '#', '*'])));
-      if (s.record.dtmf.length !== Math.min(n + 1, 200)) this.fail('dtmf not recorded');
+      if (this.journal.get(s.callSid).dtmf.length !== n + 1) this.fail('dtmf not recorded');
       return { to: [b?.state ?? 'closed'] };
     });
   }
@@ -1547,7 +1582,7 @@ class World {
         const last = gap[gap.length - 1];
         if (last !== undefined && bytesOf(last) <= Math.min(pre, rec) && delivered[delivered.length - 1] !== last) this.fail('init: the newest buffered frame was dropped');
       }
-      if (s.record.conversationId !== cid) this.fail('init: conversationId not recorded');
+      if (this.journal.get(s.callSid).conversationId !== cid) this.fail('init: conversationId not recorded');
       if (gap.length > 0) this.totals.gapsVerified++;
       if (st === 'reconnecting') this.totals.reconnects++;
       sm.gap = [];
@@ -1629,7 +1664,7 @@ class World {
     const kind = rng.pick(['user transcript', 'agent transcript', 'voiceActivityEnd', 'onAgentInterrupted', 'ignored type', 'unknown type', 'non-json', 'no type', 'binary', 'bad init']);
     await this.act(`agent sends ${kind}`, sm, (b) => {
       const s = sm.session as CallSession;
-      const turns = s.record.transcript.length;
+      const turns = this.journal.get(s.callSid).transcript.length;
       switch (kind) {
         case 'user transcript':
           leg.deliver(JSON.stringify({ type: 'onUserTranscript', message: 'hello' }));
@@ -1662,7 +1697,8 @@ class World {
       }
       const st = b?.state ?? 'closed';
       const recorded = kind.endsWith('transcript') && st !== 'closed' && st !== 'ending';
-      if (s.record.transcript.length !== turns + (recorded ? 1 : 0)) this.fail(`${kind}: transcript has ${s.record.transcript.length} turns`);
+      const nowTurns = this.journal.get(s.callSid).transcript.length;
+      if (nowTurns !== turns + (recorded ? 1 : 0)) this.fail(`${kind}: transcript has ${nowTurns} turns`);
       return { to: [st] };
     });
   }
@@ -1765,7 +1801,7 @@ class World {
   // ---- the manager and Twilio status callbacks
 
   async #manager(target: StreamModel, kind: 'endWithGoodbye' | 'close' | 'status completed'): Promise<void> {
-    const reason = this.rng.pick(['shutdown', 'max_duration']);
+    const reason = this.rng.pick(['shutdown', 'max_duration'] as const);
     // A status callback ends whichever session the call has now.
     const registered = this.manager.getSession(target.call.callSid);
     const sm = kind === 'status completed' ? (target.call.streams.find((x) => x.session !== undefined && x.session === registered) ?? target) : target;
@@ -1780,7 +1816,7 @@ class World {
           s.close('shutdown');
           return { to: ['closed'], reasons: ['shutdown'] };
         case 'status completed':
-          this.manager.recordStatus(s.callSid, 'completed', { sequence: this.rng.int(0, 9) });
+          // What the status callbacks' owner does for a terminal status: end the call's session.
           this.manager.getSession(s.callSid)?.close('caller_hangup');
           return { to: ['closed'], reasons: ['caller_hangup'] };
       }
@@ -1864,7 +1900,7 @@ afterAll(() => {
   const t = grandTotals;
   console.log(
     `lifecycle fuzz (seed ${MASTER_SEED}): ${t.lifecycles} lifecycles, ${t.steps} steps, ${t.sessions} sessions, ` +
-      `${t.refusedAtWebhook} refused at the webhook, ${t.claimsRefused} streams refused, ${t.expiredReservations} reservations expired, ` +
+      `${t.refusedAtWebhook} refused at the webhook, ${t.duplicatesRefused} duplicate webhooks refused, ${t.webhookRetries} webhook retries, ${t.claimsRefused} streams refused, ${t.expiredReservations} reservations expired, ` +
       `${t.reconnects} reconnects, ${t.gapsVerified} buffered gaps verified (${t.gapsTrimmed} trimmed), ${t.injectedCrashes} injected crashes, ` +
       `${t.drains} drains; outcomes ${JSON.stringify(t.outcomes)}`,
   );
@@ -1924,10 +1960,13 @@ describe('call lifecycle fuzz (seeded, fake timers)', () => {
     expect(t.drains).toBeGreaterThan(3);
   });
 
-  it('tiny audio buffers, flaky agents and second streams keep caller audio in order and slots balanced', async () => {
+  it('tiny audio buffers, flaky agents and second webhooks keep caller audio in order, slots balanced, and one stream per call', async () => {
     const t = await runProfile(2);
     expect(t.lifecycles).toBeGreaterThanOrEqual(1000);
     expect(t.gapsTrimmed).toBeGreaterThan(0);
-    expect(t.outcomes.replaced ?? 0).toBeGreaterThan(0);
+    // A second webhook never mints a second token: no live call is ever replaced by another stream.
+    expect(t.duplicatesRefused).toBeGreaterThan(0);
+    expect(t.webhookRetries).toBeGreaterThan(0);
+    expect(t.outcomes.replaced ?? 0).toBe(0);
   });
 });

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { postVoiceWebhook } from '../src/sim/twilioSim.js';
-import { AUTH_TOKEN, eventually, numberedFrames, openCall, PUBLIC_URL, startTestBridge, ulaw, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, eventually, numberedFrames, openCall, PUBLIC_URL, startTestBridge, storedCall, ulaw, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;
 afterEach(async () => {
@@ -45,7 +45,7 @@ describe('agent reconnect', () => {
     expect(got).toEqual(frames.slice(10));
     second.audio(ulaw(160, 0x45));
     await call.stream.waitFor((s) => s.mediaPayloads.includes(ulaw(160, 0x45)));
-    const record = tb.bridge.manager.getRecord(call.callSid);
+    const record = storedCall(tb, call.callSid);
     expect(record?.agentReconnects).toBe(1);
     expect(await metricsText(tb)).toMatch(/playline_agent_reconnects_total\{result="success"\} 1/);
     expect(tb.callControl.spoken).toHaveLength(0);
@@ -94,7 +94,7 @@ describe('agent reconnect', () => {
     await call.stream.waitForClose(5000);
     expect(tb.agent.connections).toHaveLength(3);
     expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.apology]);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('agent_unreachable');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_unreachable');
     expect(await metricsText(tb)).toMatch(/playline_agent_reconnects_total\{result="gave_up"\} 1/);
   });
 
@@ -138,7 +138,7 @@ describe('PlayAI 4429 (account concurrency)', () => {
     c.agent.error(4429, 'max concurrent connections exceeded', true);
     await c.stream.waitForClose(2000);
     expect(tb.callControl.spoken.at(-1)).toEqual({ callSid: c.callSid, text: tb.config.messages.busy });
-    expect(tb.bridge.manager.getRecord(c.callSid)?.endReason).toBe('agent_capacity');
+    expect(storedCall(tb, c.callSid)?.endReason).toBe('agent_capacity');
     await eventually(() => tb!.bridge.manager.usedSlots === 2);
     expect(tb.bridge.manager.capacity).toBe(2);
     const refused = await webhook(tb);
@@ -199,7 +199,7 @@ describe('limits and stuck calls', () => {
     const call = await openCall(tb);
     await call.agent.closed;
     await call.stream.waitForClose(3000);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('idle');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('idle');
   });
 
   it('ends a call that reaches MAX_CALL_DURATION_S with a goodbye', async () => {
@@ -212,7 +212,7 @@ describe('limits and stuck calls', () => {
       clearInterval(feeder);
     }
     expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.goodbye]);
-    expect(tb.bridge.manager.getRecord(call.callSid)?.endReason).toBe('max_duration');
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('max_duration');
   });
 
   it('closes a session whose status callback reports the call completed', async () => {
@@ -259,7 +259,7 @@ describe('graceful drain', () => {
     expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.goodbye, tb.config.messages.goodbye]);
     await a.stream.waitForClose(2000);
     await b.stream.waitForClose(2000);
-    expect(tb.bridge.manager.getRecord(a.callSid)?.endReason).toBe('shutdown');
+    expect(storedCall(tb, a.callSid)?.endReason).toBe('shutdown');
   });
 });
 

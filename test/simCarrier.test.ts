@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { postStatusCallback, postVoiceWebhook } from '../src/sim/twilioSim.js';
 import { LocalDialer, type LocalDialerOptions, type Outcome, type SimCallInfo, type SimTiming } from '../src/sim/simCarrier.js';
 import type { DialRequest } from '../src/outbound/dialer.js';
-import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 const FAST: Partial<SimTiming> = {
   initiatedMs: 0,
@@ -139,7 +139,7 @@ describe('LocalDialer against the bridge', () => {
 
     // The bridge saw the call end (stop from the callee), and recorded the callbacks.
     await agent.closed;
-    await eventually(() => tb.bridge.manager.getRecord(created.sid)?.status === 'completed', 3000, 'bridge record completed');
+    await eventually(() => storedCall(tb, created.sid)?.status === 'completed', 3000, 'bridge record completed');
     const fetched = await d.fetch(created.sid);
     expect(fetched).toMatchObject({ sid: created.sid, status: 'completed', to: req.to, from: req.from });
     expect(fetched?.durationS).toBeGreaterThanOrEqual(1);

@@ -1,7 +1,7 @@
 import twilio from 'twilio';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeTwilioStream, newCallSid, postStatusCallback, postVoiceWebhook, StreamConnectError } from '../src/sim/twilioSim.js';
-import { AUTH_TOKEN, eventually, PUBLIC_URL, startTestBridge, STREAM_URL, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, eventually, PUBLIC_URL, startTestBridge, storedCall, STREAM_URL, type TestBridge } from './helpers.js';
 
 let tb: TestBridge | undefined;
 afterEach(async () => {
@@ -121,13 +121,16 @@ describe('POST /twilio/status', () => {
     tb = await startTestBridge();
     const callSid = newCallSid();
     const base = { CallSid: callSid, AccountSid: 'AC' + '0'.repeat(32), From: '+1555', To: '+1666' };
+    // The call is admitted first: its record is made at the webhook.
+    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: base });
+    expect(hook.status).toBe(200);
     const a = await postStatusCallback({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { ...base, CallStatus: 'completed', SequenceNumber: '2', CallDuration: '31' } });
     const b = await postStatusCallback({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { ...base, CallStatus: 'in-progress', SequenceNumber: '1' } });
     expect(a.status).toBe(204);
     expect(b.status).toBe(204);
-    const record = tb.bridge.manager.getRecord(callSid);
+    const record = storedCall(tb, callSid);
     expect(record?.status).toBe('completed');
-    expect(record?.statusHistory.map((h) => h.status)).toEqual(['completed', 'in-progress']);
+    expect(record?.events.filter((e) => e.type === 'status').map((e) => e.status)).toEqual(['completed', 'in-progress']);
   });
 
   it('refuses a forged status callback with 403 and records nothing', async () => {
@@ -141,7 +144,7 @@ describe('POST /twilio/status', () => {
       params: { CallSid: callSid, CallStatus: 'completed' },
     });
     expect(res.status).toBe(403);
-    expect(tb.bridge.manager.getRecord(callSid)).toBeUndefined();
+    expect(storedCall(tb, callSid)).toBeUndefined();
   });
 });
 
@@ -206,14 +209,23 @@ describe('WS /twilio/media-stream upgrade', () => {
     first.terminate();
   });
 
-  it('refuses a token presented with another CallSid', async () => {
+  it('refuses a token presented with another CallSid, without burning it for the real call', async () => {
     tb = await startTestBridge();
-    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN });
+    const callSid = newCallSid();
+    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
     const s = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
     s.sendStart({ callSid: newCallSid(), customParameters: hook.twiml?.parameters ?? {} });
     expect((await s.waitForClose(2000)).code).toBe(1008);
     expect(tb.agent.connections).toHaveLength(0);
-    expect(tb.bridge.manager.usedSlots).toBe(0);
+    // The slot stays reserved for the real call, whose stream still gets through with the same token.
+    expect(tb.bridge.manager.usedSlots).toBe(1);
+    const real = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    real.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+    await tb.agent.nextConnection();
+    expect(tb.bridge.manager.liveCalls).toBe(1);
+    real.sendStop();
+    const bridge = tb.bridge;
+    await eventually(() => bridge.manager.usedSlots === 0, 2000, "slot released");
   });
 
   it('closes a stream that never sends start within the start timeout', async () => {
@@ -256,3 +268,67 @@ describe('health', () => {
     expect(await ready.json()).toMatchObject({ ready: true, liveCalls: 0, capacity: 50 });
   });
 });
+
+describe('replayed signed requests cannot take over a call', () => {
+  it("answers Twilio's retry of a voice webhook (same I-Twilio-Idempotency-Token) with the same token, and mints nothing new", async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const first = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: 'idem-1' });
+    const retry = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: 'idem-1' });
+    expect(first.twiml?.parameters.token).toBeDefined();
+    expect(retry.twiml?.parameters.token).toBe(first.twiml?.parameters.token);
+    expect(tb.bridge.manager.usedSlots).toBe(1);
+  });
+
+  it('refuses a replayed voice webhook (another idempotency token) while the call holds a token: 409, no second token', async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const first = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    const replay = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    expect(first.status).toBe(200);
+    expect(replay.status).toBe(409);
+    expect(replay.twiml).toBeUndefined();
+    expect(JSON.parse(replay.body)).toMatchObject({ error: { code: 'duplicate_call' } });
+    expect(tb.bridge.manager.usedSlots).toBe(1);
+    expect(await metricsOf(tb)).toMatch(/playline_calls_refused_total\{reason="duplicate"\} 1/);
+  });
+
+  it('refuses a replayed voice webhook for a live call, and the live call goes on with its own stream', async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    stream.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+    const agent = await tb.agent.nextConnection();
+    await agent.waitForSetup();
+    const replay = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    expect(replay.status).toBe(409);
+    // Even a stream opened with the first token again is refused: one stream per call.
+    const intruder = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    intruder.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+    expect((await intruder.waitForClose(2000)).code).toBe(1008);
+    expect(stream.closed).toBe(false);
+    expect(tb.agent.connections).toHaveLength(1);
+    expect(agent.isOpen).toBe(true);
+    stream.sendStop();
+  });
+
+  it('refuses a replayed voice webhook after the call ended: no token for a finished CallSid', async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    stream.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+    await tb.agent.nextConnection();
+    stream.sendStop();
+    const bridge = tb.bridge;
+    await eventually(() => bridge.manager.liveCalls === 0, 2000, 'call ended');
+    const replay = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+    expect(replay.status).toBe(409);
+    expect(tb.bridge.manager.usedSlots).toBe(0);
+  });
+});
+
+async function metricsOf(t: TestBridge): Promise<string> {
+  return (await fetch(`${t.url}/metrics`)).text();
+}

@@ -7,6 +7,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentConnector } from '../agent/playai/leg.js';
+import type { CallJournal } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import { TwilioStreamConnection, type StartDecision } from '../carrier/twilio/stream.js';
 import type { TwilioStart } from '../carrier/twilio/codec.js';
@@ -24,6 +25,7 @@ export interface MediaStreamDeps {
   callControl: CallControl;
   connectAgent: AgentConnector;
   settings: SessionSettings;
+  journal: CallJournal;
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
@@ -48,6 +50,7 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
         settings: deps.settings,
         metrics,
         logger,
+        journal: deps.journal,
         onAgentCapacityExceeded: (s) => {
           const limit = manager.noteAgentCapacityExceeded();
           logger.warn({ callSid: s.callSid, learnedLimit: limit }, 'agent account refused a connection (4429); capping admissions');

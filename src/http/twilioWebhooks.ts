@@ -4,9 +4,10 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { connectStreamTwiml, hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import type { CallRecorder } from '../calls/recorder.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
-import type { OutboundService } from '../outbound/service.js';
+import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
 import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
 
@@ -37,18 +38,21 @@ const amdBody = z.object({
 /** Our call id on the callback URLs of outbound calls. */
 const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-z]{19}$/).optional() });
 
-const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
-
 export interface TwilioWebhookDeps {
   config: Config;
   manager: SessionManager;
   metrics: Metrics;
-  /** Outbound calls and call records (absent in bare tests). */
-  outbound?: OutboundService;
+  /** The carrier callbacks' owner (answer, status, AMD). */
+  callbacks: CarrierCallbacks;
+  /** Writes inbound calls' records. */
+  recorder: CallRecorder;
 }
 
+/** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
+const IDEMPOTENCY_HEADER = 'i-twilio-idempotency-token';
+
 export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDeps): Promise<void> {
-  const { config, manager, metrics, outbound } = deps;
+  const { config, manager, metrics, callbacks, recorder } = deps;
   const authOpts = { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics };
   const say = { voice: config.messages.voice, language: config.messages.language };
 
@@ -60,20 +64,37 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     const call = parsed.data;
     const log = req.log.child({ callSid: call.CallSid });
     const callId = callQuery.safeParse(req.query).data?.callId;
-    reply.type('text/xml');
-    let admitted: AdmitResult;
-    if (callId !== undefined && outbound !== undefined) {
-      // An outbound call answering: its route (and held slot) come from its record.
-      const answer = outbound.answer(callId, call.CallSid);
-      if (answer === undefined) {
-        log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
-        return hangupTwiml();
-      }
-      admitted = manager.admit({ callSid: call.CallSid, from: call.From, to: call.To, direction: answer.direction }, answer);
-    } else {
-      admitted = manager.admit({ callSid: call.CallSid, from: call.From, to: call.To, direction: call.Direction });
-      if (admitted.ok) outbound?.recordInbound(admitted.record);
+    const idemHeader = req.headers[IDEMPOTENCY_HEADER];
+    const idempotencyToken = typeof idemHeader === 'string' && idemHeader.length > 0 ? idemHeader.slice(0, 200) : undefined;
+    const admittedCall = { callSid: call.CallSid, from: call.From, to: call.To, direction: call.Direction };
+    const duplicate = () => {
+      metrics.refusedTotal.labels('duplicate').inc();
+      log.warn({ callId }, 'a second voice webhook for a call that already has a stream token, a live stream or a record was refused (a replayed request?)');
+      return reply.code(409).send({ error: { code: 'duplicate_call', message: `call ${call.CallSid} was already admitted; a stream token is minted once per call` } });
+    };
+    // Twilio's retry of a request already answered gets the same TwiML; anything else is not admitted twice.
+    if (manager.hasCall(call.CallSid)) {
+      const again = manager.admit(admittedCall, undefined, idempotencyToken);
+      if (!again.ok) return duplicate();
+      log.info('retried voice webhook: same stream token');
+      return reply.type('text/xml').send(connectStreamTwiml(config.streamUrl, { agentId: again.route.agentId, token: again.token }));
     }
+    let admitted: AdmitResult;
+    if (callId !== undefined) {
+      // An outbound call answering: its route (and held slot) come from its record.
+      const answer = callbacks.answer(callId, call.CallSid);
+      if (!answer.ok) {
+        if (answer.why === 'duplicate') return duplicate();
+        log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
+        return reply.type('text/xml').send(hangupTwiml());
+      }
+      admitted = manager.admit({ ...admittedCall, direction: answer.direction }, answer, idempotencyToken);
+    } else {
+      if (recorder.known(call.CallSid)) return duplicate();
+      admitted = manager.admit(admittedCall, undefined, idempotencyToken);
+      if (admitted.ok) recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
+    }
+    reply.type('text/xml');
     if (!admitted.ok) {
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
@@ -90,23 +111,17 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio status callback with CallSid and CallStatus' });
     }
     const b = parsed.data;
-    manager.recordStatus(b.CallSid, b.CallStatus, {
-      sequence: b.SequenceNumber,
-      duration: b.CallDuration,
-      from: b.From,
-      to: b.To,
-      direction: b.Direction,
-    });
     req.log.info({ callSid: b.CallSid, status: b.CallStatus, sequence: b.SequenceNumber }, 'call status');
-    // A finished call cannot keep a session: end it even if its socket lingers.
-    if (TERMINAL_STATUSES.has(b.CallStatus)) manager.getSession(b.CallSid)?.close('caller_hangup');
-    const update: Parameters<OutboundService['onStatus']>[1] = { callSid: b.CallSid, status: b.CallStatus };
-    if (b.SequenceNumber !== undefined) update.sequence = b.SequenceNumber;
-    if (b.CallDuration !== undefined) update.durationS = b.CallDuration;
-    if (b.AnsweredBy !== undefined) update.answeredBy = b.AnsweredBy;
-    if (b.SipResponseCode !== undefined) update.sipResponseCode = b.SipResponseCode;
-    if (b.ErrorCode !== undefined) update.errorCode = b.ErrorCode;
-    outbound?.onStatus(callQuery.safeParse(req.query).data?.callId, update);
+    const update: StatusUpdate = {
+      callSid: b.CallSid,
+      status: b.CallStatus,
+      sequence: b.SequenceNumber,
+      durationS: b.CallDuration,
+      answeredBy: b.AnsweredBy,
+      sipResponseCode: b.SipResponseCode,
+      errorCode: b.ErrorCode,
+    };
+    callbacks.onStatus(callQuery.safeParse(req.query).data?.callId, update);
     return reply.code(204).send();
   });
 
@@ -118,9 +133,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     }
     const b = parsed.data;
     req.log.info({ callSid: b.CallSid, answeredBy: b.AnsweredBy, ms: b.MachineDetectionDuration }, 'answering machine detection');
-    const amd: Parameters<OutboundService['onAmd']>[1] = { callSid: b.CallSid, answeredBy: b.AnsweredBy };
-    if (b.MachineDetectionDuration !== undefined) amd.durationMs = b.MachineDetectionDuration;
-    outbound?.onAmd(callQuery.safeParse(req.query).data?.callId, amd);
+    callbacks.onAmd(callQuery.safeParse(req.query).data?.callId, { callSid: b.CallSid, answeredBy: b.AnsweredBy, durationMs: b.MachineDetectionDuration });
     return reply.code(204).send();
   });
 }

@@ -21,10 +21,11 @@ import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from 
 import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/playai/codec.js';
 import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
+import type { CallJournal, EndReason, SpokenKind } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrier/twilio/stream.js';
 import type { Metrics } from '../metrics.js';
-import type { CallRecord, ManagedSession, Reservation, Slot } from './manager.js';
+import type { ManagedSession, Reservation, Slot } from './manager.js';
 import { PlaybackTracker } from './playback.js';
 
 export interface SessionSettings {
@@ -55,6 +56,8 @@ export interface CallSessionDeps {
   settings: SessionSettings;
   metrics: Metrics;
   logger: Logger;
+  /** Where the call's record hears what happens (stream start, agent init, transcripts, digits, prompts, the end). */
+  journal: CallJournal;
   /** The agent account refused a connection (4429). */
   onAgentCapacityExceeded(session: CallSession): void;
   /** Called exactly once, after the session has released everything. */
@@ -65,25 +68,12 @@ export interface CallSessionDeps {
 
 export type SessionState = 'connecting' | 'live' | 'reconnecting' | 'draining' | 'ending' | 'closed';
 
-/** Why a call ended (the `outcome` label of `playline_calls_total`). */
-export type EndReason =
-  | 'caller_hangup'
-  | 'agent_hangup'
-  | 'agent_error'
-  | 'agent_capacity'
-  | 'agent_unreachable'
-  | 'agent_init_timeout'
-  | 'idle'
-  | 'max_duration'
-  | 'carrier_gone'
-  | 'shutdown'
-  | 'replaced'
-  | 'internal_error';
+export type { EndReason } from '../calls/journal.js';
 
 /** Agent audio stays this far behind before the session stops queueing more on a stuck socket. */
 const MAX_AGENT_SOCKET_BUFFER = 1024 * 1024;
-const MAX_TRANSCRIPT_TURNS = 500;
-const MAX_DTMF = 200;
+/** A stream with no media for this long is dead (Twilio sends a frame every 20 ms, silence included). */
+const STREAM_DEAD_AFTER_MS = 3000;
 /** Backoff before reconnect attempt n (ms), before jitter. */
 const BACKOFF_MS = [100, 400, 1000, 2000, 3000];
 /**
@@ -97,7 +87,6 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   readonly callSid: string;
   readonly streamSid: string;
   readonly agentId: string;
-  readonly record: CallRecord;
   readonly slot: Slot;
   readonly playback: PlaybackTracker;
 
@@ -115,6 +104,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #endReason: EndReason | undefined;
   #conversationId: string | undefined;
   #everInit = false;
+  #agentReconnects = 0;
 
   /** Reconnect bookkeeping for the current outage. */
   #outageStartedAt = 0;
@@ -161,9 +151,6 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.streamSid = deps.streamSid;
     this.agentId = deps.reservation.route.agentId;
     this.slot = deps.reservation.slot;
-    this.record = deps.reservation.record;
-    this.record.streamSid = deps.streamSid;
-    this.record.startedAt = new Date().toISOString();
     this.playback = new PlaybackTracker(this.#s.markIntervalMs);
     this.#pendingMaxBytes = this.#s.preInitBufferMs * 8;
     const batchMs = this.#s.audioInBatchMs ?? 0;
@@ -184,9 +171,22 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     return this.#everInit;
   }
 
+  get streamDead(): boolean {
+    if (this.#state === 'closed' || !this.#carrier.isOpen) return true;
+    // Media counted since the last sweep means alive; otherwise the sweep's last sighting decides.
+    return this.#mediaIn === this.#sweepMediaIn && performance.now() - this.#lastMediaMoveAt >= STREAM_DEAD_AFTER_MS;
+  }
+
+  /** Conversation id from the agent's latest `init`. */
+  get conversationId(): string | undefined {
+    return this.#conversationId;
+  }
+
   /** Opens the agent leg. Called once by whoever built the session, after registering it. */
   start(): void {
-    this.#log.info({ from: this.record.from, to: this.record.to }, 'call started');
+    const call = this.#d.reservation.call;
+    this.#log.info({ from: call.from, to: call.to }, 'call started');
+    this.#d.journal.record(this.callSid, { type: 'stream_started', streamSid: this.streamSid });
     this.#outageStartedAt = performance.now();
     try {
       this.#openAgent();
@@ -277,7 +277,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   onDtmf(digit: string): void {
-    if (this.record.dtmf.length < MAX_DTMF) this.record.dtmf.push(digit);
+    this.#d.journal.record(this.callSid, { type: 'dtmf', digit });
     this.#log.debug('dtmf received');
   }
 
@@ -307,10 +307,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   // ---------------------------------------------------------------- manager → session
 
-  endWithGoodbye(reason: EndReason | string): void {
+  endWithGoodbye(reason: EndReason): void {
     if (this.#state === 'closed' || this.#state === 'ending') return;
     this.#log.info({ reason }, 'ending the call with a goodbye');
-    this.#endWith(reason as EndReason, this.#s.texts.goodbye);
+    this.#endWith(reason, 'goodbye');
   }
 
   sweep(now: number): void {
@@ -423,9 +423,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       case 'onUserTranscript':
       case 'onAgentTranscript': {
         const role = msg.type === 'onUserTranscript' ? 'user' : 'agent';
-        if (this.record.transcript.length < MAX_TRANSCRIPT_TURNS) {
-          this.record.transcript.push({ role, text: msg.message, at: new Date().toISOString() });
-        }
+        this.#d.journal.record(this.callSid, { type: 'transcript', role, text: msg.message });
         this.#log.debug({ role, text: msg.message }, 'transcript');
         return;
       }
@@ -456,15 +454,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const reconnected = this.#state === 'reconnecting';
     if (conversationId !== this.#conversationId) {
       this.#conversationId = conversationId;
-      this.record.conversationId = conversationId;
       this.#log = this.#baseLog.child({ conversationId });
     }
+    this.#d.journal.record(this.callSid, { type: 'agent_ready', conversationId, reconnected: this.#state === 'reconnecting' });
     this.#state = 'live';
     this.#everInit = true;
     this.#attempts = 0;
     const buffered = this.#pending.length - this.#pendingHead;
     if (reconnected) {
-      this.record.agentReconnects++;
+      this.#agentReconnects++;
       this.#metrics.agentReconnectsTotal.labels('success').inc();
       this.#log.info({ outageMs: Math.round(performance.now() - this.#outageStartedAt), bufferedFrames: buffered }, 'agent reconnected');
     } else {
@@ -585,9 +583,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       if (code === 4429) {
         this.#metrics.agentCapacityTotal.inc();
         this.#d.onAgentCapacityExceeded(this);
-        this.#endWith('agent_capacity', this.#s.texts.busy, this.#s.overflow);
+        this.#endWith('agent_capacity', 'busy', this.#s.overflow);
       } else {
-        this.#endWith('agent_error', this.#s.texts.apology);
+        this.#endWith('agent_error', 'apology');
       }
       return;
     }
@@ -627,7 +625,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#attempts >= this.#s.reconnect.attempts || elapsed + delay > this.#s.reconnect.windowMs) {
       if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('gave_up').inc();
       this.#log.error({ why, attempts: this.#attempts, outageMs: Math.round(elapsed) }, 'agent leg lost; reconnect budget spent');
-      this.#endWith(failReason, this.#s.texts.apology);
+      this.#endWith(failReason, 'apology');
       return;
     }
     this.#attempts++;
@@ -700,7 +698,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
    * credentials, request failed) the stream is closed and the TwiML falls
    * through to `<Hangup/>`.
    */
-  #endWith(reason: EndReason, text: string, overflow?: SessionSettings['overflow']): void {
+  #endWith(reason: EndReason, kind: 'apology' | 'busy' | 'goodbye', overflow?: SessionSettings['overflow']): void {
     if (this.#state === 'closed' || this.#state === 'ending') return;
     this.#endReason ??= reason;
     this.#state = 'ending';
@@ -709,7 +707,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#clearTimer('drain');
     this.#closeAgent();
     const forwardTo = overflow?.action === 'dial' ? overflow.fallbackNumber : undefined;
-    this.record.spokenToCaller.push(text);
+    const text = this.#s.texts[kind];
+    const spoken: SpokenKind = forwardTo === undefined ? kind : 'forward';
+    this.#d.journal.record(this.callSid, { type: 'spoke', kind: spoken, text });
     const request =
       forwardTo === undefined ? this.#d.callControl.sayAndHangup(this.callSid, text) : this.#d.callControl.forward(this.callSid, forwardTo, text);
     request.then(
@@ -732,7 +732,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   /** Ends the call now, from any state. Idempotent; releases every socket, timer and slot. */
-  close(reason: EndReason | string): void {
+  close(reason: EndReason): void {
     if (this.#state === 'closed') return;
     const previous = this.#state;
     this.#state = 'closed';
@@ -752,21 +752,21 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#pending = [];
       this.#pendingHead = 0;
       this.#pendingBytes = 0;
-      this.record.endedAt = new Date().toISOString();
-      this.record.endReason = outcome;
+      const durationMs = Math.round(performance.now() - this.#startedAt);
       this.#metrics.callsTotal.labels(outcome).inc();
       this.#log.info(
         {
           outcome,
           previousState: previous,
-          durationMs: Math.round(performance.now() - this.#startedAt),
+          durationMs,
           framesUp: this.#framesUp,
           framesDown: this.#framesDown,
           bargeIns: this.#bargeIns,
-          agentReconnects: this.record.agentReconnects,
+          agentReconnects: this.#agentReconnects,
         },
         'call ended',
       );
+      this.#d.journal.record(this.callSid, { type: 'session_ended', endReason: outcome, agentReconnects: this.#agentReconnects, bargeIns: this.#bargeIns, durationMs });
     } finally {
       // The slot is given back whatever happened above.
       this.#d.onClosed(this);

@@ -11,44 +11,22 @@
  * Limits: MAX_CONCURRENT_CALLS, optional per-agent caps, and the account limit
  * learned from a PlayAI 4429 (the number of agent sessions open at that
  * moment), which holds until a call ends or a cooldown passes.
+ *
+ * Stream tokens are single use and bound to their CallSid. A call holds at
+ * most one token or one live session: a second webhook for it gets the same
+ * token back only when it is Twilio's retry of the same request (same
+ * `I-Twilio-Idempotency-Token`), and a stream for a CallSid that is live here
+ * is refused unless the live one is provably dead. The call record lives in
+ * the store (`calls/`), not here.
  */
 import { randomBytes } from 'node:crypto';
+import type { EndReason } from '../calls/journal.js';
 import type { NumberRoute } from '../config.js';
 
 export interface CallRoute {
   agentId: string;
   prompt?: string;
   customGreeting?: string;
-}
-
-export interface TranscriptTurn {
-  role: 'user' | 'agent';
-  text: string;
-  at: string;
-}
-
-/** What the bridge knows about one call; kept for live calls and the most recent ended ones. */
-export interface CallRecord {
-  callSid: string;
-  from: string;
-  to: string;
-  direction: string;
-  agentId: string;
-  createdAt: string;
-  streamSid?: string;
-  startedAt?: string;
-  endedAt?: string;
-  conversationId?: string;
-  /** Latest Twilio call status from status callbacks (highest SequenceNumber). */
-  status?: string;
-  statusHistory: Array<{ status: string; at: string; sequence?: number; duration?: number }>;
-  transcript: TranscriptTurn[];
-  dtmf: string[];
-  /** Texts the bridge asked the carrier to speak to the caller (apologies, goodbyes). */
-  spokenToCaller: string[];
-  /** Agent reconnects during the call, successful ones. */
-  agentReconnects: number;
-  endReason?: string;
 }
 
 /** A unit of capacity held by one admitted call. */
@@ -60,21 +38,29 @@ export interface Slot {
   released: boolean;
 }
 
+/** The call as the webhook described it. */
+export interface AdmittedCall {
+  callSid: string;
+  from: string;
+  to: string;
+  direction: string;
+}
+
 export interface Reservation {
   token: string;
   callSid: string;
+  call: AdmittedCall;
   route: CallRoute;
-  record: CallRecord;
   slot: Slot;
 }
 
-export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining' | 'overload';
+export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining' | 'overload' | 'duplicate';
 
 export type AdmitResult =
-  | { ok: true; token: string; route: CallRoute; record: CallRecord }
+  | { ok: true; token: string; route: CallRoute; replayed: boolean }
   | { ok: false; reason: RefusalReason };
 
-export type ClaimRefusal = 'missing_token' | 'unknown_token' | 'used_token' | 'expired_token' | 'call_mismatch';
+export type ClaimRefusal = 'missing_token' | 'unknown_token' | 'used_token' | 'expired_token' | 'call_mismatch' | 'call_live';
 export type ClaimResult = { ok: true; reservation: Reservation } | { ok: false; reason: ClaimRefusal };
 
 /** What the manager needs from a live session. */
@@ -85,10 +71,12 @@ export interface ManagedSession {
   readonly agentConnected: boolean;
   /** True once the agent leg has sent `init` at least once. */
   readonly agentConnectedOnce: boolean;
+  /** True when its Twilio stream is provably gone (socket closed, or no media for seconds). */
+  readonly streamDead: boolean;
   /** Ends the call now. */
-  close(reason: string): void;
+  close(reason: EndReason): void;
   /** Ends the call with a goodbye spoken to the caller (drain, maximum length). */
-  endWithGoodbye(reason: string): void;
+  endWithGoodbye(reason: EndReason): void;
   /** Periodic check: dead sockets, idle stream, maximum length. `now` is performance.now(). */
   sweep(now: number): void;
 }
@@ -110,15 +98,14 @@ export interface SessionManagerOptions {
   overloaded?: () => boolean;
   /** Slots outbound dialing never takes (INBOUND_RESERVED). */
   inboundReserved?: number;
-  /** Called once when a live session has ended (after its slot is released), with its record. */
-  onSessionEnded?(record: CallRecord): void;
 }
 
 const MAX_SPENT_TOKENS = 10_000;
-const MAX_ENDED_RECORDS = 1_000;
 
 interface PendingReservation extends Reservation {
   timer: NodeJS.Timeout;
+  /** `I-Twilio-Idempotency-Token` of the webhook that minted it (its retries carry the same). */
+  idempotencyToken: string | undefined;
 }
 
 export class SessionManager {
@@ -131,8 +118,6 @@ export class SessionManager {
   /** Tokens already claimed or expired, to tell a replay from a forgery in logs. */
   readonly #spent = new Map<string, 'used_token' | 'expired_token'>();
   readonly #sessions = new Map<string, ManagedSession>();
-  readonly #records = new Map<string, CallRecord>();
-  readonly #ended: string[] = [];
   #draining = false;
   #outboundSlots = 0;
   /** Account limit learned from a 4429, valid until `until` (or until a call ends). */
@@ -226,13 +211,24 @@ export class SessionManager {
    * Admits a call at the webhook: reserves a slot and mints its stream token.
    * An outbound call passes its route in `held`, and the slot held for it
    * when it was dialed: it is admitted on that slot without another capacity check.
+   *
+   * A call that already holds a token or a live session is not admitted
+   * again (`duplicate`), so a replayed webhook cannot mint a second token;
+   * Twilio's own retry of the same request (same `idempotencyToken`) gets the
+   * first token back (`replayed`).
    */
-  admit(call: { callSid: string; from: string; to: string; direction: string }, held?: { slot?: Slot; route: CallRoute }): AdmitResult {
+  admit(call: AdmittedCall, held?: { slot?: Slot; route: CallRoute }, idempotencyToken?: string): AdmitResult {
+    const pendingToken = this.#reservationByCall.get(call.callSid);
+    const pending = pendingToken === undefined ? undefined : this.#reservations.get(pendingToken);
+    if (pending !== undefined) {
+      if (idempotencyToken !== undefined && pending.idempotencyToken === idempotencyToken) {
+        return { ok: true, token: pending.token, route: pending.route, replayed: true };
+      }
+      return { ok: false, reason: 'duplicate' };
+    }
+    if (this.#sessions.has(call.callSid)) return { ok: false, reason: 'duplicate' };
     const heldSlot = held?.slot !== undefined && !held.slot.released ? held.slot : undefined;
     if (this.#draining && heldSlot === undefined) return { ok: false, reason: 'draining' };
-    // A retried webhook for the same call replaces its earlier reservation.
-    const previous = this.#reservationByCall.get(call.callSid);
-    if (previous !== undefined) this.#dropReservation(previous, 'expired_token');
     const route = held !== undefined ? { ...held.route, agentId: this.#opts.forceAgentId ?? held.route.agentId } : this.resolveRoute(call.to);
     let slot: Slot;
     if (heldSlot !== undefined) {
@@ -247,50 +243,41 @@ export class SessionManager {
       slot = this.#takeSlot(call.callSid, route.agentId);
     }
     const token = randomBytes(18).toString('base64url');
-    const record: CallRecord = {
-      callSid: call.callSid,
-      from: call.from,
-      to: call.to,
-      direction: call.direction,
-      agentId: route.agentId,
-      createdAt: new Date().toISOString(),
-      statusHistory: [],
-      transcript: [],
-      dtmf: [],
-      spokenToCaller: [],
-      agentReconnects: 0,
-    };
     const timer = setTimeout(() => {
       if (this.#dropReservation(token, 'expired_token')) this.#opts.onReservationExpired?.(call.callSid);
     }, this.#opts.tokenTtlMs);
     timer.unref();
-    this.#reservations.set(token, { token, callSid: call.callSid, route, record, slot, timer });
+    this.#reservations.set(token, { token, callSid: call.callSid, call: { ...call }, route, slot, timer, idempotencyToken });
     this.#reservationByCall.set(call.callSid, token);
-    this.#records.set(record.callSid, record);
-    return { ok: true, token, route, record };
+    return { ok: true, token, route, replayed: false };
+  }
+
+  /** True while the call holds a stream token or a live session here. */
+  hasCall(callSid: string): boolean {
+    return this.#reservationByCall.has(callSid) || this.#sessions.has(callSid);
   }
 
   /**
    * Redeems a stream token (single use). On success the caller owns the
    * reservation's slot: it must {@link register} a session that releases it,
-   * or give it back with {@link releaseSlot}.
+   * or give it back with {@link releaseSlot}. A token presented with another
+   * CallSid is refused and stays valid for its own call; a CallSid that
+   * already has a live stream here is refused unless that stream is dead.
    */
   claim(token: string | undefined, callSid: string): ClaimResult {
     if (token === undefined || token === '') return { ok: false, reason: 'missing_token' };
     const r = this.#reservations.get(token);
     if (r === undefined) return { ok: false, reason: this.#spent.get(token) ?? 'unknown_token' };
+    if (r.callSid !== callSid) return { ok: false, reason: 'call_mismatch' };
+    const live = this.#sessions.get(callSid);
+    if (live !== undefined && !live.streamDead) return { ok: false, reason: 'call_live' };
     this.#forgetReservation(r, 'used_token');
-    if (r.callSid !== callSid) {
-      this.releaseSlot(r.slot);
-      this.#retire(r.callSid);
-      return { ok: false, reason: 'call_mismatch' };
-    }
-    return { ok: true, reservation: { token: r.token, callSid: r.callSid, route: r.route, record: r.record, slot: r.slot } };
+    return { ok: true, reservation: { token: r.token, callSid: r.callSid, call: r.call, route: r.route, slot: r.slot } };
   }
 
   register(session: ManagedSession): void {
     const existing = this.#sessions.get(session.callSid);
-    // A second stream for the same call (should not happen): the older session goes.
+    // Only a dead stream is replaced (see claim); its session goes.
     if (existing !== undefined && existing !== session) existing.close('replaced');
     this.#sessions.set(session.callSid, session);
   }
@@ -302,15 +289,6 @@ export class SessionManager {
     this.releaseSlot(session.slot);
     // A call ending frees a connection on the agent account: the learned limit no longer holds.
     if (hadSlot && session.agentConnectedOnce) this.#learned = undefined;
-    this.#retire(session.callSid);
-    const record = this.#records.get(session.callSid);
-    if (record !== undefined && this.#opts.onSessionEnded !== undefined) {
-      try {
-        this.#opts.onSessionEnded(record);
-      } catch {
-        // A failing observer must not break slot accounting.
-      }
-    }
   }
 
   /** Releases a slot (idempotent). */
@@ -334,47 +312,12 @@ export class SessionManager {
     return limit;
   }
 
-  getRecord(callSid: string): CallRecord | undefined {
-    return this.#records.get(callSid);
-  }
-
   getSession(callSid: string): ManagedSession | undefined {
     return this.#sessions.get(callSid);
   }
 
   sessions(): IterableIterator<ManagedSession> {
     return this.#sessions.values();
-  }
-
-  /** Records a Twilio status callback on the call (creating a record for calls we never saw). */
-  recordStatus(callSid: string, status: string, extra: { sequence?: number; duration?: number; from?: string; to?: string; direction?: string }): CallRecord {
-    let record = this.#records.get(callSid);
-    if (record === undefined) {
-      record = {
-        callSid,
-        from: extra.from ?? '',
-        to: extra.to ?? '',
-        direction: extra.direction ?? '',
-        agentId: '',
-        createdAt: new Date().toISOString(),
-        statusHistory: [],
-        transcript: [],
-        dtmf: [],
-        spokenToCaller: [],
-        agentReconnects: 0,
-      };
-      this.#records.set(callSid, record);
-      this.#retire(callSid);
-    }
-    const entry: CallRecord['statusHistory'][number] = { status, at: new Date().toISOString() };
-    if (extra.sequence !== undefined) entry.sequence = extra.sequence;
-    if (extra.duration !== undefined) entry.duration = extra.duration;
-    record.statusHistory.push(entry);
-    if (record.statusHistory.length > 50) record.statusHistory.shift();
-    // Callbacks may arrive out of order: the latest status is the one with the highest sequence.
-    const latest = record.statusHistory.reduce((a, b) => ((b.sequence ?? -1) >= (a.sequence ?? -1) ? b : a));
-    record.status = latest.status;
-    return record;
   }
 
   /** Starts the periodic sweep of live sessions (dead sockets, idle, maximum length). */
@@ -423,15 +366,6 @@ export class SessionManager {
     return slot;
   }
 
-  /** Queues an ended call's record for eviction once enough newer calls have ended. */
-  #retire(callSid: string): void {
-    this.#ended.push(callSid);
-    while (this.#ended.length > MAX_ENDED_RECORDS) {
-      const old = this.#ended.shift();
-      if (old !== undefined && !this.#sessions.has(old) && !this.#reservationByCall.has(old)) this.#records.delete(old);
-    }
-  }
-
   #forgetReservation(r: PendingReservation, as: 'used_token' | 'expired_token'): void {
     clearTimeout(r.timer);
     this.#reservations.delete(r.token);
@@ -448,8 +382,6 @@ export class SessionManager {
     if (r === undefined) return false;
     this.#forgetReservation(r, as);
     this.releaseSlot(r.slot);
-    r.record.endReason ??= 'stream_never_started';
-    this.#retire(r.callSid);
     return true;
   }
 }

@@ -12,7 +12,7 @@
  *
  * Behaviour follows docs/reference of Twilio (shared/reference/twilio.md), not the bridge.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import twilio from 'twilio';
 import WebSocket from 'ws';
@@ -27,6 +27,8 @@ const hex32 = (): string => randomBytes(16).toString('hex');
 export const newCallSid = (): string => `CA${hex32()}`;
 /** `AC` + 32 hex digits, like a Twilio AccountSid. */
 export const newAccountSid = (): string => `AC${hex32()}`;
+/** A fresh `I-Twilio-Idempotency-Token` (Twilio's look: a UUID and a time). */
+export const newIdempotencyToken = (): string => `${randomUUID()}_${Date.now()}`;
 /** `MZ` + 32 hex digits, like a Twilio StreamSid. */
 export const newStreamSid = (): string => `MZ${hex32()}`;
 
@@ -283,6 +285,11 @@ export interface VoiceWebhookOptions {
    * The signature covers the public URL with this path and query, as Twilio signs.
    */
   path?: string;
+  /**
+   * `I-Twilio-Idempotency-Token`: Twilio sends a fresh one with every webhook and the same
+   * one when it retries that request. Default: a fresh random token.
+   */
+  idempotencyToken?: string;
 }
 
 export interface VoiceWebhookResult {
@@ -313,8 +320,13 @@ async function postSignedForm(
   signature: string | undefined,
   timeoutMs: number,
   signal: AbortSignal | undefined,
+  idempotencyToken: string = newIdempotencyToken(),
 ): Promise<{ status: number; body: string; contentType: string }> {
-  const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', 'user-agent': 'TwilioProxy/1.1 (playline-sim)' };
+  const headers: Record<string, string> = {
+    'content-type': 'application/x-www-form-urlencoded',
+    'user-agent': 'TwilioProxy/1.1 (playline-sim)',
+    'i-twilio-idempotency-token': idempotencyToken,
+  };
   const sig = signature ?? (authToken !== undefined ? twilio.getExpectedTwilioSignature(authToken, signedUrl, params) : undefined);
   if (sig !== undefined) headers['x-twilio-signature'] = sig;
   const timeout = AbortSignal.timeout(timeoutMs);
@@ -356,6 +368,7 @@ export async function postVoiceWebhook(opts: VoiceWebhookOptions): Promise<Voice
     opts.signature,
     opts.timeoutMs ?? 15_000,
     opts.signal,
+    opts.idempotencyToken,
   );
   const looksLikeTwiml = r.status >= 200 && r.status < 300 && /<\s*Response[\s>/]/i.test(r.body);
   return { status: r.status, body: r.body, twiml: looksLikeTwiml ? parseTwiml(r.body) : undefined, params };

@@ -267,6 +267,11 @@ export class CallStore {
     }));
   }
 
+  /** Appends one turn to a transcript (`seq` = its index). */
+  appendTranscriptTurn(callId: string, source: 'live' | 'playai', seq: number, turn: { role: string; text: string; at: number }): void {
+    this.#turn.run(callId, source, seq, turn.role, turn.text, turn.at);
+  }
+
   saveTranscript(callId: string, source: 'live' | 'playai', turns: Array<{ role: string; text: string; at: number }>): void {
     this.#db.transaction(() => {
       turns.forEach((t, i) => this.#turn.run(callId, source, i, t.role, t.text, t.at));

@@ -1,0 +1,135 @@
+/**
+ * The call record's writer for what happens on the bridge: inbound calls at
+ * admission, and every {@link CallJournalEntry} a live session reports. The
+ * record itself (one row per call, its events and transcripts) is owned by
+ * {@link CallStore}; there is no second, in-memory copy.
+ *
+ * A failed write (disk full, locked database) never reaches the session: it
+ * is logged once per minute with the fix, and counted in
+ * `playline_store_errors_total`, and the call goes on.
+ */
+import type { Logger } from 'pino';
+import type { CallStore } from '../store/calls.js';
+import { errorCode, errorMessage } from '../util/errors.js';
+import type { CallJournal, CallJournalEntry } from './journal.js';
+
+/** Most live transcript turns kept per call. */
+const MAX_TURNS = 500;
+/** Most DTMF events kept per call. */
+const MAX_DTMF = 200;
+
+export interface CallRecorderOptions {
+  calls: CallStore;
+  log: Logger;
+  /** Counts a failed store write (`op` names what was being written). */
+  onStoreError?(op: string, err: unknown): void;
+  now?: () => number;
+}
+
+interface Live {
+  id: string;
+  turns: number;
+  dtmf: number;
+}
+
+export class CallRecorder implements CallJournal {
+  readonly #calls: CallStore;
+  readonly #log: Logger;
+  readonly #o: CallRecorderOptions;
+  readonly #now: () => number;
+  /** Row ids of calls with a live session here, with their per-call counters. */
+  readonly #live = new Map<string, Live>();
+  #lastErrorLogAt = -Infinity;
+
+  constructor(opts: CallRecorderOptions) {
+    this.#o = opts;
+    this.#calls = opts.calls;
+    this.#log = opts.log;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /** An inbound call admitted at the webhook: its row, with the agent its route chose. */
+  inboundAdmitted(call: { callSid: string; from: string; to: string; agentId: string }): void {
+    this.#guard('inbound_admitted', () => {
+      if (this.#calls.getBySid(call.callSid) !== undefined) return;
+      this.#calls.insert({ direction: 'inbound', callSid: call.callSid, to: call.to, from: call.from, agentId: call.agentId, status: 'in-progress' }, this.#now());
+    });
+  }
+
+  /** True when the call has a record (it was admitted or dialed before). A failed read says false. */
+  known(callSid: string): boolean {
+    try {
+      return this.#calls.getBySid(callSid) !== undefined;
+    } catch (err) {
+      this.#o.onStoreError?.('lookup', err);
+      return false;
+    }
+  }
+
+  record(callSid: string, entry: CallJournalEntry): void {
+    this.#guard(entry.type, () => this.#apply(callSid, entry));
+  }
+
+  #apply(callSid: string, e: CallJournalEntry): void {
+    const now = this.#now();
+    let live = this.#live.get(callSid);
+    if (live === undefined) {
+      const row = this.#calls.getBySid(callSid);
+      if (row === undefined) return; // a call this bridge never recorded (bare tests)
+      live = { id: row.id, turns: this.#calls.transcript(row.id, 'live').length, dtmf: 0 };
+      this.#live.set(callSid, live);
+    }
+    const id = live.id;
+    switch (e.type) {
+      case 'stream_started':
+        this.#calls.event(id, 'stream_started', null, null, { streamSid: e.streamSid }, now);
+        return;
+      case 'agent_ready':
+        this.#calls.update(id, { conversationId: e.conversationId });
+        this.#calls.event(id, e.reconnected ? 'agent_reconnected' : 'agent_ready', null, null, { conversationId: e.conversationId }, now);
+        return;
+      case 'transcript':
+        if (live.turns >= MAX_TURNS) return;
+        this.#calls.appendTranscriptTurn(id, 'live', live.turns++, { role: e.role, text: e.text, at: now });
+        return;
+      case 'dtmf':
+        if (live.dtmf >= MAX_DTMF) return;
+        live.dtmf++;
+        this.#calls.event(id, 'dtmf', null, null, { digit: e.digit }, now);
+        return;
+      case 'spoke':
+        this.#calls.event(id, 'spoke', null, null, { kind: e.kind, text: e.text }, now);
+        return;
+      case 'session_ended': {
+        this.#live.delete(callSid);
+        const row = this.#calls.get(id);
+        // The first end reason wins: an API hang-up or a transfer is known before the stream closes.
+        this.#calls.update(id, { sessionEndedAt: now, ...(row === undefined || row.endReason === null ? { endReason: e.endReason } : {}) });
+        this.#calls.event(id, 'session_ended', null, null, { endReason: e.endReason, agentReconnects: e.agentReconnects, bargeIns: e.bargeIns, durationMs: e.durationMs }, now);
+        return;
+      }
+    }
+  }
+
+  #guard(op: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.#o.onStoreError?.(op, err);
+      const now = this.#now();
+      if (now - this.#lastErrorLogAt >= 60_000) {
+        this.#lastErrorLogAt = now;
+        this.#log.error({ op, err: errorMessage(err) }, storeErrorHint(err));
+      }
+    }
+  }
+}
+
+/** One line that says what a failed database write means and what to do about it. */
+export function storeErrorHint(err: unknown): string {
+  const code = errorCode(err);
+  if (code === 'SQLITE_FULL') return 'database write failed: the disk is full; free space on the DATA_DIR volume (calls go on, records may be incomplete)';
+  if (code === 'SQLITE_READONLY' || code === 'SQLITE_CANTOPEN') return 'database write failed: DATA_DIR is not writable; fix its permissions (calls go on, records may be incomplete)';
+  if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') return 'database write failed: the database is locked by another process; run one Playline per DATA_DIR';
+  return 'database write failed (calls go on, records may be incomplete)';
+}

@@ -1,0 +1,141 @@
+/**
+ * The carrier's callbacks about calls, and their one owner: the TwiML request
+ * of an outbound call at answer, status callbacks (inbound and outbound), and
+ * async AMD results. A status callback is recorded, applied in
+ * `SequenceNumber` order, and a terminal one finalizes the call once (which
+ * ends a session still open for it); nothing else reacts to it.
+ */
+import { isMachine } from '../calls/view.js';
+import type { CallRoute, Slot } from '../session/manager.js';
+import { TERMINAL_CALL_STATUSES, type CallPatch } from '../store/calls.js';
+import { errorMessage } from '../util/errors.js';
+import type { OutboundContext } from './context.js';
+import type { Finalizer } from './finalizer.js';
+
+export interface StatusUpdate {
+  callSid: string;
+  status: string;
+  sequence?: number | undefined;
+  durationS?: number | undefined;
+  answeredBy?: string | undefined;
+  sipResponseCode?: number | undefined;
+  errorCode?: number | undefined;
+}
+
+export interface AmdResult {
+  callSid: string;
+  answeredBy: string;
+  durationMs?: number | undefined;
+}
+
+export type AnswerResult =
+  | { ok: true; route: CallRoute; slot?: Slot; direction: 'outbound-api' }
+  /**
+   * `gone`: unknown, finished, or a hang-up was requested: the call is hung up.
+   * `duplicate`: the call was already answered (a second TwiML request that is not Twilio's retry).
+   */
+  | { ok: false; why: 'gone' | 'duplicate' };
+
+export class CarrierCallbacks {
+  readonly #c: OutboundContext;
+  readonly #f: Finalizer;
+
+  constructor(ctx: OutboundContext, finalizer: Finalizer) {
+    this.#c = ctx;
+    this.#f = finalizer;
+  }
+
+  /**
+   * The carrier fetches TwiML for an outbound call (`/twilio/voice?callId=`):
+   * the route and held slot to admit it with.
+   */
+  answer(callId: string, callSid: string): AnswerResult {
+    const { calls, log } = this.#c;
+    const row = calls.get(callId);
+    if (row === undefined || row.direction !== 'outbound') return { ok: false, why: 'gone' };
+    if (row.callSid !== null && row.callSid !== callSid) {
+      log.warn({ callId, callSid, expected: row.callSid }, 'voice webhook for a call id with another CallSid; hanging up');
+      return { ok: false, why: 'gone' };
+    }
+    if (row.answeredAt !== null && row.finalizedAt === null) return { ok: false, why: 'duplicate' };
+    const now = this.#c.now();
+    try {
+      if (row.callSid === null) calls.update(callId, { callSid, dialedAt: row.dialedAt ?? now });
+      if (row.finalizedAt !== null || row.hangupRequested) return { ok: false, why: 'gone' };
+      calls.update(callId, { answeredAt: now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
+      calls.event(callId, 'answered', 'in-progress', null, null, now);
+    } catch (err) {
+      // The call goes on without its record being up to date; the store error is counted and logged.
+      this.#c.onStoreError('answer', err);
+      log.error({ callId, callSid, err: errorMessage(err) }, 'could not record the answer of an outbound call; connecting it anyway');
+    }
+    const slot = this.#c.attempts.takeHeld(callId);
+    const route: CallRoute = { agentId: row.agentId };
+    if (row.prompt !== null) route.prompt = row.prompt;
+    if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
+    return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
+  }
+
+  /** A status callback (`/twilio/status`, with `?callId=` for outbound calls). */
+  onStatus(callId: string | undefined, b: StatusUpdate): void {
+    const { calls } = this.#c;
+    const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
+    if (row === undefined) {
+      // No record here (refused at the webhook, or a store failure): a finished call still keeps no session.
+      if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
+      this.#c.log.debug({ callSid: b.callSid, status: b.status }, 'status callback for a call without a record');
+      return;
+    }
+    const now = this.#c.now();
+    const data: Record<string, unknown> = {};
+    if (b.durationS !== undefined) data.durationS = b.durationS;
+    if (b.answeredBy !== undefined) data.answeredBy = b.answeredBy;
+    if (b.sipResponseCode !== undefined) data.sipResponseCode = b.sipResponseCode;
+    calls.event(row.id, 'status', b.status, b.sequence ?? null, Object.keys(data).length ? data : null, now);
+    if (row.callSid === null) calls.update(row.id, { callSid: b.callSid, dialedAt: row.dialedAt ?? now });
+    if (row.finalizedAt !== null) return;
+    // Out of order: an older callback than one already applied changes nothing.
+    if (b.sequence !== undefined && row.lastSequence !== null && b.sequence <= row.lastSequence) return;
+    if (TERMINAL_CALL_STATUSES.has(b.status)) {
+      this.#f.finalize({ ...row, callSid: row.callSid ?? b.callSid }, b.status, {
+        durationS: b.durationS,
+        answeredBy: b.answeredBy,
+        sequence: b.sequence,
+        errorCode: b.errorCode,
+      });
+      return;
+    }
+    const patch: CallPatch = { status: b.status };
+    if (b.sequence !== undefined) patch.lastSequence = b.sequence;
+    if (b.answeredBy !== undefined) patch.answeredBy = b.answeredBy;
+    if (b.status === 'in-progress' && row.answeredAt === null) patch.answeredAt = now;
+    calls.update(row.id, patch);
+  }
+
+  /** The async AMD result (`/twilio/amd?callId=`): a machine gets the campaign's voicemail policy. */
+  onAmd(callId: string | undefined, b: AmdResult): void {
+    const { calls, log, dialer, attempts } = this.#c;
+    const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
+    if (row === undefined) return;
+    const now = this.#c.now();
+    calls.event(row.id, 'amd', null, null, { answeredBy: b.answeredBy, durationMs: b.durationMs ?? null }, now);
+    calls.update(row.id, { answeredBy: b.answeredBy });
+    if (row.finalizedAt !== null) return;
+    if (!isMachine(b.answeredBy) && b.answeredBy !== 'fax') return;
+    const sid = row.callSid ?? b.callSid;
+    const act = async (): Promise<void> => {
+      try {
+        if (row.voicemailAction === 'message' && row.voicemailMessage !== null && b.answeredBy !== 'fax') {
+          calls.event(row.id, 'voicemail_message', null, null, null, this.#c.now());
+          await dialer.sayAndHangup(sid, row.voicemailMessage);
+        } else if (row.voicemailAction !== null) {
+          calls.event(row.id, 'voicemail_hangup', null, null, null, this.#c.now());
+          await dialer.hangup(sid);
+        }
+      } catch (err) {
+        log.warn({ callId: row.id, callSid: sid, err: errorMessage(err) }, 'voicemail action failed');
+      }
+    };
+    attempts.trackAfterCall(act());
+  }
+}

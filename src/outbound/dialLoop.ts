@@ -1,0 +1,396 @@
+/**
+ * The dial loop: picks the next due work (API calls first, then campaigns
+ * round robin), holds a capacity slot, claims the attempt in the store, and
+ * asks the carrier, paced by the account's and each campaign's {@link Pacer}.
+ *
+ * Every resource taken before a fallible step is given back when the step
+ * fails: a slot held for a job whose claim could not be written goes back to
+ * the manager, and pacer tickets are taken only once the claim is durable.
+ * A failing store (disk full) backs the loop off and is counted; dialing
+ * resumes by itself once writes succeed again.
+ */
+import type { CampaignRow, ContactRow } from '../store/campaigns.js';
+import type { CallRow } from '../store/calls.js';
+import type { Slot } from '../session/manager.js';
+import { errorMessage } from '../util/errors.js';
+import { storeErrorHint } from '../calls/recorder.js';
+import { settingsOf, type OutboundContext } from './context.js';
+import { DialError, type DialRequest } from './dialer.js';
+import type { Finalizer } from './finalizer.js';
+import { Pacer, type PacerTicket } from './pacing.js';
+import type { Reconciler } from './reconciler.js';
+import type { CampaignSettings } from './settings.js';
+import { fillTemplate } from './template.js';
+import { isWithinWindow, nextWindowStart } from './window.js';
+
+export interface DialLoopOptions {
+  /** Origin the carrier calls back (PUBLIC_URL). */
+  publicUrl: string;
+  /** Caller id used when a request or campaign names none. */
+  defaultFrom?: string | undefined;
+  defaultAgentId: string;
+  /** Account-wide dials per second (all campaigns and API calls together). */
+  maxCps: number;
+  /** Twilio `timeLimit` for outbound calls. */
+  maxCallS: number;
+  /** Longest sleep of the loop between checks. */
+  pollMs?: number | undefined;
+  onDial?: ((result: string) => void) | undefined;
+}
+
+type Job =
+  | { kind: 'call'; row: CallRow; slot: Slot }
+  | { kind: 'contact'; campaign: CampaignRow<CampaignSettings>; contact: ContactRow; slot: Slot };
+
+const BACKOFF_429_MS = [1_000, 2_000, 5_000, 10_000, 30_000];
+const BACKOFF_STORE_MS = [1_000, 2_000, 5_000, 10_000, 30_000];
+const SWEEP_EVERY_MS = 5_000;
+const PRUNE_EVERY_MS = 3_600_000;
+/** Idempotency keys protect against retries, not forever: a day is plenty. */
+const IDEMPOTENCY_TTL_MS = 86_400_000;
+
+export class DialLoop {
+  readonly #c: OutboundContext;
+  readonly #f: Finalizer;
+  readonly #r: Reconciler;
+  readonly #o: DialLoopOptions;
+  readonly #account: Pacer;
+  readonly #campaignPacers = new Map<string, Pacer>();
+  #timer: NodeJS.Timeout | undefined;
+  #timerAt = 0;
+  #running = false;
+  #paused = false;
+  #rr = 0;
+  #rateBackoff = 0;
+  #storeBackoff = 0;
+  #storeBlockedUntil = 0;
+  #lastSweep = 0;
+  #lastPrune = 0;
+
+  constructor(ctx: OutboundContext, finalizer: Finalizer, reconciler: Reconciler, opts: DialLoopOptions) {
+    this.#c = ctx;
+    this.#f = finalizer;
+    this.#r = reconciler;
+    this.#o = opts;
+    this.#account = new Pacer(opts.maxCps);
+  }
+
+  start(): void {
+    this.#running = true;
+    this.schedule(0);
+  }
+
+  stop(): void {
+    this.#running = false;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** No new dials (drain); calls in progress go on. */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  /** Runs the loop in `delayMs`, unless it already runs sooner. */
+  schedule(delayMs: number): void {
+    if (!this.#running) return;
+    const at = this.#c.now() + Math.max(0, delayMs);
+    if (this.#timer !== undefined) {
+      if (this.#timerAt <= at) return;
+      clearTimeout(this.#timer);
+    }
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#tick(), Math.max(0, delayMs));
+  }
+
+  #tick(): void {
+    this.#timer = undefined;
+    if (!this.#running) return;
+    const now = this.#c.now();
+    let wakeAt = now + (this.#o.pollMs ?? 1_000);
+    try {
+      if (now - this.#lastSweep >= SWEEP_EVERY_MS) {
+        this.#lastSweep = now;
+        this.#r.sweep(now);
+        if (now - this.#lastPrune >= PRUNE_EVERY_MS) {
+          this.#lastPrune = now;
+          this.#c.calls.pruneIdempotency(IDEMPOTENCY_TTL_MS, now);
+        }
+      }
+    } catch (err) {
+      this.#storeFailed('sweep', err, now);
+    }
+    if (!this.#paused && now >= this.#storeBlockedUntil) wakeAt = Math.min(wakeAt, this.#dialDue(now));
+    else if (!this.#paused) wakeAt = Math.min(wakeAt, this.#storeBlockedUntil);
+    this.schedule(wakeAt - this.#c.now());
+  }
+
+  /** Dials everything due now; returns when to look again. */
+  #dialDue(now: number): number {
+    let wakeAt = Number.POSITIVE_INFINITY;
+    for (;;) {
+      const next = this.#account.nextAt();
+      // Infinity: waiting for the carrier to answer a dial; its answer kicks the loop.
+      if (next > now) return Math.min(wakeAt, next);
+      let job: Job | number | undefined;
+      try {
+        job = this.#pick(now);
+      } catch (err) {
+        this.#storeFailed('pick', err, now);
+        return this.#storeBlockedUntil;
+      }
+      if (typeof job === 'number') return Math.min(wakeAt, job);
+      if (job === undefined) return wakeAt;
+      let row: CallRow | undefined;
+      try {
+        row = this.#claim(job, now);
+      } catch (err) {
+        // Nothing was dialed: the slot goes back, no pacer ticket was taken.
+        this.#c.manager.releaseSlot(job.slot);
+        this.#storeFailed('claim', err, now);
+        return this.#storeBlockedUntil;
+      }
+      this.#storeBackoff = 0;
+      if (row === undefined) {
+        this.#c.manager.releaseSlot(job.slot);
+        continue;
+      }
+      const tickets = [this.#account.take(now)];
+      if (job.kind === 'contact') tickets.push(this.#pacerOf(job.campaign).take(now));
+      this.#c.attempts.hold(row.id, job.slot, now);
+      if (row.campaignId !== null) this.#c.attempts.addActive(row.campaignId, row.id);
+      const timeoutS = job.kind === 'contact' ? job.campaign.settings.ringTimeoutSeconds : this.#c.ringTimeoutS;
+      this.#c.attempts.trackDial(this.#place(row, timeoutS).finally(() => this.#answered(tickets)));
+    }
+  }
+
+  #answered(tickets: PacerTicket[]): void {
+    const t = this.#c.now();
+    for (const ticket of tickets) ticket.answeredAt ??= t;
+    this.#c.kick();
+  }
+
+  #storeFailed(op: string, err: unknown, now: number): void {
+    const backoff = BACKOFF_STORE_MS[Math.min(this.#storeBackoff, BACKOFF_STORE_MS.length - 1)] ?? 30_000;
+    this.#storeBackoff++;
+    this.#storeBlockedUntil = now + backoff;
+    this.#c.onStoreError(`dial_${op}`, err);
+    this.#c.log.error({ op, err: errorMessage(err), retryInMs: backoff }, `dialing paused: ${storeErrorHint(err)}`);
+  }
+
+  /** The next job, a time to look again, or undefined when nothing is due. Holds a slot for the job. */
+  #pick(now: number): Job | number | undefined {
+    const { calls, campaigns, manager, attempts } = this.#c;
+    let wake: number | undefined;
+    const soon = (t: number) => (wake = wake === undefined ? t : Math.min(wake, t));
+    // API calls first.
+    const [queued] = calls.queued(1);
+    if (queued !== undefined) {
+      const slot = manager.holdOutboundSlot(queued.id, queued.agentId);
+      if (slot === undefined) return now + 250;
+      return { kind: 'call', row: queued, slot };
+    }
+    const running = campaigns.byStatus('running');
+    for (let i = 0; i < running.length; i++) {
+      const campaign = running[(this.#rr + i) % running.length];
+      if (campaign === undefined) continue;
+      const settings = settingsOf(campaign);
+      if (attempts.activeCount(campaign.id) >= settings.maxConcurrent) continue;
+      const pacer = this.#pacerOf({ ...campaign, settings });
+      if (!pacer.ready(now)) {
+        soon(pacer.nextAt());
+        continue;
+      }
+      const contact = this.#nextContact(campaign.id, settings, now);
+      if (typeof contact === 'number') {
+        soon(contact);
+        continue;
+      }
+      if (contact === undefined) {
+        this.#f.maybeComplete(campaign.id);
+        continue;
+      }
+      const slot = manager.holdOutboundSlot(`${campaign.id}:${contact.id}`, settings.agentId ?? this.#o.defaultAgentId);
+      if (slot === undefined) return now + 250;
+      this.#rr = (this.#rr + i + 1) % Math.max(1, running.length);
+      return { kind: 'contact', campaign: { ...campaign, settings }, contact, slot };
+    }
+    return wake;
+  }
+
+  /** The first due contact that may be called now; updates the others it passes over. */
+  #nextContact(campaignId: string, s: CampaignSettings, now: number): ContactRow | number | undefined {
+    const { campaigns } = this.#c;
+    for (let round = 0; round < 5; round++) {
+      const due = campaigns.due(campaignId, now, 50);
+      if (due.length === 0) return campaigns.nextDue(campaignId);
+      for (const contact of due) {
+        if (campaigns.dncHas(contact.phone)) {
+          campaigns.updateContact(contact.id, { state: 'done', outcome: 'dnc', lastError: 'on the do-not-call list' }, now);
+          continue;
+        }
+        if (s.window !== undefined && !isWithinWindow(s.window, now, contact.timezone ?? undefined)) {
+          const next = nextWindowStart(s.window, now, contact.timezone ?? undefined);
+          campaigns.updateContact(contact.id, { nextAttemptAt: next ?? now + 7 * 86_400_000 }, now);
+          continue;
+        }
+        return contact;
+      }
+    }
+    return now + 50;
+  }
+
+  /**
+   * Claims the job in one transaction (the API call's row, or the contact
+   * with its attempt's new row) before the carrier is asked. Undefined when
+   * the job is no longer there to claim, or was settled without a dial.
+   */
+  #claim(job: Job, now: number): CallRow | undefined {
+    const { calls, campaigns } = this.#c;
+    if (job.kind === 'call') {
+      return calls.transaction(() => {
+        const fresh = calls.get(job.row.id);
+        if (fresh === undefined || fresh.status !== 'queued') return undefined;
+        return calls.update(job.row.id, { status: 'claimed', claimedAt: now });
+      });
+    }
+    const { campaign, contact } = job;
+    const s = campaign.settings;
+    const fill = (t: string | undefined) => (t === undefined ? undefined : fillTemplate(t, contact.variables));
+    const prompt = fill(s.prompt);
+    const greeting = fill(s.customGreeting);
+    const from = s.from ?? this.#o.defaultFrom;
+    if ((prompt !== undefined && !prompt.ok) || (greeting !== undefined && !greeting.ok) || from === undefined) {
+      const why = from === undefined ? 'no caller id: set settings.from or DEFAULT_CALLER_ID' : 'a template variable is missing for this contact';
+      campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now);
+      if (from === undefined) this.#pauseRunning(campaign.id, 'configuration', why, now);
+      return undefined;
+    }
+    const vm = s.voicemail;
+    return calls.transaction(() => {
+      const r = calls.insert(
+        {
+          direction: 'outbound',
+          to: contact.phone,
+          from,
+          agentId: s.agentId ?? this.#o.defaultAgentId,
+          prompt: prompt?.ok ? prompt.text : undefined,
+          customGreeting: greeting?.ok ? greeting.text : undefined,
+          metadata: { ...(s.metadata ?? {}), campaignName: campaign.name },
+          machineDetection: vm.action !== 'continue',
+          voicemailAction: vm.action === 'continue' ? undefined : vm.action,
+          voicemailMessage: vm.action === 'message' ? vm.message : undefined,
+          campaignId: campaign.id,
+          contactId: contact.id,
+          attempt: contact.attempts + 1,
+          status: 'claimed',
+          claimedAt: now,
+        },
+        now,
+      );
+      campaigns.updateContact(contact.id, { state: 'dialing', attempts: contact.attempts + 1, lastCallId: r.id }, now);
+      return r;
+    });
+  }
+
+  async #place(row: CallRow, timeoutS: number): Promise<void> {
+    const base = this.#o.publicUrl;
+    const q = `?callId=${encodeURIComponent(row.id)}`;
+    const req: DialRequest = {
+      callId: row.id,
+      to: row.to,
+      from: row.from,
+      url: `${base}/twilio/voice${q}`,
+      statusCallback: `${base}/twilio/status${q}`,
+      timeoutS,
+      timeLimitS: this.#o.maxCallS,
+    };
+    if (row.machineDetection) {
+      req.machineDetection = row.voicemailAction === 'message' ? 'DetectMessageEnd' : 'Enable';
+      req.amdCallback = `${base}/twilio/amd${q}`;
+    }
+    let sid: string;
+    let status: string;
+    try {
+      ({ sid, status } = await this.#c.dialer.create(req));
+    } catch (err) {
+      this.#dialFailed(row, err);
+      return;
+    }
+    const { calls } = this.#c;
+    const now = this.#c.now();
+    this.#rateBackoff = 0;
+    this.#o.onDial?.('dialed');
+    let hangupRequested = false;
+    try {
+      const fresh = calls.get(row.id);
+      hangupRequested = fresh?.hangupRequested === true;
+      calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
+      calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
+    } catch (err) {
+      // The call exists at the carrier but its CallSid is not stored: its callbacks (by call id) or a recheck will tie it.
+      this.#c.onStoreError('dial_placed', err);
+      this.#c.log.error({ callId: row.id, callSid: sid, err: errorMessage(err) }, storeErrorHint(err));
+      this.#c.attempts.recheckAt(row.id, now + 15_000);
+    }
+    if (hangupRequested) await this.#c.dialer.hangup(sid).catch(() => undefined);
+  }
+
+  /** Pauses a campaign that is running (a finished or paused one is left alone). */
+  #pauseRunning(campaignId: string, reason: string, lastError: string, now: number): void {
+    const c = this.#c.campaigns.get(campaignId);
+    if (c === undefined || (c.status !== 'running' && c.status !== 'draft')) return;
+    this.#c.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
+  }
+
+  #dialFailed(row: CallRow, err: unknown): void {
+    const { calls } = this.#c;
+    const now = this.#c.now();
+    const e = err instanceof DialError ? err : new DialError('unknown', errorMessage(err));
+    this.#o.onDial?.(e.kind);
+    this.#c.log.warn({ callId: row.id, kind: e.kind, code: e.code, httpStatus: e.httpStatus, err: e.message }, 'dial failed');
+    calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
+    const fresh = calls.get(row.id) ?? row;
+    if (fresh.callSid !== null || fresh.finalizedAt !== null) return; // a callback already told us the call exists
+    switch (e.kind) {
+      case 'invalid-number':
+        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
+        return;
+      case 'rate-limited': {
+        const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
+        this.#rateBackoff++;
+        this.#account.pauseUntil(now + backoff);
+        this.#f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
+        return;
+      }
+      case 'auth':
+        if (fresh.campaignId === null) {
+          this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
+          return;
+        }
+        this.#f.voidAttempt(fresh.id, e.message);
+        this.#pauseRunning(fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
+        return;
+      case 'rejected':
+        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
+        return;
+      case 'unknown':
+        // The request may or may not have created a call: ask the carrier later rather than dial again.
+        this.#c.attempts.recheckAt(row.id, now + 15_000);
+        this.#c.attempts.releaseHeld(row.id);
+        return;
+    }
+  }
+
+  #pacerOf(campaign: CampaignRow<CampaignSettings>): Pacer {
+    const rate = campaign.settings.callsPerSecond;
+    let p = this.#campaignPacers.get(campaign.id);
+    if (p === undefined) {
+      p = new Pacer(rate);
+      this.#campaignPacers.set(campaign.id, p);
+    } else p.setRate(rate);
+    return p;
+  }
+}

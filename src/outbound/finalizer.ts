@@ -1,0 +1,201 @@
+/**
+ * The end of an attempt, exactly once: its outcome on the call row, the
+ * contact settled by the retry policy, the campaign's failure breaker and
+ * completion, then post-call work (PlayAI transcript, webhook). Also the
+ * other way an attempt ends: voided, when it never reached the carrier (the
+ * contact is due again without using up an attempt).
+ */
+import { callPayload, outcomeOf } from '../calls/view.js';
+import { errorMessage } from '../util/errors.js';
+import type { CallOutcome, CallPatch, CallRow } from '../store/calls.js';
+import { settingsOf, type OutboundContext } from './context.js';
+import { FailureBreaker } from './pacing.js';
+
+export interface TranscriptFetcher {
+  (call: CallRow): Promise<Array<{ role: string; text: string; at: number }> | undefined>;
+}
+
+export interface PostCallSink {
+  enqueue(event: string, callId: string | null, payload: object): string;
+}
+
+export interface FinalizeFacts {
+  durationS?: number | undefined;
+  answeredBy?: string | undefined;
+  sequence?: number | undefined;
+  errorCode?: number | undefined;
+  errorMessage?: string | undefined;
+  endReason?: string | undefined;
+  /** The contact's outcome when it differs from the call's (`invalid-number`). */
+  contactOutcome?: string;
+  /** Do not retry the contact whatever the policy says. */
+  noRetry?: boolean;
+}
+
+export interface FinalizerOptions {
+  webhooks?: PostCallSink | undefined;
+  fetchTranscript?: TranscriptFetcher | undefined;
+}
+
+export class Finalizer {
+  readonly #c: OutboundContext;
+  readonly #o: FinalizerOptions;
+  readonly #breakers = new Map<string, FailureBreaker>();
+
+  constructor(ctx: OutboundContext, opts: FinalizerOptions = {}) {
+    this.#c = ctx;
+    this.#o = opts;
+  }
+
+  /**
+   * Finishes the call with its final carrier `status` (once: a row already
+   * finalized is left alone). A session still open for it here is ended first.
+   */
+  finalize(row: CallRow, status: string, f: FinalizeFacts = {}): void {
+    const { calls, attempts } = this.#c;
+    const now = this.#c.now();
+    // A finished call keeps no session.
+    if (row.callSid !== null) this.#c.manager.getSession(row.callSid)?.close('caller_hangup');
+    attempts.releaseHeld(row.id);
+    attempts.cancelRecheck(row.id);
+    const fresh = calls.get(row.id) ?? row;
+    if (fresh.finalizedAt !== null) return;
+    const answeredBy = f.answeredBy ?? fresh.answeredBy ?? undefined;
+    const outcome = outcomeOf(status, answeredBy);
+    const patch: CallPatch = { status, outcome, endedAt: now, finalizedAt: now };
+    if (f.durationS !== undefined) patch.durationS = f.durationS;
+    else if (fresh.answeredAt !== null) patch.durationS = Math.round((now - fresh.answeredAt) / 1000);
+    if (answeredBy !== undefined) patch.answeredBy = answeredBy;
+    if (f.sequence !== undefined) patch.lastSequence = f.sequence;
+    if (f.errorCode !== undefined) patch.errorCode = f.errorCode;
+    if (f.errorMessage !== undefined) patch.errorMessage = f.errorMessage;
+    if (f.endReason !== undefined && fresh.endReason === null) patch.endReason = f.endReason;
+    calls.transaction(() => {
+      calls.update(row.id, patch);
+      calls.event(row.id, 'finalized', status, f.sequence ?? null, { outcome }, now);
+      if (fresh.contactId !== null && fresh.campaignId !== null) this.#settleContact(fresh, outcome, f, now);
+    });
+    if (fresh.campaignId !== null) {
+      attempts.removeActive(fresh.campaignId, row.id);
+      this.#checkBreaker(fresh.campaignId, outcome, now);
+      this.maybeComplete(fresh.campaignId);
+      this.#c.kick();
+    }
+    const final = calls.get(row.id);
+    if (final !== undefined && final.outcome !== 'not-dialed') attempts.trackAfterCall(this.#postCall(final));
+  }
+
+  /**
+   * An attempt that never reached the carrier: the contact (or API call) is
+   * due again at `dueAt`, without using up an attempt. Acts on the row as it
+   * is now: a row a callback has tied to a CallSid, or that is finished, is
+   * not voided (returns false).
+   */
+  voidAttempt(rowId: string, why: string, dueAt = this.#c.now()): boolean {
+    const { calls, campaigns, attempts } = this.#c;
+    const now = this.#c.now();
+    const voided = calls.transaction(() => {
+      const row = calls.get(rowId);
+      if (row === undefined || row.callSid !== null || row.finalizedAt !== null) return false;
+      if (row.contactId !== null && row.campaignId !== null) {
+        calls.update(row.id, { status: 'not-dialed', outcome: 'not-dialed', errorMessage: why, finalizedAt: now, endedAt: now });
+        calls.event(row.id, 'voided', 'not-dialed', null, { why }, now);
+        const contact = campaigns.contact(row.contactId);
+        if (contact !== undefined && contact.state === 'dialing' && contact.lastCallId === row.id) {
+          campaigns.updateContact(contact.id, { state: 'pending', attempts: Math.max(0, contact.attempts - 1), nextAttemptAt: dueAt, lastError: why }, now);
+        }
+        attempts.removeActive(row.campaignId, row.id);
+      } else {
+        // An API call goes back to the queue.
+        calls.update(row.id, { status: 'queued', errorMessage: why });
+        calls.event(row.id, 'requeued', 'queued', null, { why }, now);
+      }
+      return true;
+    });
+    if (!voided) return false;
+    attempts.releaseHeld(rowId);
+    if (dueAt > now) this.#c.wakeIn(dueAt - now);
+    else this.#c.kick();
+    return true;
+  }
+
+  /** Marks a running campaign completed when nothing is pending, dialing or live. */
+  maybeComplete(campaignId: string): void {
+    const { campaigns } = this.#c;
+    const campaign = campaigns.get(campaignId);
+    if (campaign === undefined || campaign.status !== 'running') return;
+    const counts = campaigns.counts(campaignId);
+    if (counts.byState.pending === 0 && counts.byState.dialing === 0 && this.#c.attempts.activeCount(campaignId) === 0) {
+      campaigns.setStatus(campaignId, 'completed', {}, this.#c.now());
+      this.#c.log.info({ campaignId, outcomes: counts.byOutcome, attempts: counts.attempts }, 'campaign completed');
+    }
+  }
+
+  /** Forgets a campaign's failure history (it was started or resumed). */
+  resetBreaker(campaignId: string): void {
+    this.#breakers.get(campaignId)?.reset();
+  }
+
+  #settleContact(row: CallRow, outcome: CallOutcome, f: FinalizeFacts, now: number): void {
+    const { campaigns } = this.#c;
+    const contactId = row.contactId;
+    const campaignId = row.campaignId;
+    if (contactId === null || campaignId === null) return;
+    const contact = campaigns.contact(contactId);
+    if (contact === undefined || contact.state === 'done' || contact.lastCallId !== row.id) return;
+    const campaign = campaigns.get(campaignId);
+    const s = campaign === undefined ? undefined : settingsOf(campaign);
+    const retryable =
+      s !== undefined &&
+      campaign?.status !== 'canceled' &&
+      f.noRetry !== true &&
+      (s.retry.on as readonly string[]).includes(outcome) &&
+      contact.attempts < s.retry.maxAttempts;
+    if (retryable) {
+      campaigns.updateContact(contactId, { state: 'pending', nextAttemptAt: now + s.retry.delaySeconds * 1000, lastError: f.errorMessage ?? outcome }, now);
+    } else {
+      campaigns.updateContact(contactId, { state: 'done', outcome: f.contactOutcome ?? outcome, lastError: f.errorMessage ?? null }, now);
+    }
+  }
+
+  #checkBreaker(campaignId: string, outcome: CallOutcome, now: number): void {
+    const { campaigns } = this.#c;
+    const campaign = campaigns.get(campaignId);
+    if (campaign === undefined || campaign.status !== 'running') return;
+    const s = settingsOf(campaign);
+    let b = this.#breakers.get(campaignId);
+    if (b === undefined) {
+      b = new FailureBreaker(s.failurePause);
+      this.#breakers.set(campaignId, b);
+    }
+    b.record(outcome === 'failed', now);
+    const t = b.tripped(now);
+    if (t !== undefined) {
+      const why = `${t.failed} of the last ${t.total} attempts failed (threshold ${Math.round(s.failurePause.threshold * 100)}% over ${s.failurePause.windowSeconds} s)`;
+      this.#c.log.warn({ campaignId, ...t }, 'failure spike: campaign paused');
+      campaigns.setStatus(campaignId, 'paused', { pauseReason: 'failure_spike', lastError: why }, now);
+      b.reset();
+    }
+  }
+
+  /** Transcript from PlayAI (when configured), then the post-call webhook. */
+  async #postCall(row: CallRow): Promise<void> {
+    const { calls, campaigns, log } = this.#c;
+    try {
+      if (this.#o.fetchTranscript !== undefined && row.conversationId !== null) {
+        try {
+          const turns = await this.#o.fetchTranscript(row);
+          if (turns !== undefined && turns.length > 0) calls.saveTranscript(row.id, 'playai', turns);
+        } catch (err) {
+          log.warn({ callId: row.id, err: errorMessage(err) }, 'PlayAI transcript fetch failed; the live transcript is kept');
+        }
+      }
+      if (this.#o.webhooks !== undefined) {
+        const fresh = calls.get(row.id) ?? row;
+        this.#o.webhooks.enqueue('call.completed', row.id, callPayload(fresh, calls, campaigns));
+      }
+    } catch (err) {
+      log.error({ callId: row.id, err }, 'post-call work failed');
+    }
+  }
+}

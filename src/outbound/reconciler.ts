@@ -1,0 +1,181 @@
+/**
+ * Settling what nobody will tell us about: rows a previous run left
+ * unfinished (crash, `kill -9`), dials the carrier never answered, and calls
+ * whose callbacks stopped. Everything is asked of the carrier, and every
+ * decision is taken on the row as it is when the carrier's answer arrives,
+ * never on a snapshot taken before the request: a callback that landed in
+ * the meantime wins.
+ */
+import { TERMINAL_CALL_STATUSES, type CallRow } from '../store/calls.js';
+import { errorMessage } from '../util/errors.js';
+import { ringLimitS, type OutboundContext } from './context.js';
+import type { Finalizer } from './finalizer.js';
+
+export type ReconcileResult = 'attached' | 'voided' | 'finished' | 'kept';
+
+export interface ReconcilerOptions {
+  /** Grace after a session ended before a call without a terminal status is settled with the carrier. */
+  settleAfterMs?: number;
+}
+
+/** How long after a lost request or a restart a followed call is asked about again. */
+const RECHECK_SOON_MS = 5_000;
+const RECHECK_LATER_MS = 15_000;
+
+export class Reconciler {
+  readonly #c: OutboundContext;
+  readonly #f: Finalizer;
+  readonly #settleAfterMs: number;
+
+  constructor(ctx: OutboundContext, finalizer: Finalizer, opts: ReconcilerOptions = {}) {
+    this.#c = ctx;
+    this.#f = finalizer;
+    this.#settleAfterMs = opts.settleAfterMs ?? 20_000;
+  }
+
+  /**
+   * Settles rows a previous run (or a lost request) left unfinished. Safe to
+   * call at any time; rows the carrier cannot be asked about now are kept.
+   */
+  async reconcile(): Promise<Record<ReconcileResult, number>> {
+    const { calls, attempts, manager } = this.#c;
+    const out: Record<ReconcileResult, number> = { attached: 0, voided: 0, finished: 0, kept: 0 };
+    for (const row of calls.unfinished()) {
+      if (row.status === 'queued') continue;
+      if (attempts.isHeld(row.id) || (row.callSid !== null && manager.getSession(row.callSid) !== undefined)) continue;
+      try {
+        const r = await this.reconcileRow(row);
+        out[r]++;
+        // Followed, but nothing here will hear of it unless a callback comes: look again soon.
+        if (r === 'kept' || r === 'attached') attempts.recheckAt(row.id, this.#c.now() + RECHECK_SOON_MS);
+      } catch (err) {
+        out.kept++;
+        attempts.recheckAt(row.id, this.#c.now() + RECHECK_LATER_MS);
+        this.#c.log.warn({ callId: row.id, err: errorMessage(err) }, 'reconcile: carrier not reachable; will try again');
+      }
+    }
+    if (out.attached + out.voided + out.finished > 0) this.#c.log.info(out, 'reconciled unfinished calls');
+    return out;
+  }
+
+  /** Settles one unfinished row with the carrier. */
+  async reconcileRow(row: CallRow): Promise<ReconcileResult> {
+    const { calls, dialer } = this.#c;
+    if (row.direction === 'inbound') {
+      if (row.sessionEndedAt === null && row.callSid !== null && this.#c.manager.getSession(row.callSid) === undefined) {
+        // The process that held its session is gone.
+        calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? 'bridge_restarted' });
+      }
+      const c = row.callSid !== null && dialer.name === 'twilio' ? await dialer.fetch(row.callSid) : undefined;
+      if (c !== undefined && !TERMINAL_CALL_STATUSES.has(c.status)) return 'kept';
+      this.#f.finalize(row, c?.status ?? 'completed', { durationS: c?.durationS });
+      return 'finished';
+    }
+    if (row.callSid === null) return this.#reconcileUnsent(row);
+    const c = await dialer.fetch(row.callSid);
+    const fresh = calls.get(row.id);
+    if (fresh === undefined || fresh.finalizedAt !== null) return 'finished';
+    if (c === undefined) {
+      this.#f.finalize(fresh, 'failed', { endReason: 'lost_by_carrier', errorMessage: 'the carrier no longer knows this call' });
+      return 'finished';
+    }
+    if (TERMINAL_CALL_STATUSES.has(c.status)) {
+      this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
+      return 'finished';
+    }
+    if (fresh.campaignId !== null) this.#c.attempts.addActive(fresh.campaignId, fresh.id);
+    return 'kept';
+  }
+
+  /** A claimed attempt without a CallSid: did the carrier get the request? */
+  async #reconcileUnsent(row: CallRow): Promise<ReconcileResult> {
+    const { calls } = this.#c;
+    const since = (row.claimedAt ?? row.createdAt) - 5_000;
+    const recent = await this.#c.dialer.findRecent(row.to, row.from, since);
+    // The carrier's list took time: act on the row as it is now.
+    const fresh = calls.get(row.id);
+    if (fresh === undefined || fresh.finalizedAt !== null) return 'finished';
+    if (fresh.callSid !== null) {
+      // A callback tied it to its call while we asked: it was dialed.
+      if (fresh.campaignId !== null) this.#c.attempts.addActive(fresh.campaignId, fresh.id);
+      return 'attached';
+    }
+    // A call of this attempt, or one nobody claims (not another attempt's).
+    const found = recent.find((c) => {
+      const owner = calls.getBySid(c.sid);
+      return owner === undefined || owner.id === fresh.id;
+    });
+    if (found === undefined) {
+      return this.#f.voidAttempt(fresh.id, 'not found at the carrier after a restart or a lost request') ? 'voided' : 'attached';
+    }
+    const now = this.#c.now();
+    calls.update(fresh.id, { callSid: found.sid, dialedAt: found.createdAt ?? now, status: found.status });
+    calls.event(fresh.id, 'reconciled', found.status, null, { callSid: found.sid }, now);
+    if (TERMINAL_CALL_STATUSES.has(found.status)) {
+      this.#f.finalize({ ...fresh, callSid: found.sid }, found.status, { durationS: found.durationS, answeredBy: found.answeredBy });
+    } else if (fresh.campaignId !== null) this.#c.attempts.addActive(fresh.campaignId, fresh.id);
+    return 'attached';
+  }
+
+  /**
+   * Every few seconds: settle rows due for a recheck, release slots held far
+   * past the ring time, and schedule a recheck for calls that went quiet (no
+   * session here and no callback for a while: lost callbacks, a restart).
+   */
+  sweep(now: number): void {
+    const { calls, attempts, manager } = this.#c;
+    for (const [id, at] of attempts.held()) {
+      const row = calls.get(id);
+      if (row !== undefined && now - at < (ringLimitS(this.#c, row) + 60) * 1000) continue;
+      // No answer and no final status long after the ring time: ask the carrier.
+      attempts.releaseHeld(id);
+      attempts.recheckAt(id, now);
+    }
+    for (const row of calls.unfinished()) {
+      if (row.status === 'queued' || attempts.isHeld(row.id) || attempts.hasRecheck(row.id)) continue;
+      if (row.callSid !== null && manager.getSession(row.callSid) !== undefined) continue;
+      const last = Math.max(row.createdAt, row.claimedAt ?? 0, row.dialedAt ?? 0, row.answeredAt ?? 0, row.sessionEndedAt ?? 0);
+      const quietFor = row.sessionEndedAt !== null ? this.#settleAfterMs : (ringLimitS(this.#c, row) + 60) * 1000;
+      if (now - last > quietFor) attempts.recheckAt(row.id, now);
+    }
+    for (const id of attempts.dueRechecks(now)) {
+      const row = calls.get(id);
+      if (row === undefined || row.finalizedAt !== null || attempts.isHeld(id)) continue;
+      if (row.callSid !== null && manager.getSession(row.callSid) !== undefined) continue;
+      attempts.trackDial(
+        this.#settleStale(row).then((finished) => {
+          if (!finished) attempts.recheckAt(id, this.#c.now() + RECHECK_LATER_MS);
+        }),
+      );
+    }
+  }
+
+  /** Asks the carrier about a quiet call; true when the call is settled now. */
+  async #settleStale(row: CallRow): Promise<boolean> {
+    try {
+      if (row.callSid === null) {
+        const r = await this.reconcileRow(row);
+        return r === 'voided' || r === 'finished';
+      }
+      const c = await this.#c.dialer.fetch(row.callSid);
+      const fresh = this.#c.calls.get(row.id);
+      if (fresh === undefined || fresh.finalizedAt !== null) return true;
+      if (c === undefined) {
+        this.#f.finalize(fresh, fresh.answeredAt !== null || fresh.sessionEndedAt !== null ? 'completed' : 'failed', { endReason: fresh.endReason ?? 'no_final_status' });
+        return true;
+      }
+      if (TERMINAL_CALL_STATUSES.has(c.status)) {
+        this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
+        return true;
+      }
+      if (c.status === 'in-progress' && fresh.answeredAt === null && fresh.direction === 'outbound' && fresh.callSid !== null) {
+        // Answered, but its TwiML request never reached us: nobody is on our side of it.
+        await this.#c.dialer.hangup(fresh.callSid);
+      }
+      return false;
+    } catch (err) {
+      this.#c.log.warn({ callId: row.id, err: errorMessage(err) }, 'could not settle a quiet call; will try again');
+      return false;
+    }
+  }
+}
