@@ -1,9 +1,13 @@
 # Playline: Twilio Media Streams <-> PlayAI-protocol voice agents.
 # Multi-stage: build with dev dependencies, run with production ones only.
 
+# Base image pinned to an exact Node release (24, an LTS line), so the same Dockerfile builds the
+# same runtime next month. Both FROM lines name the same tag (test/deploy.test.ts checks); to
+# update, change both (deploy/README.md, "Pinned base images").
+#
 # Native modules (better-sqlite3, bufferutil) install prebuilt binaries when there is one for
 # this Node and platform, and compile otherwise: the install stages carry a compiler.
-FROM node:24-bookworm-slim AS toolchain
+FROM node:24.21.0-bookworm-slim AS toolchain
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -21,7 +25,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
-FROM node:24-bookworm-slim
+FROM node:24.21.0-bookworm-slim
 ENV NODE_ENV=production \
     PORT=8080 \
     HOST=0.0.0.0 \
