@@ -894,6 +894,15 @@ export class FakeTwilioStream {
     return this.#pending.map((m) => m.name);
   }
 
+  /**
+   * When the agent audio queued so far finishes playing, in ms since the socket opened;
+   * undefined before any agent audio arrived. In the past once the caller's playback is idle.
+   */
+  get playbackEndsAt(): number | undefined {
+    if (this.startSentAt === undefined || this.firstMediaAt === undefined) return undefined;
+    return this.startSentAt + this.#playEnd / BYTES_PER_MS;
+  }
+
   /** ms of received audio not played yet. */
   get bufferedMs(): number {
     if (this.startSentAt === undefined) return 0;
@@ -1035,6 +1044,14 @@ export interface SimCallOptions {
   onMedia?: (payload: string, nowMs: number) => void;
   /** See {@link FakeTwilioStreamConnectOptions.onClear}. */
   onClear?: (nowMs: number) => void;
+  /**
+   * Let the agent greet first (default off: the caller talks from `start`). The caller
+   * sends silence until agent audio has played and then stayed quiet for `quietMs`
+   * (default 600), or until `maxWaitMs` (default 8000) has passed since `start`, and only
+   * then its `audio` (or `frameSource`). `trailingMs` and the call length count from there;
+   * `dtmf` times and `maxDurationMs` still count from `start`. See `SimCallResult.greetingWait`.
+   */
+  waitForGreeting?: boolean | { quietMs?: number; maxWaitMs?: number };
   /** Silence sent after `audio` before hanging up (default 0). */
   trailingMs?: number;
   /** Keep streaming silence until the bridge closes the socket (bounded by `maxDurationMs`). */
@@ -1073,6 +1090,12 @@ export interface SimCallResult {
   marksEchoed: number;
   /** ms from `start` sent to the first agent `media` received. */
   firstAgentAudioMs?: number;
+  /**
+   * With `waitForGreeting`, once the caller started talking: how long it stayed silent
+   * (ms since `start`), and whether the greeting had ended (`ended`) or the wait reached
+   * its cap (`timeout`: no agent audio, or still playing).
+   */
+  greetingWait?: { waitedMs: number; outcome: 'ended' | 'timeout' };
   protocolViolations: string[];
   endedBy: 'caller' | 'bridge' | 'error';
   closeCode?: number;
@@ -1121,8 +1144,9 @@ const errorText = (e: unknown): string => (e instanceof Error ? e.message : Stri
 
 /**
  * Places one call the way Twilio does: webhook → TwiML → signed WebSocket →
- * `connected`/`start` → 20 ms `media` frames → hang up (`stop` + close) or wait for the
- * bridge to close → status callback. Never rejects; failures come back as `endedBy: 'error'`.
+ * `connected`/`start` → 20 ms `media` frames (after the agent's greeting with
+ * `waitForGreeting`) → hang up (`stop` + close) or wait for the bridge to close → status
+ * callback. Never rejects; failures come back as `endedBy: 'error'`.
  */
 export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
   const t0 = performance.now();
@@ -1275,6 +1299,11 @@ export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
   const trailingFrames = Math.ceil(Math.max(0, opts.trailingMs ?? 0) / FRAME_MS);
   const maxFrames = Math.ceil(Math.max(0, opts.maxDurationMs ?? 60_000) / FRAME_MS);
   const callerFrames = audioFrames.length + trailingFrames;
+  const greeting = opts.waitForGreeting === true ? {} : opts.waitForGreeting === false ? undefined : opts.waitForGreeting;
+  const greetingQuietMs = Math.max(0, greeting?.quietMs ?? 600);
+  const greetingMaxWaitMs = Math.max(0, greeting?.maxWaitMs ?? 8000);
+  /** Frame at which the caller's audio starts; undefined while it waits for the greeting. */
+  let talkFrom: number | undefined = greeting === undefined ? 0 : undefined;
   const dtmf = [...(opts.dtmf ?? [])].sort((a, b) => a.atMs - b.atMs);
   const frameSource = opts.frameSource;
   const lags: number[] = [];
@@ -1302,13 +1331,22 @@ export async function placeCall(opts: SimCallOptions): Promise<SimCallResult> {
       if (stream.closed) return end('bridge');
       const now = performance.now();
       while (clockStart + n * FRAME_MS <= now) {
-        // Frame n would start at n·20 ms: the caller is done once all its frames have played.
-        if (!opts.waitForBridgeHangup && n >= callerFrames) return end('caller');
-        if (n >= maxFrames) return end('timeout');
         const due = n * FRAME_MS;
+        if (talkFrom === undefined) {
+          const playedUntil = stream.playbackEndsAt;
+          const ended = playedUntil !== undefined && stream.now() - playedUntil >= greetingQuietMs;
+          if (ended || due >= greetingMaxWaitMs) {
+            talkFrom = n;
+            result.greetingWait = { waitedMs: due, outcome: ended ? 'ended' : 'timeout' };
+          }
+        }
+        // Frame n would start at n·20 ms: the caller is done once all its frames have played.
+        if (!opts.waitForBridgeHangup && talkFrom !== undefined && n - talkFrom >= callerFrames) return end('caller');
+        if (n >= maxFrames) return end('timeout');
         lags.push(now - clockStart - due);
         while (dtmf.length > 0 && (dtmf[0]?.atMs ?? Infinity) <= due) stream.sendDtmf(dtmf.shift()?.digit ?? '');
-        stream.sendMedia(frameSource !== undefined ? frameSource(n, now) : n < audioFrames.length ? audioFrames[n] : SILENCE_FRAME_B64, due);
+        const k = talkFrom === undefined ? -1 : n - talkFrom;
+        stream.sendMedia(k < 0 ? SILENCE_FRAME_B64 : frameSource !== undefined ? frameSource(n, now) : k < audioFrames.length ? audioFrames[k] : SILENCE_FRAME_B64, due);
         n++;
       }
       timer = setTimeout(tick, Math.max(0, clockStart + n * FRAME_MS - performance.now()));
