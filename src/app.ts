@@ -207,7 +207,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     // check UTF-8 on every frame first.
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
   });
-  await app.register(healthRoutes, { manager, metrics });
+  await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken });
   await app.register(twilioWebhooks, { config, manager, metrics, callbacks: outbound.callbacks, recorder });
   await app.register(docsRoutes);
   await app.register(async (api) => {

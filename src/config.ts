@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { isCountryCode } from './outbound/phone.js';
+import { E164_SHAPE, isCountryCode } from './outbound/phone.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -25,6 +25,10 @@ export interface Config {
   port: number;
   host: string;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** `json`, `pretty`, or unset: pretty when stdout is a terminal, JSON otherwise (Docker, systemd). */
+  logFormat?: 'json' | 'pretty';
+  /** Bearer token `/metrics` requires; without one it answers anyone who reaches the port. */
+  metricsToken?: string;
   /** Origin Twilio reaches, e.g. `https://voice.example.com` (no path, no trailing slash). */
   publicUrl: string;
   /** `wss://…/twilio/media-stream` (or `ws://` for an http PUBLIC_URL in local use). */
@@ -45,7 +49,6 @@ export interface Config {
   localAgentOptions: { port: number; mode: 'echo-test' | 'echo' };
   /** Called number (E.164 `To`) → route. Unknown numbers go to the default agent. */
   routes: Map<string, NumberRoute>;
-  routesFile?: string;
   maxConcurrentCalls: number;
   /** Optional per-agent caps on concurrent calls, on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
@@ -128,35 +131,50 @@ export interface Config {
   };
 }
 
+/** An empty value (a line of a copied .env.example) means "the default". */
 const emptyToUndefined = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
-const optionalString = z.preprocess(emptyToUndefined, z.string().optional());
-const intIn = (min: number, max: number, def: number) =>
-  z.preprocess(emptyToUndefined, z.coerce.number().int().min(min).max(max).default(def));
+const optional = <T extends z.ZodType>(schema: T) => z.preprocess(emptyToUndefined, schema.optional());
+const optionalString = optional(z.string());
+
+// Every `error` below completes the sentence `NAME: "value" is not …` (see formatIssue).
+
+const intIn = (min: number, max: number, def: number) => {
+  const expected = `a whole number from ${min} to ${max}`;
+  return z.preprocess(
+    emptyToUndefined,
+    z
+      .string({ error: expected })
+      .trim()
+      .regex(/^\d{1,15}$/, { error: expected })
+      .transform(Number)
+      .pipe(z.number().min(min, { error: expected }).max(max, { error: expected }))
+      .default(def),
+  );
+};
+const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
+  z.enum(values, { error: `one of ${values.join(', ')}` });
+const text = (max: number, def: string) =>
+  z.preprocess(emptyToUndefined, z.string().max(max, { error: `a text of at most ${max} characters` }).default(def));
+const secret = optional(z.string().min(16, { error: 'a token of at least 16 characters' }));
+const e164 = optional(z.string().regex(E164_SHAPE, { error: 'an E.164 number like +15551234567' }));
+const AGENT_ID = /^[A-Za-z0-9_-]{1,128}$/;
 
 const envSchema = z.object({
   PORT: intIn(0, 65535, 8080),
   HOST: z.preprocess(emptyToUndefined, z.string().default('0.0.0.0')),
-  LOG_LEVEL: z.preprocess(
-    emptyToUndefined,
-    z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  ),
+  LOG_LEVEL: z.preprocess(emptyToUndefined, oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
+  LOG_FORMAT: optional(oneOf(['json', 'pretty'])),
   PUBLIC_URL: optionalString,
-  TWILIO_ACCOUNT_SID: z.preprocess(
-    emptyToUndefined,
-    z.string().regex(/^AC[0-9a-fA-F]{32}$/, 'must look like AC followed by 32 hex digits').optional(),
-  ),
+  TWILIO_ACCOUNT_SID: optional(z.string().regex(/^AC[0-9a-fA-F]{32}$/, { error: 'an account SID (AC followed by 32 hex digits)' })),
   TWILIO_AUTH_TOKEN: optionalString,
   PLAYAI_API_KEY: optionalString,
-  PLAYAI_AGENT_ID: z.preprocess(
-    emptyToUndefined,
-    z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be letters, digits, - or _').optional(),
-  ),
+  PLAYAI_AGENT_ID: optional(z.string().regex(AGENT_ID, { error: 'an agent id (1 to 128 letters, digits, - or _)' })),
   PLAYAI_WS_URL: z.preprocess(emptyToUndefined, z.string().default('wss://api.play.ai')),
   ROUTES_FILE: optionalString,
   MAX_CONCURRENT_CALLS: intIn(1, 100_000, 50),
   DATA_DIR: z.preprocess(emptyToUndefined, z.string().default('./data')),
   LOCAL_AGENT_PORT: intIn(0, 65535, 0),
-  LOCAL_AGENT_MODE: z.preprocess(emptyToUndefined, z.enum(['echo-test', 'echo']).default('echo-test')),
+  LOCAL_AGENT_MODE: z.preprocess(emptyToUndefined, oneOf(['echo-test', 'echo']).default('echo-test')),
   STREAM_TOKEN_TTL_S: intIn(1, 120, 10),
   START_TIMEOUT_MS: intIn(100, 60_000, 5_000),
   AGENT_INIT_TIMEOUT_MS: intIn(100, 60_000, 10_000),
@@ -165,26 +183,14 @@ const envSchema = z.object({
   MARK_INTERVAL_MS: intIn(20, 2_000, 160),
   PREINIT_BUFFER_MS: intIn(0, 60_000, 15_000),
   AUDIO_IN_BATCH_MS: intIn(0, 500, 0),
-  APOLOGY_TEXT: z.preprocess(
-    emptyToUndefined,
-    z.string().max(1000).default('Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
-  ),
-  BUSY_TEXT: z.preprocess(
-    emptyToUndefined,
-    z.string().max(1000).default('Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
-  ),
-  GOODBYE_TEXT: z.preprocess(
-    emptyToUndefined,
-    z.string().max(1000).default('We have to end this call now. Thank you for calling. Goodbye.'),
-  ),
+  APOLOGY_TEXT: text(1000, 'Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
+  BUSY_TEXT: text(1000, 'Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
+  GOODBYE_TEXT: text(1000, 'We have to end this call now. Thank you for calling. Goodbye.'),
   SAY_VOICE: optionalString,
   AGENT_LIMITS: optionalString,
   AGENT_CAPACITY_COOLDOWN_S: intIn(1, 3600, 60),
-  OVERFLOW_ACTION: z.preprocess(emptyToUndefined, z.enum(['say', 'dial']).default('say')),
-  FALLBACK_NUMBER: z.preprocess(
-    emptyToUndefined,
-    z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
-  ),
+  OVERFLOW_ACTION: z.preprocess(emptyToUndefined, oneOf(['say', 'dial']).default('say')),
+  FALLBACK_NUMBER: e164,
   DRAIN_TIMEOUT_S: intIn(0, 86_400, 120),
   MAX_EVENT_LOOP_DELAY_MS: intIn(0, 60_000, 500),
   MAX_CALL_DURATION_S: intIn(1, 86_400, 3600),
@@ -196,22 +202,42 @@ const envSchema = z.object({
   AGENT_HEARTBEAT_MS: intIn(0, 60_000, 3_000),
   TWILIO_API_URL: optionalString,
   SAY_LANGUAGE: optionalString,
-  API_TOKEN: z.preprocess(emptyToUndefined, z.string().min(16, 'must be at least 16 characters').optional()),
-  DEFAULT_CALLER_ID: z.preprocess(
-    emptyToUndefined,
-    z.string().regex(/^\+[1-9]\d{1,14}$/, 'must be an E.164 number like +15551234567').optional(),
+  API_TOKEN: secret,
+  METRICS_TOKEN: secret,
+  DEFAULT_CALLER_ID: e164,
+  DEFAULT_COUNTRY: optional(z.string().refine(isCountryCode, { error: 'a two-letter country code like US' })),
+  OUTBOUND_MAX_CPS: optional(
+    z
+      .string()
+      .trim()
+      .regex(/^\d{1,4}(\.\d{1,3})?$/, { error: 'a number of dials per second above 0 and at most 1000, like 1 or 0.5' })
+      .transform(Number)
+      .pipe(z.number().positive({ error: 'a number of dials per second above 0 and at most 1000, like 1 or 0.5' }).max(1000, { error: 'a number of dials per second above 0 and at most 1000, like 1 or 0.5' })),
   ),
-  DEFAULT_COUNTRY: z.preprocess(emptyToUndefined, z.string().refine(isCountryCode, 'must be a two-letter country code like US').optional()),
-  OUTBOUND_MAX_CPS: z.preprocess(emptyToUndefined, z.coerce.number().positive().max(1000).optional()),
   INBOUND_RESERVED: intIn(0, 100_000, 0),
   RING_TIMEOUT_S: intIn(5, 600, 30),
   LOCAL_CARRIER_OUTCOMES: z.preprocess(emptyToUndefined, z.string().default('answered:70,busy:10,no-answer:10,voicemail:10')),
   LOCAL_CARRIER_TALK_S: intIn(1, 3600, 8),
   WEBHOOK_URL: optionalString,
-  WEBHOOK_SECRET: z.preprocess(emptyToUndefined, z.string().min(16, 'must be at least 16 characters').optional()),
+  WEBHOOK_SECRET: secret,
   PLAYAI_USER_ID: optionalString,
   PLAYAI_API_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai')),
 });
+
+/** Every variable Playline reads. */
+export const SETTING_NAMES: readonly string[] = Object.keys(envSchema.shape);
+
+/** Values of variables whose name says they are secret are never echoed in messages. */
+export function isSecretName(name: string): boolean {
+  return /TOKEN|KEY|SECRET|PASSWORD/i.test(name);
+}
+
+/** How an error message shows the value of `name`: quoted (and cut if long), or `(hidden)` for secrets. */
+export function shownValue(name: string, value: string | undefined): string {
+  if (value === undefined) return '(unset)';
+  if (isSecretName(name)) return '(hidden)';
+  return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+}
 
 const OUTCOME_NAMES = ['answered', 'busy', 'no-answer', 'voicemail', 'failed'] as const;
 
@@ -222,11 +248,15 @@ export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)
     const m = /^\s*([a-z-]+)\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
     const name = m?.[1];
     if (m === null || name === undefined || !(OUTCOME_NAMES as readonly string[]).includes(name)) {
-      throw new ConfigError(`LOCAL_CARRIER_OUTCOMES: expected outcome:weight pairs of ${OUTCOME_NAMES.join(', ')} (got ${JSON.stringify(part)})`);
+      throw new ConfigError(
+        `LOCAL_CARRIER_OUTCOMES: ${shownValue('LOCAL_CARRIER_OUTCOMES', text)} is not a list of outcome:weight pairs of ${OUTCOME_NAMES.join(', ')}, like answered:70,busy:30 (bad part: ${JSON.stringify(part)})`,
+      );
     }
     out[name as (typeof OUTCOME_NAMES)[number]] = Number(m[2]);
   }
-  if (Object.values(out).every((w) => w === 0)) throw new ConfigError('LOCAL_CARRIER_OUTCOMES: at least one weight must be above 0');
+  if (Object.values(out).every((w) => w === 0)) {
+    throw new ConfigError(`LOCAL_CARRIER_OUTCOMES: ${shownValue('LOCAL_CARRIER_OUTCOMES', text)} has no weight above 0 (at least one outcome must be possible)`);
+  }
   return out;
 }
 
@@ -238,11 +268,11 @@ const routeSchema = z
   })
   .strict();
 const routesFileSchema = z.record(z.string(), routeSchema);
-const E164 = /^\+[1-9]\d{1,14}$/;
 
-function formatIssue(issue: z.core.$ZodIssue): string {
+/** `PORT: "abc" is not a whole number from 0 to 65535`: the variable, its value (unless secret), what it should be. */
+function formatIssue(issue: z.core.$ZodIssue, env: Record<string, string | undefined>): string {
   const name = issue.path.length ? String(issue.path[0]) : '(env)';
-  return `${name}: ${issue.message}`;
+  return `${name}: ${shownValue(name, env[name])} is not ${issue.message}`;
 }
 
 /** Parses the number-routing JSON file. Exported for tests. */
@@ -261,7 +291,7 @@ export function parseRoutesFile(path: string): Map<string, NumberRoute> {
   }
   const routes = new Map<string, NumberRoute>();
   for (const [number, route] of Object.entries(parsed.data)) {
-    if (!E164.test(number)) {
+    if (!E164_SHAPE.test(number)) {
       throw new ConfigError(`ROUTES_FILE: ${path}: ${JSON.stringify(number)} is not an E.164 number like +15551234567`);
     }
     routes.set(number, route);
@@ -274,10 +304,10 @@ function parseUrl(name: string, value: string, schemes: string[]): URL {
   try {
     url = new URL(value);
   } catch {
-    throw new ConfigError(`${name}: not a valid URL: ${JSON.stringify(value)}`);
+    throw new ConfigError(`${name}: ${shownValue(name, value)} is not a URL (expected ${schemes.map((s) => `${s}//…`).join(' or ')})`);
   }
   if (!schemes.includes(url.protocol)) {
-    throw new ConfigError(`${name}: scheme must be one of ${schemes.join(', ')} (got ${url.protocol})`);
+    throw new ConfigError(`${name}: ${shownValue(name, value)} is not a URL starting with ${schemes.map((s) => `${s}//`).join(' or ')}`);
   }
   return url;
 }
@@ -295,7 +325,7 @@ export const LOCAL_CALLER_ID = '+12025550100';
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map(formatIssue).join('; '));
+    throw new ConfigError(parsed.error.issues.map((issue) => formatIssue(issue, env)).join('; '));
   }
   const e = parsed.data;
 
@@ -317,20 +347,21 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   } else {
     const url = parseUrl('PUBLIC_URL', e.PUBLIC_URL, ['https:', 'http:']);
     if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username || url.password) {
-      throw new ConfigError(`PUBLIC_URL: must be an origin only, like https://voice.example.com (got ${JSON.stringify(e.PUBLIC_URL)})`);
+      throw new ConfigError(`PUBLIC_URL: ${shownValue('PUBLIC_URL', e.PUBLIC_URL)} is not an origin only (no path, query or user), like https://voice.example.com`);
     }
     publicUrl = url.origin;
   }
   const streamUrl = `${publicUrl.replace(/^http/, 'ws')}/twilio/media-stream`;
 
   const wsUrl = parseUrl('PLAYAI_WS_URL', e.PLAYAI_WS_URL, ['wss:', 'ws:']);
-  if (wsUrl.search || wsUrl.hash) throw new ConfigError('PLAYAI_WS_URL: must not have a query string or fragment');
+  if (wsUrl.search || wsUrl.hash) {
+    throw new ConfigError(`PLAYAI_WS_URL: ${shownValue('PLAYAI_WS_URL', e.PLAYAI_WS_URL)} is not a base URL without a query string or fragment`);
+  }
 
   let routes = new Map<string, NumberRoute>();
-  let routesFile: string | undefined;
   if (e.ROUTES_FILE !== undefined) {
-    routesFile = resolve(e.ROUTES_FILE);
-    if (!existsSync(routesFile)) throw new ConfigError(`ROUTES_FILE: file not found: ${routesFile}`);
+    const routesFile = resolve(e.ROUTES_FILE);
+    if (!existsSync(routesFile)) throw new ConfigError(`ROUTES_FILE: ${shownValue('ROUTES_FILE', e.ROUTES_FILE)} is not a file that exists (looked for ${routesFile})`);
     routes = parseRoutesFile(routesFile);
   }
 
@@ -339,7 +370,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     for (const part of e.AGENT_LIMITS.split(',')) {
       const m = /^\s*([A-Za-z0-9_-]{1,128})\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
       if (m === null || m[1] === undefined || m[2] === undefined) {
-        throw new ConfigError(`AGENT_LIMITS: expected agentId:max pairs separated by commas, e.g. "sales:5,support:10" (got ${JSON.stringify(part)})`);
+        throw new ConfigError(
+          `AGENT_LIMITS: ${shownValue('AGENT_LIMITS', e.AGENT_LIMITS)} is not a list of agentId:max pairs separated by commas, like sales:5,support:10 (bad part: ${JSON.stringify(part)})`,
+        );
       }
       agentLimits.set(m[1], Number(m[2]));
     }
@@ -353,7 +386,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
 
   if (e.INBOUND_RESERVED >= e.MAX_CONCURRENT_CALLS) {
-    throw new ConfigError(`INBOUND_RESERVED: must be below MAX_CONCURRENT_CALLS (${e.MAX_CONCURRENT_CALLS}), or outbound calls could never be placed`);
+    throw new ConfigError(
+      `INBOUND_RESERVED: "${e.INBOUND_RESERVED}" is not below MAX_CONCURRENT_CALLS (${e.MAX_CONCURRENT_CALLS}), so outbound calls could never be placed`,
+    );
   }
   let webhookUrl: string | undefined;
   if (e.WEBHOOK_URL !== undefined) webhookUrl = parseUrl('WEBHOOK_URL', e.WEBHOOK_URL, ['https:', 'http:']).href;
@@ -364,6 +399,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: e.PORT,
     host: e.HOST,
     logLevel: e.LOG_LEVEL,
+    logFormat: e.LOG_FORMAT,
+    metricsToken: e.METRICS_TOKEN,
     publicUrl,
     streamUrl,
     twilio: { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN },
@@ -375,7 +412,6 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     localAgent,
     localAgentOptions: { port: e.LOCAL_AGENT_PORT, mode: e.LOCAL_AGENT_MODE },
     routes,
-    routesFile,
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
     agentLimits,
     agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
@@ -423,4 +459,51 @@ export function loadDotEnv(path = '.env'): boolean {
   if (!existsSync(path)) return false;
   process.loadEnvFile(path);
   return true;
+}
+
+/** Damerau-Levenshtein distance (optimal string alignment): a swap of two neighbours counts as one edit. */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = v;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+const firstWord = (name: string): string => name.split('_')[0] ?? name;
+const KNOWN = new Set(SETTING_NAMES);
+const KNOWN_FIRST_WORDS = new Set(SETTING_NAMES.map(firstWord));
+
+/**
+ * Variables that look like a misspelt Playline setting (`MAX_CONCURENT_CALLS`, `port`), each
+ * with the setting it is probably meant to be. A name is suspect when, in upper case, it is a
+ * setting, or it is at most 2 edits from one and shares its first word (`MAX_`, `TWILIO_`…),
+ * or it is close on its own: 1 edit for names of 4+ characters, 2 for names of 10+. Variables
+ * of other programs (PATH, HOME, NODE_*, npm_*) are never reported.
+ */
+export function misspeltSettings(names: Iterable<string>): Array<{ name: string; suggestion: string }> {
+  const out: Array<{ name: string; suggestion: string }> = [];
+  for (const name of names) {
+    if (KNOWN.has(name) || !/^[A-Za-z][A-Za-z0-9_]*$/.test(name) || /^(npm_|NODE_)/i.test(name)) continue;
+    const upper = name.toUpperCase();
+    if (KNOWN.has(upper)) {
+      out.push({ name, suggestion: upper });
+      continue;
+    }
+    let best: { suggestion: string; distance: number } | undefined;
+    for (const known of SETTING_NAMES) {
+      const distance = editDistance(upper, known);
+      if (distance <= 2 && (best === undefined || distance < best.distance)) best = { suggestion: known, distance };
+    }
+    if (best === undefined) continue;
+    const sharesFirstWord = KNOWN_FIRST_WORDS.has(firstWord(upper)) && firstWord(upper) === firstWord(best.suggestion);
+    const close = (best.distance <= 1 && upper.length >= 4) || upper.length >= 10;
+    if (sharesFirstWord || close) out.push({ name, suggestion: best.suggestion });
+  }
+  return out;
 }

@@ -20,14 +20,33 @@ export const REDACT_PATHS = [
   '*.customParameters.token',
 ];
 
-export function createLogger(level: string, destination?: DestinationStream): Logger {
-  return pino(
-    {
-      level,
-      base: { service: 'playline' },
-      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      timestamp: pino.stdTimeFunctions.isoTime,
-    },
-    destination,
-  );
+export type LogFormat = 'json' | 'pretty';
+
+/** LOG_FORMAT if set; otherwise readable logs on a terminal and JSON everywhere else (Docker, systemd, files). */
+export function resolveLogFormat(setting: LogFormat | undefined, stdoutIsTTY: boolean | undefined): LogFormat {
+  return setting ?? (stdoutIsTTY === true ? 'pretty' : 'json');
+}
+
+/**
+ * The root logger. `pretty` writes readable, coloured lines through pino-pretty (as a pino
+ * transport, in a worker thread); `json` writes one JSON object a line to `destination`
+ * (stdout by default). Redaction applies to both.
+ */
+export function createLogger(level: string, destination?: DestinationStream, format: LogFormat = 'json'): Logger {
+  const options = {
+    level,
+    base: { service: 'playline' },
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  };
+  if (format === 'pretty' && destination === undefined) {
+    return pino(
+      options,
+      pino.transport({
+        target: 'pino-pretty',
+        options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', singleLine: false },
+      }),
+    );
+  }
+  return pino(options, destination);
 }

@@ -2,29 +2,57 @@
  * Entry point: load .env and config, start the local agent in local mode,
  * build the bridge, listen, and drain on SIGTERM/SIGINT.
  */
-import { mkdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { createBridge } from './app.js';
-import { ConfigError, loadConfig, loadDotEnv } from './config.js';
+import { ConfigError, loadConfig, loadDotEnv, misspeltSettings, type Config } from './config.js';
 import { LocalAgentServer } from './sim/localAgent.js';
-import { createLogger } from './log.js';
+import { createLogger, resolveLogFormat } from './log.js';
+import { DataDirError, openDataDir } from './store/db.js';
 
 /** After the drain, how long the HTTP server keeps answering (final status callbacks). */
 const STATUS_CALLBACK_LINGER_MS = 2000;
 
+/**
+ * Signals that arrive this soon after the first one are the same request to stop: Ctrl-C in a
+ * terminal reaches both npm and node, and npm passes its copy on; systemd's default
+ * KillMode=control-group signals every process of the service. Only a later signal forces.
+ */
+const REPEAT_SIGNAL_WINDOW_MS = 2000;
+
+/** Errors whose message already says what is wrong and what to do: printed as one line, no stack. */
+class StartError extends Error {
+  override name = 'StartError';
+}
+
+/** `listen` failures an operator can fix, as one line naming the setting. */
+function listenError(err: unknown, config: Config): unknown {
+  const code = err instanceof Error && 'code' in err ? err.code : undefined;
+  const where = `${config.host}:${config.port}`;
+  if (code === 'EADDRINUSE') return new StartError(`PORT ${config.port}: ${where} is already in use (EADDRINUSE): stop the other server or set another PORT`);
+  if (code === 'EACCES') return new StartError(`PORT ${config.port}: not allowed to listen on ${where} (EACCES): use a port above 1023 or run with the right capability`);
+  if (code === 'EADDRNOTAVAIL') return new StartError(`HOST ${config.host}: no such address on this machine (EADDRNOTAVAIL): use 127.0.0.1, 0.0.0.0 or an address of this host`);
+  return err;
+}
+
+/** The address to open in a browser: the bound port on 127.0.0.1 when listening on every interface. */
+function localUrl(host: string, port: number): string {
+  const h = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
+const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+
 async function main(): Promise<void> {
   loadDotEnv();
-  let config;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`playline: configuration error: ${err.message}\n`);
-      process.exit(1);
-    }
-    throw err;
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel, undefined, resolveLogFormat(config.logFormat, process.stdout.isTTY));
+  for (const { name, suggestion } of misspeltSettings(Object.keys(process.env))) {
+    logger.warn({ variable: name, suggestion }, `${name} is not a Playline setting and is ignored: did you mean ${suggestion}?`);
   }
-  const logger = createLogger(config.logLevel);
-  mkdirSync(config.dataDir, { recursive: true });
+  // First, so an unwritable DATA_DIR stops the start before anything else happens.
+  const db = openDataDir(config.dataDir);
+  // Local mode: without a Twilio auth token the Twilio routes (and the API without API_TOKEN) serve this machine only.
+  const localMode = config.twilio.authToken === undefined;
 
   let localAgent: LocalAgentServer | undefined;
   let agentBaseUrl = config.playai.wsUrl;
@@ -38,33 +66,66 @@ async function main(): Promise<void> {
     agentBaseUrl = localAgent.url;
     logger.info({ agentUrl: localAgent.url, mode: config.localAgentOptions.mode }, 'local mode: no PLAYAI_API_KEY, every call goes to the built-in local agent');
   }
-  if (config.twilio.authToken === undefined) {
-    logger.warn('local mode: no TWILIO_AUTH_TOKEN, so Twilio signatures cannot be checked; Twilio routes only answer loopback clients');
+  if (localMode) {
+    logger.warn('local mode: no TWILIO_AUTH_TOKEN, so Twilio signatures cannot be checked; Twilio routes only answer requests from this machine');
   } else if (!config.publicUrl.startsWith('https://')) {
     logger.warn({ publicUrl: config.publicUrl }, 'PUBLIC_URL is not https: Twilio only connects media streams to wss:// URLs');
   }
 
-  const bridge = await createBridge(config, logger, { agentBaseUrl });
-  await bridge.app.listen({ port: config.port, host: config.host });
+  const bridge = await createBridge(config, logger, { agentBaseUrl, db });
+  try {
+    await bridge.app.listen({ port: config.port, host: config.host });
+  } catch (err) {
+    throw listenError(err, config);
+  }
+  const address = bridge.app.server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : config.port;
+  const url = localUrl(config.host, port);
+  // The CLIs default to http://127.0.0.1:8080 (or $PORT): name the address when it is another.
+  const urlFlag = url === 'http://127.0.0.1:8080' ? '' : ` --url ${url}`;
+  const tryIt = [`npm run call${urlFlag ? ` --${urlFlag}` : ''}`, `npm run campaign -- examples/contacts.csv${urlFlag}`];
   logger.info(
-    { publicUrl: config.publicUrl, streamUrl: config.streamUrl, maxConcurrentCalls: config.maxConcurrentCalls, routes: config.routes.size },
-    'playline ready',
+    {
+      url,
+      docs: `${url}/docs`,
+      metrics: `${url}/metrics`,
+      publicUrl: config.publicUrl,
+      streamUrl: config.streamUrl,
+      maxConcurrentCalls: config.maxConcurrentCalls,
+      routes: config.routes.size,
+    },
+    `playline ready on ${url} (API docs ${url}/docs, metrics ${url}/metrics)` +
+      (localMode ? `; try it from another terminal: ${tryIt.join(' or ')}` : `; Twilio reaches ${config.publicUrl}`),
   );
+  if (!localMode && config.metricsToken === undefined) {
+    logger.info(
+      `/metrics answers anyone who can reach ${config.host}:${port} (call counts and process stats, no numbers or audio): ` +
+        'set METRICS_TOKEN to require a bearer token, or keep the port private (HOST=127.0.0.1 behind a proxy, a firewall)',
+    );
+  }
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) {
-      logger.warn({ signal }, 'second signal: ending every call now');
-      for (const session of [...bridge.manager.sessions()]) session.close('shutdown');
-      process.exit(0);
-    }
-    stopping = true;
-    logger.info({ signal, liveCalls: bridge.manager.liveCalls, drainTimeoutMs: config.drainTimeoutMs }, 'shutting down');
+  let firstSignalAt: number | undefined;
+  const endEveryCallNow = (signal: NodeJS.Signals): void => {
+    logger.warn({ signal, liveCalls: bridge.manager.liveCalls }, 'second signal: ending every call now');
+    for (const session of [...bridge.manager.sessions()]) session.close('shutdown');
+    logger.flush?.();
+    process.exit(0);
+  };
+  const drainAndExit = async (signal: NodeJS.Signals): Promise<void> => {
+    const liveCalls = bridge.manager.liveCalls;
+    logger.info(
+      { signal, liveCalls, drainTimeoutMs: config.drainTimeoutMs },
+      liveCalls === 0
+        ? 'shutting down'
+        : `shutting down: waiting up to ${Math.round(config.drainTimeoutMs / 1000)} s for ${plural(liveCalls, 'live call')} to end; ` +
+            `send SIGINT/SIGTERM again (Ctrl-C twice, more than ${REPEAT_SIGNAL_WINDOW_MS / 1000} s apart) to end every call now`,
+    );
     try {
       const { endedByDrain } = await bridge.drain(config.drainTimeoutMs);
       // Twilio posts the last status callbacks just after the streams close: keep answering briefly.
       await new Promise((resolve) => setTimeout(resolve, STATUS_CALLBACK_LINGER_MS));
       await bridge.app.close();
+      db.close();
       await localAgent?.close();
       logger.info({ endedByDrain }, 'stopped');
     } catch (err) {
@@ -74,11 +135,28 @@ async function main(): Promise<void> {
       process.exit(0);
     }
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  const onSignal = (signal: NodeJS.Signals): void => {
+    const now = performance.now();
+    if (firstSignalAt === undefined) {
+      firstSignalAt = now;
+      void drainAndExit(signal);
+    } else if (now - firstSignalAt < REPEAT_SIGNAL_WINDOW_MS) {
+      logger.info({ signal }, `${signal} again within ${REPEAT_SIGNAL_WINDOW_MS / 1000} s of the first signal (npm or systemd passing it on): still draining`);
+    } else {
+      endEveryCallNow(signal);
+    }
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`playline: failed to start: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  if (err instanceof ConfigError) {
+    process.stderr.write(`playline: configuration error: ${err.message}\n`);
+  } else if (err instanceof DataDirError || err instanceof StartError) {
+    process.stderr.write(`playline: cannot start: ${err.message}\n`);
+  } else {
+    process.stderr.write(`playline: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
   process.exit(1);
 });

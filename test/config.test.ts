@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../src/config.js';
+import { ConfigError, loadConfig, misspeltSettings, SETTING_NAMES } from '../src/config.js';
 
 const load = (env: Record<string, string>) => () => loadConfig(env);
 
@@ -71,5 +71,79 @@ describe('configuration', () => {
     const c = loadConfig({ PUBLIC_URL: '', TWILIO_AUTH_TOKEN: '', PLAYAI_API_KEY: '', PORT: '' });
     expect(c.localAgent).toBe(true);
     expect(c.port).toBe(8080);
+  });
+
+  it.each([
+    [{ PORT: 'abc' }, 'PORT: "abc" is not a whole number from 0 to 65535'],
+    [{ PORT: '1.5' }, 'PORT: "1.5" is not a whole number from 0 to 65535'],
+    [{ PORT: '0x10' }, 'PORT: "0x10" is not a whole number from 0 to 65535'],
+    [{ DRAIN_TIMEOUT_S: '-5' }, 'DRAIN_TIMEOUT_S: "-5" is not a whole number from 0 to 86400'],
+    [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL: "loud" is not one of fatal, error, warn, info, debug, trace, silent'],
+    [{ LOG_FORMAT: 'text' }, 'LOG_FORMAT: "text" is not one of json, pretty'],
+    [{ OVERFLOW_ACTION: 'drop' }, 'OVERFLOW_ACTION: "drop" is not one of say, dial'],
+    [{ FALLBACK_NUMBER: '555-0100' }, 'FALLBACK_NUMBER: "555-0100" is not an E.164 number like +15551234567'],
+    [{ DEFAULT_CALLER_ID: '0044207946' }, 'DEFAULT_CALLER_ID: "0044207946" is not an E.164 number like +15551234567'],
+    [{ DEFAULT_COUNTRY: 'usa' }, 'DEFAULT_COUNTRY: "usa" is not a two-letter country code like US'],
+    [{ OUTBOUND_MAX_CPS: '0' }, 'OUTBOUND_MAX_CPS: "0" is not a number of dials per second above 0'],
+    [{ TWILIO_ACCOUNT_SID: 'nope' }, 'TWILIO_ACCOUNT_SID: "nope" is not an account SID (AC followed by 32 hex digits)'],
+    [{ PLAYAI_AGENT_ID: 'a b' }, 'PLAYAI_AGENT_ID: "a b" is not an agent id'],
+    [{ PUBLIC_URL: 'ftp://voice.example.com' }, 'PUBLIC_URL: "ftp://voice.example.com" is not a URL starting with https:// or http://'],
+    [{ PUBLIC_URL: 'https://voice.example.com/app' }, 'PUBLIC_URL: "https://voice.example.com/app" is not an origin only'],
+    [{ AGENT_LIMITS: 'sales=five' }, 'AGENT_LIMITS: "sales=five" is not a list of agentId:max pairs'],
+    [{ LOCAL_CARRIER_OUTCOMES: 'ok:1' }, 'LOCAL_CARRIER_OUTCOMES: "ok:1" is not a list of outcome:weight pairs'],
+    [{ MAX_CONCURRENT_CALLS: '5', INBOUND_RESERVED: '5' }, 'INBOUND_RESERVED: "5" is not below MAX_CONCURRENT_CALLS (5)'],
+  ])('echoes the bad value of %j and says what is expected', (env, message) => {
+    expect(load(env)).toThrow(message);
+  });
+
+  it('reports every bad variable at once', () => {
+    expect(load({ PORT: 'abc', LOG_LEVEL: 'loud' })).toThrow(/^PORT: "abc" is not .*; LOG_LEVEL: "loud" is not /);
+  });
+
+  it.each(['API_TOKEN', 'METRICS_TOKEN', 'WEBHOOK_SECRET'])('never echoes the value of the secret %s: it is shown as (hidden)', (name) => {
+    const value = 'short-secret';
+    let message = '';
+    try {
+      loadConfig({ [name]: value });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).toBe(`${name}: (hidden) is not a token of at least 16 characters`);
+    expect(message).not.toContain(value);
+  });
+
+  it('reads LOG_FORMAT and METRICS_TOKEN, both unset by default', () => {
+    expect(loadConfig({}).logFormat).toBeUndefined();
+    expect(loadConfig({}).metricsToken).toBeUndefined();
+    const c = loadConfig({ LOG_FORMAT: 'json', METRICS_TOKEN: 'metrics-token-0123456789' });
+    expect(c.logFormat).toBe('json');
+    expect(c.metricsToken).toBe('metrics-token-0123456789');
+  });
+});
+
+describe('misspeltSettings', () => {
+  it.each([
+    ['MAX_CONCURENT_CALLS', 'MAX_CONCURRENT_CALLS'],
+    ['TWILIO_AUTH_TOKN', 'TWILIO_AUTH_TOKEN'],
+    ['TWILLIO_AUTH_TOKEN', 'TWILIO_AUTH_TOKEN'],
+    ['PLAY_AI_API_KEY', 'PLAYAI_API_KEY'],
+    ['LOG_LEVL', 'LOG_LEVEL'],
+    ['DATADIR', 'DATA_DIR'],
+    ['PUBLIC_URI', 'PUBLIC_URL'],
+    ['PROT', 'PORT'],
+    ['port', 'PORT'],
+    ['Drain_Timeout_S', 'DRAIN_TIMEOUT_S'],
+  ])('suggests the setting %s was meant to be (%s)', (name, suggestion) => {
+    expect(misspeltSettings([name])).toEqual([{ name, suggestion }]);
+  });
+
+  it('never reports a real setting or the variables of other programs', () => {
+    const others = ['PATH', 'HOME', 'HOST', 'HOSTNAME', 'USER', 'SHELL', 'LANG', 'TERM', 'PWD', 'TZ', 'CI', 'TMPDIR', 'LOGNAME', 'EDITOR', 'DEBUG', 'HTTP_PROXY', 'no_proxy'];
+    const node = ['NODE_ENV', 'NODE_OPTIONS', 'NODE_EXTRA_CA_CERTS', 'npm_config_cache', 'npm_lifecycle_event', 'npm_package_version'];
+    expect(misspeltSettings([...SETTING_NAMES, ...others, ...node])).toEqual([]);
+  });
+
+  it('lists one entry per suspect name, in the order given', () => {
+    expect(misspeltSettings(['PATH', 'MAX_CONCURENT_CALLS', 'HOME', 'API_TOKN']).map((m) => m.name)).toEqual(['MAX_CONCURENT_CALLS', 'API_TOKN']);
   });
 });

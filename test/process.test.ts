@@ -5,7 +5,7 @@
  * SIGTERM to the server, and that a bad setting stops the start with a message.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -224,6 +224,9 @@ function processTable(): Array<{ pid: number; ppid: number; pgid: number; args: 
 }
 
 const message = (r: Record<string, unknown>) => r.msg;
+/** The first signal's line: `shutting down`, with how to force it when calls are live. */
+const isShutdownLine = (r: Record<string, unknown>) => String(r.msg).startsWith('shutting down');
+const FORCE_HINT = 'send SIGINT/SIGTERM again (Ctrl-C twice, more than 2 s apart) to end every call now';
 
 // ---------------------------------------------------------------------------
 
@@ -283,7 +286,8 @@ describe('node dist/main.js (the Docker CMD)', () => {
     expect(exit.at - tTerm).toBeLessThan(drainS * 1000);
     expect(exit.at - tCallEnd, 'exits soon after the last call ended').toBeLessThan(3000);
     const logs = c.logs();
-    expect(logs.find((l) => message(l) === 'shutting down')).toMatchObject({ signal: 'SIGTERM', liveCalls: 1 });
+    expect(logs.find((l) => isShutdownLine(l))).toMatchObject({ signal: 'SIGTERM', liveCalls: 1 });
+    expect(String(logs.find((l) => isShutdownLine(l))?.msg), 'the first line says how to force the end').toContain(FORCE_HINT);
     expect(logs.find((l) => message(l) === 'call ended')).toMatchObject({ outcome: 'caller_hangup' });
     expect(logs.find((l) => message(l) === 'stopped')).toMatchObject({ endedByDrain: 0 });
     expect(await get(`${c.url}/healthz`), 'nothing listens any more').toBeUndefined();
@@ -373,7 +377,81 @@ describe('node dist/main.js (the Docker CMD)', () => {
     process.kill(c.pid, 'SIGINT');
     const exit = await waitExit(c, 5000);
     expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
-    expect(c.logs().find((l) => message(l) === 'shutting down')).toMatchObject({ signal: 'SIGINT', liveCalls: 0 });
+    expect(c.logs().find((l) => isShutdownLine(l))).toMatchObject({ signal: 'SIGINT', liveCalls: 0 });
+  });
+
+  it('counts a second SIGINT 50 ms after the first as the same one (Ctrl-C reaches npm and node): the live call drains, none is ended', async () => {
+    const c = await start({ env: { DRAIN_TIMEOUT_S: '20', LOCAL_AGENT_MODE: 'echo' } });
+    await waitHealthy(c);
+    const { stream, result } = await liveCall(c, { audioMs: 3000 });
+    process.kill(c.pid, 'SIGINT');
+    await sleep(50);
+    process.kill(c.pid, 'SIGINT');
+    const before = stream.mediaReceived;
+    await sleep(500);
+    expect(stream.mediaReceived - before, 'frames echoed in the 500 ms after the second SIGINT').toBeGreaterThanOrEqual(15);
+    const r = await result;
+    expect(r.endedBy, c.tail()).toBe('caller');
+    expect(r.protocolViolations).toEqual([]);
+    const exit = await waitExit(c, 5000);
+    expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    const logs = c.logs();
+    expect(logs.find((l) => isShutdownLine(l))).toMatchObject({ signal: 'SIGINT', liveCalls: 1 });
+    expect(logs.find((l) => String(l.msg).includes('still draining'))).toMatchObject({ signal: 'SIGINT' });
+    expect(logs.find((l) => message(l) === 'second signal: ending every call now')).toBeUndefined();
+    expect(logs.filter((l) => message(l) === 'call ended').map((l) => l.outcome)).toEqual(['caller_hangup']);
+    expect(logs.find((l) => message(l) === 'stopped')).toMatchObject({ endedByDrain: 0 });
+  });
+
+  it('ends every live call at once on a second signal more than 2 s after the first', async () => {
+    const c = await start({ env: { DRAIN_TIMEOUT_S: '60', LOCAL_AGENT_MODE: 'echo' } });
+    await waitHealthy(c);
+    const { stream, result } = await liveCall(c, { audioMs: 20_000, waitForBridgeHangup: true });
+    process.kill(c.pid, 'SIGINT');
+    await sleep(2300);
+    expect(c.exit, 'still draining 2.3 s after the first SIGINT').toBeUndefined();
+    const before = stream.mediaReceived;
+    await sleep(200);
+    expect(stream.mediaReceived - before, 'the call is still live before the second signal').toBeGreaterThan(0);
+
+    const tForce = performance.now();
+    process.kill(c.pid, 'SIGINT');
+    const r = await result;
+    expect(r.endedBy, c.tail()).toBe('bridge');
+    expect(performance.now() - tForce, 'the call ends at once, not at the drain timeout').toBeLessThan(2000);
+    const exit = await waitExit(c, 5000);
+    expect(exit, c.tail()).toMatchObject({ code: 0, signal: null });
+    const logs = c.logs();
+    expect(logs.find((l) => message(l) === 'second signal: ending every call now')).toMatchObject({ signal: 'SIGINT', liveCalls: 1 });
+    expect(logs.find((l) => message(l) === 'call ended'), c.tail()).toMatchObject({ outcome: 'shutdown' });
+  });
+
+  it('logs the URLs to open and the commands to try when ready, and warns about a misspelt setting', async () => {
+    const c = await start({ env: { MAX_CONCURENT_CALLS: '3' } });
+    await waitHealthy(c);
+    await waitFor('the ready line', () => c.logs().some((l) => String(l.msg).startsWith('playline ready')), 2000);
+    const ready = c.logs().find((l) => String(l.msg).startsWith('playline ready'))!;
+    expect(ready).toMatchObject({ url: c.url, docs: `${c.url}/docs`, metrics: `${c.url}/metrics` });
+    expect(String(ready.msg)).toContain(`npm run call -- --url ${c.url}`);
+    expect(String(ready.msg)).toContain(`npm run campaign -- examples/contacts.csv --url ${c.url}`);
+    expect(c.logs().find((l) => l.variable === 'MAX_CONCURENT_CALLS')).toMatchObject({
+      level: 40,
+      suggestion: 'MAX_CONCURRENT_CALLS',
+      msg: 'MAX_CONCURENT_CALLS is not a Playline setting and is ignored: did you mean MAX_CONCURRENT_CALLS?',
+    });
+    expect(c.logs().filter((l) => l.variable !== undefined), 'no warning for PATH, HOME or npm variables').toHaveLength(1);
+  });
+
+  it('stops with one line naming DATA_DIR, the OS error and the fix when DATA_DIR cannot be created, exit 1', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'playline-data-'));
+    dataDirs.push(parent);
+    writeFileSync(join(parent, 'file'), 'not a directory');
+    const dataDir = join(parent, 'file', 'data');
+    const c = await start({ dataDir });
+    const exit = await waitExit(c, 10_000);
+    expect(exit.code, c.tail()).toBe(1);
+    expect(c.stderr).toBe(`playline: cannot start: DATA_DIR ${dataDir} is not a directory, or a part of its path is a file (ENOTDIR: not a directory, mkdir '${dataDir}'): point DATA_DIR at a directory\n`);
+    expect(c.stdout, 'nothing started before the data directory was checked').toBe('');
   });
 
   it('refuses a bad configuration: non-zero exit, a message naming the variable, nothing listening', async () => {
@@ -387,7 +465,7 @@ describe('node dist/main.js (the Docker CMD)', () => {
       const exit = await waitExit(c, 10_000);
       expect(exit.code, c.tail()).not.toBe(0);
       expect(exit.code).not.toBeNull();
-      expect(c.stderr).toMatch(new RegExp(`configuration error: .*\\b${name}\\b`));
+      expect(c.stderr).toMatch(new RegExp(`configuration error: .*\\b${name}: "${value}" is not `));
       expect(await get(`http://127.0.0.1:${port}/healthz`)).toBeUndefined();
     }
   });
@@ -427,9 +505,26 @@ describe('npm start', () => {
     });
     const left = processTable().filter((p) => p.pgid === c.pid);
     expect(left, 'processes left from npm start').toEqual([]);
-    expect(c.logs().find((l) => message(l) === 'shutting down'), `the server logged its drain\n${c.tail()}`).toMatchObject({ signal: 'SIGTERM' });
+    expect(c.logs().find((l) => isShutdownLine(l)), `the server logged its drain\n${c.tail()}`).toMatchObject({ signal: 'SIGTERM' });
     expect(c.logs().find((l) => message(l) === 'stopped')).toBeDefined();
     expect(exit.code, c.tail()).toBe(0);
+  });
+});
+
+describe('npm start in a terminal', () => {
+  it('Ctrl-C (SIGINT to npm and node together, npm passing its copy on) drains the live call instead of ending it', async () => {
+    const c = await start({ command: ['npm', 'start'], env: { DRAIN_TIMEOUT_S: '20', LOCAL_AGENT_MODE: 'echo' } });
+    await waitHealthy(c, 60_000);
+    const { result } = await liveCall(c, { audioMs: 3000 });
+    // What a terminal does on Ctrl-C: SIGINT to every process of the foreground group.
+    process.kill(-c.pid, 'SIGINT');
+    const r = await result;
+    expect(r.endedBy, c.tail()).toBe('caller');
+    await waitExit(c, 10_000);
+    const logs = c.logs();
+    expect(logs.find((l) => isShutdownLine(l)), c.tail()).toMatchObject({ signal: 'SIGINT', liveCalls: 1 });
+    expect(logs.find((l) => message(l) === 'second signal: ending every call now')).toBeUndefined();
+    expect(logs.filter((l) => message(l) === 'call ended').map((l) => l.outcome)).toEqual(['caller_hangup']);
   });
 });
 

@@ -2,13 +2,14 @@
  * Bearer-token auth of the /v1 API.
  *
  * The token is compared in constant time (both sides hashed to the same
- * length first). Fail closed: without API_TOKEN the API answers only loopback
- * clients, and only in local mode (no Twilio credentials); otherwise every
- * request is refused with a message saying what to set.
+ * length first). Fail closed: without API_TOKEN the API answers only local
+ * requests (loopback, no proxy header: see `localRequest`), and only in local
+ * mode (no Twilio credentials); otherwise every request is refused with a
+ * message saying what to set.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { isLoopback } from '../http/twilioAuth.js';
+import { localRequest, notLocalMessage } from '../http/twilioAuth.js';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
 
@@ -26,10 +27,11 @@ export function apiAuth(opts: ApiAuthOptions) {
   const expected = opts.token;
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (expected === undefined) {
-      if (opts.localMode && isLoopback(req.socket.remoteAddress)) return;
+      const check = localRequest(req);
+      if (opts.localMode && check.local) return;
       await reply.code(401).send({
         error: 'unauthorized',
-        message: opts.localMode ? 'the API answers only loopback clients without API_TOKEN' : 'set API_TOKEN to use the API',
+        message: opts.localMode && !check.local ? notLocalMessage(check, 'API_TOKEN', 'the API') : 'set API_TOKEN to use the API',
       });
       return;
     }

@@ -1,10 +1,30 @@
-/** `GET /healthz` (process alive), `GET /readyz` (ready for new calls), `GET /metrics`. */
+/**
+ * `GET /healthz` (process alive), `GET /readyz` (ready for new calls), `GET /metrics`.
+ *
+ * `/metrics` (counts, latencies and process stats: no phone numbers, transcripts or audio)
+ * answers anyone who reaches the port unless METRICS_TOKEN is set; then it needs
+ * `Authorization: Bearer <METRICS_TOKEN>`, compared in constant time.
+ */
 import type { FastifyInstance } from 'fastify';
+import { tokenMatches } from '../api/auth.js';
 import type { Metrics } from '../metrics.js';
 import type { SessionManager } from '../session/manager.js';
 
-export async function healthRoutes(app: FastifyInstance, deps: { manager: SessionManager; metrics: Metrics }): Promise<void> {
-  const { manager, metrics } = deps;
+export interface HealthDeps {
+  manager: SessionManager;
+  metrics: Metrics;
+  /** METRICS_TOKEN: when set, `/metrics` requires it as a bearer token. */
+  metricsToken?: string | undefined;
+}
+
+/** The token of an `Authorization: Bearer <token>` header (scheme in any case), if there is one. */
+export function bearerToken(header: string | string[] | undefined): string | undefined {
+  if (typeof header !== 'string') return undefined;
+  return /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+}
+
+export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Promise<void> {
+  const { manager, metrics, metricsToken } = deps;
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     const body = {
@@ -16,7 +36,16 @@ export async function healthRoutes(app: FastifyInstance, deps: { manager: Sessio
     };
     return reply.code(body.ready ? 200 : 503).send(body);
   });
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', async (req, reply) => {
+    if (metricsToken !== undefined) {
+      const given = bearerToken(req.headers.authorization);
+      if (given === undefined || !tokenMatches(metricsToken, given)) {
+        return reply
+          .code(401)
+          .header('www-authenticate', 'Bearer realm="playline-metrics"')
+          .send({ error: { code: 'unauthorized', message: 'missing or wrong bearer token: /metrics needs Authorization: Bearer <METRICS_TOKEN>' } });
+      }
+    }
     reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();
   });

@@ -14,7 +14,7 @@ export type { CountryCode };
 export type NormalizedPhone = { ok: true; e164: string } | { ok: false; error: string };
 
 /** `+`, a first digit 1-9, at most 15 digits in all. */
-const E164_SHAPE = /^\+[1-9]\d{1,14}$/;
+export const E164_SHAPE = /^\+[1-9]\d{1,14}$/;
 const LETTER = /\p{L}/u;
 
 /** Whether `s` is an ISO 3166-1 alpha-2 code libphonenumber-js knows (`US`, `GB`…), e.g. for DEFAULT_COUNTRY. */

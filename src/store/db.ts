@@ -12,8 +12,8 @@
  *
  * Times are integers: milliseconds since the epoch (UTC).
  */
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 
 export type Db = Database.Database;
@@ -161,10 +161,86 @@ export function openDb(path: string): Db {
   return db;
 }
 
-/** Opens `playline.db` in `dataDir` (created if missing). */
+/** DATA_DIR cannot be created, written or opened; the message names the path, the OS error and the fix. */
+export class DataDirError extends Error {
+  override name = 'DataDirError';
+}
+
+/** The error code (`EACCES`, `SQLITE_CANTOPEN`…) and message of a file-system or SQLite error. */
+function errnoOf(err: unknown): { code: string; message: string } {
+  if (err instanceof Error) {
+    const code = 'code' in err && typeof err.code === 'string' ? err.code : 'error';
+    return { code, message: err.message };
+  }
+  return { code: 'error', message: String(err) };
+}
+
+/** The closest directory above `path` that exists (what blocks creating `path`). */
+function nearestExisting(path: string): string {
+  let dir = dirname(path);
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+
+function dataDirError(dataDir: string, err: unknown): DataDirError {
+  const { code, message: text } = errnoOf(err);
+  // Node's messages start with the code already ("EACCES: permission denied, mkdir '/data'").
+  const message = text.startsWith(`${code}:`) ? text.slice(code.length + 1).trim() : text;
+  const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  const who = uid === undefined ? 'this user' : `uid ${uid}`;
+  const elsewhere = 'or point DATA_DIR elsewhere';
+  switch (code.startsWith('SQLITE_READONLY') ? 'SQLITE_READONLY' : code) {
+    case 'EACCES':
+    case 'EPERM':
+    case 'SQLITE_CANTOPEN':
+    case 'SQLITE_PERM':
+    case 'SQLITE_READONLY': {
+      const owner = uid === undefined ? '' : `${uid}:${gid ?? uid}`;
+      if (!existsSync(dataDir)) {
+        return new DataDirError(
+          `DATA_DIR ${dataDir} cannot be created: ${nearestExisting(dataDir)} is not writable by ${who} (${code}: ${message}): ` +
+            `create it for that user${owner ? ` (mkdir -p ${dataDir} && chown -R ${owner} ${dataDir})` : ''} ${elsewhere}`,
+        );
+      }
+      return new DataDirError(
+        `DATA_DIR ${dataDir} is not writable by ${who} (${code}: ${message}): fix the volume's ownership` +
+          `${owner ? ` (chown -R ${owner} ${dataDir})` : ''} ${elsewhere}`,
+      );
+    }
+    case 'EROFS':
+      return new DataDirError(`DATA_DIR ${dataDir} is on a read-only file system (${code}: ${message}): mount a writable volume there ${elsewhere}`);
+    case 'ENOTDIR':
+    case 'EEXIST':
+      return new DataDirError(`DATA_DIR ${dataDir} is not a directory, or a part of its path is a file (${code}: ${message}): point DATA_DIR at a directory`);
+    case 'ENOSPC':
+    case 'SQLITE_FULL':
+      return new DataDirError(`DATA_DIR ${dataDir} is on a full disk (${code}: ${message}): free some space ${elsewhere}`);
+    default:
+      return new DataDirError(`DATA_DIR ${dataDir}: cannot open the database there (${code}: ${message}): check that the directory exists and is writable by ${who}, ${elsewhere}`);
+  }
+}
+
+/**
+ * Opens `playline.db` in `dataDir` (created if missing). Throws {@link DataDirError} when the
+ * directory cannot be created or written, instead of SQLite's bare "unable to open database file".
+ */
 export function openDataDir(dataDir: string): Db {
-  mkdirSync(dataDir, { recursive: true });
-  return openDb(join(dataDir, 'playline.db'));
+  const file = join(dataDir, 'playline.db');
+  try {
+    mkdirSync(dataDir, { recursive: true });
+    // SQLite needs to create the WAL and shared-memory files next to the database.
+    accessSync(dataDir, constants.W_OK | constants.X_OK);
+    if (existsSync(file)) accessSync(file, constants.R_OK | constants.W_OK);
+  } catch (err) {
+    throw dataDirError(dataDir, err);
+  }
+  try {
+    return openDb(file);
+  } catch (err) {
+    if (err instanceof Database.SqliteError && /^SQLITE_(CANTOPEN|READONLY|IOERR|PERM|FULL)/.test(err.code)) throw dataDirError(dataDir, err);
+    throw err;
+  }
 }
 
 /** Applies the migrations the database has not seen yet. */
