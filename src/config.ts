@@ -9,6 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { E164_SHAPE, isCountryCode } from './outbound/phone.js';
+import { LOCAL_OUTCOMES } from './sim/outcomes.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -239,7 +240,7 @@ export function shownValue(name: string, value: string | undefined): string {
   return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
 }
 
-const OUTCOME_NAMES = ['answered', 'busy', 'no-answer', 'voicemail', 'failed'] as const;
+const OUTCOME_NAMES = LOCAL_OUTCOMES;
 
 /** Parses `answered:70,busy:10,...` (weights; missing outcomes weigh 0). Exported for tests. */
 export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)[number], number> {

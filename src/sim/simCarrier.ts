@@ -28,25 +28,26 @@ import { sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import { DialError, type AmdMode, type CarrierCall, type Dialer, type DialRequest } from '../outbound/dialer.js';
 import { FakeTwilioStream, newAccountSid, newCallSid, newStreamSid, parseTwiml, type ParsedTwiml } from './twilioSim.js';
 import { Rng } from '../util/prng.js';
+import { isTerminalTwilioStatus, type TwilioTerminalStatus } from '../carrier/twilio/statuses.js';
+import { LOCAL_OUTCOMES, type LocalOutcome } from './outcomes.js';
 
 // ---------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------
 
 /** What happens at the far end of a simulated call. */
-export type Outcome = 'answered' | 'busy' | 'no-answer' | 'voicemail' | 'failed';
-export const OUTCOMES: readonly Outcome[] = ['answered', 'busy', 'no-answer', 'voicemail', 'failed'];
+export type Outcome = LocalOutcome;
+export const OUTCOMES: readonly Outcome[] = LOCAL_OUTCOMES;
 
 /** Twilio's `StatusCallbackEvent` values. */
 export type StatusCallbackEvent = 'initiated' | 'ringing' | 'answered' | 'completed';
 export const ALL_STATUS_EVENTS: readonly StatusCallbackEvent[] = ['initiated', 'ringing', 'answered', 'completed'];
 
-export type TerminalStatus = 'completed' | 'busy' | 'no-answer' | 'failed' | 'canceled';
+export type TerminalStatus = TwilioTerminalStatus;
 /** Twilio REST call statuses. */
 export type SimCallStatus = 'queued' | 'ringing' | 'in-progress' | TerminalStatus;
 
-const TERMINAL = new Set<SimCallStatus>(['completed', 'busy', 'no-answer', 'failed', 'canceled']);
-export const isTerminalStatus = (s: string): s is TerminalStatus => TERMINAL.has(s as SimCallStatus);
+export const isTerminalStatus = isTerminalTwilioStatus;
 
 /** One outbound call as a carrier receives it (Twilio `Calls.json` create, in camelCase). */
 export interface SimCallParams {

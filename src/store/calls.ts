@@ -5,13 +5,14 @@
  * (or its contact is claimed) and for every inbound call the bridge admitted.
  * Every state change is also appended to `call_events`.
  */
+import { TWILIO_TERMINAL_STATUSES } from '../carrier/twilio/statuses.js';
 import type { Db } from './db.js';
 import { newId } from './ids.js';
 
 export type CallDirection = 'inbound' | 'outbound';
 
 /** Carrier statuses after which nothing more happens to a call, plus `not-dialed` (our own). */
-export const TERMINAL_CALL_STATUSES = new Set(['completed', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed']);
+export const TERMINAL_CALL_STATUSES: ReadonlySet<string> = new Set([...TWILIO_TERMINAL_STATUSES, 'not-dialed']);
 
 export type CallOutcome = 'answered' | 'voicemail' | 'busy' | 'no-answer' | 'failed' | 'canceled' | 'not-dialed';
 
