@@ -85,6 +85,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const answer = callbacks.answer(callId, call.CallSid);
       if (!answer.ok) {
         if (answer.why === 'duplicate') return duplicate();
+        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(config.messages.apology, say));
         log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
         return reply.type('text/xml').send(hangupTwiml());
       }

@@ -5,6 +5,7 @@
  * `SequenceNumber` order, and a terminal one finalizes the call once (which
  * ends a session still open for it); nothing else reacts to it.
  */
+import { storeErrorHint } from '../calls/recorder.js';
 import { isMachine } from '../calls/view.js';
 import type { CallRoute, Slot } from '../session/manager.js';
 import { TERMINAL_CALL_STATUSES, type CallPatch } from '../store/calls.js';
@@ -33,8 +34,9 @@ export type AnswerResult =
   /**
    * `gone`: unknown, finished, or a hang-up was requested: the call is hung up.
    * `duplicate`: the call was already answered (a second TwiML request that is not Twilio's retry).
+   * `store_error`: its record cannot be read now (disk or database failure): the callee hears an apology.
    */
-  | { ok: false; why: 'gone' | 'duplicate' };
+  | { ok: false; why: 'gone' | 'duplicate' | 'store_error' };
 
 export class CarrierCallbacks {
   readonly #c: OutboundContext;
@@ -51,7 +53,14 @@ export class CarrierCallbacks {
    */
   answer(callId: string, callSid: string): AnswerResult {
     const { calls, log } = this.#c;
-    const row = calls.get(callId);
+    let row;
+    try {
+      row = calls.get(callId);
+    } catch (err) {
+      this.#c.onStoreError('answer', err);
+      log.error({ callId, callSid, err: errorMessage(err) }, `cannot read the record of an answered outbound call: ${storeErrorHint(err)}`);
+      return { ok: false, why: 'store_error' };
+    }
     if (row === undefined || row.direction !== 'outbound') return { ok: false, why: 'gone' };
     if (row.callSid !== null && row.callSid !== callSid) {
       log.warn({ callId, callSid, expected: row.callSid }, 'voice webhook for a call id with another CallSid; hanging up');
@@ -76,8 +85,19 @@ export class CarrierCallbacks {
     return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
   }
 
-  /** A status callback (`/twilio/status`, with `?callId=` for outbound calls). */
+  /** A status callback (`/twilio/status`, with `?callId=` for outbound calls). Never throws. */
   onStatus(callId: string | undefined, b: StatusUpdate): void {
+    try {
+      this.#applyStatus(callId, b);
+    } catch (err) {
+      // The record could not be updated; a finished call still keeps no session, and a recheck settles the row later.
+      if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
+      this.#c.onStoreError('status', err);
+      this.#c.log.error({ callSid: b.callSid, status: b.status, err: errorMessage(err) }, `could not record a status callback: ${storeErrorHint(err)}`);
+    }
+  }
+
+  #applyStatus(callId: string | undefined, b: StatusUpdate): void {
     const { calls } = this.#c;
     const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
     if (row === undefined) {
@@ -112,8 +132,17 @@ export class CarrierCallbacks {
     calls.update(row.id, patch);
   }
 
-  /** The async AMD result (`/twilio/amd?callId=`): a machine gets the campaign's voicemail policy. */
+  /** The async AMD result (`/twilio/amd?callId=`): a machine gets the campaign's voicemail policy. Never throws. */
   onAmd(callId: string | undefined, b: AmdResult): void {
+    try {
+      this.#applyAmd(callId, b);
+    } catch (err) {
+      this.#c.onStoreError('amd', err);
+      this.#c.log.error({ callSid: b.callSid, err: errorMessage(err) }, `could not record an AMD result: ${storeErrorHint(err)}`);
+    }
+  }
+
+  #applyAmd(callId: string | undefined, b: AmdResult): void {
     const { calls, log, dialer, attempts } = this.#c;
     const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
     if (row === undefined) return;
