@@ -6,6 +6,7 @@
  * fields are dropped. Fields the bridge acts on are checked, never cast.
  */
 import { isBase64 } from '../../audio/base64.js';
+import { parseJsonObject } from '../../util/json.js';
 
 /** Fields of the first client frame. */
 export interface AgentSetup {
@@ -66,14 +67,8 @@ const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : und
 
 /** Decodes one text frame from the agent. Never throws. */
 export function decodeAgentMessage(text: string): AgentServerMessage | AgentDecodeError {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return bad('non_json');
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return bad('not_object');
-  const o = raw as Record<string, unknown>;
+  const o = parseJsonObject(text);
+  if (typeof o === 'string') return bad(o);
   const type = o.type;
   if (typeof type !== 'string') return bad('invalid_fields');
   switch (type) {

@@ -17,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type ServerOptions, type WebSocket } from 'ws';
 import { isBase64 } from '../../audio/base64.js';
+import { parseJsonObject } from '../../util/json.js';
 import { AUDIO_IN_HEAD, AUDIO_IN_TAIL } from './codec.js';
 
 const TALK_PATH = /^\/v1\/talk\/([^/]+)$/;
@@ -45,13 +46,8 @@ export interface ClientSetup {
 }
 
 function parseObject(text: string): Record<string, unknown> | undefined {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  return typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? (raw as Record<string, unknown>) : undefined;
+  const o = parseJsonObject(text);
+  return typeof o === 'string' ? undefined : o;
 }
 
 /** Validates the first frame; returns the refusal message (sent as a fatal 4400) when it is unusable. */

@@ -10,6 +10,7 @@
  */
 import { z } from 'zod';
 import { isBase64 } from '../../audio/base64.js';
+import { parseJsonObject } from '../../util/json.js';
 
 export interface TwilioConnected {
   event: 'connected';
@@ -100,14 +101,8 @@ function decodeMedia(o: Record<string, unknown>): TwilioMedia | TwilioDecodeErro
 
 /** Decodes one text frame from Twilio. Never throws. */
 export function decodeTwilioMessage(text: string): TwilioInbound | TwilioDecodeError {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    return bad('non_json');
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return bad('not_object');
-  const o = raw as Record<string, unknown>;
+  const o = parseJsonObject(text);
+  if (typeof o === 'string') return bad(o);
   switch (o.event) {
     case 'media':
       return decodeMedia(o);
