@@ -92,3 +92,38 @@ export function isBase64Bytes(buf: Uint8Array, start: number, end: number): bool
   return bad === 0;
 }
 
+/** Where a member's key sits in the buffer (end exclusive); filled by {@link readKey}, reused. */
+export interface KeySpan {
+  start: number;
+  end: number;
+}
+
+/**
+ * Reads a member's `"key"` and its `:` at `i` (whitespace allowed around the
+ * colon), fills `key`, and returns the index of the value, or -1.
+ */
+export function readKey(buf: Uint8Array, i: number, key: KeySpan): number {
+  const ke = scanString(buf, i);
+  if (ke < 0) return -1;
+  key.start = i + 1;
+  key.end = ke;
+  i = skipWs(buf, ke + 1);
+  if (buf[i] !== COLON) return -1;
+  return skipWs(buf, i + 1);
+}
+
+/** {@link afterMember}: the text after a member is neither `,` nor `}`. */
+export const MALFORMED = Number.MIN_SAFE_INTEGER;
+
+/**
+ * After a member's value (`i` is just past it): a `,` gives the index of the
+ * next key (≥ 0); a `}` gives `~end` (negative), where `end` is the index just
+ * past the `}`; anything else gives {@link MALFORMED}.
+ */
+export function afterMember(buf: Uint8Array, i: number): number {
+  i = skipWs(buf, i);
+  if (buf[i] === COMMA) return skipWs(buf, i + 1);
+  if (buf[i] !== CLOSE) return MALFORMED;
+  return ~(i + 1);
+}
+

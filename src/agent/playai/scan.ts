@@ -4,11 +4,13 @@
  * without JSON.parse (see `util/jsonBytes.ts`). Anything else is left to the
  * validating codec (`codec.ts`).
  */
-import { bytes, CLOSE, COLON, COMMA, eq, OPEN, scanBase64String, scanString, skipWs, type Span } from '../../util/jsonBytes.js';
+import { afterMember, bytes, eq, MALFORMED, OPEN, readKey, scanBase64String, scanString, skipWs, type KeySpan, type Span } from '../../util/jsonBytes.js';
 
 const K_TYPE = bytes('type');
 const K_DATA = bytes('data');
 const V_AUDIO_STREAM = bytes('audioStream');
+/** The key being read (module-level: scanning allocates nothing). */
+const KEY: KeySpan = { start: 0, end: 0 };
 
 /** Scans a PlayAI `audioStream` message. On success `span.audio*` is the data. */
 export function scanAgentAudio(buf: Uint8Array, span: Span, maxData: number): boolean {
@@ -17,19 +19,15 @@ export function scanAgentAudio(buf: Uint8Array, span: Span, maxData: number): bo
   let seen = 0; // 1 type, 2 data
   i = skipWs(buf, i + 1);
   for (;;) {
-    const ke = scanString(buf, i);
-    if (ke < 0) return false;
-    const ks = i + 1;
-    i = skipWs(buf, ke + 1);
-    if (buf[i] !== COLON) return false;
-    i = skipWs(buf, i + 1);
+    i = readKey(buf, i, KEY);
+    if (i < 0) return false;
     let bit: number;
     let ve: number;
-    if (eq(buf, ks, ke, K_TYPE)) {
+    if (eq(buf, KEY.start, KEY.end, K_TYPE)) {
       ve = scanString(buf, i);
       if (ve < 0 || !eq(buf, i + 1, ve, V_AUDIO_STREAM)) return false;
       bit = 1;
-    } else if (eq(buf, ks, ke, K_DATA)) {
+    } else if (eq(buf, KEY.start, KEY.end, K_DATA)) {
       ve = scanBase64String(buf, i, maxData);
       if (ve < 0) return false;
       span.audioStart = i + 1;
@@ -38,14 +36,13 @@ export function scanAgentAudio(buf: Uint8Array, span: Span, maxData: number): bo
     } else return false;
     if ((seen & bit) !== 0) return false;
     seen |= bit;
-    i = skipWs(buf, ve + 1);
-    if (buf[i] === COMMA) {
-      i = skipWs(buf, i + 1);
-      continue;
+    const next = afterMember(buf, ve + 1);
+    if (next === MALFORMED) return false;
+    if (next < 0) {
+      i = skipWs(buf, ~next);
+      break;
     }
-    if (buf[i] !== CLOSE) return false;
-    i = skipWs(buf, i + 1);
-    break;
+    i = next;
   }
   return i === buf.length && seen === 3;
 }
