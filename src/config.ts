@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { isCountryCode } from './outbound/phone.js';
+import { isCountryCode, type CountryCode } from './outbound/phone.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -102,7 +102,7 @@ export interface Config {
     /** Caller id for calls and campaigns that name none. */
     defaultCallerId?: string;
     /** Country (ISO 3166 alpha-2) for CSV numbers written without +country code. */
-    defaultCountry?: string;
+    defaultCountry?: CountryCode;
     /** Account-wide dials per second. */
     maxCps: number;
     /** Slots outbound dialing never takes. */

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { contactsToCsv, parseContactsCsv, parseContactsJson, type ContactsImport } from '../outbound/csv.js';
+import { parseContactsCsv, parseContactsJson, resultsToCsv, type ContactsImport } from '../outbound/csv.js';
 import { callToApi } from '../calls/view.js';
 import { OutboundError, type OutboundService } from '../outbound/service.js';
 import {
@@ -378,8 +378,8 @@ export async function apiRoutes(app: FastifyInstance, deps: ApiDeps): Promise<vo
       const { id, contactId } = parse(contactParams, req.params, 'path');
       const contact = campaigns.contact(contactId);
       if (contact === undefined || contact.campaignId !== id) throw new ApiError(404, 'not_found', `no contact ${contactId} in campaign ${id}`);
-      const attempts = calls.list({ campaignId: id, limit: 500 }).filter((r) => r.contactId === contactId);
-      return { ...contactToApi(contact), calls: attempts.reverse().map(callToApi) };
+      const attempts = calls.listByContact(id, contactId);
+      return { ...contactToApi(contact), calls: attempts.map(callToApi) };
     },
   );
 
@@ -410,7 +410,7 @@ export async function apiRoutes(app: FastifyInstance, deps: ApiDeps): Promise<vo
     });
     void reply.header('content-type', 'text/csv; charset=utf-8');
     void reply.header('content-disposition', `attachment; filename="${id}-results.csv"`);
-    return reply.send(contactsToCsv(rows, columns));
+    return reply.send(resultsToCsv(rows, columns));
   });
 
   // ---------------------------------------------------------------- do-not-call
