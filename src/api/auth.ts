@@ -27,17 +27,17 @@ export function apiAuth(opts: ApiAuthOptions) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (expected === undefined) {
       if (opts.localMode && isLoopback(req.socket.remoteAddress)) return;
-      await reply.code(401).send({
-        error: 'unauthorized',
+      await reply.code(401).send({ error: {
+        code: 'unauthorized',
         message: opts.localMode ? 'the API answers only loopback clients without API_TOKEN' : 'set API_TOKEN to use the API',
-      });
+      } });
       return;
     }
     const header = req.headers.authorization;
     const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (m === null || m[1] === undefined || !tokenMatches(expected, m[1])) {
       void reply.header('www-authenticate', 'Bearer realm="playline"');
-      await reply.code(401).send({ error: 'unauthorized', message: 'missing or wrong bearer token' });
+      await reply.code(401).send({ error: { code: 'unauthorized', message: 'missing or wrong bearer token' } });
     }
   };
 }

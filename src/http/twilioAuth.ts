@@ -5,6 +5,7 @@
  * serves these routes to loopback clients only (fail closed).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { errorBody } from '../api/errors.js';
 import { isValidStreamSignature, isValidWebhookSignature } from '../carrier/twilio/signature.js';
 import type { Metrics } from '../metrics.js';
 
@@ -31,7 +32,7 @@ export function webhookAuth(opts: TwilioAuthOptions, route: string) {
     if (opts.authToken === undefined) {
       if (!isLoopback(req.socket.remoteAddress)) {
         opts.metrics.webhookSignatureFailures.labels(route).inc();
-        await reply.code(403).send({ error: 'forbidden', message: 'local mode: Twilio routes only answer loopback clients (set TWILIO_AUTH_TOKEN)' });
+        await reply.code(403).send(errorBody('forbidden', 'local mode: Twilio routes only answer loopback clients (set TWILIO_AUTH_TOKEN)'));
       }
       return;
     }
@@ -40,7 +41,7 @@ export function webhookAuth(opts: TwilioAuthOptions, route: string) {
     if (!isValidWebhookSignature(opts.authToken, signatureHeader(req), url, params)) {
       opts.metrics.webhookSignatureFailures.labels(route).inc();
       req.log.warn({ route }, 'refused a request with a missing or invalid X-Twilio-Signature');
-      await reply.code(403).send({ error: 'forbidden', message: 'invalid X-Twilio-Signature' });
+      await reply.code(403).send(errorBody('forbidden', 'invalid X-Twilio-Signature: check TWILIO_AUTH_TOKEN and that PUBLIC_URL is the URL Twilio calls'));
     }
   };
 }
@@ -51,14 +52,14 @@ export function streamAuth(opts: TwilioAuthOptions) {
     if (opts.authToken === undefined) {
       if (!isLoopback(req.socket.remoteAddress)) {
         opts.metrics.webhookSignatureFailures.labels('media-stream').inc();
-        await reply.code(403).send({ error: 'forbidden' });
+        await reply.code(403).send(errorBody('forbidden', 'local mode: the media stream only accepts loopback clients (set TWILIO_AUTH_TOKEN)'));
       }
       return;
     }
     if (!isValidStreamSignature(opts.authToken, signatureHeader(req), opts.streamUrl)) {
       opts.metrics.webhookSignatureFailures.labels('media-stream').inc();
       req.log.warn('refused a media-stream upgrade with a missing or invalid X-Twilio-Signature');
-      await reply.code(403).send({ error: 'forbidden' });
+      await reply.code(403).send(errorBody('forbidden', 'invalid X-Twilio-Signature on the media-stream upgrade'));
     }
   };
 }

@@ -4,6 +4,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { connectStreamTwiml, hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import { errorBody } from '../api/errors.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import type { OutboundService } from '../outbound/service.js';
@@ -40,7 +41,16 @@ const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-z]{19}$/).opt
 const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
 
 export interface TwilioWebhookDeps {
-  config: Config;
+  /** TWILIO_AUTH_TOKEN; without it (local mode) only loopback clients are served. */
+  authToken: string | undefined;
+  /** The public base URL Twilio calls (signatures are checked against it). */
+  publicUrl: string;
+  /** The media-stream URL put in the TwiML. */
+  streamUrl: string;
+  /** What a refused caller hears, and the voice it is said in. */
+  messages: Pick<Config['messages'], 'busy' | 'voice' | 'language'>;
+  /** What to do with a call when the bridge is full. */
+  overflow: Config['overflow'];
   manager: SessionManager;
   metrics: Metrics;
   /** Outbound calls and call records (absent in bare tests). */
@@ -48,14 +58,14 @@ export interface TwilioWebhookDeps {
 }
 
 export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDeps): Promise<void> {
-  const { config, manager, metrics, outbound } = deps;
-  const authOpts = { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics };
-  const say = { voice: config.messages.voice, language: config.messages.language };
+  const { manager, metrics, outbound } = deps;
+  const authOpts = { authToken: deps.authToken, publicUrl: deps.publicUrl, streamUrl: deps.streamUrl, metrics };
+  const say = { voice: deps.messages.voice, language: deps.messages.language };
 
   app.post('/twilio/voice', { preValidation: webhookAuth(authOpts, 'voice'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = voiceBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio voice webhook with CallSid' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected a Twilio voice webhook with CallSid'));
     }
     const call = parsed.data;
     const log = req.log.child({ callSid: call.CallSid });
@@ -77,17 +87,17 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     if (!admitted.ok) {
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
-      const fallback = config.overflow.action === 'dial' && admitted.reason !== 'draining' ? config.overflow.fallbackNumber : undefined;
-      return fallback === undefined ? sayHangupTwiml(config.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
+      const fallback = deps.overflow.action === 'dial' && admitted.reason !== 'draining' ? deps.overflow.fallbackNumber : undefined;
+      return fallback === undefined ? sayHangupTwiml(deps.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
-    return connectStreamTwiml(config.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
+    return connectStreamTwiml(deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
   });
 
   app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = statusBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio status callback with CallSid and CallStatus' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected a Twilio status callback with CallSid and CallStatus'));
     }
     const b = parsed.data;
     manager.recordStatus(b.CallSid, b.CallStatus, {
@@ -114,7 +124,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
   app.post('/twilio/amd', { preValidation: webhookAuth(authOpts, 'amd'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = amdBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected an AMD callback with CallSid and AnsweredBy' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected an AMD callback with CallSid and AnsweredBy'));
     }
     const b = parsed.data;
     req.log.info({ callSid: b.CallSid, answeredBy: b.AnsweredBy, ms: b.MachineDetectionDuration }, 'answering machine detection');
