@@ -123,11 +123,12 @@ function frameworkError(err: FastifyError, req: FastifyRequest): { code: ErrorCo
         message: req.url.startsWith('/v1/campaigns') ? `${limit}: send large contact lists as CSV (Content-Type: text/csv, or a multipart file), up to ${MAX_CSV_MB} MB` : limit,
       };
     }
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return {
-        code: 'unsupported_media_type',
-        message: `Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')} is not accepted here: send application/json (campaign contacts may also be text/csv or multipart/form-data)`,
-      };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': {
+      const accepted = req.url.startsWith('/twilio/')
+        ? 'send application/x-www-form-urlencoded, as Twilio does'
+        : 'send application/json (campaign contacts may also be text/csv or multipart/form-data)';
+      return { code: 'unsupported_media_type', message: `Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')} is not accepted here: ${accepted}` };
+    }
     case 'FST_REQ_FILE_TOO_LARGE':
       return { code: 'too_large', message: `the file is larger than ${MAX_CSV_MB} MB: split it and add the rest with POST /v1/campaigns/{id}/contacts` };
     case 'FST_FILES_LIMIT':
