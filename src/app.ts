@@ -4,7 +4,6 @@
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import formbody from '@fastify/formbody';
-import multipart from '@fastify/multipart';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { connectAgent as wsConnectAgent, type AgentConnector } from './agent/playai/leg.js';
@@ -19,6 +18,7 @@ import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
 import { docsRoutes } from './api/docs.js';
+import { errorHandler, notFoundHandler } from './api/errors.js';
 import { fetchConversationTranscript } from './agent/playai/rest.js';
 import { DeferredDialer, type Dialer } from './outbound/dialer.js';
 import { OutboundService } from './outbound/service.js';
@@ -201,6 +201,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     bodyLimit: 256 * 1024,
     routerOptions: { ignoreTrailingSlash: true },
   });
+  // One error shape for every error reply, Fastify's own included (errors.ts).
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler(notFoundHandler);
   await app.register(formbody);
   await app.register(websocket, {
     // Frames are validated by our own codec (ASCII base64 audio, JSON otherwise), so ws need not
@@ -208,10 +211,19 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
   });
   await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken });
-  await app.register(twilioWebhooks, { config, manager, metrics, callbacks: outbound.callbacks, recorder });
+  await app.register(twilioWebhooks, {
+    authToken: config.twilio.authToken,
+    publicUrl: config.publicUrl,
+    streamUrl: config.streamUrl,
+    messages: config.messages,
+    overflow: config.overflow,
+    manager,
+    metrics,
+    callbacks: outbound.callbacks,
+    recorder,
+  });
   await app.register(docsRoutes);
   await app.register(async (api) => {
-    await api.register(multipart);
     await apiRoutes(api, {
       outbound,
       calls,

@@ -8,7 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { E164_SHAPE, isCountryCode } from './outbound/phone.js';
+import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
 
 export class ConfigError extends Error {
@@ -106,7 +106,7 @@ export interface Config {
     /** Caller id for calls and campaigns that name none. */
     defaultCallerId?: string;
     /** Country (ISO 3166 alpha-2) for CSV numbers written without +country code. */
-    defaultCountry?: string;
+    defaultCountry?: CountryCode;
     /** Account-wide dials per second. */
     maxCps: number;
     /** Slots outbound dialing never takes. */

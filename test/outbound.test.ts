@@ -112,7 +112,8 @@ describe('POST /v1/calls', () => {
     for (const to of ['12345', '+1415555012', 'not a number', '+999123']) {
       const r = await api(tb, 'POST', '/v1/calls', { to });
       expect(r.status, to).toBe(400);
-      expect(r.body.message).toMatch(/^body: to: /);
+      expect(r.body.error.code).toBe('invalid_request');
+      expect(r.body.error.message).toMatch(/^body: to: /);
     }
     const extra = await api(tb, 'POST', '/v1/calls', { to: '+14155550123', colour: 'red' });
     expect(extra.status).toBe(400);
@@ -145,7 +146,7 @@ describe('API auth', () => {
     const { tb } = await start({ TWILIO_ACCOUNT_SID: 'AC' + 'a'.repeat(32) });
     const r = await api(tb, 'GET', '/v1/calls');
     expect(r.status).toBe(401);
-    expect(r.body.message).toMatch(/API_TOKEN/);
+    expect(r.body.error).toMatchObject({ code: 'unauthorized', message: expect.stringMatching(/API_TOKEN/) });
     await tb.close();
     const local = await start();
     const remote = await local.tb.bridge.app.inject({ method: 'GET', url: '/v1/calls', remoteAddress: '203.0.113.9' });
@@ -297,7 +298,7 @@ describe('campaigns', () => {
     badForm.set('callsPerSecond', 'fast');
     const bad = await fetch(`${tb.url}/v1/campaigns`, { method: 'POST', body: badForm });
     expect(bad.status).toBe(400);
-    expect(((await bad.json()) as any).message).toMatch(/callsPerSecond/);
+    expect(((await bad.json()) as any).error.message).toMatch(/callsPerSecond/);
   });
 
   it('fills templates per contact and reports rows missing a variable with their line', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { contactsToCsv, parseContactsCsv, parseContactsJson, resultsToCsv, type ContactsImport } from '../src/outbound/csv.js';
+import { parseContactsCsv, parseContactsJson, resultsToCsv, type ContactsImport } from '../src/outbound/csv.js';
 import { e164Schema, isCountryCode, isE164, normalizePhone } from '../src/outbound/phone.js';
 import { fillTemplate, templateVariables } from '../src/outbound/template.js';
 import {
@@ -355,12 +355,12 @@ describe('CSV export', () => {
     expect(resultsToCsv([], ['a'], { bom: true })).toBe('\uFEFFa\n');
   });
 
-  it('round-trips contacts through contactsToCsv and parseContactsCsv', () => {
+  it('round-trips contacts through resultsToCsv and parseContactsCsv', () => {
     const rows = [
       { phone: '+14155550100', timezone: 'America/New_York', name: 'Ann "A" Lee', note: 'two\nlines' },
       { phone: '+442079460958', timezone: null, name: ' Bob ', note: 'x,y' },
     ];
-    const imp = parseContactsCsv(contactsToCsv(rows, ['phone', 'timezone', 'name', 'note']));
+    const imp = parseContactsCsv(resultsToCsv(rows, ['phone', 'timezone', 'name', 'note']));
     expect(imp.errors).toEqual([]);
     expect(imp.contacts).toEqual([
       { line: 2, phone: '+14155550100', timezone: 'America/New_York', variables: { name: 'Ann "A" Lee', note: 'two\nlines' }, mergedLines: [] },
@@ -378,6 +378,10 @@ describe('callingWindowSchema', () => {
     const w = { days: ['mon', 'fri'], start: '09:00', end: '24:00', timezone: 'America/New_York' };
     expect(callingWindowSchema.parse(w)).toEqual(w);
     expect(callingWindowSchema.parse({ days: ['sat'], start: '22:00', end: '02:00' })).toEqual({ days: ['sat'], start: '22:00', end: '02:00' });
+  });
+
+  it('calls every day when days are left out', () => {
+    expect(callingWindowSchema.parse({ start: '09:00', end: '17:00' })).toEqual({ days: [...WEEKDAYS], start: '09:00', end: '17:00' });
   });
 
   it.each([

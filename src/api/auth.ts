@@ -30,8 +30,10 @@ export function apiAuth(opts: ApiAuthOptions) {
       const check = localRequest(req);
       if (opts.localMode && check.local) return;
       await reply.code(401).send({
-        error: 'unauthorized',
-        message: opts.localMode && !check.local ? notLocalMessage(check, 'API_TOKEN', 'the API') : 'set API_TOKEN to use the API',
+        error: {
+          code: 'unauthorized',
+          message: opts.localMode && !check.local ? notLocalMessage(check, 'API_TOKEN', 'the API') : 'set API_TOKEN to use the API',
+        },
       });
       return;
     }
@@ -39,7 +41,7 @@ export function apiAuth(opts: ApiAuthOptions) {
     const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (m === null || m[1] === undefined || !tokenMatches(expected, m[1])) {
       void reply.header('www-authenticate', 'Bearer realm="playline"');
-      await reply.code(401).send({ error: 'unauthorized', message: 'missing or wrong bearer token' });
+      await reply.code(401).send({ error: { code: 'unauthorized', message: 'missing or wrong bearer token' } });
     }
   };
 }

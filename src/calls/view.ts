@@ -3,6 +3,7 @@
  * object, and the post-call webhook body built from it. Read-only over the
  * store; no I/O besides reads.
  */
+import { z } from 'zod';
 import type { CampaignStore } from '../store/campaigns.js';
 import type { CallOutcome, CallRow, CallStore } from '../store/calls.js';
 
@@ -31,8 +32,41 @@ export function outcomeOf(status: string, answeredBy: string | null | undefined)
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
+const OUTCOMES = ['answered', 'voicemail', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed'] as const satisfies readonly CallOutcome[];
+const time = z.iso.datetime();
+
+/** The API's call object (the `/v1` responses and the webhook's `call`), as a zod schema for the OpenAPI document. */
+export const callApiSchema = z
+  .object({
+    id: z.string(),
+    callSid: z.string().nullable().describe('Twilio CallSid, once dialed'),
+    direction: z.enum(['inbound', 'outbound']),
+    to: z.string(),
+    from: z.string(),
+    agentId: z.string(),
+    status: z.string().describe('queued, claimed, dialed, initiated, ringing, in-progress, or a final Twilio status (completed, busy, no-answer, failed, canceled) or not-dialed'),
+    outcome: z.enum(OUTCOMES).nullable(),
+    answeredBy: z.string().nullable().describe('Twilio AMD result (human, machine_start, …)'),
+    campaignId: z.string().nullable(),
+    contactId: z.string().nullable(),
+    attempt: z.number().int().nullable(),
+    metadata: z.record(z.string(), z.unknown()).nullable(),
+    machineDetection: z.boolean(),
+    voicemailAction: z.enum(['hangup', 'message']).nullable(),
+    error: z.object({ code: z.number().nullable(), message: z.string().nullable() }).nullable(),
+    conversationId: z.string().nullable(),
+    endReason: z.string().nullable(),
+    createdAt: time,
+    dialedAt: time.nullable(),
+    answeredAt: time.nullable(),
+    endedAt: time.nullable(),
+    durationSeconds: z.number().nullable(),
+  })
+  .meta({ id: 'Call' });
+export type CallApi = z.output<typeof callApiSchema>;
+
 /** The API's view of a call row. */
-export function callToApi(r: CallRow): Record<string, unknown> {
+export function callToApi(r: CallRow): CallApi {
   return {
     id: r.id,
     callSid: r.callSid,
@@ -52,7 +86,7 @@ export function callToApi(r: CallRow): Record<string, unknown> {
     error: r.errorCode !== null || r.errorMessage !== null ? { code: r.errorCode, message: r.errorMessage } : null,
     conversationId: r.conversationId,
     endReason: r.endReason,
-    createdAt: iso(r.createdAt),
+    createdAt: new Date(r.createdAt).toISOString(),
     dialedAt: iso(r.dialedAt),
     answeredAt: iso(r.answeredAt),
     endedAt: iso(r.endedAt),

@@ -8,6 +8,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
+import { errorBody } from '../api/errors.js';
 import { isValidStreamSignature, isValidWebhookSignature } from '../carrier/twilio/signature.js';
 import type { Metrics } from '../metrics.js';
 
@@ -98,7 +99,7 @@ async function refuseNotLocal(
   opts.metrics.webhookSignatureFailures.labels(route).inc();
   const message = `local mode: ${notLocalMessage(check, 'TWILIO_AUTH_TOKEN (and PUBLIC_URL) so Twilio requests are signed', 'the Twilio routes')}`;
   warn(req.log, { route, ...(check.reason === 'proxied' ? { header: check.header } : {}) }, `refused a Twilio request: ${message}`);
-  await reply.code(403).send({ error: 'forbidden', message });
+  await reply.code(403).send(errorBody('forbidden', message));
   return true;
 }
 
@@ -116,7 +117,7 @@ export function webhookAuth(opts: TwilioAuthOptions, route: string) {
       opts.metrics.webhookSignatureFailures.labels(route).inc();
       const why = signatureHeader(req) === undefined ? 'a missing' : 'an invalid';
       warn(req.log, { route, checkedUrl: url }, `refused a request with ${why} X-Twilio-Signature, checked against ${url}: ${SIGNATURE_HINT}`);
-      await reply.code(403).send({ error: 'forbidden', message: 'invalid X-Twilio-Signature' });
+      await reply.code(403).send(errorBody('forbidden', 'invalid X-Twilio-Signature: check TWILIO_AUTH_TOKEN and that PUBLIC_URL is the URL Twilio calls'));
     }
   };
 }
@@ -137,7 +138,7 @@ export function streamAuth(opts: TwilioAuthOptions) {
         { route: 'media-stream', checkedUrl: opts.streamUrl },
         `refused a media-stream upgrade with ${why} X-Twilio-Signature, checked against ${opts.streamUrl}: ${SIGNATURE_HINT}`,
       );
-      await reply.code(403).send({ error: 'forbidden' });
+      await reply.code(403).send(errorBody('forbidden', 'invalid X-Twilio-Signature on the media-stream upgrade: check TWILIO_AUTH_TOKEN and PUBLIC_URL'));
     }
   };
 }

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { connectStreamTwiml, hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import type { CallRecorder } from '../calls/recorder.js';
+import { errorBody } from '../api/errors.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
@@ -39,7 +40,16 @@ const amdBody = z.object({
 const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-z]{19}$/).optional() });
 
 export interface TwilioWebhookDeps {
-  config: Config;
+  /** TWILIO_AUTH_TOKEN; without it (local mode) only loopback clients are served. */
+  authToken: string | undefined;
+  /** The public base URL Twilio calls (signatures are checked against it). */
+  publicUrl: string;
+  /** The media-stream URL put in the TwiML. */
+  streamUrl: string;
+  /** What a refused caller hears, and the voice it is said in. */
+  messages: Pick<Config['messages'], 'busy' | 'apology' | 'voice' | 'language'>;
+  /** What to do with a call when the bridge is full. */
+  overflow: Config['overflow'];
   manager: SessionManager;
   metrics: Metrics;
   /** The carrier callbacks' owner (answer, status, AMD). */
@@ -52,14 +62,14 @@ export interface TwilioWebhookDeps {
 const IDEMPOTENCY_HEADER = 'i-twilio-idempotency-token';
 
 export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDeps): Promise<void> {
-  const { config, manager, metrics, callbacks, recorder } = deps;
-  const authOpts = { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics };
-  const say = { voice: config.messages.voice, language: config.messages.language };
+  const { manager, metrics, callbacks, recorder } = deps;
+  const authOpts = { authToken: deps.authToken, publicUrl: deps.publicUrl, streamUrl: deps.streamUrl, metrics };
+  const say = { voice: deps.messages.voice, language: deps.messages.language };
 
   app.post('/twilio/voice', { preValidation: webhookAuth(authOpts, 'voice'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = voiceBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio voice webhook with CallSid' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected a Twilio voice webhook with CallSid'));
     }
     const call = parsed.data;
     const log = req.log.child({ callSid: call.CallSid });
@@ -70,14 +80,14 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     const duplicate = () => {
       metrics.refusedTotal.labels('duplicate').inc();
       log.warn({ callId }, 'a second voice webhook for a call that already has a stream token, a live stream or a record was refused (a replayed request?)');
-      return reply.code(409).send({ error: { code: 'duplicate_call', message: `call ${call.CallSid} was already admitted; a stream token is minted once per call` } });
+      return reply.code(409).send(errorBody('duplicate_call', `call ${call.CallSid} was already admitted; a stream token is minted once per call`));
     };
     // Twilio's retry of a request already answered gets the same TwiML; anything else is not admitted twice.
     if (manager.hasCall(call.CallSid)) {
       const again = manager.admit(admittedCall, undefined, idempotencyToken);
       if (!again.ok) return duplicate();
       log.info('retried voice webhook: same stream token');
-      return reply.type('text/xml').send(connectStreamTwiml(config.streamUrl, { agentId: again.route.agentId, token: again.token }));
+      return reply.type('text/xml').send(connectStreamTwiml(deps.streamUrl, { agentId: again.route.agentId, token: again.token }));
     }
     let admitted: AdmitResult;
     if (callId !== undefined) {
@@ -85,7 +95,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const answer = callbacks.answer(callId, call.CallSid);
       if (!answer.ok) {
         if (answer.why === 'duplicate') return duplicate();
-        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(config.messages.apology, say));
+        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(deps.messages.apology, say));
         log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
         return reply.type('text/xml').send(hangupTwiml());
       }
@@ -99,17 +109,17 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     if (!admitted.ok) {
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
-      const fallback = config.overflow.action === 'dial' && admitted.reason !== 'draining' ? config.overflow.fallbackNumber : undefined;
-      return fallback === undefined ? sayHangupTwiml(config.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
+      const fallback = deps.overflow.action === 'dial' && admitted.reason !== 'draining' ? deps.overflow.fallbackNumber : undefined;
+      return fallback === undefined ? sayHangupTwiml(deps.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
-    return connectStreamTwiml(config.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
+    return connectStreamTwiml(deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
   });
 
   app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = statusBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected a Twilio status callback with CallSid and CallStatus' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected a Twilio status callback with CallSid and CallStatus'));
     }
     const b = parsed.data;
     req.log.info({ callSid: b.CallSid, status: b.CallStatus, sequence: b.SequenceNumber }, 'call status');
@@ -130,7 +140,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
   app.post('/twilio/amd', { preValidation: webhookAuth(authOpts, 'amd'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = amdBody.safeParse(req.body);
     if (!parsed.success) {
-      return reply.code(400).send({ error: 'bad_request', message: 'expected an AMD callback with CallSid and AnsweredBy' });
+      return reply.code(400).send(errorBody('invalid_request', 'expected an AMD callback with CallSid and AnsweredBy'));
     }
     const b = parsed.data;
     req.log.info({ callSid: b.CallSid, answeredBy: b.AnsweredBy, ms: b.MachineDetectionDuration }, 'answering machine detection');

@@ -14,7 +14,18 @@
  * variable, malformed CSV, too many rows) reject the whole file: `contacts`
  * and `duplicates` come back empty, so a half-read file cannot be imported by
  * mistake.
+ *
+ * The delimiter (`,`, `;` or tab) is told from the header line. Big inputs:
+ * {@link parseContactsStream} reads a stream in slices of a few KB and hands
+ * the event loop back between them, so a 100 000-row upload does not stall
+ * live calls. {@link parseContactsCsv} is the same reader over a string,
+ * synchronous, for small inputs and tests.
  */
+import { StringDecoder } from 'node:string_decoder';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { parse as parseStream, type Options as CsvParseOptions } from 'csv-parse';
 import { CsvError, parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { normalizePhone, type CountryCode } from './phone.js';
@@ -199,7 +210,7 @@ function layout(header: string[], required: readonly string[]): CsvLayout | { er
   return { phone, tz, vars, headers, required: req };
 }
 
-/** Thrown from csv-parse's record hook to stop reading: a bad header, or more than `maxRows` rows. */
+/** Thrown while reading records to stop: a bad header, or more than `maxRows` rows. */
 class StopReading extends Error {
   constructor(readonly line: number, message: string, readonly column?: string) {
     super(message);
@@ -232,87 +243,257 @@ function openingQuoteOffset(raw: string): number {
   return Math.max(open, 0);
 }
 
-/**
- * Reads contacts from CSV text (UTF-8, optional BOM; commas; quotes as in
- * RFC 4180). The first non-blank row is the header, matched without regard to
- * case or surrounding spaces: the phone column is the first of
- * {@link PHONE_COLUMNS}, the optional time-zone column the first of
- * {@link TIMEZONE_COLUMNS}, and every other column becomes a template
- * variable named after its header (spaces → `_`). Blank lines and rows whose
- * cells are all empty are skipped; a duplicate number is merged into its first
- * row. See the module comment for what rejects a row and what the file.
- */
-export function parseContactsCsv(input: string | Buffer, opts: ImportOptions = {}): ContactsImport {
-  const out = new Collector(opts);
-  const maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
-  const required = [...new Set(opts.requiredVariables ?? [])];
-  /** Line breaks in the raw text of the records before the current one. */
-  let breaks = 0;
-  let head: CsvLayout | undefined;
+// ---------------------------------------------------------------- delimiter
 
-  const onRecord = (record: string[], raw: string): void => {
-    const line = 1 + breaks + countBreaks(LEADING_BLANK_LINES.exec(raw)?.[0] ?? '');
-    breaks += countBreaks(raw);
+/** Delimiters recognised from the header line, in order of preference. */
+export const DELIMITERS = [',', ';', '\t'] as const;
+export type Delimiter = (typeof DELIMITERS)[number];
+
+const BOM = '\uFEFF';
+const FIRST_LINE = /^(?:[ \t]*(?:\r\n|\r|\n))*([^\r\n]*)/;
+
+/** The first non-blank line of `text` (without a BOM), and whether it is complete (a line break follows). */
+function headerLine(text: string): { line: string; complete: boolean } {
+  const t = text.startsWith(BOM) ? text.slice(1) : text;
+  const m = FIRST_LINE.exec(t);
+  const line = m?.[1] ?? '';
+  const end = (m?.index ?? 0) + (m?.[0].length ?? 0);
+  return { line, complete: end < t.length };
+}
+
+function hasPhoneColumn(cells: readonly string[]): boolean {
+  const keys = new Set(cells.map((h) => headerName(h).toLowerCase()));
+  return PHONE_COLUMNS.some((n) => keys.has(n));
+}
+
+/**
+ * The delimiter of a CSV file from its header line: the first of `,` `;` and
+ * tab that yields a phone column, else the one that yields the most columns
+ * (`,` on a tie).
+ */
+export function detectDelimiter(header: string): Delimiter {
+  let best: { d: Delimiter; n: number } = { d: ',', n: 0 };
+  for (const d of DELIMITERS) {
+    let cells: string[];
+    try {
+      const rows: unknown[] = parse(header, { delimiter: d, relax_quotes: true, relax_column_count: true, trim: true, to_line: 1 });
+      const first = rows[0];
+      cells = Array.isArray(first) ? first.map(String) : [];
+    } catch {
+      continue;
+    }
+    if (hasPhoneColumn(cells)) return d;
+    if (cells.length > best.n) best = { d, n: cells.length };
+  }
+  return best.d;
+}
+
+function csvOptions(delimiter: Delimiter): CsvParseOptions {
+  return {
+    bom: true,
+    delimiter,
+    skip_empty_lines: true,
+    // Column counts are checked here, so a bad row is reported and the rest still read.
+    relax_column_count: true,
+    // Spaces around a delimiter are not data (`a, "b"` is allowed); quoted spaces are kept.
+    trim: true,
+    // Each record comes as {record, raw}: the raw text gives its line numbers.
+    raw: true,
+  };
+}
+
+// ------------------------------------------------------------------- reader
+
+/** One CSV import in progress: takes records in file order, whichever parser reads them. */
+class CsvImport {
+  readonly #out: Collector;
+  readonly #maxRows: number;
+  readonly #required: string[];
+  /** Line breaks in the raw text of the records before the current one. */
+  #breaks = 0;
+  #head: CsvLayout | undefined;
+
+  constructor(opts: ImportOptions) {
+    this.#out = new Collector(opts);
+    this.#maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
+    this.#required = [...new Set(opts.requiredVariables ?? [])];
+  }
+
+  /** One record with its raw text; throws StopReading when the file must be rejected. */
+  record(record: string[], raw: string): void {
+    const out = this.#out;
+    const line = 1 + this.#breaks + countBreaks(LEADING_BLANK_LINES.exec(raw)?.[0] ?? '');
+    this.#breaks += countBreaks(raw);
     if (record.every((f) => f.trim() === '')) return;
+    const head = this.#head;
     if (head === undefined) {
-      const l = layout(record, required);
+      const l = layout(record, this.#required);
       if ('error' in l) throw new StopReading(line, l.error, l.column);
-      head = l;
+      this.#head = l;
       return;
     }
     out.totalRows++;
-    if (out.totalRows > maxRows) throw new StopReading(line, `more than ${maxRows} rows: split the file`);
+    if (out.totalRows > this.#maxRows) throw new StopReading(line, `more than ${this.#maxRows} rows: split the file`);
     if (record.length !== head.headers.length) {
       out.error(line, `expected ${head.headers.length} columns (as in the header), found ${record.length}`);
       return;
     }
     const variables: Record<string, string> = {};
     for (const v of head.vars) {
-      const value = record[v.index] as string;
+      const value = record[v.index] ?? '';
       if (value.trim() !== '') variables[v.name] = value;
     }
-    const missing = head.required.filter((r) => !Object.hasOwn(variables, r.name)).map((r) => ({ name: r.name, column: head?.headers[r.index] ?? r.name }));
+    const missing = head.required.filter((r) => !Object.hasOwn(variables, r.name)).map((r) => ({ name: r.name, column: head.headers[r.index] ?? r.name }));
     out.row(
       line,
-      { value: record[head.phone] as string, column: head.headers[head.phone] as string },
-      head.tz === undefined ? undefined : { value: record[head.tz] as string, column: head.headers[head.tz] as string },
+      { value: record[head.phone] ?? '', column: head.headers[head.phone] ?? 'phone' },
+      head.tz === undefined ? undefined : { value: record[head.tz] ?? '', column: head.headers[head.tz] ?? 'timezone' },
       variables,
       missing,
     );
-  };
+  }
 
-  try {
-    parse(input, {
-      bom: true,
-      skip_empty_lines: true,
-      // Column counts are checked here, so a bad row is reported and the rest still read.
-      relax_column_count: true,
-      // Spaces around a delimiter are not data (`a, "b"` is allowed); quoted spaces are kept.
-      trim: true,
-      raw: true,
-      // With `raw`, each record arrives as {record, raw}; returning null keeps
-      // csv-parse from collecting them (rows are handled one at a time).
-      on_record: (rec: unknown) => {
-        const r = rec as { record: string[]; raw?: string };
-        onRecord(r.record, r.raw ?? '');
-        return null;
-      },
-    });
-  } catch (err) {
-    if (err instanceof StopReading) {
-      return out.fail(err.line, err.message, err.column);
-    }
+  /** The result when reading stopped on `err` (a StopReading or a csv-parse error); rethrows anything else. */
+  failed(err: unknown): ContactsImport {
+    if (err instanceof StopReading) return this.#out.fail(err.line, err.message, err.column);
     if (!(err instanceof CsvError)) throw err;
     // `raw` is the text of the record being read when it failed.
     const raw = typeof err.raw === 'string' ? err.raw : '';
     const at = err.code === 'CSV_QUOTE_NOT_CLOSED' ? raw.slice(0, openingQuoteOffset(raw)) : raw;
-    return out.fail(1 + breaks + countBreaks(at), `${describeCsvError(err.code, err.message)}; nothing was imported`);
+    return this.#out.fail(1 + this.#breaks + countBreaks(at), `${describeCsvError(err.code, err.message)}; nothing was imported`);
   }
-  if (head === undefined) return out.fail(1, 'the file is empty: expected a header row with a phone column');
-  return out.result();
+
+  /** The result once the whole input was read. */
+  end(): ContactsImport {
+    if (this.#head === undefined) return this.#out.fail(1, 'the file is empty: expected a header row with a phone column');
+    return this.#out.result();
+  }
 }
 
+/** A csv-parse record in `raw` mode. */
+function rawRecord(rec: unknown): { record: string[]; raw: string } {
+  if (typeof rec !== 'object' || rec === null || !('record' in rec) || !Array.isArray(rec.record)) throw new TypeError('csv-parse: expected a raw record');
+  const raw = 'raw' in rec && typeof rec.raw === 'string' ? rec.raw : '';
+  return { record: rec.record.map(String), raw };
+}
 
+/**
+ * Reads contacts from CSV text (UTF-8, optional BOM; quotes as in RFC 4180).
+ * The delimiter is `,`, `;` or tab, told from the header line (see
+ * {@link detectDelimiter}). The first non-blank row is the header, matched
+ * without regard to case or surrounding spaces: the phone column is the first
+ * of {@link PHONE_COLUMNS}, the optional time-zone column the first of
+ * {@link TIMEZONE_COLUMNS}, and every other column becomes a template
+ * variable named after its header (spaces → `_`). Blank lines and rows whose
+ * cells are all empty are skipped; a duplicate number is merged into its first
+ * row. See the module comment for what rejects a row and what the file.
+ *
+ * Synchronous: for small inputs. Uploads go through {@link parseContactsStream}.
+ */
+export function parseContactsCsv(input: string | Buffer, opts: ImportOptions = {}): ContactsImport {
+  const text = typeof input === 'string' ? input : input.toString('utf8');
+  const imp = new CsvImport(opts);
+  try {
+    parse(text, {
+      ...csvOptions(detectDelimiter(headerLine(text).line)),
+      // Returning null keeps csv-parse from collecting the records: rows are handled one at a time.
+      on_record: (rec: unknown) => {
+        const r = rawRecord(rec);
+        imp.record(r.record, r.raw);
+        return null;
+      },
+    });
+  } catch (err) {
+    return imp.failed(err);
+  }
+  return imp.end();
+}
+
+/**
+ * Text handed to the parser at a time, with a turn of the event loop between
+ * two: a slice is read and its rows validated in one go (a few ms), so a
+ * 100 000-row upload never holds the loop for long.
+ */
+const SLICE_CHARS = 4 * 1024;
+/** JSON items validated between two turns of the event loop. */
+const ROWS_PER_TURN = 250;
+/** Text looked at for the header line when it has no line break yet. */
+const MAX_HEADER_CHARS = 64 * 1024;
+
+/**
+ * {@link parseContactsCsv} over a stream or any async iterable of chunks
+ * (Buffers as UTF-8, or strings): the same rules and result, read as the
+ * chunks come, handing the event loop back between slices of a few KB.
+ * Reading stops at the first file error (a bad header, more than `maxRows`
+ * rows, malformed CSV): the rest of the input is not read. An error from
+ * `source` itself (a size limit, a closed connection) rejects the promise.
+ *
+ * When reading stops early, `source` is left to its iterator's `return()`: a
+ * Readable is destroyed, unless it is passed as
+ * `readable.iterator({ destroyOnReturn: false })`.
+ */
+export async function parseContactsStream(source: AsyncIterable<Buffer | string> | Readable, opts: ImportOptions = {}): Promise<ContactsImport> {
+  const imp = new CsvImport(opts);
+  const it: AsyncIterator<unknown> = source[Symbol.asyncIterator]();
+  const decoder = new StringDecoder('utf8');
+  const text = (chunk: unknown): string => {
+    if (typeof chunk === 'string') return chunk;
+    if (Buffer.isBuffer(chunk)) return decoder.write(chunk);
+    throw new TypeError('parseContactsStream: chunks must be Buffers or strings');
+  };
+
+  // The header line tells the delimiter: read until it is complete.
+  let head = '';
+  let done = false;
+  while (!(headerLine(head).complete || head.length >= MAX_HEADER_CHARS)) {
+    const next = await it.next();
+    if (next.done === true) {
+      head += decoder.end();
+      done = true;
+      break;
+    }
+    head += text(next.value);
+  }
+
+  async function* slices(): AsyncGenerator<string> {
+    try {
+      let t = head;
+      for (;;) {
+        for (let i = 0; i < t.length; i += SLICE_CHARS) {
+          yield t.slice(i, i + SLICE_CHARS);
+          await yieldToLoop();
+        }
+        if (done) return;
+        const next = await it.next();
+        if (next.done === true) {
+          done = true;
+          t = decoder.end();
+        } else {
+          t = text(next.value);
+        }
+      }
+    } finally {
+      // Stopped early (a file error): the source will not be read further.
+      if (!done) await it.return?.();
+    }
+  }
+
+  const parser = parseStream({
+    ...csvOptions(detectDelimiter(headerLine(head).line)),
+    // Rows are validated as the parser reads them, in order; nothing is collected.
+    on_record: (rec: unknown) => {
+      const r = rawRecord(rec);
+      imp.record(r.record, r.raw);
+      return null;
+    },
+  });
+  try {
+    await pipeline(Readable.from(slices()), parser, new Writable({ objectMode: true, write: (_chunk, _enc, cb) => cb() }));
+  } catch (err) {
+    return imp.failed(err);
+  }
+  return imp.end();
+}
 
 /**
  * Reads contacts from a JSON array with the same rules as
@@ -326,67 +507,87 @@ export function parseContactsCsv(input: string | Buffer, opts: ImportOptions = {
  */
 export function parseContactsJson(items: unknown[], opts: ImportOptions = {}): ContactsImport {
   const out = new Collector(opts);
-  const maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
+  const tooMany = jsonTooMany(out, items, opts);
+  if (tooMany !== undefined) return tooMany;
   const required = [...new Set(opts.requiredVariables ?? [])];
-  if (items.length > maxRows) {
-    out.totalRows = items.length;
-    return out.fail(maxRows + 1, `more than ${maxRows} contacts: send them in parts`);
-  }
-  items.forEach((item, i) => {
-    const line = i + 1;
-    out.totalRows++;
-    if (typeof item === 'string') item = { phone: item };
-    if (typeof item !== 'object' || item === null || Array.isArray(item)) {
-      out.error(line, 'expected an object like {phone, timezone?, name: "…"} or a phone number string');
-      return;
-    }
-    const o = item as Record<string, unknown>;
-    const keys = Object.keys(o);
-    const phoneKey = PHONE_COLUMNS.map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
-    const tzKey = [...TIMEZONE_COLUMNS, 'timezone'].map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
-    let bad = false;
-    const phone = phoneKey === undefined ? undefined : o[phoneKey];
-    if (typeof phone !== 'string' && typeof phone !== 'number') {
-      out.error(line, `a phone number is required (a field named one of ${PHONE_COLUMNS.join(', ')})`, phoneKey ?? 'phone');
-      bad = true;
-    }
-    const tzValue = tzKey === undefined ? undefined : o[tzKey];
-    if (tzValue !== undefined && tzValue !== null && typeof tzValue !== 'string') {
-      out.error(line, 'timezone must be a string (an IANA zone)', tzKey);
-      bad = true;
-    }
-    const variables: Record<string, string> = {};
-    const take = (k: string, v: unknown, column: string): void => {
-      if (!VARIABLE_NAME.test(k)) {
-        out.error(line, 'not a variable name: use letters, digits and _ (not starting with a digit)', column);
-        bad = true;
-      } else if (typeof v === 'string') {
-        if (v.trim() !== '') variables[k] = v;
-      } else if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean') {
-        variables[k] = String(v);
-      } else if (v !== null && v !== undefined) {
-        out.error(line, 'a variable must be text, a number or a boolean', column);
-        bad = true;
-      }
-    };
-    for (const k of keys) {
-      if (k === phoneKey || k === tzKey || k === 'variables') continue;
-      take(k, o[k], k);
-    }
-    if (o.variables !== undefined && o.variables !== null) {
-      if (typeof o.variables !== 'object' || Array.isArray(o.variables)) {
-        out.error(line, 'variables must be an object of name → text', 'variables');
-        bad = true;
-      } else {
-        for (const [k, v] of Object.entries(o.variables as Record<string, unknown>)) take(k, v, `variables.${k}`);
-      }
-    }
-    if (bad) return;
-    const missing = required.filter((r) => !Object.hasOwn(variables, r)).map((r) => ({ name: r, column: `variables.${r}` }));
-    const tz = typeof tzValue === 'string' && tzKey !== undefined ? { value: tzValue, column: tzKey } : undefined;
-    out.row(line, { value: String(phone), column: phoneKey ?? 'phone' }, tz, variables, missing);
-  });
+  items.forEach((item, i) => jsonItem(out, item, i + 1, required));
   return out.result();
+}
+
+/** {@link parseContactsJson}, handing the event loop back every few hundred items (for API bodies). */
+export async function parseContactsJsonAsync(items: unknown[], opts: ImportOptions = {}): Promise<ContactsImport> {
+  const out = new Collector(opts);
+  const tooMany = jsonTooMany(out, items, opts);
+  if (tooMany !== undefined) return tooMany;
+  const required = [...new Set(opts.requiredVariables ?? [])];
+  for (let i = 0; i < items.length; i++) {
+    jsonItem(out, items[i], i + 1, required);
+    if ((i + 1) % ROWS_PER_TURN === 0) await yieldToLoop();
+  }
+  return out.result();
+}
+
+function jsonTooMany(out: Collector, items: unknown[], opts: ImportOptions): ContactsImport | undefined {
+  const maxRows = opts.maxRows ?? DEFAULT_MAX_ROWS;
+  if (items.length <= maxRows) return undefined;
+  out.totalRows = items.length;
+  return out.fail(maxRows + 1, `more than ${maxRows} contacts: send them in parts`);
+}
+
+/** One JSON item, read like a CSV row. */
+function jsonItem(out: Collector, raw: unknown, line: number, required: readonly string[]): void {
+  out.totalRows++;
+  const item = typeof raw === 'string' ? { phone: raw } : raw;
+  if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+    out.error(line, 'expected an object like {phone, timezone?, name: "…"} or a phone number string');
+    return;
+  }
+  const o = new Map(Object.entries(item));
+  const keys = [...o.keys()];
+  const phoneKey = PHONE_COLUMNS.map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
+  const tzKey = [...TIMEZONE_COLUMNS, 'timezone'].map((n) => keys.find((k) => k.toLowerCase() === n)).find((k) => k !== undefined);
+  let bad = false;
+  const phone = phoneKey === undefined ? undefined : o.get(phoneKey);
+  if (typeof phone !== 'string' && typeof phone !== 'number') {
+    out.error(line, `a phone number is required (a field named one of ${PHONE_COLUMNS.join(', ')})`, phoneKey ?? 'phone');
+    bad = true;
+  }
+  const tzValue = tzKey === undefined ? undefined : o.get(tzKey);
+  if (tzValue !== undefined && tzValue !== null && typeof tzValue !== 'string') {
+    out.error(line, 'timezone must be a string (an IANA zone)', tzKey);
+    bad = true;
+  }
+  const variables: Record<string, string> = {};
+  const take = (k: string, v: unknown, column: string): void => {
+    if (!VARIABLE_NAME.test(k)) {
+      out.error(line, 'not a variable name: use letters, digits and _ (not starting with a digit)', column);
+      bad = true;
+    } else if (typeof v === 'string') {
+      if (v.trim() !== '') variables[k] = v;
+    } else if ((typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean') {
+      variables[k] = String(v);
+    } else if (v !== null && v !== undefined) {
+      out.error(line, 'a variable must be text, a number or a boolean', column);
+      bad = true;
+    }
+  };
+  for (const k of keys) {
+    if (k === phoneKey || k === tzKey || k === 'variables') continue;
+    take(k, o.get(k), k);
+  }
+  const vars = o.get('variables');
+  if (vars !== undefined && vars !== null) {
+    if (typeof vars !== 'object' || Array.isArray(vars)) {
+      out.error(line, 'variables must be an object of name → text', 'variables');
+      bad = true;
+    } else {
+      for (const [k, v] of Object.entries(vars)) take(k, v, `variables.${k}`);
+    }
+  }
+  if (bad) return;
+  const missing = required.filter((r) => !Object.hasOwn(variables, r)).map((r) => ({ name: r, column: `variables.${r}` }));
+  const tz = typeof tzValue === 'string' && tzKey !== undefined ? { value: tzValue, column: tzKey } : undefined;
+  out.row(line, { value: String(phone), column: phoneKey ?? 'phone' }, tz, variables, missing);
 }
 
 export interface CsvExportOptions {
@@ -419,6 +620,3 @@ export function resultsToCsv(rows: ReadonlyArray<Record<string, string | number 
   // Cells with surrounding spaces are quoted, so reading the file back keeps them.
   return stringify([columns, ...records], { bom: opts.bom ?? false, quoted_match: /^\s|\s$/ });
 }
-
-/** {@link resultsToCsv} under the name the contacts export uses. */
-export const contactsToCsv = resultsToCsv;

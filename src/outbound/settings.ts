@@ -3,12 +3,24 @@
  * the HTTP routes (validation and OpenAPI) and the outbound service.
  */
 import { z } from 'zod';
-import { e164Schema } from './phone.js';
+import { normalizePhone } from './phone.js';
 import { templateVariables } from './template.js';
 import { callingWindowSchema } from './window.js';
 
-/** An E.164 number, checked with libphonenumber-js (not a regex). */
-export const phoneSchema = e164Schema;
+/**
+ * A phone number in any international notation in, E.164 out (checked with
+ * libphonenumber-js, not a regex). A codec, not a transform, so the same
+ * schema also describes (and encodes) the E.164 value in API responses.
+ */
+export const phoneSchema = z.codec(z.string().max(64), z.string().describe('E.164, e.g. +14155550100'), {
+  decode: (value, ctx) => {
+    const r = normalizePhone(value);
+    if (r.ok) return r.e164;
+    ctx.issues.push({ code: 'custom', message: r.error, input: value });
+    return z.NEVER;
+  },
+  encode: (e164) => e164,
+});
 
 export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be letters, digits, - or _ (1-128)');
 

@@ -158,10 +158,12 @@ function minutesOf(hhmm: string): number {
 
 export const callingWindowSchema = z
   .strictObject({
+    /** Default: every day. */
     days: z
       .array(z.enum(WEEKDAYS))
       .min(1, 'at least one day')
-      .refine((d) => new Set(d).size === d.length, 'a day is listed twice'),
+      .refine((d) => new Set(d).size === d.length, 'a day is listed twice')
+      .default(() => [...WEEKDAYS]),
     start: z.string().regex(START_RE, 'must be HH:MM, 00:00 to 23:59'),
     end: z.string().regex(END_RE, 'must be HH:MM, 00:00 to 24:00 (exclusive; before start crosses midnight)'),
     timezone: z.string().refine(isValidTimeZone, 'not a known IANA time zone (e.g. America/New_York)').optional(),

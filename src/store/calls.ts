@@ -302,6 +302,11 @@ export class CallStore {
     return (this.#db.prepare(sql).all(...values, f.limit) as Raw[]).map(toCallRow);
   }
 
+  /** Every attempt of a campaign contact, oldest first (uses the `calls_campaign` index). */
+  listByContact(campaignId: string, contactId: string): CallRow[] {
+    return (this.#db.prepare('SELECT * FROM calls WHERE campaign_id = ? AND contact_id = ? ORDER BY id').all(campaignId, contactId) as Raw[]).map(toCallRow);
+  }
+
   /** Calls not finished yet (for restart reconciliation and the stale sweep). */
   unfinished(): CallRow[] {
     return (this.#db.prepare('SELECT * FROM calls WHERE finalized_at IS NULL ORDER BY id').all() as Raw[]).map(toCallRow);

@@ -7,6 +7,7 @@
  * transaction that creates its attempt's call row, before the carrier is
  * asked to dial.
  */
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { Db } from './db.js';
 import { newId } from './ids.js';
 
@@ -179,6 +180,32 @@ export class CampaignStore {
       this.#db.prepare('UPDATE campaigns SET updated_at = ? WHERE id = ?').run(now, campaignId);
     })();
     return { added, merged };
+  }
+
+  /**
+   * {@link addContacts} for big imports: `chunkSize` contacts per transaction,
+   * handing the event loop back between transactions so live calls keep
+   * their timers. Contacts are dialable as soon as their chunk is in.
+   */
+  async addContactsInChunks(
+    campaignId: string,
+    contacts: readonly NewContact[],
+    chunkSize = 500,
+  ): Promise<{ added: number; merged: Array<{ line: number | null; phone: string; contactId: string }> }> {
+    let added = 0;
+    const merged: Array<{ line: number | null; phone: string; contactId: string }> = [];
+    for (let i = 0; i < contacts.length; i += chunkSize) {
+      if (i > 0) await yieldToLoop();
+      const r = this.addContacts(campaignId, contacts.slice(i, i + chunkSize));
+      added += r.added;
+      merged.push(...r.merged);
+    }
+    return { added, merged };
+  }
+
+  /** Deletes a campaign and its contacts (an import that failed half-way). */
+  delete(id: string): boolean {
+    return this.#db.prepare('DELETE FROM campaigns WHERE id = ?').run(id).changes === 1;
   }
 
   contact(id: string): ContactRow | undefined {
