@@ -328,9 +328,9 @@ describe('npm run campaign against a local-mode bridge', () => {
     expect(rows[0]).toMatchObject({ phone: '+14155550100', outcome: 'busy', name: 'Ada' });
   });
 
-  it('a file with no usable rows (semicolons, no phone column) exits 1 and shows why', async () => {
+  it('a file with no usable rows (no phone column) is refused by the server: exits 1 and shows why', async () => {
     const url = await startLocal();
-    const m = memIo({ cwd: csvDir('phone;name\n+14155550100;Ada\n'), sleep: async () => {} });
+    const m = memIo({ cwd: csvDir('name;email\nAda;ada@example.com\n'), sleep: async () => {} });
     expect(await run(['contacts.csv', '--url', url], m.io)).toBe(1);
     expect(m.out.text + m.err.text).toMatch(/line 1: no phone column/);
   });
