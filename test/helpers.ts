@@ -6,6 +6,7 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { createBridge, type Bridge, type BridgeOverrides } from '../src/app.js';
+import type { DialRequest } from '../src/outbound/dialer.js';
 import { openDb, type Db } from '../src/store/db.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { FakeAgentServer, type FakeAgentConnection, type FakeAgentOptions } from '../src/testing/fakeAgent.js';
@@ -184,5 +185,18 @@ export function storedCall(tb: TestBridge, callSid: string): StoredCall | undefi
     dtmf: events.filter((e) => e.type === 'dtmf').map((e) => text(e.data, 'digit')),
     agentReconnects: events.filter((e) => e.type === 'agent_reconnected').length,
     events: events.map((e) => ({ type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
+  };
+}
+
+/** A dial request for our call id `id`, with the callback URLs the dial loop gives it. */
+export function dialRequest(id: string, extra: Partial<DialRequest> = {}): DialRequest {
+  return {
+    callId: id,
+    to: '+15551230001',
+    from: '+15557654321',
+    url: `${PUBLIC_URL}/twilio/voice?callId=${id}`,
+    statusCallback: `${PUBLIC_URL}/twilio/status?callId=${id}`,
+    timeoutS: 30,
+    ...extra,
   };
 }

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { postStatusCallback, postVoiceWebhook } from '../src/sim/twilioSim.js';
 import { LocalDialer, type LocalDialerOptions, type Outcome, type SimCallInfo, type SimTiming } from '../src/sim/simCarrier.js';
 import type { DialRequest } from '../src/outbound/dialer.js';
-import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, storedCall, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, storedCall, type TestBridge, dialRequest } from './helpers.js';
 
 const FAST: Partial<SimTiming> = {
   initiatedMs: 0,
@@ -46,16 +46,7 @@ function dialer(opts: Partial<LocalDialerOptions> = {}): LocalDialer {
 }
 
 function request(extra: Partial<DialRequest> = {}): DialRequest {
-  const id = `sim-${++n}`;
-  return {
-    callId: id,
-    to: '+15551230001',
-    from: '+15557654321',
-    url: `${PUBLIC_URL}/twilio/voice?callId=${id}`,
-    statusCallback: `${PUBLIC_URL}/twilio/status?callId=${id}`,
-    timeoutS: 30,
-    ...extra,
-  };
+  return dialRequest(`sim-${++n}`, extra);
 }
 
 async function ended(d: LocalDialer, sid: string): Promise<SimCallInfo> {

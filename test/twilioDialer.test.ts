@@ -12,7 +12,7 @@ import { DialError, type DialRequest } from '../src/outbound/dialer.js';
 import { TwilioDialer } from '../src/outbound/twilioDialer.js';
 import { RedirectingRequestClient } from '../src/carrier/twilio/callControl.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
-import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, type TestBridge } from './helpers.js';
+import { AUTH_TOKEN, PUBLIC_URL, eventually, startTestBridge, type TestBridge, dialRequest } from './helpers.js';
 
 const FAST: Partial<SimTiming> = { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 10_000, amdHumanMs: 100, amdMachineStartMs: 150, sayMsPerChar: 1, sayMinMs: 20, sayMaxMs: 100 };
 
@@ -58,16 +58,7 @@ afterAll(async () => {
 });
 
 function request(extra: Partial<DialRequest> = {}): DialRequest {
-  const id = `rest-${++n}`;
-  return {
-    callId: id,
-    to: '+15551230001',
-    from: '+15557654321',
-    url: `${PUBLIC_URL}/twilio/voice?callId=${id}`,
-    statusCallback: `${PUBLIC_URL}/twilio/status?callId=${id}`,
-    timeoutS: 30,
-    ...extra,
-  };
+  return dialRequest(`rest-${++n}`, extra);
 }
 
 async function ended(r: FakeTwilioRest, sid: string): Promise<SimCallInfo> {

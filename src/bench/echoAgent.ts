@@ -9,9 +9,8 @@
  * Exits on SIGTERM/SIGINT, and with `--watch-stdin` when its stdin closes
  * (the benchmark runner died).
  */
-import { parseArgs } from 'node:util';
 import { LocalAgentServer } from '../sim/localAgent.js';
-import { portArg, stopOn } from './processLife.js';
+import { serverArgs, stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoAgent.js [--port N] [--no-barge-in-marker] [--watch-stdin]
 
@@ -19,27 +18,16 @@ Local PlayAI-protocol agent in echo mode for benchmarks, on 127.0.0.1.
 `;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '0' },
-      'no-barge-in-marker': { type: 'boolean', default: false },
-      'watch-stdin': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return;
-  }
-  const port = portArg(values.port, 'echoAgent', HELP);
-  const server = await LocalAgentServer.start({ host: '127.0.0.1', port, mode: 'echo', bargeInMarker: !values['no-barge-in-marker'] });
+  const args = serverArgs('echoAgent', HELP, ['no-barge-in-marker']);
+  if (args === undefined) return;
+  const port = args.port;
+  const server = await LocalAgentServer.start({ host: '127.0.0.1', port, mode: 'echo', bargeInMarker: !args.flags['no-barge-in-marker'] });
   process.stdout.write(`local agent listening on ${server.url}\n`);
   const stop = (): void => {
     void server.close().finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
-  stopOn(stop, values['watch-stdin'] === true);
+  stopOn(stop, args.watchStdin);
 }
 
 main().catch((err: unknown) => {

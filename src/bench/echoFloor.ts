@@ -14,9 +14,8 @@
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseArgs } from 'node:util';
 import { WebSocketServer, type RawData } from 'ws';
-import { portArg, stopOn } from './processLife.js';
+import { serverArgs, stopOn } from './processLife.js';
 
 const HELP = `Usage: node dist/bench/echoFloor.js [--port N] [--watch-stdin]
 
@@ -32,19 +31,9 @@ function text(data: RawData): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '0' },
-      'watch-stdin': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(HELP);
-    return;
-  }
-  const port = portArg(values.port, 'echoFloor', HELP);
+  const args = serverArgs('echoFloor', HELP);
+  if (args === undefined) return;
+  const port = args.port;
 
   let twiml = '';
   const http = createServer((req, res) => {
@@ -95,7 +84,7 @@ async function main(): Promise<void> {
     http.close(() => process.exit(0));
     setTimeout(() => process.exit(0), 1000).unref();
   };
-  stopOn(stop, values['watch-stdin'] === true);
+  stopOn(stop, args.watchStdin);
 }
 
 main().catch((err: unknown) => {

@@ -1,4 +1,5 @@
-/** Shutdown wiring shared by the benchmark's child processes. */
+/** Argument and shutdown wiring shared by the benchmark's child processes. */
+import { parseArgs } from 'node:util';
 
 /**
  * Runs `stop` once on SIGTERM, SIGINT or, with `watchStdin`, when the parent
@@ -28,4 +29,25 @@ export function portArg(value: string | undefined, who: string, help: string): n
     process.exit(2);
   }
   return port;
+}
+
+/**
+ * Parses a bench server's command line: `--port N`, `--watch-stdin`, `--help`
+ * and the extra boolean `flags`. Returns undefined after printing `help`.
+ */
+export function serverArgs<F extends string>(who: string, help: string, flags: readonly F[] = []): { port: number; watchStdin: boolean; flags: Record<F, boolean> } | undefined {
+  const options: Record<string, { type: 'string' | 'boolean'; default?: string | boolean; short?: string }> = {
+    port: { type: 'string', default: '0' },
+    'watch-stdin': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  };
+  for (const f of flags) options[f] = { type: 'boolean', default: false };
+  const { values } = parseArgs({ options, strict: true });
+  if (values.help === true) {
+    process.stdout.write(help);
+    return undefined;
+  }
+  const out = {} as Record<F, boolean>;
+  for (const f of flags) out[f] = values[f] === true;
+  return { port: portArg(typeof values.port === 'string' ? values.port : undefined, who, help), watchStdin: values['watch-stdin'] === true, flags: out };
 }
