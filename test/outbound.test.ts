@@ -129,7 +129,31 @@ describe('POST /v1/calls', () => {
     expect(h.status).toBe(200);
     expect(h.body.status).toBe('canceled');
     expect(h.body.outcome).toBe('canceled');
+    expect(h.body.endReason).toBe('api_hangup');
     expect(dialer.created).toHaveLength(0);
+  });
+
+  it('records a hang-up through the API as api_hangup, not as the caller hanging up, and ends the live stream', async () => {
+    const { tb, dialer } = await start();
+    const r = await api(tb, 'POST', '/v1/calls', { to: '+14155550123' });
+    await eventually(() => dialer.created.length === 1, 3000, 'the dial');
+    const sid = dialer.created[0]!.sid;
+    const voice = await twilioPost(tb, `/twilio/voice?callId=${r.body.id}`, { CallSid: sid, From: '+12025550100', To: '+14155550123', Direction: 'outbound-api', CallStatus: 'in-progress' });
+    const token = /name="token" value="([^"]+)"/.exec(voice.body)?.[1];
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
+    stream.sendStart({ callSid: sid, customParameters: { token: token ?? '' } });
+    const agent = await tb.agent.nextConnection();
+    await agent.waitForSetup();
+    agent.init();
+    const h = await api(tb, 'POST', `/v1/calls/${r.body.id}/hangup`);
+    expect(h.status).toBe(200);
+    await stream.waitForClose(2000);
+    expect(dialer.hangups).toEqual([sid]);
+    // Twilio's final callback comes after: the record keeps what really ended the call.
+    await status(tb, r.body.id, sid, 'completed', 4, { CallDuration: '3' });
+    const got = await api(tb, 'GET', `/v1/calls/${r.body.id}`);
+    expect(got.body.endReason).toBe('api_hangup');
+    expect(got.body.events.map((e: any) => e.type)).toContain('hangup_requested');
   });
 });
 
