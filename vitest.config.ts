@@ -1,5 +1,8 @@
 import { defineConfig } from 'vitest/config';
 
+// The real-process tests build dist/ once per run (test/processHarness.ts): this marks the run.
+process.env.VITEST_RUN_STARTED_AT ??= String(Date.now());
+
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],

@@ -4,7 +4,7 @@
  * a real `caddy` binary), .dockerignore, and the settings documentation (.env.example and the
  * README table) against the variables src/config.ts actually reads.
  *
- * The image's start command is cross-checked with `npm start`; test/process.test.ts runs that
+ * The image's start command is cross-checked with `npm start`; test/processCmd.test.ts runs that
  * same command as a real process.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -236,7 +236,7 @@ describe('Dockerfile', () => {
     expect(last(finalOps('STOPSIGNAL'))?.args).toBe('SIGTERM');
   });
 
-  it('starts with an exec-form CMD equal to `npm start` (the command test/process.test.ts runs)', () => {
+  it('starts with an exec-form CMD equal to `npm start` (the command test/processCmd.test.ts runs)', () => {
     const cmd = last(finalOps('CMD'));
     expect(cmd, 'CMD present').toBeDefined();
     const argv = execForm(cmd!.args);
