@@ -156,7 +156,7 @@ describe('barge-in', () => {
     const m = await metricsText(tb);
     expect(m).toMatch(/playline_barge_ins_total 1/);
     expect(m).toMatch(/playline_marks_total\{kind="stale"\} [1-9]/);
-    expect(m).toMatch(/playline_agent_frames_dropped_total 2/);
+    expect(m).toMatch(/playline_agent_frames_dropped_total\{reason="barge_in"\} 2/);
     expect(call.stream.violations).toEqual([]);
     call.stream.sendStop();
   });
