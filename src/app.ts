@@ -10,7 +10,7 @@ import { connectAgent as wsConnectAgent, type AgentConnector } from './agent/pla
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
 import type { Config } from './config.js';
 import { healthRoutes } from './http/health.js';
-import { mediaStreamRoute } from './http/mediaStream.js';
+import { mediaStreamRoute, onWebSocketError } from './http/mediaStream.js';
 import { twilioWebhooks } from './http/twilioWebhooks.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
@@ -209,6 +209,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     // Frames are validated by our own codec (ASCII base64 audio, JSON otherwise), so ws need not
     // check UTF-8 on every frame first.
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
+    errorHandler: onWebSocketError,
   });
   await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken });
   await app.register(twilioWebhooks, {

@@ -91,6 +91,10 @@ export interface Config {
     bufferMs: number;
     /** Ping interval on the agent socket; a missed pong terminates it. */
     heartbeatMs: number;
+    /** A new agent leg must stay up this long after `init` before its outage is over. */
+    stableMs: number;
+    /** Reconnect attempts per call, all outages together. */
+    maxPerCall: number;
   };
   media: {
     /** Agent audio between two playback marks, in ms. */
@@ -201,6 +205,8 @@ const envSchema = z.object({
   AGENT_RECONNECT_WINDOW_MS: intIn(0, 120_000, 10_000),
   RECONNECT_BUFFER_MS: intIn(0, 120_000, 10_000),
   AGENT_HEARTBEAT_MS: intIn(0, 60_000, 3_000),
+  AGENT_STABLE_MS: intIn(0, 600_000, 5_000),
+  AGENT_MAX_RECONNECTS_PER_CALL: intIn(0, 1000, 10),
   TWILIO_API_URL: optionalString,
   SAY_LANGUAGE: optionalString,
   API_TOKEN: secret,
@@ -436,6 +442,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       windowMs: e.AGENT_RECONNECT_WINDOW_MS,
       bufferMs: e.RECONNECT_BUFFER_MS,
       heartbeatMs: e.AGENT_HEARTBEAT_MS,
+      stableMs: e.AGENT_STABLE_MS,
+      maxPerCall: e.AGENT_MAX_RECONNECTS_PER_CALL,
     },
     media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS },
     outbound: {

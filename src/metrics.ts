@@ -30,6 +30,8 @@ export class Metrics {
   framesLost = 0;
   /** Agent frames dropped on purpose after a barge-in. */
   framesDroppedAfterBargeIn = 0;
+  /** Agent audio chunks dropped because the Twilio socket was not draining. */
+  agentFramesDroppedBackpressure = 0;
 
   readonly callsTotal: client.Counter<'outcome'>;
   readonly refusedTotal: client.Counter<'reason'>;
@@ -74,7 +76,17 @@ export class Metrics {
     frameCounter('playline_media_frames_total', 'Media messages forwarded', (d) => (d === 'caller_to_agent' ? self.framesUp : self.framesDown));
     frameCounter('playline_media_bytes_total', 'Audio bytes forwarded (decoded size)', (d) => (d === 'caller_to_agent' ? self.bytesUp : self.bytesDown));
     new client.Counter({ name: 'playline_caller_frames_lost_total', help: 'Caller frames that could not be delivered to the agent', registers, collect() { this.reset(); this.inc(self.framesLost); } });
-    new client.Counter({ name: 'playline_agent_frames_dropped_total', help: 'Agent audio frames dropped after a barge-in (late audio of an interrupted response)', registers, collect() { this.reset(); this.inc(self.framesDroppedAfterBargeIn); } });
+    new client.Counter({
+      name: 'playline_agent_frames_dropped_total',
+      help: 'Agent audio chunks not sent to the caller, by reason: barge_in (late audio of an interrupted response), carrier_backpressure (the Twilio socket was not draining)',
+      labelNames: ['reason'] as const,
+      registers,
+      collect() {
+        this.reset();
+        this.labels('barge_in').inc(self.framesDroppedAfterBargeIn);
+        this.labels('carrier_backpressure').inc(self.agentFramesDroppedBackpressure);
+      },
+    });
 
     this.callsTotal = new client.Counter({ name: 'playline_calls_total', help: 'Ended calls by outcome', labelNames: ['outcome'] as const, registers });
     this.refusedTotal = new client.Counter({ name: 'playline_calls_refused_total', help: 'Calls refused at the webhook', labelNames: ['reason'] as const, registers });
@@ -82,7 +94,7 @@ export class Metrics {
     this.bargeInsTotal = new client.Counter({ name: 'playline_barge_ins_total', help: 'Agent playback cleared because the caller spoke', registers });
     this.marksTotal = new client.Counter({ name: 'playline_marks_total', help: 'Playback marks', labelNames: ['kind'] as const, registers });
     this.badFramesTotal = new client.Counter({ name: 'playline_bad_frames_total', help: 'Frames dropped as malformed or out of place', labelNames: ['leg', 'kind'] as const, registers });
-    this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent error frames', labelNames: ['code', 'fatal'] as const, registers });
+    this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent error frames by code (a documented code, none or other) and whether fatal', labelNames: ['code', 'fatal'] as const, registers });
     this.agentUnknownMessagesTotal = new client.Counter({ name: 'playline_agent_unknown_messages_total', help: 'Agent messages of an unknown type (ignored)', registers });
     this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
     this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'PlayAI 4429 (too many concurrent connections on the account)', registers });
@@ -102,8 +114,8 @@ export class Metrics {
     });
     this.bargeInClearSeconds = new client.Histogram({
       name: 'playline_barge_in_clear_seconds',
-      help: 'Time from the agent voiceActivityStart to the Twilio clear being written',
-      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+      help: 'Barge-in: time from the agent voiceActivityStart to Twilio echoing the first mark the clear flushed (the caller no longer hears the agent); barge-ins with no mark pending are not timed',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5],
       registers,
     });
     this.agentInitSeconds = new client.Histogram({

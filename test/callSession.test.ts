@@ -156,7 +156,7 @@ describe('barge-in', () => {
     const m = await metricsText(tb);
     expect(m).toMatch(/playline_barge_ins_total 1/);
     expect(m).toMatch(/playline_marks_total\{kind="stale"\} [1-9]/);
-    expect(m).toMatch(/playline_agent_frames_dropped_total 2/);
+    expect(m).toMatch(/playline_agent_frames_dropped_total\{reason="barge_in"\} 2/);
     expect(call.stream.violations).toEqual([]);
     call.stream.sendStop();
   });
@@ -247,20 +247,6 @@ describe('ending the call', () => {
     call.agent.hangup();
     await call.stream.waitForClose(2000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(350);
-  });
-
-  it('without mark echoes, ends the call shortly after the queued audio should have played, well before the bound', async () => {
-    tb = await startTestBridge({ env: { HANGUP_DRAIN_TIMEOUT_MS: '20000' } });
-    const call = await openCall(tb, { autoEchoMarks: false });
-    call.agent.newAudioStream();
-    for (let i = 0; i < 5; i++) call.agent.audio(ulaw(800)); // 500 ms of audio
-    await call.stream.waitFor((s) => s.mediaPayloads.length === 5);
-    const t0 = Date.now();
-    call.agent.hangup();
-    await call.stream.waitForClose(6000);
-    const waited = Date.now() - t0;
-    expect(waited).toBeGreaterThanOrEqual(2000);
-    expect(waited).toBeLessThan(4000);
   });
 
   it('closes the agent socket at once when the caller hangs up with stop', async () => {

@@ -258,7 +258,8 @@ const PLANS: Record<Plan, (call: SoakCall, stream: FakeTwilioStream) => Promise<
     await call.live(c);
     for (let drops = rng.int(1, 3); drops > 0; drops--) {
       call.agentTalks(c);
-      await sleep(rng.int(20, 150));
+      // Up longer than AGENT_STABLE_MS (50 ms here): each drop is a new outage with its own budget.
+      await sleep(rng.int(60, 150));
       const how = rng.pick(['terminate', 'close', 'retryable error', 'unknown fatal error']);
       call.note(`drop: ${how}`);
       switch (how) {
@@ -558,6 +559,7 @@ describe('fault soak over real sockets', () => {
         AGENT_INIT_TIMEOUT_MS: '1200',
         HANGUP_DRAIN_TIMEOUT_MS: '800',
         AGENT_RECONNECT_ATTEMPTS: '2',
+        AGENT_STABLE_MS: '50',
         AGENT_CAPACITY_COOLDOWN_S: '1',
       },
     });

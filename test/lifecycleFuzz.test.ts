@@ -21,6 +21,13 @@
  * - every step moves a session only along the transitions its cause allows, and
  *   what is spoken matches: apology for agent failures, busy for 4429, goodbye
  *   for drain and maximum length, nothing for clean hang-ups.
+ * - reconnect budgets: a lost agent leg is retried or the call ends exactly as
+ *   the model of the budget says (attempts and window per outage, an outage
+ *   continued by a leg lost within AGENT_STABLE_MS of its init, a cap per
+ *   call; only the ±25 % backoff jitter leaves a band where both are allowed),
+ *   and no retry ever opens a leg outside the budget, timers included.
+ * - a Twilio socket that stops draining: agent audio is dropped, not queued,
+ *   and the call ends (`carrier_stalled`) once it stays stuck CARRIER_STALL_MS.
  * - caller audio: frames sent while the agent is live reach it at once, in order;
  *   frames of a gap (before init, during a reconnect) reach the next agent leg
  *   in order, all of them while the buffer bound holds, else its newest suffix.
@@ -41,7 +48,7 @@ import { TwilioStreamConnection } from '../src/carrier/twilio/stream.js';
 import { loadConfig, type NumberRoute } from '../src/config.js';
 import { mediaStreamRoute } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
-import type { CallSession, SessionSettings, SessionState } from '../src/session/callSession.js';
+import { CARRIER_STALL_MS, MAX_CARRIER_SOCKET_BUFFER, type CallSession, type SessionSettings, type SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
 import { RecordingJournal } from '../src/testing/recordingJournal.js';
@@ -65,6 +72,10 @@ const UNKNOWN_CODES = [999, 4000, 4999, 1234];
 const ACTIVE: ReadonlySet<SessionState> = new Set(['connecting', 'live', 'reconnecting']);
 /** The session stops feeding an agent socket with this much queued (CallSession's MAX_AGENT_SOCKET_BUFFER). */
 const STUCK_AGENT_BUFFER = 2 * 1024 * 1024;
+/** A Twilio socket that stopped draining holds more than the session's bound. */
+const STUCK_CARRIER_BUFFER = MAX_CARRIER_SOCKET_BUFFER + 1;
+/** Reconnect backoff before retry n, before the ±25 % jitter (reconnect.ts). */
+const BACKOFF_MS = [100, 400, 1000, 2000, 3000];
 /** TwilioStreamConnection.close() terminates a socket that has not finished closing after this long. */
 const TERMINATE_AFTER_MS = 2000;
 const WS_OPEN = 1;
@@ -94,6 +105,7 @@ function allowedSpoken(endReason: string): string[][] {
     case 'caller_hangup':
     case 'idle':
     case 'carrier_gone':
+    case 'carrier_stalled':
     case 'replaced':
     case 'internal_error':
       return [[]];
@@ -300,7 +312,6 @@ class FakeAgentLeg implements AgentLeg {
   open(): void {
     if (this.state !== 'connecting') return;
     this.state = 'open';
-    this.opts.handlers.onOpen();
   }
 
   /** One text frame from the agent, decoded as the real leg does. */
@@ -428,6 +439,21 @@ interface StreamModel {
   marks: number;
   clears: number;
   throwCarrier: boolean;
+  /** The Twilio socket stopped draining (its bufferedAmount is above the session's bound). */
+  stuck: boolean;
+  /** When agent audio was first dropped on the stuck socket (the session's stall timer runs from then). */
+  stallArmedAt: number | undefined;
+  /**
+   * The reconnect budget: the current outage (its start, and the call's retries
+   * when it started), the outage a live leg's init ended, and when that init came.
+   * The call's retries are observed: agent legs opened after the first, plus one
+   * while a retry is pending.
+   */
+  outageStart: number;
+  outageBase: number;
+  liveOutageStart: number;
+  liveOutageBase: number;
+  liveSince: number;
   halfClosed: boolean;
   /** Allowed end reasons, fixed when the session first left connecting/live/reconnecting. */
   reasons: string[] | undefined;
@@ -615,6 +641,8 @@ class World {
         attempts: profile.patientReconnects ? rng.pick([1, 3, 5, 5]) : rng.pick([0, 1, 3, 5]),
         windowMs: profile.patientReconnects ? rng.pick([500, 3000, 10_000, 10_000]) : rng.pick([0, 500, 3000, 10_000]),
         bufferMs: tiny ? rng.pick([0, 20, 60, 200]) : rng.pick([200, 2000, 10_000]),
+        stableMs: rng.pick([0, 1000, 5000, 5000]),
+        maxPerCall: rng.pick([1, 3, 10, 10]),
       },
       maxCallMs: rng.pick([8000, 30_000, 120_000, 3_600_000]),
       idleMs: rng.pick([1000, 5000, 20_000]),
@@ -705,6 +733,10 @@ class World {
     }
     if (setup.continueConversation !== sm.conversationId) {
       this.violations.push(`setup.continueConversation ${setup.continueConversation} but the conversation is ${sm.conversationId}`);
+    }
+    // A retry opens its leg within its outage's window (the backoff was checked against it).
+    if (sm.legs.length > 0 && now() - sm.outageStart > this.settings.reconnect.windowMs) {
+      this.violations.push(`a retry opened an agent leg ${Math.round(now() - sm.outageStart)} ms into its outage; the window is ${this.settings.reconnect.windowMs} ms`);
     }
     sm.legs.push(leg);
     return leg;
@@ -849,6 +881,10 @@ class World {
       reasons.push('agent_init_timeout');
     }
     if (opts.timers && (st === 'draining' || st === 'ending')) to.push('closed');
+    if (opts.timers && sm.stallArmedAt !== undefined && sm.stuck && now() >= sm.stallArmedAt + CARRIER_STALL_MS && st !== 'closed') {
+      // The stall timer fired on a socket still stuck: the call is over, whatever else happened first.
+      return { to: ['closed'], speak, reasons: [...reasons, 'carrier_stalled', 'idle', 'carrier_gone', 'caller_hangup', ...(opts.sweep ? ['max_duration'] : [])], marks: 'any' };
+    }
     if (sweepy && st !== 'closed') {
       to.push('closed');
       reasons.push('idle', 'carrier_gone', 'caller_hangup');
@@ -868,7 +904,7 @@ class World {
     const text = this.journal.get(s.callSid).spoken[b.spoken];
     if (text === APOLOGY) sm.reasons = ['agent_init_timeout'];
     else if (text === GOODBYE) sm.reasons = ['max_duration'];
-    else sm.reasons = sm.reasons.filter((r) => r === 'idle' || r === 'carrier_gone' || r === 'caller_hangup');
+    else sm.reasons = sm.reasons.filter((r) => r === 'idle' || r === 'carrier_gone' || r === 'caller_hangup' || r === 'carrier_stalled');
   }
 
   #checkViolations(what: string): void {
@@ -919,6 +955,7 @@ class World {
     for (const [sm, b] of befores) {
       this.#checkSpec(sm, b, this.#timeSpec(sm, b, { timers: true, sweep: this.periodicSweep }), what);
       this.#refineTimeReasons(sm, b);
+      if (sm.stallArmedAt !== undefined && now() >= sm.stallArmedAt + CARRIER_STALL_MS) sm.stallArmedAt = undefined;
     }
     this.#checkExpiries(what);
     if (this.drainStarted && !this.drainEnded && now() >= this.drainDeadline) await this.#drainDeadline();
@@ -960,6 +997,7 @@ class World {
         if (s.state !== 'closed') {
           live++;
           if (!listed.has(s)) this.fail(`${what}: live session of call #${c.id} is not listed by the manager`);
+          this.checkBudget(sm, what);
         } else {
           if (listed.has(s)) this.fail(`${what}: closed session of call #${c.id} is still listed by the manager`);
           if (!sm.closedChecked) this.#onSessionClosed(sm, what);
@@ -1256,6 +1294,13 @@ class World {
       clears: 0,
       throwCarrier: false,
       halfClosed: false,
+      stuck: false,
+      stallArmedAt: undefined,
+      outageStart: 0,
+      outageBase: 0,
+      liveOutageStart: 0,
+      liveOutageBase: 0,
+      liveSince: 0,
       reasons: undefined,
       closedChecked: false,
       done: false,
@@ -1386,6 +1431,9 @@ class World {
         if (session === undefined || session.streamSid !== sm.streamSid) this.fail('accepted start without a registered session');
         if (session.state !== 'connecting' || sm.legs.length !== 1) this.fail(`new session is ${session.state} with ${sm.legs.length} agent legs`);
         sm.session = session;
+        // The first connection is budgeted like a reconnect: its outage starts with the session.
+        sm.outageStart = now();
+        sm.outageBase = 0;
         this.totals.sessions++;
         return undefined;
       },
@@ -1415,6 +1463,11 @@ class World {
       acts.push([0.3 * h, () => this.#callerHangsUp(sm, 'caller closes', () => sm.ws.hangUp(1000))]);
       acts.push([0.25 * h, () => this.#callerHangsUp(sm, 'caller connection drops', () => sm.ws.hangUp(1006))]);
       acts.push([0.05 * h, () => this.#callerHangsUp(sm, 'caller sends an oversized frame', () => sm.ws.oversized())]);
+      acts.push([live ? 0.4 : 0.1, () => this.act(sm.stuck ? 'Twilio socket drains again' : 'Twilio socket stops draining', sm, (b) => {
+        sm.stuck = !sm.stuck;
+        sm.ws.bufferedAmount = sm.stuck ? STUCK_CARRIER_BUFFER : 0;
+        return { to: [b?.state ?? 'closed'] };
+      })]);
       acts.push([0.1 * h, () => this.act('caller half-closes', sm, (b) => {
         sm.halfClosed = true;
         sm.ws.halfClose(rng.int(0, 30_000));
@@ -1589,6 +1642,9 @@ class World {
       sm.gapBytes = 0;
       sm.conversationId = cid;
       sm.everInit = true;
+      sm.liveSince = now();
+      sm.liveOutageStart = sm.outageStart;
+      sm.liveOutageBase = sm.outageBase;
       return { to: ['live'], audio: delivered.length };
     });
   }
@@ -1628,8 +1684,11 @@ class World {
       const st = b?.state ?? 'closed';
       // The session hands the chunk to the carrier leg, which drops it if the socket is not open.
       const relays = st === 'live' && !sm.dropAgentAudio && relayed !== undefined;
-      const willSend = relays && sm.ws.readyState === WS_OPEN;
-      const armed = relays && sm.throwCarrier;
+      // A stuck Twilio socket gets nothing more: the chunk is dropped and the stall timer armed.
+      const willSend = relays && !sm.stuck && sm.ws.readyState === WS_OPEN;
+      const armed = relays && !sm.stuck && sm.throwCarrier;
+      if (relays && sm.stuck) sm.stallArmedAt ??= now();
+      if (relays && !sm.stuck) sm.stallArmedAt = undefined;
       const before = sm.media.length;
       leg.deliver(`{"type":"audioStream","data":"${data}"}`);
       if (armed) return { to: ['closed'], reasons: ['internal_error'] };
@@ -1713,10 +1772,53 @@ class World {
     });
   }
 
-  /** The spec of a fatal error (or a lost socket) that a reconnect may fix. */
-  #lostSpec(st: SessionState): Spec {
+  /** Retries the session has scheduled so far: legs opened after the first, plus one pending (awaiting init with no leg). */
+  #retries(sm: StreamModel): number {
+    const st = sm.session?.state;
+    const pending = (st === 'connecting' || st === 'reconnecting') && this.currentLeg(sm) === undefined ? 1 : 0;
+    return Math.max(0, sm.legs.length - 1) + pending;
+  }
+
+  /**
+   * The spec of a fatal error (or a lost socket) that a reconnect may fix: the
+   * model of the budget decides between a retry and the apology (both only
+   * inside the jitter band); the model follows what happened.
+   */
+  #lostSpec(sm: StreamModel, st: SessionState): Spec {
     if (!ACTIVE.has(st)) return { to: [st] };
-    return { to: st === 'live' ? ['reconnecting', 'ending'] : [st, 'ending'], speak: [APOLOGY], reasons: ['agent_unreachable'] };
+    const p = this.settings.reconnect;
+    const t = now();
+    // The lost leg was current, so no retry was pending: the call's retries are the legs after the first.
+    const retries = sm.legs.length - 1;
+    let start = sm.outageStart;
+    let base = sm.outageBase;
+    if (st === 'live') {
+      const continued = t - sm.liveSince < p.stableMs;
+      start = continued ? sm.liveOutageStart : t;
+      base = continued ? sm.liveOutageBase : retries;
+    }
+    const attempts = retries - base;
+    const next: SessionState = st === 'live' ? 'reconnecting' : st;
+    const delay = BACKOFF_MS[Math.min(attempts, BACKOFF_MS.length - 1)] ?? 1000;
+    const allowed = attempts < p.attempts && retries < p.maxPerCall;
+    const surely = allowed && t - start + delay * 1.25 <= p.windowMs;
+    const never = !allowed || t - start + delay * 0.75 > p.windowMs;
+    const to: SessionState[] = surely ? [next] : never ? ['ending'] : [next, 'ending'];
+    if (sm.session?.state === next) {
+      sm.outageStart = start;
+      sm.outageBase = base;
+    }
+    return { to, speak: [APOLOGY], reasons: ['agent_unreachable'] };
+  }
+
+  /** After any step: no retry beyond the budget of the current outage or of the call. */
+  checkBudget(sm: StreamModel, what: string): void {
+    const st = sm.session?.state;
+    if (st !== 'connecting' && st !== 'reconnecting') return;
+    const p = this.settings.reconnect;
+    const retries = this.#retries(sm);
+    if (retries - sm.outageBase > p.attempts) this.fail(`${what}: call #${sm.call.id} made ${retries - sm.outageBase} retries in one outage; the budget is ${p.attempts}`);
+    if (retries > p.maxPerCall) this.fail(`${what}: call #${sm.call.id} made ${retries} retries; the per-call cap is ${p.maxPerCall}`);
   }
 
   async #agentError(sm: StreamModel, leg: FakeAgentLeg): Promise<void> {
@@ -1762,7 +1864,7 @@ class World {
         return { to: ['ending'], speak: [BUSY], reasons: ['agent_capacity'] };
       }
       if (code !== undefined && NON_RETRYABLE.includes(code)) return { to: ['ending'], speak: [APOLOGY], reasons: ['agent_error'] };
-      return this.#lostSpec(st);
+      return this.#lostSpec(sm, st);
     });
   }
 
@@ -1777,7 +1879,7 @@ class World {
       const st = b?.state ?? 'closed';
       const current = this.currentLeg(sm) === leg;
       close();
-      return current ? this.#lostSpec(st) : { to: [st] };
+      return current ? this.#lostSpec(sm, st) : { to: [st] };
     });
   }
 

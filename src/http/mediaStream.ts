@@ -4,12 +4,13 @@
  * synchronously in the handler; `start` must present a token minted by
  * /twilio/voice before a call session (and its agent socket) is created.
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import type WebSocket from 'ws';
 import type { AgentConnector } from '../agent/playai/leg.js';
 import type { CallJournal } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
-import { TwilioStreamConnection, type StartDecision } from '../carrier/twilio/stream.js';
+import { TwilioStreamConnection, type CarrierBadFrameKind, type StartDecision } from '../carrier/twilio/stream.js';
 import type { TwilioStart } from '../carrier/twilio/codec.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
@@ -68,6 +69,8 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
   };
 
   app.get('/twilio/media-stream', { websocket: true, preValidation: streamAuth(authOpts) }, (socket) => {
+    // Before `start` there is no call to log against: bad frames are counted each, logged once per connection and kind.
+    const logged = new Set<CarrierBadFrameKind>();
     new TwilioStreamConnection(socket, {
       startTimeoutMs: config.timeouts.startTimeoutMs,
       onStart,
@@ -78,8 +81,24 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
       },
       onHandshakeBadFrame: (kind, name) => {
         metrics.badFramesTotal.labels('twilio', kind).inc();
+        if (logged.has(kind)) return;
+        logged.add(kind);
         logger.warn({ kind, event: name }, 'dropped a bad frame before start');
       },
     });
   });
+}
+
+/**
+ * @fastify/websocket's handler for errors on an accepted socket (its default
+ * logs them at error level with a stack). `ws` reports a peer's protocol
+ * violation this way, after sending its close frame; the carrier leg counts an
+ * oversized frame as a bad frame and logs it once per call, so only other
+ * errors are logged here, as a warning without a stack. Either way the socket
+ * is terminated, as the default handler does.
+ */
+export function onWebSocketError(this: unknown, error: Error, socket: WebSocket, request: FastifyRequest): void {
+  const code = 'code' in error && typeof error.code === 'string' ? error.code : undefined;
+  if (code !== 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') request.log.warn({ code, reason: error.message }, 'websocket error; closing the socket');
+  socket.terminate();
 }

@@ -4,21 +4,22 @@
  *
  * The session owns both sockets, its timers and its logger, and releases all
  * of them in one idempotent {@link CallSession.close}. Audio is relayed as
- * base64 strings without decoding in either direction.
+ * base64 without decoding in either direction.
  *
- * States:
+ * States (`state.ts`; each state carries the agent leg it holds, if any):
  * - `connecting`: first agent socket opening, waiting for `init`; caller audio is buffered.
- * - `live`: audio flows both ways.
+ * - `live`: audio flows both ways (always with an agent leg).
  * - `reconnecting`: the agent leg was lost without a `hangup`; the caller stays on the
  *   line, caller audio is buffered, agent audio already queued at Twilio keeps playing,
- *   and the session reconnects with `continueConversation` within a bounded budget.
+ *   and the session reconnects with `continueConversation` within a bounded budget
+ *   (`reconnect.ts`).
  * - `draining`: the agent hung up; its queued audio is finishing.
  * - `ending`: call control is telling the caller goodbye (or forwarding the call).
  * - `closed`.
  */
 import type { Logger } from 'pino';
 import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/playai/leg.js';
-import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/playai/codec.js';
+import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/playai/codec.js';
 import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallJournal, EndReason, SpokenKind } from '../calls/journal.js';
@@ -27,6 +28,9 @@ import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrie
 import type { Metrics } from '../metrics.js';
 import type { ManagedSession, Reservation, Slot } from './manager.js';
 import { PlaybackTracker } from './playback.js';
+import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
+import { agentOf, type SessionPhase, type SessionState } from './state.js';
+import { Timers } from './timers.js';
 
 export interface SessionSettings {
   agentBaseUrl: string;
@@ -39,7 +43,8 @@ export interface SessionSettings {
   /** Coalesce caller audio into `audioIn` messages of this many ms; 0 forwards each frame as it comes. */
   audioInBatchMs?: number;
   agentHeartbeatMs: number;
-  reconnect: { attempts: number; windowMs: number; bufferMs: number };
+  /** The reconnect budget, and the caller audio (ms) kept during an outage. */
+  reconnect: ReconnectPolicy & { bufferMs: number };
   maxCallMs: number;
   idleMs: number;
   texts: { apology: string; busy: string; goodbye: string };
@@ -66,22 +71,42 @@ export interface CallSessionDeps {
   random?: () => number;
 }
 
-export type SessionState = 'connecting' | 'live' | 'reconnecting' | 'draining' | 'ending' | 'closed';
-
+export type { SessionState } from './state.js';
 export type { EndReason } from '../calls/journal.js';
 
 /** Agent audio stays this far behind before the session stops queueing more on a stuck socket. */
 const MAX_AGENT_SOCKET_BUFFER = 1024 * 1024;
+/**
+ * Agent audio queued in the Twilio socket (bytes of `media` messages not yet
+ * written) above which more agent audio is dropped: about 45 s of audio in
+ * 20 ms messages, 35 s in 100 ms ones. Twilio reads as fast as we write, so
+ * only a socket that stopped draining gets here.
+ */
+export const MAX_CARRIER_SOCKET_BUFFER = 512 * 1024;
+/** A Twilio socket still above {@link MAX_CARRIER_SOCKET_BUFFER} this long after the first drop ends the call (`carrier_stalled`). */
+export const CARRIER_STALL_MS = 10_000;
+/**
+ * Largest `media` message sent to Twilio, in base64 characters: 1280 characters
+ * are 960 bytes, 120 ms of μ-law. Bigger agent chunks are cut at multiples of
+ * this (a multiple of 4 characters, so each piece is valid base64 on its own and
+ * nothing is decoded); 960 bytes is the smallest multiple of 3 bytes and of
+ * 20 ms at or above 100 ms, so chunks of up to 100 ms (800 bytes) still go out
+ * whole, as one message.
+ */
+export const MAX_MEDIA_PAYLOAD_CHARS = 1280;
 /** A stream with no media for this long is dead (Twilio sends a frame every 20 ms, silence included). */
 const STREAM_DEAD_AFTER_MS = 3000;
-/** Backoff before reconnect attempt n (ms), before jitter. */
-const BACKOFF_MS = [100, 400, 1000, 2000, 3000];
 /**
  * After an agent hangup, if Twilio never confirms playback with marks, the call
  * ends this long after the queued audio should have finished playing (within
  * HANGUP_DRAIN_TIMEOUT_MS in any case).
  */
 const PLAYBACK_SLACK_MS = 2000;
+
+type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall';
+
+/** Agent error codes that may label a metric; any other code is counted as `other`. */
+const KNOWN_AGENT_ERROR_CODES: ReadonlySet<number> = new Set([...NON_RETRYABLE_AGENT_ERRORS, ...RETRYABLE_AGENT_ERRORS]);
 
 export class CallSession implements CarrierHandlers, ManagedSession {
   readonly callSid: string;
@@ -95,20 +120,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   readonly #carrier: CarrierLeg;
   readonly #metrics: Metrics;
   readonly #baseLog: Logger;
+  readonly #timers = new Timers<TimerName>();
   #log: Logger;
-  #state: SessionState = 'connecting';
-  #agent: AgentLeg | undefined;
-  #agentOpenedAt = 0;
+  #st: SessionPhase;
   readonly #startedAt = performance.now();
   #firstAudioSeen = false;
   #endReason: EndReason | undefined;
+  /** The conversation, from the agent's latest `init`; kept across legs for `continueConversation`. */
   #conversationId: string | undefined;
   #everInit = false;
+  /** Successful reconnects (a new `init` after a lost leg). */
   #agentReconnects = 0;
-
-  /** Reconnect bookkeeping for the current outage. */
-  #outageStartedAt = 0;
-  #attempts = 0;
+  /** Reconnect attempts scheduled in this call, all outages together. */
+  #retries = 0;
 
   /** Caller audio waiting for the agent (base64 payloads, oldest first). */
   #pending: string[] = [];
@@ -120,17 +144,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #dropAgentAudio = false;
   /** When the agent audio sent so far should have finished playing at Twilio (performance.now() ms). */
   #playEnd = 0;
+  /** Agent audio was dropped because the Twilio socket is not draining (the stall timer runs). */
+  #carrierBackedUp = false;
+  /** A barge-in being timed: when `voiceActivityStart` came, and the first mark its `clear` flushed. */
+  #bargeInAt = 0;
+  #bargeInMark: string | undefined;
 
   /** AUDIO_IN_BATCH_MS: decoded caller audio waiting to fill one `audioIn` (undefined when off). */
   readonly #batch: Buffer | undefined;
   #batchLen = 0;
-  #batchTimer: NodeJS.Timeout | undefined;
-
-  #initTimer: NodeJS.Timeout | undefined;
-  #retryTimer: NodeJS.Timeout | undefined;
-  #tailMarkTimer: NodeJS.Timeout | undefined;
-  #drainTimer: NodeJS.Timeout | undefined;
-  #graceTimer: NodeJS.Timeout | undefined;
 
   /** Sweep bookkeeping: media frames seen, and when that count last moved. */
   #mediaIn = 0;
@@ -157,14 +179,16 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#batch = batchMs > 0 ? Buffer.alloc(batchMs * 8) : undefined;
     this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: this.agentId });
     this.#log = this.#baseLog;
+    // The first connection is budgeted like a reconnect: its outage starts with the call.
+    this.#st = { kind: 'connecting', agent: undefined, openedAt: 0, outage: { startedAt: this.#startedAt, attempts: 0 } };
   }
 
   get state(): SessionState {
-    return this.#state;
+    return this.#st.kind;
   }
 
   get agentConnected(): boolean {
-    return this.#agent !== undefined && (this.#state === 'live' || this.#state === 'draining');
+    return this.#st.kind === 'live';
   }
 
   get agentConnectedOnce(): boolean {
@@ -172,7 +196,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   get streamDead(): boolean {
-    if (this.#state === 'closed' || !this.#carrier.isOpen) return true;
+    if (this.#st.kind === 'closed' || !this.#carrier.isOpen) return true;
     // Media counted since the last sweep means alive; otherwise the sweep's last sighting decides.
     return this.#mediaIn === this.#sweepMediaIn && performance.now() - this.#lastMediaMoveAt >= STREAM_DEAD_AFTER_MS;
   }
@@ -187,7 +211,6 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const call = this.#d.reservation.call;
     this.#log.info({ from: call.from, to: call.to }, 'call started');
     this.#d.journal.record(this.callSid, { type: 'stream_started', streamSid: this.streamSid });
-    this.#outageStartedAt = performance.now();
     try {
       this.#openAgent();
     } catch (err) {
@@ -204,9 +227,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   onMediaBytes(buf: Buffer, start: number, end: number): void {
     this.#mediaIn++;
-    if (this.#state === 'live') {
-      const agent = this.#agent;
-      if (agent !== undefined && agent.isOpen) {
+    const st = this.#st;
+    if (st.kind === 'live') {
+      const agent = st.agent;
+      if (agent.isOpen) {
         if (this.#batch !== undefined) {
           this.#addToBatch(buf, start, end);
         } else if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudioBytes(buf, start, end)) {
@@ -222,7 +246,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         // The agent socket is closing but we have not been told yet: keep the audio for the reconnect.
         this.#bufferCallerAudio(buf.toString('latin1', start, end));
       }
-    } else if (this.#state === 'connecting' || this.#state === 'reconnecting') {
+    } else if (st.kind === 'connecting' || st.kind === 'reconnecting') {
       this.#bufferCallerAudio(buf.toString('latin1', start, end));
     }
     // draining / ending: the agent is gone; the caller is hearing the last words.
@@ -230,7 +254,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   /** AUDIO_IN_BATCH_MS: appends a frame's decoded audio; a full batch goes out at once. */
   #addToBatch(buf: Buffer, start: number, end: number): void {
-    const batch = this.#batch as Buffer;
+    const batch = this.#batch;
+    if (batch === undefined) return;
     const audio = Buffer.from(buf.toString('latin1', start, end), 'base64');
     for (let off = 0; off < audio.length; ) {
       const n = audio.copy(batch, this.#batchLen, off);
@@ -238,34 +263,31 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       off += n;
       if (this.#batchLen === batch.length) this.#flushBatch();
     }
-    if (this.#batchLen > 0 && this.#batchTimer === undefined) {
+    if (this.#batchLen > 0 && !this.#timers.has('batch')) {
       // A stalled stream must not hold audio back for long.
-      this.#batchTimer = setTimeout(this.#onBatchTimer, this.#s.audioInBatchMs ?? 0);
+      this.#timers.set('batch', this.#s.audioInBatchMs ?? 0, this.#onBatchTimer);
     }
   }
 
-  readonly #onBatchTimer = (): void => {
-    this.#batchTimer = undefined;
-    this.#flushBatch();
-  };
+  readonly #onBatchTimer = (): void => this.#flushBatch();
 
   /** Sends the batched caller audio (or keeps it for the reconnect when the agent leg is down). */
   #flushBatch(): void {
-    this.#clearTimer('batch');
+    this.#timers.clear('batch');
     if (this.#batch === undefined || this.#batchLen === 0) return;
     const b64 = this.#batch.toString('base64', 0, this.#batchLen);
     const frames = Math.max(1, Math.round(this.#batchLen / 160));
     this.#batchLen = 0;
-    const agent = this.#agent;
-    if (this.#state === 'live' && agent !== undefined && agent.isOpen) {
-      if (agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && agent.sendAudio(b64)) {
+    const st = this.#st;
+    if (st.kind === 'live' && st.agent.isOpen) {
+      if (st.agent.bufferedAmount < MAX_AGENT_SOCKET_BUFFER && st.agent.sendAudio(b64)) {
         this.#framesUp += frames;
         this.#metrics.framesUp += frames;
         this.#metrics.bytesUp += base64ByteLength(b64);
       } else {
         this.#metrics.framesLost += frames;
       }
-    } else if (this.#state === 'connecting' || this.#state === 'reconnecting' || this.#state === 'live') {
+    } else if (st.kind === 'connecting' || st.kind === 'reconnecting' || st.kind === 'live') {
       this.#bufferCallerAudio(b64);
     }
   }
@@ -273,7 +295,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   onMark(name: string): void {
     const result = this.playback.onMarkEcho(name);
     this.#metrics.marksTotal.labels(result).inc();
-    if (this.#state === 'draining' && !this.playback.queued) this.close('agent_hangup');
+    if (name === this.#bargeInMark) {
+      // Twilio echoes the marks a `clear` flushed once playback has stopped.
+      this.#bargeInMark = undefined;
+      this.#metrics.bargeInClearSeconds.observe((performance.now() - this.#bargeInAt) / 1000);
+    }
+    if (this.#st.kind === 'draining' && !this.playback.queued) this.close('agent_hangup');
   }
 
   onDtmf(digit: string): void {
@@ -286,7 +313,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   onClose(code: number): void {
-    if (this.#state !== 'closed') this.#log.debug({ code }, 'carrier socket closed');
+    if (this.#st.kind !== 'closed') this.#log.debug({ code }, 'carrier socket closed');
     this.close('caller_hangup');
   }
 
@@ -308,13 +335,13 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   // ---------------------------------------------------------------- manager → session
 
   endWithGoodbye(reason: EndReason): void {
-    if (this.#state === 'closed' || this.#state === 'ending') return;
+    if (this.#st.kind === 'closed' || this.#st.kind === 'ending') return;
     this.#log.info({ reason }, 'ending the call with a goodbye');
     this.#endWith(reason, 'goodbye');
   }
 
   sweep(now: number): void {
-    if (this.#state === 'closed') return;
+    if (this.#st.kind === 'closed') return;
     if (!this.#carrier.isOpen) {
       this.close('carrier_gone');
       return;
@@ -327,16 +354,17 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.close('idle');
       return;
     }
-    if (now - this.#startedAt >= this.#s.maxCallMs && this.#state !== 'ending') {
+    if (now - this.#startedAt >= this.#s.maxCallMs && this.#st.kind !== 'ending') {
       this.endWithGoodbye('max_duration');
-      return;
     }
-    if (this.#state === 'live' && this.#agent === undefined) this.#agentLost('agent leg missing');
   }
 
   // ---------------------------------------------------------------- agent leg
 
+  /** Opens an agent leg for the `connecting`/`reconnecting` state (which then holds it) and starts its init timer. */
   #openAgent(): void {
+    const st = this.#st;
+    if (st.kind !== 'connecting' && st.kind !== 'reconnecting') return;
     const route = this.#d.reservation.route;
     const setup: AgentSetup = {
       type: 'setup',
@@ -351,10 +379,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#conversationId !== undefined) setup.continueConversation = this.#conversationId;
 
     let leg: AgentLeg | undefined;
+    // Frames from a leg the session no longer holds (it was dropped) are ignored.
+    const current = (): boolean => leg !== undefined && leg === agentOf(this.#st);
     const handlers: AgentLegHandlers = {
-      onOpen: () => {},
       onMessage: (msg) => {
-        if (leg !== this.#agent) return; // a late frame from a leg we already dropped
+        if (!current()) return;
         try {
           this.#onAgentMessage(msg);
         } catch (err) {
@@ -362,7 +391,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         }
       },
       onAudio: (buf, start, end) => {
-        if (leg !== this.#agent) return;
+        if (!current()) return;
         try {
           this.#onAgentAudioBytes(buf, start, end);
         } catch (err) {
@@ -371,7 +400,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       },
       onBadFrame: (kind, name) => this.#onAgentBadFrame(kind, name),
       onClose: (info) => {
-        if (leg !== this.#agent) return;
+        if (!current()) return;
         try {
           this.#onAgentClose(info);
         } catch (err) {
@@ -379,7 +408,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         }
       },
     };
-    this.#agentOpenedAt = performance.now();
+    st.openedAt = performance.now();
     leg = this.#d.connectAgent({
       baseUrl: this.#s.agentBaseUrl,
       agentId: this.agentId,
@@ -387,27 +416,30 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       handlers,
       heartbeatMs: this.#s.agentHeartbeatMs,
     });
-    this.#agent = leg;
-    this.#initTimer = setTimeout(() => {
-      this.#initTimer = undefined;
-      if (this.#state === 'connecting' || this.#state === 'reconnecting') {
-        this.#log.warn({ timeoutMs: this.#s.agentInitTimeoutMs }, 'agent did not send init in time');
-        this.#agentLost('init timeout', 'agent_init_timeout');
-      }
-    }, this.#s.agentInitTimeoutMs);
+    st.agent = leg;
+    this.#timers.set('init', this.#s.agentInitTimeoutMs, this.#onInitTimeout);
   }
 
+  readonly #onInitTimeout = (): void => {
+    const kind = this.#st.kind;
+    if (kind === 'connecting' || kind === 'reconnecting') {
+      this.#log.warn({ timeoutMs: this.#s.agentInitTimeoutMs }, 'agent did not send init in time');
+      this.#agentLost('init timeout', 'agent_init_timeout');
+    }
+  };
+
   #onAgentMessage(msg: AgentServerMessage): void {
-    if (this.#state === 'closed' || this.#state === 'ending') return;
+    const kind = this.#st.kind;
+    if (kind === 'closed' || kind === 'ending') return;
     switch (msg.type) {
       case 'audioStream':
         this.#onAgentAudio(msg.data);
         return;
       case 'voiceActivityStart':
-        if (this.#state === 'live') this.#bargeIn();
+        if (kind === 'live') this.#bargeIn();
         return;
       case 'newAudioStream':
-        if (this.#state !== 'live') return;
+        if (kind !== 'live') return;
         if (this.playback.queued) this.#clearPlayback();
         this.#dropAgentAudio = false;
         return;
@@ -445,30 +477,34 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onInit(conversationId: string): void {
-    if (this.#state !== 'connecting' && this.#state !== 'reconnecting') {
+    const st = this.#st;
+    if (st.kind !== 'connecting' && st.kind !== 'reconnecting') {
       this.#warnOnce('agent:duplicate_init', {}, 'ignored a second init from the agent');
       return;
     }
-    this.#clearTimer('init');
-    this.#metrics.agentInitSeconds.observe((performance.now() - this.#agentOpenedAt) / 1000);
-    const reconnected = this.#state === 'reconnecting';
+    const agent = st.agent;
+    if (agent === undefined) return; // frames only come from the leg the state holds
+    this.#timers.clear('init');
+    const now = performance.now();
+    this.#metrics.agentInitSeconds.observe((now - st.openedAt) / 1000);
+    const reconnected = st.kind === 'reconnecting';
     if (conversationId !== this.#conversationId) {
       this.#conversationId = conversationId;
       this.#log = this.#baseLog.child({ conversationId });
     }
-    this.#d.journal.record(this.callSid, { type: 'agent_ready', conversationId, reconnected: this.#state === 'reconnecting' });
-    this.#state = 'live';
+    this.#d.journal.record(this.callSid, { type: 'agent_ready', conversationId, reconnected });
+    // The outage is over only once this leg has stayed up AGENT_STABLE_MS (see reconnect.ts).
+    this.#st = { kind: 'live', agent, since: now, outage: st.outage };
     this.#everInit = true;
-    this.#attempts = 0;
     const buffered = this.#pending.length - this.#pendingHead;
     if (reconnected) {
       this.#agentReconnects++;
       this.#metrics.agentReconnectsTotal.labels('success').inc();
-      this.#log.info({ outageMs: Math.round(performance.now() - this.#outageStartedAt), bufferedFrames: buffered }, 'agent reconnected');
+      this.#log.info({ outageMs: Math.round(now - st.outage.startedAt), bufferedFrames: buffered }, 'agent reconnected');
     } else {
       this.#log.info({ bufferedFrames: buffered }, 'agent ready');
     }
-    this.#flushPending();
+    this.#flushPending(agent);
   }
 
   #onAgentAudio(data: string): void {
@@ -478,7 +514,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   /** Agent audio (base64 in `buf[start, end)`) to the caller, without decoding it. */
   #onAgentAudioBytes(buf: Buffer, start: number, end: number): void {
-    if (this.#state !== 'live') return;
+    if (this.#st.kind !== 'live') return;
     if (this.#dropAgentAudio) {
       this.#metrics.framesDroppedAfterBargeIn++;
       return;
@@ -492,6 +528,28 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       start = 0;
       end = buf.length;
     }
+    if (this.#carrier.bufferedAmount > MAX_CARRIER_SOCKET_BUFFER) {
+      this.#onCarrierBackpressure();
+      return;
+    }
+    if (this.#carrierBackedUp) {
+      this.#carrierBackedUp = false;
+      this.#timers.clear('stall');
+    }
+    if (end - start <= MAX_MEDIA_PAYLOAD_CHARS) {
+      this.#sendAgentMedia(buf, start, end);
+    } else {
+      // An oversized chunk goes out as several messages (4-character cuts: each piece is valid base64).
+      for (let at = start; at < end; at += MAX_MEDIA_PAYLOAD_CHARS) this.#sendAgentMedia(buf, at, Math.min(end, at + MAX_MEDIA_PAYLOAD_CHARS));
+    }
+    if (!this.#firstAudioSeen) {
+      this.#firstAudioSeen = true;
+      this.#metrics.firstAgentAudioSeconds.observe((performance.now() - this.#startedAt) / 1000);
+    }
+  }
+
+  /** One `media` message to Twilio, and a mark when about MARK_INTERVAL_MS of audio went out unmarked. */
+  #sendAgentMedia(buf: Buffer, start: number, end: number): void {
     this.#carrier.sendMediaBytes(buf, start, end);
     const bytes = base64ByteLengthOf(buf, start, end);
     const now = performance.now();
@@ -499,27 +557,37 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#framesDown++;
     this.#metrics.framesDown++;
     this.#metrics.bytesDown += bytes;
-    if (!this.#firstAudioSeen) {
-      this.#firstAudioSeen = true;
-      this.#metrics.firstAgentAudioSeconds.observe((performance.now() - this.#startedAt) / 1000);
-    }
     const mark = this.playback.onAudioSent(bytes);
     if (mark !== undefined) {
       // This mark covers everything sent so far: no tail mark is due until more audio comes.
-      this.#clearTimer('tail');
+      this.#timers.clear('tail');
       this.#sendMark(mark);
-    } else if (this.#tailMarkTimer === undefined) {
-      this.#tailMarkTimer = setTimeout(this.#onTailMarkTimer, this.#s.markIntervalMs);
+    } else if (!this.#timers.has('tail')) {
+      this.#timers.set('tail', this.#s.markIntervalMs, this.#onTailMarkTimer);
     }
   }
 
-  readonly #onTailMarkTimer = (): void => {
-    this.#tailMarkTimer = undefined;
-    this.#flushTailMark();
+  /** Twilio's socket is not draining: the agent audio is dropped, and the call ends if it stays so. */
+  #onCarrierBackpressure(): void {
+    this.#metrics.agentFramesDroppedBackpressure++;
+    if (this.#carrierBackedUp) return;
+    this.#carrierBackedUp = true;
+    this.#warnOnce('carrier_backpressure', { bufferedBytes: this.#carrier.bufferedAmount }, 'Twilio socket is not draining; dropping agent audio');
+    this.#timers.set('stall', CARRIER_STALL_MS, this.#onStallTimer);
+  }
+
+  readonly #onStallTimer = (): void => {
+    this.#carrierBackedUp = false;
+    const buffered = this.#carrier.bufferedAmount;
+    if (buffered <= MAX_CARRIER_SOCKET_BUFFER) return;
+    this.#log.warn({ bufferedBytes: buffered, stalledMs: CARRIER_STALL_MS }, 'Twilio socket stopped draining; ending the call');
+    this.close('carrier_stalled');
   };
 
+  readonly #onTailMarkTimer = (): void => this.#flushTailMark();
+
   #flushTailMark(): void {
-    this.#clearTimer('tail');
+    this.#timers.clear('tail');
     const mark = this.playback.flushMark();
     if (mark !== undefined) this.#sendMark(mark);
   }
@@ -532,30 +600,36 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   /** The caller started speaking: stop the agent's queued audio. */
   #bargeIn(): void {
     if (!this.playback.queued) return;
-    const t0 = performance.now();
-    this.#clearPlayback();
+    const at = performance.now();
+    const flushed = this.#clearPlayback();
     this.#dropAgentAudio = true;
     this.#bargeIns++;
     this.#metrics.bargeInsTotal.inc();
-    this.#metrics.bargeInClearSeconds.observe((performance.now() - t0) / 1000);
+    // Timed until Twilio echoes the first mark the clear flushed (playback has stopped then).
+    if (flushed !== undefined) {
+      this.#bargeInAt = at;
+      this.#bargeInMark = flushed;
+    }
   }
 
-  /** Sends `clear` and forgets the flushed marks (their echoes become stale). */
-  #clearPlayback(): void {
+  /** Sends `clear` and forgets the flushed marks (their echoes become stale). Returns the first flushed mark, if any. */
+  #clearPlayback(): string | undefined {
     this.#carrier.sendClear();
-    this.playback.reset();
+    const flushed = this.playback.reset();
     this.#playEnd = 0;
-    this.#clearTimer('tail');
+    this.#timers.clear('tail');
+    return flushed;
   }
 
   #onAgentHangup(endedBy: string | undefined): void {
-    if (this.#state !== 'live' && this.#state !== 'connecting' && this.#state !== 'reconnecting') return;
+    const st = this.#st;
+    if (st.kind !== 'live' && st.kind !== 'connecting' && st.kind !== 'reconnecting') return;
     this.#log.info({ endedBy }, 'agent hung up');
     this.#endReason ??= 'agent_hangup';
-    this.#state = 'draining';
-    this.#clearTimer('init');
-    this.#clearTimer('retry');
-    this.#closeAgent();
+    this.#st = { kind: 'draining' };
+    this.#timers.clear('init');
+    this.#timers.clear('retry');
+    st.agent?.close(1000, 'call ended');
     this.#flushTailMark();
     if (!this.playback.queued) {
       this.close('agent_hangup');
@@ -564,16 +638,17 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     // Let the last words play; the echo of the final mark ends the call (see onMark). Without
     // echoes, give up a little after the audio should have played, and never later than the bound.
     const remainingMs = Math.max(0, this.#playEnd - performance.now());
-    this.#drainTimer = setTimeout(() => {
-      this.#drainTimer = undefined;
-      this.#log.info({ pendingMarks: this.playback.pendingMarks }, 'playback did not confirm in time after agent hangup');
-      this.close('agent_hangup');
-    }, Math.min(this.#s.hangupDrainMs, remainingMs + PLAYBACK_SLACK_MS));
+    this.#timers.set('drain', Math.min(this.#s.hangupDrainMs, remainingMs + PLAYBACK_SLACK_MS), this.#onDrainTimeout);
   }
+
+  readonly #onDrainTimeout = (): void => {
+    this.#log.info({ pendingMarks: this.playback.pendingMarks }, 'playback did not confirm in time after agent hangup');
+    this.close('agent_hangup');
+  };
 
   #onAgentError(code: number | undefined, message: string, isFatal: boolean | undefined): void {
     const fatal = isFatalAgentError(code, isFatal);
-    this.#metrics.agentErrorsTotal.labels(code === undefined ? 'none' : String(code), String(fatal)).inc();
+    this.#metrics.agentErrorsTotal.labels(code === undefined ? 'none' : KNOWN_AGENT_ERROR_CODES.has(code) ? String(code) : 'other', String(fatal)).inc();
     if (!fatal) {
       this.#log.warn({ code, agentMessage: message }, 'agent reported a non-fatal error');
       return;
@@ -594,9 +669,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #onAgentClose(info: AgentCloseInfo): void {
-    this.#agent = undefined;
-    if (info.byUs || this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
-    this.#log.warn({ code: info.code, reason: info.reason, error: info.error, state: this.#state }, 'agent socket closed without hangup');
+    const kind = this.#st.kind;
+    if (info.byUs || kind === 'closed' || kind === 'ending' || kind === 'draining') return;
+    this.#log.warn({ code: info.code, reason: info.reason, error: info.error, state: kind }, 'agent socket closed without hangup');
     // A close code that mirrors a non-retryable error code (4400, 4401, 4429) means what the error would.
     if (info.code >= 4000 && NON_RETRYABLE_AGENT_ERRORS.has(info.code)) {
       this.#onAgentError(info.code, info.reason, true);
@@ -610,54 +685,52 @@ export class CallSession implements CarrierHandlers, ManagedSession {
    * `continueConversation` within the budget, or end the call with an apology.
    */
   #agentLost(why: string, failReason: EndReason = 'agent_unreachable'): void {
-    if (this.#state === 'closed' || this.#state === 'ending' || this.#state === 'draining') return;
-    this.#clearTimer('init');
-    this.#closeAgent();
-    this.#flushBatch(); // with the agent gone, batched audio joins the reconnect buffer
-    if (this.#state === 'live') {
-      this.#state = 'reconnecting';
-      this.#outageStartedAt = performance.now();
-      this.#attempts = 0;
+    const st = this.#st;
+    if (st.kind !== 'live' && st.kind !== 'connecting' && st.kind !== 'reconnecting') return;
+    this.#timers.clear('init');
+    const now = performance.now();
+    let outage: Outage;
+    if (st.kind === 'live') {
+      outage = outageAfterLoss(this.#s.reconnect, st.outage, st.since, now);
       this.#pendingMaxBytes = this.#s.reconnect.bufferMs * 8;
+      this.#st = { kind: 'reconnecting', agent: undefined, openedAt: 0, outage };
+    } else {
+      outage = st.outage;
+      this.#st = { kind: st.kind, agent: undefined, openedAt: 0, outage };
     }
-    const elapsed = performance.now() - this.#outageStartedAt;
-    const delay = this.#backoff(this.#attempts);
-    if (this.#attempts >= this.#s.reconnect.attempts || elapsed + delay > this.#s.reconnect.windowMs) {
+    st.agent?.close(1000, 'call ended');
+    this.#flushBatch(); // with the agent gone, batched audio joins the reconnect buffer
+    const elapsed = now - outage.startedAt;
+    const decision = nextRetry(this.#s.reconnect, outage, this.#retries, now, this.#d.random?.() ?? Math.random());
+    if (!decision.retry) {
       if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('gave_up').inc();
-      this.#log.error({ why, attempts: this.#attempts, outageMs: Math.round(elapsed) }, 'agent leg lost; reconnect budget spent');
+      this.#log.error(
+        { why, attempts: outage.attempts, outageMs: Math.round(elapsed), callRetries: this.#retries, spent: decision.spent },
+        'agent leg lost; reconnect budget spent',
+      );
       this.#endWith(failReason, 'apology');
       return;
     }
-    this.#attempts++;
-    this.#log.warn({ why, attempt: this.#attempts, delayMs: Math.round(delay) }, 'agent leg lost; reconnecting');
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = undefined;
-      if (this.#state === 'connecting' || this.#state === 'reconnecting') {
-        if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('attempt').inc();
-        try {
-          this.#openAgent();
-        } catch (err) {
-          this.onInternalError(err);
-        }
-      }
-    }, delay);
+    outage.attempts++;
+    this.#retries++;
+    this.#log.warn({ why, attempt: outage.attempts, delayMs: Math.round(decision.delayMs) }, 'agent leg lost; reconnecting');
+    this.#timers.set('retry', decision.delayMs, this.#onRetryTimer);
   }
 
-  #backoff(attempt: number): number {
-    const base = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)] ?? 1000;
-    const r = this.#d.random?.() ?? Math.random();
-    return base * (0.75 + 0.5 * r);
-  }
+  readonly #onRetryTimer = (): void => {
+    const kind = this.#st.kind;
+    if (kind !== 'connecting' && kind !== 'reconnecting') return;
+    if (this.#everInit) this.#metrics.agentReconnectsTotal.labels('attempt').inc();
+    try {
+      this.#openAgent();
+    } catch (err) {
+      this.onInternalError(err);
+    }
+  };
 
   #onAgentBadFrame(kind: AgentBadFrameKind, name?: string): void {
     this.#metrics.badFramesTotal.labels('agent', kind).inc();
     this.#warnOnce(`agent:${kind}`, { kind, type: name }, 'dropped a bad frame from the agent');
-  }
-
-  #closeAgent(): void {
-    const agent = this.#agent;
-    this.#agent = undefined;
-    agent?.close(1000, 'call ended');
   }
 
   // ---------------------------------------------------------------- caller audio while the agent is not ready
@@ -673,11 +746,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
   }
 
-  #flushPending(): void {
-    const agent = this.#agent;
-    for (let i = this.#pendingHead; i < this.#pending.length; i++) {
-      const payload = this.#pending[i] as string;
-      if (agent !== undefined && agent.sendAudio(payload)) {
+  #flushPending(agent: AgentLeg): void {
+    const pending = this.#pending;
+    const from = this.#pendingHead;
+    this.#pending = [];
+    this.#pendingHead = 0;
+    this.#pendingBytes = 0;
+    for (let i = from; i < pending.length; i++) {
+      const payload = pending[i] ?? '';
+      if (agent.sendAudio(payload)) {
         this.#framesUp++;
         this.#metrics.framesUp++;
         this.#metrics.bytesUp += base64ByteLength(payload);
@@ -685,9 +762,6 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         this.#metrics.framesLost++;
       }
     }
-    this.#pending = [];
-    this.#pendingHead = 0;
-    this.#pendingBytes = 0;
   }
 
   // ---------------------------------------------------------------- ending
@@ -699,13 +773,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
    * through to `<Hangup/>`.
    */
   #endWith(reason: EndReason, kind: 'apology' | 'busy' | 'goodbye', overflow?: SessionSettings['overflow']): void {
-    if (this.#state === 'closed' || this.#state === 'ending') return;
+    const st = this.#st;
+    if (st.kind === 'closed' || st.kind === 'ending') return;
     this.#endReason ??= reason;
-    this.#state = 'ending';
-    this.#clearTimer('init');
-    this.#clearTimer('retry');
-    this.#clearTimer('drain');
-    this.#closeAgent();
+    this.#st = { kind: 'ending' };
+    this.#timers.clear('init');
+    this.#timers.clear('retry');
+    this.#timers.clear('drain');
+    agentOf(st)?.close(1000, 'call ended');
     const forwardTo = overflow?.action === 'dial' ? overflow.fallbackNumber : undefined;
     const text = this.#s.texts[kind];
     const spoken: SpokenKind = forwardTo === undefined ? kind : 'forward';
@@ -719,33 +794,28 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   #afterCallControl(accepted: boolean): void {
-    if (this.#state === 'closed') return;
+    if (this.#st.kind === 'closed') return;
     if (!accepted) {
       this.close(this.#endReason ?? 'internal_error');
       return;
     }
     // Twilio now runs the new TwiML and stops the stream; close it ourselves if it does not.
-    this.#graceTimer = setTimeout(() => {
-      this.#graceTimer = undefined;
-      this.close(this.#endReason ?? 'internal_error');
-    }, this.#s.callControlGraceMs);
+    this.#timers.set('grace', this.#s.callControlGraceMs, this.#onGraceTimeout);
   }
+
+  readonly #onGraceTimeout = (): void => this.close(this.#endReason ?? 'internal_error');
 
   /** Ends the call now, from any state. Idempotent; releases every socket, timer and slot. */
   close(reason: EndReason): void {
-    if (this.#state === 'closed') return;
-    const previous = this.#state;
-    this.#state = 'closed';
+    const previous = this.#st;
+    if (previous.kind === 'closed') return;
+    this.#st = { kind: 'closed' };
     const outcome = this.#endReason ?? reason;
     try {
-      this.#clearTimer('init');
-      this.#clearTimer('retry');
-      this.#clearTimer('tail');
-      this.#clearTimer('drain');
-      this.#clearTimer('grace');
-      this.#clearTimer('batch');
+      this.#timers.clearAll();
       this.#batchLen = 0;
-      this.#closeAgent();
+      this.#bargeInMark = undefined;
+      agentOf(previous)?.close(1000, 'call ended');
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
       const lost = this.#pending.length - this.#pendingHead;
       if (lost > 0) this.#metrics.framesLost += lost;
@@ -757,7 +827,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#log.info(
         {
           outcome,
-          previousState: previous,
+          previousState: previous.kind,
           durationMs,
           framesUp: this.#framesUp,
           framesDown: this.#framesDown,
@@ -779,34 +849,5 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (this.#badSeen.has(key)) return;
     this.#badSeen.add(key);
     this.#log.warn(obj, msg);
-  }
-
-  #clearTimer(which: 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch'): void {
-    switch (which) {
-      case 'batch':
-        if (this.#batchTimer !== undefined) clearTimeout(this.#batchTimer);
-        this.#batchTimer = undefined;
-        return;
-      case 'init':
-        if (this.#initTimer !== undefined) clearTimeout(this.#initTimer);
-        this.#initTimer = undefined;
-        return;
-      case 'retry':
-        if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
-        this.#retryTimer = undefined;
-        return;
-      case 'tail':
-        if (this.#tailMarkTimer !== undefined) clearTimeout(this.#tailMarkTimer);
-        this.#tailMarkTimer = undefined;
-        return;
-      case 'drain':
-        if (this.#drainTimer !== undefined) clearTimeout(this.#drainTimer);
-        this.#drainTimer = undefined;
-        return;
-      case 'grace':
-        if (this.#graceTimer !== undefined) clearTimeout(this.#graceTimer);
-        this.#graceTimer = undefined;
-        return;
-    }
   }
 }

@@ -20,18 +20,12 @@ export class PlaybackTracker {
   #pending: string[] = [];
   #head = 0;
   #unmarkedBytes = 0;
-  /** Bytes of agent audio sent to Twilio (all generations). */
-  sentBytes = 0;
   /** Bytes confirmed played by mark echoes. */
   playedBytes = 0;
   #pendingBytes: number[] = [];
 
   constructor(markIntervalMs: number) {
     this.#bytesPerMark = Math.max(1, Math.round(markIntervalMs * 8));
-  }
-
-  get generation(): number {
-    return this.#generation;
   }
 
   /** True while agent audio may still be queued at Twilio (sent but not confirmed played). */
@@ -54,7 +48,6 @@ export class PlaybackTracker {
    * when enough unmarked audio has accumulated, otherwise undefined.
    */
   onAudioSent(bytes: number): string | undefined {
-    this.sentBytes += bytes;
     this.#unmarkedBytes += bytes;
     return this.#unmarkedBytes >= this.#bytesPerMark ? this.flushMark() : undefined;
   }
@@ -90,14 +83,17 @@ export class PlaybackTracker {
 
   /**
    * Forgets everything queued (call right after sending `clear`): the
-   * generation moves on so echoes of the flushed marks are stale.
+   * generation moves on so echoes of the flushed marks are stale. Returns the
+   * oldest flushed mark (Twilio echoes it once playback has stopped), if any.
    */
-  reset(): void {
+  reset(): string | undefined {
+    const oldest = this.#pending[this.#head];
     this.#generation++;
     this.#pending = [];
     this.#pendingBytes = [];
     this.#head = 0;
     this.#unmarkedBytes = 0;
+    return oldest;
   }
 
   #compact(): void {

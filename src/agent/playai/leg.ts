@@ -13,8 +13,6 @@ import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
 import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './codec.js';
 
 export interface AgentLegHandlers {
-  /** Socket open and `setup` sent. */
-  onOpen(): void;
   onMessage(msg: AgentServerMessage): void;
   /**
    * The hot path: an `audioStream` whose base64 data is `buf[start, end)`,
@@ -41,7 +39,7 @@ export interface AgentLegOptions {
   agentId: string;
   setup: AgentSetup;
   handlers: AgentLegHandlers;
-  /** Largest frame accepted from the agent. */
+  /** Largest frame accepted from the agent (default {@link DEFAULT_AGENT_MAX_PAYLOAD}); a bigger one closes the socket with 1009. */
   maxPayload?: number;
   /** Ping interval; the socket is terminated when a pong does not come back in time. 0 disables. */
   heartbeatMs?: number;
@@ -84,13 +82,17 @@ class WsAgentLeg implements AgentLeg {
   #socket: Socket | undefined;
   #byUs = false;
   #error: string | undefined;
+  readonly #span = newSpan();
+  /** The socket's maxPayload: the fast audio scan accepts nothing the socket would not. */
+  readonly #maxPayload: number;
 
   constructor(opts: AgentLegOptions) {
     this.#handlers = opts.handlers;
+    this.#maxPayload = opts.maxPayload ?? DEFAULT_AGENT_MAX_PAYLOAD;
     const url = `${opts.baseUrl}/v1/talk/${encodeURIComponent(opts.agentId)}`;
     this.#ws = new WebSocket(url, {
       perMessageDeflate: false,
-      maxPayload: opts.maxPayload ?? DEFAULT_AGENT_MAX_PAYLOAD,
+      maxPayload: this.#maxPayload,
       handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
       // Every frame is validated by our own codec (ASCII base64 audio, JSON otherwise).
       skipUTF8Validation: true,
@@ -105,7 +107,6 @@ class WsAgentLeg implements AgentLeg {
         this.#heartbeat = setInterval(() => this.#beat(), every);
         this.#heartbeat.unref();
       }
-      this.#handlers.onOpen();
     });
     ws.on('pong', () => {
       this.#heard++;
@@ -188,9 +189,6 @@ class WsAgentLeg implements AgentLeg {
       this.#heartbeat = undefined;
     }
   }
-
-  readonly #span = newSpan();
-  readonly #maxPayload: number = DEFAULT_AGENT_MAX_PAYLOAD;
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
     this.#heard++;
