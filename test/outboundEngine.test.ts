@@ -349,6 +349,60 @@ describe('reconciliation after a restart', () => {
   });
 });
 
+describe('reconciliation of other rows', () => {
+  it('settles an inbound call whose session died with the previous process from the carrier record', async () => {
+    const first = track(engine());
+    first.calls.insert({ direction: 'inbound', callSid: 'CA' + '1'.repeat(32), to: phone(1), from: FROM, agentId: 'agent', status: 'in-progress' });
+    const dialer = new FakeDialer('twilio');
+    dialer.inject({ callId: 'x', to: phone(1), from: FROM, url: '', statusCallback: '', timeoutS: 30 }, 'completed');
+    const sid = [...dialer.calls.keys()][0]!;
+    first.db.prepare('UPDATE calls SET call_sid = ?').run(sid);
+    const e = track(engine({ db: first.db, dialer }));
+    expect(await e.outbound.reconcile()).toMatchObject({ finished: 1 });
+    const row = e.calls.getBySid(sid);
+    expect(row).toMatchObject({ status: 'completed', endReason: 'bridge_restarted' });
+    expect(row?.finalizedAt).not.toBeNull();
+  });
+
+  it('keeps asking about a quiet call while the carrier cannot be reached, and settles it once the carrier answers', async () => {
+    const e = track(engine());
+    await e.outbound.start();
+    const { call } = e.outbound.createCall({ to: phone(1) });
+    await vi.advanceTimersByTimeAsync(500);
+    const sid = e.dialer.created[0]!.sid;
+    e.dialer.unreachable = true;
+    // Ring time (30 s) + 60 s without a word: the sweep asks the carrier, which does not answer.
+    await vi.advanceTimersByTimeAsync(100_000);
+    expect(e.calls.get(call.id)?.finalizedAt).toBeNull();
+    expect(e.manager.usedSlots).toBe(0);
+    e.dialer.calls.get(sid)!.status = 'busy';
+    e.dialer.unreachable = false;
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(e.calls.get(call.id)).toMatchObject({ status: 'busy', outcome: 'busy' });
+  });
+
+  it('after a restart, fails a followed call the carrier no longer knows, and hangs up an answered call whose TwiML request never reached us', async () => {
+    const before = track(engine());
+    await before.outbound.start();
+    const lost = before.outbound.createCall({ to: phone(1) }).call;
+    const orphan = before.outbound.createCall({ to: phone(2) }).call;
+    await vi.advanceTimersByTimeAsync(1_000);
+    const a = before.dialer.byCallId(lost.id);
+    const b = before.dialer.byCallId(orphan.id);
+    void before.outbound.stop();
+    engines = engines.filter((x) => x !== before);
+    const dialer = new FakeDialer('twilio');
+    dialer.calls.set(b!.sid, { ...b!, status: 'in-progress' });
+    const e = track(engine({ db: before.db, dialer }));
+    await e.outbound.start();
+    expect(e.calls.get(lost.id)).toMatchObject({ status: 'failed', endReason: 'lost_by_carrier' });
+    expect(a!.sid).not.toBe(b!.sid);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(dialer.hangups).toEqual([b!.sid]);
+    expect(e.calls.get(orphan.id)?.answeredAt).toBeNull();
+  });
+});
+
 describe('attempt bookkeeping', () => {
   it('releases every held slot at shutdown once tasks settle, and hands a slot to an answered call without releasing it', () => {
     const released: Slot[] = [];
