@@ -10,7 +10,7 @@ import { connectAgent as wsConnectAgent, type AgentConnector } from './agent/pla
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
 import type { Config } from './config.js';
 import { healthRoutes } from './http/health.js';
-import { mediaStreamRoute, onWebSocketError } from './http/mediaStream.js';
+import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/mediaStream.js';
 import { twilioWebhooks } from './http/twilioWebhooks.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
@@ -236,7 +236,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     });
   });
   await app.register(mediaStreamRoute, {
-    config,
+    stream: streamRouteSettings(config),
     manager,
     metrics,
     logger,

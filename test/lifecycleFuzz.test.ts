@@ -46,7 +46,7 @@ import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegOptions } from '
 import { decodeAgentMessage } from '../src/agent/playai/codec.js';
 import { TwilioStreamConnection } from '../src/carrier/twilio/stream.js';
 import { loadConfig, type NumberRoute } from '../src/config.js';
-import { mediaStreamRoute } from '../src/http/mediaStream.js';
+import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import { CARRIER_STALL_MS, MAX_CARRIER_SOCKET_BUFFER, type CallSession, type SessionSettings, type SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
@@ -686,7 +686,7 @@ class World {
       START_TIMEOUT_MS: String(this.rng.pick([500, 2000, 5000])),
     });
     this.handler = await captureStreamHandler({
-      config,
+      stream: streamRouteSettings(config),
       manager: this.manager,
       metrics,
       logger,

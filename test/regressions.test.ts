@@ -10,7 +10,7 @@ import type WebSocket from 'ws';
 import { afterEach, expect, it, vi } from 'vitest';
 import type { AgentConnector, AgentLeg } from '../src/agent/playai/leg.js';
 import { loadConfig } from '../src/config.js';
-import { mediaStreamRoute } from '../src/http/mediaStream.js';
+import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import { SessionManager } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
@@ -39,7 +39,7 @@ async function setup(connectAgent: AgentConnector) {
   let handler: ((ws: WebSocket) => void) | undefined;
   const app = { get: (_p: string, _o: unknown, h: typeof handler) => { handler = h; } } as unknown as FastifyInstance;
   const settings = { agentBaseUrl: 'ws://x', apiKey: 'k', agentInitTimeoutMs: 1000, hangupDrainMs: 1000, callControlGraceMs: 500, markIntervalMs: 160, preInitBufferMs: 1000, agentHeartbeatMs: 0, reconnect: { attempts: 3, windowMs: 10_000, bufferMs: 1000, stableMs: 5000, maxPerCall: 10 }, maxCallMs: 60_000, idleMs: 20_000, texts: config.messages, overflow: { action: 'say' as const } };
-  await mediaStreamRoute(app, { config, manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), connectAgent, settings, journal: NULL_JOURNAL });
+  await mediaStreamRoute(app, { stream: streamRouteSettings(config), manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), connectAgent, settings, journal: NULL_JOURNAL });
   const start = (ws: Ws, callSid: string, token: string) => ws.emit('message', Buffer.from(JSON.stringify({ event: 'start', streamSid: 'MZ1', start: { streamSid: 'MZ1', callSid, customParameters: { token } } })), false);
   return { manager, handler: handler!, start };
 }

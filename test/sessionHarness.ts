@@ -14,7 +14,7 @@ import { z } from 'zod';
 import type { AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/playai/leg.js';
 import type { AgentServerMessage } from '../src/agent/playai/codec.js';
 import { loadConfig, type Config } from '../src/config.js';
-import { mediaStreamRoute } from '../src/http/mediaStream.js';
+import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import type { CallSession, SessionSettings } from '../src/session/callSession.js';
 import { SessionManager } from '../src/session/manager.js';
@@ -245,7 +245,7 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
       handler = h;
     },
   } as unknown as FastifyInstance;
-  await mediaStreamRoute(app, { config, manager, metrics, logger, callControl, connectAgent, settings, journal });
+  await mediaStreamRoute(app, { stream: streamRouteSettings(config), manager, metrics, logger, callControl, connectAgent, settings, journal });
   if (handler === undefined) throw new Error('mediaStreamRoute registered no handler');
   const onSocket = handler;
   manager.startSweep(config.timeouts.sweepIntervalMs);

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import type { CampaignStore } from '../store/campaigns.js';
-import type { CallOutcome, CallRow, CallStore } from '../store/calls.js';
+import { CALL_OUTCOMES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
 
 /** Twilio AMD results that mean an answering machine (`machine_start`, `machine_end_beep`, …). */
 export function isMachine(answeredBy: string | null | undefined): boolean {
@@ -32,7 +32,6 @@ export function outcomeOf(status: string, answeredBy: string | null | undefined)
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
-const OUTCOMES = ['answered', 'voicemail', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed'] as const satisfies readonly CallOutcome[];
 const time = z.iso.datetime();
 
 /** The API's call object (the `/v1` responses and the webhook's `call`), as a zod schema for the OpenAPI document. */
@@ -45,7 +44,7 @@ export const callApiSchema = z
     from: z.string(),
     agentId: z.string(),
     status: z.string().describe('queued, claimed, dialed, initiated, ringing, in-progress, or a final Twilio status (completed, busy, no-answer, failed, canceled) or not-dialed'),
-    outcome: z.enum(OUTCOMES).nullable(),
+    outcome: z.enum(CALL_OUTCOMES).nullable(),
     answeredBy: z.string().nullable().describe('Twilio AMD result (human, machine_start, …)'),
     campaignId: z.string().nullable(),
     contactId: z.string().nullable(),

@@ -18,8 +18,24 @@ import { CallSession, type SessionSettings } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 
+/** What the media-stream route needs from the configuration. */
+export interface StreamRouteSettings {
+  /** TWILIO_AUTH_TOKEN; without it (local mode) only local requests may open a stream. */
+  authToken: string | undefined;
+  publicUrl: string;
+  /** The `wss://…/twilio/media-stream` URL the upgrade's signature covers. */
+  streamUrl: string;
+  /** How long a new socket may wait for `start`. */
+  startTimeoutMs: number;
+}
+
+/** The route's settings taken from the whole configuration. */
+export function streamRouteSettings(config: Config): StreamRouteSettings {
+  return { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, startTimeoutMs: config.timeouts.startTimeoutMs };
+}
+
 export interface MediaStreamDeps {
-  config: Config;
+  stream: StreamRouteSettings;
   manager: SessionManager;
   metrics: Metrics;
   logger: Logger;
@@ -30,8 +46,8 @@ export interface MediaStreamDeps {
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
-  const { config, manager, metrics, logger } = deps;
-  const authOpts = { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics };
+  const { stream, manager, metrics, logger } = deps;
+  const authOpts = { authToken: stream.authToken, publicUrl: stream.publicUrl, streamUrl: stream.streamUrl, metrics };
 
   const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision => {
     const claim = manager.claim(start.customParameters.token, start.callSid);
@@ -72,7 +88,7 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
     // Before `start` there is no call to log against: bad frames are counted each, logged once per connection and kind.
     const logged = new Set<CarrierBadFrameKind>();
     new TwilioStreamConnection(socket, {
-      startTimeoutMs: config.timeouts.startTimeoutMs,
+      startTimeoutMs: stream.startTimeoutMs,
       onStart,
       onHandshakeEvent: (event, detail) => {
         if (event === 'refused') return; // counted in onStart

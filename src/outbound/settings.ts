@@ -43,7 +43,6 @@ export const createCallSchema = z
   .strict();
 export type CreateCallRequest = z.infer<typeof createCallSchema>;
 
-export const OUTCOMES = ['answered', 'voicemail', 'busy', 'no-answer', 'failed', 'canceled'] as const;
 export const RETRYABLE_OUTCOMES = ['busy', 'no-answer', 'failed', 'voicemail'] as const;
 
 export const campaignSettingsSchema = z

@@ -14,7 +14,9 @@ export type CallDirection = 'inbound' | 'outbound';
 /** Carrier statuses after which nothing more happens to a call, plus `not-dialed` (our own). */
 export const TERMINAL_CALL_STATUSES: ReadonlySet<string> = new Set([...TWILIO_TERMINAL_STATUSES, 'not-dialed']);
 
-export type CallOutcome = 'answered' | 'voicemail' | 'busy' | 'no-answer' | 'failed' | 'canceled' | 'not-dialed';
+/** What a finished call came to (`not-dialed`: an attempt that never reached the carrier). */
+export const CALL_OUTCOMES = ['answered', 'voicemail', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed'] as const;
+export type CallOutcome = (typeof CALL_OUTCOMES)[number];
 
 export interface CallRow {
   id: string;
@@ -81,6 +83,9 @@ function json<T>(v: unknown): T | null {
   }
 }
 
+const OUTCOME_SET: ReadonlySet<string> = new Set(CALL_OUTCOMES);
+const asOutcome = (v: unknown): CallOutcome | null => (typeof v === 'string' && OUTCOME_SET.has(v) ? (v as CallOutcome) : null);
+
 export function toCallRow(r: Raw): CallRow {
   const va = str(r.voicemail_action);
   return {
@@ -100,7 +105,7 @@ export function toCallRow(r: Raw): CallRow {
     contactId: str(r.contact_id),
     attempt: num(r.attempt),
     status: String(r.status),
-    outcome: str(r.outcome) as CallOutcome | null,
+    outcome: asOutcome(r.outcome),
     answeredBy: str(r.answered_by),
     lastSequence: num(r.last_sequence),
     errorCode: num(r.error_code),

@@ -28,6 +28,7 @@ import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type Outcome, ty
 import type { AmdMode } from '../outbound/dialer.js';
 import { Rng } from '../util/prng.js';
 import { newAccountSid } from '../sim/twilioSim.js';
+import { E164_SHAPE } from '../outbound/phone.js';
 
 export interface TwilioErrorSpec {
   code: number;
@@ -350,7 +351,7 @@ export class FakeTwilioRest {
       if (injected !== undefined) throw new HttpError(injected.status, injected.code, injected.message);
       if (to === '') throw new HttpError(400, 21201);
       if (from === '') throw new HttpError(400, 21603);
-      if (!/^\+[1-9]\d{1,14}$/.test(to) && !/^(client|sip):/i.test(to)) throw new HttpError(400, 21211, `Invalid 'To' Phone Number: ${to}`);
+      if (!E164_SHAPE.test(to) && !/^(client|sip):/i.test(to)) throw new HttpError(400, 21211, `Invalid 'To' Phone Number: ${to}`);
       const url = first(form.Url);
       const twiml = first(form.Twiml);
       if (url === undefined && twiml === undefined) throw new HttpError(400, 21205);
