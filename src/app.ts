@@ -114,22 +114,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           apiUrl: config.twilioApiUrl,
         })
       : new LocalCallControl());
-  const settings: SessionSettings = {
-    agentBaseUrl: overrides.agentBaseUrl ?? config.playai.wsUrl,
-    apiKey: config.playai.apiKey,
-    agentInitTimeoutMs: config.timeouts.agentInitTimeoutMs,
-    hangupDrainMs: config.timeouts.hangupDrainMs,
-    callControlGraceMs: config.timeouts.callControlGraceMs,
-    markIntervalMs: config.media.markIntervalMs,
-    preInitBufferMs: config.media.preInitBufferMs,
-    audioInBatchMs: config.media.audioInBatchMs,
-    agentHeartbeatMs: config.agentReconnect.heartbeatMs,
-    reconnect: config.agentReconnect,
-    maxCallMs: config.timeouts.maxCallMs,
-    idleMs: config.timeouts.idleMs,
-    texts: config.messages,
-    overflow: config.overflow,
-  };
+  const settings = sessionSettings(config, overrides.agentBaseUrl ?? config.playai.wsUrl);
 
   const db = overrides.db ?? openDataDir(config.dataDir);
   const calls = new CallStore(db);
@@ -287,4 +272,24 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     return { endedByDrain: left.length };
   };
   return { app, manager, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
+}
+
+/** The call sessions' settings from the configuration; agent sockets go to `agentBaseUrl`. */
+export function sessionSettings(config: Config, agentBaseUrl: string): SessionSettings {
+  return {
+    agentBaseUrl,
+    apiKey: config.playai.apiKey,
+    agentInitTimeoutMs: config.timeouts.agentInitTimeoutMs,
+    hangupDrainMs: config.timeouts.hangupDrainMs,
+    callControlGraceMs: config.timeouts.callControlGraceMs,
+    markIntervalMs: config.media.markIntervalMs,
+    preInitBufferMs: config.media.preInitBufferMs,
+    audioInBatchMs: config.media.audioInBatchMs,
+    agentHeartbeatMs: config.agentReconnect.heartbeatMs,
+    reconnect: config.agentReconnect,
+    maxCallMs: config.timeouts.maxCallMs,
+    idleMs: config.timeouts.idleMs,
+    texts: config.messages,
+    overflow: config.overflow,
+  };
 }

@@ -21,6 +21,7 @@ import { SessionManager } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
 import { RecordingJournal } from '../src/testing/recordingJournal.js';
 import { LogSink } from './helpers.js';
+import { sessionSettings } from '../src/app.js';
 
 const twilioOut = z.discriminatedUnion('event', [
   z.strictObject({ event: z.literal('media'), streamSid: z.string(), media: z.strictObject({ payload: z.string() }) }),
@@ -213,22 +214,7 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
   });
   const metrics = new Metrics({ liveCalls: () => manager.liveCalls, reservedSlots: () => manager.reservedSlots, capacity: () => manager.capacity, draining: () => manager.draining });
-  const settings: SessionSettings = {
-    agentBaseUrl: config.playai.wsUrl,
-    apiKey: config.playai.apiKey,
-    agentInitTimeoutMs: config.timeouts.agentInitTimeoutMs,
-    hangupDrainMs: config.timeouts.hangupDrainMs,
-    callControlGraceMs: config.timeouts.callControlGraceMs,
-    markIntervalMs: config.media.markIntervalMs,
-    preInitBufferMs: config.media.preInitBufferMs,
-    audioInBatchMs: config.media.audioInBatchMs,
-    agentHeartbeatMs: config.agentReconnect.heartbeatMs,
-    reconnect: config.agentReconnect,
-    maxCallMs: config.timeouts.maxCallMs,
-    idleMs: config.timeouts.idleMs,
-    texts: config.messages,
-    overflow: config.overflow,
-  };
+  const settings: SessionSettings = sessionSettings(config, config.playai.wsUrl);
   const journal = new RecordingJournal();
   const callControl = new FakeCallControl();
   const legsByAgentId = new Map<string, FakeAgent[]>();

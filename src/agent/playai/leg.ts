@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import { newSpan } from '../../util/jsonBytes.js';
 import { scanAgentAudio } from './scan.js';
 import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
+import { closeWebSocket } from '../../util/wsClose.js';
 import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './codec.js';
 
 export interface AgentLegHandlers {
@@ -155,14 +156,8 @@ class WsAgentLeg implements AgentLeg {
   close(code = 1000, reason = ''): void {
     this.#byUs = true;
     this.#stopHeartbeat();
-    const ws = this.#ws;
-    if (ws.readyState === WebSocket.OPEN) {
-      ws.close(code, reason);
-      // Do not wait for the agent to complete the close handshake.
-      setTimeout(() => ws.terminate(), 2000).unref();
-    } else if (ws.readyState === WebSocket.CONNECTING) {
-      ws.terminate();
-    }
+    // Do not wait for the agent to complete the close handshake.
+    closeWebSocket(this.#ws, code, reason);
   }
 
   /**

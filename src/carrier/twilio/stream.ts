@@ -14,6 +14,7 @@ import type { Socket } from 'node:net';
 import { newSpan } from '../../util/jsonBytes.js';
 import { scanTwilioMedia } from './scan.js';
 import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
+import { closeWebSocket } from '../../util/wsClose.js';
 import { decodeTwilioMessage, MAX_INBOUND_PAYLOAD_CHARS, TwilioEncoder, type TwilioBadFrameKind, type TwilioStart } from './codec.js';
 
 /** Why a frame from Twilio was dropped (metric label). */
@@ -127,13 +128,7 @@ export class TwilioStreamConnection implements CarrierLeg {
 
   close(code = CLOSE_NORMAL, reason = ''): void {
     this.#clearStartTimer();
-    const ws = this.#ws;
-    if (ws.readyState === WebSocket.OPEN) {
-      ws.close(code, reason);
-      setTimeout(() => ws.terminate(), 2000).unref();
-    } else if (ws.readyState === WebSocket.CONNECTING) {
-      ws.terminate();
-    }
+    closeWebSocket(this.#ws, code, reason);
   }
 
   #clearStartTimer(): void {
