@@ -527,7 +527,7 @@ function parseBridgeMetrics(text: string): BridgeMetrics {
   const out: BridgeMetrics = {
     bargeInsTotal: promValue(text, 'playline_barge_ins_total'),
     callerFramesLost: promValue(text, 'playline_caller_frames_lost_total'),
-    agentFramesDroppedAfterBargeIn: promValue(text, 'playline_agent_frames_dropped_total'),
+    agentFramesDroppedAfterBargeIn: promValue(text, 'playline_agent_frames_dropped_total', 'reason="barge_in"'),
     framesCallerToAgent: promValue(text, 'playline_media_frames_total', 'direction="caller_to_agent"'),
     framesAgentToCaller: promValue(text, 'playline_media_frames_total', 'direction="agent_to_caller"'),
     marksPlayed: promValue(text, 'playline_marks_total', 'kind="played"'),
