@@ -399,7 +399,7 @@ interface ReservationModel {
   status: 'pending' | 'used' | 'expired';
   expiresAt: number;
   /** I-Twilio-Idempotency-Token of the webhook that minted it. */
-  idem: string;
+  idem: string | undefined;
 }
 
 interface CallModel {
@@ -1156,7 +1156,8 @@ class World {
       const m = this.manager;
       const draining = this.drainStarted;
       const prev = call.reservations.find((r) => r.status === 'pending');
-      const idem = kind === 'retry' && prev !== undefined ? prev.idem : `idem-${++this.#idem}`;
+      // Twilio's retry sends the same idempotency token, or (a carrier that does not send it) none.
+      const idem = kind === 'retry' && prev !== undefined ? (this.rng.chance(0.3) ? undefined : prev.idem) : `idem-${++this.#idem}`;
       const usedBefore = m.usedSlots;
       const capacity = this.#expectedCapacity();
       const r = m.admit({ callSid: call.callSid, from: '+15005550006', to: call.to, direction: 'inbound' }, undefined, idem);

@@ -280,6 +280,15 @@ describe('replayed signed requests cannot take over a call', () => {
     expect(tb.bridge.manager.usedSlots).toBe(1);
   });
 
+  it('answers a retry that carries no idempotency token (a carrier that does not send it) with the same token while it is pending', async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const first = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: false });
+    const retry = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: false });
+    expect(retry.twiml?.parameters.token).toBe(first.twiml?.parameters.token);
+    expect(tb.bridge.manager.usedSlots).toBe(1);
+  });
+
   it('refuses a replayed voice webhook (another idempotency token) while the call holds a token: 409, no second token', async () => {
     tb = await startTestBridge();
     const callSid = newCallSid();

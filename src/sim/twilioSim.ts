@@ -287,9 +287,9 @@ export interface VoiceWebhookOptions {
   path?: string;
   /**
    * `I-Twilio-Idempotency-Token`: Twilio sends a fresh one with every webhook and the same
-   * one when it retries that request. Default: a fresh random token.
+   * one when it retries that request. Default: a fresh random token; `false` sends none.
    */
-  idempotencyToken?: string;
+  idempotencyToken?: string | false;
 }
 
 export interface VoiceWebhookResult {
@@ -320,13 +320,13 @@ async function postSignedForm(
   signature: string | undefined,
   timeoutMs: number,
   signal: AbortSignal | undefined,
-  idempotencyToken: string = newIdempotencyToken(),
+  idempotencyToken: string | false = newIdempotencyToken(),
 ): Promise<{ status: number; body: string; contentType: string }> {
   const headers: Record<string, string> = {
     'content-type': 'application/x-www-form-urlencoded',
     'user-agent': 'TwilioProxy/1.1 (playline-sim)',
-    'i-twilio-idempotency-token': idempotencyToken,
   };
+  if (idempotencyToken !== false) headers['i-twilio-idempotency-token'] = idempotencyToken;
   const sig = signature ?? (authToken !== undefined ? twilio.getExpectedTwilioSignature(authToken, signedUrl, params) : undefined);
   if (sig !== undefined) headers['x-twilio-signature'] = sig;
   const timeout = AbortSignal.timeout(timeoutMs);
