@@ -31,6 +31,7 @@ import { PlaybackTracker } from './playback.js';
 import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
 import { Timers } from './timers.js';
+import { CallerAudioBuffer } from './callerBuffer.js';
 
 export interface SessionSettings {
   agentBaseUrl: string;
@@ -135,10 +136,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #retries = 0;
 
   /** Caller audio waiting for the agent (base64 payloads, oldest first). */
-  #pending: string[] = [];
-  #pendingHead = 0;
-  #pendingBytes = 0;
-  #pendingMaxBytes: number;
+  readonly #pending: CallerAudioBuffer;
 
   /** Late audio of an interrupted response is dropped until the next `newAudioStream`. */
   #dropAgentAudio = false;
@@ -174,7 +172,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.agentId = deps.reservation.route.agentId;
     this.slot = deps.reservation.slot;
     this.playback = new PlaybackTracker(this.#s.markIntervalMs);
-    this.#pendingMaxBytes = this.#s.preInitBufferMs * 8;
+    this.#pending = new CallerAudioBuffer(this.#s.preInitBufferMs * 8);
     const batchMs = this.#s.audioInBatchMs ?? 0;
     this.#batch = batchMs > 0 ? Buffer.alloc(batchMs * 8) : undefined;
     this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: this.agentId });
@@ -496,7 +494,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     // The outage is over only once this leg has stayed up AGENT_STABLE_MS (see reconnect.ts).
     this.#st = { kind: 'live', agent, since: now, outage: st.outage };
     this.#everInit = true;
-    const buffered = this.#pending.length - this.#pendingHead;
+    const buffered = this.#pending.length;
     if (reconnected) {
       this.#agentReconnects++;
       this.#metrics.agentReconnectsTotal.labels('success').inc();
@@ -692,7 +690,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     let outage: Outage;
     if (st.kind === 'live') {
       outage = outageAfterLoss(this.#s.reconnect, st.outage, st.since, now);
-      this.#pendingMaxBytes = this.#s.reconnect.bufferMs * 8;
+      this.#pending.setMaxBytes(this.#s.reconnect.bufferMs * 8);
       this.#st = { kind: 'reconnecting', agent: undefined, openedAt: 0, outage };
     } else {
       outage = st.outage;
@@ -736,24 +734,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   // ---------------------------------------------------------------- caller audio while the agent is not ready
 
   #bufferCallerAudio(payload: string): void {
-    this.#pending.push(payload);
-    this.#pendingBytes += base64ByteLength(payload);
-    while (this.#pendingBytes > this.#pendingMaxBytes && this.#pendingHead < this.#pending.length) {
-      const dropped = this.#pending[this.#pendingHead++] ?? '';
-      this.#pendingBytes -= base64ByteLength(dropped);
-      this.#metrics.framesLost++;
-      this.#warnOnce('buffer_overflow', { maxMs: this.#pendingMaxBytes / 8 }, 'caller audio buffer full while the agent is not ready; dropping oldest');
-    }
+    const dropped = this.#pending.push(payload);
+    if (dropped === 0) return;
+    this.#metrics.framesLost += dropped;
+    this.#warnOnce('buffer_overflow', { maxMs: this.#pending.maxMs }, 'caller audio buffer full while the agent is not ready; dropping oldest');
   }
 
   #flushPending(agent: AgentLeg): void {
-    const pending = this.#pending;
-    const from = this.#pendingHead;
-    this.#pending = [];
-    this.#pendingHead = 0;
-    this.#pendingBytes = 0;
-    for (let i = from; i < pending.length; i++) {
-      const payload = pending[i] ?? '';
+    this.#pending.drain((payload) => {
       if (agent.sendAudio(payload)) {
         this.#framesUp++;
         this.#metrics.framesUp++;
@@ -761,7 +749,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       } else {
         this.#metrics.framesLost++;
       }
-    }
+    });
   }
 
   // ---------------------------------------------------------------- ending
@@ -817,11 +805,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#bargeInMark = undefined;
       agentOf(previous)?.close(1000, 'call ended');
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
-      const lost = this.#pending.length - this.#pendingHead;
-      if (lost > 0) this.#metrics.framesLost += lost;
-      this.#pending = [];
-      this.#pendingHead = 0;
-      this.#pendingBytes = 0;
+      this.#metrics.framesLost += this.#pending.clear();
       const durationMs = Math.round(performance.now() - this.#startedAt);
       this.#metrics.callsTotal.labels(outcome).inc();
       this.#log.info(
