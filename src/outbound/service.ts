@@ -262,7 +262,7 @@ export class OutboundService {
     const c = this.#campaign(id);
     const counts = this.#o.campaigns.counts(id);
     const since = this.#ctx.now() - 60_000;
-    const recent = this.#o.calls.list({ campaignId: id, since, limit: 10_000 }).filter((r) => r.status !== 'not-dialed').length;
+    const recent = this.#o.calls.countDialedSince(id, since);
     const remaining = counts.byState.pending + counts.byState.dialing;
     const rate = recent > 0 ? recent / 60 : Math.min(c.settings.callsPerSecond, this.#o.maxCps);
     const eta = c.status === 'running' && remaining > 0 && rate > 0 ? Math.round(remaining / rate) : remaining === 0 ? 0 : null;

@@ -312,6 +312,14 @@ export class CallStore {
     return (this.#db.prepare('SELECT * FROM calls WHERE campaign_id = ? AND contact_id = ? ORDER BY id').all(campaignId, contactId) as Raw[]).map(toCallRow);
   }
 
+  /** A campaign's attempts created at or after `since` that were dialed (not voided). */
+  countDialedSince(campaignId: string, since: number): number {
+    const r = this.#db
+      .prepare("SELECT COUNT(*) AS n FROM calls WHERE campaign_id = ? AND created_at >= ? AND status != 'not-dialed'")
+      .get(campaignId, since) as Raw | undefined;
+    return Number(r?.n ?? 0);
+  }
+
   /** Calls not finished yet (for restart reconciliation and the stale sweep). */
   unfinished(): CallRow[] {
     return (this.#db.prepare('SELECT * FROM calls WHERE finalized_at IS NULL ORDER BY id').all() as Raw[]).map(toCallRow);

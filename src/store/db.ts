@@ -148,6 +148,12 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX webhook_due ON webhook_deliveries (status, next_attempt_at);
   `,
+  // 2: progress reads that stay cheap on big campaigns: contact counts from a covering index,
+  //    a campaign's recent dials without reading its calls.
+  `
+  CREATE INDEX contacts_counts ON contacts (campaign_id, state, outcome, attempts);
+  CREATE INDEX calls_campaign_created ON calls (campaign_id, created_at);
+  `,
 ];
 
 /** Opens (creating if needed) the database file and brings its schema up to date. */
