@@ -103,12 +103,17 @@ const track = (e: Engine): Engine => (engines.push(e), e);
 describe('dial loop', () => {
   it('paces a campaign at its callsPerSecond on the virtual clock, within the account rate', async () => {
     const e = track(engine({ maxCps: 10 }));
-    campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { callsPerSecond: 2 });
+    const id = campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { callsPerSecond: 2 });
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(3_000);
     const at = e.dialer.created.map((c) => c.at);
     expect(at.length).toBeGreaterThanOrEqual(5);
     for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(500);
+    expect(e.outbound.progress(id)).toMatchObject({ dialsLastMinute: at.length, activeCalls: at.length });
+    // A minute later the dials are no longer recent.
+    for (const c of e.dialer.created) e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
+    await vi.advanceTimersByTimeAsync(61_000);
+    expect(e.outbound.progress(id).dialsLastMinute).toBe(e.dialer.created.length - at.length);
   });
 
   it('gives back the slot of a job whose claim could not be written, and dials again by itself once the store accepts writes (disk full)', async () => {
