@@ -23,6 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { formatImportDelay, runImportDelay } from './importDelay.js';
 import { allowedCpus, clockTicksPerSecond, readHostCpuTimes, readMemoryKb } from './procstat.js';
 import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, type LatencySummary } from './stats.js';
 
@@ -59,6 +60,9 @@ Options:
                       V8 heap are sampled every --sample-s during the window, and the growth
                       from minute 1 to the end is reported. Implies --no-floor and --retries 0
   --sample-s S        soak sampling interval, seconds (default 10)
+  --import ROWS       instead of calls: what uploading a CSV of ROWS contacts (e.g. 100000)
+                      costs live calls; the bridge is probed every 10 ms (GET /healthz) before
+                      and during the upload and the probe latencies are reported
   -h, --help          this text
 `;
 
@@ -97,6 +101,8 @@ interface Options {
   /** Memory over time: one step, the bridge sampled every `sampleS` during the window. */
   soak: boolean;
   sampleS: number;
+  /** `--import ROWS`: measure a contact upload instead of calls. */
+  importRows: number | undefined;
 }
 
 function usage(msg: string): never {
@@ -132,6 +138,7 @@ function parseOptions(): Options | undefined {
         quick: { type: 'boolean', default: false },
         soak: { type: 'boolean', default: false },
         'sample-s': { type: 'string' },
+        import: { type: 'string' },
         'bridge-env': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -177,6 +184,7 @@ function parseOptions(): Options | undefined {
     quick,
     soak,
     sampleS: numOpt('sample-s', values['sample-s'], 10, 1, 600),
+    importRows: values.import === undefined ? undefined : Math.round(numOpt('import', values.import, 100_000, 1, 100_000)),
   };
 }
 
@@ -1154,6 +1162,15 @@ async function probeJitter(machine: Machine, spinOther: boolean): Promise<Jitter
 async function main(): Promise<void> {
   const opts = parseOptions();
   if (opts === undefined) return;
+  if (opts.importRows !== undefined) {
+    const r = await runImportDelay({ rows: opts.importRows, distDir: DIST, nodeArgs: productionNodeFlags() });
+    process.stdout.write(`${formatImportDelay(r)}\n`);
+    const file = resolve(opts.jsonOut);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${JSON.stringify({ kind: 'import', startedAt: new Date().toISOString(), revision: gitRevision(), result: r }, null, 2)}\n`);
+    process.stdout.write(`results: ${file}\n`);
+    return;
+  }
   if (process.platform !== 'linux') {
     process.stderr.write('bench: Linux only (CPU and memory are read from /proc)\n');
     process.exit(2);
