@@ -240,3 +240,14 @@ describe('simulator load hooks through the bridge', () => {
     expect(r.bytesReceived).toBeGreaterThan(0);
   });
 });
+
+describe('bench --import', () => {
+  it('generates a contact file whose every number is a distinct valid E.164 number', async () => {
+    const { contactsCsv } = await import('../src/bench/importDelay.js');
+    const { isE164 } = await import('../src/outbound/phone.js');
+    const rows = contactsCsv(25_000).trim().split('\n').slice(1).map((l) => l.split(',')[0] ?? '');
+    expect(rows).toHaveLength(25_000);
+    expect(new Set(rows).size).toBe(25_000);
+    expect(rows.filter((p) => !isE164(p))).toEqual([]);
+  });
+});
