@@ -185,6 +185,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 256 * 1024,
     routerOptions: { ignoreTrailingSlash: true },
+    // Malformed URLs and similar are reported before routing: the same error shape for them too.
+    frameworkErrors: (err, req, reply) => {
+      errorHandler(err, req, reply);
+    },
   });
   // One error shape for every error reply, Fastify's own included (errors.ts).
   app.setErrorHandler(errorHandler);

@@ -311,6 +311,21 @@ describe('contact import', () => {
     expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
+  it('exports results.csv page by page: the header once, then every contact in file order with its variables', async () => {
+    const t = await start();
+    const lines = ['phone,name', ...phones(2_500).map((p, i) => `${p},Person ${i}`)];
+    const r = await postCsv(t, '/v1/campaigns?name=export', `${lines.join('\n')}\n`);
+    expect(r.status).toBe(201);
+    const res = await fetch(`${t.url}/v1/campaigns/${r.body.campaign.id}/results.csv`);
+    expect(res.headers.get('content-type')).toMatch(/^text\/csv/);
+    const text = (await res.text()).trim().split('\n');
+    expect(text[0]).toBe('line,phone,state,outcome,attempts,last_call_id,last_call_status,answered_by,duration_s,last_error,merged_lines,name');
+    expect(text).toHaveLength(2_501);
+    expect(text.filter((l) => l.startsWith('line,'))).toHaveLength(1);
+    expect(text[1]).toMatch(/^2,\+14152000000,pending,/);
+    expect(text[2_500]).toMatch(/^2501,\+14152002499,pending,.*,Person 2499$/);
+  });
+
   it('imports 100 000 rows while a 10 ms timer keeps firing', async () => {
     const t = await start();
     const csv = csvOf(phones(100_000));
@@ -336,4 +351,21 @@ describe('contact import', () => {
     expect(ticks).toBeGreaterThan(20);
     expect(longestGap).toBeLessThan(1_000);
   }, 60_000);
+});
+
+describe('the error shape reaches the edges', () => {
+  it('answers a malformed URL and a plain GET of the media-stream endpoint in the common error shape', async () => {
+    const { startTestBridge } = await import('./helpers.js');
+    const t = await startTestBridge({ signed: false });
+    try {
+      const bad = await t.bridge.app.inject({ method: 'GET', url: '/v1/calls/%zz' });
+      expect(bad.statusCode).toBe(400);
+      expect(JSON.parse(bad.body)).toMatchObject({ error: { code: 'invalid_request' } });
+      const plain = await fetch(`${t.url}/twilio/media-stream`);
+      expect(plain.status).toBe(426);
+      expect(await plain.json()).toMatchObject({ error: { code: 'upgrade_required' } });
+    } finally {
+      await t.close();
+    }
+  });
 });

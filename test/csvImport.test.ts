@@ -154,6 +154,16 @@ describe('CampaignStore.addContactsInChunks', () => {
     expect(store.counts(c.id).total).toBe(7);
   });
 
+  it('stops before the next chunk once the campaign is no longer open (canceled during the upload), and says so', async () => {
+    const store = new CampaignStore(openDb(':memory:'));
+    const c = store.create('x', {});
+    const contacts = Array.from({ length: 9 }, (_, i) => ({ line: i + 2, phone: `+1415555${String(200 + i).padStart(4, '0')}`, variables: {} }));
+    let chunks = 0;
+    const r = await store.addContactsInChunks(c.id, contacts, 3, () => chunks++ < 1);
+    expect(r).toMatchObject({ added: 3, stopped: true });
+    expect(store.counts(c.id).total).toBe(3);
+  });
+
   it('delete removes a campaign with its contacts', () => {
     const store = new CampaignStore(openDb(':memory:'));
     const c = store.create('x', {});

@@ -38,7 +38,6 @@
 import { newSpan } from '../src/util/jsonBytes.js';
 import { scanAgentAudio } from '../src/agent/playai/scan.js';
 import { EventEmitter } from 'node:events';
-import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -46,7 +45,7 @@ import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegOptions } from '
 import { decodeAgentMessage } from '../src/agent/playai/codec.js';
 import { TwilioStreamConnection } from '../src/carrier/twilio/stream.js';
 import { loadConfig, type NumberRoute } from '../src/config.js';
-import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
+import { streamRouteSettings, streamSocketHandler } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import { CARRIER_STALL_MS, MAX_CARRIER_SOCKET_BUFFER, type CallSession, type SessionSettings, type SessionState } from '../src/session/callSession.js';
 import { SessionManager, type ClaimResult } from '../src/session/manager.js';
@@ -556,17 +555,9 @@ let currentWorld: World | undefined;
 
 type StreamHandler = (socket: WebSocket) => void;
 
-/** Registers the real media-stream route on a stand-in app and returns its socket handler. */
-async function captureStreamHandler(deps: Parameters<typeof mediaStreamRoute>[1]): Promise<StreamHandler> {
-  let handler: StreamHandler | undefined;
-  const app = {
-    get: (_path: string, _opts: unknown, h: StreamHandler) => {
-      handler = h;
-    },
-  } as unknown as FastifyInstance;
-  await mediaStreamRoute(app, deps);
-  if (handler === undefined) throw new Error('mediaStreamRoute registered no handler');
-  return handler;
+/** The real media-stream route's socket handler. */
+async function captureStreamHandler(deps: Parameters<typeof streamSocketHandler>[0]): Promise<StreamHandler> {
+  return streamSocketHandler(deps);
 }
 
 // ---------------------------------------------------------------- one round: one manager, many overlapping lifecycles
@@ -1156,14 +1147,22 @@ class World {
       const m = this.manager;
       const draining = this.drainStarted;
       const prev = call.reservations.find((r) => r.status === 'pending');
-      // Twilio's retry sends the same idempotency token, or (a carrier that does not send it) none.
-      const idem = kind === 'retry' && prev !== undefined ? (this.rng.chance(0.3) ? undefined : prev.idem) : `idem-${++this.#idem}`;
+      // Twilio's retry sends the same idempotency token; a carrier that does not send the header
+      // sends none, first time and on the retry alike.
+      // A replay carries another token, or none at all (the header is not signed, a replayer can drop it).
+      const idem =
+        kind === 'retry' && prev !== undefined
+          ? prev.idem
+          : (kind === 'first' && this.rng.chance(0.2)) || (kind === 'replay' && this.rng.chance(0.5))
+            ? undefined
+            : `idem-${++this.#idem}`;
       const usedBefore = m.usedSlots;
       const capacity = this.#expectedCapacity();
       const r = m.admit({ callSid: call.callSid, from: '+15005550006', to: call.to, direction: 'inbound' }, undefined, idem);
       call.admitted = true;
       if (m.usedSlots !== usedBefore && (kind !== 'first' || !r.ok)) this.fail(`${label}: slots moved ${usedBefore} → ${m.usedSlots}`);
-      if (kind === 'retry' && prev !== undefined) {
+      // A first request without the header cannot be told from its replay: the same token comes back.
+      if ((kind === 'retry' || kind === 'replay') && prev !== undefined && (kind === 'retry' || prev.idem === undefined)) {
         if (!r.ok || !r.replayed || r.token !== prev.token) this.fail(`Twilio's retry of the webhook did not get the same token: ${JSON.stringify(r)}`);
         this.totals.webhookRetries++;
         return undefined;

@@ -8,7 +8,7 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { EndReason } from '../src/calls/journal.js';
 import { Attempts } from '../src/outbound/attempts.js';
-import type { CarrierCall } from '../src/outbound/dialer.js';
+import { DialError, type CarrierCall } from '../src/outbound/dialer.js';
 import { OutboundService, type OutboundOptions } from '../src/outbound/service.js';
 import { campaignSettingsSchema } from '../src/outbound/settings.js';
 import { SessionManager, type ManagedSession, type Slot } from '../src/session/manager.js';
@@ -36,12 +36,12 @@ interface Engine {
   webhooks: Array<{ event: string; callId: string | null }>;
 }
 
-function engine(opts: { db?: Db; dialer?: FakeDialer; maxCps?: number; maxCalls?: number; extra?: Partial<OutboundOptions> } = {}): Engine {
+function engine(opts: { db?: Db; dialer?: FakeDialer; maxCps?: number; maxCalls?: number; agentLimits?: Map<string, number>; extra?: Partial<OutboundOptions> } = {}): Engine {
   const db = opts.db ?? openDb(':memory:');
   const calls = new CallStore(db);
   const campaigns = new CampaignStore(db);
   const dialer = opts.dialer ?? new FakeDialer('twilio');
-  const manager = new SessionManager({ maxConcurrentCalls: opts.maxCalls ?? 20, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map() });
+  const manager = new SessionManager({ maxConcurrentCalls: opts.maxCalls ?? 20, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map(), ...(opts.agentLimits !== undefined ? { agentLimits: opts.agentLimits } : {}) });
   const storeErrors: string[] = [];
   const webhooks: Engine['webhooks'] = [];
   const outbound = new OutboundService({
@@ -176,6 +176,119 @@ describe('dial loop', () => {
     const sid = e.dialer.created[0]!.sid;
     e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
     expect(e.calls.get(call.id)?.callSid).toBe(sid);
+  });
+});
+
+describe('review fixes: resources and ordering under faults', () => {
+  it('connects an outbound call whose in-progress callback arrived before its TwiML request', async () => {
+    const e = track(engine());
+    await e.outbound.start();
+    const { call } = e.outbound.createCall({ to: phone(1) });
+    await vi.advanceTimersByTimeAsync(500);
+    const sid = e.dialer.created[0]!.sid;
+    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
+    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'in-progress', sequence: 2 });
+    const answer = e.outbound.callbacks.answer(call.id, sid);
+    expect(answer.ok).toBe(true);
+    // Its held slot goes with it; a second TwiML request is still refused.
+    expect(answer.ok && answer.slot !== undefined).toBe(true);
+    expect(e.outbound.callbacks.answer(call.id, sid)).toEqual({ ok: false, why: 'duplicate' });
+  });
+
+  it('does not dial again an API call hung up while its dial was in flight and then refused with 20429', async () => {
+    const e = track(engine());
+    await e.outbound.start();
+    e.dialer.createDelayMs = 1_000;
+    e.dialer.failNext.push(new DialError('rate-limited', 'Too many requests', 20429, 429));
+    const { call } = e.outbound.createCall({ to: phone(1) });
+    await vi.advanceTimersByTimeAsync(100);
+    await e.outbound.hangupCall(call.id);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(e.dialer.requests).toHaveLength(1);
+    expect(e.calls.get(call.id)).toMatchObject({ status: 'canceled', outcome: 'canceled', endReason: 'api_hangup' });
+    expect(e.manager.usedSlots).toBe(0);
+  });
+
+  it('ends a contact as canceled, not pending, when its in-flight dial is refused after the campaign was canceled', async () => {
+    const e = track(engine());
+    const id = campaign(e, [phone(1)]);
+    await e.outbound.start();
+    e.dialer.createDelayMs = 1_000;
+    e.dialer.failNext.push(new DialError('rate-limited', 'Too many requests', 20429, 429));
+    await vi.advanceTimersByTimeAsync(100);
+    e.outbound.cancelCampaign(id);
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(e.campaigns.contacts(id, { limit: 1 })[0]).toMatchObject({ state: 'done', outcome: 'canceled' });
+    expect(e.dialer.requests).toHaveLength(1);
+  });
+
+  it('notes a status callback of another call of the same call id without applying it, and leaves the live call alone', async () => {
+    const e = track(engine());
+    await e.outbound.start();
+    const { call } = e.outbound.createCall({ to: phone(1) });
+    await vi.advanceTimersByTimeAsync(500);
+    const sid = e.dialer.created[0]!.sid;
+    e.outbound.callbacks.onStatus(call.id, { callSid: 'CA' + 'f'.repeat(32), status: 'completed', sequence: 5 });
+    expect(e.calls.get(call.id)).toMatchObject({ callSid: sid, finalizedAt: null });
+    expect(e.calls.events(call.id).map((ev) => ev.type)).toContain('status_other_call');
+  });
+
+  it('keeps dialing other agents while one agent is at its AGENT_LIMITS cap', async () => {
+    const e = track(engine({ agentLimits: new Map([['capped', 1]]) }));
+    await e.outbound.start();
+    e.outbound.createCall({ to: phone(1), agentId: 'capped' });
+    e.outbound.createCall({ to: phone(2), agentId: 'capped' });
+    e.outbound.createCall({ to: phone(3), agentId: 'other' });
+    const id = campaign(e, [phone(4)], { agentId: 'other' });
+    await vi.advanceTimersByTimeAsync(3_000);
+    const dialedTo = e.dialer.requests.map((r) => r.to);
+    // One call of the capped agent (its cap is 1), and everything of the other agent.
+    expect(dialedTo).toHaveLength(3);
+    expect(dialedTo.filter((to) => to === phone(1) || to === phone(2))).toHaveLength(1);
+    expect(dialedTo).toEqual(expect.arrayContaining([phone(3), phone(4)]));
+    expect(e.campaigns.contacts(id, { limit: 1 })[0]?.state).toBe('dialing');
+  });
+
+  it('does not start dialing when stopped while the startup reconcile was still asking the carrier', async () => {
+    const before = track(engine());
+    await before.outbound.start();
+    before.outbound.createCall({ to: phone(1) });
+    before.dialer.create = () => new Promise(() => {});
+    await vi.advanceTimersByTimeAsync(500);
+    void before.outbound.stop();
+    engines = engines.filter((x) => x !== before);
+    const dialer = new FakeDialer('twilio');
+    const list = dialer.findRecent.bind(dialer);
+    dialer.findRecent = async (...args) => {
+      await new Promise((r) => setTimeout(r, 2_000));
+      return list(...args);
+    };
+    const e = engine({ db: before.db, dialer });
+    const started = e.outbound.start();
+    await vi.advanceTimersByTimeAsync(500);
+    const stopped = e.outbound.stop();
+    await vi.advanceTimersByTimeAsync(30_000);
+    await started;
+    await stopped;
+    expect(dialer.requests).toHaveLength(0);
+  });
+
+  it('still sends the post-call webhook when the campaign bookkeeping after a finalize fails', async () => {
+    const e = track(engine());
+    const id = campaign(e, [phone(1)]);
+    await e.outbound.start();
+    await vi.advanceTimersByTimeAsync(500);
+    const c = e.dialer.created[0]!;
+    vi.spyOn(e.campaigns, 'counts').mockImplementation(() => {
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    });
+    e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
+    await vi.advanceTimersByTimeAsync(10);
+    expect(e.webhooks).toEqual([{ event: 'call.completed', callId: c.req.callId }]);
+    expect(e.storeErrors).toContain('campaign_progress');
+    vi.restoreAllMocks();
+    expect(e.calls.get(c.req.callId)?.finalizedAt).not.toBeNull();
+    expect(id).toBeDefined();
   });
 });
 

@@ -4,13 +4,12 @@
  */
 import { NULL_JOURNAL } from '../src/calls/journal.js';
 import { EventEmitter } from 'node:events';
-import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterEach, expect, it, vi } from 'vitest';
 import type { AgentConnector, AgentLeg } from '../src/agent/playai/leg.js';
 import { loadConfig } from '../src/config.js';
-import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
+import { streamRouteSettings, streamSocketHandler } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import { SessionManager } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
@@ -36,12 +35,10 @@ const leg = (): AgentLeg => ({ sendAudio: () => true, sendAudioBytes: () => true
 async function setup(connectAgent: AgentConnector) {
   const config = loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'agent', START_TIMEOUT_MS: '500', AGENT_INIT_TIMEOUT_MS: '1000' });
   const manager = new SessionManager({ maxConcurrentCalls: 5, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map() });
-  let handler: ((ws: WebSocket) => void) | undefined;
-  const app = { get: (_p: string, _o: unknown, h: typeof handler) => { handler = h; } } as unknown as FastifyInstance;
   const settings = { agentBaseUrl: 'ws://x', apiKey: 'k', agentInitTimeoutMs: 1000, hangupDrainMs: 1000, callControlGraceMs: 500, markIntervalMs: 160, preInitBufferMs: 1000, agentHeartbeatMs: 0, reconnect: { attempts: 3, windowMs: 10_000, bufferMs: 1000, stableMs: 5000, maxPerCall: 10 }, maxCallMs: 60_000, idleMs: 20_000, texts: config.messages, overflow: { action: 'say' as const } };
-  await mediaStreamRoute(app, { stream: streamRouteSettings(config), manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), connectAgent, settings, journal: NULL_JOURNAL });
+  const handler = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), connectAgent, settings, journal: NULL_JOURNAL });
   const start = (ws: Ws, callSid: string, token: string) => ws.emit('message', Buffer.from(JSON.stringify({ event: 'start', streamSid: 'MZ1', start: { streamSid: 'MZ1', callSid, customParameters: { token } } })), false);
-  return { manager, handler: handler!, start };
+  return { manager, handler, start };
 }
 afterEach(() => { vi.useRealTimers(); });
 

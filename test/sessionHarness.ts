@@ -7,14 +7,13 @@
  * `createBridge` maps them.
  */
 import { EventEmitter } from 'node:events';
-import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { z } from 'zod';
 import type { AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/playai/leg.js';
 import type { AgentServerMessage } from '../src/agent/playai/codec.js';
 import { loadConfig, type Config } from '../src/config.js';
-import { mediaStreamRoute, streamRouteSettings } from '../src/http/mediaStream.js';
+import { streamRouteSettings, streamSocketHandler } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import type { CallSession, SessionSettings } from '../src/session/callSession.js';
 import { SessionManager } from '../src/session/manager.js';
@@ -225,15 +224,7 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
     legsByAgentId.set(opts.agentId, legs);
     return leg;
   };
-  let handler: ((socket: WebSocket) => void) | undefined;
-  const app = {
-    get: (_path: string, _opts: unknown, h: (socket: WebSocket) => void) => {
-      handler = h;
-    },
-  } as unknown as FastifyInstance;
-  await mediaStreamRoute(app, { stream: streamRouteSettings(config), manager, metrics, logger, callControl, connectAgent, settings, journal });
-  if (handler === undefined) throw new Error('mediaStreamRoute registered no handler');
-  const onSocket = handler;
+  const onSocket = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics, logger, callControl, connectAgent, settings, journal });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   let n = 0;
   return {

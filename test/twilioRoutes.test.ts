@@ -289,6 +289,16 @@ describe('replayed signed requests cannot take over a call', () => {
     expect(tb.bridge.manager.usedSlots).toBe(1);
   });
 
+  it('refuses a replay that drops the idempotency token Twilio sent with the first request', async () => {
+    tb = await startTestBridge();
+    const callSid = newCallSid();
+    const first = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: 'twilio-idem-1' });
+    const replay = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { CallSid: callSid }, idempotencyToken: false });
+    expect(first.status).toBe(200);
+    expect(replay.status).toBe(409);
+    expect(replay.body).not.toContain(first.twiml?.parameters.token ?? 'no-token');
+  });
+
   it('refuses a replayed voice webhook (another idempotency token) while the call holds a token: 409, no second token', async () => {
     tb = await startTestBridge();
     const callSid = newCallSid();

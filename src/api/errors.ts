@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   campaign_not_running: { status: 409, doc: 'Only a running or draft campaign can be paused.' },
   campaign_not_paused: { status: 409, doc: 'Only a paused campaign can be resumed.' },
   duplicate_call: { status: 409, doc: 'A second voice webhook for a call that already has a stream token, a live stream or a record (only Twilio retries of the same request get the same answer).' },
+  upgrade_required: { status: 426, doc: 'A WebSocket endpoint was called without a WebSocket upgrade.' },
   too_large: { status: 413, doc: 'The body, file or form is over its limit.' },
   unsupported_media_type: { status: 415, doc: 'The Content-Type is not accepted by this route.' },
   invalid_contacts: { status: 422, doc: 'The contacts cannot be imported; `details` is the import report with every bad row.' },

@@ -8,8 +8,9 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import multipart from '@fastify/multipart';
-import type { FastifyInstance, FastifySchemaCompiler } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifySchemaCompiler } from 'fastify';
 import { serializerCompiler, validatorCompiler as zodValidatorCompiler } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callApiSchema, callToApi } from '../calls/view.js';
@@ -176,11 +177,22 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
 
   /** Inserts an accepted import in chunks that hand the event loop back between them. */
   const insertContacts = async (campaignId: string, imp: ContactsImport): Promise<ImportReport> => {
-    const { added, merged } = await campaigns.addContactsInChunks(
+    // The upload took time: a campaign that completed or was canceled meanwhile takes no more contacts.
+    const open = (): boolean => {
+      const status = campaigns.get(campaignId)?.status;
+      return status !== undefined && status !== 'completed' && status !== 'canceled';
+    };
+    const { added, merged, stopped } = await campaigns.addContactsInChunks(
       campaignId,
       imp.contacts.map((c) => ({ line: c.line, phone: c.phone, variables: c.variables, ...(c.timezone !== undefined ? { timezone: c.timezone } : {}), mergedLines: c.mergedLines })),
+      500,
+      open,
     );
-    return importReport(imp, added, merged);
+    const report = importReport(imp, added, merged);
+    if (stopped) {
+      throw new ApiError('campaign_finished', `campaign ${campaignId} finished while its contacts were being added: ${added} were added before it did, the rest were not`, report);
+    }
+    return report;
   };
 
   // ---------------------------------------------------------------- calls
@@ -466,12 +478,32 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     async (req, reply) => {
       const { id } = req.params;
       loadCampaign(id);
-      const varNames = new Set<string>();
-      const contacts = [...campaigns.allContacts(id)];
-      for (const c of contacts) for (const k of Object.keys(c.variables)) varNames.add(k);
-      const columns = ['line', 'phone', 'state', 'outcome', 'attempts', 'last_call_id', 'last_call_status', 'answered_by', 'duration_s', 'last_error', 'merged_lines', ...varNames];
-      const rows = contacts.map((c) => {
-        const last = c.lastCallId !== null ? calls.get(c.lastCallId) : undefined;
+      void reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="${id}-results.csv"`);
+      // Streamed: the documented body is the CSV text, sent as it is produced (the type provider
+      // only knows bodies that are built whole, hence the plain reply).
+      return (reply as FastifyReply).send(Readable.from(resultsCsv(id)));
+    },
+  );
+
+  /**
+   * A campaign's results as CSV, read and written a page at a time with the event loop handed
+   * back between pages: a 100k-contact export does not stall the calls in progress.
+   */
+  async function* resultsCsv(id: string): AsyncGenerator<string> {
+    const PAGE = 1000;
+    const varNames = new Set<string>();
+    for (let after = 0; ; ) {
+      const page = campaigns.variableNamesPage(id, after, PAGE * 5);
+      for (const n of page.names) varNames.add(n);
+      if (page.lastRowid === undefined) break;
+      after = page.lastRowid;
+      await yieldToLoop();
+    }
+    const columns = ['line', 'phone', 'state', 'outcome', 'attempts', 'last_call_id', 'last_call_status', 'answered_by', 'duration_s', 'last_error', 'merged_lines', ...varNames];
+    let header = true;
+    for (let after = 0; ; ) {
+      const page = campaigns.resultsPage(id, after, PAGE);
+      const rows = page.map(({ contact: c, lastStatus, answeredBy, durationS }) => {
         const row: Record<string, string | number | null> = {
           line: c.line,
           phone: c.phone,
@@ -479,21 +511,23 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
           outcome: c.outcome,
           attempts: c.attempts,
           last_call_id: c.lastCallId,
-          last_call_status: last?.status ?? null,
-          answered_by: last?.answeredBy ?? null,
-          duration_s: last?.durationS ?? null,
+          last_call_status: lastStatus,
+          answered_by: answeredBy,
+          duration_s: durationS,
           last_error: c.lastError,
           merged_lines: c.mergedLines.join(' '),
         };
         for (const k of varNames) row[k] = c.variables[k] ?? null;
         return row;
       });
-      return reply
-        .header('content-type', 'text/csv; charset=utf-8')
-        .header('content-disposition', `attachment; filename="${id}-results.csv"`)
-        .send(resultsToCsv(rows, columns));
-    },
-  );
+      if (rows.length > 0 || header) yield resultsToCsv(rows, columns, { header });
+      header = false;
+      const last = page[page.length - 1];
+      if (last === undefined || page.length < PAGE) return;
+      after = last.rowid;
+      await yieldToLoop();
+    }
+  }
 
   // ---------------------------------------------------------------- do-not-call
 

@@ -17,6 +17,7 @@ import type { Metrics } from '../metrics.js';
 import { CallSession, type SessionSettings } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
+import { errorBody } from '../api/errors.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -46,8 +47,25 @@ export interface MediaStreamDeps {
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
-  const { stream, manager, metrics, logger } = deps;
+  const { stream, metrics } = deps;
   const authOpts = { authToken: stream.authToken, publicUrl: stream.publicUrl, streamUrl: stream.streamUrl, metrics };
+  app.route({
+    method: 'GET',
+    url: '/twilio/media-stream',
+    preValidation: streamAuth(authOpts),
+    // A plain GET (no WebSocket upgrade) gets the common error shape instead of an empty 404.
+    handler: (_req, reply) => reply.code(426).header('upgrade', 'websocket').send(errorBody('upgrade_required', 'this is the Twilio Media Streams WebSocket endpoint: connect with a WebSocket upgrade')),
+    wsHandler: streamSocketHandler(deps),
+  });
+}
+
+/**
+ * What happens on an accepted media-stream socket (the route's WebSocket handler; in-process
+ * tests drive it with fake sockets): listeners attached at once, `start` awaited, its token
+ * claimed, then a call session built, registered and started.
+ */
+export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) => void {
+  const { stream, manager, metrics, logger } = deps;
 
   const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision => {
     const claim = manager.claim(start.customParameters.token, start.callSid);
@@ -84,7 +102,7 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
     return { accept: true, handlers: session };
   };
 
-  app.get('/twilio/media-stream', { websocket: true, preValidation: streamAuth(authOpts) }, (socket) => {
+  return (socket: WebSocket): void => {
     // Before `start` there is no call to log against: bad frames are counted each, logged once per connection and kind.
     const logged = new Set<CarrierBadFrameKind>();
     new TwilioStreamConnection(socket, {
@@ -102,7 +120,7 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
         logger.warn({ kind, event: name }, 'dropped a bad frame before start');
       },
     });
-  });
+  };
 }
 
 /**

@@ -66,12 +66,14 @@ export class CarrierCallbacks {
       log.warn({ callId, callSid, expected: row.callSid }, 'voice webhook for a call id with another CallSid; hanging up');
       return { ok: false, why: 'gone' };
     }
-    if (row.answeredAt !== null && row.finalizedAt === null) return { ok: false, why: 'duplicate' };
     const now = this.#c.now();
     try {
+      // Its TwiML was served already (the `answered` event, which only this method writes; a status
+      // callback saying in-progress may well come first): a second request is not Twilio's retry.
+      if (row.finalizedAt === null && calls.hasEvent(callId, 'answered')) return { ok: false, why: 'duplicate' };
       if (row.callSid === null) calls.update(callId, { callSid, dialedAt: row.dialedAt ?? now });
       if (row.finalizedAt !== null || row.hangupRequested) return { ok: false, why: 'gone' };
-      calls.update(callId, { answeredAt: now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
+      calls.update(callId, { answeredAt: row.answeredAt ?? now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
       calls.event(callId, 'answered', 'in-progress', null, null, now);
     } catch (err) {
       // The call goes on without its record being up to date; the store error is counted and logged.
@@ -111,6 +113,12 @@ export class CarrierCallbacks {
     if (b.durationS !== undefined) data.durationS = b.durationS;
     if (b.answeredBy !== undefined) data.answeredBy = b.answeredBy;
     if (b.sipResponseCode !== undefined) data.sipResponseCode = b.sipResponseCode;
+    if (row.callSid !== null && row.callSid !== b.callSid) {
+      // Another call of the same call id (an attempt dialed again after a lost request): noted, not applied.
+      calls.event(row.id, 'status_other_call', b.status, b.sequence ?? null, { callSid: b.callSid, ...data }, now);
+      if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
+      return;
+    }
     calls.event(row.id, 'status', b.status, b.sequence ?? null, Object.keys(data).length ? data : null, now);
     if (row.callSid === null) calls.update(row.id, { callSid: b.callSid, dialedAt: row.dialedAt ?? now });
     if (row.finalizedAt !== null) return;
@@ -147,6 +155,10 @@ export class CarrierCallbacks {
     const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
     if (row === undefined) return;
     const now = this.#c.now();
+    if (row.callSid !== null && row.callSid !== b.callSid) {
+      calls.event(row.id, 'amd_other_call', null, null, { callSid: b.callSid, answeredBy: b.answeredBy }, now);
+      return;
+    }
     calls.event(row.id, 'amd', null, null, { answeredBy: b.answeredBy, durationMs: b.durationMs ?? null }, now);
     calls.update(row.id, { answeredBy: b.answeredBy });
     if (row.finalizedAt !== null) return;

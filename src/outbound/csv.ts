@@ -599,6 +599,8 @@ export interface CsvExportOptions {
   escapeFormulas?: boolean;
   /** Start with a UTF-8 BOM (helps Excel with non-ASCII text). Default false. */
   bom?: boolean;
+  /** Write the header row. Default true (false for the later chunks of a streamed file). */
+  header?: boolean;
 }
 
 const FORMULA_START = /^[=@\t\r\uFF1D\uFF20]|^[+\-\uFF0B\uFF0D](?![\d.]+$)/;
@@ -618,5 +620,5 @@ export function resultsToCsv(rows: ReadonlyArray<Record<string, string | number 
     }),
   );
   // Cells with surrounding spaces are quoted, so reading the file back keeps them.
-  return stringify([columns, ...records], { bom: opts.bom ?? false, quoted_match: /^\s|\s$/ });
+  return stringify(opts.header === false ? records : [columns, ...records], { bom: opts.bom ?? false, quoted_match: /^\s|\s$/ });
 }

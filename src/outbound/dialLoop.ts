@@ -45,6 +45,8 @@ type Job =
 const BACKOFF_429_MS = [1_000, 2_000, 5_000, 10_000, 30_000];
 const BACKOFF_STORE_MS = [1_000, 2_000, 5_000, 10_000, 30_000];
 const SWEEP_EVERY_MS = 5_000;
+/** Queued API calls looked at per pick (one capped agent must not hold up the rest). */
+const QUEUED_LOOKAHEAD = 20;
 const PRUNE_EVERY_MS = 3_600_000;
 /** Idempotency keys protect against retries, not forever: a day is plenty. */
 const IDEMPOTENCY_TTL_MS = 86_400_000;
@@ -183,12 +185,13 @@ export class DialLoop {
     const { calls, campaigns, manager, attempts } = this.#c;
     let wake: number | undefined;
     const soon = (t: number) => (wake = wake === undefined ? t : Math.min(wake, t));
-    // API calls first.
-    const [queued] = calls.queued(1);
-    if (queued !== undefined) {
+    // API calls first. One whose agent is at its AGENT_LIMITS cap waits without holding up the others.
+    for (const queued of calls.queued(QUEUED_LOOKAHEAD)) {
+      if (queued.hangupRequested) continue;
       const slot = manager.holdOutboundSlot(queued.id, queued.agentId);
-      if (slot === undefined) return now + 250;
-      return { kind: 'call', row: queued, slot };
+      if (slot !== undefined) return { kind: 'call', row: queued, slot };
+      if (manager.outboundRoom === 0) return now + 250;
+      soon(now + 250);
     }
     const running = campaigns.byStatus('running');
     for (let i = 0; i < running.length; i++) {
@@ -211,7 +214,12 @@ export class DialLoop {
         continue;
       }
       const slot = manager.holdOutboundSlot(`${campaign.id}:${contact.id}`, settings.agentId ?? this.#o.defaultAgentId);
-      if (slot === undefined) return now + 250;
+      if (slot === undefined) {
+        if (manager.outboundRoom === 0) return now + 250;
+        // This campaign's agent is at its cap: the other campaigns go on.
+        soon(now + 250);
+        continue;
+      }
       this.#rr = (this.#rr + i + 1) % Math.max(1, running.length);
       return { kind: 'contact', campaign: { ...campaign, settings }, contact, slot };
     }
@@ -250,7 +258,7 @@ export class DialLoop {
     if (job.kind === 'call') {
       return calls.transaction(() => {
         const fresh = calls.get(job.row.id);
-        if (fresh === undefined || fresh.status !== 'queued') return undefined;
+        if (fresh === undefined || fresh.status !== 'queued' || fresh.hangupRequested) return undefined;
         return calls.update(job.row.id, { status: 'claimed', claimedAt: now });
       });
     }

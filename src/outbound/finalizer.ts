@@ -75,14 +75,19 @@ export class Finalizer {
       calls.event(row.id, 'finalized', status, f.sequence ?? null, { outcome }, now);
       if (fresh.contactId !== null && fresh.campaignId !== null) this.#settleContact(fresh, outcome, f, now);
     });
-    if (fresh.campaignId !== null) {
-      attempts.removeActive(fresh.campaignId, row.id);
-      this.#checkBreaker(fresh.campaignId, outcome, now);
-      this.maybeComplete(fresh.campaignId);
-      this.#c.kick();
-    }
     const final = calls.get(row.id);
     if (final !== undefined && final.outcome !== 'not-dialed') attempts.trackAfterCall(this.#postCall(final));
+    if (fresh.campaignId !== null) {
+      attempts.removeActive(fresh.campaignId, row.id);
+      try {
+        this.#checkBreaker(fresh.campaignId, outcome, now);
+        this.maybeComplete(fresh.campaignId);
+      } catch (err) {
+        // The call is finalized; the campaign's breaker or completion is settled by the next finalize or tick.
+        this.#c.onStoreError('campaign_progress', err);
+      }
+      this.#c.kick();
+    }
   }
 
   /**
@@ -94,6 +99,7 @@ export class Finalizer {
   voidAttempt(rowId: string, why: string, dueAt = this.#c.now()): boolean {
     const { calls, campaigns, attempts } = this.#c;
     const now = this.#c.now();
+    let canceled: CallRow | undefined;
     const voided = calls.transaction(() => {
       const row = calls.get(rowId);
       if (row === undefined || row.callSid !== null || row.finalizedAt !== null) return false;
@@ -102,9 +108,20 @@ export class Finalizer {
         calls.event(row.id, 'voided', 'not-dialed', null, { why }, now);
         const contact = campaigns.contact(row.contactId);
         if (contact !== undefined && contact.state === 'dialing' && contact.lastCallId === row.id) {
-          campaigns.updateContact(contact.id, { state: 'pending', attempts: Math.max(0, contact.attempts - 1), nextAttemptAt: dueAt, lastError: why }, now);
+          // A campaign canceled meanwhile dials nobody again: the contact ends as canceled.
+          const campaignCanceled = campaigns.get(row.campaignId)?.status === 'canceled';
+          campaigns.updateContact(
+            contact.id,
+            campaignCanceled
+              ? { state: 'done', outcome: 'canceled', attempts: Math.max(0, contact.attempts - 1), lastError: why }
+              : { state: 'pending', attempts: Math.max(0, contact.attempts - 1), nextAttemptAt: dueAt, lastError: why },
+            now,
+          );
         }
         attempts.removeActive(row.campaignId, row.id);
+      } else if (row.hangupRequested) {
+        // Hung up through the API while its dial was in flight: it is not dialed again.
+        canceled = row;
       } else {
         // An API call goes back to the queue.
         calls.update(row.id, { status: 'queued', errorMessage: why });
@@ -113,6 +130,10 @@ export class Finalizer {
       return true;
     });
     if (!voided) return false;
+    if (canceled !== undefined) {
+      this.finalize(canceled, 'canceled', { endReason: 'api_hangup', errorMessage: why });
+      return true;
+    }
     attempts.releaseHeld(rowId);
     if (dueAt > now) this.#c.wakeIn(dueAt - now);
     else this.#c.kick();

@@ -26,6 +26,8 @@ export class Reconciler {
   readonly #c: OutboundContext;
   readonly #f: Finalizer;
   readonly #settleAfterMs: number;
+  /** Outbound calls seen in progress at the carrier without their TwiML request served here, once. */
+  readonly #orphans = new Set<string>();
 
   constructor(ctx: OutboundContext, finalizer: Finalizer, opts: ReconcilerOptions = {}) {
     this.#c = ctx;
@@ -168,10 +170,12 @@ export class Reconciler {
         this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
         return true;
       }
-      if (c.status === 'in-progress' && fresh.answeredAt === null && fresh.direction === 'outbound' && fresh.callSid !== null) {
-        // Answered, but its TwiML request never reached us: nobody is on our side of it.
-        await this.#c.dialer.hangup(fresh.callSid);
-      }
+      if (c.status === 'in-progress' && fresh.direction === 'outbound' && fresh.callSid !== null && !this.#c.calls.hasEvent(fresh.id, 'answered')) {
+        // Answered at the carrier but its TwiML request never reached us: nobody is on our side of
+        // it. Seen twice in a row (a recheck apart), so a request still on its way is not cut off.
+        if (this.#orphans.delete(fresh.id)) await this.#c.dialer.hangup(fresh.callSid);
+        else this.#orphans.add(fresh.id);
+      } else this.#orphans.delete(fresh.id);
       return false;
     } catch (err) {
       this.#c.log.warn({ callId: row.id, err: errorMessage(err) }, 'could not settle a quiet call; will try again');

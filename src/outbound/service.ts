@@ -91,6 +91,7 @@ export class OutboundService {
   readonly #loop: DialLoop;
   /** The carrier's callbacks (answer, status, AMD): their one owner. */
   readonly callbacks: CarrierCallbacks;
+  #stopped = false;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -126,7 +127,8 @@ export class OutboundService {
   /** Reconciles what a previous run left behind, then starts the dial loop. */
   async start(): Promise<void> {
     await this.#reconciler.reconcile();
-    this.#loop.start();
+    // Stopped while the carrier was being asked: the loop does not start after the close.
+    if (!this.#stopped) this.#loop.start();
   }
 
   /** Stops dialing (drain); calls in progress go on. */
@@ -136,6 +138,7 @@ export class OutboundService {
 
   /** Stops the loop and waits for requests in flight (dials, post-call work). */
   async stop(): Promise<void> {
+    this.#stopped = true;
     this.#loop.stop();
     await this.#attempts.settle();
   }

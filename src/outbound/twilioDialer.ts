@@ -151,7 +151,8 @@ export class TwilioDialer implements Dialer {
       const calls = await this.#api().calls.list({ to, from, pageSize: 20, limit: 20 });
       return calls
         .map(fromCallInstance)
-        .filter((c) => c.createdAt !== undefined && c.createdAt >= floor)
+        // A call whose date is missing or unreadable stays a candidate: better to follow it than to dial twice.
+        .filter((c) => c.createdAt === undefined || c.createdAt >= floor)
         .sort((a, b) => (b.createdAt ?? 0) - (a.createdAt ?? 0));
     } catch (err) {
       throw toDialError(err, 'list calls');

@@ -14,8 +14,8 @@
  *
  * Stream tokens are single use and bound to their CallSid. A call holds at
  * most one token or one live session: a second webhook for it gets the same
- * token back only while that token is pending and the request is not marked
- * as another one (a different `I-Twilio-Idempotency-Token`), and a stream for
+ * token back only while that token is pending and the request carries the
+ * first one's `I-Twilio-Idempotency-Token` (or the first carried none), and a stream for
  * a CallSid that is live here is refused unless the live one is provably dead. The call record lives in
  * the store (`calls/`), not here.
  */
@@ -214,20 +214,21 @@ export class SessionManager {
    *
    * A call that already holds a token or a live session is not admitted
    * again: a replayed webhook cannot mint a second token. While the token is
-   * pending, Twilio's own retry of the same request (same `idempotencyToken`,
-   * or none sent) gets that token back (`replayed`); a request with another
-   * idempotency token, or any request once the call is live, is a `duplicate`.
+   * pending, Twilio's own retry of the same request (same `idempotencyToken`;
+   * or any, when the first request carried none) gets that token back
+   * (`replayed`); anything else, or any request once the call is live, is a
+   * `duplicate`.
    */
   admit(call: AdmittedCall, held?: { slot?: Slot; route: CallRoute }, idempotencyToken?: string): AdmitResult {
     const pendingToken = this.#reservationByCall.get(call.callSid);
     const pending = pendingToken === undefined ? undefined : this.#reservations.get(pendingToken);
     if (pending !== undefined) {
-      // Twilio's retry carries the same I-Twilio-Idempotency-Token; a request that carries another
-      // one is a different request for the same call (a replay): refused. Without the header on
-      // either side (a Twilio-compatible carrier that does not send it) a retry cannot be told from
-      // a replay, and answering with the same token mints nothing new.
-      const differs = idempotencyToken !== undefined && pending.idempotencyToken !== undefined && idempotencyToken !== pending.idempotencyToken;
-      if (!differs) return { ok: true, token: pending.token, route: pending.route, replayed: true };
+      // Twilio's retry carries the same I-Twilio-Idempotency-Token: anything else (another token, or
+      // none, since a replayer can strip the unsigned header) is a different request: refused. Only
+      // when the first request had no header (a Twilio-compatible carrier that does not send it)
+      // is a retry answered without one; the same token comes back, nothing new is minted.
+      const sameRequest = pending.idempotencyToken === undefined || idempotencyToken === pending.idempotencyToken;
+      if (sameRequest) return { ok: true, token: pending.token, route: pending.route, replayed: true };
       return { ok: false, reason: 'duplicate' };
     }
     if (this.#sessions.has(call.callSid)) return { ok: false, reason: 'duplicate' };

@@ -224,7 +224,7 @@ class AgentConnection {
   constructor(
     private readonly conversations: ConversationRegistry,
     private readonly ws: WebSocket,
-    private readonly agentId: string,
+    agentId: string,
     private readonly greeting: Uint8Array,
     private readonly options: Readonly<LocalAgentOptions>,
   ) {

@@ -262,6 +262,11 @@ export class CallStore {
     this.#event.run(callId, at, type, status, sequence, data === null ? null : JSON.stringify(data));
   }
 
+  /** True when the call has an event of this type. */
+  hasEvent(callId: string, type: string): boolean {
+    return this.#db.prepare('SELECT 1 FROM call_events WHERE call_id = ? AND type = ? LIMIT 1').get(callId, type) !== undefined;
+  }
+
   events(callId: string): CallEvent[] {
     return (this.#events.all(callId) as Raw[]).map((r) => ({
       id: Number(r.id),

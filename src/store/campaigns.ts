@@ -191,16 +191,19 @@ export class CampaignStore {
     campaignId: string,
     contacts: readonly NewContact[],
     chunkSize = 500,
-  ): Promise<{ added: number; merged: Array<{ line: number | null; phone: string; contactId: string }> }> {
+    /** Checked before each chunk: false stops the insert (the campaign finished meanwhile); `stopped` says so. */
+    stillOpen: () => boolean = () => true,
+  ): Promise<{ added: number; merged: Array<{ line: number | null; phone: string; contactId: string }>; stopped: boolean }> {
     let added = 0;
     const merged: Array<{ line: number | null; phone: string; contactId: string }> = [];
     for (let i = 0; i < contacts.length; i += chunkSize) {
       if (i > 0) await yieldToLoop();
+      if (!stillOpen()) return { added, merged, stopped: true };
       const r = this.addContacts(campaignId, contacts.slice(i, i + chunkSize));
       added += r.added;
       merged.push(...r.merged);
     }
-    return { added, merged };
+    return { added, merged, stopped: false };
   }
 
   /** Deletes a campaign and its contacts (an import that failed half-way). */
@@ -250,9 +253,29 @@ export class CampaignStore {
     return (this.#db.prepare(`SELECT * FROM contacts WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`).all(...values, opts.limit) as Raw[]).map(toContact);
   }
 
-  /** Every contact of a campaign, in file order (for exports). */
-  *allContacts(campaignId: string): IterableIterator<ContactRow> {
-    for (const r of this.#db.prepare('SELECT * FROM contacts WHERE campaign_id = ? ORDER BY line, id').iterate(campaignId)) yield toContact(r as Raw);
+  /**
+   * One page of a campaign's contacts with their last attempt's status, in insertion order
+   * (file order for an import), after the row `afterRowid` (0 for the first page). For exports
+   * read a page at a time, so a big campaign never holds the connection or the event loop long.
+   */
+  resultsPage(campaignId: string, afterRowid: number, limit: number): Array<{ rowid: number; contact: ContactRow; lastStatus: string | null; answeredBy: string | null; durationS: number | null }> {
+    const rows = this.#db
+      .prepare(
+        `SELECT c.rowid AS rid, c.*, l.status AS l_status, l.answered_by AS l_answered_by, l.duration_s AS l_duration_s
+         FROM contacts c LEFT JOIN calls l ON l.id = c.last_call_id
+         WHERE c.campaign_id = ? AND c.rowid > ? ORDER BY c.rowid LIMIT ?`,
+      )
+      .all(campaignId, afterRowid, limit) as Raw[];
+    return rows.map((r) => ({ rowid: Number(r.rid), contact: toContact(r), lastStatus: str(r.l_status), answeredBy: str(r.l_answered_by), durationS: num(r.l_duration_s) }));
+  }
+
+  /** The variable names used by one page of a campaign's contacts (see {@link resultsPage}). */
+  variableNamesPage(campaignId: string, afterRowid: number, limit: number): { names: Set<string>; lastRowid: number | undefined } {
+    const rows = this.#db.prepare('SELECT rowid AS rid, variables FROM contacts WHERE campaign_id = ? AND rowid > ? ORDER BY rowid LIMIT ?').all(campaignId, afterRowid, limit) as Raw[];
+    const names = new Set<string>();
+    for (const r of rows) for (const k of Object.keys(parseJson<Record<string, string>>(r.variables, {}))) names.add(k);
+    const last = rows[rows.length - 1];
+    return { names, lastRowid: last === undefined ? undefined : Number(last.rid) };
   }
 
   counts(campaignId: string): ContactCounts {

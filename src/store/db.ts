@@ -148,11 +148,16 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX webhook_due ON webhook_deliveries (status, next_attempt_at);
   `,
-  // 2: progress reads that stay cheap on big campaigns: contact counts from a covering index,
-  //    a campaign's recent dials without reading its calls.
+  // 2: reads that stay cheap on big campaigns and a long call history: contact counts from a
+  //    covering index, a campaign's recent dials without reading its calls, paged exports, and
+  //    the unfinished calls the sweep reads.
   `
   CREATE INDEX contacts_counts ON contacts (campaign_id, state, outcome, attempts);
   CREATE INDEX calls_campaign_created ON calls (campaign_id, created_at);
+  -- Exports page through a campaign's contacts in insertion order (campaign_id, then rowid).
+  CREATE INDEX contacts_campaign ON contacts (campaign_id);
+  -- The sweep reads the calls not finished yet every few seconds: only those are indexed.
+  CREATE INDEX calls_unfinished ON calls (id) WHERE finalized_at IS NULL;
   `,
 ];
 
