@@ -6,7 +6,10 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import formbody from '@fastify/formbody';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
-import { connectAgent as wsConnectAgent, type AgentConnector } from './agent/playai/leg.js';
+import type { PlayAiConnector } from './agent/playai/leg.js';
+import { buildAgentDirectory, probeAgent, type AgentEndpointOverrides } from './agent/providers.js';
+import type { AgentDirectory } from './agent/directory.js';
+import { parseAgentRef } from './agent/port.js';
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
 import type { Config } from './config.js';
 import { healthRoutes } from './http/health.js';
@@ -36,9 +39,14 @@ export const TWILIO_MAX_PAYLOAD = 64 * 1024;
 
 export interface BridgeOverrides {
   callControl?: CallControl;
-  connectAgent?: AgentConnector;
-  /** Where agent sockets go (defaults to config.playai.wsUrl). */
+  /** PlayAI socket transport (in-process fakes). */
+  connectAgent?: PlayAiConnector;
+  /** Where PlayAI-protocol sockets go (defaults to config.playai.wsUrl; the local agent's in local mode). */
   agentBaseUrl?: string;
+  /** Other providers' endpoints (tests point them at fakes). */
+  agentUrls?: Pick<AgentEndpointOverrides, 'openaiUrl' | 'elevenlabsUrl' | 'deepgramUrl'>;
+  /** Probe agents marked down (default true; tests that pin health without probes turn it off). */
+  probeAgents?: boolean;
   /** Outbound carrier (defaults to Twilio REST with credentials, else the simulated local carrier). */
   dialer?: Dialer;
   /** Database (defaults to `playline.db` in DATA_DIR). */
@@ -50,6 +58,7 @@ export interface BridgeOverrides {
 export interface Bridge {
   app: FastifyInstance;
   manager: SessionManager;
+  agents: AgentDirectory;
   metrics: Metrics;
   callControl: CallControl;
   settings: SessionSettings;
@@ -80,13 +89,25 @@ async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean
 
 export async function createBridge(config: Config, logger: Logger, overrides: BridgeOverrides = {}): Promise<Bridge> {
   const loadGuard = new LoadGuard(config.maxEventLoopDelayMs);
+  const agentLog = logger.child({ component: 'agents' });
+  const agents = buildAgentDirectory({
+    config,
+    overrides: {
+      ...(overrides.agentBaseUrl !== undefined ? { playaiBaseUrl: overrides.agentBaseUrl } : {}),
+      ...(overrides.connectAgent !== undefined ? { playaiConnect: overrides.connectAgent } : {}),
+      ...overrides.agentUrls,
+    },
+    log: agentLog,
+  });
+  if (overrides.probeAgents !== false) agents.startProbing((ref) => probeAgent(agents, ref, agentLog));
   const manager = new SessionManager({
     overloaded: () => loadGuard.overloaded,
     maxConcurrentCalls: config.maxConcurrentCalls,
     tokenTtlMs: config.timeouts.streamTokenTtlMs,
-    defaultAgentId: config.playai.defaultAgentId,
+    defaultAgentId: config.agents.defaultAgent,
     routes: config.routes,
-    forceAgentId: config.localAgent ? config.playai.defaultAgentId : undefined,
+    forceAgentId: config.localAgent ? config.agents.defaultAgent : undefined,
+    agentAvailable: (ref) => agents.firstUp(ref) !== undefined,
     agentLimits: config.agentLimits,
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
     inboundReserved: config.outbound.inboundReserved,
@@ -101,6 +122,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     capacity: () => manager.capacity,
     draining: () => manager.draining,
     outboundSlots: () => manager.outboundSlots,
+    agents: () => agents.knownAgents(),
   });
   const say = { voice: config.messages.voice, language: config.messages.language };
   const callControl =
@@ -114,7 +136,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           apiUrl: config.twilioApiUrl,
         })
       : new LocalCallControl());
-  const settings = sessionSettings(config, overrides.agentBaseUrl ?? config.playai.wsUrl);
+  const settings = sessionSettings(config);
 
   const db = overrides.db ?? openDataDir(config.dataDir);
   const calls = new CallStore(db);
@@ -156,7 +178,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     log: logger,
     publicUrl: config.publicUrl,
     ...(config.outbound.defaultCallerId !== undefined ? { defaultFrom: config.outbound.defaultCallerId } : {}),
-    defaultAgentId: config.playai.defaultAgentId,
+    defaultAgentId: config.agents.defaultAgent,
     maxCps: config.outbound.maxCps,
     ringTimeoutS: config.outbound.ringTimeoutS,
     maxCallS: Math.round(config.timeouts.maxCallMs / 1000),
@@ -164,11 +186,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     ...(playaiUserId !== undefined && playaiKey !== undefined && !config.localAgent
       ? {
           fetchTranscript: async (row) => {
+            // PlayAI's REST API knows PlayAI conversations only; other agents' calls keep the live transcript.
+            const ref = parseAgentRef(row.agentId);
+            if (ref?.provider !== 'playai') return undefined;
             const turns = await fetchConversationTranscript({
               baseUrl: config.playaiRest.baseUrl,
               apiKey: playaiKey,
               userId: playaiUserId,
-              agentId: row.agentId,
+              agentId: ref.id,
               conversationId: row.conversationId ?? '',
               ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
             });
@@ -200,7 +225,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
     errorHandler: onWebSocketError,
   });
-  await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken });
+  await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken, agents, defaultAgent: config.agents.defaultAgent });
   await app.register(twilioWebhooks, {
     authToken: config.twilio.authToken,
     publicUrl: config.publicUrl,
@@ -221,6 +246,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ...(webhooks !== undefined ? { webhooks } : {}),
       ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
       localMode: config.outbound.localCarrier,
+      checkAgent: (agentId) => agents.whyUnusable(agentId),
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
   });
@@ -230,7 +256,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     metrics,
     logger,
     callControl,
-    connectAgent: overrides.connectAgent ?? wsConnectAgent,
+    agents,
     settings,
     journal: recorder,
   });
@@ -257,6 +283,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     await outbound.stop();
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
+    agents.stopProbing();
     loadGuard.dispose();
     await webhooks?.stop();
     await dialer.close?.();
@@ -275,14 +302,12 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
 }
 
-/** The call sessions' settings from the configuration; agent sockets go to `agentBaseUrl`. */
-export function sessionSettings(config: Config, agentBaseUrl: string): SessionSettings {
+/** The call sessions' settings from the configuration. */
+export function sessionSettings(config: Config): SessionSettings {
   return {
-    agentBaseUrl,
-    apiKey: config.playai.apiKey,
     agentInitTimeoutMs: config.timeouts.agentInitTimeoutMs,
     hangupDrainMs: config.timeouts.hangupDrainMs,
     callControlGraceMs: config.timeouts.callControlGraceMs,

@@ -8,6 +8,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import type { AgentDefinition } from './agent/directory.js';
+import { AGENT_REF_PATTERN, AGENT_REF_TEXT, formatAgentRef, parseAgentRef, type AgentProviderName } from './agent/port.js';
 import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
 
@@ -17,6 +19,7 @@ export class ConfigError extends Error {
 
 /** One entry of the number-routing file. */
 export interface NumberRoute {
+  /** `provider:id` (a bare id in the file is a PlayAI agent). */
   agentId: string;
   prompt?: string;
   customGreeting?: string;
@@ -40,18 +43,27 @@ export interface Config {
   };
   playai: {
     apiKey?: string;
-    defaultAgentId: string;
     /** Base of the agent socket; the bridge connects to `${wsUrl}/v1/talk/{agentId}`. */
     wsUrl: string;
   };
-  /** No PLAYAI_API_KEY: the built-in local agent answers every call. */
+  agents: {
+    /** The agent of numbers without a route (`provider:id`): DEFAULT_AGENT, or `playai:` + PLAYAI_AGENT_ID. */
+    defaultAgent: string;
+    openai?: { apiKey: string; url: string };
+    /** ElevenLabs is always reachable: public agents need no key (private ones get a signed URL with it). */
+    elevenlabs: { apiKey?: string; url: string };
+    deepgram?: { apiKey: string; url: string };
+    /** AGENTS_FILE: per-agent settings, keyed by `provider:id`. */
+    definitions: Map<string, AgentDefinition>;
+  };
+  /** No agent credentials and no DEFAULT_AGENT: the built-in local agent answers every call. */
   localAgent: boolean;
   /** Settings of the built-in local agent, used when {@link Config.localAgent} is true. */
   localAgentOptions: { port: number; mode: 'echo-test' | 'echo' };
   /** Called number (E.164 `To`) → route. Unknown numbers go to the default agent. */
   routes: Map<string, NumberRoute>;
   maxConcurrentCalls: number;
-  /** Optional per-agent caps on concurrent calls, on top of {@link Config.maxConcurrentCalls}. */
+  /** Optional per-agent caps on concurrent calls (keys `provider:id`), on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
   /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
   agentCapacityCooldownMs: number;
@@ -163,6 +175,7 @@ const text = (max: number, def: string) =>
 const secret = optional(z.string().min(16, { error: 'a token of at least 16 characters' }));
 const e164 = optional(z.string().regex(E164_SHAPE, { error: 'an E.164 number like +15551234567' }));
 const AGENT_ID = /^[A-Za-z0-9_-]{1,128}$/;
+const AGENT_REF = AGENT_REF_PATTERN;
 
 const envSchema = z.object({
   PORT: intIn(0, 65535, 8080),
@@ -175,6 +188,14 @@ const envSchema = z.object({
   PLAYAI_API_KEY: optionalString,
   PLAYAI_AGENT_ID: optional(z.string().regex(AGENT_ID, { error: 'an agent id (1 to 128 letters, digits, - or _)' })),
   PLAYAI_WS_URL: z.preprocess(emptyToUndefined, z.string().default('wss://api.play.ai')),
+  DEFAULT_AGENT: optional(z.string().refine((v) => parseAgentRef(v) !== undefined && AGENT_REF.test(v), { error: AGENT_REF_TEXT })),
+  AGENTS_FILE: optionalString,
+  OPENAI_API_KEY: optionalString,
+  OPENAI_REALTIME_URL: z.preprocess(emptyToUndefined, z.string().default('wss://api.openai.com/v1/realtime')),
+  ELEVENLABS_API_KEY: optionalString,
+  ELEVENLABS_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.elevenlabs.io')),
+  DEEPGRAM_API_KEY: optionalString,
+  DEEPGRAM_AGENT_URL: z.preprocess(emptyToUndefined, z.string().default('wss://agent.deepgram.com/v1/agent/converse')),
   ROUTES_FILE: optionalString,
   MAX_CONCURRENT_CALLS: intIn(1, 100_000, 50),
   DATA_DIR: z.preprocess(emptyToUndefined, z.string().default('./data')),
@@ -267,14 +288,74 @@ export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)
   return out;
 }
 
+const agentRefSchema = z.string().regex(AGENT_REF, { error: AGENT_REF_TEXT });
 const routeSchema = z
   .object({
-    agentId: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/),
+    agentId: agentRefSchema,
     prompt: z.string().max(10_000).optional(),
     customGreeting: z.string().max(1_000).optional(),
   })
   .strict();
 const routesFileSchema = z.record(z.string(), routeSchema);
+
+const audioFormatSchema = z
+  .object({ encoding: z.enum(['mulaw', 'linear16'], { error: 'mulaw or linear16' }), sampleRate: z.union([z.literal(8000), z.literal(16000), z.literal(22050), z.literal(24000), z.literal(44100), z.literal(48000)], { error: 'one of 8000, 16000, 22050, 24000, 44100, 48000' }) })
+  .strict();
+const toolSchema = z
+  .object({
+    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, { error: 'a tool name of 1 to 64 letters, digits, _ or -' }),
+    description: z.string().max(1024),
+    parameters: z.record(z.string(), z.unknown()),
+  })
+  .strict();
+const agentDefinitionSchema = z
+  .object({
+    instructions: z.string().max(50_000).optional(),
+    greeting: z.string().max(2_000).optional(),
+    voice: z.string().max(200).optional(),
+    model: z.string().max(200).optional(),
+    language: z.string().regex(/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/, { error: 'a language tag like en or en-US' }).optional(),
+    tools: z.array(toolSchema).max(64).optional(),
+    fallback: z.array(agentRefSchema).max(8).optional(),
+    format: z.object({ input: audioFormatSchema.optional(), output: audioFormatSchema.optional() }).strict().optional(),
+  })
+  .strict();
+const agentsFileSchema = z.record(agentRefSchema, agentDefinitionSchema);
+
+/** Parses AGENTS_FILE: `{ "openai:gpt-realtime": { "instructions": …, "fallback": ["playai:…"] }, … }`. Exported for tests. */
+export function parseAgentsFile(path: string): Map<string, AgentDefinition> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(`AGENTS_FILE: cannot read ${path} as JSON (${(err as Error).message})`);
+  }
+  const parsed = agentsFileSchema.safeParse(raw);
+  if (!parsed.success) {
+    const first = parsed.error.issues[0];
+    const where = first ? first.path.map(String).join('.') : '';
+    throw new ConfigError(`AGENTS_FILE: ${path}: ${where ? `${where}: ` : ''}${first?.message ?? 'invalid'}`);
+  }
+  const out = new Map<string, AgentDefinition>();
+  for (const [name, def] of Object.entries(parsed.data)) {
+    const ref = normalizeRef(name);
+    if (out.has(ref)) throw new ConfigError(`AGENTS_FILE: ${path}: ${JSON.stringify(name)} names the same agent as another key (${ref})`);
+    const fallback = def.fallback?.map(normalizeRef);
+    if (fallback?.includes(ref)) throw new ConfigError(`AGENTS_FILE: ${path}: ${name}.fallback: an agent cannot be its own fallback`);
+    out.set(ref, { ...def, ...(fallback !== undefined ? { fallback } : {}) });
+  }
+  return out;
+}
+
+/** `provider:id` of a validated agent name. */
+function normalizeRef(name: string): string {
+  const ref = parseAgentRef(name);
+  if (ref === undefined) throw new ConfigError(`${JSON.stringify(name)} is not ${AGENT_REF_TEXT}`);
+  return formatAgentRef(ref);
+}
+
+/** The variable a provider needs before any of its agents can be used (ElevenLabs public agents need none). */
+const PROVIDER_KEY: Record<AgentProviderName, string | undefined> = { playai: undefined, openai: 'OPENAI_API_KEY', elevenlabs: undefined, deepgram: 'DEEPGRAM_API_KEY' };
 
 /** `PORT: "abc" is not a whole number from 0 to 65535`: the variable, its value (unless secret), what it should be. */
 function formatIssue(issue: z.core.$ZodIssue, env: Record<string, string | undefined>): string {
@@ -301,7 +382,7 @@ export function parseRoutesFile(path: string): Map<string, NumberRoute> {
     if (!E164_SHAPE.test(number)) {
       throw new ConfigError(`ROUTES_FILE: ${path}: ${JSON.stringify(number)} is not an E.164 number like +15551234567`);
     }
-    routes.set(number, route);
+    routes.set(number, { ...route, agentId: normalizeRef(route.agentId) });
   }
   return routes;
 }
@@ -319,8 +400,11 @@ function parseUrl(name: string, value: string, schemes: string[]): URL {
   return url;
 }
 
-/** The id the local agent answers for when no PLAYAI_AGENT_ID is configured. */
+/** The id the local agent answers for when no agent is configured. */
 export const LOCAL_AGENT_ID = 'local-echo';
+
+/** The default agent when OPENAI_API_KEY is the only agent credential. */
+export const DEFAULT_OPENAI_AGENT = 'openai:gpt-realtime';
 
 /** Caller id of simulated calls in local mode when DEFAULT_CALLER_ID is not set. */
 export const LOCAL_CALLER_ID = '+12025550100';
@@ -336,9 +420,20 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   const e = parsed.data;
 
-  const localAgent = e.PLAYAI_API_KEY === undefined;
-  if (!localAgent && e.PLAYAI_AGENT_ID === undefined) {
-    throw new ConfigError('PLAYAI_AGENT_ID: required when PLAYAI_API_KEY is set (the agent for numbers without a route)');
+  const anyAgentCredentials = e.PLAYAI_API_KEY !== undefined || e.OPENAI_API_KEY !== undefined || e.ELEVENLABS_API_KEY !== undefined || e.DEEPGRAM_API_KEY !== undefined;
+  const localAgent = !anyAgentCredentials && e.DEFAULT_AGENT === undefined;
+  let defaultAgent: string;
+  if (e.DEFAULT_AGENT !== undefined) defaultAgent = normalizeRef(e.DEFAULT_AGENT);
+  else if (e.PLAYAI_AGENT_ID !== undefined) defaultAgent = `playai:${e.PLAYAI_AGENT_ID}`;
+  else if (localAgent) defaultAgent = `playai:${LOCAL_AGENT_ID}`;
+  else if (e.PLAYAI_API_KEY !== undefined && e.OPENAI_API_KEY === undefined && e.DEEPGRAM_API_KEY === undefined && e.ELEVENLABS_API_KEY === undefined) {
+    throw new ConfigError('PLAYAI_AGENT_ID: required when PLAYAI_API_KEY is set (the agent for numbers without a route; or set DEFAULT_AGENT=playai:<agent id>)');
+  }
+  else if (e.OPENAI_API_KEY !== undefined && e.PLAYAI_API_KEY === undefined && e.DEEPGRAM_API_KEY === undefined && e.ELEVENLABS_API_KEY === undefined) defaultAgent = DEFAULT_OPENAI_AGENT;
+  else {
+    throw new ConfigError(
+      `DEFAULT_AGENT: required (the agent for numbers without a route), like ${e.OPENAI_API_KEY !== undefined ? DEFAULT_OPENAI_AGENT : e.DEEPGRAM_API_KEY !== undefined ? 'deepgram:support' : e.ELEVENLABS_API_KEY !== undefined ? 'elevenlabs:<agent id from the ElevenLabs dashboard>' : 'playai:<agent id> (or set PLAYAI_AGENT_ID)'}`,
+    );
   }
   if (e.TWILIO_ACCOUNT_SID !== undefined && e.TWILIO_AUTH_TOKEN === undefined) {
     throw new ConfigError('TWILIO_AUTH_TOKEN: required when TWILIO_ACCOUNT_SID is set');
@@ -365,6 +460,16 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     throw new ConfigError(`PLAYAI_WS_URL: ${shownValue('PLAYAI_WS_URL', e.PLAYAI_WS_URL)} is not a base URL without a query string or fragment`);
   }
 
+  const openaiUrl = parseUrl('OPENAI_REALTIME_URL', e.OPENAI_REALTIME_URL, ['wss:', 'ws:']);
+  const elevenlabsUrl = parseUrl('ELEVENLABS_URL', e.ELEVENLABS_URL, ['https:', 'http:', 'wss:', 'ws:']);
+  const deepgramUrl = parseUrl('DEEPGRAM_AGENT_URL', e.DEEPGRAM_AGENT_URL, ['wss:', 'ws:']);
+  let definitions = new Map<string, AgentDefinition>();
+  if (e.AGENTS_FILE !== undefined) {
+    const agentsFile = resolve(e.AGENTS_FILE);
+    if (!existsSync(agentsFile)) throw new ConfigError(`AGENTS_FILE: ${shownValue('AGENTS_FILE', e.AGENTS_FILE)} is not a file that exists (looked for ${agentsFile})`);
+    definitions = parseAgentsFile(agentsFile);
+  }
+
   let routes = new Map<string, NumberRoute>();
   if (e.ROUTES_FILE !== undefined) {
     const routesFile = resolve(e.ROUTES_FILE);
@@ -375,13 +480,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const agentLimits = new Map<string, number>();
   if (e.AGENT_LIMITS !== undefined) {
     for (const part of e.AGENT_LIMITS.split(',')) {
-      const m = /^\s*([A-Za-z0-9_-]{1,128})\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
-      if (m === null || m[1] === undefined || m[2] === undefined) {
+      // `agent=max` (or `agent:max` for a bare PlayAI id); the agent may itself be `provider:id`.
+      const m = /^\s*(\S+?)\s*[:=]\s*(\d{1,6})\s*$/.exec(part);
+      const ref = m?.[1] === undefined ? undefined : AGENT_REF.test(m[1]) ? parseAgentRef(m[1]) : undefined;
+      if (m === null || ref === undefined || m[2] === undefined) {
         throw new ConfigError(
-          `AGENT_LIMITS: ${shownValue('AGENT_LIMITS', e.AGENT_LIMITS)} is not a list of agentId:max pairs separated by commas, like sales:5,support:10 (bad part: ${JSON.stringify(part)})`,
+          `AGENT_LIMITS: ${shownValue('AGENT_LIMITS', e.AGENT_LIMITS)} is not a list of agent=max pairs separated by commas, like openai:gpt-realtime=5,playai:sales=10 (bad part: ${JSON.stringify(part)})`,
         );
       }
-      agentLimits.set(m[1], Number(m[2]));
+      agentLimits.set(formatAgentRef(ref), Number(m[2]));
     }
   }
   if (e.OVERFLOW_ACTION === 'dial' && e.FALLBACK_NUMBER === undefined) {
@@ -402,6 +509,23 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const playaiApi = parseUrl('PLAYAI_API_URL', e.PLAYAI_API_URL, ['https:', 'http:']).href.replace(/\/+$/, '');
   const localCarrier = e.TWILIO_ACCOUNT_SID === undefined;
 
+  // Every agent the configuration names must be reachable: a provider without its key stops the boot.
+  const named: Array<{ ref: string; where: string }> = [{ ref: defaultAgent, where: e.DEFAULT_AGENT !== undefined ? 'DEFAULT_AGENT' : 'the default agent' }];
+  for (const [number, route] of routes) named.push({ ref: route.agentId, where: `ROUTES_FILE (${number})` });
+  for (const [ref, def] of definitions) {
+    named.push({ ref, where: 'AGENTS_FILE' });
+    for (const f of def.fallback ?? []) named.push({ ref: f, where: `AGENTS_FILE (fallback of ${ref})` });
+  }
+  for (const ref of agentLimits.keys()) named.push({ ref, where: 'AGENT_LIMITS' });
+  const keys: Record<AgentProviderName, string | undefined> = { playai: e.PLAYAI_API_KEY, openai: e.OPENAI_API_KEY, elevenlabs: e.ELEVENLABS_API_KEY, deepgram: e.DEEPGRAM_API_KEY };
+  for (const { ref, where } of named) {
+    const provider = parseAgentRef(ref)?.provider;
+    const key = provider === undefined ? undefined : PROVIDER_KEY[provider];
+    if (key !== undefined && provider !== undefined && keys[provider] === undefined) {
+      throw new ConfigError(`${key}: required because ${where} names ${ref}`);
+    }
+  }
+
   return {
     port: e.PORT,
     host: e.HOST,
@@ -413,8 +537,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     twilio: { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN },
     playai: {
       apiKey: e.PLAYAI_API_KEY,
-      defaultAgentId: e.PLAYAI_AGENT_ID ?? LOCAL_AGENT_ID,
       wsUrl: wsUrl.href.replace(/\/+$/, ''),
+    },
+    agents: {
+      defaultAgent,
+      ...(e.OPENAI_API_KEY !== undefined ? { openai: { apiKey: e.OPENAI_API_KEY, url: openaiUrl.href } } : {}),
+      elevenlabs: { apiKey: e.ELEVENLABS_API_KEY, url: elevenlabsUrl.href.replace(/\/+$/, '') },
+      ...(e.DEEPGRAM_API_KEY !== undefined ? { deepgram: { apiKey: e.DEEPGRAM_API_KEY, url: deepgramUrl.href } } : {}),
+      definitions,
     },
     localAgent,
     localAgentOptions: { port: e.LOCAL_AGENT_PORT, mode: e.LOCAL_AGENT_MODE },

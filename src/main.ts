@@ -64,7 +64,15 @@ async function main(): Promise<void> {
       logger: logger.child({ component: 'local-agent' }),
     });
     agentBaseUrl = localAgent.url;
-    logger.info({ agentUrl: localAgent.url, mode: config.localAgentOptions.mode }, 'local mode: no PLAYAI_API_KEY, every call goes to the built-in local agent');
+    logger.info({ agentUrl: localAgent.url, mode: config.localAgentOptions.mode }, 'local mode: no agent credentials, every call goes to the built-in local agent');
+  } else {
+    logger.info({ defaultAgent: config.agents.defaultAgent, agentsFile: config.agents.definitions.size }, 'agents configured');
+    if (config.agents.defaultAgent.startsWith('playai:') && /(^|\.)play\.ai$/i.test(new URL(config.playai.wsUrl).hostname)) {
+      logger.warn(
+        { defaultAgent: config.agents.defaultAgent, playaiWsUrl: config.playai.wsUrl },
+        'the default agent is a PlayAI agent at api.play.ai, whose public API closed at the end of 2025: calls will fail. Set DEFAULT_AGENT to an openai:, elevenlabs: or deepgram: agent, or PLAYAI_WS_URL to your own PlayAI-protocol server',
+      );
+    }
   }
   if (localMode) {
     logger.warn('local mode: no TWILIO_AUTH_TOKEN, so Twilio signatures cannot be checked; Twilio routes only answer requests from this machine');

@@ -16,6 +16,8 @@ export interface MetricsSources {
   draining(): boolean;
   /** Slots held by outbound calls (ringing or live). */
   outboundSlots?(): number;
+  /** Agents whose health is known, and whether each is up. */
+  agents?(): Array<{ ref: string; up: boolean }>;
 }
 
 export class Metrics {
@@ -39,7 +41,8 @@ export class Metrics {
   readonly bargeInsTotal: client.Counter;
   readonly marksTotal: client.Counter<'kind'>;
   readonly badFramesTotal: client.Counter<'leg' | 'kind'>;
-  readonly agentErrorsTotal: client.Counter<'code' | 'fatal'>;
+  readonly agentErrorsTotal: client.Counter<'provider' | 'code' | 'fatal'>;
+  readonly agentFallbacksTotal: client.Counter;
   readonly agentUnknownMessagesTotal: client.Counter;
   readonly agentReconnectsTotal: client.Counter<'result'>;
   readonly agentCapacityTotal: client.Counter;
@@ -56,8 +59,18 @@ export class Metrics {
 
     new client.Gauge({ name: 'playline_calls_live', help: 'Calls with a live media session', registers, collect() { this.set(sources.liveCalls()); } });
     new client.Gauge({ name: 'playline_slots_reserved', help: 'Capacity reserved by /twilio/voice for streams not yet started', registers, collect() { this.set(sources.reservedSlots()); } });
-    new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls (lower than configured after a PlayAI 4429)', registers, collect() { this.set(sources.capacity()); } });
+    new client.Gauge({ name: 'playline_capacity', help: 'Effective maximum of concurrent calls to the default agent (lower than configured after its provider refused a session for capacity)', registers, collect() { this.set(sources.capacity()); } });
     new client.Gauge({ name: 'playline_outbound_slots', help: 'Slots held by outbound calls (dialed, ringing or live)', registers, collect() { this.set(sources.outboundSlots?.() ?? 0); } });
+    new client.Gauge({
+      name: 'playline_agent_up',
+      help: '1 while an agent takes calls, 0 while a run of failed connects has marked it down (agents that have had a connect attempt)',
+      labelNames: ['agent'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const a of sources.agents?.() ?? []) this.labels(a.ref).set(a.up ? 1 : 0);
+      },
+    });
     new client.Gauge({ name: 'playline_draining', help: '1 while the bridge is draining for shutdown', registers, collect() { this.set(sources.draining() ? 1 : 0); } });
 
     const self = this;
@@ -94,10 +107,11 @@ export class Metrics {
     this.bargeInsTotal = new client.Counter({ name: 'playline_barge_ins_total', help: 'Agent playback cleared because the caller spoke', registers });
     this.marksTotal = new client.Counter({ name: 'playline_marks_total', help: 'Playback marks', labelNames: ['kind'] as const, registers });
     this.badFramesTotal = new client.Counter({ name: 'playline_bad_frames_total', help: 'Frames dropped as malformed or out of place', labelNames: ['leg', 'kind'] as const, registers });
-    this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent error frames by code (a documented code, none or other) and whether fatal', labelNames: ['code', 'fatal'] as const, registers });
+    this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent errors by provider, code (a documented code, none or other) and whether they ended the agent session (fatal)', labelNames: ['provider', 'code', 'fatal'] as const, registers });
+    this.agentFallbacksTotal = new client.Counter({ name: 'playline_agent_fallbacks_total', help: 'Calls handed to a fallback agent (AGENTS_FILE fallback) after their agent refused or failed', registers });
     this.agentUnknownMessagesTotal = new client.Counter({ name: 'playline_agent_unknown_messages_total', help: 'Agent messages of an unknown type (ignored)', registers });
     this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
-    this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'PlayAI 4429 (too many concurrent connections on the account)', registers });
+    this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'Agent accounts refusing a session for capacity (PlayAI 4429 and the equivalents of other providers)', registers });
     this.outboundDialsTotal = new client.Counter({ name: 'playline_outbound_dials_total', help: 'Outbound dial requests by result (dialed, invalid-number, rate-limited, auth, rejected, unknown)', labelNames: ['result'] as const, registers });
     this.storeErrorsTotal = new client.Counter({
       name: 'playline_store_errors_total',

@@ -307,7 +307,7 @@ describe('ending the call', () => {
     await call.agent.waitForAudioIn(1);
     expect(call.stream.closed).toBe(false);
     expect(tb.callControl.spoken).toHaveLength(0);
-    expect(tb.logs.lines.some((l) => l.msg === 'agent reported a non-fatal error' && l.code === 2001)).toBe(true);
+    expect(tb.logs.lines.some((l) => l.msg === 'agent reported a non-fatal error' && l.code === 'other')).toBe(true);
     call.stream.sendStop();
   });
 });
@@ -410,7 +410,7 @@ describe('logging', () => {
     expect(ended).toMatchObject({
       callSid: call.callSid,
       streamSid: call.stream.streamSid,
-      agentId: 'agent-default',
+      agentId: 'playai:agent-default',
       conversationId: call.agent.conversationId,
       outcome: 'agent_hangup',
     });

@@ -50,7 +50,7 @@ describe('configuration', () => {
     const file = join(dir, 'routes.json');
     writeFileSync(file, JSON.stringify({ '+15551230001': { agentId: 'a1', prompt: 'p', customGreeting: 'g' } }));
     const c = loadConfig({ ROUTES_FILE: file, PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'default' });
-    expect(c.routes.get('+15551230001')).toEqual({ agentId: 'a1', prompt: 'p', customGreeting: 'g' });
+    expect(c.routes.get('+15551230001')).toEqual({ agentId: 'playai:a1', prompt: 'p', customGreeting: 'g' });
     expect(c.localAgent).toBe(false);
   });
 
@@ -89,7 +89,7 @@ describe('configuration', () => {
     [{ PLAYAI_AGENT_ID: 'a b' }, 'PLAYAI_AGENT_ID: "a b" is not an agent id'],
     [{ PUBLIC_URL: 'ftp://voice.example.com' }, 'PUBLIC_URL: "ftp://voice.example.com" is not a URL starting with https:// or http://'],
     [{ PUBLIC_URL: 'https://voice.example.com/app' }, 'PUBLIC_URL: "https://voice.example.com/app" is not an origin only'],
-    [{ AGENT_LIMITS: 'sales=five' }, 'AGENT_LIMITS: "sales=five" is not a list of agentId:max pairs'],
+    [{ AGENT_LIMITS: 'sales=five' }, 'AGENT_LIMITS: "sales=five" is not a list of agent=max pairs'],
     [{ LOCAL_CARRIER_OUTCOMES: 'ok:1' }, 'LOCAL_CARRIER_OUTCOMES: "ok:1" is not a list of outcome:weight pairs'],
     [{ MAX_CONCURRENT_CALLS: '5', INBOUND_RESERVED: '5' }, 'INBOUND_RESERVED: "5" is not below MAX_CONCURRENT_CALLS (5)'],
   ])('echoes the bad value of %j and says what is expected', (env, message) => {

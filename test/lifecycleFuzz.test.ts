@@ -41,7 +41,7 @@ import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/playai/leg.js';
+import type { PlayAiCloseInfo, PlayAiConnector, PlayAiSocket, PlayAiSocketOptions } from '../src/agent/playai/leg.js';
 import { decodeAgentMessage } from '../src/agent/playai/codec.js';
 import { TwilioStreamConnection } from '../src/carrier/twilio/stream.js';
 import { loadConfig, type NumberRoute } from '../src/config.js';
@@ -52,6 +52,7 @@ import { SessionManager, type ClaimResult } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
 import { RecordingJournal } from '../src/testing/recordingJournal.js';
 import { Rng } from '../src/util/prng.js';
+import { playaiDirectory } from './playaiDirectory.js';
 
 // Captured before any test fakes the timers: yields to the real event loop so every microtask runs.
 const realSetImmediate = globalThis.setImmediate;
@@ -262,7 +263,7 @@ class FakeTwilioWs extends EventEmitter {
 
 type LegState = 'connecting' | 'open' | 'closing' | 'closed';
 
-class FakeAgentLeg implements AgentLeg {
+class FakeAgentLeg implements PlayAiSocket {
   state: LegState = 'connecting';
   readonly audio: string[] = [];
   bufferedAmount = 0;
@@ -275,7 +276,7 @@ class FakeAgentLeg implements AgentLeg {
   readonly #span = newSpan();
 
   constructor(
-    readonly opts: AgentLegOptions,
+    readonly opts: PlayAiSocketOptions,
     private readonly closeDelayMs: number,
     private readonly onInjected: () => void,
   ) {}
@@ -340,7 +341,7 @@ class FakeAgentLeg implements AgentLeg {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     this.state = 'closed';
-    const info: AgentCloseInfo = { code, reason, byUs: this.closedByUs };
+    const info: PlayAiCloseInfo = { code, reason, byUs: this.closedByUs };
     if (error !== undefined) info.error = error;
     this.opts.handlers.onClose(info);
   }
@@ -620,8 +621,6 @@ class World {
     this.dial = rng.chance(profile.dialChance);
     const tiny = profile.tinyBuffers;
     this.settings = {
-      agentBaseUrl: 'ws://agent.invalid',
-      apiKey: 'fuzz-key',
       agentInitTimeoutMs: rng.pick([300, 1500, 5000, 10_000]),
       hangupDrainMs: rng.pick([0, 500, 3000, 10_000]),
       callControlGraceMs: rng.pick([0, 200, 1000, 5000]),
@@ -682,7 +681,7 @@ class World {
       metrics,
       logger,
       callControl: this.callControl,
-      connectAgent: this.connector,
+      agents: playaiDirectory(this.connector, { apiKey: 'fuzz-key' }),
       settings: this.settings,
       journal: this.journal,
     });
@@ -705,7 +704,7 @@ class World {
 
   // ---------------------------------------------------------------- fakes wired to the model
 
-  readonly connector: AgentConnector = (opts) => {
+  readonly connector: PlayAiConnector = (opts) => {
     const call = this.callsByAgent.get(opts.agentId);
     const sm = this.starting ?? call?.streams.find((s) => s.session !== undefined && s.session.state !== 'closed');
     const leg = new FakeAgentLeg(opts, this.rng.pick([0, 5, 50, 1500]), () => (this.injectedFired = true));
@@ -1183,7 +1182,7 @@ class World {
         return undefined;
       }
       if (!r.ok) this.fail(`admit refused at ${usedBefore}/${capacity}: ${r.reason}`);
-      if (r.route.agentId !== call.agentId) this.fail(`admit routed to ${r.route.agentId}`);
+      if (r.route.agentId !== `playai:${call.agentId}`) this.fail(`admit routed to ${r.route.agentId}`);
       const res: ReservationModel = { token: r.token, call, status: 'pending', expiresAt: now() + this.tokenTtlMs, idem };
       call.reservations.push(res);
       this.tokens.set(r.token, res);

@@ -81,6 +81,7 @@ function fakeSession(callSid: string, slot: Slot): ManagedSession & { closes: En
     slot,
     agentConnected: true,
     agentConnectedOnce: true,
+    agentProvider: 'playai',
     streamDead: false,
     closes,
     close: (reason) => closes.push(reason),

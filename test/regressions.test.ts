@@ -7,12 +7,13 @@ import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { afterEach, expect, it, vi } from 'vitest';
-import type { AgentConnector, AgentLeg } from '../src/agent/playai/leg.js';
+import type { PlayAiConnector, PlayAiSocket } from '../src/agent/playai/leg.js';
 import { loadConfig } from '../src/config.js';
 import { streamRouteSettings, streamSocketHandler } from '../src/http/mediaStream.js';
 import { Metrics } from '../src/metrics.js';
 import { SessionManager } from '../src/session/manager.js';
 import { FakeCallControl } from '../src/testing/fakeCallControl.js';
+import { playaiDirectory } from './playaiDirectory.js';
 
 /** The parts of a `ws` socket the carrier connection uses. */
 class Ws extends EventEmitter {
@@ -30,13 +31,13 @@ class Ws extends EventEmitter {
     this.emit('close', 1006, Buffer.alloc(0));
   }
 }
-const leg = (): AgentLeg => ({ sendAudio: () => true, sendAudioBytes: () => true, bufferedAmount: 0, isOpen: true, close: () => {} });
+const leg = (): PlayAiSocket => ({ sendAudio: () => true, sendAudioBytes: () => true, bufferedAmount: 0, isOpen: true, close: () => {} });
 
-async function setup(connectAgent: AgentConnector) {
+async function setup(connectAgent: PlayAiConnector) {
   const config = loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'agent', START_TIMEOUT_MS: '500', AGENT_INIT_TIMEOUT_MS: '1000' });
   const manager = new SessionManager({ maxConcurrentCalls: 5, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map() });
-  const settings = { agentBaseUrl: 'ws://x', apiKey: 'k', agentInitTimeoutMs: 1000, hangupDrainMs: 1000, callControlGraceMs: 500, markIntervalMs: 160, preInitBufferMs: 1000, agentHeartbeatMs: 0, reconnect: { attempts: 3, windowMs: 10_000, bufferMs: 1000, stableMs: 5000, maxPerCall: 10 }, maxCallMs: 60_000, idleMs: 20_000, texts: config.messages, overflow: { action: 'say' as const } };
-  const handler = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), connectAgent, settings, journal: NULL_JOURNAL });
+  const settings = { agentInitTimeoutMs: 1000, hangupDrainMs: 1000, callControlGraceMs: 500, markIntervalMs: 160, preInitBufferMs: 1000, agentHeartbeatMs: 0, reconnect: { attempts: 3, windowMs: 10_000, bufferMs: 1000, stableMs: 5000, maxPerCall: 10 }, maxCallMs: 60_000, idleMs: 20_000, texts: config.messages, overflow: { action: 'say' as const } };
+  const handler = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics: new Metrics({ liveCalls: () => 0, reservedSlots: () => 0, capacity: () => 0, draining: () => false }), logger: pino({ level: 'silent' }), callControl: new FakeCallControl(), agents: playaiDirectory(connectAgent, { apiKey: 'k', baseUrl: 'ws://x' }), settings, journal: NULL_JOURNAL });
   const start = (ws: Ws, callSid: string, token: string) => ws.emit('message', Buffer.from(JSON.stringify({ event: 'start', streamSid: 'MZ1', start: { streamSid: 'MZ1', callSid, customParameters: { token } } })), false);
   return { manager, handler, start };
 }
@@ -73,7 +74,7 @@ it('B1: a connector that throws when the session starts does not leave the sessi
 it('B2: a connector that throws on a reconnect does not escape the retry timer', async () => {
   vi.useFakeTimers();
   let n = 0;
-  let handlers: Parameters<AgentConnector>[0]['handlers'] | undefined;
+  let handlers: Parameters<PlayAiConnector>[0]['handlers'] | undefined;
   const { manager, handler, start } = await setup((opts) => {
     if (++n > 1) throw new Error('connector failed');
     handlers = opts.handlers;

@@ -175,11 +175,11 @@ describe('limits and stuck calls', () => {
     tb = await startTestBridge({ env: { AGENT_LIMITS: 'sales:1' } });
     tb.config.routes.set('+15550000001', { agentId: 'sales' });
     const first = await webhook(tb, { To: '+15550000001' });
-    expect(first.twiml?.parameters.agentId).toBe('sales');
+    expect(first.twiml?.parameters.agentId).toBe('playai:sales');
     const second = await webhook(tb, { To: '+15550000001' });
     expect(second.twiml?.streamUrl).toBeUndefined();
     const other = await webhook(tb, { To: '+15550000002' });
-    expect(other.twiml?.parameters.agentId).toBe('agent-default');
+    expect(other.twiml?.parameters.agentId).toBe('playai:agent-default');
     expect(await metricsText(tb)).toMatch(/playline_calls_refused_total\{reason="agent_limit"\} 1/);
     tb.bridge.manager.dispose(); // the admitted calls never stream: drop their reservations now
   });

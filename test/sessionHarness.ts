@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import pino from 'pino';
 import type WebSocket from 'ws';
 import { z } from 'zod';
-import type { AgentConnector, AgentLeg, AgentLegOptions } from '../src/agent/playai/leg.js';
+import type { PlayAiConnector, PlayAiSocket, PlayAiSocketOptions } from '../src/agent/playai/leg.js';
 import type { AgentServerMessage } from '../src/agent/playai/codec.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { streamRouteSettings, streamSocketHandler } from '../src/http/mediaStream.js';
@@ -21,6 +21,7 @@ import { FakeCallControl } from '../src/testing/fakeCallControl.js';
 import { RecordingJournal } from '../src/testing/recordingJournal.js';
 import { LogSink } from './helpers.js';
 import { sessionSettings } from '../src/app.js';
+import { playaiDirectory } from './playaiDirectory.js';
 
 const twilioOut = z.discriminatedUnion('event', [
   z.strictObject({ event: z.literal('media'), streamSid: z.string(), media: z.strictObject({ payload: z.string() }) }),
@@ -116,13 +117,13 @@ export class FakeTwilioSocket extends EventEmitter {
 }
 
 /** An agent leg played by the test as the agent. */
-export class FakeAgent implements AgentLeg {
+export class FakeAgent implements PlayAiSocket {
   readonly audioIn: string[] = [];
   bufferedAmount = 0;
   isOpen = true;
   closedByUs = false;
 
-  constructor(readonly opts: AgentLegOptions) {}
+  constructor(readonly opts: PlayAiSocketOptions) {}
 
   sendAudio(b64: string): boolean {
     if (!this.isOpen) return false;
@@ -207,24 +208,25 @@ export async function startHarness(env: Record<string, string> = {}): Promise<Ha
   const manager = new SessionManager({
     maxConcurrentCalls: config.maxConcurrentCalls,
     tokenTtlMs: config.timeouts.streamTokenTtlMs,
-    defaultAgentId: config.playai.defaultAgentId,
+    defaultAgentId: config.agents.defaultAgent,
     routes: config.routes,
     agentLimits: config.agentLimits,
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
   });
   const metrics = new Metrics({ liveCalls: () => manager.liveCalls, reservedSlots: () => manager.reservedSlots, capacity: () => manager.capacity, draining: () => manager.draining });
-  const settings: SessionSettings = sessionSettings(config, config.playai.wsUrl);
+  const settings: SessionSettings = sessionSettings(config);
   const journal = new RecordingJournal();
   const callControl = new FakeCallControl();
   const legsByAgentId = new Map<string, FakeAgent[]>();
-  const connectAgent: AgentConnector = (opts) => {
+  const connectAgent: PlayAiConnector = (opts) => {
     const leg = new FakeAgent(opts);
     const legs = legsByAgentId.get(opts.agentId) ?? [];
     legs.push(leg);
     legsByAgentId.set(opts.agentId, legs);
     return leg;
   };
-  const onSocket = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics, logger, callControl, connectAgent, settings, journal });
+  const agents = playaiDirectory(connectAgent, { apiKey: config.playai.apiKey ?? 'test-key', baseUrl: config.playai.wsUrl, definitions: config.agents.definitions });
+  const onSocket = streamSocketHandler({ stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   let n = 0;
   return {

@@ -28,7 +28,7 @@ describe('POST /twilio/voice', () => {
     const twiml = hook.twiml;
     expect(twiml?.streamUrl).toBe(STREAM_URL);
     expect(twiml?.streamUrl).not.toContain('?');
-    expect(twiml?.parameters.agentId).toBe('agent-default');
+    expect(twiml?.parameters.agentId).toBe('playai:agent-default');
     expect(twiml?.parameters.token).toMatch(/^[A-Za-z0-9_-]{20,}$/);
     expect(twiml?.hangup).toBe(true);
     expect(tb.bridge.manager.reservedSlots).toBe(1);
@@ -38,9 +38,9 @@ describe('POST /twilio/voice', () => {
     tb = await startTestBridge();
     tb.config.routes.set('+15550001111', { agentId: 'sales-agent', prompt: 'be brief', customGreeting: 'Hi from sales' });
     const routed = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { To: '+15550001111' } });
-    expect(routed.twiml?.parameters.agentId).toBe('sales-agent');
+    expect(routed.twiml?.parameters.agentId).toBe('playai:sales-agent');
     const other = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { To: '+15550009999' } });
-    expect(other.twiml?.parameters.agentId).toBe('agent-default');
+    expect(other.twiml?.parameters.agentId).toBe('playai:agent-default');
   });
 
   it('refuses a forged signature with 403 and reserves nothing', async () => {

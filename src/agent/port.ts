@@ -110,7 +110,17 @@ export interface AgentToolCall {
 }
 
 /** Bad input from an agent socket (a metric label). */
-export type AgentBadFrameKind = 'binary' | 'non_json' | 'not_object' | 'invalid_fields' | 'bad_audio' | 'oversized' | 'unexpected';
+export type AgentBadFrameKind =
+  | 'binary'
+  | 'non_json'
+  | 'not_object'
+  | 'invalid_fields'
+  | 'bad_audio'
+  | 'oversized'
+  /** A message that is valid but out of place (a second session confirmation…). */
+  | 'unexpected'
+  /** A message type nobody documented: counted in `agent_unknown_messages_total` and ignored. */
+  | 'unknown_type';
 
 /** What an adapter tells the session. Every handler is called synchronously from the socket's events. */
 export interface AgentEvents {
@@ -121,8 +131,12 @@ export interface AgentEvents {
    * speaks another format). The hot path: `buf` is only valid during the call.
    */
   audio(buf: Buffer, start: number, end: number): void;
-  /** A new agent response starts (audio of an interrupted response is over). */
-  responseStart(): void;
+  /**
+   * A new agent response starts: audio of an interrupted response is over. `dropsPrevious`
+   * (PlayAI `newAudioStream`) also stops what is still playing of the previous response;
+   * otherwise a response that follows another plays after it.
+   */
+  responseStart(info?: { dropsPrevious?: boolean }): void;
   /** The agent has sent all audio of its current response (it may still be playing). */
   responseDone(): void;
   /** The caller started speaking while the agent talked: barge-in. */
@@ -186,6 +200,11 @@ export interface AgentRef {
   provider: AgentProviderName;
   id: string;
 }
+
+/** `provider:id` or a bare PlayAI id; ids are 1 to 128 letters, digits, and `_ - . /` (OpenAI models have dots). */
+export const AGENT_REF_PATTERN = /^(?:(?:playai|openai|elevenlabs|deepgram):)?[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$/;
+/** What {@link AGENT_REF_PATTERN} accepts, in words (completes "… is not "). */
+export const AGENT_REF_TEXT = `an agent like openai:gpt-realtime, elevenlabs:<agent id>, deepgram:<name> or playai:<agent id> (providers: ${AGENT_PROVIDERS.join(', ')})`;
 
 /** Parses `provider:id`; a bare id (no known provider prefix) is a PlayAI agent id. */
 export function parseAgentRef(text: string): AgentRef | undefined {

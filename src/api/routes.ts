@@ -67,6 +67,8 @@ export interface ApiDeps {
   apiToken?: string;
   localMode: boolean;
   defaultCountry?: CountryCode;
+  /** Why calls cannot go to this agent (its provider is not configured), or undefined when they can. */
+  checkAgent?: (agentId: string) => string | undefined;
 }
 
 const STREAMED: ReadonlySet<string> = new Set(STREAMED_MEDIA_TYPES);
@@ -148,6 +150,13 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
   app.setSerializerCompiler(serializerCompiler);
   app.addHook('onRequest', apiAuth({ token: deps.apiToken, localMode: deps.localMode }));
 
+  /** A call or campaign naming an agent whose provider is not set up is refused before anything is stored. */
+  const assertAgent = (agentId: string | undefined): void => {
+    if (agentId === undefined) return;
+    const why = deps.checkAgent?.(agentId);
+    if (why !== undefined) throw new ApiError('invalid_request', why, { field: 'agentId' });
+  };
+
   const importOptions = (settings: Pick<CampaignSettings, 'prompt' | 'customGreeting'>): ImportOptions => ({
     requiredVariables: requiredVariables(settings),
     ...(deps.defaultCountry !== undefined ? { defaultCountry: deps.defaultCountry } : {}),
@@ -216,6 +225,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       const keyHeader = req.headers['idempotency-key'];
       const key = keyHeader !== undefined && keyHeader !== '' ? keyHeader : undefined;
       const hash = createHash('sha256').update(JSON.stringify(req.body)).digest('hex');
+      assertAgent(req.body.agentId);
       const { call, replayed } = outbound.createCall(req.body, key === undefined ? undefined : { key, hash });
       if (replayed) void reply.header('idempotent-replayed', 'true');
       return reply
@@ -335,6 +345,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
           throw new ApiError('invalid_request', 'no body: send JSON {"name": …}, a multipart form with a CSV file, or a text/csv body');
         }
         // Nothing is created for an import that is refused.
+        assertAgent(input.settings?.agentId);
         if (imp !== undefined) acceptImport(imp, strict);
         const created = campaigns.create(input.name, input.settings);
         let report: ImportReport | null = null;

@@ -35,6 +35,8 @@ export type CallJournalEntry =
   | { type: 'stream_started'; streamSid: string }
   /** The agent answered (`init`): first time, or after a reconnect. */
   | { type: 'agent_ready'; conversationId: string; reconnected: boolean }
+  /** The call was handed to a fallback agent. */
+  | { type: 'agent_switched'; from: string; to: string; why: string }
   /** One final user or agent turn. */
   | { type: 'transcript'; role: 'user' | 'agent'; text: string }
   /** A keypad digit from the caller. */

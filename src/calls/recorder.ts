@@ -88,6 +88,9 @@ export class CallRecorder implements CallJournal {
         this.#calls.update(id, { conversationId: e.conversationId });
         this.#calls.event(id, e.reconnected ? 'agent_reconnected' : 'agent_ready', null, null, { conversationId: e.conversationId }, now);
         return;
+      case 'agent_switched':
+        this.#calls.event(id, 'agent_switched', null, null, { from: e.from, to: e.to, why: e.why }, now);
+        return;
       case 'transcript':
         if (live.turns >= MAX_TURNS) return;
         this.#calls.appendTranscriptTurn(id, 'live', live.turns++, { role: e.role, text: e.text, at: now });

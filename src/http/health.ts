@@ -8,10 +8,14 @@
 import type { FastifyInstance } from 'fastify';
 import { tokenMatches } from '../api/auth.js';
 import type { Metrics } from '../metrics.js';
+import type { AgentDirectory } from '../agent/directory.js';
 import type { SessionManager } from '../session/manager.js';
 
 export interface HealthDeps {
   manager: SessionManager;
+  agents: AgentDirectory;
+  /** The agent of numbers without a route: while it and its fallbacks are all down, the bridge is not ready. */
+  defaultAgent: string;
   metrics: Metrics;
   /** METRICS_TOKEN: when set, `/metrics` requires it as a bearer token. */
   metricsToken?: string | undefined;
@@ -24,15 +28,19 @@ export function bearerToken(header: string | string[] | undefined): string | und
 }
 
 export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Promise<void> {
-  const { manager, metrics, metricsToken } = deps;
+  const { manager, metrics, metricsToken, agents, defaultAgent } = deps;
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
+    const agentsDown = agents.downAgents();
+    const defaultAgentUp = agents.firstUp(defaultAgent) !== undefined;
     const body = {
-      ready: manager.ready,
+      ready: manager.ready && defaultAgentUp,
       draining: manager.draining,
       liveCalls: manager.liveCalls,
       reservedSlots: manager.reservedSlots,
       capacity: manager.capacity,
+      defaultAgent,
+      agentsDown,
     };
     return reply.code(body.ready ? 200 : 503).send(body);
   });

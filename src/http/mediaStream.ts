@@ -7,7 +7,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
-import type { AgentConnector } from '../agent/playai/leg.js';
+import type { AgentDirectory } from '../agent/directory.js';
 import type { CallJournal } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import { TwilioStreamConnection, type CarrierBadFrameKind, type StartDecision } from '../carrier/twilio/stream.js';
@@ -41,7 +41,7 @@ export interface MediaStreamDeps {
   metrics: Metrics;
   logger: Logger;
   callControl: CallControl;
-  connectAgent: AgentConnector;
+  agents: AgentDirectory;
   settings: SessionSettings;
   journal: CallJournal;
 }
@@ -80,15 +80,15 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         reservation: claim.reservation,
         streamSid: start.streamSid,
         carrier: leg,
-        connectAgent: deps.connectAgent,
+        agents: deps.agents,
         callControl: deps.callControl,
         settings: deps.settings,
         metrics,
         logger,
         journal: deps.journal,
-        onAgentCapacityExceeded: (s) => {
-          const limit = manager.noteAgentCapacityExceeded();
-          logger.warn({ callSid: s.callSid, learnedLimit: limit }, 'agent account refused a connection (4429); capping admissions');
+        onAgentCapacityExceeded: (s, provider) => {
+          const limit = manager.noteAgentCapacityExceeded(provider);
+          logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');
         },
         onClosed: (s) => manager.release(s),
       });

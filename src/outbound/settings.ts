@@ -3,6 +3,7 @@
  * the HTTP routes (validation and OpenAPI) and the outbound service.
  */
 import { z } from 'zod';
+import { AGENT_REF_PATTERN, AGENT_REF_TEXT } from '../agent/port.js';
 import { normalizePhone } from './phone.js';
 import { templateVariables } from './template.js';
 import { callingWindowSchema } from './window.js';
@@ -22,7 +23,8 @@ export const phoneSchema = z.codec(z.string().max(64), z.string().describe('E.16
   encode: (e164) => e164,
 });
 
-export const agentIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must be letters, digits, - or _ (1-128)');
+/** An agent as `provider:id` (`openai:gpt-realtime`) or a bare PlayAI agent id. */
+export const agentIdSchema = z.string().regex(AGENT_REF_PATTERN, `must be ${AGENT_REF_TEXT}`);
 
 const metadataSchema = z
   .record(z.string().max(64), z.union([z.string().max(1000), z.number(), z.boolean(), z.null()]))

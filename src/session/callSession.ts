@@ -1,25 +1,27 @@
 /**
  * One call: the only place where the carrier leg (Twilio) and the agent leg
- * (PlayAI protocol) meet.
+ * (any provider, through the agent port `agent/port.ts`) meet.
  *
  * The session owns both sockets, its timers and its logger, and releases all
  * of them in one idempotent {@link CallSession.close}. Audio is relayed as
  * base64 without decoding in either direction.
  *
  * States (`state.ts`; each state carries the agent leg it holds, if any):
- * - `connecting`: first agent socket opening, waiting for `init`; caller audio is buffered.
+ * - `connecting`: first agent socket opening, waiting for it to be ready; caller audio is buffered.
  * - `live`: audio flows both ways (always with an agent leg).
  * - `reconnecting`: the agent leg was lost without a `hangup`; the caller stays on the
  *   line, caller audio is buffered, agent audio already queued at Twilio keeps playing,
- *   and the session reconnects with `continueConversation` within a bounded budget
- *   (`reconnect.ts`).
+ *   and the session reconnects within a bounded budget (`reconnect.ts`), resuming the
+ *   conversation (by id where the provider can, else with the transcript so far). When the
+ *   budget is spent, or the agent refuses the call, a fallback agent takes over if it has one.
  * - `draining`: the agent hung up; its queued audio is finishing.
  * - `ending`: call control is telling the caller goodbye (or forwarding the call).
  * - `closed`.
  */
 import type { Logger } from 'pino';
-import type { AgentCloseInfo, AgentConnector, AgentLeg, AgentLegHandlers } from '../agent/playai/leg.js';
-import { isFatalAgentError, NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from '../agent/playai/codec.js';
+import { AgentDirectory } from '../agent/directory.js';
+import type { AgentBadFrameKind, AgentCloseInfo, AgentError, AgentEvents, AgentLeg, AgentProviderName, AgentRequest, AgentToolCall, ConversationTurn } from '../agent/port.js';
+import { END_CALL_TOOL, parseAgentRef } from '../agent/port.js';
 import { base64ByteLength, base64ByteLengthOf } from '../audio/base64.js';
 import { stripWavHeader } from '../audio/wav.js';
 import type { CallJournal, EndReason, SpokenKind } from '../calls/journal.js';
@@ -34,8 +36,6 @@ import { Timers } from './timers.js';
 import { CallerAudioBuffer } from './callerBuffer.js';
 
 export interface SessionSettings {
-  agentBaseUrl: string;
-  apiKey?: string;
   agentInitTimeoutMs: number;
   hangupDrainMs: number;
   callControlGraceMs: number;
@@ -57,15 +57,16 @@ export interface CallSessionDeps {
   reservation: Reservation;
   streamSid: string;
   carrier: CarrierLeg;
-  connectAgent: AgentConnector;
+  /** The agents: providers, each agent's settings and fallbacks, and their health. */
+  agents: AgentDirectory;
   callControl: CallControl;
   settings: SessionSettings;
   metrics: Metrics;
   logger: Logger;
   /** Where the call's record hears what happens (stream start, agent init, transcripts, digits, prompts, the end). */
   journal: CallJournal;
-  /** The agent account refused a connection (4429). */
-  onAgentCapacityExceeded(session: CallSession): void;
+  /** An agent account refused a session for capacity (PlayAI 4429 and its equivalents). */
+  onAgentCapacityExceeded(session: CallSession, provider: AgentProviderName): void;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
@@ -106,13 +107,13 @@ const PLAYBACK_SLACK_MS = 2000;
 
 type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall';
 
-/** Agent error codes that may label a metric; any other code is counted as `other`. */
-const KNOWN_AGENT_ERROR_CODES: ReadonlySet<number> = new Set([...NON_RETRYABLE_AGENT_ERRORS, ...RETRYABLE_AGENT_ERRORS]);
+/** Conversation kept in memory for a new agent session to continue from (a reconnect, a fallback). */
+const MAX_HISTORY_TURNS = 40;
+const MAX_HISTORY_CHARS = 12_000;
 
 export class CallSession implements CarrierHandlers, ManagedSession {
   readonly callSid: string;
   readonly streamSid: string;
-  readonly agentId: string;
   readonly slot: Slot;
   readonly playback: PlaybackTracker;
 
@@ -130,6 +131,21 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   /** The conversation, from the agent's latest `init`; kept across legs for `continueConversation`. */
   #conversationId: string | undefined;
   #everInit = false;
+  /** The agent serving the call now (`provider:id`): the route's, or a fallback that took over. */
+  #agentRef: string;
+  /** Agents this call has used, in order (the first is the route's). */
+  readonly #agentsTried: string[] = [];
+  /** The conversation so far, for a new agent session to continue from. */
+  readonly #history: ConversationTurn[] = [];
+  #historyChars = 0;
+  /** The agent asked to end the call (end_call) while its response was still streaming. */
+  #endCallPending = false;
+  /** True from a response's first audio until the agent says all of its audio was sent. */
+  #responseStreaming = false;
+  /** Bytes of agent audio sent to Twilio in the current response (what was played is derived from it). */
+  #responseBytes = 0;
+  /** The agent whose session `#conversationId` belongs to. */
+  #conversationAgent: string | undefined;
   /** Successful reconnects (a new `init` after a lost leg). */
   #agentReconnects = 0;
   /** Reconnect attempts scheduled in this call, all outages together. */
@@ -169,14 +185,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#metrics = deps.metrics;
     this.callSid = deps.reservation.callSid;
     this.streamSid = deps.streamSid;
-    this.agentId = deps.reservation.route.agentId;
+    this.#agentRef = AgentDirectory.normalize(deps.reservation.route.agentId) ?? deps.reservation.route.agentId;
+    this.#agentsTried.push(this.#agentRef);
     this.slot = deps.reservation.slot;
     this.playback = new PlaybackTracker(this.#s.markIntervalMs);
     this.#pending = new CallerAudioBuffer(this.#s.preInitBufferMs * 8);
     const batchMs = this.#s.audioInBatchMs ?? 0;
     this.#batch = batchMs > 0 ? Buffer.alloc(batchMs * 8) : undefined;
-    this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid, agentId: this.agentId });
-    this.#log = this.#baseLog;
+    this.#baseLog = deps.logger.child({ callSid: this.callSid, streamSid: this.streamSid });
+    this.#log = this.#baseLog.child({ agentId: this.#agentRef });
     // The first connection is budgeted like a reconnect: its outage starts with the call.
     this.#st = { kind: 'connecting', agent: undefined, openedAt: 0, outage: { startedAt: this.#startedAt, attempts: 0 } };
   }
@@ -204,12 +221,32 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     return this.#conversationId;
   }
 
+  /** The agent serving the call now (`provider:id`). */
+  get agentId(): string {
+    return this.#agentRef;
+  }
+
+  /** The provider of the agent serving the call now. */
+  get agentProvider(): AgentProviderName {
+    return parseAgentRef(this.#agentRef)?.provider ?? 'playai';
+  }
+
   /** Opens the agent leg. Called once by whoever built the session, after registering it. */
   start(): void {
     const call = this.#d.reservation.call;
     this.#log.info({ from: call.from, to: call.to }, 'call started');
     this.#d.journal.record(this.callSid, { type: 'stream_started', streamSid: this.streamSid });
     try {
+      // An agent marked down is skipped at once: the call starts on its first fallback that is up.
+      const up = this.#d.agents.firstUp(this.#agentRef);
+      if (up !== undefined && up !== this.#agentRef) {
+        const from = this.#agentRef;
+        this.#agentRef = up;
+        this.#agentsTried.push(up);
+        this.#metrics.agentFallbacksTotal.inc();
+        this.#log.warn({ from, to: up }, 'agent is down; the call starts on its fallback');
+        this.#d.journal.record(this.callSid, { type: 'agent_switched', from, to: up, why: 'down' });
+      }
       this.#openAgent();
     } catch (err) {
       this.onInternalError(err);
@@ -363,32 +400,39 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #openAgent(): void {
     const st = this.#st;
     if (st.kind !== 'connecting' && st.kind !== 'reconnecting') return;
+    const ref = this.#agentRef;
+    const provider = this.#d.agents.provider(ref);
+    if (provider === undefined) {
+      // Config refuses to start without a provider for the default agent; a route or campaign may still name another.
+      this.#log.error({ agent: ref }, 'no provider is configured for this agent: set its API key (see "Choose your agent" in the README)');
+      this.#agentRefused({ kind: 'fatal', code: 'not_configured', message: 'provider not configured', legDone: true });
+      return;
+    }
     const route = this.#d.reservation.route;
-    const setup: AgentSetup = {
-      type: 'setup',
-      inputEncoding: 'mulaw',
-      inputSampleRate: 8000,
-      outputFormat: 'mulaw',
-      outputSampleRate: 8000,
-    };
-    if (this.#s.apiKey !== undefined) setup.apiKey = this.#s.apiKey;
-    if (route.prompt !== undefined) setup.prompt = route.prompt;
-    if (route.customGreeting !== undefined) setup.customGreeting = route.customGreeting;
-    if (this.#conversationId !== undefined) setup.continueConversation = this.#conversationId;
+    const call = this.#d.reservation.call;
+    const request = this.#d.agents.request(
+      { agentId: ref, prompt: route.prompt, customGreeting: route.customGreeting },
+      { callSid: call.callSid, from: call.from, to: call.to, direction: call.direction },
+      this.#resumeFor(provider.resumesById),
+    );
 
     let leg: AgentLeg | undefined;
-    // Frames from a leg the session no longer holds (it was dropped) are ignored.
+    // Events from a leg the session no longer holds (it was dropped) are ignored.
     const current = (): boolean => leg !== undefined && leg === agentOf(this.#st);
-    const handlers: AgentLegHandlers = {
-      onMessage: (msg) => {
+    const guarded =
+      <A extends unknown[]>(fn: (...args: A) => void) =>
+      (...args: A): void => {
         if (!current()) return;
         try {
-          this.#onAgentMessage(msg);
+          fn(...args);
         } catch (err) {
           this.onInternalError(err);
         }
-      },
-      onAudio: (buf, start, end) => {
+      };
+    const events: AgentEvents = {
+      ready: guarded((info: { conversationId: string }) => this.#onReady(info.conversationId)),
+      // The hot path: no rest-argument wrapper.
+      audio: (buf, start, end) => {
         if (!current()) return;
         try {
           this.#onAgentAudioBytes(buf, start, end);
@@ -396,104 +440,63 @@ export class CallSession implements CarrierHandlers, ManagedSession {
           this.onInternalError(err);
         }
       },
-      onBadFrame: (kind, name) => this.#onAgentBadFrame(kind, name),
-      onClose: (info) => {
-        if (!current()) return;
-        try {
-          this.#onAgentClose(info);
-        } catch (err) {
-          this.onInternalError(err);
-        }
-      },
+      responseStart: guarded((info?: { dropsPrevious?: boolean }) => this.#onResponseStart(info?.dropsPrevious === true)),
+      responseDone: guarded(() => this.#onResponseDone()),
+      callerSpeechStart: guarded(() => this.#onCallerSpeechStart()),
+      transcript: guarded((role: 'user' | 'agent', text: string) => this.#onTranscript(role, text)),
+      toolCall: guarded((tc: AgentToolCall) => this.#onToolCall(tc)),
+      hangup: guarded((reason: string) => this.#onAgentHangup(reason)),
+      error: guarded((err: AgentError) => this.#onAgentError(err)),
+      badFrame: (kind, name) => this.#onAgentBadFrame(kind, name),
+      closed: guarded((info: AgentCloseInfo) => this.#onAgentClose(info)),
     };
     st.openedAt = performance.now();
-    leg = this.#d.connectAgent({
-      baseUrl: this.#s.agentBaseUrl,
-      agentId: this.agentId,
-      setup,
-      handlers,
-      heartbeatMs: this.#s.agentHeartbeatMs,
-    });
+    this.#log = this.#baseLog.child(this.#conversationId === undefined ? { agentId: ref } : { agentId: ref, conversationId: this.#conversationId });
+    leg = provider.connect({ request, events, log: this.#log, heartbeatMs: this.#s.agentHeartbeatMs });
     st.agent = leg;
     this.#timers.set('init', this.#s.agentInitTimeoutMs, this.#onInitTimeout);
+  }
+
+  /** What a new agent session continues from: the conversation id where the provider resumes by id, else the transcript so far. */
+  #resumeFor(byId: boolean): AgentRequest['resume'] {
+    const conversationId = byId && this.#conversationAgent === this.#agentRef ? this.#conversationId : undefined;
+    if (conversationId === undefined && this.#history.length === 0) return undefined;
+    return conversationId === undefined ? { history: [...this.#history] } : { conversationId, history: [...this.#history] };
   }
 
   readonly #onInitTimeout = (): void => {
     const kind = this.#st.kind;
     if (kind === 'connecting' || kind === 'reconnecting') {
-      this.#log.warn({ timeoutMs: this.#s.agentInitTimeoutMs }, 'agent did not send init in time');
+      this.#log.warn({ timeoutMs: this.#s.agentInitTimeoutMs }, 'agent was not ready in time');
+      this.#d.agents.reportConnectFailure(this.#agentRef, 'not ready in time');
       this.#agentLost('init timeout', 'agent_init_timeout');
     }
   };
 
-  #onAgentMessage(msg: AgentServerMessage): void {
-    const kind = this.#st.kind;
-    if (kind === 'closed' || kind === 'ending') return;
-    switch (msg.type) {
-      case 'audioStream':
-        this.#onAgentAudio(msg.data);
-        return;
-      case 'voiceActivityStart':
-        if (kind === 'live') this.#bargeIn();
-        return;
-      case 'newAudioStream':
-        if (kind !== 'live') return;
-        if (this.playback.queued) this.#clearPlayback();
-        this.#dropAgentAudio = false;
-        return;
-      case 'init':
-        this.#onInit(msg.conversationId);
-        return;
-      case 'hangup':
-        this.#onAgentHangup(msg.endedBy);
-        return;
-      case 'error':
-        this.#onAgentError(msg.code, msg.message, msg.isFatal);
-        return;
-      case 'onUserTranscript':
-      case 'onAgentTranscript': {
-        const role = msg.type === 'onUserTranscript' ? 'user' : 'agent';
-        this.#d.journal.record(this.callSid, { type: 'transcript', role, text: msg.message });
-        this.#log.debug({ role, text: msg.message }, 'transcript');
-        return;
-      }
-      case 'onAgentInterrupted':
-        this.#log.debug('agent reports it was interrupted');
-        return;
-      case 'audioStreamEnd':
-        // End of a response: mark its tail now rather than waiting for the tail timer.
-        this.#flushTailMark();
-        return;
-      case 'voiceActivityEnd':
-      case 'ignored':
-        return;
-      case 'unknown':
-        this.#metrics.agentUnknownMessagesTotal.inc();
-        this.#warnOnce(`agent-unknown:${msg.name}`, { type: msg.name }, 'ignored an agent message of unknown type');
-        return;
-    }
-  }
-
-  #onInit(conversationId: string): void {
+  #onReady(conversationId: string): void {
     const st = this.#st;
     if (st.kind !== 'connecting' && st.kind !== 'reconnecting') {
-      this.#warnOnce('agent:duplicate_init', {}, 'ignored a second init from the agent');
+      this.#warnOnce('agent:duplicate_init', {}, 'ignored a second ready from the agent');
       return;
     }
     const agent = st.agent;
-    if (agent === undefined) return; // frames only come from the leg the state holds
+    if (agent === undefined) return; // events only come from the leg the state holds
     this.#timers.clear('init');
     const now = performance.now();
     this.#metrics.agentInitSeconds.observe((now - st.openedAt) / 1000);
+    this.#d.agents.reportReady(this.#agentRef);
     const reconnected = st.kind === 'reconnecting';
     if (conversationId !== this.#conversationId) {
       this.#conversationId = conversationId;
-      this.#log = this.#baseLog.child({ conversationId });
+      this.#log = this.#baseLog.child({ agentId: this.#agentRef, conversationId });
     }
+    this.#conversationAgent = this.#agentRef;
     this.#d.journal.record(this.callSid, { type: 'agent_ready', conversationId, reconnected });
     // The outage is over only once this leg has stayed up AGENT_STABLE_MS (see reconnect.ts).
     this.#st = { kind: 'live', agent, since: now, outage: st.outage };
     this.#everInit = true;
+    this.#responseStreaming = false;
+    this.#responseBytes = 0;
     const buffered = this.#pending.length;
     if (reconnected) {
       this.#agentReconnects++;
@@ -505,12 +508,67 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#flushPending(agent);
   }
 
-  #onAgentAudio(data: string): void {
-    const buf = Buffer.from(data, 'latin1');
-    this.#onAgentAudioBytes(buf, 0, buf.length);
+  /** A new agent response: audio of an interrupted one is over; PlayAI's `newAudioStream` also drops what is still queued. */
+  #onResponseStart(dropsPrevious: boolean): void {
+    if (this.#st.kind !== 'live') return;
+    if (dropsPrevious && this.playback.queued) this.#clearPlayback();
+    this.#dropAgentAudio = false;
+    this.#responseStreaming = true;
+    this.#responseBytes = 0;
   }
 
-  /** Agent audio (base64 in `buf[start, end)`) to the caller, without decoding it. */
+  /** The agent sent all audio of its response: mark its tail now, and end the call if it asked to once done talking. */
+  #onResponseDone(): void {
+    this.#responseStreaming = false;
+    this.#flushTailMark();
+    if (this.#endCallPending) {
+      this.#endCallPending = false;
+      this.#onAgentHangup('end_call');
+    }
+  }
+
+  /** The caller started speaking while the agent may be talking: barge-in, and tell the agent what was heard. */
+  #onCallerSpeechStart(): void {
+    const st = this.#st;
+    if (st.kind !== 'live') return;
+    if (this.#responseBytes > 0 && (this.#responseStreaming || this.playback.queued)) {
+      // Sent to Twilio minus what is still queued there: what the caller heard of this response.
+      const unplayedMs = Math.max(0, this.#playEnd - performance.now());
+      const playedMs = Math.max(0, Math.round(this.#responseBytes / 8 - unplayedMs));
+      st.agent.interrupted(playedMs);
+    }
+    this.#responseStreaming = false;
+    this.#responseBytes = 0;
+    this.#bargeIn();
+  }
+
+  #onTranscript(role: 'user' | 'agent', text: string): void {
+    if (text === '') return;
+    this.#d.journal.record(this.callSid, { type: 'transcript', role, text });
+    this.#history.push({ role, text });
+    this.#historyChars += text.length;
+    while (this.#history.length > MAX_HISTORY_TURNS || (this.#historyChars > MAX_HISTORY_CHARS && this.#history.length > 1)) {
+      this.#historyChars -= this.#history.shift()?.text.length ?? 0;
+    }
+  }
+
+  #onToolCall(tc: AgentToolCall): void {
+    const st = this.#st;
+    if (st.kind !== 'live') return;
+    if (tc.name === END_CALL_TOOL.name) {
+      const reason = typeof tc.args.reason === 'string' ? tc.args.reason.slice(0, 200) : undefined;
+      this.#log.info({ reason }, 'agent asked to end the call');
+      st.agent.toolResult(tc.id, JSON.stringify({ ok: true }), false);
+      // The goodbye may still be streaming: the call ends once the response is done and has played.
+      if (this.#responseStreaming) this.#endCallPending = true;
+      else this.#onAgentHangup('end_call');
+      return;
+    }
+    this.#warnOnce(`agent-tool:${tc.name.slice(0, 64)}`, { tool: tc.name.slice(0, 64) }, 'the agent called a tool Playline does not offer; answered with an error');
+    st.agent.toolResult(tc.id, JSON.stringify({ error: `unknown tool ${tc.name}` }), true);
+  }
+
+  /** Agent audio (base64 μ-law in `buf[start, end)`) to the caller, without decoding it. */
   #onAgentAudioBytes(buf: Buffer, start: number, end: number): void {
     if (this.#st.kind !== 'live') return;
     if (this.#dropAgentAudio) {
@@ -552,6 +610,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const bytes = base64ByteLengthOf(buf, start, end);
     const now = performance.now();
     this.#playEnd = (this.#playEnd > now ? this.#playEnd : now) + bytes / 8;
+    this.#responseBytes += bytes;
     this.#framesDown++;
     this.#metrics.framesDown++;
     this.#metrics.bytesDown += bytes;
@@ -644,43 +703,47 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.close('agent_hangup');
   };
 
-  #onAgentError(code: number | undefined, message: string, isFatal: boolean | undefined): void {
-    const fatal = isFatalAgentError(code, isFatal);
-    this.#metrics.agentErrorsTotal.labels(code === undefined ? 'none' : KNOWN_AGENT_ERROR_CODES.has(code) ? String(code) : 'other', String(fatal)).inc();
-    if (!fatal) {
-      this.#log.warn({ code, agentMessage: message }, 'agent reported a non-fatal error');
+  #onAgentError(err: AgentError): void {
+    this.#metrics.agentErrorsTotal.labels(this.agentProvider, err.code, String(err.legDone)).inc();
+    if (!err.legDone) {
+      this.#log.warn({ code: err.code, agentMessage: err.message }, 'agent reported a non-fatal error');
       return;
     }
-    if (code !== undefined && NON_RETRYABLE_AGENT_ERRORS.has(code)) {
-      this.#log.error({ code, agentMessage: message }, 'agent reported a fatal error that a reconnect cannot fix');
-      if (code === 4429) {
-        this.#metrics.agentCapacityTotal.inc();
-        this.#d.onAgentCapacityExceeded(this);
-        this.#endWith('agent_capacity', 'busy', this.#s.overflow);
-      } else {
-        this.#endWith('agent_error', 'apology');
-      }
+    const kind = this.#st.kind;
+    if (kind !== 'live' && kind !== 'connecting' && kind !== 'reconnecting') return;
+    if (kind !== 'live' && err.kind !== 'capacity') this.#d.agents.reportConnectFailure(this.#agentRef, `${err.kind} ${err.code}`);
+    if (err.kind === 'transient') {
+      this.#log.warn({ code: err.code, agentMessage: err.message }, 'agent reported a retryable error');
+      this.#agentLost(`error ${err.code}`);
       return;
     }
-    this.#log.warn({ code, agentMessage: message }, 'agent reported a retryable error');
-    this.#agentLost(`error ${code ?? 'without code'}`);
+    if (err.kind === 'capacity') {
+      this.#metrics.agentCapacityTotal.inc();
+      this.#d.onAgentCapacityExceeded(this, this.agentProvider);
+    }
+    this.#log.error({ code: err.code, kind: err.kind, agentMessage: err.message }, err.kind === 'auth' ? 'agent refused our credentials: check the provider API key' : 'agent refused the call; a reconnect cannot fix it');
+    this.#agentRefused(err);
+  }
+
+  /** The agent refused the call for good (capacity, credentials, a bad request): a fallback agent takes it, or the caller is told. */
+  #agentRefused(err: AgentError): void {
+    if (this.#switchAgent(`${err.kind} ${err.code}`)) return;
+    if (err.kind === 'capacity') this.#endWith('agent_capacity', 'busy', this.#s.overflow);
+    else this.#endWith('agent_error', 'apology');
   }
 
   #onAgentClose(info: AgentCloseInfo): void {
     const kind = this.#st.kind;
     if (info.byUs || kind === 'closed' || kind === 'ending' || kind === 'draining') return;
+    const why = info.error ?? `closed with ${info.code}`;
     this.#log.warn({ code: info.code, reason: info.reason, error: info.error, state: kind }, 'agent socket closed without hangup');
-    // A close code that mirrors a non-retryable error code (4400, 4401, 4429) means what the error would.
-    if (info.code >= 4000 && NON_RETRYABLE_AGENT_ERRORS.has(info.code)) {
-      this.#onAgentError(info.code, info.reason, true);
-      return;
-    }
-    this.#agentLost(info.error ?? `closed with ${info.code}`);
+    if (kind !== 'live') this.#d.agents.reportConnectFailure(this.#agentRef, why);
+    this.#agentLost(why);
   }
 
   /**
-   * The agent leg is gone (or useless) without a hangup: reconnect with
-   * `continueConversation` within the budget, or end the call with an apology.
+   * The agent leg is gone (or useless) without a hangup: reconnect within the budget (resuming
+   * the conversation), then a fallback agent if there is one, or end the call with an apology.
    */
   #agentLost(why: string, failReason: EndReason = 'agent_unreachable'): void {
     const st = this.#st;
@@ -697,6 +760,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#st = { kind: st.kind, agent: undefined, openedAt: 0, outage };
     }
     st.agent?.close(1000, 'call ended');
+    this.#responseStreaming = false;
+    this.#endCallPending = false;
     this.#flushBatch(); // with the agent gone, batched audio joins the reconnect buffer
     const elapsed = now - outage.startedAt;
     const decision = nextRetry(this.#s.reconnect, outage, this.#retries, now, this.#d.random?.() ?? Math.random());
@@ -706,6 +771,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         { why, attempts: outage.attempts, outageMs: Math.round(elapsed), callRetries: this.#retries, spent: decision.spent },
         'agent leg lost; reconnect budget spent',
       );
+      if (this.#switchAgent(why)) return;
       this.#endWith(failReason, 'apology');
       return;
     }
@@ -713,6 +779,36 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#retries++;
     this.#log.warn({ why, attempt: outage.attempts, delayMs: Math.round(decision.delayMs) }, 'agent leg lost; reconnecting');
     this.#timers.set('retry', decision.delayMs, this.#onRetryTimer);
+  }
+
+  /**
+   * Hands the call to the next fallback of the route's agent (AGENTS_FILE `fallback`) that this
+   * call has not tried and that is not down. The new agent gets the conversation so far and a
+   * fresh reconnect budget. False when there is none.
+   */
+  #switchAgent(why: string): boolean {
+    const st = this.#st;
+    if (st.kind !== 'live' && st.kind !== 'connecting' && st.kind !== 'reconnecting') return false;
+    const first = this.#agentsTried[0] ?? this.#agentRef;
+    const next = this.#d.agents.fallbacksOf(first).find((ref) => !this.#agentsTried.includes(ref) && !this.#d.agents.isDown(ref) && this.#d.agents.provider(ref) !== undefined);
+    if (next === undefined) return false;
+    const from = this.#agentRef;
+    this.#timers.clear('init');
+    this.#timers.clear('retry');
+    agentOf(st)?.close(1000, 'call ended');
+    this.#agentRef = next;
+    this.#agentsTried.push(next);
+    this.#responseStreaming = false;
+    this.#endCallPending = false;
+    const outage: Outage = { startedAt: performance.now(), attempts: 0 };
+    if (this.#everInit) this.#pending.setMaxBytes(this.#s.reconnect.bufferMs * 8);
+    this.#st = { kind: this.#everInit ? 'reconnecting' : 'connecting', agent: undefined, openedAt: 0, outage };
+    this.#flushBatch();
+    this.#metrics.agentFallbacksTotal.inc();
+    this.#log.warn({ from, to: next, why }, 'handing the call to a fallback agent');
+    this.#d.journal.record(this.callSid, { type: 'agent_switched', from, to: next, why });
+    this.#openAgent();
+    return true;
   }
 
   readonly #onRetryTimer = (): void => {
@@ -727,6 +823,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   };
 
   #onAgentBadFrame(kind: AgentBadFrameKind, name?: string): void {
+    if (kind === 'unknown_type') {
+      this.#metrics.agentUnknownMessagesTotal.inc();
+      this.#warnOnce(`agent-unknown:${(name ?? '').slice(0, 64)}`, { type: name?.slice(0, 64) }, 'ignored an agent message of unknown type');
+      return;
+    }
     this.#metrics.badFramesTotal.labels('agent', kind).inc();
     this.#warnOnce(`agent:${kind}`, { kind, type: name }, 'dropped a bad frame from the agent');
   }

@@ -8,9 +8,12 @@
  * objects with a `released` flag, so a double release cannot go negative and
  * a missed one shows up as a live slot in tests.
  *
- * Limits: MAX_CONCURRENT_CALLS, optional per-agent caps, and the account limit
- * learned from a PlayAI 4429 (the number of agent sessions open at that
- * moment), which holds until a call ends or a cooldown passes.
+ * Limits: MAX_CONCURRENT_CALLS, optional per-agent caps (AGENT_LIMITS, keyed
+ * `provider:id`), and per provider the account limit learned when it refused a
+ * session for capacity (PlayAI 4429 and its equivalents: the number of that
+ * provider's agent sessions open at that moment), which holds until one of its
+ * calls ends or a cooldown passes. An agent that is down (agent/directory.ts)
+ * takes no calls unless a fallback of it is up.
  *
  * Stream tokens are single use and bound to their CallSid. A call holds at
  * most one token or one live session: a second webhook for it gets the same
@@ -20,10 +23,12 @@
  * the store (`calls/`), not here.
  */
 import { randomBytes } from 'node:crypto';
+import { formatAgentRef, parseAgentRef, type AgentProviderName } from '../agent/port.js';
 import type { EndReason } from '../calls/journal.js';
 import type { NumberRoute } from '../config.js';
 
 export interface CallRoute {
+  /** `provider:id`. */
   agentId: string;
   prompt?: string;
   customGreeting?: string;
@@ -54,7 +59,7 @@ export interface Reservation {
   slot: Slot;
 }
 
-export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'draining' | 'overload' | 'duplicate';
+export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'agent_down' | 'draining' | 'overload' | 'duplicate';
 
 export type AdmitResult =
   | { ok: true; token: string; route: CallRoute; replayed: boolean }
@@ -71,6 +76,8 @@ export interface ManagedSession {
   readonly agentConnected: boolean;
   /** True once the agent leg has sent `init` at least once. */
   readonly agentConnectedOnce: boolean;
+  /** The provider of the agent serving the call now. */
+  readonly agentProvider: AgentProviderName;
   /** True when its Twilio stream is provably gone (socket closed, or no media for seconds). */
   readonly streamDead: boolean;
   /** Ends the call now. */
@@ -90,6 +97,8 @@ export interface SessionManagerOptions {
   forceAgentId?: string;
   agentLimits?: Map<string, number>;
   agentCapacityCooldownMs?: number;
+  /** False when neither the agent nor any fallback of it is up (agent/directory.ts); calls to it are refused. */
+  agentAvailable?: (agentId: string) => boolean;
   /** Called when a reservation expires without a stream (for metrics/logs). */
   onReservationExpired?(callSid: string): void;
   /** Clock for the learned-limit cooldown (tests). */
@@ -120,12 +129,16 @@ export class SessionManager {
   readonly #sessions = new Map<string, ManagedSession>();
   #draining = false;
   #outboundSlots = 0;
-  /** Account limit learned from a 4429, valid until `until` (or until a call ends). */
-  #learned: { limit: number; until: number } | undefined;
+  /** Per provider, the account limit learned from a capacity refusal, valid until `until` (or until one of its calls ends). */
+  readonly #learned = new Map<AgentProviderName, { limit: number; until: number }>();
+  /** Slots per provider (the learned limits count them). */
+  readonly #perProvider = new Map<AgentProviderName, number>();
   #sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: SessionManagerOptions) {
-    this.#opts = opts;
+    // Agents are compared as `provider:id` (a bare id is a PlayAI agent).
+    const agentLimits = opts.agentLimits === undefined ? undefined : new Map([...opts.agentLimits].map(([agent, max]) => [normalizeAgent(agent), max] as const));
+    this.#opts = { ...opts, ...(agentLimits !== undefined ? { agentLimits } : {}) };
     this.#now = opts.now ?? Date.now;
   }
 
@@ -148,9 +161,14 @@ export class SessionManager {
     return this.#opts.maxConcurrentCalls;
   }
 
-  /** The maximum in force now: MAX_CONCURRENT_CALLS, or less after a 4429. */
+  /** The maximum in force now for calls to the default agent: MAX_CONCURRENT_CALLS, or less after its provider refused a session for capacity. */
   get capacity(): number {
-    const learned = this.#learnedLimit();
+    return this.capacityFor(providerOf(this.#opts.forceAgentId ?? this.#opts.defaultAgentId));
+  }
+
+  /** The maximum of concurrent calls in force now for a provider's agents (lower after it refused a session for capacity). */
+  capacityFor(provider: AgentProviderName): number {
+    const learned = this.#learnedLimit(provider);
     return learned === undefined ? this.#opts.maxConcurrentCalls : Math.min(this.#opts.maxConcurrentCalls, learned);
   }
 
@@ -163,16 +181,16 @@ export class SessionManager {
     return !this.#draining && this.usedSlots < this.capacity && this.#opts.overloaded?.() !== true;
   }
 
-  /** Agent sessions with an open socket now. */
-  get openAgentSessions(): number {
+  /** Agent sessions with an open socket now (of one provider, or all). */
+  openAgentSessions(provider?: AgentProviderName): number {
     let n = 0;
-    for (const s of this.#sessions.values()) if (s.agentConnected) n++;
+    for (const s of this.#sessions.values()) if (s.agentConnected && (provider === undefined || s.agentProvider === provider)) n++;
     return n;
   }
 
   resolveRoute(to: string): CallRoute {
     const route = this.#opts.routes.get(to);
-    const agentId = this.#opts.forceAgentId ?? route?.agentId ?? this.#opts.defaultAgentId;
+    const agentId = normalizeAgent(this.#opts.forceAgentId ?? route?.agentId ?? this.#opts.defaultAgentId);
     const out: CallRoute = { agentId };
     if (route?.prompt !== undefined) out.prompt = route.prompt;
     if (route?.customGreeting !== undefined) out.customGreeting = route.customGreeting;
@@ -189,16 +207,16 @@ export class SessionManager {
    */
   holdOutboundSlot(key: string, agentId: string): Slot | undefined {
     if (this.outboundRoom === 0) return undefined;
-    const agentCap = this.#opts.agentLimits?.get(this.#opts.forceAgentId ?? agentId);
-    if (agentCap !== undefined && (this.#perAgent.get(this.#opts.forceAgentId ?? agentId) ?? 0) >= agentCap) return undefined;
+    const agent = normalizeAgent(this.#opts.forceAgentId ?? agentId);
+    if (this.#agentRefusal(agent) !== undefined) return undefined;
     this.#outboundSlots++;
-    return this.#takeSlot(key, this.#opts.forceAgentId ?? agentId, true);
+    return this.#takeSlot(key, agent, true);
   }
 
   /** Slots outbound dialing may still take now: within capacity, and never the inbound reserve. */
   get outboundRoom(): number {
     if (this.#draining || this.#opts.overloaded?.() === true) return 0;
-    const capacity = this.capacity;
+    const capacity = this.#opts.maxConcurrentCalls;
     return Math.max(0, Math.min(capacity - this.usedSlots, capacity - (this.#opts.inboundReserved ?? 0) - this.#outboundSlots));
   }
 
@@ -234,17 +252,15 @@ export class SessionManager {
     if (this.#sessions.has(call.callSid)) return { ok: false, reason: 'duplicate' };
     const heldSlot = held?.slot !== undefined && !held.slot.released ? held.slot : undefined;
     if (this.#draining && heldSlot === undefined) return { ok: false, reason: 'draining' };
-    const route = held !== undefined ? { ...held.route, agentId: this.#opts.forceAgentId ?? held.route.agentId } : this.resolveRoute(call.to);
+    const route = held !== undefined ? { ...held.route, agentId: normalizeAgent(this.#opts.forceAgentId ?? held.route.agentId) } : this.resolveRoute(call.to);
     let slot: Slot;
     if (heldSlot !== undefined) {
       slot = heldSlot;
     } else {
       if (this.#opts.overloaded?.() === true) return { ok: false, reason: 'overload' };
-      if (this.usedSlots >= this.capacity) {
-        return { ok: false, reason: this.#learnedLimit() !== undefined && this.usedSlots < this.#opts.maxConcurrentCalls ? 'agent_capacity' : 'capacity' };
-      }
-      const agentCap = this.#opts.agentLimits?.get(route.agentId);
-      if (agentCap !== undefined && (this.#perAgent.get(route.agentId) ?? 0) >= agentCap) return { ok: false, reason: 'agent_limit' };
+      if (this.usedSlots >= this.#opts.maxConcurrentCalls) return { ok: false, reason: 'capacity' };
+      const refusal = this.#agentRefusal(route.agentId);
+      if (refusal !== undefined) return { ok: false, reason: refusal };
       slot = this.#takeSlot(call.callSid, route.agentId);
     }
     const token = randomBytes(18).toString('base64url');
@@ -292,8 +308,8 @@ export class SessionManager {
     if (this.#sessions.get(session.callSid) === session) this.#sessions.delete(session.callSid);
     const hadSlot = !session.slot.released;
     this.releaseSlot(session.slot);
-    // A call ending frees a connection on the agent account: the learned limit no longer holds.
-    if (hadSlot && session.agentConnectedOnce) this.#learned = undefined;
+    // A call ending frees a connection on its provider's account: the learned limit no longer holds.
+    if (hadSlot && session.agentConnectedOnce) this.#learned.delete(session.agentProvider);
   }
 
   /** Releases a slot (idempotent). */
@@ -305,15 +321,20 @@ export class SessionManager {
     const n = (this.#perAgent.get(slot.agentId) ?? 1) - 1;
     if (n <= 0) this.#perAgent.delete(slot.agentId);
     else this.#perAgent.set(slot.agentId, n);
+    const provider = providerOf(slot.agentId);
+    const p = (this.#perProvider.get(provider) ?? 1) - 1;
+    if (p <= 0) this.#perProvider.delete(provider);
+    else this.#perProvider.set(provider, p);
   }
 
   /**
-   * A PlayAI 4429: the account's real limit is the number of agent sessions
-   * open now. Admission is capped there until a call ends or the cooldown passes.
+   * A provider refused a session for capacity (PlayAI 4429 and its equivalents): its account's
+   * real limit is the number of its agent sessions open now. Its calls are capped there until
+   * one of them ends or the cooldown passes. Defaults to the default agent's provider.
    */
-  noteAgentCapacityExceeded(): number {
-    const limit = this.openAgentSessions;
-    this.#learned = { limit, until: this.#now() + (this.#opts.agentCapacityCooldownMs ?? 60_000) };
+  noteAgentCapacityExceeded(provider: AgentProviderName = providerOf(this.#opts.forceAgentId ?? this.#opts.defaultAgentId)): number {
+    const limit = this.openAgentSessions(provider);
+    this.#learned.set(provider, { limit, until: this.#now() + (this.#opts.agentCapacityCooldownMs ?? 60_000) });
     return limit;
   }
 
@@ -355,19 +376,33 @@ export class SessionManager {
     for (const token of [...this.#reservations.keys()]) this.#dropReservation(token, 'expired_token');
   }
 
-  #learnedLimit(): number | undefined {
-    if (this.#learned === undefined) return undefined;
-    if (this.#now() >= this.#learned.until) {
-      this.#learned = undefined;
+  #learnedLimit(provider: AgentProviderName): number | undefined {
+    const learned = this.#learned.get(provider);
+    if (learned === undefined) return undefined;
+    if (this.#now() >= learned.until) {
+      this.#learned.delete(provider);
       return undefined;
     }
-    return this.#learned.limit;
+    return learned.limit;
+  }
+
+  /** Why a new call to `agent` cannot be taken now, beyond MAX_CONCURRENT_CALLS: its provider's learned limit, its own cap, or it is down. */
+  #agentRefusal(agent: string): RefusalReason | undefined {
+    const provider = providerOf(agent);
+    const learned = this.#learnedLimit(provider);
+    if (learned !== undefined && (this.#perProvider.get(provider) ?? 0) >= learned) return 'agent_capacity';
+    const agentCap = this.#opts.agentLimits?.get(agent);
+    if (agentCap !== undefined && (this.#perAgent.get(agent) ?? 0) >= agentCap) return 'agent_limit';
+    if (this.#opts.agentAvailable?.(agent) === false) return 'agent_down';
+    return undefined;
   }
 
   #takeSlot(callSid: string, agentId: string, outbound = false): Slot {
     const slot: Slot = outbound ? { callSid, agentId, outbound, released: false } : { callSid, agentId, released: false };
     this.#slots.add(slot);
     this.#perAgent.set(agentId, (this.#perAgent.get(agentId) ?? 0) + 1);
+    const provider = providerOf(agentId);
+    this.#perProvider.set(provider, (this.#perProvider.get(provider) ?? 0) + 1);
     return slot;
   }
 
@@ -389,4 +424,14 @@ export class SessionManager {
     this.releaseSlot(r.slot);
     return true;
   }
+}
+
+/** `provider:id` of an agent name (a bare id is a PlayAI agent); names that are not agents are kept as they are. */
+function normalizeAgent(agentId: string): string {
+  const ref = parseAgentRef(agentId);
+  return ref === undefined ? agentId : formatAgentRef(ref);
+}
+
+function providerOf(agentId: string): AgentProviderName {
+  return parseAgentRef(agentId)?.provider ?? 'playai';
 }

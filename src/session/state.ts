@@ -6,7 +6,7 @@
  * Timers are not part of the state: the session keeps them in one table
  * ({@link Timers}) that its close path clears as a whole.
  */
-import type { AgentLeg } from '../agent/playai/leg.js';
+import type { AgentLeg } from '../agent/port.js';
 import type { Outage } from './reconnect.js';
 
 /**

@@ -39,6 +39,7 @@ export class RecordingJournal implements CallJournal {
         c.agentReconnects = entry.agentReconnects;
         return;
       case 'stream_started':
+      case 'agent_switched':
         return;
     }
   }

@@ -2,7 +2,7 @@
  * The agent leg: one WebSocket to a PlayAI-protocol agent (`/v1/talk/{agentId}`).
  *
  * Transport only: it opens the socket, sends `setup` first, decodes frames with
- * the pure codec and hands them to the session through {@link AgentLegHandlers}.
+ * the pure codec and hands them to the session through {@link PlayAiSocketHandlers}.
  * It owns its socket and heartbeat timer and releases both in `close()`.
  */
 import WebSocket from 'ws';
@@ -13,7 +13,7 @@ import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
 import { closeWebSocket } from '../../util/wsClose.js';
 import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './codec.js';
 
-export interface AgentLegHandlers {
+export interface PlayAiSocketHandlers {
   onMessage(msg: AgentServerMessage): void;
   /**
    * The hot path: an `audioStream` whose base64 data is `buf[start, end)`,
@@ -22,10 +22,10 @@ export interface AgentLegHandlers {
   onAudio(buf: Buffer, start: number, end: number): void;
   onBadFrame(kind: AgentBadFrameKind, name?: string): void;
   /** The socket is gone (closed by either side, failed to connect, or missed heartbeats). Called once. */
-  onClose(info: AgentCloseInfo): void;
+  onClose(info: PlayAiCloseInfo): void;
 }
 
-export interface AgentCloseInfo {
+export interface PlayAiCloseInfo {
   code: number;
   reason: string;
   /** Set when the socket failed (network error, handshake refused, heartbeat lost). */
@@ -34,12 +34,12 @@ export interface AgentCloseInfo {
   byUs: boolean;
 }
 
-export interface AgentLegOptions {
+export interface PlayAiSocketOptions {
   /** Base URL, e.g. `wss://api.play.ai`; the socket goes to `${baseUrl}/v1/talk/${agentId}`. */
   baseUrl: string;
   agentId: string;
   setup: AgentSetup;
-  handlers: AgentLegHandlers;
+  handlers: PlayAiSocketHandlers;
   /** Largest frame accepted from the agent (default {@link DEFAULT_AGENT_MAX_PAYLOAD}); a bigger one closes the socket with 1009. */
   maxPayload?: number;
   /** Ping interval; the socket is terminated when a pong does not come back in time. 0 disables. */
@@ -48,18 +48,20 @@ export interface AgentLegOptions {
 }
 
 /** What the session needs from an agent leg; tests may substitute their own. */
-export interface AgentLeg {
+export interface PlayAiSocket {
   /** Sends one `audioIn` (base64 μ-law, already validated). Returns false if the socket is not open. */
   sendAudio(b64: string): boolean;
   /** Same, with the base64 taken from `buf[start, end)` without making a string of it. */
   sendAudioBytes(buf: Buffer, start: number, end: number): boolean;
+  /** Sends text as `customInput` (documented by the SDK as text input; its semantics are not). */
+  sendText?(text: string): boolean;
   /** Bytes queued in the socket but not yet written. */
   readonly bufferedAmount: number;
   readonly isOpen: boolean;
   close(code?: number, reason?: string): void;
 }
 
-export type AgentConnector = (opts: AgentLegOptions) => AgentLeg;
+export type PlayAiConnector = (opts: PlayAiSocketOptions) => PlayAiSocket;
 
 export const DEFAULT_AGENT_MAX_PAYLOAD = 4 * 1024 * 1024;
 
@@ -69,11 +71,11 @@ const AUDIO_IN_TAIL = Buffer.from(AUDIO_IN_TAIL_TEXT, 'latin1');
 const TEXT = { binary: false } as const;
 
 /** Opens an agent leg over `ws`. */
-export const connectAgent: AgentConnector = (opts) => new WsAgentLeg(opts);
+export const connectAgent: PlayAiConnector = (opts) => new WsPlayAiSocket(opts);
 
-class WsAgentLeg implements AgentLeg {
+class WsPlayAiSocket implements PlayAiSocket {
   readonly #ws: WebSocket;
-  readonly #handlers: AgentLegHandlers;
+  readonly #handlers: PlayAiSocketHandlers;
   #heartbeat: NodeJS.Timeout | undefined;
   /** Frames (pongs included) received since the last heartbeat tick. */
   #heard = 0;
@@ -87,7 +89,7 @@ class WsAgentLeg implements AgentLeg {
   /** The socket's maxPayload: the fast audio scan accepts nothing the socket would not. */
   readonly #maxPayload: number;
 
-  constructor(opts: AgentLegOptions) {
+  constructor(opts: PlayAiSocketOptions) {
     this.#handlers = opts.handlers;
     this.#maxPayload = opts.maxPayload ?? DEFAULT_AGENT_MAX_PAYLOAD;
     const url = `${opts.baseUrl}/v1/talk/${encodeURIComponent(opts.agentId)}`;
@@ -153,6 +155,12 @@ class WsAgentLeg implements AgentLeg {
     return true;
   }
 
+  sendText(text: string): boolean {
+    if (this.#ws.readyState !== WebSocket.OPEN) return false;
+    this.#ws.send(JSON.stringify({ type: 'customInput', data: text }));
+    return true;
+  }
+
   close(code = 1000, reason = ''): void {
     this.#byUs = true;
     this.#stopHeartbeat();
@@ -206,7 +214,7 @@ class WsAgentLeg implements AgentLeg {
     this.#stopHeartbeat();
     if (this.#closedNotified) return;
     this.#closedNotified = true;
-    const info: AgentCloseInfo = { code, reason, byUs: this.#byUs };
+    const info: PlayAiCloseInfo = { code, reason, byUs: this.#byUs };
     if (this.#error !== undefined) info.error = this.#error;
     this.#handlers.onClose(info);
   }
