@@ -639,7 +639,7 @@ describe('OpenAI adapter: errors', () => {
     expect(e.err).toMatchObject({ kind, code, legDone });
   });
 
-  it('counts bad frames and carries on', async () => {
+  it('counts bad frames and unknown event types, and carries on', async () => {
     const s = await ready();
     s.conn.sendRaw(Buffer.from([1, 2, 3]));
     s.conn.sendRaw('not json');
@@ -655,6 +655,7 @@ describe('OpenAI adapter: errors', () => {
       ['not_object', undefined],
       ['bad_audio', 'response.output_audio.delta'],
       ['invalid_fields', 'response.created'],
+      ['unknown_type', 'response.brand_new_event'],
     ]);
     expect(s.rec.audio()).toHaveLength(160);
     expect(s.leg.isOpen).toBe(true);

@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { AgentDirectory } from './directory.js';
+import { createOpenAiProvider } from './openai/provider.js';
 import { createPlayAiProvider } from './playai/provider.js';
 import type { PlayAiConnector } from './playai/leg.js';
 import type { AgentEvents, AgentLeg, AgentProvider, AgentProviderName } from './port.js';
@@ -40,6 +41,8 @@ export function buildAgentDirectory({ config, overrides = {}, log, onHealthChang
       ...(overrides.playaiConnect !== undefined ? { connect: overrides.playaiConnect } : {}),
     }),
   );
+  const openai = config.agents.openai;
+  if (openai !== undefined) providers.set('openai', createOpenAiProvider({ apiKey: openai.apiKey, url: overrides.openaiUrl ?? openai.url }));
   return new AgentDirectory({
     providers,
     definitions: config.agents.definitions,

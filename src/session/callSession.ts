@@ -931,7 +931,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   // ---------------------------------------------------------------- helpers
 
   #warnOnce(key: string, obj: Record<string, unknown>, msg: string): void {
-    if (this.#badSeen.has(key)) return;
+    // Bounded: a peer sending endless new message types cannot grow it (or the log) without limit.
+    if (this.#badSeen.has(key) || this.#badSeen.size >= 64) return;
     this.#badSeen.add(key);
     this.#log.warn(obj, msg);
   }

@@ -377,7 +377,8 @@ class OpenAiLeg implements AgentLeg {
       case 'ignored':
         return;
       case 'unknown':
-        this.#debugOnce(`unknown:${msg.name}`, { type: msg.name }, 'ignored an OpenAI event of unknown type');
+        // Counted (agent_unknown_messages_total) and logged once per type by the session.
+        this.#events.badFrame('unknown_type', msg.name);
         return;
     }
   }
