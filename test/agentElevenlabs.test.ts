@@ -606,7 +606,7 @@ describe('ElevenLabs adapter against the fake service', () => {
       { kind: 'not_object', name: undefined },
       { kind: 'bad_audio', name: 'audio' },
       { kind: 'invalid_fields', name: 'audio' },
-      { kind: 'unexpected', name: 'brand_new_event' },
+      { kind: 'unknown_type', name: 'brand_new_event' },
     ]);
     expect(rec.errors).toEqual([]);
     expect(rec.closed).toEqual([]);

@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { AgentDirectory } from './directory.js';
+import { createElevenLabsProvider } from './elevenlabs/provider.js';
 import { createOpenAiProvider } from './openai/provider.js';
 import { createPlayAiProvider } from './playai/provider.js';
 import type { PlayAiConnector } from './playai/leg.js';
@@ -43,6 +44,8 @@ export function buildAgentDirectory({ config, overrides = {}, log, onHealthChang
   );
   const openai = config.agents.openai;
   if (openai !== undefined) providers.set('openai', createOpenAiProvider({ apiKey: openai.apiKey, url: overrides.openaiUrl ?? openai.url }));
+  const elevenlabs = config.agents.elevenlabs;
+  providers.set('elevenlabs', createElevenLabsProvider({ ...(elevenlabs.apiKey !== undefined ? { apiKey: elevenlabs.apiKey } : {}), url: overrides.elevenlabsUrl ?? elevenlabs.url }));
   return new AgentDirectory({
     providers,
     definitions: config.agents.definitions,

@@ -105,7 +105,13 @@ const STREAM_DEAD_AFTER_MS = 3000;
  */
 const PLAYBACK_SLACK_MS = 2000;
 
-type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall';
+type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall';
+
+/**
+ * After an `end_call` during a response, the call ends once the agent says the response is done,
+ * or once no agent audio has come for this long (providers without an end-of-audio event).
+ */
+const END_CALL_QUIET_MS = 700;
 
 /** Conversation kept in memory for a new agent session to continue from (a reconnect, a fallback). */
 const MAX_HISTORY_TURNS = 40;
@@ -144,6 +150,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #responseStreaming = false;
   /** Bytes of agent audio sent to Twilio in the current response (what was played is derived from it). */
   #responseBytes = 0;
+  /** When agent audio last went to Twilio (performance.now() ms). */
+  #lastAgentAudioAt = 0;
   /** The agent whose session `#conversationId` belongs to. */
   #conversationAgent: string | undefined;
   /** Successful reconnects (a new `init` after a lost leg). */
@@ -523,6 +531,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#flushTailMark();
     if (this.#endCallPending) {
       this.#endCallPending = false;
+      this.#timers.clear('endcall');
       this.#onAgentHangup('end_call');
     }
   }
@@ -542,6 +551,18 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#bargeIn();
   }
 
+  /** An `end_call` waits for its response to finish: done once the agent audio has stopped coming. */
+  readonly #onEndCallTimer = (): void => {
+    if (!this.#endCallPending) return;
+    const quietFor = performance.now() - this.#lastAgentAudioAt;
+    if (this.#responseStreaming && quietFor < END_CALL_QUIET_MS) {
+      this.#timers.set('endcall', END_CALL_QUIET_MS - quietFor, this.#onEndCallTimer);
+      return;
+    }
+    this.#endCallPending = false;
+    this.#onAgentHangup('end_call');
+  };
+
   #onTranscript(role: 'user' | 'agent', text: string): void {
     if (text === '') return;
     this.#d.journal.record(this.callSid, { type: 'transcript', role, text });
@@ -560,8 +581,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#log.info({ reason }, 'agent asked to end the call');
       st.agent.toolResult(tc.id, JSON.stringify({ ok: true }), false);
       // The goodbye may still be streaming: the call ends once the response is done and has played.
-      if (this.#responseStreaming) this.#endCallPending = true;
-      else this.#onAgentHangup('end_call');
+      if (this.#responseStreaming) {
+        this.#endCallPending = true;
+        this.#timers.set('endcall', END_CALL_QUIET_MS, this.#onEndCallTimer);
+      } else {
+        this.#onAgentHangup('end_call');
+      }
       return;
     }
     this.#warnOnce(`agent-tool:${tc.name.slice(0, 64)}`, { tool: tc.name.slice(0, 64) }, 'the agent called a tool Playline does not offer; answered with an error');
@@ -611,6 +636,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const now = performance.now();
     this.#playEnd = (this.#playEnd > now ? this.#playEnd : now) + bytes / 8;
     this.#responseBytes += bytes;
+    this.#lastAgentAudioAt = now;
     this.#framesDown++;
     this.#metrics.framesDown++;
     this.#metrics.bytesDown += bytes;

@@ -428,7 +428,7 @@ class ElevenLabsLeg implements AgentLeg {
           this.#unknownTypes.add(msg.name);
           this.#log.debug({ type: msg.name }, 'ignored an ElevenLabs message of unknown type');
         }
-        this.#events.badFrame('unexpected', msg.name);
+        this.#events.badFrame('unknown_type', msg.name);
         return;
     }
   }
