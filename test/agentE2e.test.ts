@@ -1,0 +1,420 @@
+/**
+ * The same end-to-end cases against every agent provider, through the whole
+ * bridge: Twilio simulator → webhook → media stream → call session → adapter →
+ * the provider's protocol-faithful fake. Each driver below speaks its fake's
+ * language; the cases only use the driver.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { BridgeOverrides } from '../src/app.js';
+import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/sim/twilioSim.js';
+import { FakeElevenLabsServer, type FakeElevenLabsConnection } from '../src/testing/agents/elevenlabs.js';
+import { FAKE_OPENAI_KEY, FakeOpenAiServer, type FakeOpenAiConnection } from '../src/testing/agents/openai.js';
+import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
+import { AUTH_TOKEN, eventually, startTestBridge, storedCall, type TestBridge } from './helpers.js';
+
+/** One agent session on a provider's fake, as the cases need it. */
+interface Conn {
+  /** Resolves once the session has been set up the way the provider wants (the agent is ready). */
+  ready(): Promise<void>;
+  /** Caller audio the agent received, decoded. */
+  audioIn(): Buffer;
+  /** One whole agent response (audio in 20 ms chunks), with its transcript. */
+  speak(audio: Buffer, transcript?: string): void;
+  /** A response that starts and keeps going (not finished). */
+  beginSpeaking(audio: Buffer): void;
+  /** The caller starts speaking: the provider's barge-in signal, then audio of the cut response still in flight. */
+  callerSpeaks(): void;
+  /** The caller's words, final. */
+  userSays(text: string): void;
+  /** The agent says goodbye and calls end_call. */
+  goodbyeAndEndCall(audio: Buffer): void;
+  /** The connection drops without a goodbye. */
+  drop(): void;
+  /** What this session was told of the conversation before it (resume by id, or history as text). */
+  resumedWith(): string;
+}
+
+interface Driver {
+  name: string;
+  /** The agent calls go to, as `provider:id`. */
+  agent: string;
+  env(): Record<string, string>;
+  start(): Promise<void>;
+  overrides(): BridgeOverrides;
+  next(tb: TestBridge): Promise<Conn>;
+  /** The next sessions are refused for capacity (true) or accepted again (false). */
+  refuseForCapacity(tb: TestBridge, on: boolean): void;
+  /** Bytes of the cut response that the fake sends after the barge-in signal. */
+  lateBytes: number;
+  close(): Promise<void>;
+  /** OpenAI only: `audio_end_ms` of the truncates the agent received. */
+  truncates?(conn: Conn): number[];
+}
+
+const tone = (bytes: number, fill: number): Buffer => Buffer.alloc(bytes, fill);
+
+function playaiDriver(): Driver {
+  const conns = new WeakMap<Conn, FakeAgentConnection>();
+  return {
+    name: 'playai',
+    agent: 'playai:agent-default',
+    lateBytes: 480,
+    env: () => ({}),
+    start: async () => {},
+    overrides: () => ({}),
+    async next(tb) {
+      const c = await tb.agent.nextConnection();
+      const conn: Conn = {
+        async ready() {
+          await c.waitForSetup();
+          c.init();
+        },
+        audioIn: () => Buffer.concat(c.audioIn.map((d) => Buffer.from(d, 'base64'))),
+        speak(audio, transcript) {
+          c.newAudioStream();
+          for (let at = 0; at < audio.length; at += 160) c.audio(audio.subarray(at, at + 160).toString('base64'));
+          c.send({ type: 'audioStreamEnd' });
+          if (transcript !== undefined) c.transcript('agent', transcript);
+        },
+        beginSpeaking(audio) {
+          c.newAudioStream();
+          for (let at = 0; at < audio.length; at += 160) c.audio(audio.subarray(at, at + 160).toString('base64'));
+        },
+        callerSpeaks() {
+          c.voiceActivityStart();
+          c.audio(tone(480, 0x22).toString('base64'));
+        },
+        userSays: (text) => c.transcript('user', text),
+        goodbyeAndEndCall(audio) {
+          // The PlayAI protocol has no tools: the agent's own hangup is its end of call.
+          c.newAudioStream();
+          for (let at = 0; at < audio.length; at += 160) c.audio(audio.subarray(at, at + 160).toString('base64'));
+          c.hangup();
+        },
+        drop: () => c.terminate(),
+        resumedWith: () => String(c.setup?.continueConversation ?? ''),
+      };
+      conns.set(conn, c);
+      return conn;
+    },
+    refuseForCapacity(tb, on) {
+      if (on) tb.agent.options.rejectWith = { code: 4429, message: 'maximum concurrent connections exceeded' };
+      else delete tb.agent.options.rejectWith;
+    },
+    close: async () => {},
+  };
+}
+
+function openaiDriver(): Driver {
+  let server: FakeOpenAiServer | undefined;
+  const conns = new WeakMap<Conn, FakeOpenAiConnection>();
+  return {
+    name: 'openai',
+    agent: 'openai:gpt-realtime',
+    // The fake sends 3 late deltas of 20 ms of the cut response.
+    lateBytes: 480,
+    env: () => ({ OPENAI_API_KEY: FAKE_OPENAI_KEY, DEFAULT_AGENT: 'openai:gpt-realtime' }),
+    async start() {
+      server = await FakeOpenAiServer.start();
+    },
+    overrides: () => ({ agentUrls: { openaiUrl: server?.url ?? '' } }),
+    async next() {
+      if (server === undefined) throw new Error('not started');
+      const c = await server.nextConnection();
+      const conn: Conn = {
+        async ready() {
+          await c.waitForType('session.update');
+        },
+        audioIn: () => Buffer.concat(c.audioIn),
+        speak: (audio, transcript) => void c.speak(audio, { chunkMs: 20, ...(transcript !== undefined ? { transcript } : {}) }),
+        beginSpeaking(audio) {
+          c.startResponse();
+          c.audio(audio, { chunkMs: 20 });
+        },
+        callerSpeaks: () => c.callerSpeaks({ lateDeltas: 3 }),
+        userSays: (text) => c.userTranscript(text),
+        goodbyeAndEndCall(audio) {
+          c.startResponse();
+          c.audio(audio, { chunkMs: 20, transcript: 'Goodbye!' });
+          c.callTool('end_call', { reason: 'caller is done' });
+          c.finishResponse();
+        },
+        drop: () => c.terminate(),
+        resumedWith: () => JSON.stringify(c.items),
+      };
+      conns.set(conn, c);
+      return conn;
+    },
+    refuseForCapacity(_tb, on) {
+      server?.refuseUpgrade(on ? 429 : undefined);
+    },
+    close: async () => server?.close(),
+    truncates: (conn) => (conns.get(conn)?.truncates ?? []).map((t) => Number(t.audioEndMs)),
+  };
+}
+
+function elevenlabsDriver(): Driver {
+  let server: FakeElevenLabsServer | undefined;
+  return {
+    name: 'elevenlabs',
+    agent: 'elevenlabs:agent_e2e',
+    lateBytes: 480,
+    env: () => ({ DEFAULT_AGENT: 'elevenlabs:agent_e2e' }),
+    async start() {
+      server = await FakeElevenLabsServer.start();
+    },
+    overrides: () => ({ agentUrls: { elevenlabsUrl: server?.url ?? '' } }),
+    async next() {
+      if (server === undefined) throw new Error('not started');
+      const c: FakeElevenLabsConnection = await server.nextConnection();
+      let lastEvent = 0;
+      return {
+        async ready() {
+          await c.waitForInitiation();
+        },
+        audioIn: () => c.audioBytes(),
+        speak(audio, transcript) {
+          lastEvent = c.speak(audio, { chunkBytes: 160 });
+          if (transcript !== undefined) c.agentResponse(transcript, lastEvent);
+        },
+        beginSpeaking(audio) {
+          lastEvent = c.speak(audio, { chunkBytes: 160 });
+        },
+        callerSpeaks() {
+          c.interrupt(lastEvent);
+          // Audio of the interrupted response that was already in flight.
+          c.speak(tone(480, 0x22), { eventId: lastEvent, chunkBytes: 160 });
+        },
+        userSays: (text) => c.userTranscript(text),
+        goodbyeAndEndCall(audio) {
+          lastEvent = c.speak(audio, { chunkBytes: 160 });
+          c.callTool('end_call', { reason: 'caller is done' });
+        },
+        drop: () => c.terminate(),
+        resumedWith: () => c.contextualUpdates.join('\n'),
+      };
+    },
+    refuseForCapacity(_tb, on) {
+      if (server === undefined) return;
+      if (on) server.options.upgradeStatus = 429;
+      else delete server.options.upgradeStatus;
+    },
+    close: async () => server?.close(),
+  };
+}
+
+const DRIVERS: Array<() => Driver> = [playaiDriver, openaiDriver, elevenlabsDriver];
+
+let tb: TestBridge | undefined;
+let driver: Driver | undefined;
+afterEach(async () => {
+  await tb?.close();
+  await driver?.close();
+  tb = undefined;
+  driver = undefined;
+});
+
+async function start(make: () => Driver, env: Record<string, string> = {}): Promise<{ tb: TestBridge; d: Driver }> {
+  driver = make();
+  await driver.start();
+  tb = await startTestBridge({ env: { AGENT_HEARTBEAT_MS: '0', ...driver.env(), ...env }, overrides: { ...driver.overrides(), probeAgents: false } });
+  return { tb, d: driver };
+}
+
+interface Call {
+  stream: FakeTwilioStream;
+  callSid: string;
+  /** Caller audio played at the moment of each `clear` (ms since the first agent audio). */
+  playedAtClear: number[];
+}
+
+/** Webhook → stream → start; the agent session is not waited for. */
+async function dial(t: TestBridge): Promise<Call> {
+  const callSid = newCallSid();
+  const hook = await postVoiceWebhook({ bridgeUrl: t.url, publicUrl: t.config.publicUrl, authToken: AUTH_TOKEN, params: { CallSid: callSid } });
+  const streamUrl = hook.twiml?.streamUrl;
+  if (streamUrl === undefined) throw new Error(`call not admitted: ${hook.status} ${hook.body}`);
+  const playedAtClear: number[] = [];
+  let stream: FakeTwilioStream | undefined;
+  stream = await FakeTwilioStream.connect({
+    bridgeUrl: t.url,
+    streamUrl,
+    authToken: AUTH_TOKEN,
+    onClear: () => {
+      const s = stream;
+      if (s !== undefined) playedAtClear.push(s.bytesReceived / 8 - s.bufferedMs);
+    },
+  });
+  stream.sendConnected();
+  stream.sendStart({ callSid, customParameters: hook.twiml?.parameters ?? {} });
+  return { stream, callSid, playedAtClear };
+}
+
+const received = (s: FakeTwilioStream): Buffer => Buffer.concat(s.mediaPayloads.map((p) => Buffer.from(p, 'base64')));
+const eventTypes = (t: TestBridge, callSid: string): string[] => storedCall(t, callSid)?.events.map((e) => e.type) ?? [];
+
+describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through the bridge', (_name, make) => {
+  it('echo: caller audio reaches the agent and agent audio reaches the caller, byte for byte', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    const frames = Array.from({ length: 10 }, (_, i) => Buffer.alloc(160, 0x10 + i));
+    for (const f of frames) call.stream.sendMedia(f.toString('base64'));
+    await eventually(() => conn.audioIn().length >= 1600, 3000, 'caller audio at the agent');
+    expect(conn.audioIn().subarray(0, 1600).equals(Buffer.concat(frames))).toBe(true);
+    const reply = Buffer.concat(Array.from({ length: 10 }, (_, i) => Buffer.alloc(160, 0x40 + i)));
+    conn.speak(reply);
+    await call.stream.waitFor((s) => s.bytesReceived >= reply.length);
+    expect(received(call.stream).equals(reply)).toBe(true);
+    call.stream.sendStop();
+  });
+
+  it('nothing lost at start: caller audio sent before the agent is ready arrives in order after', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const frames = Array.from({ length: 25 }, (_, i) => {
+      const b = Buffer.alloc(160, 0x7f);
+      b.writeUInt16BE(i, 0);
+      return b;
+    });
+    for (const f of frames) call.stream.sendMedia(f.toString('base64'));
+    const conn = await d.next(t);
+    await conn.ready();
+    await eventually(() => conn.audioIn().length >= 25 * 160, 3000, 'the buffered caller audio');
+    expect(conn.audioIn().subarray(0, 25 * 160).equals(Buffer.concat(frames))).toBe(true);
+    call.stream.sendStop();
+  });
+
+  it('barge-in: Twilio gets clear, no late audio of the cut response reaches the caller, the next response plays', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    const long = tone(16_000, 0x11); // 2 s
+    conn.beginSpeaking(long);
+    await call.stream.waitFor((s) => s.bytesReceived >= long.length);
+    await new Promise((r) => setTimeout(r, 300));
+    conn.callerSpeaks();
+    await call.stream.waitFor((s) => s.clears === 1);
+    // Audio of the cut response still in flight is dropped at the bridge.
+    await new Promise((r) => setTimeout(r, 150));
+    expect(call.stream.bytesReceived).toBe(long.length);
+    const next = tone(800, 0x33);
+    conn.speak(next);
+    await call.stream.waitFor((s) => s.bytesReceived >= long.length + next.length);
+    expect(received(call.stream).subarray(long.length).equals(next)).toBe(true);
+    expect(received(call.stream).includes(0x22)).toBe(false);
+    if (d.truncates !== undefined) {
+      // OpenAI: the transcript is cut where the caller stopped hearing, within one 20 ms frame.
+      await eventually(() => (d.truncates?.(conn).length ?? 0) === 1, 2000, 'the truncate');
+      const [endMs] = d.truncates(conn);
+      const [played] = call.playedAtClear;
+      expect(played).toBeGreaterThan(200);
+      expect(Math.abs((endMs ?? 0) - (played ?? 0))).toBeLessThanOrEqual(20);
+    }
+    call.stream.sendStop();
+  });
+
+  it('transcripts: final user and agent turns are stored on the call record', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    conn.userSays('I would like to book a table');
+    conn.speak(tone(320, 0x44), 'Sure, for how many people?');
+    await eventually(() => (storedCall(t, call.callSid)?.transcript.length ?? 0) >= 2, 3000, 'two transcript turns');
+    expect(storedCall(t, call.callSid)?.transcript).toEqual([
+      { role: 'user', text: 'I would like to book a table' },
+      { role: 'agent', text: 'Sure, for how many people?' },
+    ]);
+    call.stream.sendStop();
+  });
+
+  it('capacity refusal: the caller hears the busy prompt and admissions to this provider are capped', async () => {
+    const { tb: t, d } = await start(make);
+    d.refuseForCapacity(t, true);
+    const call = await dial(t);
+    await eventually(() => t.callControl.spoken.length === 1, 5000, 'the busy prompt');
+    expect(t.callControl.spoken[0]?.text).toBe(t.config.messages.busy);
+    await call.stream.waitForClose();
+    expect(storedCall(t, call.callSid)?.endReason).toBe('agent_capacity');
+    expect(t.bridge.manager.capacityFor(d.agent.split(':')[0] as 'playai')).toBe(0);
+  });
+
+  it('capacity refusal with a fallback: the call goes to the next agent at once and the record shows both', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'playline-agents-'));
+    const file = join(dir, 'agents.json');
+    const named = make().agent;
+    const ref = named.startsWith('playai:') ? 'playai:primary' : named;
+    writeFileSync(file, JSON.stringify({ [ref]: { fallback: ['playai:backup'] } }));
+    const { tb: t, d } = await start(make, { AGENTS_FILE: file, ...(ref.startsWith('playai:') ? { PLAYAI_AGENT_ID: 'primary', DEFAULT_AGENT: 'playai:primary' } : {}) });
+    if (ref.startsWith('playai:')) {
+      // The same PlayAI-protocol server refuses the primary only.
+      const call = await dial(t);
+      const first = await t.agent.nextConnection();
+      await first.waitForSetup();
+      first.error(4429, 'maximum concurrent connections exceeded', true);
+      first.close(1008, 'capacity');
+      const backup = await t.agent.nextConnection();
+      expect(backup.agentId).toBe('backup');
+      await backup.waitForSetup();
+      backup.init();
+      backup.audio(tone(160, 0x55).toString('base64'));
+      await call.stream.waitFor((s) => s.bytesReceived >= 160);
+      expect(eventTypes(t, call.callSid)).toContain('agent_switched');
+      call.stream.sendStop();
+      return;
+    }
+    d.refuseForCapacity(t, true);
+    const call = await dial(t);
+    const backup = await t.agent.nextConnection();
+    expect(backup.agentId).toBe('backup');
+    await backup.waitForSetup();
+    backup.init();
+    backup.audio(tone(160, 0x55).toString('base64'));
+    await call.stream.waitFor((s) => s.bytesReceived >= 160);
+    expect(t.callControl.spoken).toHaveLength(0);
+    const switched = storedCall(t, call.callSid)?.events.find((e) => e.type === 'agent_switched');
+    expect(switched?.data).toMatchObject({ from: ref, to: 'playai:backup' });
+    call.stream.sendStop();
+  });
+
+  it('reconnect: a dropped agent session is replaced and resumes the conversation, caller audio kept meanwhile', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    conn.userSays('My order number is 4512');
+    conn.speak(tone(160, 0x44), 'Thanks, let me look it up.');
+    await eventually(() => (storedCall(t, call.callSid)?.transcript.length ?? 0) >= 2, 3000, 'the transcript so far');
+    conn.drop();
+    const again = await d.next(t);
+    await again.ready();
+    // PlayAI resumes by conversation id; the others get the conversation so far as text.
+    await eventually(() => (d.name === 'playai' ? again.resumedWith() !== '' : again.resumedWith().includes('4512')), 3000, 'the resumed conversation');
+    call.stream.sendMedia(tone(160, 0x66).toString('base64'));
+    await eventually(() => again.audioIn().includes(0x66), 3000, 'caller audio at the new session');
+    await eventually(() => eventTypes(t, call.callSid).includes('agent_reconnected'), 3000, 'the reconnect on the record');
+    expect(t.callControl.spoken).toHaveLength(0);
+    call.stream.sendStop();
+  });
+
+  it('end_call: the agent says goodbye and the call ends once the goodbye has played', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    const goodbye = tone(4000, 0x77); // 500 ms
+    const t0 = Date.now();
+    conn.goodbyeAndEndCall(goodbye);
+    await call.stream.waitForClose(5000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+    expect(call.stream.bytesReceived).toBe(goodbye.length);
+    expect(storedCall(t, call.callSid)?.endReason).toBe('agent_hangup');
+    expect(t.callControl.spoken).toHaveLength(0);
+  });
+});
