@@ -350,7 +350,7 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
       { e: 'transcript', role: 'user', text: 'I need a plumber' },
       { e: 'transcript', role: 'agent', text: 'Sure.' },
     ]);
-    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'unexpected', name: 'BrandNewThing' }]);
+    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'unknown_type', name: 'BrandNewThing' }]);
   });
 
   it('counts bad frames and goes on', async () => {

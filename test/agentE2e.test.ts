@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { BridgeOverrides } from '../src/app.js';
 import { FakeTwilioStream, newCallSid, postVoiceWebhook } from '../src/sim/twilioSim.js';
+import { FakeDeepgramServer } from '../src/testing/agents/deepgram.js';
 import { FakeElevenLabsServer, type FakeElevenLabsConnection } from '../src/testing/agents/elevenlabs.js';
 import { FAKE_OPENAI_KEY, FakeOpenAiServer, type FakeOpenAiConnection } from '../src/testing/agents/openai.js';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
@@ -206,7 +207,54 @@ function elevenlabsDriver(): Driver {
   };
 }
 
-const DRIVERS: Array<() => Driver> = [playaiDriver, openaiDriver, elevenlabsDriver];
+const DEEPGRAM_KEY = 'fake-deepgram-key-0123456789';
+
+function deepgramDriver(): Driver {
+  let server: FakeDeepgramServer | undefined;
+  return {
+    name: 'deepgram',
+    agent: 'deepgram:support',
+    lateBytes: 480,
+    env: () => ({ DEEPGRAM_API_KEY: DEEPGRAM_KEY, DEFAULT_AGENT: 'deepgram:support' }),
+    async start() {
+      server = await FakeDeepgramServer.start({ apiKey: DEEPGRAM_KEY });
+    },
+    overrides: () => ({ agentUrls: { deepgramUrl: server?.url ?? '' } }),
+    async next() {
+      if (server === undefined) throw new Error('not started');
+      const c = await server.nextConnection();
+      return {
+        async ready() {
+          await c.waitForSettings();
+        },
+        audioIn: () => Buffer.concat(c.audioChunks),
+        speak: (audio, transcript) => c.speak(audio, { chunkMs: 20, ...(transcript !== undefined ? { text: transcript } : {}) }),
+        beginSpeaking(audio) {
+          c.startSpeaking();
+          for (let at = 0; at < audio.length; at += 160) c.sendBinary(audio.subarray(at, at + 160));
+        },
+        callerSpeaks: () => c.userSpeaks({ lateAudio: tone(480, 0x22) }),
+        userSays: (text) => c.userText(text),
+        goodbyeAndEndCall(audio) {
+          c.startSpeaking();
+          for (let at = 0; at < audio.length; at += 160) c.sendBinary(audio.subarray(at, at + 160));
+          c.callFunction('end_call', { reason: 'caller is done' });
+          c.audioDone();
+        },
+        drop: () => c.terminate(),
+        resumedWith: () => JSON.stringify(c.settings ?? {}),
+      };
+    },
+    refuseForCapacity(_tb, on) {
+      if (server === undefined) return;
+      if (on) server.options.maxConnections = 0;
+      else delete server.options.maxConnections;
+    },
+    close: async () => server?.close(),
+  };
+}
+
+const DRIVERS: Array<() => Driver> = [playaiDriver, openaiDriver, elevenlabsDriver, deepgramDriver];
 
 let tb: TestBridge | undefined;
 let driver: Driver | undefined;

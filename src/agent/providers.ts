@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { AgentDirectory } from './directory.js';
+import { createDeepgramProvider } from './deepgram/provider.js';
 import { createElevenLabsProvider } from './elevenlabs/provider.js';
 import { createOpenAiProvider } from './openai/provider.js';
 import { createPlayAiProvider } from './playai/provider.js';
@@ -46,6 +47,8 @@ export function buildAgentDirectory({ config, overrides = {}, log, onHealthChang
   if (openai !== undefined) providers.set('openai', createOpenAiProvider({ apiKey: openai.apiKey, url: overrides.openaiUrl ?? openai.url }));
   const elevenlabs = config.agents.elevenlabs;
   providers.set('elevenlabs', createElevenLabsProvider({ ...(elevenlabs.apiKey !== undefined ? { apiKey: elevenlabs.apiKey } : {}), url: overrides.elevenlabsUrl ?? elevenlabs.url }));
+  const deepgram = config.agents.deepgram;
+  if (deepgram !== undefined) providers.set('deepgram', createDeepgramProvider({ apiKey: deepgram.apiKey, url: overrides.deepgramUrl ?? deepgram.url }));
   return new AgentDirectory({
     providers,
     definitions: config.agents.definitions,

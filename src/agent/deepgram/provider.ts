@@ -428,7 +428,7 @@ class DeepgramLeg implements AgentLeg {
         return;
       case 'unknown':
         this.#once(`unknown:${msg.name}`, 'ignored a Deepgram message of unknown type', { type: msg.name });
-        ev.badFrame('unexpected', msg.name);
+        ev.badFrame('unknown_type', msg.name);
         return;
     }
   }
