@@ -13,7 +13,7 @@ import multipart from '@fastify/multipart';
 import type { FastifyInstance, FastifyReply, FastifySchemaCompiler } from 'fastify';
 import { serializerCompiler, validatorCompiler as zodValidatorCompiler } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { callApiSchema, callToApi } from '../calls/view.js';
+import { agentsOfCall, callApiSchema, callToApi } from '../calls/view.js';
 import { parseContactsJsonAsync, parseContactsStream, resultsToCsv, type ContactsImport, type ImportOptions } from '../outbound/csv.js';
 import type { CountryCode } from '../outbound/phone.js';
 import type { OutboundService } from '../outbound/service.js';
@@ -265,6 +265,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       const live = calls.transcript(id, 'live');
       return {
         ...callToApi(row),
+        agents: agentsOfCall(row, calls),
         events: calls.events(id).map((e) => ({ at: new Date(e.at).toISOString(), type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
         transcript: (playai.length > 0 ? playai : live).map((t) => ({ role: t.role, text: t.text, at: new Date(t.at).toISOString() })),
         transcriptSource: playai.length > 0 ? ('playai' as const) : ('live' as const),

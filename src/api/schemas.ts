@@ -69,6 +69,7 @@ export const listCallsQuery = z
 
 export const callDetailSchema = callApiSchema
   .extend({
+    agents: z.array(z.string()).describe('The agents that served the call, in order (provider:id): its own, then each fallback that took it over'),
     events: z.array(
       z.object({ at: time, type: z.string(), status: z.string().nullable(), sequence: z.number().nullable(), data: z.record(z.string(), z.unknown()).nullable() }),
     ),

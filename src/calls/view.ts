@@ -93,6 +93,20 @@ export function callToApi(r: CallRow): CallApi {
   };
 }
 
+/** The agents that served a call, in order: its own, then each that took it over (`agent_switched` events). */
+export function agentsOfCall(row: CallRow, calls: CallStore): string[] {
+  const agents = [row.agentId];
+  for (const e of calls.events(row.id)) {
+    if (e.type !== 'agent_switched') continue;
+    const to = e.data?.to;
+    const from = e.data?.from;
+    // A call that started on a fallback (its agent was down) names the route's agent first.
+    if (typeof from === 'string' && agents.length === 1 && agents[0] !== from) agents[0] = from;
+    if (typeof to === 'string') agents.push(to);
+  }
+  return agents;
+}
+
 /** The post-call webhook body: the call, its outcome, durations, transcript, campaign and contact. */
 export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignStore): Record<string, unknown> {
   const playai = calls.transcript(row.id, 'playai');
@@ -101,6 +115,7 @@ export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignS
   const contact = row.contactId !== null ? campaigns.contact(row.contactId) : undefined;
   return {
     call: callToApi(row),
+    agents: agentsOfCall(row, calls),
     outcome: row.outcome,
     answeredBy: row.answeredBy,
     durations: {
