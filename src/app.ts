@@ -107,7 +107,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     defaultAgentId: config.agents.defaultAgent,
     routes: config.routes,
     forceAgentId: config.localAgent ? config.agents.defaultAgent : undefined,
-    agentAvailable: (ref) => agents.firstUp(ref) !== undefined,
+    agentCandidates: (ref) => agents.candidates(ref),
     agentLimits: config.agentLimits,
     agentCapacityCooldownMs: config.agentCapacityCooldownMs,
     inboundReserved: config.outbound.inboundReserved,

@@ -288,7 +288,7 @@ export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)
   return out;
 }
 
-const agentRefSchema = z.string().regex(AGENT_REF, { error: AGENT_REF_TEXT });
+const agentRefSchema = z.string().refine((v) => AGENT_REF.test(v) && parseAgentRef(v) !== undefined, { error: AGENT_REF_TEXT });
 const routeSchema = z
   .object({
     agentId: agentRefSchema,

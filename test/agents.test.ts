@@ -53,6 +53,9 @@ describe('agent configuration', () => {
     [{ DEFAULT_AGENT: 'deepgram:support' }, /^DEEPGRAM_API_KEY: required because DEFAULT_AGENT names deepgram:support/],
     [{ DEEPGRAM_API_KEY: 'dg' }, /^DEFAULT_AGENT: required .*deepgram:support/],
     [{ DEFAULT_AGENT: 'acme:x' }, /^DEFAULT_AGENT: "acme:x" is not an agent like openai:gpt-realtime/],
+    // A bare provider name is a slip for provider:id, not a PlayAI agent of that name.
+    [{ OPENAI_API_KEY: 'k', DEFAULT_AGENT: 'openai' }, /^DEFAULT_AGENT: "openai" is not an agent like openai:gpt-realtime/],
+    [{ OPENAI_API_KEY: 'k', AGENT_LIMITS: 'openai=5' }, /^AGENT_LIMITS: .* is not a list of agent=max pairs/],
     [{ OPENAI_API_KEY: 'k', OPENAI_REALTIME_URL: 'https://api.openai.com/v1/realtime' }, /^OPENAI_REALTIME_URL: .* is not a URL starting with wss:\/\/ or ws:\/\//],
     [{ OPENAI_API_KEY: 'k', AGENT_LIMITS: 'openai:gpt-realtime=five' }, /^AGENT_LIMITS: .*openai:gpt-realtime=5/],
     [{ OPENAI_API_KEY: 'k', AGENT_LIMITS: 'deepgram:support=2' }, /^DEEPGRAM_API_KEY: required because AGENT_LIMITS names deepgram:support/],
@@ -259,7 +262,7 @@ describe('session manager: capacity per provider and down agents', () => {
   });
 
   it('refuses calls to an agent that is down with no fallback up (agent_down), and dials nothing for it', () => {
-    const m = new SessionManager({ maxConcurrentCalls: 10, tokenTtlMs: 10_000, defaultAgentId: 'openai:gpt-realtime', routes: new Map(), agentAvailable: (ref) => ref !== 'openai:gpt-realtime' });
+    const m = new SessionManager({ maxConcurrentCalls: 10, tokenTtlMs: 10_000, defaultAgentId: 'openai:gpt-realtime', routes: new Map(), agentCandidates: (ref) => (ref === 'openai:gpt-realtime' ? [] : [ref]) });
     expect(m.admit(call(1))).toEqual({ ok: false, reason: 'agent_down' });
     expect(m.holdOutboundSlot('k', 'openai:gpt-realtime')).toBeUndefined();
     expect(m.holdOutboundSlot('k2', 'playai:other')).toBeDefined();
@@ -291,8 +294,8 @@ describe('what operators see', () => {
       await stream.waitForClose(5000);
     }
     const ready = await tb.bridge.app.inject({ method: 'GET', url: '/readyz' });
-    expect(ready.statusCode).toBe(503);
-    expect(ready.json()).toMatchObject({ ready: false, defaultAgent: 'playai:agent-default', agentsDown: ['playai:agent-default'] });
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toMatchObject({ ready: true, defaultAgent: 'playai:agent-default', defaultAgentUp: false, agentsDown: ['playai:agent-default'] });
     const metrics = await tb.bridge.app.inject({ method: 'GET', url: '/metrics' });
     expect(metrics.body).toContain('playline_agent_up{agent="playai:agent-default"} 0');
     const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: tb.config.publicUrl, authToken: AUTH_TOKEN, params: { CallSid: newCallSid() } });

@@ -840,6 +840,8 @@ class World {
     if (s === undefined) return;
     const a = this.#snap(sm);
     if (!spec.to.includes(a.state)) this.fail(`${what}: call #${sm.call.id} went ${b.state} → ${a.state}; allowed: ${spec.to.join(', ')}`);
+    // A ready agent session ending (the call leaves `live`) frees a connection on the account: the learned limit no longer holds.
+    if (b.state === 'live' && a.state !== 'live') this.learned = undefined;
     const spoken = this.journal.get(s.callSid).spoken.slice(b.spoken);
     if (spoken.length > 1) this.fail(`${what}: spoke ${spoken.length} texts in one step`);
     const text = spoken[0];
@@ -1019,7 +1021,6 @@ class World {
       if (l.state === 'open' || l.state === 'connecting') this.fail(`${what}: call #${sm.call.id} closed but agent leg ${sm.legs.indexOf(l)} is ${l.state}`);
     }
     if (this.manager.getSession(s.callSid) === s) this.fail(`${what}: closed session still registered`);
-    if (sm.everInit) this.learned = undefined; // a once-connected call ending lifts the learned limit
   }
 
   // ---------------------------------------------------------------- the round
@@ -1498,7 +1499,7 @@ class World {
       acts.push([0.3, () => this.act('arm: next carrier media throws', sm, (b) => ((sm.throwCarrier = true), { to: [b?.state ?? 'closed'] }))]);
     }
     if (cur?.state === 'closing' && cur.peerClosing) {
-      acts.push([4, () => this.#agentGone(sm, cur, 'agent close completes', () => cur.notifyClose(rng.pick([1000, 1001, 1011, 4000]), 'bye', rng.chance(0.3) ? 'socket error' : undefined))]);
+      acts.push([4, () => this.#agentGone(sm, cur, 'agent close completes', () => cur.notifyClose(rng.pick([1001, 1006, 1011, 4000]), 'bye', rng.chance(0.3) ? 'socket error' : undefined))]);
     }
     const stale = sm.legs.filter((l) => l !== cur && (l.state === 'open' || l.state === 'closing') && l.closedByUs);
     if (stale.length > 0) acts.push([1, () => this.#staleLeg(sm, rng.pick(stale))]);
@@ -1614,6 +1615,7 @@ class World {
       if (st !== 'connecting' && st !== 'reconnecting') return { to: [st] };
       if (armed && s.state === 'closed') {
         sm.everInit = true; // init was taken before the flush crashed
+        this.learned = undefined; // that ready session ended with the call
         return { to: ['closed'], reasons: ['internal_error'], audio: 'any' };
       }
       // The gap is delivered first, in order: all of it within the bound, else its newest part.
@@ -1765,7 +1767,8 @@ class World {
     await this.act('agent hangup', sm, (b) => {
       const st = b?.state ?? 'closed';
       leg.deliver(JSON.stringify({ type: 'hangup', endedBy: 'agent' }));
-      if (!ACTIVE.has(st)) return { to: [st] };
+      // A hangup before this leg's init is ignored (PlayAI clients ignore anything before init).
+      if (st !== 'live') return { to: [st] };
       if (!leg.closedByUs) this.fail('agent hangup: the agent socket was not closed');
       return { to: ['draining', 'closed'], reasons: ['agent_hangup'], marks: 'any' };
     });

@@ -9,6 +9,9 @@
  */
 import { END_CALL_TOOL, formatAgentRef, parseAgentRef, type AgentAudioFormat, type AgentProvider, type AgentProviderName, type AgentRequest, type AgentTool } from './port.js';
 
+/** Agents whose health is tracked at most (each is a metric label and may be probed). */
+const MAX_TRACKED_AGENTS = 256;
+
 /** The variable that enables each provider. */
 const PROVIDER_KEY_VARIABLE: Record<AgentProviderName, string> = { playai: 'PLAYAI_WS_URL', openai: 'OPENAI_API_KEY', elevenlabs: 'ELEVENLABS_URL', deepgram: 'DEEPGRAM_API_KEY' };
 
@@ -181,6 +184,11 @@ export class AgentDirectory {
     return [...this.#health.keys()].map((ref) => ({ ref, up: !this.isDown(ref) }));
   }
 
+  /** `ref` and its fallbacks, in order, without those marked down or whose provider is not configured. */
+  candidates(ref: string): string[] {
+    return [ref, ...this.fallbacksOf(ref)].filter((r) => !this.isDown(r) && this.provider(r) !== undefined);
+  }
+
   /** The first agent among `ref` and its fallbacks that is not down, or undefined. */
   firstUp(ref: string): string | undefined {
     if (!this.isDown(ref)) return ref;
@@ -191,7 +199,7 @@ export class AgentDirectory {
   reportReady(ref: string): void {
     const h = this.#health.get(ref);
     if (h === undefined) {
-      this.#health.set(ref, { failures: 0, downUntil: 0, down: false, probing: false });
+      if (this.#health.size < MAX_TRACKED_AGENTS) this.#health.set(ref, { failures: 0, downUntil: 0, down: false, probing: false });
       return;
     }
     h.failures = 0;
@@ -205,12 +213,14 @@ export class AgentDirectory {
   reportConnectFailure(ref: string, why: string): void {
     let h = this.#health.get(ref);
     if (h === undefined) {
+      // Bounded: agents named by API requests are tracked too, but never more than this many.
+      if (this.#health.size >= MAX_TRACKED_AGENTS) return;
       h = { failures: 0, downUntil: 0, down: false, probing: false };
       this.#health.set(ref, h);
     }
     h.failures++;
     if (h.failures >= this.#downAfter) {
-      const wasDown = h.down && this.#now() < h.downUntil;
+      const wasDown = h.down;
       h.down = true;
       h.downUntil = this.#now() + this.#downFor;
       if (!wasDown) this.#onHealthChange?.(ref, false, why);

@@ -214,6 +214,8 @@ export function parseAgentRef(text: string): AgentRef | undefined {
     const id = text.slice(i + 1);
     if ((AGENT_PROVIDERS as readonly string[]).includes(provider)) return id.length > 0 ? { provider: provider as AgentProviderName, id } : undefined;
   }
+  // A bare provider name (`openai`) is a mistake for `openai:<id>`, not a PlayAI agent of that name.
+  if ((AGENT_PROVIDERS as readonly string[]).includes(text)) return undefined;
   return text.length > 0 && !text.includes(':') ? { provider: 'playai', id: text } : undefined;
 }
 

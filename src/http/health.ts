@@ -31,15 +31,18 @@ export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Prom
   const { manager, metrics, metricsToken, agents, defaultAgent } = deps;
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
+    // Agents down do not make the bridge unready: calls to them still get the busy prompt (or a
+    // fallback), and numbers routed to other agents keep working. The body says which are down.
     const agentsDown = agents.downAgents();
     const defaultAgentUp = agents.firstUp(defaultAgent) !== undefined;
     const body = {
-      ready: manager.ready && defaultAgentUp,
+      ready: manager.ready,
       draining: manager.draining,
       liveCalls: manager.liveCalls,
       reservedSlots: manager.reservedSlots,
       capacity: manager.capacity,
       defaultAgent,
+      defaultAgentUp,
       agentsDown,
     };
     return reply.code(body.ready ? 200 : 503).send(body);

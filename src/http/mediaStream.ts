@@ -90,6 +90,8 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
           const limit = manager.noteAgentCapacityExceeded(provider);
           logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');
         },
+        onAgentSwitched: (s, agentId) => manager.moveSlot(s.slot, agentId),
+        onAgentSessionEnded: (_s, provider) => manager.noteAgentSessionEnded(provider),
         onClosed: (s) => manager.release(s),
       });
     } catch (err) {

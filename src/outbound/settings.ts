@@ -3,7 +3,7 @@
  * the HTTP routes (validation and OpenAPI) and the outbound service.
  */
 import { z } from 'zod';
-import { AGENT_REF_PATTERN, AGENT_REF_TEXT } from '../agent/port.js';
+import { AGENT_REF_PATTERN, AGENT_REF_TEXT, parseAgentRef } from '../agent/port.js';
 import { normalizePhone } from './phone.js';
 import { templateVariables } from './template.js';
 import { callingWindowSchema } from './window.js';
@@ -24,7 +24,10 @@ export const phoneSchema = z.codec(z.string().max(64), z.string().describe('E.16
 });
 
 /** An agent as `provider:id` (`openai:gpt-realtime`) or a bare PlayAI agent id. */
-export const agentIdSchema = z.string().regex(AGENT_REF_PATTERN, `must be ${AGENT_REF_TEXT}`);
+export const agentIdSchema = z
+  .string()
+  .regex(AGENT_REF_PATTERN, `must be ${AGENT_REF_TEXT}`)
+  .refine((v) => parseAgentRef(v) !== undefined, `must be ${AGENT_REF_TEXT}`);
 
 const metadataSchema = z
   .record(z.string().max(64), z.union([z.string().max(1000), z.number(), z.boolean(), z.null()]))

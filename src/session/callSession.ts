@@ -67,6 +67,10 @@ export interface CallSessionDeps {
   journal: CallJournal;
   /** An agent account refused a session for capacity (PlayAI 4429 and its equivalents). */
   onAgentCapacityExceeded(session: CallSession, provider: AgentProviderName): void;
+  /** The call moved to another agent (a fallback): its slot now counts for that agent. */
+  onAgentSwitched?(session: CallSession, agentId: string): void;
+  /** An agent session that had been ready ended: its provider's account has a session free again. */
+  onAgentSessionEnded?(session: CallSession, provider: AgentProviderName): void;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
@@ -152,6 +156,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #responseBytes = 0;
   /** When agent audio last went to Twilio (performance.now() ms). */
   #lastAgentAudioAt = 0;
+  /** Agent audio sent since the call started, less what a `clear` flushed (bytes; the coordinates of `playback.playedBytes`). */
+  #sentTotal = 0;
+  /** `#sentTotal` when the current response's first byte went out. */
+  #responseStartPos = 0;
+  /** When Twilio last echoed a current mark (performance.now() ms; 0: never). */
+  #lastEchoAt = 0;
   /** The agent whose session `#conversationId` belongs to. */
   #conversationAgent: string | undefined;
   /** Successful reconnects (a new `init` after a lost leg). */
@@ -245,20 +255,39 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log.info({ from: call.from, to: call.to }, 'call started');
     this.#d.journal.record(this.callSid, { type: 'stream_started', streamSid: this.streamSid });
     try {
-      // An agent marked down is skipped at once: the call starts on its first fallback that is up.
-      const up = this.#d.agents.firstUp(this.#agentRef);
-      if (up !== undefined && up !== this.#agentRef) {
-        const from = this.#agentRef;
-        this.#agentRef = up;
-        this.#agentsTried.push(up);
-        this.#metrics.agentFallbacksTotal.inc();
-        this.#log.warn({ from, to: up }, 'agent is down; the call starts on its fallback');
-        this.#d.journal.record(this.callSid, { type: 'agent_switched', from, to: up, why: 'down' });
-      }
+      this.#pickStartAgent();
       this.#openAgent();
     } catch (err) {
       this.onInternalError(err);
     }
+  }
+
+  /**
+   * The agent the call starts on: the one admission counted its slot for (the route's agent, or
+   * a fallback when it was down or full), or, if that one went down since (an outbound call
+   * answering), the first of the route's agent and its fallbacks that is up.
+   */
+  #pickStartAgent(): void {
+    const primary = this.#agentRef;
+    const agents = this.#d.agents;
+    const options = [primary, ...agents.fallbacksOf(primary)];
+    const counted = AgentDirectory.normalize(this.slot.agentId);
+    let ref = counted !== undefined && options.includes(counted) ? counted : primary;
+    if (agents.isDown(ref)) ref = options.find((r) => !agents.isDown(r) && agents.provider(r) !== undefined) ?? ref;
+    if (ref !== this.slot.agentId) this.#d.onAgentSwitched?.(this, ref);
+    if (ref === primary) return;
+    const why = agents.isDown(primary) ? 'down' : 'capacity';
+    this.#agentRef = ref;
+    this.#agentsTried.push(ref);
+    this.#metrics.agentFallbacksTotal.inc();
+    this.#log = this.#baseLog.child({ agentId: ref });
+    this.#log.warn({ from: primary, to: ref, why }, 'the call starts on a fallback agent');
+    this.#d.journal.record(this.callSid, { type: 'agent_switched', from: primary, to: ref, why });
+  }
+
+  /** The ready agent session of this call has ended (`prev` was live): its provider's account has room again. */
+  #readySessionEnded(prev: SessionPhase): void {
+    if (prev.kind === 'live') this.#d.onAgentSessionEnded?.(this, this.agentProvider);
   }
 
   // ---------------------------------------------------------------- carrier → session
@@ -338,6 +367,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   onMark(name: string): void {
     const result = this.playback.onMarkEcho(name);
     this.#metrics.marksTotal.labels(result).inc();
+    if (result === 'played') this.#lastEchoAt = performance.now();
     if (name === this.#bargeInMark) {
       // Twilio echoes the marks a `clear` flushed once playback has stopped.
       this.#bargeInMark = undefined;
@@ -540,15 +570,33 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #onCallerSpeechStart(): void {
     const st = this.#st;
     if (st.kind !== 'live') return;
-    if (this.#responseBytes > 0 && (this.#responseStreaming || this.playback.queued)) {
-      // Sent to Twilio minus what is still queued there: what the caller heard of this response.
-      const unplayedMs = Math.max(0, this.#playEnd - performance.now());
-      const playedMs = Math.max(0, Math.round(this.#responseBytes / 8 - unplayedMs));
-      st.agent.interrupted(playedMs);
+    if (this.#responseBytes > 0 && (this.#responseStreaming || this.playback.queued)) st.agent.interrupted(this.#playedOfResponseMs());
+    if (this.#endCallPending) {
+      // "Wait, one more thing": the caller spoke over the goodbye, so the call goes on.
+      this.#endCallPending = false;
+      this.#timers.clear('endcall');
+      this.#log.info('caller spoke during the goodbye; the call goes on');
     }
     this.#responseStreaming = false;
     this.#responseBytes = 0;
     this.#bargeIn();
+  }
+
+  /**
+   * How much of the current response the caller has heard, in ms. Two estimates, the lower wins:
+   * the playback clock (audio sent, less what is still queued at Twilio if it plays in real time),
+   * and Twilio's mark echoes (audio of this response confirmed played, plus at most one mark
+   * interval since the last echo), so a Twilio that plays late is not taken to have played.
+   */
+  #playedOfResponseMs(): number {
+    const now = performance.now();
+    const sentMs = this.#responseBytes / 8;
+    let played = sentMs - Math.max(0, this.#playEnd - now);
+    if (this.#lastEchoAt > 0) {
+      const confirmedMs = Math.max(0, this.playback.playedBytes - this.#responseStartPos) / 8;
+      played = Math.min(played, confirmedMs + Math.min(this.#s.markIntervalMs, now - this.#lastEchoAt));
+    }
+    return Math.max(0, Math.min(sentMs, Math.round(played)));
   }
 
   /** An `end_call` waits for its response to finish: done once the agent audio has stopped coming. */
@@ -566,8 +614,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #onTranscript(role: 'user' | 'agent', text: string): void {
     if (text === '') return;
     this.#d.journal.record(this.callSid, { type: 'transcript', role, text });
-    this.#history.push({ role, text });
-    this.#historyChars += text.length;
+    // One huge turn must not make the history a new agent session gets huge: its end is kept.
+    const kept = text.length > MAX_HISTORY_CHARS ? `…${text.slice(-MAX_HISTORY_CHARS)}` : text;
+    this.#history.push({ role, text: kept });
+    this.#historyChars += kept.length;
     while (this.#history.length > MAX_HISTORY_TURNS || (this.#historyChars > MAX_HISTORY_CHARS && this.#history.length > 1)) {
       this.#historyChars -= this.#history.shift()?.text.length ?? 0;
     }
@@ -635,7 +685,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const bytes = base64ByteLengthOf(buf, start, end);
     const now = performance.now();
     this.#playEnd = (this.#playEnd > now ? this.#playEnd : now) + bytes / 8;
+    if (this.#responseBytes === 0) this.#responseStartPos = this.#sentTotal;
     this.#responseBytes += bytes;
+    this.#sentTotal += bytes;
     this.#lastAgentAudioAt = now;
     this.#framesDown++;
     this.#metrics.framesDown++;
@@ -699,6 +751,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #clearPlayback(): string | undefined {
     this.#carrier.sendClear();
     const flushed = this.playback.reset();
+    // What was flushed never plays: sent and played are counted alike from here.
+    this.#sentTotal = this.playback.playedBytes;
     this.#playEnd = 0;
     this.#timers.clear('tail');
     return flushed;
@@ -710,6 +764,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log.info({ endedBy }, 'agent hung up');
     this.#endReason ??= 'agent_hangup';
     this.#st = { kind: 'draining' };
+    this.#readySessionEnded(st);
     this.#timers.clear('init');
     this.#timers.clear('retry');
     st.agent?.close(1000, 'call ended');
@@ -737,7 +792,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     const kind = this.#st.kind;
     if (kind !== 'live' && kind !== 'connecting' && kind !== 'reconnecting') return;
-    if (kind !== 'live' && err.kind !== 'capacity') this.#d.agents.reportConnectFailure(this.#agentRef, `${err.kind} ${err.code}`);
+    // Health counts what says the agent is unreachable or refusing everyone (not capacity, not a
+    // refusal of this call's own request, which other calls need not share).
+    if (kind !== 'live' && (err.kind === 'transient' || err.kind === 'auth')) this.#d.agents.reportConnectFailure(this.#agentRef, `${err.kind} ${err.code}`);
     if (err.kind === 'transient') {
       this.#log.warn({ code: err.code, agentMessage: err.message }, 'agent reported a retryable error');
       this.#agentLost(`error ${err.code}`);
@@ -774,10 +831,20 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #agentLost(why: string, failReason: EndReason = 'agent_unreachable'): void {
     const st = this.#st;
     if (st.kind !== 'live' && st.kind !== 'connecting' && st.kind !== 'reconnecting') return;
+    if (this.#endCallPending) {
+      // The agent had already said goodbye and asked to end the call: do that, no reconnect.
+      this.#endCallPending = false;
+      this.#onAgentHangup('end_call');
+      return;
+    }
+    // An agent that failed before the call ever reached it, or that is now marked down, is not
+    // retried when a fallback can take the call at once.
+    if ((!this.#everInit || this.#d.agents.isDown(this.#agentRef)) && this.#switchAgent(why)) return;
     this.#timers.clear('init');
     const now = performance.now();
     let outage: Outage;
     if (st.kind === 'live') {
+      this.#readySessionEnded(st);
       outage = outageAfterLoss(this.#s.reconnect, st.outage, st.since, now);
       this.#pending.setMaxBytes(this.#s.reconnect.bufferMs * 8);
       this.#st = { kind: 'reconnecting', agent: undefined, openedAt: 0, outage };
@@ -821,9 +888,13 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const from = this.#agentRef;
     this.#timers.clear('init');
     this.#timers.clear('retry');
+    this.#readySessionEnded(st);
     agentOf(st)?.close(1000, 'call ended');
     this.#agentRef = next;
     this.#agentsTried.push(next);
+    this.#d.onAgentSwitched?.(this, next);
+    // A fresh reconnect budget for the new agent.
+    this.#retries = 0;
     this.#responseStreaming = false;
     this.#endCallPending = false;
     const outage: Outage = { startedAt: performance.now(), attempts: 0 };
@@ -892,6 +963,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     if (st.kind === 'closed' || st.kind === 'ending') return;
     this.#endReason ??= reason;
     this.#st = { kind: 'ending' };
+    this.#readySessionEnded(st);
     this.#timers.clear('init');
     this.#timers.clear('retry');
     this.#timers.clear('drain');
@@ -925,6 +997,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const previous = this.#st;
     if (previous.kind === 'closed') return;
     this.#st = { kind: 'closed' };
+    try {
+      this.#readySessionEnded(previous);
+    } catch (err) {
+      this.#log.error({ err }, 'reporting the agent session end failed');
+    }
     const outcome = this.#endReason ?? reason;
     try {
       this.#timers.clearAll();

@@ -37,6 +37,7 @@ export interface CallRoute {
 /** A unit of capacity held by one admitted call. */
 export interface Slot {
   readonly callSid: string;
+  /** The agent the slot counts for (`provider:id`): the one serving the call (see {@link SessionManager.moveSlot}). */
   readonly agentId: string;
   /** Taken by outbound dialing (counts against MAX_CONCURRENT_CALLS − INBOUND_RESERVED). */
   readonly outbound?: boolean;
@@ -97,8 +98,12 @@ export interface SessionManagerOptions {
   forceAgentId?: string;
   agentLimits?: Map<string, number>;
   agentCapacityCooldownMs?: number;
-  /** False when neither the agent nor any fallback of it is up (agent/directory.ts); calls to it are refused. */
-  agentAvailable?: (agentId: string) => boolean;
+  /**
+   * The agents that may take a call for `agentId`, in order: itself and its fallbacks, without
+   * those marked down (agent/directory.ts). Admission takes the first one under its caps; none
+   * at all refuses the call (`agent_down`). Default: the agent alone.
+   */
+  agentCandidates?: (agentId: string) => string[];
   /** Called when a reservation expires without a stream (for metrics/logs). */
   onReservationExpired?(callSid: string): void;
   /** Clock for the learned-limit cooldown (tests). */
@@ -176,9 +181,12 @@ export class SessionManager {
     return this.#draining;
   }
 
-  /** True when a new call would be admitted now (for an agent without its own cap). */
+  /** True when a new call to the default agent would be admitted now (its own cap aside). */
   get ready(): boolean {
-    return !this.#draining && this.usedSlots < this.capacity && this.#opts.overloaded?.() !== true;
+    if (this.#draining || this.#opts.overloaded?.() === true || this.usedSlots >= this.#opts.maxConcurrentCalls) return false;
+    const provider = providerOf(this.#opts.forceAgentId ?? this.#opts.defaultAgentId);
+    const learned = this.#learnedLimit(provider);
+    return learned === undefined || (this.#perProvider.get(provider) ?? 0) < learned;
   }
 
   /** Agent sessions with an open socket now (of one provider, or all). */
@@ -207,10 +215,10 @@ export class SessionManager {
    */
   holdOutboundSlot(key: string, agentId: string): Slot | undefined {
     if (this.outboundRoom === 0) return undefined;
-    const agent = normalizeAgent(this.#opts.forceAgentId ?? agentId);
-    if (this.#agentRefusal(agent) !== undefined) return undefined;
+    const pick = this.#pickAgent(normalizeAgent(this.#opts.forceAgentId ?? agentId));
+    if (typeof pick !== 'string') return undefined;
     this.#outboundSlots++;
-    return this.#takeSlot(key, agent, true);
+    return this.#takeSlot(key, pick, true);
   }
 
   /** Slots outbound dialing may still take now: within capacity, and never the inbound reserve. */
@@ -259,9 +267,10 @@ export class SessionManager {
     } else {
       if (this.#opts.overloaded?.() === true) return { ok: false, reason: 'overload' };
       if (this.usedSlots >= this.#opts.maxConcurrentCalls) return { ok: false, reason: 'capacity' };
-      const refusal = this.#agentRefusal(route.agentId);
-      if (refusal !== undefined) return { ok: false, reason: refusal };
-      slot = this.#takeSlot(call.callSid, route.agentId);
+      const pick = this.#pickAgent(route.agentId);
+      if (typeof pick !== 'string') return { ok: false, reason: pick.refused };
+      // The slot counts for the agent that will serve the call (a fallback when the route's agent is down or full).
+      slot = this.#takeSlot(call.callSid, pick);
     }
     const token = randomBytes(18).toString('base64url');
     const timer = setTimeout(() => {
@@ -306,10 +315,25 @@ export class SessionManager {
   /** Called by a session once, when it has closed: releases its slot and forgets it. */
   release(session: ManagedSession): void {
     if (this.#sessions.get(session.callSid) === session) this.#sessions.delete(session.callSid);
-    const hadSlot = !session.slot.released;
     this.releaseSlot(session.slot);
-    // A call ending frees a connection on its provider's account: the learned limit no longer holds.
-    if (hadSlot && session.agentConnectedOnce) this.#learned.delete(session.agentProvider);
+  }
+
+  /**
+   * A call moved to another agent (a fallback took it over): its slot now counts for that agent
+   * and its provider (AGENT_LIMITS and learned limits follow the agent serving the call).
+   */
+  moveSlot(slot: Slot, agentId: string): void {
+    if (slot.released) return;
+    const to = normalizeAgent(agentId);
+    if (to === slot.agentId) return;
+    this.#count(slot.agentId, -1);
+    (slot as { agentId: string }).agentId = to;
+    this.#count(to, 1);
+  }
+
+  /** An agent session that had been ready ended (hung up, lost, replaced, or its call ended): its provider has room again. */
+  noteAgentSessionEnded(provider: AgentProviderName): void {
+    this.#learned.delete(provider);
   }
 
   /** Releases a slot (idempotent). */
@@ -318,11 +342,16 @@ export class SessionManager {
     slot.released = true;
     this.#slots.delete(slot);
     if (slot.outbound === true) this.#outboundSlots--;
-    const n = (this.#perAgent.get(slot.agentId) ?? 1) - 1;
-    if (n <= 0) this.#perAgent.delete(slot.agentId);
-    else this.#perAgent.set(slot.agentId, n);
-    const provider = providerOf(slot.agentId);
-    const p = (this.#perProvider.get(provider) ?? 1) - 1;
+    this.#count(slot.agentId, -1);
+  }
+
+  /** Adds `delta` to the slot counts of an agent and of its provider. */
+  #count(agentId: string, delta: number): void {
+    const n = (this.#perAgent.get(agentId) ?? 0) + delta;
+    if (n <= 0) this.#perAgent.delete(agentId);
+    else this.#perAgent.set(agentId, n);
+    const provider = providerOf(agentId);
+    const p = (this.#perProvider.get(provider) ?? 0) + delta;
     if (p <= 0) this.#perProvider.delete(provider);
     else this.#perProvider.set(provider, p);
   }
@@ -386,23 +415,35 @@ export class SessionManager {
     return learned.limit;
   }
 
-  /** Why a new call to `agent` cannot be taken now, beyond MAX_CONCURRENT_CALLS: its provider's learned limit, its own cap, or it is down. */
-  #agentRefusal(agent: string): RefusalReason | undefined {
+  /** Why a new call cannot go to `agent` now, beyond MAX_CONCURRENT_CALLS: its provider's learned limit, or its own cap. */
+  #agentRefusal(agent: string): 'agent_capacity' | 'agent_limit' | undefined {
     const provider = providerOf(agent);
     const learned = this.#learnedLimit(provider);
     if (learned !== undefined && (this.#perProvider.get(provider) ?? 0) >= learned) return 'agent_capacity';
     const agentCap = this.#opts.agentLimits?.get(agent);
     if (agentCap !== undefined && (this.#perAgent.get(agent) ?? 0) >= agentCap) return 'agent_limit';
-    if (this.#opts.agentAvailable?.(agent) === false) return 'agent_down';
     return undefined;
+  }
+
+  /**
+   * The agent a new call for `agent` goes to: the first of it and its fallbacks that is up and
+   * under its caps; else why not (the route's agent's own reason, or `agent_down` when none is up).
+   */
+  #pickAgent(agent: string): string | { refused: RefusalReason } {
+    const candidates = this.#opts.agentCandidates?.(agent).map(normalizeAgent) ?? [agent];
+    let first: RefusalReason | undefined;
+    for (const candidate of candidates) {
+      const refusal = this.#agentRefusal(candidate);
+      if (refusal === undefined) return candidate;
+      first ??= refusal;
+    }
+    return { refused: first ?? 'agent_down' };
   }
 
   #takeSlot(callSid: string, agentId: string, outbound = false): Slot {
     const slot: Slot = outbound ? { callSid, agentId, outbound, released: false } : { callSid, agentId, released: false };
     this.#slots.add(slot);
-    this.#perAgent.set(agentId, (this.#perAgent.get(agentId) ?? 0) + 1);
-    const provider = providerOf(agentId);
-    this.#perProvider.set(provider, (this.#perProvider.get(provider) ?? 0) + 1);
+    this.#count(agentId, 1);
     return slot;
   }
 

@@ -148,6 +148,17 @@ class PlayAiAgentLeg implements AgentLeg {
         e.callerSpeechStart();
         return;
       case 'hangup':
+        // Clients ignore anything before `init` (playai-agent-protocol.md §2.4).
+        if (!this.#ready) {
+          e.badFrame('unexpected', 'hangup');
+          return;
+        }
+        // `endedBy: "error"` is the agent failing, not ending the call: worth a reconnect.
+        if (msg.endedBy === 'error') {
+          this.#error(undefined, 'the agent ended the conversation with an error', true);
+          this.#socket.close(1000, 'agent error');
+          return;
+        }
         e.hangup(msg.endedBy ?? 'agent');
         return;
       case 'error':
@@ -173,6 +184,10 @@ class PlayAiAgentLeg implements AgentLeg {
     // A close code that mirrors a documented error (4400, 4401, 4429) means what that error would.
     if (!info.byUs && !this.#errorReported && info.code >= 4000 && NON_RETRYABLE_AGENT_ERRORS.has(info.code)) {
       this.#error(info.code, info.reason, true);
+    } else if (!info.byUs && !this.#errorReported && this.#ready && info.code === 1000 && info.error === undefined) {
+      // A clean close without `hangup` after `init`: the official clients take it as the agent
+      // ending the call (playai-agent-protocol.md §2.5). A going-away (1001) or an abnormal close reconnects.
+      this.#events.hangup('agent');
     }
     this.#events.closed(info.error === undefined ? { code: info.code, reason: info.reason, byUs: info.byUs } : { code: info.code, reason: info.reason, error: info.error, byUs: info.byUs });
   }
