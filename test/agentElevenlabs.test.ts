@@ -169,6 +169,31 @@ describe('ElevenLabs codec', () => {
     expect(decodeElevenLabsMessage('{"type":"conversation_initiation_metadata"}')).toMatchObject({ kind: 'invalid_fields' });
   });
 
+  it('accepts event_id as an integer or a numeric string (up to 15 digits) wherever it is read, and refuses other strings', () => {
+    const B = 'AAAA';
+    expect(decodeElevenLabsMessage(`{"type":"audio","audio_event":{"audio_base_64":"${B}","event_id":"3"}}`)).toEqual({ type: 'audio', audio: B, eventId: 3 });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":"4"}}')).toEqual({ type: 'interruption', eventId: 4 });
+    expect(decodeElevenLabsMessage('{"type":"agent_response_correction","agent_response_correction_event":{"corrected_agent_response":"Hi","event_id":"5"}}')).toEqual({
+      type: 'agent_response_correction',
+      eventId: 5,
+      corrected: 'Hi',
+    });
+    // A ping keeps the id as received, for the pong to echo it exactly.
+    expect(decodeElevenLabsMessage('{"type":"ping","ping_event":{"event_id":"7","ping_ms":20}}')).toEqual({ type: 'ping', eventId: '7', pingMs: 20 });
+    expect(decodeElevenLabsMessage('{"type":"ping","ping_event":{"event_id":7}}')).toEqual({ type: 'ping', eventId: 7, pingMs: undefined });
+    expect(decodeElevenLabsMessage('{"type":"agent_response","agent_response_event":{"agent_response":"Hi","event_id":"8"}}')).toEqual({ type: 'agent_response', text: 'Hi' });
+    expect(decodeElevenLabsMessage('{"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"t1","parameters":{},"event_id":"9"}}')).toMatchObject({ type: 'client_tool_call' });
+    for (const id of ['', '3a', '-1', ' 3', '1.5', '1e3', '1234567890123456']) {
+      expect(decodeElevenLabsMessage(JSON.stringify({ type: 'audio', audio_event: { audio_base_64: B, event_id: id } }))).toMatchObject({ kind: 'invalid_fields', name: 'audio' });
+      expect(decodeElevenLabsMessage(JSON.stringify({ type: 'ping', ping_event: { event_id: id } }))).toMatchObject({ kind: 'invalid_fields', name: 'ping' });
+    }
+  });
+
+  it('echoes the ping event_id in the pong with the JSON type it came in (integer or string)', () => {
+    expect(encodePong(12)).toBe('{"type":"pong","event_id":12}');
+    expect(encodePong('12')).toBe('{"type":"pong","event_id":"12"}');
+  });
+
   it('encodes the first frame with only the fields set, and the other client messages', () => {
     expect(JSON.parse(encodeInitiation({ dynamicVariables: { call_sid: 'CA1' } }))).toEqual({ type: 'conversation_initiation_client_data', dynamic_variables: { call_sid: 'CA1' } });
     expect(JSON.parse(encodeInitiation({ prompt: 'P', firstMessage: 'Hi', language: 'en', voiceId: 'v1', dynamicVariables: {}, userId: '+1' }))).toEqual({
@@ -256,6 +281,20 @@ describe('ElevenLabs fast audio scan', () => {
     }
   });
 
+  it('reads a numeric-string event_id on the fast path too, leading zeros included (as the decoder does)', () => {
+    const scan = newAudioScan();
+    for (const [id, value] of [
+      ['"42"', 42],
+      ['"007"', 7],
+      ['"999999999999999"', 999999999999999],
+    ] as const) {
+      const msg = `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":${id}}}`;
+      expect(scanElevenLabsAudio(b(msg), scan, 1 << 22)).toBe(true);
+      expect(scan.eventId).toBe(value);
+      expect(decodeElevenLabsMessage(msg)).toEqual({ type: 'audio', audio: B64, eventId: value });
+    }
+  });
+
   it.each([
     ['alignment', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1,"alignment":{"chars":[]}}}`],
     ['another type', `{"type":"ping","audio_event":{"audio_base_64":"${B64}","event_id":1}}`],
@@ -263,7 +302,10 @@ describe('ElevenLabs fast audio scan', () => {
     ['an exponent', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1e3}}`],
     ['a negative event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":-1}}`],
     ['a leading zero', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":01}}`],
-    ['a string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1"}}`],
+    ['a non-numeric string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1a"}}`],
+    ['an empty string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":""}}`],
+    ['a 16-digit string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1234567890123456"}}`],
+    ['an escaped digit', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"\\u0031"}}`],
     ['no event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}"}}`],
     ['a duplicate key', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1,"event_id":2}}`],
     ['bad base64', `{"type":"audio","audio_event":{"audio_base_64":"abc","event_id":1}}`],
@@ -459,6 +501,24 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(conn.pongs.slice(0, 3)).toEqual(conn.pings.slice(0, 3));
     const id = conn.ping(42);
     await vi.waitFor(() => expect(conn.pongs).toContain(id));
+  });
+
+  it('with event ids sent as numeric strings: agent audio plays (fast path and alignment frames), pings get a pong echoing the string id, interruption drops the interrupted reply', async () => {
+    const { rec, conn } = await live(request(), { eventIdsAsStrings: true });
+    const first = conn.speak(bytes(160, 1), { chunkBytes: 80 });
+    conn.speak(bytes(160, 2), { eventId: first, alignment: true });
+    const ping = conn.ping(25);
+    conn.interrupt();
+    conn.speak(bytes(160, 3), { eventId: first }); // late audio of the interrupted reply
+    conn.speak(bytes(160, 4), { alignment: true });
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(4));
+    await vi.waitFor(() => expect(conn.pongs).toEqual([ping]));
+    expect(conn.frames).toContainEqual({ type: 'pong', event_id: String(ping) });
+    expect(Buffer.concat(rec.audio)).toEqual(Buffer.concat([bytes(160, 1), bytes(160, 2), bytes(160, 4)]));
+    expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'audio', 'audio', 'callerSpeechStart', 'responseStart', 'audio']);
+    expect(rec.badFrames).toEqual([]);
+    expect(conn.invalidFrames).toBe(0);
+    expect(conn.isOpen).toBe(true);
   });
 
   it('resumes with the earlier turns as one contextual_update right after the metadata, and without the greeting', async () => {

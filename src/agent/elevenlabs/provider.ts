@@ -394,7 +394,7 @@ class ElevenLabsLeg implements AgentLeg {
         return;
       }
       case 'ping':
-        // Answered at once, ready or not.
+        // Answered at once, ready or not, with the event_id exactly as received (integer or string).
         if (this.isOpen) this.#ws?.send(encodePong(msg.eventId));
         return;
       case 'interruption':
