@@ -189,6 +189,13 @@ describe('ElevenLabs codec', () => {
     }
   });
 
+  it('decodes an interruption without an event_id (or with an unusable one) as an interruption of whatever is playing', () => {
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{}}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption"}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":null}}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":-2}}')).toEqual({ type: 'interruption', eventId: undefined });
+  });
+
   it('echoes the ping event_id in the pong with the JSON type it came in (integer or string)', () => {
     expect(encodePong(12)).toBe('{"type":"pong","event_id":12}');
     expect(encodePong('12')).toBe('{"type":"pong","event_id":"12"}');
@@ -448,6 +455,42 @@ describe('ElevenLabs adapter against the fake service', () => {
     await vi.waitFor(() => expect(rec.audio).toHaveLength(2));
     expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'callerSpeechStart', 'responseStart', 'audio']);
     expect(rec.audio[1]).toEqual(bytes(160, 8));
+  });
+
+  it('an interruption without an event_id still reports caller speech and drops the rest of the reply being played', async () => {
+    for (const interruption of [{ type: 'interruption', interruption_event: {} }, { type: 'interruption' }]) {
+      const { rec, conn } = await live();
+      const id = conn.speak(bytes(160, 1));
+      conn.send(interruption);
+      conn.speak(bytes(160, 2), { eventId: id }); // late audio of the interrupted reply
+      const next = conn.speak(bytes(160, 3));
+      await vi.waitFor(() => expect(rec.audio).toHaveLength(2));
+      expect(next).toBeGreaterThan(id);
+      expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'callerSpeechStart', 'responseStart', 'audio']);
+      expect(rec.audio).toEqual([bytes(160, 1), bytes(160, 3)]);
+      expect(rec.badFrames).toEqual([]);
+    }
+  });
+
+  it('an interruption naming a reply not heard yet (the next reply id) drops only the reply being played, not the next reply', async () => {
+    const { rec, conn } = await live();
+    const id = conn.speak(bytes(160, 1));
+    conn.interrupt(id + 1);
+    conn.speak(bytes(160, 2), { eventId: id }); // late audio of the interrupted reply
+    const next = conn.speak(bytes(160, 3), { chunkBytes: 80 });
+    expect(next).toBe(id + 1);
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(3));
+    expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'callerSpeechStart', 'responseStart', 'audio', 'audio']);
+    expect(Buffer.concat(rec.audio)).toEqual(Buffer.concat([bytes(160, 1), bytes(160, 3)]));
+  });
+
+  it('an interruption before any agent audio drops nothing that follows', async () => {
+    const { rec, conn } = await live();
+    conn.interrupt(5);
+    const id = conn.speak(bytes(160, 1), { eventId: 5 });
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+    expect(id).toBe(5);
+    expect(rec.order.slice(1)).toEqual(['callerSpeechStart', 'responseStart', 'audio']);
   });
 
   it('reports final transcripts only: user_transcript and agent_response, not partials or corrections', async () => {

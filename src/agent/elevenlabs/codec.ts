@@ -14,7 +14,8 @@ import { parseJsonObject } from '../../util/json.js';
 export type ElevenLabsServerMessage =
   | { type: 'conversation_initiation_metadata'; conversationId: string; outputFormat: string; inputFormat: string }
   | { type: 'audio'; audio: string; eventId: number }
-  | { type: 'interruption'; eventId: number }
+  /** `eventId` undefined: the message named no usable id (the reply being played was interrupted). */
+  | { type: 'interruption'; eventId: number | undefined }
   | { type: 'agent_response'; text: string }
   | { type: 'agent_response_correction'; eventId: number | undefined; corrected: string }
   | { type: 'user_transcript'; text: string }
@@ -98,10 +99,9 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
       // The JS client defaults a missing input format to pcm_16000; a missing output format is left to the caller to refuse.
       return { type, conversationId, outputFormat: str(ev?.agent_output_audio_format) ?? '', inputFormat: str(ev?.user_input_audio_format) ?? 'pcm_16000' };
     }
-    case 'interruption': {
-      const eventId = eventIdOf(obj(o.interruption_event)?.event_id);
-      return eventId === undefined ? bad('invalid_fields', type) : { type, eventId };
-    }
+    case 'interruption':
+      // Barge-in matters more than the id: without a usable one it still interrupts.
+      return { type, eventId: eventIdOf(obj(o.interruption_event)?.event_id) };
     case 'agent_response': {
       const text = str(obj(o.agent_response_event)?.agent_response);
       return text === undefined ? bad('invalid_fields', type) : { type, text };

@@ -23,8 +23,12 @@
  * Mapping notes: a new response is the first `audio` with a greater `event_id`
  * (`responseStart`); ElevenLabs sends no end-of-audio event (unverified), so
  * this adapter never calls `responseDone` and the session's own tail timing
- * applies. After `interruption {event_id}`, audio with an `event_id` up to it
- * is dropped (as the official Python client does). `request.format` is not
+ * applies. On `interruption` the reply being played is over: audio with an
+ * `event_id` up to the smaller of the interruption's id and the last audio id
+ * seen is dropped (the Python client drops up to the interruption's id, the JS
+ * client keeps the interruption's id; taking the smaller keeps a reply not
+ * heard yet whose id an interruption names). An interruption without an id
+ * interrupts the reply being played. `request.format` is not
  * used: the metadata says what the agent speaks. The conversion warning is
  * logged once per agent id per provider instance.
  */
@@ -151,7 +155,7 @@ class ElevenLabsLeg implements AgentLeg {
   #hungUp = false;
   /** The error type of an `error` frame announcing a normal end (`max_duration_exceeded`). */
   #endReason: string | undefined;
-  /** Highest `event_id` of agent audio delivered; a greater one starts a new response. */
+  /** Highest `event_id` of agent audio seen (delivered); a greater one starts a new response. */
   #lastEventId = -1;
   /** Audio with `event_id` ≤ this belongs to an interrupted response and is dropped. */
   #interruptedId = -1;
@@ -397,11 +401,14 @@ class ElevenLabsLeg implements AgentLeg {
         // Answered at once, ready or not, with the event_id exactly as received (integer or string).
         if (this.isOpen) this.#ws?.send(encodePong(msg.eventId));
         return;
-      case 'interruption':
-        this.#interruptedId = Math.max(this.#interruptedId, msg.eventId);
+      case 'interruption': {
+        // Only audio already seen can have been interrupted: an id beyond it names a reply not heard yet.
+        const cutoff = msg.eventId === undefined ? this.#lastEventId : Math.min(msg.eventId, this.#lastEventId);
+        this.#interruptedId = Math.max(this.#interruptedId, cutoff);
         this.#fromAgent?.reset();
         this.#events.callerSpeechStart();
         return;
+      }
       case 'agent_response':
         if (msg.text.trim().length > 0) this.#events.transcript('agent', msg.text);
         return;
