@@ -235,10 +235,30 @@ describe('ElevenLabs codec', () => {
     expect(c(1002, undefined)).toEqual({ kind: 'transient', code: 'close_1002' });
     expect(c(1002, 'brand_new_type')).toEqual({ kind: 'transient', code: 'close_1002' });
     expect(c(4000, 'whatever')).toEqual({ kind: 'transient', code: 'other' });
-    // (unverified) capacity: any mention of concurrency or a limit, where the type does not say otherwise.
+    // (unverified) capacity: wording about concurrency, too many sessions or a rate limit, where the type does not say otherwise.
     expect(c(1008, undefined, 'Too many concurrent conversations for this agent')).toEqual({ kind: 'capacity', code: 'close_1008' });
     expect(c(1002, 'http_exception', 'Workspace concurrency limit reached')).toEqual({ kind: 'capacity', code: 'http_exception' });
     expect(c(1002, 'llm_error', 'upstream rate limit')).toEqual({ kind: 'transient', code: 'llm_error' });
+  });
+
+  it('counts as capacity only wording about concurrency, too many sessions or a rate limit, not any "limit" (a prompt over the character limit is fatal)', () => {
+    const c = (closeCode: number | undefined, errorType: string | undefined, message: string) => classifyElevenLabsError({ closeCode, errorType, message, reason: undefined });
+    expect(c(1008, 'value_error', 'prompt exceeds the character limit')).toEqual({ kind: 'fatal', code: 'value_error' });
+    expect(c(1008, undefined, 'first_message is over the length limit')).toEqual({ kind: 'fatal', code: 'close_1008' });
+    expect(c(1008, 'invalid_message', 'Too many tools: limit is 20')).toEqual({ kind: 'fatal', code: 'invalid_message' });
+    for (const message of [
+      'Too many concurrent conversations',
+      'too many sessions for this agent',
+      'Too many conversations running',
+      'too many connections',
+      'Too Many Requests',
+      'rate limit exceeded',
+      'Rate-limit reached for this workspace',
+      'You have reached your quota of concurrent calls',
+    ]) {
+      expect(c(1008, undefined, message), message).toEqual({ kind: 'capacity', code: 'close_1008' });
+      expect(c(1002, 'http_exception', message), message).toEqual({ kind: 'capacity', code: 'http_exception' });
+    }
   });
 
   it('classifies HTTP refusals: 401/403/422 auth, 429 capacity, 404 fatal, anything else transient', () => {

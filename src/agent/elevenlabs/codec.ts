@@ -290,8 +290,12 @@ const ERROR_TYPES: ReadonlyMap<string, AgentErrorKind | 'end'> = new Map<string,
 const CLOSE_CODES = new Set([1000, 1002, 1008, 1011]);
 
 const AUTH_WORDS = /\b(auth\w*|unauthori[sz]ed|forbidden|signature|api[ _-]?key|invalid[ _-]?token|expired[ _-]?token|permission)\b/i;
-/** (unverified) The wire signal of a concurrency cap is not documented: any mention of concurrency or a limit counts. */
-const CAPACITY_WORDS = /concurren|too many|\blimit/i;
+/**
+ * (unverified) The wire signal of a concurrency cap is not documented: wording about
+ * concurrency, too many sessions, or a rate limit counts; any other "limit" (a prompt over
+ * the character limit) does not.
+ */
+const CAPACITY_WORDS = /concurren|too many (sessions|conversations|connections|requests)|rate.?limit|quota of concurrent/i;
 
 export interface ElevenLabsErrorInfo {
   closeCode: number | undefined;
