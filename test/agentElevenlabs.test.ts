@@ -713,6 +713,22 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(tool.rec.hangups).toEqual(['end_call']);
   });
 
+  it('a close 1000 before the conversation is ready is a transient failure of the leg (retry or fallback), not the agent hanging up', async () => {
+    server.options.autoMetadata = false;
+    for (const end of [(c: FakeElevenLabsConnection) => c.endCall(), (c: FakeElevenLabsConnection) => c.endCall({ maxDuration: true })]) {
+      const { rec } = connect();
+      const conn = await server.nextConnection();
+      await conn.waitForInitiation();
+      end(conn);
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toEqual([{ kind: 'transient', code: 'close_1000', message: expect.stringContaining('before the conversation started'), legDone: true }]);
+      expect(rec.hangups).toEqual([]);
+      expect(rec.ready).toEqual([]);
+      expect(rec.order).toEqual(['error', 'closed']);
+      expect(rec.closed[0]).toMatchObject({ code: 1000, byUs: false });
+    }
+  });
+
   it('counts bad frames without ending the call', async () => {
     const { rec, conn } = await live();
     conn.sendRaw(Buffer.from([1, 2, 3]));

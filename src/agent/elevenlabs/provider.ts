@@ -497,9 +497,17 @@ class ElevenLabsLeg implements AgentLeg {
   #onClose(code: number, reason: string): void {
     this.#stopHeartbeat();
     if (!this.#byUs && !this.#closedNotified) {
-      // 1000: the agent ended the call (its end_call tool, or the maximum duration).
-      if (code === 1000 && !this.#errorReported) this.#hangup(this.#endReason ?? 'agent_ended');
-      else if ((code === 1002 || code === 1008 || code === 1011) && !this.#errorReported) {
+      // 1000 once ready: the agent ended the call (its end_call tool, or the maximum duration).
+      // Before ready no conversation took place: a failed leg, worth a retry or a fallback.
+      if (code === 1000 && !this.#errorReported && this.#ready) this.#hangup(this.#endReason ?? 'agent_ended');
+      else if (code === 1000 && !this.#errorReported) {
+        this.#reportError({
+          kind: 'transient',
+          code: 'close_1000',
+          message: `ElevenLabs closed with 1000${reason ? ` (${reason})` : ''}${this.#endReason !== undefined ? ` after ${this.#endReason}` : ''} before the conversation started`,
+          legDone: true,
+        });
+      } else if ((code === 1002 || code === 1008 || code === 1011) && !this.#errorReported) {
         const cls = classifyElevenLabsError({ closeCode: code, errorType: undefined, message: reason, reason: undefined });
         this.#log.debug({ code, reason }, 'ElevenLabs closed the conversation without an error frame');
         if (cls.kind === 'end') this.#hangup('agent_ended');
