@@ -129,6 +129,10 @@ describe('ElevenLabs codec', () => {
         '{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"conversation_id":"conv_1","agent_output_audio_format":"ulaw_8000","user_input_audio_format":"pcm_16000"}}',
       ),
     ).toEqual({ type: 'conversation_initiation_metadata', conversationId: 'conv_1', outputFormat: 'ulaw_8000', inputFormat: 'pcm_16000' });
+    // Missing or empty formats come back undefined: the adapter decides (input defaults, output is refused).
+    expect(
+      decodeElevenLabsMessage('{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"conversation_id":"conv_2","agent_output_audio_format":""}}'),
+    ).toEqual({ type: 'conversation_initiation_metadata', conversationId: 'conv_2', outputFormat: undefined, inputFormat: undefined });
     expect(decodeElevenLabsMessage('{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":3,"alignment":{"chars":["a"]}}}')).toEqual({ type: 'audio', audio: 'AAAA', eventId: 3 });
     expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":4}}')).toEqual({ type: 'interruption', eventId: 4 });
     expect(decodeElevenLabsMessage('{"type":"agent_response","agent_response_event":{"agent_response":"Hi","event_id":1}}')).toEqual({ type: 'agent_response', text: 'Hi' });
@@ -797,6 +801,40 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(rec.errors).toMatchObject([{ kind: 'fatal', code: 'unsupported_audio_format', legDone: true }]);
     expect(rec.errors[0]?.message).toContain('μ-law 8000 Hz');
     expect(rec.ready).toEqual([]);
+  });
+
+  it('refuses metadata without agent_output_audio_format as fatal, with a message saying the field is missing (no empty quotes)', async () => {
+    server.options.autoMetadata = false;
+    for (const event of [
+      { conversation_id: 'conv_no_out', user_input_audio_format: 'ulaw_8000' },
+      { conversation_id: 'conv_empty_out', agent_output_audio_format: '', user_input_audio_format: 'ulaw_8000' },
+    ]) {
+      const { rec } = connect();
+      const conn = await server.nextConnection();
+      await conn.waitForInitiation();
+      conn.send({ type: 'conversation_initiation_metadata', conversation_initiation_metadata_event: event });
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toMatchObject([{ kind: 'fatal', code: 'unsupported_audio_format', legDone: true }]);
+      const message = rec.errors[0]?.message ?? '';
+      expect(message).toContain('sent no agent_output_audio_format');
+      expect(message).toContain('μ-law 8000 Hz');
+      expect(message).not.toContain('""');
+      expect(rec.ready).toEqual([]);
+    }
+  });
+
+  it('takes a metadata without user_input_audio_format as pcm_16000 input (as the official JS client does) and converts caller audio to it', async () => {
+    server.options.autoMetadata = false;
+    const { leg, rec } = connect();
+    const conn = await server.nextConnection();
+    await conn.waitForInitiation();
+    conn.send({ type: 'conversation_initiation_metadata', conversation_initiation_metadata_event: { conversation_id: 'conv_no_in', agent_output_audio_format: 'ulaw_8000' } });
+    await vi.waitFor(() => expect(rec.ready).toEqual(['conv_no_in']));
+    for (let i = 0; i < 10; i++) leg.sendAudio(Buffer.alloc(160, 0xff).toString('base64'));
+    // 200 ms of 8 kHz μ-law become about 200 ms of 16 kHz PCM16 (6400 bytes, less what the converter holds back).
+    const got = await conn.waitForAudioBytes(6000);
+    expect(got.length).toBeLessThanOrEqual(6400);
+    expect(rec.errors).toEqual([]);
   });
 
   it('never throws on connect: a refused connection is a closed leg with the error', async () => {

@@ -12,7 +12,8 @@ import { isBase64 } from '../../audio/base64.js';
 import { parseJsonObject } from '../../util/json.js';
 
 export type ElevenLabsServerMessage =
-  | { type: 'conversation_initiation_metadata'; conversationId: string; outputFormat: string; inputFormat: string }
+  /** A format is undefined when the field is missing or empty (the adapter decides what that means). */
+  | { type: 'conversation_initiation_metadata'; conversationId: string; outputFormat: string | undefined; inputFormat: string | undefined }
   | { type: 'audio'; audio: string; eventId: number }
   /** `eventId` undefined: the message named no usable id (the reply being played was interrupted). */
   | { type: 'interruption'; eventId: number | undefined }
@@ -96,8 +97,11 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
       const ev = obj(o.conversation_initiation_metadata_event);
       const conversationId = str(ev?.conversation_id);
       if (conversationId === undefined || conversationId.length === 0 || conversationId.length > 256) return bad('invalid_fields', type);
-      // The JS client defaults a missing input format to pcm_16000; a missing output format is left to the caller to refuse.
-      return { type, conversationId, outputFormat: str(ev?.agent_output_audio_format) ?? '', inputFormat: str(ev?.user_input_audio_format) ?? 'pcm_16000' };
+      const format = (v: unknown): string | undefined => {
+        const f = str(v);
+        return f === undefined || f.length === 0 ? undefined : f;
+      };
+      return { type, conversationId, outputFormat: format(ev?.agent_output_audio_format), inputFormat: format(ev?.user_input_audio_format) };
     }
     case 'interruption':
       // Barge-in matters more than the id: without a usable one it still interrupts.

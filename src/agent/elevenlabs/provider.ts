@@ -440,22 +440,24 @@ class ElevenLabsLeg implements AgentLeg {
     }
   }
 
-  #onMetadata(conversationId: string, inputFormat: string, outputFormat: string): void {
+  #onMetadata(conversationId: string, sentInputFormat: string | undefined, outputFormat: string | undefined): void {
     if (this.#ready) {
       this.#events.badFrame('unexpected', 'conversation_initiation_metadata');
       return;
     }
+    // The official JS client takes a missing input format as pcm_16000 (reference §2.3); a
+    // missing output format has no documented default and is refused below.
+    const inputFormat = sentInputFormat ?? 'pcm_16000';
     const input = parseElevenLabsFormat(inputFormat);
-    const output = parseElevenLabsFormat(outputFormat);
-    this.#log.debug({ conversationId, inputFormat, outputFormat }, 'ElevenLabs conversation started');
+    const output = outputFormat === undefined ? undefined : parseElevenLabsFormat(outputFormat);
+    this.#log.debug({ conversationId, inputFormat, inputFormatSent: sentInputFormat !== undefined, outputFormat }, 'ElevenLabs conversation started');
     if (input === undefined || output === undefined) {
-      const bad = input === undefined ? `input format "${inputFormat.slice(0, 40)}"` : `output format "${outputFormat.slice(0, 40)}"`;
-      this.#reportError({
-        kind: 'fatal',
-        code: 'unsupported_audio_format',
-        message: `ElevenLabs agent ${this.#request.id} uses an unsupported audio ${bad}: ${CONVERSION_ADVICE.replace(' to avoid converting', '')}`,
-        legDone: true,
-      });
+      const fix = CONVERSION_ADVICE.replace(' to avoid converting', '');
+      const message =
+        outputFormat === undefined
+          ? `ElevenLabs agent ${this.#request.id} sent no agent_output_audio_format in its conversation_initiation_metadata: ${fix}`
+          : `ElevenLabs agent ${this.#request.id} uses an unsupported audio ${input === undefined ? `input format "${inputFormat.slice(0, 40)}"` : `output format "${outputFormat.slice(0, 40)}"`}: ${fix}`;
+      this.#reportError({ kind: 'fatal', code: 'unsupported_audio_format', message, legDone: true });
       this.close(1000, 'unsupported audio format');
       return;
     }
