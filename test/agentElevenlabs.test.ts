@@ -628,11 +628,27 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(logs.lines.join('\n')).not.toContain('wrong-key');
   });
 
-  it('a private agent reached without a signed URL is refused as auth (fake: error 1008)', async () => {
+  it('without an API key, an upgrade refused with 401 or 403 is auth, and the message says to set ELEVENLABS_API_KEY', async () => {
+    for (const status of [401, 403]) {
+      server.options.upgradeStatus = status;
+      const { rec } = connect();
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toEqual([{ kind: 'auth', code: `http_${status}`, message: expect.stringContaining('the agent requires authentication: set ELEVENLABS_API_KEY'), legDone: true }]);
+      expect(rec.errors[0]?.message).toContain(`HTTP ${status}`);
+    }
+    // With a key, the same refusal points at the key itself.
+    server.options.upgradeStatus = 403;
+    const keyed = connect(request(), { apiKey: server.apiKey });
+    await vi.waitFor(() => expect(keyed.rec.closed).toHaveLength(1));
+    expect(keyed.rec.errors).toEqual([{ kind: 'auth', code: 'http_403', message: expect.stringContaining('check ELEVENLABS_API_KEY'), legDone: true }]);
+  });
+
+  it('a private agent reached without a signed URL is refused as auth (fake: error 1008), the message saying to set ELEVENLABS_API_KEY', async () => {
     server.options.defaultAgent = { public: false };
     const { rec } = connect();
     await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
     expect(rec.errors).toEqual([{ kind: 'auth', code: 'close_1008', message: expect.stringContaining('Authentication failed'), legDone: true }]);
+    expect(rec.errors[0]?.message).toContain('the agent requires authentication: set ELEVENLABS_API_KEY');
     expect(rec.ready).toEqual([]);
     expect(rec.closed[0]).toMatchObject({ code: 1008, byUs: false });
   });

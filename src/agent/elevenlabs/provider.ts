@@ -282,7 +282,7 @@ class ElevenLabsLeg implements AgentLeg {
       this.#reportError({
         kind: refused.kind,
         code: refused.code,
-        message: `ElevenLabs signed URL request ${what}${refused.kind === 'auth' ? ': check ELEVENLABS_API_KEY (and that the key may use this agent)' : ''}`,
+        message: `ElevenLabs signed URL request ${what}${refused.kind === 'auth' ? `: ${this.#authFix()}` : ''}`,
         legDone: true,
       });
       this.#notifyClose(1006, '');
@@ -332,7 +332,8 @@ class ElevenLabsLeg implements AgentLeg {
       res.resume();
       this.#error = `handshake refused with HTTP ${status}`;
       const refused = classifyHttpStatus(status);
-      this.#reportError({ kind: refused.kind, code: refused.code, message: `ElevenLabs refused the conversation with HTTP ${status}`, legDone: true });
+      const fix = status === 401 || status === 403 ? `: ${this.#authFix()}` : '';
+      this.#reportError({ kind: refused.kind, code: refused.code, message: `ElevenLabs refused the conversation with HTTP ${status}${fix}`, legDone: true });
       ws.terminate();
     });
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString('utf8').slice(0, 200)));
@@ -492,6 +493,7 @@ class ElevenLabsLeg implements AgentLeg {
     } else if (msg.errorType === 'transport_receive_timeout') {
       message += ' (no caller audio reached ElevenLabs for too long)';
     }
+    if (cls.kind === 'auth') message = `${message.slice(0, 400)}: ${this.#authFix()}`;
     // An error frame comes right before the server closes the socket (contract §2.11).
     this.#reportError({ kind: cls.kind, code: cls.code, message: message.slice(0, 500), legDone: true });
   }
@@ -513,7 +515,10 @@ class ElevenLabsLeg implements AgentLeg {
         const cls = classifyElevenLabsError({ closeCode: code, errorType: undefined, message: reason, reason: undefined });
         this.#log.debug({ code, reason }, 'ElevenLabs closed the conversation without an error frame');
         if (cls.kind === 'end') this.#hangup('agent_ended');
-        else this.#reportError({ kind: cls.kind, code: cls.code, message: `ElevenLabs closed the conversation (${code}${reason ? `: ${reason}` : ''})`, legDone: true });
+        else {
+          const fix = cls.kind === 'auth' ? `: ${this.#authFix()}` : '';
+          this.#reportError({ kind: cls.kind, code: cls.code, message: `ElevenLabs closed the conversation (${code}${reason ? `: ${reason}` : ''})${fix}`, legDone: true });
+        }
       }
     }
     this.#notifyClose(code, reason);
@@ -530,6 +535,13 @@ class ElevenLabsLeg implements AgentLeg {
     }
     if (this.#closedNotified || this.#byUs) return;
     if (this.#pending.length < MAX_PENDING) this.#pending.push(text);
+  }
+
+  /** What to do about refused credentials: set a key (none is set), or check the one set. */
+  #authFix(): string {
+    return this.#shared.apiKey === undefined
+      ? 'the agent requires authentication: set ELEVENLABS_API_KEY (Playline then opens each conversation with a signed URL)'
+      : 'check ELEVENLABS_API_KEY (and that the key may use this agent)';
   }
 
   #hangup(reason: string): void {
