@@ -129,6 +129,10 @@ describe('ElevenLabs codec', () => {
         '{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"conversation_id":"conv_1","agent_output_audio_format":"ulaw_8000","user_input_audio_format":"pcm_16000"}}',
       ),
     ).toEqual({ type: 'conversation_initiation_metadata', conversationId: 'conv_1', outputFormat: 'ulaw_8000', inputFormat: 'pcm_16000' });
+    // Missing or empty formats come back undefined: the adapter decides (input defaults, output is refused).
+    expect(
+      decodeElevenLabsMessage('{"type":"conversation_initiation_metadata","conversation_initiation_metadata_event":{"conversation_id":"conv_2","agent_output_audio_format":""}}'),
+    ).toEqual({ type: 'conversation_initiation_metadata', conversationId: 'conv_2', outputFormat: undefined, inputFormat: undefined });
     expect(decodeElevenLabsMessage('{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":3,"alignment":{"chars":["a"]}}}')).toEqual({ type: 'audio', audio: 'AAAA', eventId: 3 });
     expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":4}}')).toEqual({ type: 'interruption', eventId: 4 });
     expect(decodeElevenLabsMessage('{"type":"agent_response","agent_response_event":{"agent_response":"Hi","event_id":1}}')).toEqual({ type: 'agent_response', text: 'Hi' });
@@ -169,6 +173,38 @@ describe('ElevenLabs codec', () => {
     expect(decodeElevenLabsMessage('{"type":"conversation_initiation_metadata"}')).toMatchObject({ kind: 'invalid_fields' });
   });
 
+  it('accepts event_id as an integer or a numeric string (up to 15 digits) wherever it is read, and refuses other strings', () => {
+    const B = 'AAAA';
+    expect(decodeElevenLabsMessage(`{"type":"audio","audio_event":{"audio_base_64":"${B}","event_id":"3"}}`)).toEqual({ type: 'audio', audio: B, eventId: 3 });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":"4"}}')).toEqual({ type: 'interruption', eventId: 4 });
+    expect(decodeElevenLabsMessage('{"type":"agent_response_correction","agent_response_correction_event":{"corrected_agent_response":"Hi","event_id":"5"}}')).toEqual({
+      type: 'agent_response_correction',
+      eventId: 5,
+      corrected: 'Hi',
+    });
+    // A ping keeps the id as received, for the pong to echo it exactly.
+    expect(decodeElevenLabsMessage('{"type":"ping","ping_event":{"event_id":"7","ping_ms":20}}')).toEqual({ type: 'ping', eventId: '7', pingMs: 20 });
+    expect(decodeElevenLabsMessage('{"type":"ping","ping_event":{"event_id":7}}')).toEqual({ type: 'ping', eventId: 7, pingMs: undefined });
+    expect(decodeElevenLabsMessage('{"type":"agent_response","agent_response_event":{"agent_response":"Hi","event_id":"8"}}')).toEqual({ type: 'agent_response', text: 'Hi' });
+    expect(decodeElevenLabsMessage('{"type":"client_tool_call","client_tool_call":{"tool_name":"end_call","tool_call_id":"t1","parameters":{},"event_id":"9"}}')).toMatchObject({ type: 'client_tool_call' });
+    for (const id of ['', '3a', '-1', ' 3', '1.5', '1e3', '1234567890123456']) {
+      expect(decodeElevenLabsMessage(JSON.stringify({ type: 'audio', audio_event: { audio_base_64: B, event_id: id } }))).toMatchObject({ kind: 'invalid_fields', name: 'audio' });
+      expect(decodeElevenLabsMessage(JSON.stringify({ type: 'ping', ping_event: { event_id: id } }))).toMatchObject({ kind: 'invalid_fields', name: 'ping' });
+    }
+  });
+
+  it('decodes an interruption without an event_id (or with an unusable one) as an interruption of whatever is playing', () => {
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{}}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption"}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":null}}')).toEqual({ type: 'interruption', eventId: undefined });
+    expect(decodeElevenLabsMessage('{"type":"interruption","interruption_event":{"event_id":-2}}')).toEqual({ type: 'interruption', eventId: undefined });
+  });
+
+  it('echoes the ping event_id in the pong with the JSON type it came in (integer or string)', () => {
+    expect(encodePong(12)).toBe('{"type":"pong","event_id":12}');
+    expect(encodePong('12')).toBe('{"type":"pong","event_id":"12"}');
+  });
+
   it('encodes the first frame with only the fields set, and the other client messages', () => {
     expect(JSON.parse(encodeInitiation({ dynamicVariables: { call_sid: 'CA1' } }))).toEqual({ type: 'conversation_initiation_client_data', dynamic_variables: { call_sid: 'CA1' } });
     expect(JSON.parse(encodeInitiation({ prompt: 'P', firstMessage: 'Hi', language: 'en', voiceId: 'v1', dynamicVariables: {}, userId: '+1' }))).toEqual({
@@ -203,10 +239,30 @@ describe('ElevenLabs codec', () => {
     expect(c(1002, undefined)).toEqual({ kind: 'transient', code: 'close_1002' });
     expect(c(1002, 'brand_new_type')).toEqual({ kind: 'transient', code: 'close_1002' });
     expect(c(4000, 'whatever')).toEqual({ kind: 'transient', code: 'other' });
-    // (unverified) capacity: any mention of concurrency or a limit, where the type does not say otherwise.
+    // (unverified) capacity: wording about concurrency, too many sessions or a rate limit, where the type does not say otherwise.
     expect(c(1008, undefined, 'Too many concurrent conversations for this agent')).toEqual({ kind: 'capacity', code: 'close_1008' });
     expect(c(1002, 'http_exception', 'Workspace concurrency limit reached')).toEqual({ kind: 'capacity', code: 'http_exception' });
     expect(c(1002, 'llm_error', 'upstream rate limit')).toEqual({ kind: 'transient', code: 'llm_error' });
+  });
+
+  it('counts as capacity only wording about concurrency, too many sessions or a rate limit, not any "limit" (a prompt over the character limit is fatal)', () => {
+    const c = (closeCode: number | undefined, errorType: string | undefined, message: string) => classifyElevenLabsError({ closeCode, errorType, message, reason: undefined });
+    expect(c(1008, 'value_error', 'prompt exceeds the character limit')).toEqual({ kind: 'fatal', code: 'value_error' });
+    expect(c(1008, undefined, 'first_message is over the length limit')).toEqual({ kind: 'fatal', code: 'close_1008' });
+    expect(c(1008, 'invalid_message', 'Too many tools: limit is 20')).toEqual({ kind: 'fatal', code: 'invalid_message' });
+    for (const message of [
+      'Too many concurrent conversations',
+      'too many sessions for this agent',
+      'Too many conversations running',
+      'too many connections',
+      'Too Many Requests',
+      'rate limit exceeded',
+      'Rate-limit reached for this workspace',
+      'You have reached your quota of concurrent calls',
+    ]) {
+      expect(c(1008, undefined, message), message).toEqual({ kind: 'capacity', code: 'close_1008' });
+      expect(c(1002, 'http_exception', message), message).toEqual({ kind: 'capacity', code: 'http_exception' });
+    }
   });
 
   it('classifies HTTP refusals: 401/403/422 auth, 429 capacity, 404 fatal, anything else transient', () => {
@@ -256,6 +312,20 @@ describe('ElevenLabs fast audio scan', () => {
     }
   });
 
+  it('reads a numeric-string event_id on the fast path too, leading zeros included (as the decoder does)', () => {
+    const scan = newAudioScan();
+    for (const [id, value] of [
+      ['"42"', 42],
+      ['"007"', 7],
+      ['"999999999999999"', 999999999999999],
+    ] as const) {
+      const msg = `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":${id}}}`;
+      expect(scanElevenLabsAudio(b(msg), scan, 1 << 22)).toBe(true);
+      expect(scan.eventId).toBe(value);
+      expect(decodeElevenLabsMessage(msg)).toEqual({ type: 'audio', audio: B64, eventId: value });
+    }
+  });
+
   it.each([
     ['alignment', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1,"alignment":{"chars":[]}}}`],
     ['another type', `{"type":"ping","audio_event":{"audio_base_64":"${B64}","event_id":1}}`],
@@ -263,7 +333,10 @@ describe('ElevenLabs fast audio scan', () => {
     ['an exponent', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1e3}}`],
     ['a negative event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":-1}}`],
     ['a leading zero', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":01}}`],
-    ['a string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1"}}`],
+    ['a non-numeric string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1a"}}`],
+    ['an empty string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":""}}`],
+    ['a 16-digit string event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"1234567890123456"}}`],
+    ['an escaped digit', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":"\\u0031"}}`],
     ['no event id', `{"type":"audio","audio_event":{"audio_base_64":"${B64}"}}`],
     ['a duplicate key', `{"type":"audio","audio_event":{"audio_base_64":"${B64}","event_id":1,"event_id":2}}`],
     ['bad base64', `{"type":"audio","audio_event":{"audio_base_64":"abc","event_id":1}}`],
@@ -408,6 +481,42 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(rec.audio[1]).toEqual(bytes(160, 8));
   });
 
+  it('an interruption without an event_id still reports caller speech and drops the rest of the reply being played', async () => {
+    for (const interruption of [{ type: 'interruption', interruption_event: {} }, { type: 'interruption' }]) {
+      const { rec, conn } = await live();
+      const id = conn.speak(bytes(160, 1));
+      conn.send(interruption);
+      conn.speak(bytes(160, 2), { eventId: id }); // late audio of the interrupted reply
+      const next = conn.speak(bytes(160, 3));
+      await vi.waitFor(() => expect(rec.audio).toHaveLength(2));
+      expect(next).toBeGreaterThan(id);
+      expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'callerSpeechStart', 'responseStart', 'audio']);
+      expect(rec.audio).toEqual([bytes(160, 1), bytes(160, 3)]);
+      expect(rec.badFrames).toEqual([]);
+    }
+  });
+
+  it('an interruption naming a reply not heard yet (the next reply id) drops only the reply being played, not the next reply', async () => {
+    const { rec, conn } = await live();
+    const id = conn.speak(bytes(160, 1));
+    conn.interrupt(id + 1);
+    conn.speak(bytes(160, 2), { eventId: id }); // late audio of the interrupted reply
+    const next = conn.speak(bytes(160, 3), { chunkBytes: 80 });
+    expect(next).toBe(id + 1);
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(3));
+    expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'callerSpeechStart', 'responseStart', 'audio', 'audio']);
+    expect(Buffer.concat(rec.audio)).toEqual(Buffer.concat([bytes(160, 1), bytes(160, 3)]));
+  });
+
+  it('an interruption before any agent audio drops nothing that follows', async () => {
+    const { rec, conn } = await live();
+    conn.interrupt(5);
+    const id = conn.speak(bytes(160, 1), { eventId: 5 });
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+    expect(id).toBe(5);
+    expect(rec.order.slice(1)).toEqual(['callerSpeechStart', 'responseStart', 'audio']);
+  });
+
   it('reports final transcripts only: user_transcript and agent_response, not partials or corrections', async () => {
     const { rec, conn } = await live();
     conn.tentativeUserTranscript('I wan');
@@ -461,6 +570,24 @@ describe('ElevenLabs adapter against the fake service', () => {
     await vi.waitFor(() => expect(conn.pongs).toContain(id));
   });
 
+  it('with event ids sent as numeric strings: agent audio plays (fast path and alignment frames), pings get a pong echoing the string id, interruption drops the interrupted reply', async () => {
+    const { rec, conn } = await live(request(), { eventIdsAsStrings: true });
+    const first = conn.speak(bytes(160, 1), { chunkBytes: 80 });
+    conn.speak(bytes(160, 2), { eventId: first, alignment: true });
+    const ping = conn.ping(25);
+    conn.interrupt();
+    conn.speak(bytes(160, 3), { eventId: first }); // late audio of the interrupted reply
+    conn.speak(bytes(160, 4), { alignment: true });
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(4));
+    await vi.waitFor(() => expect(conn.pongs).toEqual([ping]));
+    expect(conn.frames).toContainEqual({ type: 'pong', event_id: String(ping) });
+    expect(Buffer.concat(rec.audio)).toEqual(Buffer.concat([bytes(160, 1), bytes(160, 2), bytes(160, 4)]));
+    expect(rec.order.slice(1)).toEqual(['responseStart', 'audio', 'audio', 'audio', 'callerSpeechStart', 'responseStart', 'audio']);
+    expect(rec.badFrames).toEqual([]);
+    expect(conn.invalidFrames).toBe(0);
+    expect(conn.isOpen).toBe(true);
+  });
+
   it('resumes with the earlier turns as one contextual_update right after the metadata, and without the greeting', async () => {
     const history = [
       { role: 'agent' as const, text: 'Hello, Acme here.' },
@@ -501,11 +628,27 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(logs.lines.join('\n')).not.toContain('wrong-key');
   });
 
-  it('a private agent reached without a signed URL is refused as auth (fake: error 1008)', async () => {
+  it('without an API key, an upgrade refused with 401 or 403 is auth, and the message says to set ELEVENLABS_API_KEY', async () => {
+    for (const status of [401, 403]) {
+      server.options.upgradeStatus = status;
+      const { rec } = connect();
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toEqual([{ kind: 'auth', code: `http_${status}`, message: expect.stringContaining('the agent requires authentication: set ELEVENLABS_API_KEY'), legDone: true }]);
+      expect(rec.errors[0]?.message).toContain(`HTTP ${status}`);
+    }
+    // With a key, the same refusal points at the key itself.
+    server.options.upgradeStatus = 403;
+    const keyed = connect(request(), { apiKey: server.apiKey });
+    await vi.waitFor(() => expect(keyed.rec.closed).toHaveLength(1));
+    expect(keyed.rec.errors).toEqual([{ kind: 'auth', code: 'http_403', message: expect.stringContaining('check ELEVENLABS_API_KEY'), legDone: true }]);
+  });
+
+  it('a private agent reached without a signed URL is refused as auth (fake: error 1008), the message saying to set ELEVENLABS_API_KEY', async () => {
     server.options.defaultAgent = { public: false };
     const { rec } = connect();
     await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
     expect(rec.errors).toEqual([{ kind: 'auth', code: 'close_1008', message: expect.stringContaining('Authentication failed'), legDone: true }]);
+    expect(rec.errors[0]?.message).toContain('the agent requires authentication: set ELEVENLABS_API_KEY');
     expect(rec.ready).toEqual([]);
     expect(rec.closed[0]).toMatchObject({ code: 1008, byUs: false });
   });
@@ -590,6 +733,22 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(tool.rec.hangups).toEqual(['end_call']);
   });
 
+  it('a close 1000 before the conversation is ready is a transient failure of the leg (retry or fallback), not the agent hanging up', async () => {
+    server.options.autoMetadata = false;
+    for (const end of [(c: FakeElevenLabsConnection) => c.endCall(), (c: FakeElevenLabsConnection) => c.endCall({ maxDuration: true })]) {
+      const { rec } = connect();
+      const conn = await server.nextConnection();
+      await conn.waitForInitiation();
+      end(conn);
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toEqual([{ kind: 'transient', code: 'close_1000', message: expect.stringContaining('before the conversation started'), legDone: true }]);
+      expect(rec.hangups).toEqual([]);
+      expect(rec.ready).toEqual([]);
+      expect(rec.order).toEqual(['error', 'closed']);
+      expect(rec.closed[0]).toMatchObject({ code: 1000, byUs: false });
+    }
+  });
+
   it('counts bad frames without ending the call', async () => {
     const { rec, conn } = await live();
     conn.sendRaw(Buffer.from([1, 2, 3]));
@@ -658,6 +817,40 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(rec.errors).toMatchObject([{ kind: 'fatal', code: 'unsupported_audio_format', legDone: true }]);
     expect(rec.errors[0]?.message).toContain('μ-law 8000 Hz');
     expect(rec.ready).toEqual([]);
+  });
+
+  it('refuses metadata without agent_output_audio_format as fatal, with a message saying the field is missing (no empty quotes)', async () => {
+    server.options.autoMetadata = false;
+    for (const event of [
+      { conversation_id: 'conv_no_out', user_input_audio_format: 'ulaw_8000' },
+      { conversation_id: 'conv_empty_out', agent_output_audio_format: '', user_input_audio_format: 'ulaw_8000' },
+    ]) {
+      const { rec } = connect();
+      const conn = await server.nextConnection();
+      await conn.waitForInitiation();
+      conn.send({ type: 'conversation_initiation_metadata', conversation_initiation_metadata_event: event });
+      await vi.waitFor(() => expect(rec.closed).toHaveLength(1));
+      expect(rec.errors).toMatchObject([{ kind: 'fatal', code: 'unsupported_audio_format', legDone: true }]);
+      const message = rec.errors[0]?.message ?? '';
+      expect(message).toContain('sent no agent_output_audio_format');
+      expect(message).toContain('μ-law 8000 Hz');
+      expect(message).not.toContain('""');
+      expect(rec.ready).toEqual([]);
+    }
+  });
+
+  it('takes a metadata without user_input_audio_format as pcm_16000 input (as the official JS client does) and converts caller audio to it', async () => {
+    server.options.autoMetadata = false;
+    const { leg, rec } = connect();
+    const conn = await server.nextConnection();
+    await conn.waitForInitiation();
+    conn.send({ type: 'conversation_initiation_metadata', conversation_initiation_metadata_event: { conversation_id: 'conv_no_in', agent_output_audio_format: 'ulaw_8000' } });
+    await vi.waitFor(() => expect(rec.ready).toEqual(['conv_no_in']));
+    for (let i = 0; i < 10; i++) leg.sendAudio(Buffer.alloc(160, 0xff).toString('base64'));
+    // 200 ms of 8 kHz μ-law become about 200 ms of 16 kHz PCM16 (6400 bytes, less what the converter holds back).
+    const got = await conn.waitForAudioBytes(6000);
+    expect(got.length).toBeLessThanOrEqual(6400);
+    expect(rec.errors).toEqual([]);
   });
 
   it('never throws on connect: a refused connection is a closed leg with the error', async () => {

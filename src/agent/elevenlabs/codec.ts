@@ -12,13 +12,16 @@ import { isBase64 } from '../../audio/base64.js';
 import { parseJsonObject } from '../../util/json.js';
 
 export type ElevenLabsServerMessage =
-  | { type: 'conversation_initiation_metadata'; conversationId: string; outputFormat: string; inputFormat: string }
+  /** A format is undefined when the field is missing or empty (the adapter decides what that means). */
+  | { type: 'conversation_initiation_metadata'; conversationId: string; outputFormat: string | undefined; inputFormat: string | undefined }
   | { type: 'audio'; audio: string; eventId: number }
-  | { type: 'interruption'; eventId: number }
+  /** `eventId` undefined: the message named no usable id (the reply being played was interrupted). */
+  | { type: 'interruption'; eventId: number | undefined }
   | { type: 'agent_response'; text: string }
   | { type: 'agent_response_correction'; eventId: number | undefined; corrected: string }
   | { type: 'user_transcript'; text: string }
-  | { type: 'ping'; eventId: number; pingMs: number | undefined }
+  /** `eventId` as received (an integer or a numeric string), for the pong to echo it exactly. */
+  | { type: 'ping'; eventId: number | string; pingMs: number | undefined }
   | { type: 'client_tool_call'; toolName: string; toolCallId: string; parameters: Record<string, unknown> }
   | { type: 'agent_tool_response'; toolName: string; toolType: string | undefined; isError: boolean }
   | { type: 'error'; code: number | undefined; errorType: string | undefined; message: string; reason: string | undefined }
@@ -54,8 +57,26 @@ function obj(v: unknown): Record<string, unknown> | undefined {
 
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 
-/** A non-negative safe integer (event ids), else undefined. */
+/** A non-negative safe integer, else undefined. */
 const int = (v: unknown): number | undefined => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined);
+
+/** An `event_id` sent as a string: 1 to 15 digits (always a safe integer). */
+const EVENT_ID_STRING = /^\d{1,15}$/;
+
+/**
+ * An `event_id` as received: a non-negative safe integer (the contract), or a string of
+ * 1 to 15 digits (some servers send `"3"`); else undefined.
+ */
+function rawEventId(v: unknown): number | string | undefined {
+  if (typeof v === 'string') return EVENT_ID_STRING.test(v) ? v : undefined;
+  return int(v);
+}
+
+/** The numeric value of an `event_id` (see {@link rawEventId}), else undefined. */
+function eventIdOf(v: unknown): number | undefined {
+  const raw = rawEventId(v);
+  return typeof raw === 'string' ? Number(raw) : raw;
+}
 
 /** Decodes one text frame from the agent. Never throws. */
 export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage | ElevenLabsDecodeError {
@@ -67,7 +88,7 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
     case 'audio': {
       const ev = obj(o.audio_event);
       const audio = str(ev?.audio_base_64);
-      const eventId = int(ev?.event_id);
+      const eventId = eventIdOf(ev?.event_id);
       if (audio === undefined || eventId === undefined) return bad('invalid_fields', type);
       if (!isBase64(audio)) return bad('bad_audio', type);
       return { type, audio, eventId };
@@ -76,13 +97,15 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
       const ev = obj(o.conversation_initiation_metadata_event);
       const conversationId = str(ev?.conversation_id);
       if (conversationId === undefined || conversationId.length === 0 || conversationId.length > 256) return bad('invalid_fields', type);
-      // The JS client defaults a missing input format to pcm_16000; a missing output format is left to the caller to refuse.
-      return { type, conversationId, outputFormat: str(ev?.agent_output_audio_format) ?? '', inputFormat: str(ev?.user_input_audio_format) ?? 'pcm_16000' };
+      const format = (v: unknown): string | undefined => {
+        const f = str(v);
+        return f === undefined || f.length === 0 ? undefined : f;
+      };
+      return { type, conversationId, outputFormat: format(ev?.agent_output_audio_format), inputFormat: format(ev?.user_input_audio_format) };
     }
-    case 'interruption': {
-      const eventId = int(obj(o.interruption_event)?.event_id);
-      return eventId === undefined ? bad('invalid_fields', type) : { type, eventId };
-    }
+    case 'interruption':
+      // Barge-in matters more than the id: without a usable one it still interrupts.
+      return { type, eventId: eventIdOf(obj(o.interruption_event)?.event_id) };
     case 'agent_response': {
       const text = str(obj(o.agent_response_event)?.agent_response);
       return text === undefined ? bad('invalid_fields', type) : { type, text };
@@ -90,7 +113,7 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
     case 'agent_response_correction': {
       const ev = obj(o.agent_response_correction_event);
       const corrected = str(ev?.corrected_agent_response);
-      return corrected === undefined ? bad('invalid_fields', type) : { type, eventId: int(ev?.event_id), corrected };
+      return corrected === undefined ? bad('invalid_fields', type) : { type, eventId: eventIdOf(ev?.event_id), corrected };
     }
     case 'user_transcript': {
       const text = str(obj(o.user_transcription_event)?.user_transcript);
@@ -98,7 +121,7 @@ export function decodeElevenLabsMessage(text: string): ElevenLabsServerMessage |
     }
     case 'ping': {
       const ev = obj(o.ping_event);
-      const eventId = int(ev?.event_id);
+      const eventId = rawEventId(ev?.event_id);
       return eventId === undefined ? bad('invalid_fields', type) : { type, eventId, pingMs: int(ev?.ping_ms) };
     }
     case 'client_tool_call': {
@@ -184,8 +207,9 @@ export function encodeUserAudio(b64: string): string {
   return USER_AUDIO_HEAD + b64 + USER_AUDIO_TAIL;
 }
 
-export function encodePong(eventId: number): string {
-  return `{"type":"pong","event_id":${eventId}}`;
+/** The pong for a ping: its `event_id` echoed exactly as received (an integer, or a numeric string, which needs no escaping). */
+export function encodePong(eventId: number | string): string {
+  return typeof eventId === 'string' ? `{"type":"pong","event_id":"${eventId}"}` : `{"type":"pong","event_id":${eventId}}`;
 }
 
 export function encodeUserMessage(text: string): string {
@@ -270,8 +294,12 @@ const ERROR_TYPES: ReadonlyMap<string, AgentErrorKind | 'end'> = new Map<string,
 const CLOSE_CODES = new Set([1000, 1002, 1008, 1011]);
 
 const AUTH_WORDS = /\b(auth\w*|unauthori[sz]ed|forbidden|signature|api[ _-]?key|invalid[ _-]?token|expired[ _-]?token|permission)\b/i;
-/** (unverified) The wire signal of a concurrency cap is not documented: any mention of concurrency or a limit counts. */
-const CAPACITY_WORDS = /concurren|too many|\blimit/i;
+/**
+ * (unverified) The wire signal of a concurrency cap is not documented: wording about
+ * concurrency, too many sessions, or a rate limit counts; any other "limit" (a prompt over
+ * the character limit) does not.
+ */
+const CAPACITY_WORDS = /concurren|too many (sessions|conversations|connections|requests)|rate.?limit|quota of concurrent/i;
 
 export interface ElevenLabsErrorInfo {
   closeCode: number | undefined;

@@ -23,8 +23,12 @@
  * Mapping notes: a new response is the first `audio` with a greater `event_id`
  * (`responseStart`); ElevenLabs sends no end-of-audio event (unverified), so
  * this adapter never calls `responseDone` and the session's own tail timing
- * applies. After `interruption {event_id}`, audio with an `event_id` up to it
- * is dropped (as the official Python client does). `request.format` is not
+ * applies. On `interruption` the reply being played is over: audio with an
+ * `event_id` up to the smaller of the interruption's id and the last audio id
+ * seen is dropped (the Python client drops up to the interruption's id, the JS
+ * client keeps the interruption's id; taking the smaller keeps a reply not
+ * heard yet whose id an interruption names). An interruption without an id
+ * interrupts the reply being played. `request.format` is not
  * used: the metadata says what the agent speaks. The conversion warning is
  * logged once per agent id per provider instance.
  */
@@ -151,7 +155,7 @@ class ElevenLabsLeg implements AgentLeg {
   #hungUp = false;
   /** The error type of an `error` frame announcing a normal end (`max_duration_exceeded`). */
   #endReason: string | undefined;
-  /** Highest `event_id` of agent audio delivered; a greater one starts a new response. */
+  /** Highest `event_id` of agent audio seen (delivered); a greater one starts a new response. */
   #lastEventId = -1;
   /** Audio with `event_id` ≤ this belongs to an interrupted response and is dropped. */
   #interruptedId = -1;
@@ -278,7 +282,7 @@ class ElevenLabsLeg implements AgentLeg {
       this.#reportError({
         kind: refused.kind,
         code: refused.code,
-        message: `ElevenLabs signed URL request ${what}${refused.kind === 'auth' ? ': check ELEVENLABS_API_KEY (and that the key may use this agent)' : ''}`,
+        message: `ElevenLabs signed URL request ${what}${refused.kind === 'auth' ? `: ${this.#authFix()}` : ''}`,
         legDone: true,
       });
       this.#notifyClose(1006, '');
@@ -328,7 +332,8 @@ class ElevenLabsLeg implements AgentLeg {
       res.resume();
       this.#error = `handshake refused with HTTP ${status}`;
       const refused = classifyHttpStatus(status);
-      this.#reportError({ kind: refused.kind, code: refused.code, message: `ElevenLabs refused the conversation with HTTP ${status}`, legDone: true });
+      const fix = status === 401 || status === 403 ? `: ${this.#authFix()}` : '';
+      this.#reportError({ kind: refused.kind, code: refused.code, message: `ElevenLabs refused the conversation with HTTP ${status}${fix}`, legDone: true });
       ws.terminate();
     });
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString('utf8').slice(0, 200)));
@@ -394,14 +399,17 @@ class ElevenLabsLeg implements AgentLeg {
         return;
       }
       case 'ping':
-        // Answered at once, ready or not.
+        // Answered at once, ready or not, with the event_id exactly as received (integer or string).
         if (this.isOpen) this.#ws?.send(encodePong(msg.eventId));
         return;
-      case 'interruption':
-        this.#interruptedId = Math.max(this.#interruptedId, msg.eventId);
+      case 'interruption': {
+        // Only audio already seen can have been interrupted: an id beyond it names a reply not heard yet.
+        const cutoff = msg.eventId === undefined ? this.#lastEventId : Math.min(msg.eventId, this.#lastEventId);
+        this.#interruptedId = Math.max(this.#interruptedId, cutoff);
         this.#fromAgent?.reset();
         this.#events.callerSpeechStart();
         return;
+      }
       case 'agent_response':
         if (msg.text.trim().length > 0) this.#events.transcript('agent', msg.text);
         return;
@@ -433,22 +441,24 @@ class ElevenLabsLeg implements AgentLeg {
     }
   }
 
-  #onMetadata(conversationId: string, inputFormat: string, outputFormat: string): void {
+  #onMetadata(conversationId: string, sentInputFormat: string | undefined, outputFormat: string | undefined): void {
     if (this.#ready) {
       this.#events.badFrame('unexpected', 'conversation_initiation_metadata');
       return;
     }
+    // The official JS client takes a missing input format as pcm_16000 (reference §2.3); a
+    // missing output format has no documented default and is refused below.
+    const inputFormat = sentInputFormat ?? 'pcm_16000';
     const input = parseElevenLabsFormat(inputFormat);
-    const output = parseElevenLabsFormat(outputFormat);
-    this.#log.debug({ conversationId, inputFormat, outputFormat }, 'ElevenLabs conversation started');
+    const output = outputFormat === undefined ? undefined : parseElevenLabsFormat(outputFormat);
+    this.#log.debug({ conversationId, inputFormat, inputFormatSent: sentInputFormat !== undefined, outputFormat }, 'ElevenLabs conversation started');
     if (input === undefined || output === undefined) {
-      const bad = input === undefined ? `input format "${inputFormat.slice(0, 40)}"` : `output format "${outputFormat.slice(0, 40)}"`;
-      this.#reportError({
-        kind: 'fatal',
-        code: 'unsupported_audio_format',
-        message: `ElevenLabs agent ${this.#request.id} uses an unsupported audio ${bad}: ${CONVERSION_ADVICE.replace(' to avoid converting', '')}`,
-        legDone: true,
-      });
+      const fix = CONVERSION_ADVICE.replace(' to avoid converting', '');
+      const message =
+        outputFormat === undefined
+          ? `ElevenLabs agent ${this.#request.id} sent no agent_output_audio_format in its conversation_initiation_metadata: ${fix}`
+          : `ElevenLabs agent ${this.#request.id} uses an unsupported audio ${input === undefined ? `input format "${inputFormat.slice(0, 40)}"` : `output format "${outputFormat.slice(0, 40)}"`}: ${fix}`;
+      this.#reportError({ kind: 'fatal', code: 'unsupported_audio_format', message, legDone: true });
       this.close(1000, 'unsupported audio format');
       return;
     }
@@ -483,6 +493,7 @@ class ElevenLabsLeg implements AgentLeg {
     } else if (msg.errorType === 'transport_receive_timeout') {
       message += ' (no caller audio reached ElevenLabs for too long)';
     }
+    if (cls.kind === 'auth') message = `${message.slice(0, 400)}: ${this.#authFix()}`;
     // An error frame comes right before the server closes the socket (contract §2.11).
     this.#reportError({ kind: cls.kind, code: cls.code, message: message.slice(0, 500), legDone: true });
   }
@@ -490,13 +501,24 @@ class ElevenLabsLeg implements AgentLeg {
   #onClose(code: number, reason: string): void {
     this.#stopHeartbeat();
     if (!this.#byUs && !this.#closedNotified) {
-      // 1000: the agent ended the call (its end_call tool, or the maximum duration).
-      if (code === 1000 && !this.#errorReported) this.#hangup(this.#endReason ?? 'agent_ended');
-      else if ((code === 1002 || code === 1008 || code === 1011) && !this.#errorReported) {
+      // 1000 once ready: the agent ended the call (its end_call tool, or the maximum duration).
+      // Before ready no conversation took place: a failed leg, worth a retry or a fallback.
+      if (code === 1000 && !this.#errorReported && this.#ready) this.#hangup(this.#endReason ?? 'agent_ended');
+      else if (code === 1000 && !this.#errorReported) {
+        this.#reportError({
+          kind: 'transient',
+          code: 'close_1000',
+          message: `ElevenLabs closed with 1000${reason ? ` (${reason})` : ''}${this.#endReason !== undefined ? ` after ${this.#endReason}` : ''} before the conversation started`,
+          legDone: true,
+        });
+      } else if ((code === 1002 || code === 1008 || code === 1011) && !this.#errorReported) {
         const cls = classifyElevenLabsError({ closeCode: code, errorType: undefined, message: reason, reason: undefined });
         this.#log.debug({ code, reason }, 'ElevenLabs closed the conversation without an error frame');
         if (cls.kind === 'end') this.#hangup('agent_ended');
-        else this.#reportError({ kind: cls.kind, code: cls.code, message: `ElevenLabs closed the conversation (${code}${reason ? `: ${reason}` : ''})`, legDone: true });
+        else {
+          const fix = cls.kind === 'auth' ? `: ${this.#authFix()}` : '';
+          this.#reportError({ kind: cls.kind, code: cls.code, message: `ElevenLabs closed the conversation (${code}${reason ? `: ${reason}` : ''})${fix}`, legDone: true });
+        }
       }
     }
     this.#notifyClose(code, reason);
@@ -513,6 +535,13 @@ class ElevenLabsLeg implements AgentLeg {
     }
     if (this.#closedNotified || this.#byUs) return;
     if (this.#pending.length < MAX_PENDING) this.#pending.push(text);
+  }
+
+  /** What to do about refused credentials: set a key (none is set), or check the one set. */
+  #authFix(): string {
+    return this.#shared.apiKey === undefined
+      ? 'the agent requires authentication: set ELEVENLABS_API_KEY (Playline then opens each conversation with a signed URL)'
+      : 'check ELEVENLABS_API_KEY (and that the key may use this agent)';
   }
 
   #hangup(reason: string): void {

@@ -2,11 +2,13 @@
  * Fast path for ElevenLabs `audio` frames, the agent socket's hot message:
  * `{"type":"audio","audio_event":{"audio_base_64":"<base64>","event_id":<int>}}`,
  * keys in any order at both levels, scanned straight from the bytes without
- * JSON.parse (see `util/jsonBytes.ts`). Anything else (an `alignment` member,
- * another message, a number that is not a plain integer…) is left to the
- * validating codec (`codec.ts`), which accepts everything this accepts.
+ * JSON.parse (see `util/jsonBytes.ts`). The `event_id` may also be a string of
+ * 1 to 15 digits (`"3"`), as some servers send it. Anything else (an `alignment`
+ * member, another message, a number that is not a plain integer, a string with
+ * escapes…) is left to the validating codec (`codec.ts`), which accepts
+ * everything this accepts.
  */
-import { afterMember, bytes, CLOSE, eq, MALFORMED, OPEN, readKey, scanBase64String, scanString, skipWs, type KeySpan } from '../../util/jsonBytes.js';
+import { afterMember, bytes, CLOSE, eq, MALFORMED, OPEN, QUOTE, readKey, scanBase64String, scanString, skipWs, type KeySpan } from '../../util/jsonBytes.js';
 
 /** Where the audio sits in the frame, and its response's event id; reused across calls. */
 export interface AudioScan {
@@ -49,6 +51,24 @@ function scanInt(buf: Uint8Array, i: number, out: AudioScan): number {
   return j;
 }
 
+/**
+ * Scans a JSON string of 1 to {@link MAX_DIGITS} digits at `i` (the opening quote) into
+ * `out.eventId`; returns the index past the closing quote, or -1.
+ */
+function scanDigitString(buf: Uint8Array, i: number, out: AudioScan): number {
+  let j = i + 1;
+  let v = 0;
+  for (; j < buf.length; j++) {
+    const d = (buf[j] as number) - 0x30;
+    if (d < 0 || d > 9) break;
+    v = v * 10 + d;
+  }
+  const n = j - i - 1;
+  if (n === 0 || n > MAX_DIGITS || buf[j] !== QUOTE) return -1;
+  out.eventId = v;
+  return j + 1;
+}
+
 /** Scans the `audio_event` object at `i`; returns the index past its `}`, or -1. */
 function scanAudioEvent(buf: Uint8Array, i: number, out: AudioScan, maxData: number): number {
   if (buf[i] !== OPEN) return -1;
@@ -68,7 +88,7 @@ function scanAudioEvent(buf: Uint8Array, i: number, out: AudioScan, maxData: num
       after = ve + 1;
       bit = 1;
     } else if (eq(buf, KEY.start, KEY.end, K_EVENT_ID)) {
-      after = scanInt(buf, i, out);
+      after = buf[i] === QUOTE ? scanDigitString(buf, i, out) : scanInt(buf, i, out);
       if (after < 0) return -1;
       bit = 2;
     } else return -1;

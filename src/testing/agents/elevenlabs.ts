@@ -17,7 +17,9 @@
  *   a `client_tool_result` without its four fields `missing_fields` (1008);
  * - `ping` every `pingIntervalMs` (pongs recorded), and `error`
  *   `transport_receive_timeout` with close 1002 after `inputTimeoutMs` without
- *   caller audio (the service: 60 s).
+ *   caller audio (the service: 60 s);
+ * - `eventIdsAsStrings`: every `event_id` goes out as a numeric string, and a
+ *   `pong` must echo its ping's id as that string.
  * Tests script each connection (`speak`, `interrupt`, transcripts, tool calls,
  * errors, `endCall`) and read what the client sent (`frames`, decoded `audio`,
  * `pongs`, `userMessages`, `contextualUpdates`, `toolResults`).
@@ -61,6 +63,11 @@ export interface FakeElevenLabsOptions {
   inputTimeoutMs?: number;
   /** Answer WebSocket pings (default true). False: a dead peer whose TCP connection still looks open. */
   answerPings?: boolean;
+  /**
+   * Send every `event_id` as a numeric string (`"3"`), as some servers do; a `pong` must then
+   * echo the ping's id as that string (default false: integers, and an integer pong).
+   */
+  eventIdsAsStrings?: boolean;
 }
 
 export interface FakeSignedUrlRequest {
@@ -134,7 +141,7 @@ export class FakeElevenLabsConnection {
   readonly frames: Array<Record<string, unknown>> = [];
   /** Decoded bytes of each `user_audio_chunk`, in order. */
   readonly audio: Buffer[] = [];
-  /** `event_id` of each `pong`. */
+  /** `event_id` of each `pong` (its numeric value). */
   readonly pongs: number[] = [];
   /** `event_id` of each `ping` sent. */
   readonly pings: number[] = [];
@@ -230,7 +237,7 @@ export class FakeElevenLabsConnection {
     const eventId = opts.eventId ?? this.#newResponse();
     const size = opts.chunkBytes ?? Math.max(1, audio.length);
     for (let i = 0; i < audio.length; i += size) {
-      const audio_event: Record<string, unknown> = { audio_base_64: Buffer.from(audio.subarray(i, i + size)).toString('base64'), event_id: eventId };
+      const audio_event: Record<string, unknown> = { audio_base_64: Buffer.from(audio.subarray(i, i + size)).toString('base64'), event_id: this.#id(eventId) };
       if (opts.alignment === true) audio_event.alignment = { chars: ['h', 'i'], char_start_times_ms: [0, 10], char_durations_ms: [10, 10] };
       this.send({ type: 'audio', audio_event });
     }
@@ -239,30 +246,30 @@ export class FakeElevenLabsConnection {
 
   /** The caller interrupted the current response (or `eventId`). */
   interrupt(eventId = this.#response): void {
-    this.send({ type: 'interruption', interruption_event: { event_id: eventId } });
+    this.send({ type: 'interruption', interruption_event: { event_id: this.#id(eventId) } });
   }
 
   userTranscript(text: string): void {
-    this.send({ type: 'user_transcript', user_transcription_event: { user_transcript: text, event_id: ++this.#eventId } });
+    this.send({ type: 'user_transcript', user_transcription_event: { user_transcript: text, event_id: this.#id(++this.#eventId) } });
   }
 
   tentativeUserTranscript(text: string): void {
-    this.send({ type: 'tentative_user_transcript', tentative_user_transcription_event: { user_transcript: text, event_id: ++this.#eventId } });
+    this.send({ type: 'tentative_user_transcript', tentative_user_transcription_event: { user_transcript: text, event_id: this.#id(++this.#eventId) } });
   }
 
   /** The full text of the current response (or `eventId`'s). */
   agentResponse(text: string, eventId = this.#response): void {
-    this.send({ type: 'agent_response', agent_response_event: { agent_response: text, event_id: eventId } });
+    this.send({ type: 'agent_response', agent_response_event: { agent_response: text, event_id: this.#id(eventId) } });
   }
 
   agentResponseCorrection(original: string, corrected: string, eventId = this.#response): void {
-    this.send({ type: 'agent_response_correction', agent_response_correction_event: { original_agent_response: original, corrected_agent_response: corrected, event_id: eventId } });
+    this.send({ type: 'agent_response_correction', agent_response_correction_event: { original_agent_response: original, corrected_agent_response: corrected, event_id: this.#id(eventId) } });
   }
 
   /** A client tool call; returns its `tool_call_id`. */
   callTool(name: string, parameters: Record<string, unknown> = {}): string {
     const id = `toolu_${randomBytes(8).toString('hex')}`;
-    this.send({ type: 'client_tool_call', client_tool_call: { tool_name: name, tool_call_id: id, parameters, event_id: ++this.#eventId } });
+    this.send({ type: 'client_tool_call', client_tool_call: { tool_name: name, tool_call_id: id, parameters, event_id: this.#id(++this.#eventId) } });
     return id;
   }
 
@@ -270,7 +277,7 @@ export class FakeElevenLabsConnection {
   agentToolResponse(toolName: string, isError = false): void {
     this.send({
       type: 'agent_tool_response',
-      agent_tool_response: { tool_name: toolName, tool_call_id: `sys_${randomBytes(6).toString('hex')}`, tool_type: 'system', is_error: isError, is_called: true, event_id: ++this.#eventId },
+      agent_tool_response: { tool_name: toolName, tool_call_id: `sys_${randomBytes(6).toString('hex')}`, tool_type: 'system', is_error: isError, is_called: true, event_id: this.#id(++this.#eventId) },
     });
   }
 
@@ -278,7 +285,7 @@ export class FakeElevenLabsConnection {
   ping(pingMs: number | null = null): number {
     const eventId = ++this.#eventId;
     this.pings.push(eventId);
-    this.send({ type: 'ping', ping_event: { event_id: eventId, ping_ms: pingMs } });
+    this.send({ type: 'ping', ping_event: { event_id: this.#id(eventId), ping_ms: pingMs } });
     return eventId;
   }
 
@@ -332,6 +339,11 @@ export class FakeElevenLabsConnection {
 
   #wait<T>(check: () => { value: T } | undefined, timeoutMs: number, what: string): Promise<T> {
     return waitUntil(this.#waiters, check, timeoutMs, what, () => (this.#isClosed ? new Error(`fake ElevenLabs: connection closed before ${what}`) : undefined));
+  }
+
+  /** An event id as sent on the wire (a numeric string with `eventIdsAsStrings`). */
+  #id(n: number): number | string {
+    return this.options().eventIdsAsStrings === true ? String(n) : n;
   }
 
   #newResponse(): number {
@@ -420,10 +432,16 @@ export class FakeElevenLabsConnection {
       return;
     }
     switch (type) {
-      case 'pong':
-        if (typeof o.event_id !== 'number' || !Number.isInteger(o.event_id)) this.#refuse('missing_fields', 'pong needs an integer event_id');
-        else this.pongs.push(o.event_id);
+      case 'pong': {
+        // The ping's event_id echoed as sent: an integer, or the numeric string of eventIdsAsStrings.
+        const id = o.event_id;
+        if (this.options().eventIdsAsStrings === true) {
+          if (typeof id !== 'string' || !/^\d{1,15}$/.test(id)) this.#refuse('missing_fields', "pong needs the ping's event_id as sent (a numeric string)");
+          else this.pongs.push(Number(id));
+        } else if (typeof id !== 'number' || !Number.isInteger(id)) this.#refuse('missing_fields', 'pong needs an integer event_id');
+        else this.pongs.push(id);
         return;
+      }
       case 'user_message':
         if (typeof o.text === 'string') this.userMessages.push(o.text);
         return;
