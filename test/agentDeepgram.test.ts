@@ -410,6 +410,36 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     expect(calls.map((c) => c.call)).toEqual([{ id: 'fc_x', name: 'end_call', args: {} }]);
   });
 
+  it('delivers a FunctionCallRequest whose arguments are a JSON object instead of a string, end_call included', async () => {
+    const { ev, conn } = await ready();
+    conn.send({ type: 'FunctionCallRequest', functions: [{ id: 'fc_obj', name: 'end_call', arguments: { reason: 'caller said goodbye' }, client_side: true }] });
+    const [call] = await ev.until('toolCall');
+    expect(call?.call).toEqual({ id: 'fc_obj', name: 'end_call', args: { reason: 'caller said goodbye' } });
+    expect(ev.of('badFrame')).toEqual([]);
+  });
+
+  it('keeps the good calls of a FunctionCallRequest with malformed elements and counts the frame as bad once', async () => {
+    const { ev, conn } = await ready();
+    conn.send({
+      type: 'FunctionCallRequest',
+      functions: [
+        { id: 'fc_noname' },
+        'junk',
+        null,
+        { id: 'fc_ok', name: 'transfer_call', arguments: '{"target":"sales"}', client_side: true },
+        { id: 'fc_end', name: 'end_call', arguments: [1, 2], client_side: 'yes' },
+      ],
+    });
+    await ev.until('toolCall', 2);
+    conn.userText('sync');
+    await ev.until('transcript');
+    expect(ev.of('toolCall').map((c) => c.call)).toEqual([
+      { id: 'fc_ok', name: 'transfer_call', args: { target: 'sales' } },
+      { id: 'fc_end', name: 'end_call', args: {} },
+    ]);
+    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'invalid_fields', name: 'FunctionCallRequest' }]);
+  });
+
   it('drops calls named in FunctionCallCancelled and answers nothing for them', async () => {
     const { leg, ev, conn } = await ready();
     const id = conn.callFunction('transfer_call', { target: 'sales' });
@@ -616,11 +646,17 @@ describe('Deepgram codec', () => {
     expect(decodeDeepgramMessage('{"type":"Welcome","request_id":"r1"}')).toEqual({ type: 'Welcome', requestId: 'r1' });
     expect(decodeDeepgramMessage('{"type":"Welcome"}')).toEqual({ type: 'Welcome', requestId: undefined });
     expect(decodeDeepgramMessage('{"type":"AgentStartedSpeaking","total_latency":1}')).toEqual({ type: 'AgentStartedSpeaking' });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a","name":"f","arguments":"{}","client_side":true}]}')).toEqual({
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a","name":"f","arguments":"{\\"x\\":1}","client_side":true}]}')).toEqual({
       type: 'FunctionCallRequest',
-      functions: [{ id: 'a', name: 'f', arguments: '{}', clientSide: true }],
+      functions: [{ id: 'a', name: 'f', args: { x: 1 }, clientSide: true }],
+      skipped: 0,
     });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a"}]}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallRequest' });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a"},{"id":"b","name":"f","arguments":{"x":1}}]}')).toEqual({
+      type: 'FunctionCallRequest',
+      functions: [{ id: 'b', name: 'f', args: { x: 1 }, clientSide: undefined }],
+      skipped: 1,
+    });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":{}}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallRequest' });
     expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","functions":[{"id":"a","name":"f"}]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['a'] });
     expect(decodeDeepgramMessage('{"type":"Error","code":"INVALID_SETTINGS","description":"d"}')).toEqual({ type: 'Error', code: 'INVALID_SETTINGS', description: 'd' });
     expect(decodeDeepgramMessage('{"type":"History","function_calls":[]}')).toEqual({ type: 'ignored', name: 'History' });

@@ -199,9 +199,12 @@ export function encodeFunctionCallResponse(id: string, name: string, content: st
 export interface DeepgramFunctionCall {
   id: string;
   name: string;
-  /** JSON text of the arguments, as sent. */
-  arguments: string;
-  /** Undefined when the server left it out. */
+  /**
+   * The arguments as an object: parsed from the documented JSON string, or taken as is
+   * when the server sent an object; `{}` when missing or unusable.
+   */
+  args: Record<string, unknown>;
+  /** Undefined when the server left it out (or sent something that is not a boolean). */
   clientSide: boolean | undefined;
 }
 
@@ -213,7 +216,8 @@ export type DeepgramServerMessage =
   | { type: 'AgentStartedSpeaking' }
   | { type: 'AgentAudioDone' }
   | { type: 'ConversationText'; role: 'user' | 'assistant'; content: string }
-  | { type: 'FunctionCallRequest'; functions: DeepgramFunctionCall[] }
+  /** `skipped`: elements that were not usable calls (no id or name), left out one by one. */
+  | { type: 'FunctionCallRequest'; functions: DeepgramFunctionCall[]; skipped: number }
   | { type: 'FunctionCallCancelled'; ids: string[] }
   | { type: 'PromptUpdated' }
   | { type: 'InjectionRefused'; message: string }
@@ -251,16 +255,33 @@ const bad = (kind: AgentBadFrameKind, name?: string): DeepgramDecodeError =>
 const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_ID;
 const text = (v: unknown, max = 500): string => (typeof v === 'string' ? v.slice(0, max) : '');
 
+const isPlainObject = (v: unknown): v is object => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Function arguments as an object: the documented JSON string parsed, an object
+ * (sent by a server that skips the string step) taken as is, anything else `{}`.
+ */
+export function functionArgs(v: unknown): Record<string, unknown> {
+  let value = v;
+  if (typeof v === 'string') {
+    if (v === '') return {};
+    try {
+      value = JSON.parse(v);
+    } catch {
+      return {};
+    }
+  }
+  return isPlainObject(value) ? { ...value } : {};
+}
+
+/** One element of `functions`: undefined when it has no usable id or name (it cannot be answered). */
 function decodeFunctionCall(v: unknown): DeepgramFunctionCall | undefined {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  if (!isPlainObject(v)) return undefined;
   const id: unknown = Reflect.get(v, 'id');
   const name: unknown = Reflect.get(v, 'name');
-  const args: unknown = Reflect.get(v, 'arguments');
   const clientSide: unknown = Reflect.get(v, 'client_side');
   if (!isId(id) || !isId(name)) return undefined;
-  if (args !== undefined && typeof args !== 'string') return undefined;
-  if (clientSide !== undefined && typeof clientSide !== 'boolean') return undefined;
-  return { id, name, arguments: args ?? '', clientSide };
+  return { id, name, args: functionArgs(Reflect.get(v, 'arguments')), clientSide: typeof clientSide === 'boolean' ? clientSide : undefined };
 }
 
 /** Decodes one text frame from the server. Never throws. */
@@ -286,13 +307,15 @@ export function decodeDeepgramMessage(frame: string): DeepgramServerMessage | De
     }
     case 'FunctionCallRequest': {
       if (!Array.isArray(o.functions)) return bad('invalid_fields', type);
+      // One bad element must not cost the others (end_call among them).
       const functions: DeepgramFunctionCall[] = [];
+      let skipped = 0;
       for (const f of o.functions) {
         const call = decodeFunctionCall(f);
-        if (call === undefined) return bad('invalid_fields', type);
-        functions.push(call);
+        if (call === undefined) skipped++;
+        else functions.push(call);
       }
-      return { type, functions };
+      return { type, functions, skipped };
     }
     case 'FunctionCallCancelled': {
       if (!Array.isArray(o.functions)) return bad('invalid_fields', type);

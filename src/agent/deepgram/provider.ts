@@ -131,17 +131,6 @@ type Phase = 'connecting' | 'settings_sent' | 'ready';
 
 const asBuffer = (data: WebSocket.RawData): Buffer => (Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data));
 
-function parseArgs(text: string): Record<string, unknown> {
-  if (text === '') return {};
-  try {
-    const v: unknown = JSON.parse(text);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return {};
-    return { ...v };
-  } catch {
-    return {};
-  }
-}
-
 class DeepgramLeg implements AgentLeg {
   readonly #ws: WebSocket;
   readonly #events: AgentEvents;
@@ -379,6 +368,10 @@ class DeepgramLeg implements AgentLeg {
         ev.transcript(msg.role === 'assistant' ? 'agent' : 'user', msg.content);
         return;
       case 'FunctionCallRequest':
+        if (msg.skipped > 0) {
+          this.#once('bad-function-element', 'FunctionCallRequest elements without a usable id or name were skipped; the others were kept', { skipped: msg.skipped });
+          ev.badFrame('invalid_fields', msg.type);
+        }
         for (const f of msg.functions) {
           let clientSide = f.clientSide;
           if (clientSide === undefined) {
@@ -390,7 +383,7 @@ class DeepgramLeg implements AgentLeg {
             continue;
           }
           this.#calls.set(f.id, f.name);
-          ev.toolCall({ id: f.id, name: f.name, args: parseArgs(f.arguments) });
+          ev.toolCall({ id: f.id, name: f.name, args: f.args });
         }
         return;
       case 'FunctionCallCancelled':
