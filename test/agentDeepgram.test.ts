@@ -453,6 +453,28 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     expect(conn.sequence).not.toContain('FunctionCallResponse');
   });
 
+  it('drops calls named in FunctionCallCancelled as functions, function_call_ids or ids, by string or {id}, skipping bad elements one by one', async () => {
+    const { leg, ev, conn } = await ready();
+    const ids = ['a', 'b', 'c', 'd', 'e'].map((x) => conn.callFunction('transfer_call', { target: x }));
+    const kept = conn.callFunction('transfer_call', { target: 'kept' });
+    await ev.until('toolCall', 6);
+    conn.send({ type: 'FunctionCallCancelled', functions: [{ id: ids[0] }, 42] });
+    conn.send({ type: 'FunctionCallCancelled', function_call_ids: [ids[1], { name: 'no id' }] });
+    conn.send({ type: 'FunctionCallCancelled', ids: [{ id: ids[2] }, ids[3]] });
+    conn.send({ type: 'FunctionCallCancelled', functions: [ids[4]] });
+    conn.send({ type: 'FunctionCallCancelled', nothing: [] });
+    conn.userText('sync');
+    await ev.until('transcript');
+    for (const id of [...ids, kept]) leg.toolResult(id, 'done', false);
+    await barrier(leg, conn);
+    expect(conn.functionCallResponses.map((r) => r.id)).toEqual([kept]);
+    expect(ev.of('badFrame').map((b) => [b.kind, b.name])).toEqual([
+      ['invalid_fields', 'FunctionCallCancelled'],
+      ['invalid_fields', 'FunctionCallCancelled'],
+      ['invalid_fields', 'FunctionCallCancelled'],
+    ]);
+  });
+
   it('on resume puts the earlier turns in agent.context.messages and sends no greeting', async () => {
     const { conn } = await ready({
       request: { resume: { history: [{ role: 'user', text: 'Hi, I need a plumber' }, { role: 'agent', text: 'Sure, what is your address?' }] } },
@@ -657,7 +679,9 @@ describe('Deepgram codec', () => {
       skipped: 1,
     });
     expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":{}}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallRequest' });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","functions":[{"id":"a","name":"f"}]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['a'] });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","functions":[{"id":"a","name":"f"}]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['a'], skipped: 0 });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","ids":["a",{"id":"b"},7],"function_call_ids":["c"]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['c', 'a', 'b'], skipped: 1 });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled"}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallCancelled' });
     expect(decodeDeepgramMessage('{"type":"Error","code":"INVALID_SETTINGS","description":"d"}')).toEqual({ type: 'Error', code: 'INVALID_SETTINGS', description: 'd' });
     expect(decodeDeepgramMessage('{"type":"History","function_calls":[]}')).toEqual({ type: 'ignored', name: 'History' });
     expect(decodeDeepgramMessage('{"type":"Nope"}')).toEqual({ type: 'unknown', name: 'Nope' });

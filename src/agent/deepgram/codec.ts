@@ -218,7 +218,8 @@ export type DeepgramServerMessage =
   | { type: 'ConversationText'; role: 'user' | 'assistant'; content: string }
   /** `skipped`: elements that were not usable calls (no id or name), left out one by one. */
   | { type: 'FunctionCallRequest'; functions: DeepgramFunctionCall[]; skipped: number }
-  | { type: 'FunctionCallCancelled'; ids: string[] }
+  /** `skipped`: elements without a usable id, left out one by one. */
+  | { type: 'FunctionCallCancelled'; ids: string[]; skipped: number }
   | { type: 'PromptUpdated' }
   | { type: 'InjectionRefused'; message: string }
   | { type: 'Error'; code: string; description: string }
@@ -246,6 +247,8 @@ const IGNORED_TYPES: ReadonlySet<string> = new Set([
   'FunctionCallResponse',
 ]);
 
+/** Fields of `FunctionCallCancelled` that may list the cancelled calls. */
+const CANCELLED_LIST_FIELDS = ['functions', 'function_call_ids', 'ids'] as const;
 const MAX_ID = 256;
 const MAX_TEXT = 100_000;
 
@@ -318,14 +321,20 @@ export function decodeDeepgramMessage(frame: string): DeepgramServerMessage | De
       return { type, functions, skipped };
     }
     case 'FunctionCallCancelled': {
-      if (!Array.isArray(o.functions)) return bad('invalid_fields', type);
+      // The element shape beyond `id` is unverified (reference §3.7): take any of the list
+      // fields a server might use, each element an id or an object with one.
+      const lists = CANCELLED_LIST_FIELDS.map((f) => o[f]).filter((v) => Array.isArray(v));
+      if (lists.length === 0) return bad('invalid_fields', type);
       const ids: string[] = [];
-      for (const f of o.functions) {
-        const id: unknown = typeof f === 'object' && f !== null ? Reflect.get(f, 'id') : undefined;
-        if (!isId(id)) return bad('invalid_fields', type);
-        ids.push(id);
+      let skipped = 0;
+      for (const list of lists) {
+        for (const f of list) {
+          const id: unknown = isPlainObject(f) ? Reflect.get(f, 'id') : f;
+          if (isId(id)) ids.push(id);
+          else skipped++;
+        }
       }
-      return { type, ids };
+      return { type, ids, skipped };
     }
     case 'InjectionRefused':
       return { type, message: text(o.message) };

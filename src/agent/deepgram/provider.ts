@@ -387,6 +387,10 @@ class DeepgramLeg implements AgentLeg {
         }
         return;
       case 'FunctionCallCancelled':
+        if (msg.skipped > 0) {
+          this.#once('bad-cancel-element', 'FunctionCallCancelled elements without a usable id were skipped; the others were cancelled', { skipped: msg.skipped });
+          ev.badFrame('invalid_fields', msg.type);
+        }
         for (const id of msg.ids) {
           if (this.#calls.delete(id)) this.#log.debug({ toolCallId: id }, 'function call cancelled by Deepgram: no response will be sent');
         }
