@@ -328,6 +328,62 @@ describe('Deepgram adapter: audio', () => {
     expect(ev.of('audio').map((a) => a.b64)).toEqual([b64(first), b64(next)]);
   });
 
+  it('after UserStartedSpeaking, delivers a reply that comes without AgentStartedSpeaking once ConversationText(user) confirms the new turn, and logs the missing AgentStartedSpeaking once', async () => {
+    const lostLog = (): unknown[] => logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no AgentStartedSpeaking'));
+    const { ev, conn } = await ready();
+    const first = randomBytes(160);
+    const late = randomBytes(160);
+    const reply = [randomBytes(160), randomBytes(160)];
+    conn.startSpeaking();
+    conn.sendBinary(first);
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('What are your opening hours?');
+    for (const r of reply) conn.sendBinary(r);
+    conn.audioDone();
+    await ev.until('responseDone');
+    expect(ev.names()).toEqual(['ready', 'responseStart', 'audio', 'callerSpeechStart', 'transcript', 'responseStart', 'audio', 'audio', 'responseDone']);
+    expect(ev.of('audio').map((a) => a.b64)).toEqual([b64(first), ...reply.map(b64)]);
+    expect(lostLog()).toEqual([]);
+    // The next barge-in: a window where audio was dropped and no AgentStartedSpeaking came is logged, once per leg.
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('sorry, go on');
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('and on Sunday?');
+    await ev.until('callerSpeechStart', 3);
+    await ev.until('transcript', 3);
+    expect(lostLog()).toHaveLength(1);
+  });
+
+  it('after UserStartedSpeaking, AgentThinking ends the drop; an AgentStartedSpeaking after the first audio of that reply starts no second response', async () => {
+    const { ev, conn, leg } = await ready();
+    const late = randomBytes(160);
+    const reply = [randomBytes(160), randomBytes(160)];
+    const next = randomBytes(160);
+    conn.startSpeaking();
+    conn.userSpeaks({ lateAudio: late });
+    conn.send({ type: 'AgentThinking', content: 'The caller asks about hours.' });
+    conn.sendBinary(reply[0] as Buffer);
+    conn.startSpeaking();
+    conn.sendBinary(reply[1] as Buffer);
+    conn.audioDone();
+    conn.speak(next);
+    await ev.until('responseDone', 2);
+    expect(ev.names()).toEqual(['ready', 'responseStart', 'callerSpeechStart', 'responseStart', 'audio', 'audio', 'responseDone', 'responseStart', 'audio', 'responseDone']);
+    expect(ev.of('audio').map((a) => a.b64)).toEqual([...reply.map(b64), b64(next)]);
+    leg.close();
+    await ev.until('closed');
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no AgentStartedSpeaking'))).toEqual([]);
+  });
+
+  it('does not end the drop on AgentThinking or a user ConversationText when no barge-in is under way (no extra responseStart)', async () => {
+    const { ev, conn } = await ready();
+    conn.send({ type: 'AgentThinking', content: 'x' });
+    conn.userText('hello');
+    conn.speak(randomBytes(160));
+    await ev.until('responseDone');
+    expect(ev.names()).toEqual(['ready', 'transcript', 'responseStart', 'audio', 'responseDone']);
+  });
+
   it('makes no wire message for interrupted(playedMs): Deepgram keeps the reply server-side', async () => {
     const { leg, conn } = await ready();
     leg.interrupted(1234);

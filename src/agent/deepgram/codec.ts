@@ -214,6 +214,7 @@ export type DeepgramServerMessage =
   | { type: 'SettingsApplied' }
   | { type: 'UserStartedSpeaking' }
   | { type: 'AgentStartedSpeaking' }
+  | { type: 'AgentThinking' }
   | { type: 'AgentAudioDone' }
   | { type: 'ConversationText'; role: 'user' | 'assistant'; content: string }
   /** `skipped`: elements that were not usable calls (no id or name), left out one by one. */
@@ -224,7 +225,7 @@ export type DeepgramServerMessage =
   | { type: 'InjectionRefused'; message: string }
   | { type: 'Error'; code: string; description: string }
   | { type: 'Warning'; code: string; description: string }
-  /** A documented message the bridge has no use for (AgentThinking, LatencyReport, History…). */
+  /** A documented message the bridge has no use for (LatencyReport, History…). */
   | { type: 'ignored'; name: string }
   /** A `type` nobody documented: counted and ignored. */
   | { type: 'unknown'; name: string };
@@ -237,7 +238,6 @@ export interface DeepgramDecodeError {
 
 /** Documented server messages the bridge deliberately ignores. */
 const IGNORED_TYPES: ReadonlySet<string> = new Set([
-  'AgentThinking',
   'LatencyReport',
   'History',
   'SpeakUpdated',
@@ -299,6 +299,7 @@ export function decodeDeepgramMessage(frame: string): DeepgramServerMessage | De
     case 'SettingsApplied':
     case 'UserStartedSpeaking':
     case 'AgentStartedSpeaking':
+    case 'AgentThinking':
     case 'AgentAudioDone':
     case 'PromptUpdated':
       return { type };

@@ -11,9 +11,12 @@
  *
  * Audio is binary both ways: caller base64 is decoded once per frame and sent as
  * raw μ-law; agent frames are base64-encoded once into a scratch buffer. After
- * `UserStartedSpeaking` agent audio is dropped until the next
- * `AgentStartedSpeaking` (the server discards the interrupted reply; frames in
- * flight may still arrive).
+ * `UserStartedSpeaking` agent audio is dropped (the server discards the
+ * interrupted reply; frames in flight may still arrive) until the new turn shows:
+ * `AgentStartedSpeaking`, `AgentThinking`, or the user's `ConversationText` (the
+ * turn is confirmed), whichever comes first, so a reply that comes without
+ * `AgentStartedSpeaking`, or with it after its first audio, is not lost. Each
+ * reply gets one `responseStart`.
  *
  * Ending: every leg that ends without our `close()` reports exactly one `error`
  * with `legDone: true` before `closed` (Deepgram's own `Error`, or a transient
@@ -148,8 +151,17 @@ class DeepgramLeg implements AgentLeg {
   #early: Array<string | Buffer> = [];
   #earlyAudioBytes = 0;
   #earlyAudioDropped = 0;
-  /** After `UserStartedSpeaking`: agent audio is dropped until `AgentStartedSpeaking`. */
+  /** After `UserStartedSpeaking`: agent audio is dropped until the new turn shows (see the module comment). */
   #dropAgentAudio = false;
+  /**
+   * `responseStart` was reported when the drop ended on `AgentThinking` or the user's
+   * `ConversationText`; an `AgentStartedSpeaking` before `AgentAudioDone` belongs to
+   * that reply and reports no second one.
+   */
+  #inferredStart = false;
+  /** Agent frames dropped since the last `UserStartedSpeaking`, and whether `AgentStartedSpeaking` came since. */
+  #droppedSinceBargeIn = 0;
+  #agentStartSinceBargeIn = false;
   #agentFramesDropped = 0;
   #badCallerFrames = 0;
   /** Client-side calls not answered yet: id → name (the response repeats the name). */
@@ -326,6 +338,7 @@ class DeepgramLeg implements AgentLeg {
     }
     if (this.#dropAgentAudio) {
       this.#agentFramesDropped++;
+      this.#droppedSinceBargeIn++;
       return;
     }
     if (buf.length === 0) return;
@@ -354,18 +367,32 @@ class DeepgramLeg implements AgentLeg {
         this.#onSettingsApplied();
         return;
       case 'UserStartedSpeaking':
+        this.#noteLostReply();
         this.#dropAgentAudio = true;
+        this.#inferredStart = false;
+        this.#droppedSinceBargeIn = 0;
+        this.#agentStartSinceBargeIn = false;
         ev.callerSpeechStart();
         return;
       case 'AgentStartedSpeaking':
         this.#dropAgentAudio = false;
+        this.#agentStartSinceBargeIn = true;
+        if (this.#inferredStart) {
+          this.#inferredStart = false;
+          return;
+        }
         ev.responseStart();
         return;
+      case 'AgentThinking':
+        this.#newTurnShown();
+        return;
       case 'AgentAudioDone':
+        this.#inferredStart = false;
         ev.responseDone();
         return;
       case 'ConversationText':
         ev.transcript(msg.role === 'assistant' ? 'agent' : 'user', msg.content);
+        if (msg.role === 'user') this.#newTurnShown();
         return;
       case 'FunctionCallRequest':
         if (msg.skipped > 0) {
@@ -428,6 +455,22 @@ class DeepgramLeg implements AgentLeg {
         ev.badFrame('unknown_type', msg.name);
         return;
     }
+  }
+
+  /** After a barge-in, the new turn shows before `AgentStartedSpeaking`: end the drop and start the reply. */
+  #newTurnShown(): void {
+    if (!this.#dropAgentAudio) return;
+    this.#dropAgentAudio = false;
+    this.#inferredStart = true;
+    this.#events.responseStart();
+  }
+
+  /** At the next barge-in or the end of the leg: audio dropped after the last barge-in with no AgentStartedSpeaking since may have been a reply. */
+  #noteLostReply(): void {
+    if (this.#droppedSinceBargeIn === 0 || this.#agentStartSinceBargeIn) return;
+    this.#once('lost-reply', 'agent audio was dropped after a barge-in and no AgentStartedSpeaking followed: part of a reply may have been lost', {
+      frames: this.#droppedSinceBargeIn,
+    });
   }
 
   #onSettingsApplied(): void {
@@ -515,6 +558,7 @@ class DeepgramLeg implements AgentLeg {
     this.#closedNotified = true;
     this.#stopTimers();
     this.#early = [];
+    this.#noteLostReply();
     if (this.#agentFramesDropped > 0 || this.#badCallerFrames > 0) {
       this.#log.debug({ agentFramesDroppedAfterBargeIn: this.#agentFramesDropped, badCallerFrames: this.#badCallerFrames }, 'agent leg counters');
     }
