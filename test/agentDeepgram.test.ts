@@ -623,6 +623,42 @@ describe('Deepgram adapter: errors and closing', () => {
     expect(ev.of('closed')[0]?.info).toMatchObject({ code: 1011, byUs: false });
   });
 
+  it('classifies an Error whose code or description speaks of credentials as auth, and of too many sessions or rate limits as capacity', async () => {
+    const a = await ready();
+    a.conn.error('SESSION_REFUSED', 'Invalid credentials for this project');
+    await a.ev.until('error');
+    const b = await ready();
+    b.conn.error('TOO_MANY_CONNECTIONS', 'Project is over its limit');
+    await b.ev.until('error');
+    expect(a.ev.of('error')[0]?.err).toMatchObject({ kind: 'auth', code: 'other', legDone: true });
+    expect(a.ev.of('error')[0]?.err.message).toMatch(/API key/);
+    expect(b.ev.of('error')[0]?.err).toMatchObject({ kind: 'capacity', code: 'other', legDone: true });
+  });
+
+  it('classifies a close without an Error by its reason: auth words as auth, capacity words as capacity, anything else transient', async () => {
+    const results: Array<[string, string]> = [];
+    for (const reason of ['Unauthorized', 'too many concurrent sessions', 'bye']) {
+      const { ev, conn } = await ready();
+      conn.close(1008, reason);
+      await ev.until('closed');
+      const err = ev.of('error')[0]?.err;
+      results.push([err?.kind ?? '', err?.code ?? '']);
+    }
+    expect(results).toEqual([
+      ['auth', 'connection_closed'],
+      ['capacity', 'connection_closed'],
+      ['transient', 'connection_closed'],
+    ]);
+  });
+
+  it('reports an upgrade refused with HTTP 404 (wrong agent URL) as fatal, not worth a reconnect', async () => {
+    const server = await startFake();
+    const { ev } = connect(server.url.replace('/v1/agent/converse', '/v1/agent/nowhere'));
+    await ev.until('closed');
+    expect(ev.of('error')[0]?.err).toMatchObject({ kind: 'fatal', code: 'http_404', legDone: true });
+    expect(ev.of('error')[0]?.err.message).toMatch(/URL/);
+  });
+
   it('is refused with INVALID_SETTINGS (fatal) by an agent not set for μ-law 8 kHz output', async () => {
     const server = await startFake({ audio: { input: { encoding: 'mulaw', sample_rate: 8000 }, output: { encoding: 'linear16', sample_rate: 24000, container: 'none' } } });
     const { ev } = connect(server.url);
@@ -718,6 +754,17 @@ describe('Deepgram codec', () => {
     expect(classifyHandshakeStatus(403)).toEqual({ kind: 'auth', code: 'http_403' });
     expect(classifyHandshakeStatus(429)).toEqual({ kind: 'capacity', code: 'http_429' });
     expect(classifyHandshakeStatus(502)).toEqual({ kind: 'transient', code: 'http_other' });
+    for (const status of [400, 402, 404]) expect(classifyHandshakeStatus(status)).toEqual({ kind: 'fatal', code: `http_${status}` });
+  });
+
+  it('classifies Error codes and descriptions by auth and capacity words before the code tables', () => {
+    const kind = (code: string, description = ''): string => classifyDeepgramError('Error', code, description).kind;
+    expect(['UNAUTHORIZED', 'x unauthorised', 'INVALID_API_KEY', 'Invalid key', 'Forbidden', 'bad credentials'].map((d) => kind('X', d))).toEqual(Array(6).fill('auth'));
+    expect(['Too many connections', 'TOO_MANY_REQUESTS', 'too many sessions', 'concurrency limit reached', 'RATE_LIMIT_EXCEEDED', 'ratelimit'].map((d) => kind('X', d))).toEqual(Array(6).fill('capacity'));
+    expect(kind('UNAUTHORIZED')).toBe('auth');
+    expect(classifyDeepgramError('Error', 'INTERNAL_SERVER_ERROR', 'LLM rate limit')).toEqual({ kind: 'capacity', code: 'INTERNAL_SERVER_ERROR', legDone: true });
+    expect(kind('INTERNAL_SERVER_ERROR', 'something broke')).toBe('transient');
+    expect(classifyDeepgramError('Warning', 'X', 'rate limit')).toEqual({ kind: 'transient', code: 'other', legDone: false });
   });
 
   it('decodes the server messages the adapter acts on and classifies the rest', () => {

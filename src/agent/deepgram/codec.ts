@@ -380,21 +380,51 @@ export const WARNING_CODES: ReadonlySet<string> = new Set([
   'FORCE_END_TURN_UNSUPPORTED',
 ]);
 
+/** Words of a refused key (code or description, any case; `_`, `-` or spaces between words). */
+const AUTH_WORDS = /unauthori[sz]ed|invalid[\s_-]+(?:api[\s_-]+)?key|forbidden|credentials/i;
+/** Words of an account over its limits (concurrent sessions, request rate). */
+const CAPACITY_WORDS = /too[\s_-]+many[\s_-]+(?:connections|requests|sessions)|concurren|rate.?limit/i;
+
+/**
+ * `auth` or `capacity` when `text` (an `Error`'s code and description, or a close
+ * reason) says so in words, else undefined. Deepgram documents no code for either
+ * after the upgrade (reference §3.11), so the words are the only signal.
+ */
+export function errorKindFromWords(text: string): 'auth' | 'capacity' | undefined {
+  if (AUTH_WORDS.test(text)) return 'auth';
+  if (CAPACITY_WORDS.test(text)) return 'capacity';
+  return undefined;
+}
+
+const DOCUMENTED_ERROR_CODES: ReadonlySet<string> = new Set([...TRANSIENT_ERROR_CODES, ...FATAL_ERROR_CODES]);
+
 /**
  * How the session handles an `Error` (legDone) or a `Warning` (not legDone). `code`
  * is a bounded label: documented codes as themselves, anything else `other`. An
- * undocumented `Error` is taken as transient (a reconnect, within the session's
- * reconnect budget, is the tolerant guess).
+ * `Error` whose code or description speaks of credentials is `auth`, of too many
+ * sessions or a rate limit `capacity` (before the code tables: those words say
+ * more than a generic code). Any other undocumented `Error` is taken as transient
+ * (a reconnect, within the session's reconnect budget, is the tolerant guess).
  */
-export function classifyDeepgramError(type: 'Error' | 'Warning', code: string): { kind: AgentErrorKind; code: string; legDone: boolean } {
+export function classifyDeepgramError(type: 'Error' | 'Warning', code: string, description = ''): { kind: AgentErrorKind; code: string; legDone: boolean } {
   if (type === 'Warning') return { kind: 'transient', code: WARNING_CODES.has(code) ? code : 'other', legDone: false };
+  const label = DOCUMENTED_ERROR_CODES.has(code) ? code : 'other';
+  const byWords = errorKindFromWords(`${code} ${description}`);
+  if (byWords !== undefined) return { kind: byWords, code: label, legDone: true };
   if (FATAL_ERROR_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
-  return { kind: 'transient', code: TRANSIENT_ERROR_CODES.has(code) ? code : 'other', legDone: true };
+  return { kind: 'transient', code: label, legDone: true };
 }
 
-/** A refused upgrade: 401/403 `auth`, 429 `capacity` (unverified for this endpoint), anything else `transient`. */
+/** Refused upgrades no reconnect fixes: a bad request, no credit left, no endpoint at that URL. */
+const FATAL_HANDSHAKE_STATUSES: ReadonlySet<number> = new Set([400, 402, 404]);
+
+/**
+ * A refused upgrade: 401/403 `auth`, 429 `capacity` (both unverified for this
+ * endpoint), 400/402/404 `fatal`, anything else `transient`.
+ */
 export function classifyHandshakeStatus(status: number | undefined): { kind: AgentErrorKind; code: string } {
   if (status === 401 || status === 403) return { kind: 'auth', code: `http_${status}` };
   if (status === 429) return { kind: 'capacity', code: 'http_429' };
+  if (status !== undefined && FATAL_HANDSHAKE_STATUSES.has(status)) return { kind: 'fatal', code: `http_${status}` };
   return { kind: 'transient', code: 'http_other' };
 }

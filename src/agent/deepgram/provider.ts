@@ -41,6 +41,7 @@ import {
   encodeInjectUserMessage,
   encodeSettings,
   encodeUpdatePrompt,
+  errorKindFromWords,
   KEEP_ALIVE,
   type DeepgramServerMessage,
   type DeepgramSettingsOverrides,
@@ -74,6 +75,22 @@ const FIX_HINTS: Readonly<Record<string, string>> = {
   NON_SETTINGS_MESSAGE_BEFORE_SETTINGS: 'a message was sent before Settings (a bug in this adapter)',
   SETTINGS_ALREADY_APPLIED: 'Settings was sent twice (a bug in this adapter)',
   UNPARSABLE_CLIENT_MESSAGE: 'Deepgram could not parse a message we sent (a bug in this adapter)',
+};
+
+/** What an `auth` or `capacity` error (by its words) most likely means for the operator. */
+const KIND_HINTS: Readonly<Partial<Record<AgentError['kind'], string>>> = {
+  auth: 'check the Deepgram API key, and any think or speak provider credentials in the agent configuration',
+  capacity: 'the Deepgram project is over its concurrent Voice Agent sessions or a rate limit',
+};
+
+/** What a refused upgrade's status most likely means for the operator. */
+const HANDSHAKE_HINTS: Readonly<Record<string, string>> = {
+  http_401: 'check the Deepgram API key',
+  http_403: 'check the Deepgram API key and its project permissions',
+  http_429: 'too many concurrent Voice Agent connections for the project',
+  http_400: 'the upgrade request was refused as malformed; check the Deepgram agent URL',
+  http_402: 'the Deepgram project has no credit left; check its billing',
+  http_404: 'no Voice Agent endpoint there; check the Deepgram agent URL',
 };
 
 const BINARY = { binary: true } as const;
@@ -429,8 +446,8 @@ class DeepgramLeg implements AgentLeg {
         this.#log.debug({ description: msg.message }, 'Deepgram refused an injected message');
         return;
       case 'Error': {
-        const c = classifyDeepgramError('Error', msg.code);
-        const hint = FIX_HINTS[c.code];
+        const c = classifyDeepgramError('Error', msg.code, msg.description);
+        const hint = KIND_HINTS[c.kind] ?? FIX_HINTS[c.code];
         const message = `Deepgram error ${msg.code || '(no code)'}: ${msg.description}${hint === undefined ? '' : ` (${hint})`}`;
         if (this.#legDoneReported) {
           this.#log.debug({ code: c.code }, 'a further Deepgram error after the leg ended');
@@ -540,14 +557,18 @@ class DeepgramLeg implements AgentLeg {
     if (!this.#byUs && !this.#legDoneReported) {
       const hs = this.#handshake;
       if (hs !== undefined) {
-        const fix = hs.kind === 'auth' ? ': check the Deepgram API key' : hs.kind === 'capacity' ? ': too many concurrent Voice Agent connections for the project' : '';
-        this.#report({ kind: hs.kind, code: hs.code, message: `Deepgram refused the connection with HTTP ${hs.status ?? '?'}${fix}`, legDone: true });
+        const fix = HANDSHAKE_HINTS[hs.code];
+        this.#report({ kind: hs.kind, code: hs.code, message: `Deepgram refused the connection with HTTP ${hs.status ?? '?'}${fix === undefined ? '' : `: ${fix}`}`, legDone: true });
       } else if (!this.#opened) {
         this.#report({ kind: 'transient', code: 'connect_failed', message: `cannot reach Deepgram at ${this.#url}: ${this.#error ?? 'connection failed'}`, legDone: true });
       } else if (this.#error === 'heartbeat lost') {
         this.#report({ kind: 'transient', code: 'heartbeat_lost', message: 'Deepgram stopped answering pings', legDone: true });
       } else {
-        this.#report({ kind: 'transient', code: 'connection_closed', message: `Deepgram closed the connection without an error (code ${code}${reason === '' ? '' : `, ${reason}`})`, legDone: true });
+        // No `Error` first: the close reason is all there is to tell a refused key or a full project from a drop.
+        const kind = errorKindFromWords(reason) ?? 'transient';
+        const hint = KIND_HINTS[kind];
+        const message = `Deepgram closed the connection without an error (code ${code}${reason === '' ? '' : `, ${reason}`})${hint === undefined ? '' : `: ${hint}`}`;
+        this.#report({ kind, code: 'connection_closed', message, legDone: true });
       }
     }
     this.#notifyClose(code, reason, this.#error);
