@@ -427,17 +427,14 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     expect(ev.of('error')).toEqual([]);
   });
 
-  it("sends sendText(user) as InjectUserMessage and sendText(context) as UpdatePrompt with the instructions plus each context appended", async () => {
+  it('sends sendText(user) as InjectUserMessage and sendText(context) as UpdatePrompt with only the new text (Deepgram appends it to the prompt)', async () => {
     const { leg, ev, conn } = await ready();
     leg.sendText('Caller pressed 5', 'user');
     leg.sendText('The caller is a VIP.', 'context');
     leg.sendText('Their order is #42.', 'context');
     await conn.waitUntil(() => (conn.updatePrompts.length === 2 ? true : undefined));
     expect(conn.injectUserMessages).toEqual(['Caller pressed 5']);
-    expect(conn.updatePrompts).toEqual([
-      'You are the front desk of Acme.\nThe caller is a VIP.',
-      'You are the front desk of Acme.\nThe caller is a VIP.\nTheir order is #42.',
-    ]);
+    expect(conn.updatePrompts).toEqual(['The caller is a VIP.', 'Their order is #42.']);
     await barrier(leg, conn); // PromptUpdated answers have arrived by now
     expect(ev.of('badFrame')).toEqual([]);
   });

@@ -182,7 +182,7 @@ export function encodeInjectUserMessage(content: string): string {
   return JSON.stringify({ type: 'InjectUserMessage', content });
 }
 
-/** Replaces the system prompt (answered by `PromptUpdated`). */
+/** Adds `prompt` to the agent's prompt; Deepgram appends, it does not replace (answered by `PromptUpdated`). */
 export function encodeUpdatePrompt(prompt: string): string {
   return JSON.stringify({ type: 'UpdatePrompt', prompt });
 }

@@ -162,8 +162,6 @@ class DeepgramLeg implements AgentLeg {
   #phase: Phase = 'connecting';
   #opened = false;
   #conversationId = '';
-  /** The prompt as it stands (instructions plus any context sent since). */
-  #prompt: string;
   /** Messages and audio the session sent before `SettingsApplied`, in order. */
   #early: Array<string | Buffer> = [];
   #earlyAudioBytes = 0;
@@ -215,7 +213,6 @@ class DeepgramLeg implements AgentLeg {
     this.#keepAliveMs = opts.keepAliveMs ?? DEFAULT_KEEP_ALIVE_MS;
     const settings = buildDeepgramSettings(request, opts.settingsOverrides?.(request) ?? {});
     this.#settingsText = encodeSettings(settings);
-    this.#prompt = settings.agent.think.prompt ?? '';
     this.#offered = new Set(request.tools.map((t) => t.name));
     if (request.format !== undefined) this.#once('format', 'Deepgram takes mulaw 8000 Hz both ways; request.format is not used');
 
@@ -285,8 +282,8 @@ class DeepgramLeg implements AgentLeg {
       this.#sendControl(encodeInjectUserMessage(text));
       return;
     }
-    this.#prompt = this.#prompt === '' ? text : `${this.#prompt}\n${text}`;
-    this.#sendControl(encodeUpdatePrompt(this.#prompt));
+    // Deepgram adds an UpdatePrompt to the prompt it has: send the new text only.
+    this.#sendControl(encodeUpdatePrompt(text));
   }
 
   toolResult(id: string, result: string, isError: boolean): void {
