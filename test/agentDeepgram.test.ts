@@ -169,6 +169,12 @@ async function barrier(leg: AgentLeg, conn: FakeDeepgramConnection, marker = `ba
 
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64');
 
+/** Waits in real time until the leg's socket is open (vi.waitFor would move fake timers on). */
+async function untilOpen(leg: AgentLeg): Promise<void> {
+  for (let i = 0; i < 300 && !leg.isOpen; i++) await new Promise((r) => realSetTimeout(r, 10));
+  expect(leg.isOpen).toBe(true);
+}
+
 describe('Deepgram adapter: opening sequence', () => {
   it('sends exactly one Settings after Welcome, with μ-law 8 kHz both ways, the prompt, greeting, voice, think model, language and tools (end_call deferred to end of turn)', async () => {
     const { conn } = await ready();
@@ -217,6 +223,55 @@ describe('Deepgram adapter: opening sequence', () => {
     conn.welcome();
     await ev.until('ready');
     expect(conn.sequence).toEqual(['Settings']);
+  });
+
+  it('sends Settings anyway, once, when Welcome has not come 1500 ms after open, and takes the request_id of a Welcome that comes before SettingsApplied', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const server = await startFake({ autoWelcome: false, autoApply: false });
+    const { leg, ev } = connect(server.url);
+    const conn = await server.nextConnection();
+    await untilOpen(leg);
+    await vi.advanceTimersByTimeAsync(1499);
+    await new Promise((r) => realSetTimeout(r, 30));
+    expect(conn.sequence).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    await conn.waitForSettings();
+    conn.welcome();
+    conn.applySettings();
+    expect(await ev.until('ready')).toEqual([{ e: 'ready', conversationId: conn.requestId }]);
+    await vi.advanceTimersByTimeAsync(5000);
+    await barrier(leg, conn);
+    expect(conn.sequence.filter((t) => t === 'Settings')).toHaveLength(1);
+    expect(conn.errorsSent).toEqual([]);
+    expect(ev.of('badFrame')).toEqual([]);
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no Welcome'))).toHaveLength(1);
+  });
+
+  it('records a Welcome that comes after ready (Settings sent without it) without counting it, and counts a second one as unexpected', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const server = await startFake({ autoWelcome: false });
+    const { leg, ev } = connect(server.url);
+    const conn = await server.nextConnection();
+    await untilOpen(leg);
+    await vi.advanceTimersByTimeAsync(1500);
+    const [r] = await ev.until('ready');
+    expect(r?.conversationId).toMatch(/^local-/);
+    conn.welcome();
+    conn.userText('one');
+    conn.welcome();
+    conn.userText('two');
+    await ev.until('transcript', 2);
+    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'unexpected', name: 'Welcome' }]);
+    expect(logs.text()).toContain(conn.requestId);
+  });
+
+  it('with a Welcome in time, sends exactly one Settings however long the call lasts', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const { leg, conn } = await ready();
+    await vi.advanceTimersByTimeAsync(5000);
+    await barrier(leg, conn);
+    expect(conn.sequence.filter((t) => t === 'Settings')).toHaveLength(1);
+    expect(conn.errorsSent).toEqual([]);
   });
 
   it('reports ready only after SettingsApplied, once, with the Welcome request_id as the conversation id', async () => {

@@ -4,7 +4,9 @@
  *
  * Sequence: upgrade with `Authorization: Token <key>` → `Welcome {request_id}` →
  * our one `Settings` (μ-law 8 kHz both ways, see `codec.ts`) → `SettingsApplied`
- * → `ready({conversationId: request_id})`. Nothing is sent before `Settings`, and
+ * → `ready({conversationId: request_id})`. When `Welcome` has not come
+ * {@link DEFAULT_WELCOME_WAIT_MS} after open, `Settings` goes anyway (a later
+ * `Welcome` only supplies the conversation id). Nothing is sent before `Settings`, and
  * no audio or other message before `SettingsApplied` (what the session sends
  * early is queued, up to {@link MAX_EARLY_AUDIO_BYTES} of audio, the rest dropped
  * and counted).
@@ -58,12 +60,15 @@ export interface DeepgramProviderOptions {
   maxPayload?: number;
   /** `KeepAlive` after this long without caller audio (default 3000 ms; 0 disables, for tests). */
   keepAliveMs?: number;
+  /** Send `Settings` anyway when `Welcome` has not come this long after open (default 1500 ms; 0 waits for ever). */
+  welcomeWaitMs?: number;
   /** Extra Settings for a request's configuration (e.g. a raw Settings object from an agents file). */
   settingsOverrides?: (request: AgentRequest) => DeepgramSettingsOverrides | undefined;
 }
 
 export const DEFAULT_DEEPGRAM_MAX_PAYLOAD = 4 * 1024 * 1024;
 export const DEFAULT_KEEP_ALIVE_MS = 3000;
+export const DEFAULT_WELCOME_WAIT_MS = 1500;
 /** Caller audio held before `SettingsApplied` (2 s of μ-law 8 kHz); more is dropped and counted. */
 export const MAX_EARLY_AUDIO_BYTES = 16_000;
 
@@ -188,6 +193,10 @@ class DeepgramLeg implements AgentLeg {
   #heard = 0;
   #silentTicks = 0;
   #keepAlive: NodeJS.Timeout | undefined;
+  readonly #welcomeWaitMs: number;
+  #welcomeTimer: NodeJS.Timeout | undefined;
+  /** `Settings` went without `Welcome`: the first `Welcome` that comes is still expected. */
+  #welcomeLate = false;
   #keepAliveTickMs = 1000;
   #audioSinceTick = false;
   #idleMs = 0;
@@ -211,6 +220,7 @@ class DeepgramLeg implements AgentLeg {
     const request = c.request;
     this.#log = c.log.child({ agentProvider: 'deepgram', agentConfig: request.id });
     this.#keepAliveMs = opts.keepAliveMs ?? DEFAULT_KEEP_ALIVE_MS;
+    this.#welcomeWaitMs = opts.welcomeWaitMs ?? DEFAULT_WELCOME_WAIT_MS;
     const settings = buildDeepgramSettings(request, opts.settingsOverrides?.(request) ?? {});
     this.#settingsText = encodeSettings(settings);
     this.#offered = new Set(request.tools.map((t) => t.name));
@@ -219,6 +229,10 @@ class DeepgramLeg implements AgentLeg {
     ws.on('open', () => {
       this.#opened = true;
       this.#socket = socketOf(ws);
+      if (this.#welcomeWaitMs > 0 && this.#phase === 'connecting') {
+        this.#welcomeTimer = setTimeout(() => this.#welcomeOverdue(), this.#welcomeWaitMs);
+        this.#welcomeTimer.unref();
+      }
       const every = c.heartbeatMs;
       if (every > 0) {
         this.#heartbeat = setInterval(() => this.#beat(), every);
@@ -364,14 +378,24 @@ class DeepgramLeg implements AgentLeg {
     const ev = this.#events;
     switch (msg.type) {
       case 'Welcome':
+        if (this.#welcomeLate) {
+          // Settings went without it: only the conversation id is left to take, if ready has not been reported.
+          this.#welcomeLate = false;
+          const fields = { requestId: msg.requestId, conversationId: this.#conversationId };
+          if (this.#phase === 'settings_sent' && msg.requestId !== undefined) {
+            this.#conversationId = msg.requestId;
+            this.#log.debug(fields, 'Welcome came after Settings; its request_id is the conversation id');
+          } else {
+            this.#log.debug(fields, 'Welcome came after the session was ready; recorded only');
+          }
+          return;
+        }
         if (this.#phase !== 'connecting') {
           ev.badFrame('unexpected', msg.type);
           return;
         }
         if (msg.requestId === undefined) this.#once('no-request-id', 'Welcome without a usable request_id; using a local conversation id');
-        this.#conversationId = msg.requestId ?? `local-${randomUUID()}`;
-        this.#phase = 'settings_sent';
-        this.#ws.send(this.#settingsText, TEXT);
+        this.#sendSettings(msg.requestId ?? `local-${randomUUID()}`);
         return;
       case 'SettingsApplied':
         if (this.#phase !== 'settings_sent') {
@@ -471,6 +495,23 @@ class DeepgramLeg implements AgentLeg {
     }
   }
 
+  #sendSettings(conversationId: string): void {
+    if (this.#welcomeTimer !== undefined) clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = undefined;
+    this.#conversationId = conversationId;
+    this.#phase = 'settings_sent';
+    this.#ws.send(this.#settingsText, TEXT);
+  }
+
+  /** No `Welcome` in time after open: send `Settings` anyway (once); a later `Welcome` is recorded. */
+  #welcomeOverdue(): void {
+    this.#welcomeTimer = undefined;
+    if (this.#phase !== 'connecting' || !this.isOpen) return;
+    this.#once('no-welcome', `no Welcome ${this.#welcomeWaitMs} ms after open: Settings sent without it`);
+    this.#welcomeLate = true;
+    this.#sendSettings(`local-${randomUUID()}`);
+  }
+
   /** After a barge-in, the new turn shows before `AgentStartedSpeaking`: end the drop and start the reply. */
   #newTurnShown(): void {
     if (!this.#dropAgentAudio) return;
@@ -539,8 +580,10 @@ class DeepgramLeg implements AgentLeg {
   #stopTimers(): void {
     if (this.#heartbeat !== undefined) clearInterval(this.#heartbeat);
     if (this.#keepAlive !== undefined) clearInterval(this.#keepAlive);
+    if (this.#welcomeTimer !== undefined) clearTimeout(this.#welcomeTimer);
     this.#heartbeat = undefined;
     this.#keepAlive = undefined;
+    this.#welcomeTimer = undefined;
   }
 
   #report(err: AgentError): void {
