@@ -735,6 +735,19 @@ describe('Deepgram adapter: errors and closing', () => {
     expect(logs.lines.filter((l) => l.msg === 'Deepgram warning')).toHaveLength(2);
   });
 
+  it('logs each Warning code once however often it repeats, and at most 20 distinct codes per leg, while reporting every Warning', async () => {
+    const { ev, conn } = await ready();
+    for (let i = 0; i < 10; i++) conn.warning('SPEAK_REQUEST_FAILED');
+    for (let i = 0; i < 30; i++) conn.warning(`NEW_WARNING_${i}`);
+    conn.userText('sync');
+    await ev.until('transcript');
+    expect(ev.of('error')).toHaveLength(40);
+    const warningLogs = logs.lines.filter((l) => l.msg === 'Deepgram warning');
+    expect(warningLogs).toHaveLength(20);
+    expect(warningLogs.filter((l) => l.code === 'SPEAK_REQUEST_FAILED')).toHaveLength(1);
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('further Deepgram warning codes'))).toHaveLength(1);
+  });
+
   it('reports a close without a prior Error as transient connection_closed', async () => {
     const { ev, conn } = await ready();
     conn.close(1000, 'done');

@@ -69,6 +69,8 @@ export interface DeepgramProviderOptions {
 export const DEFAULT_DEEPGRAM_MAX_PAYLOAD = 4 * 1024 * 1024;
 export const DEFAULT_KEEP_ALIVE_MS = 3000;
 export const DEFAULT_WELCOME_WAIT_MS = 1500;
+/** Distinct `Warning` codes logged per leg; every warning is still reported to the session. */
+export const MAX_WARNING_CODES_LOGGED = 20;
 /** Caller audio held before `SettingsApplied` (2 s of μ-law 8 kHz); more is dropped and counted. */
 export const MAX_EARLY_AUDIO_BYTES = 16_000;
 
@@ -188,6 +190,7 @@ class DeepgramLeg implements AgentLeg {
   readonly #calls = new Map<string, string>();
   readonly #scratch = new Base64Scratch();
   readonly #loggedOnce = new Set<string>();
+  readonly #warningCodesLogged = new Set<string>();
   #socket: Socket | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #heard = 0;
@@ -479,10 +482,7 @@ class DeepgramLeg implements AgentLeg {
       }
       case 'Warning': {
         const c = classifyDeepgramError('Warning', msg.code);
-        if (!this.#loggedOnce.has(`warning:${msg.code}`)) {
-          this.#loggedOnce.add(`warning:${msg.code}`);
-          this.#log.debug({ code: c.code, description: msg.description }, 'Deepgram warning');
-        }
+        this.#logWarning(msg.code, msg.description);
         ev.error({ kind: c.kind, code: c.code, message: `Deepgram warning ${msg.code}: ${msg.description}`, legDone: false });
         return;
       }
@@ -493,6 +493,17 @@ class DeepgramLeg implements AgentLeg {
         ev.badFrame('unknown_type', msg.name);
         return;
     }
+  }
+
+  /** Each warning code is logged once per leg (a repeated warning says nothing new), up to {@link MAX_WARNING_CODES_LOGGED} codes. */
+  #logWarning(code: string, description: string): void {
+    if (this.#warningCodesLogged.has(code)) return;
+    if (this.#warningCodesLogged.size >= MAX_WARNING_CODES_LOGGED) {
+      this.#once('warning-codes', `further Deepgram warning codes are not logged (${MAX_WARNING_CODES_LOGGED} already were on this leg)`);
+      return;
+    }
+    this.#warningCodesLogged.add(code);
+    this.#log.debug({ code, description }, 'Deepgram warning');
   }
 
   #sendSettings(conversationId: string): void {
