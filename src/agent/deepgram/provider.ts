@@ -389,7 +389,7 @@ class DeepgramLeg implements AgentLeg {
             this.#conversationId = msg.requestId;
             this.#log.debug(fields, 'Welcome came after Settings; its request_id is the conversation id');
           } else {
-            this.#log.debug(fields, 'Welcome came after the session was ready; recorded only');
+            this.#log.debug(fields, 'Welcome came after Settings; recorded only');
           }
           return;
         }
