@@ -169,6 +169,12 @@ async function barrier(leg: AgentLeg, conn: FakeDeepgramConnection, marker = `ba
 
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64');
 
+/** Waits in real time until the leg's socket is open (vi.waitFor would move fake timers on). */
+async function untilOpen(leg: AgentLeg): Promise<void> {
+  for (let i = 0; i < 300 && !leg.isOpen; i++) await new Promise((r) => realSetTimeout(r, 10));
+  expect(leg.isOpen).toBe(true);
+}
+
 describe('Deepgram adapter: opening sequence', () => {
   it('sends exactly one Settings after Welcome, with μ-law 8 kHz both ways, the prompt, greeting, voice, think model, language and tools (end_call deferred to end of turn)', async () => {
     const { conn } = await ready();
@@ -217,6 +223,55 @@ describe('Deepgram adapter: opening sequence', () => {
     conn.welcome();
     await ev.until('ready');
     expect(conn.sequence).toEqual(['Settings']);
+  });
+
+  it('sends Settings anyway, once, when Welcome has not come 1500 ms after open, and takes the request_id of a Welcome that comes before SettingsApplied', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const server = await startFake({ autoWelcome: false, autoApply: false });
+    const { leg, ev } = connect(server.url);
+    const conn = await server.nextConnection();
+    await untilOpen(leg);
+    await vi.advanceTimersByTimeAsync(1499);
+    await new Promise((r) => realSetTimeout(r, 30));
+    expect(conn.sequence).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    await conn.waitForSettings();
+    conn.welcome();
+    conn.applySettings();
+    expect(await ev.until('ready')).toEqual([{ e: 'ready', conversationId: conn.requestId }]);
+    await vi.advanceTimersByTimeAsync(5000);
+    await barrier(leg, conn);
+    expect(conn.sequence.filter((t) => t === 'Settings')).toHaveLength(1);
+    expect(conn.errorsSent).toEqual([]);
+    expect(ev.of('badFrame')).toEqual([]);
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no Welcome'))).toHaveLength(1);
+  });
+
+  it('records a Welcome that comes after ready (Settings sent without it) without counting it, and counts a second one as unexpected', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const server = await startFake({ autoWelcome: false });
+    const { leg, ev } = connect(server.url);
+    const conn = await server.nextConnection();
+    await untilOpen(leg);
+    await vi.advanceTimersByTimeAsync(1500);
+    const [r] = await ev.until('ready');
+    expect(r?.conversationId).toMatch(/^local-/);
+    conn.welcome();
+    conn.userText('one');
+    conn.welcome();
+    conn.userText('two');
+    await ev.until('transcript', 2);
+    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'unexpected', name: 'Welcome' }]);
+    expect(logs.text()).toContain(conn.requestId);
+  });
+
+  it('with a Welcome in time, sends exactly one Settings however long the call lasts', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    const { leg, conn } = await ready();
+    await vi.advanceTimersByTimeAsync(5000);
+    await barrier(leg, conn);
+    expect(conn.sequence.filter((t) => t === 'Settings')).toHaveLength(1);
+    expect(conn.errorsSent).toEqual([]);
   });
 
   it('reports ready only after SettingsApplied, once, with the Welcome request_id as the conversation id', async () => {
@@ -328,6 +383,62 @@ describe('Deepgram adapter: audio', () => {
     expect(ev.of('audio').map((a) => a.b64)).toEqual([b64(first), b64(next)]);
   });
 
+  it('after UserStartedSpeaking, delivers a reply that comes without AgentStartedSpeaking once ConversationText(user) confirms the new turn, and logs the missing AgentStartedSpeaking once', async () => {
+    const lostLog = (): unknown[] => logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no AgentStartedSpeaking'));
+    const { ev, conn } = await ready();
+    const first = randomBytes(160);
+    const late = randomBytes(160);
+    const reply = [randomBytes(160), randomBytes(160)];
+    conn.startSpeaking();
+    conn.sendBinary(first);
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('What are your opening hours?');
+    for (const r of reply) conn.sendBinary(r);
+    conn.audioDone();
+    await ev.until('responseDone');
+    expect(ev.names()).toEqual(['ready', 'responseStart', 'audio', 'callerSpeechStart', 'transcript', 'responseStart', 'audio', 'audio', 'responseDone']);
+    expect(ev.of('audio').map((a) => a.b64)).toEqual([b64(first), ...reply.map(b64)]);
+    expect(lostLog()).toEqual([]);
+    // The next barge-in: a window where audio was dropped and no AgentStartedSpeaking came is logged, once per leg.
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('sorry, go on');
+    conn.userSpeaks({ lateAudio: late });
+    conn.userText('and on Sunday?');
+    await ev.until('callerSpeechStart', 3);
+    await ev.until('transcript', 3);
+    expect(lostLog()).toHaveLength(1);
+  });
+
+  it('after UserStartedSpeaking, AgentThinking ends the drop; an AgentStartedSpeaking after the first audio of that reply starts no second response', async () => {
+    const { ev, conn, leg } = await ready();
+    const late = randomBytes(160);
+    const reply = [randomBytes(160), randomBytes(160)];
+    const next = randomBytes(160);
+    conn.startSpeaking();
+    conn.userSpeaks({ lateAudio: late });
+    conn.send({ type: 'AgentThinking', content: 'The caller asks about hours.' });
+    conn.sendBinary(reply[0] as Buffer);
+    conn.startSpeaking();
+    conn.sendBinary(reply[1] as Buffer);
+    conn.audioDone();
+    conn.speak(next);
+    await ev.until('responseDone', 2);
+    expect(ev.names()).toEqual(['ready', 'responseStart', 'callerSpeechStart', 'responseStart', 'audio', 'audio', 'responseDone', 'responseStart', 'audio', 'responseDone']);
+    expect(ev.of('audio').map((a) => a.b64)).toEqual([...reply.map(b64), b64(next)]);
+    leg.close();
+    await ev.until('closed');
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('no AgentStartedSpeaking'))).toEqual([]);
+  });
+
+  it('does not end the drop on AgentThinking or a user ConversationText when no barge-in is under way (no extra responseStart)', async () => {
+    const { ev, conn } = await ready();
+    conn.send({ type: 'AgentThinking', content: 'x' });
+    conn.userText('hello');
+    conn.speak(randomBytes(160));
+    await ev.until('responseDone');
+    expect(ev.names()).toEqual(['ready', 'transcript', 'responseStart', 'audio', 'responseDone']);
+  });
+
   it('makes no wire message for interrupted(playedMs): Deepgram keeps the reply server-side', async () => {
     const { leg, conn } = await ready();
     leg.interrupted(1234);
@@ -371,17 +482,14 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     expect(ev.of('error')).toEqual([]);
   });
 
-  it("sends sendText(user) as InjectUserMessage and sendText(context) as UpdatePrompt with the instructions plus each context appended", async () => {
+  it('sends sendText(user) as InjectUserMessage and sendText(context) as UpdatePrompt with only the new text (Deepgram appends it to the prompt)', async () => {
     const { leg, ev, conn } = await ready();
     leg.sendText('Caller pressed 5', 'user');
     leg.sendText('The caller is a VIP.', 'context');
     leg.sendText('Their order is #42.', 'context');
     await conn.waitUntil(() => (conn.updatePrompts.length === 2 ? true : undefined));
     expect(conn.injectUserMessages).toEqual(['Caller pressed 5']);
-    expect(conn.updatePrompts).toEqual([
-      'You are the front desk of Acme.\nThe caller is a VIP.',
-      'You are the front desk of Acme.\nThe caller is a VIP.\nTheir order is #42.',
-    ]);
+    expect(conn.updatePrompts).toEqual(['The caller is a VIP.', 'Their order is #42.']);
     await barrier(leg, conn); // PromptUpdated answers have arrived by now
     expect(ev.of('badFrame')).toEqual([]);
   });
@@ -410,6 +518,36 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     expect(calls.map((c) => c.call)).toEqual([{ id: 'fc_x', name: 'end_call', args: {} }]);
   });
 
+  it('delivers a FunctionCallRequest whose arguments are a JSON object instead of a string, end_call included', async () => {
+    const { ev, conn } = await ready();
+    conn.send({ type: 'FunctionCallRequest', functions: [{ id: 'fc_obj', name: 'end_call', arguments: { reason: 'caller said goodbye' }, client_side: true }] });
+    const [call] = await ev.until('toolCall');
+    expect(call?.call).toEqual({ id: 'fc_obj', name: 'end_call', args: { reason: 'caller said goodbye' } });
+    expect(ev.of('badFrame')).toEqual([]);
+  });
+
+  it('keeps the good calls of a FunctionCallRequest with malformed elements and counts the frame as bad once', async () => {
+    const { ev, conn } = await ready();
+    conn.send({
+      type: 'FunctionCallRequest',
+      functions: [
+        { id: 'fc_noname' },
+        'junk',
+        null,
+        { id: 'fc_ok', name: 'transfer_call', arguments: '{"target":"sales"}', client_side: true },
+        { id: 'fc_end', name: 'end_call', arguments: [1, 2], client_side: 'yes' },
+      ],
+    });
+    await ev.until('toolCall', 2);
+    conn.userText('sync');
+    await ev.until('transcript');
+    expect(ev.of('toolCall').map((c) => c.call)).toEqual([
+      { id: 'fc_ok', name: 'transfer_call', args: { target: 'sales' } },
+      { id: 'fc_end', name: 'end_call', args: {} },
+    ]);
+    expect(ev.of('badFrame')).toEqual([{ e: 'badFrame', kind: 'invalid_fields', name: 'FunctionCallRequest' }]);
+  });
+
   it('drops calls named in FunctionCallCancelled and answers nothing for them', async () => {
     const { leg, ev, conn } = await ready();
     const id = conn.callFunction('transfer_call', { target: 'sales' });
@@ -421,6 +559,28 @@ describe('Deepgram adapter: transcripts, text and tools', () => {
     await barrier(leg, conn);
     expect(conn.functionCallResponses).toEqual([]);
     expect(conn.sequence).not.toContain('FunctionCallResponse');
+  });
+
+  it('drops calls named in FunctionCallCancelled as functions, function_call_ids or ids, by string or {id}, skipping bad elements one by one', async () => {
+    const { leg, ev, conn } = await ready();
+    const ids = ['a', 'b', 'c', 'd', 'e'].map((x) => conn.callFunction('transfer_call', { target: x }));
+    const kept = conn.callFunction('transfer_call', { target: 'kept' });
+    await ev.until('toolCall', 6);
+    conn.send({ type: 'FunctionCallCancelled', functions: [{ id: ids[0] }, 42] });
+    conn.send({ type: 'FunctionCallCancelled', function_call_ids: [ids[1], { name: 'no id' }] });
+    conn.send({ type: 'FunctionCallCancelled', ids: [{ id: ids[2] }, ids[3]] });
+    conn.send({ type: 'FunctionCallCancelled', functions: [ids[4]] });
+    conn.send({ type: 'FunctionCallCancelled', nothing: [] });
+    conn.userText('sync');
+    await ev.until('transcript');
+    for (const id of [...ids, kept]) leg.toolResult(id, 'done', false);
+    await barrier(leg, conn);
+    expect(conn.functionCallResponses.map((r) => r.id)).toEqual([kept]);
+    expect(ev.of('badFrame').map((b) => [b.kind, b.name])).toEqual([
+      ['invalid_fields', 'FunctionCallCancelled'],
+      ['invalid_fields', 'FunctionCallCancelled'],
+      ['invalid_fields', 'FunctionCallCancelled'],
+    ]);
   });
 
   it('on resume puts the earlier turns in agent.context.messages and sends no greeting', async () => {
@@ -515,6 +675,42 @@ describe('Deepgram adapter: errors and closing', () => {
     expect(ev.of('closed')[0]?.info).toMatchObject({ code: 1011, byUs: false });
   });
 
+  it('classifies an Error whose code or description speaks of credentials as auth, and of too many sessions or rate limits as capacity', async () => {
+    const a = await ready();
+    a.conn.error('SESSION_REFUSED', 'Invalid credentials for this project');
+    await a.ev.until('error');
+    const b = await ready();
+    b.conn.error('TOO_MANY_CONNECTIONS', 'Project is over its limit');
+    await b.ev.until('error');
+    expect(a.ev.of('error')[0]?.err).toMatchObject({ kind: 'auth', code: 'other', legDone: true });
+    expect(a.ev.of('error')[0]?.err.message).toMatch(/API key/);
+    expect(b.ev.of('error')[0]?.err).toMatchObject({ kind: 'capacity', code: 'other', legDone: true });
+  });
+
+  it('classifies a close without an Error by its reason: auth words as auth, capacity words as capacity, anything else transient', async () => {
+    const results: Array<[string, string]> = [];
+    for (const reason of ['Unauthorized', 'too many concurrent sessions', 'bye']) {
+      const { ev, conn } = await ready();
+      conn.close(1008, reason);
+      await ev.until('closed');
+      const err = ev.of('error')[0]?.err;
+      results.push([err?.kind ?? '', err?.code ?? '']);
+    }
+    expect(results).toEqual([
+      ['auth', 'connection_closed'],
+      ['capacity', 'connection_closed'],
+      ['transient', 'connection_closed'],
+    ]);
+  });
+
+  it('reports an upgrade refused with HTTP 404 (wrong agent URL) as fatal, not worth a reconnect', async () => {
+    const server = await startFake();
+    const { ev } = connect(server.url.replace('/v1/agent/converse', '/v1/agent/nowhere'));
+    await ev.until('closed');
+    expect(ev.of('error')[0]?.err).toMatchObject({ kind: 'fatal', code: 'http_404', legDone: true });
+    expect(ev.of('error')[0]?.err.message).toMatch(/URL/);
+  });
+
   it('is refused with INVALID_SETTINGS (fatal) by an agent not set for μ-law 8 kHz output', async () => {
     const server = await startFake({ audio: { input: { encoding: 'mulaw', sample_rate: 8000 }, output: { encoding: 'linear16', sample_rate: 24000, container: 'none' } } });
     const { ev } = connect(server.url);
@@ -537,6 +733,19 @@ describe('Deepgram adapter: errors and closing', () => {
     ]);
     expect(leg.isOpen).toBe(true);
     expect(logs.lines.filter((l) => l.msg === 'Deepgram warning')).toHaveLength(2);
+  });
+
+  it('logs each Warning code once however often it repeats, and at most 20 distinct codes per leg, while reporting every Warning', async () => {
+    const { ev, conn } = await ready();
+    for (let i = 0; i < 10; i++) conn.warning('SPEAK_REQUEST_FAILED');
+    for (let i = 0; i < 30; i++) conn.warning(`NEW_WARNING_${i}`);
+    conn.userText('sync');
+    await ev.until('transcript');
+    expect(ev.of('error')).toHaveLength(40);
+    const warningLogs = logs.lines.filter((l) => l.msg === 'Deepgram warning');
+    expect(warningLogs).toHaveLength(20);
+    expect(warningLogs.filter((l) => l.code === 'SPEAK_REQUEST_FAILED')).toHaveLength(1);
+    expect(logs.lines.filter((l) => typeof l.msg === 'string' && l.msg.includes('further Deepgram warning codes'))).toHaveLength(1);
   });
 
   it('reports a close without a prior Error as transient connection_closed', async () => {
@@ -610,18 +819,37 @@ describe('Deepgram codec', () => {
     expect(classifyHandshakeStatus(403)).toEqual({ kind: 'auth', code: 'http_403' });
     expect(classifyHandshakeStatus(429)).toEqual({ kind: 'capacity', code: 'http_429' });
     expect(classifyHandshakeStatus(502)).toEqual({ kind: 'transient', code: 'http_other' });
+    for (const status of [400, 402, 404]) expect(classifyHandshakeStatus(status)).toEqual({ kind: 'fatal', code: `http_${status}` });
+  });
+
+  it('classifies Error codes and descriptions by auth and capacity words before the code tables', () => {
+    const kind = (code: string, description = ''): string => classifyDeepgramError('Error', code, description).kind;
+    expect(['UNAUTHORIZED', 'x unauthorised', 'INVALID_API_KEY', 'Invalid key', 'Forbidden', 'bad credentials'].map((d) => kind('X', d))).toEqual(Array(6).fill('auth'));
+    expect(['Too many connections', 'TOO_MANY_REQUESTS', 'too many sessions', 'concurrency limit reached', 'RATE_LIMIT_EXCEEDED', 'ratelimit'].map((d) => kind('X', d))).toEqual(Array(6).fill('capacity'));
+    expect(kind('UNAUTHORIZED')).toBe('auth');
+    expect(classifyDeepgramError('Error', 'INTERNAL_SERVER_ERROR', 'LLM rate limit')).toEqual({ kind: 'capacity', code: 'INTERNAL_SERVER_ERROR', legDone: true });
+    expect(kind('INTERNAL_SERVER_ERROR', 'something broke')).toBe('transient');
+    expect(classifyDeepgramError('Warning', 'X', 'rate limit')).toEqual({ kind: 'transient', code: 'other', legDone: false });
   });
 
   it('decodes the server messages the adapter acts on and classifies the rest', () => {
     expect(decodeDeepgramMessage('{"type":"Welcome","request_id":"r1"}')).toEqual({ type: 'Welcome', requestId: 'r1' });
     expect(decodeDeepgramMessage('{"type":"Welcome"}')).toEqual({ type: 'Welcome', requestId: undefined });
     expect(decodeDeepgramMessage('{"type":"AgentStartedSpeaking","total_latency":1}')).toEqual({ type: 'AgentStartedSpeaking' });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a","name":"f","arguments":"{}","client_side":true}]}')).toEqual({
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a","name":"f","arguments":"{\\"x\\":1}","client_side":true}]}')).toEqual({
       type: 'FunctionCallRequest',
-      functions: [{ id: 'a', name: 'f', arguments: '{}', clientSide: true }],
+      functions: [{ id: 'a', name: 'f', args: { x: 1 }, clientSide: true }],
+      skipped: 0,
     });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a"}]}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallRequest' });
-    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","functions":[{"id":"a","name":"f"}]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['a'] });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":[{"id":"a"},{"id":"b","name":"f","arguments":{"x":1}}]}')).toEqual({
+      type: 'FunctionCallRequest',
+      functions: [{ id: 'b', name: 'f', args: { x: 1 }, clientSide: undefined }],
+      skipped: 1,
+    });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallRequest","functions":{}}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallRequest' });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","functions":[{"id":"a","name":"f"}]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['a'], skipped: 0 });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled","ids":["a",{"id":"b"},7],"function_call_ids":["c"]}')).toEqual({ type: 'FunctionCallCancelled', ids: ['c', 'a', 'b'], skipped: 1 });
+    expect(decodeDeepgramMessage('{"type":"FunctionCallCancelled"}')).toMatchObject({ kind: 'invalid_fields', name: 'FunctionCallCancelled' });
     expect(decodeDeepgramMessage('{"type":"Error","code":"INVALID_SETTINGS","description":"d"}')).toEqual({ type: 'Error', code: 'INVALID_SETTINGS', description: 'd' });
     expect(decodeDeepgramMessage('{"type":"History","function_calls":[]}')).toEqual({ type: 'ignored', name: 'History' });
     expect(decodeDeepgramMessage('{"type":"Nope"}')).toEqual({ type: 'unknown', name: 'Nope' });

@@ -182,7 +182,7 @@ export function encodeInjectUserMessage(content: string): string {
   return JSON.stringify({ type: 'InjectUserMessage', content });
 }
 
-/** Replaces the system prompt (answered by `PromptUpdated`). */
+/** Adds `prompt` to the agent's prompt; Deepgram appends, it does not replace (answered by `PromptUpdated`). */
 export function encodeUpdatePrompt(prompt: string): string {
   return JSON.stringify({ type: 'UpdatePrompt', prompt });
 }
@@ -199,9 +199,12 @@ export function encodeFunctionCallResponse(id: string, name: string, content: st
 export interface DeepgramFunctionCall {
   id: string;
   name: string;
-  /** JSON text of the arguments, as sent. */
-  arguments: string;
-  /** Undefined when the server left it out. */
+  /**
+   * The arguments as an object: parsed from the documented JSON string, or taken as is
+   * when the server sent an object; `{}` when missing or unusable.
+   */
+  args: Record<string, unknown>;
+  /** Undefined when the server left it out (or sent something that is not a boolean). */
   clientSide: boolean | undefined;
 }
 
@@ -211,15 +214,18 @@ export type DeepgramServerMessage =
   | { type: 'SettingsApplied' }
   | { type: 'UserStartedSpeaking' }
   | { type: 'AgentStartedSpeaking' }
+  | { type: 'AgentThinking' }
   | { type: 'AgentAudioDone' }
   | { type: 'ConversationText'; role: 'user' | 'assistant'; content: string }
-  | { type: 'FunctionCallRequest'; functions: DeepgramFunctionCall[] }
-  | { type: 'FunctionCallCancelled'; ids: string[] }
+  /** `skipped`: elements that were not usable calls (no id or name), left out one by one. */
+  | { type: 'FunctionCallRequest'; functions: DeepgramFunctionCall[]; skipped: number }
+  /** `skipped`: elements without a usable id, left out one by one. */
+  | { type: 'FunctionCallCancelled'; ids: string[]; skipped: number }
   | { type: 'PromptUpdated' }
   | { type: 'InjectionRefused'; message: string }
   | { type: 'Error'; code: string; description: string }
   | { type: 'Warning'; code: string; description: string }
-  /** A documented message the bridge has no use for (AgentThinking, LatencyReport, History…). */
+  /** A documented message the bridge has no use for (LatencyReport, History…). */
   | { type: 'ignored'; name: string }
   /** A `type` nobody documented: counted and ignored. */
   | { type: 'unknown'; name: string };
@@ -232,7 +238,6 @@ export interface DeepgramDecodeError {
 
 /** Documented server messages the bridge deliberately ignores. */
 const IGNORED_TYPES: ReadonlySet<string> = new Set([
-  'AgentThinking',
   'LatencyReport',
   'History',
   'SpeakUpdated',
@@ -242,6 +247,8 @@ const IGNORED_TYPES: ReadonlySet<string> = new Set([
   'FunctionCallResponse',
 ]);
 
+/** Fields of `FunctionCallCancelled` that may list the cancelled calls. */
+const CANCELLED_LIST_FIELDS = ['functions', 'function_call_ids', 'ids'] as const;
 const MAX_ID = 256;
 const MAX_TEXT = 100_000;
 
@@ -251,16 +258,33 @@ const bad = (kind: AgentBadFrameKind, name?: string): DeepgramDecodeError =>
 const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_ID;
 const text = (v: unknown, max = 500): string => (typeof v === 'string' ? v.slice(0, max) : '');
 
+const isPlainObject = (v: unknown): v is object => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Function arguments as an object: the documented JSON string parsed, an object
+ * (sent by a server that skips the string step) taken as is, anything else `{}`.
+ */
+export function functionArgs(v: unknown): Record<string, unknown> {
+  let value = v;
+  if (typeof v === 'string') {
+    if (v === '') return {};
+    try {
+      value = JSON.parse(v);
+    } catch {
+      return {};
+    }
+  }
+  return isPlainObject(value) ? { ...value } : {};
+}
+
+/** One element of `functions`: undefined when it has no usable id or name (it cannot be answered). */
 function decodeFunctionCall(v: unknown): DeepgramFunctionCall | undefined {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  if (!isPlainObject(v)) return undefined;
   const id: unknown = Reflect.get(v, 'id');
   const name: unknown = Reflect.get(v, 'name');
-  const args: unknown = Reflect.get(v, 'arguments');
   const clientSide: unknown = Reflect.get(v, 'client_side');
   if (!isId(id) || !isId(name)) return undefined;
-  if (args !== undefined && typeof args !== 'string') return undefined;
-  if (clientSide !== undefined && typeof clientSide !== 'boolean') return undefined;
-  return { id, name, arguments: args ?? '', clientSide };
+  return { id, name, args: functionArgs(Reflect.get(v, 'arguments')), clientSide: typeof clientSide === 'boolean' ? clientSide : undefined };
 }
 
 /** Decodes one text frame from the server. Never throws. */
@@ -275,6 +299,7 @@ export function decodeDeepgramMessage(frame: string): DeepgramServerMessage | De
     case 'SettingsApplied':
     case 'UserStartedSpeaking':
     case 'AgentStartedSpeaking':
+    case 'AgentThinking':
     case 'AgentAudioDone':
     case 'PromptUpdated':
       return { type };
@@ -286,23 +311,31 @@ export function decodeDeepgramMessage(frame: string): DeepgramServerMessage | De
     }
     case 'FunctionCallRequest': {
       if (!Array.isArray(o.functions)) return bad('invalid_fields', type);
+      // One bad element must not cost the others (end_call among them).
       const functions: DeepgramFunctionCall[] = [];
+      let skipped = 0;
       for (const f of o.functions) {
         const call = decodeFunctionCall(f);
-        if (call === undefined) return bad('invalid_fields', type);
-        functions.push(call);
+        if (call === undefined) skipped++;
+        else functions.push(call);
       }
-      return { type, functions };
+      return { type, functions, skipped };
     }
     case 'FunctionCallCancelled': {
-      if (!Array.isArray(o.functions)) return bad('invalid_fields', type);
+      // The element shape beyond `id` is unverified (reference §3.7): take any of the list
+      // fields a server might use, each element an id or an object with one.
+      const lists = CANCELLED_LIST_FIELDS.map((f) => o[f]).filter((v) => Array.isArray(v));
+      if (lists.length === 0) return bad('invalid_fields', type);
       const ids: string[] = [];
-      for (const f of o.functions) {
-        const id: unknown = typeof f === 'object' && f !== null ? Reflect.get(f, 'id') : undefined;
-        if (!isId(id)) return bad('invalid_fields', type);
-        ids.push(id);
+      let skipped = 0;
+      for (const list of lists) {
+        for (const f of list) {
+          const id: unknown = isPlainObject(f) ? Reflect.get(f, 'id') : f;
+          if (isId(id)) ids.push(id);
+          else skipped++;
+        }
       }
-      return { type, ids };
+      return { type, ids, skipped };
     }
     case 'InjectionRefused':
       return { type, message: text(o.message) };
@@ -347,21 +380,51 @@ export const WARNING_CODES: ReadonlySet<string> = new Set([
   'FORCE_END_TURN_UNSUPPORTED',
 ]);
 
+/** Words of a refused key (code or description, any case; `_`, `-` or spaces between words). */
+const AUTH_WORDS = /unauthori[sz]ed|invalid[\s_-]+(?:api[\s_-]+)?key|forbidden|credentials/i;
+/** Words of an account over its limits (concurrent sessions, request rate). */
+const CAPACITY_WORDS = /too[\s_-]+many[\s_-]+(?:connections|requests|sessions)|concurren|rate.?limit/i;
+
+/**
+ * `auth` or `capacity` when `text` (an `Error`'s code and description, or a close
+ * reason) says so in words, else undefined. Deepgram documents no code for either
+ * after the upgrade (reference §3.11), so the words are the only signal.
+ */
+export function errorKindFromWords(text: string): 'auth' | 'capacity' | undefined {
+  if (AUTH_WORDS.test(text)) return 'auth';
+  if (CAPACITY_WORDS.test(text)) return 'capacity';
+  return undefined;
+}
+
+const DOCUMENTED_ERROR_CODES: ReadonlySet<string> = new Set([...TRANSIENT_ERROR_CODES, ...FATAL_ERROR_CODES]);
+
 /**
  * How the session handles an `Error` (legDone) or a `Warning` (not legDone). `code`
  * is a bounded label: documented codes as themselves, anything else `other`. An
- * undocumented `Error` is taken as transient (a reconnect, within the session's
- * reconnect budget, is the tolerant guess).
+ * `Error` whose code or description speaks of credentials is `auth`, of too many
+ * sessions or a rate limit `capacity` (before the code tables: those words say
+ * more than a generic code). Any other undocumented `Error` is taken as transient
+ * (a reconnect, within the session's reconnect budget, is the tolerant guess).
  */
-export function classifyDeepgramError(type: 'Error' | 'Warning', code: string): { kind: AgentErrorKind; code: string; legDone: boolean } {
+export function classifyDeepgramError(type: 'Error' | 'Warning', code: string, description = ''): { kind: AgentErrorKind; code: string; legDone: boolean } {
   if (type === 'Warning') return { kind: 'transient', code: WARNING_CODES.has(code) ? code : 'other', legDone: false };
+  const label = DOCUMENTED_ERROR_CODES.has(code) ? code : 'other';
+  const byWords = errorKindFromWords(`${code} ${description}`);
+  if (byWords !== undefined) return { kind: byWords, code: label, legDone: true };
   if (FATAL_ERROR_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
-  return { kind: 'transient', code: TRANSIENT_ERROR_CODES.has(code) ? code : 'other', legDone: true };
+  return { kind: 'transient', code: label, legDone: true };
 }
 
-/** A refused upgrade: 401/403 `auth`, 429 `capacity` (unverified for this endpoint), anything else `transient`. */
+/** Refused upgrades no reconnect fixes: a bad request, no credit left, no endpoint at that URL. */
+const FATAL_HANDSHAKE_STATUSES: ReadonlySet<number> = new Set([400, 402, 404]);
+
+/**
+ * A refused upgrade: 401/403 `auth`, 429 `capacity` (both unverified for this
+ * endpoint), 400/402/404 `fatal`, anything else `transient`.
+ */
 export function classifyHandshakeStatus(status: number | undefined): { kind: AgentErrorKind; code: string } {
   if (status === 401 || status === 403) return { kind: 'auth', code: `http_${status}` };
   if (status === 429) return { kind: 'capacity', code: 'http_429' };
+  if (status !== undefined && FATAL_HANDSHAKE_STATUSES.has(status)) return { kind: 'fatal', code: `http_${status}` };
   return { kind: 'transient', code: 'http_other' };
 }

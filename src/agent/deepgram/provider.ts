@@ -4,16 +4,21 @@
  *
  * Sequence: upgrade with `Authorization: Token <key>` → `Welcome {request_id}` →
  * our one `Settings` (μ-law 8 kHz both ways, see `codec.ts`) → `SettingsApplied`
- * → `ready({conversationId: request_id})`. Nothing is sent before `Settings`, and
+ * → `ready({conversationId: request_id})`. When `Welcome` has not come
+ * {@link DEFAULT_WELCOME_WAIT_MS} after open, `Settings` goes anyway (a later
+ * `Welcome` only supplies the conversation id). Nothing is sent before `Settings`, and
  * no audio or other message before `SettingsApplied` (what the session sends
  * early is queued, up to {@link MAX_EARLY_AUDIO_BYTES} of audio, the rest dropped
  * and counted).
  *
  * Audio is binary both ways: caller base64 is decoded once per frame and sent as
  * raw μ-law; agent frames are base64-encoded once into a scratch buffer. After
- * `UserStartedSpeaking` agent audio is dropped until the next
- * `AgentStartedSpeaking` (the server discards the interrupted reply; frames in
- * flight may still arrive).
+ * `UserStartedSpeaking` agent audio is dropped (the server discards the
+ * interrupted reply; frames in flight may still arrive) until the new turn shows:
+ * `AgentStartedSpeaking`, `AgentThinking`, or the user's `ConversationText` (the
+ * turn is confirmed), whichever comes first, so a reply that comes without
+ * `AgentStartedSpeaking`, or with it after its first audio, is not lost. Each
+ * reply gets one `responseStart`.
  *
  * Ending: every leg that ends without our `close()` reports exactly one `error`
  * with `legDone: true` before `closed` (Deepgram's own `Error`, or a transient
@@ -38,6 +43,7 @@ import {
   encodeInjectUserMessage,
   encodeSettings,
   encodeUpdatePrompt,
+  errorKindFromWords,
   KEEP_ALIVE,
   type DeepgramServerMessage,
   type DeepgramSettingsOverrides,
@@ -54,12 +60,17 @@ export interface DeepgramProviderOptions {
   maxPayload?: number;
   /** `KeepAlive` after this long without caller audio (default 3000 ms; 0 disables, for tests). */
   keepAliveMs?: number;
+  /** Send `Settings` anyway when `Welcome` has not come this long after open (default 1500 ms; 0 waits for ever). */
+  welcomeWaitMs?: number;
   /** Extra Settings for a request's configuration (e.g. a raw Settings object from an agents file). */
   settingsOverrides?: (request: AgentRequest) => DeepgramSettingsOverrides | undefined;
 }
 
 export const DEFAULT_DEEPGRAM_MAX_PAYLOAD = 4 * 1024 * 1024;
 export const DEFAULT_KEEP_ALIVE_MS = 3000;
+export const DEFAULT_WELCOME_WAIT_MS = 1500;
+/** Distinct `Warning` codes logged per leg; every warning is still reported to the session. */
+export const MAX_WARNING_CODES_LOGGED = 20;
 /** Caller audio held before `SettingsApplied` (2 s of μ-law 8 kHz); more is dropped and counted. */
 export const MAX_EARLY_AUDIO_BYTES = 16_000;
 
@@ -71,6 +82,22 @@ const FIX_HINTS: Readonly<Record<string, string>> = {
   NON_SETTINGS_MESSAGE_BEFORE_SETTINGS: 'a message was sent before Settings (a bug in this adapter)',
   SETTINGS_ALREADY_APPLIED: 'Settings was sent twice (a bug in this adapter)',
   UNPARSABLE_CLIENT_MESSAGE: 'Deepgram could not parse a message we sent (a bug in this adapter)',
+};
+
+/** What an `auth` or `capacity` error (by its words) most likely means for the operator. */
+const KIND_HINTS: Readonly<Partial<Record<AgentError['kind'], string>>> = {
+  auth: 'check the Deepgram API key, and any think or speak provider credentials in the agent configuration',
+  capacity: 'the Deepgram project is over its concurrent Voice Agent sessions or a rate limit',
+};
+
+/** What a refused upgrade's status most likely means for the operator. */
+const HANDSHAKE_HINTS: Readonly<Record<string, string>> = {
+  http_401: 'check the Deepgram API key',
+  http_403: 'check the Deepgram API key and its project permissions',
+  http_429: 'too many concurrent Voice Agent connections for the project',
+  http_400: 'the upgrade request was refused as malformed; check the Deepgram agent URL',
+  http_402: 'the Deepgram project has no credit left; check its billing',
+  http_404: 'no Voice Agent endpoint there; check the Deepgram agent URL',
 };
 
 const BINARY = { binary: true } as const;
@@ -131,17 +158,6 @@ type Phase = 'connecting' | 'settings_sent' | 'ready';
 
 const asBuffer = (data: WebSocket.RawData): Buffer => (Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data));
 
-function parseArgs(text: string): Record<string, unknown> {
-  if (text === '') return {};
-  try {
-    const v: unknown = JSON.parse(text);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return {};
-    return { ...v };
-  } catch {
-    return {};
-  }
-}
-
 class DeepgramLeg implements AgentLeg {
   readonly #ws: WebSocket;
   readonly #events: AgentEvents;
@@ -153,25 +169,37 @@ class DeepgramLeg implements AgentLeg {
   #phase: Phase = 'connecting';
   #opened = false;
   #conversationId = '';
-  /** The prompt as it stands (instructions plus any context sent since). */
-  #prompt: string;
   /** Messages and audio the session sent before `SettingsApplied`, in order. */
   #early: Array<string | Buffer> = [];
   #earlyAudioBytes = 0;
   #earlyAudioDropped = 0;
-  /** After `UserStartedSpeaking`: agent audio is dropped until `AgentStartedSpeaking`. */
+  /** After `UserStartedSpeaking`: agent audio is dropped until the new turn shows (see the module comment). */
   #dropAgentAudio = false;
+  /**
+   * `responseStart` was reported when the drop ended on `AgentThinking` or the user's
+   * `ConversationText`; an `AgentStartedSpeaking` before `AgentAudioDone` belongs to
+   * that reply and reports no second one.
+   */
+  #inferredStart = false;
+  /** Agent frames dropped since the last `UserStartedSpeaking`, and whether `AgentStartedSpeaking` came since. */
+  #droppedSinceBargeIn = 0;
+  #agentStartSinceBargeIn = false;
   #agentFramesDropped = 0;
   #badCallerFrames = 0;
   /** Client-side calls not answered yet: id → name (the response repeats the name). */
   readonly #calls = new Map<string, string>();
   readonly #scratch = new Base64Scratch();
   readonly #loggedOnce = new Set<string>();
+  readonly #warningCodesLogged = new Set<string>();
   #socket: Socket | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #heard = 0;
   #silentTicks = 0;
   #keepAlive: NodeJS.Timeout | undefined;
+  readonly #welcomeWaitMs: number;
+  #welcomeTimer: NodeJS.Timeout | undefined;
+  /** `Settings` went without `Welcome`: the first `Welcome` that comes is still expected. */
+  #welcomeLate = false;
   #keepAliveTickMs = 1000;
   #audioSinceTick = false;
   #idleMs = 0;
@@ -195,15 +223,19 @@ class DeepgramLeg implements AgentLeg {
     const request = c.request;
     this.#log = c.log.child({ agentProvider: 'deepgram', agentConfig: request.id });
     this.#keepAliveMs = opts.keepAliveMs ?? DEFAULT_KEEP_ALIVE_MS;
+    this.#welcomeWaitMs = opts.welcomeWaitMs ?? DEFAULT_WELCOME_WAIT_MS;
     const settings = buildDeepgramSettings(request, opts.settingsOverrides?.(request) ?? {});
     this.#settingsText = encodeSettings(settings);
-    this.#prompt = settings.agent.think.prompt ?? '';
     this.#offered = new Set(request.tools.map((t) => t.name));
     if (request.format !== undefined) this.#once('format', 'Deepgram takes mulaw 8000 Hz both ways; request.format is not used');
 
     ws.on('open', () => {
       this.#opened = true;
       this.#socket = socketOf(ws);
+      if (this.#welcomeWaitMs > 0 && this.#phase === 'connecting') {
+        this.#welcomeTimer = setTimeout(() => this.#welcomeOverdue(), this.#welcomeWaitMs);
+        this.#welcomeTimer.unref();
+      }
       const every = c.heartbeatMs;
       if (every > 0) {
         this.#heartbeat = setInterval(() => this.#beat(), every);
@@ -267,8 +299,8 @@ class DeepgramLeg implements AgentLeg {
       this.#sendControl(encodeInjectUserMessage(text));
       return;
     }
-    this.#prompt = this.#prompt === '' ? text : `${this.#prompt}\n${text}`;
-    this.#sendControl(encodeUpdatePrompt(this.#prompt));
+    // Deepgram adds an UpdatePrompt to the prompt it has: send the new text only.
+    this.#sendControl(encodeUpdatePrompt(text));
   }
 
   toolResult(id: string, result: string, isError: boolean): void {
@@ -337,6 +369,7 @@ class DeepgramLeg implements AgentLeg {
     }
     if (this.#dropAgentAudio) {
       this.#agentFramesDropped++;
+      this.#droppedSinceBargeIn++;
       return;
     }
     if (buf.length === 0) return;
@@ -348,14 +381,24 @@ class DeepgramLeg implements AgentLeg {
     const ev = this.#events;
     switch (msg.type) {
       case 'Welcome':
+        if (this.#welcomeLate) {
+          // Settings went without it: only the conversation id is left to take, if ready has not been reported.
+          this.#welcomeLate = false;
+          const fields = { requestId: msg.requestId, conversationId: this.#conversationId };
+          if (this.#phase === 'settings_sent' && msg.requestId !== undefined) {
+            this.#conversationId = msg.requestId;
+            this.#log.debug(fields, 'Welcome came after Settings; its request_id is the conversation id');
+          } else {
+            this.#log.debug(fields, 'Welcome came after Settings; recorded only');
+          }
+          return;
+        }
         if (this.#phase !== 'connecting') {
           ev.badFrame('unexpected', msg.type);
           return;
         }
         if (msg.requestId === undefined) this.#once('no-request-id', 'Welcome without a usable request_id; using a local conversation id');
-        this.#conversationId = msg.requestId ?? `local-${randomUUID()}`;
-        this.#phase = 'settings_sent';
-        this.#ws.send(this.#settingsText, TEXT);
+        this.#sendSettings(msg.requestId ?? `local-${randomUUID()}`);
         return;
       case 'SettingsApplied':
         if (this.#phase !== 'settings_sent') {
@@ -365,20 +408,38 @@ class DeepgramLeg implements AgentLeg {
         this.#onSettingsApplied();
         return;
       case 'UserStartedSpeaking':
+        this.#noteLostReply();
         this.#dropAgentAudio = true;
+        this.#inferredStart = false;
+        this.#droppedSinceBargeIn = 0;
+        this.#agentStartSinceBargeIn = false;
         ev.callerSpeechStart();
         return;
       case 'AgentStartedSpeaking':
         this.#dropAgentAudio = false;
+        this.#agentStartSinceBargeIn = true;
+        if (this.#inferredStart) {
+          this.#inferredStart = false;
+          return;
+        }
         ev.responseStart();
         return;
+      case 'AgentThinking':
+        this.#newTurnShown();
+        return;
       case 'AgentAudioDone':
+        this.#inferredStart = false;
         ev.responseDone();
         return;
       case 'ConversationText':
         ev.transcript(msg.role === 'assistant' ? 'agent' : 'user', msg.content);
+        if (msg.role === 'user') this.#newTurnShown();
         return;
       case 'FunctionCallRequest':
+        if (msg.skipped > 0) {
+          this.#once('bad-function-element', 'FunctionCallRequest elements without a usable id or name were skipped; the others were kept', { skipped: msg.skipped });
+          ev.badFrame('invalid_fields', msg.type);
+        }
         for (const f of msg.functions) {
           let clientSide = f.clientSide;
           if (clientSide === undefined) {
@@ -390,10 +451,14 @@ class DeepgramLeg implements AgentLeg {
             continue;
           }
           this.#calls.set(f.id, f.name);
-          ev.toolCall({ id: f.id, name: f.name, args: parseArgs(f.arguments) });
+          ev.toolCall({ id: f.id, name: f.name, args: f.args });
         }
         return;
       case 'FunctionCallCancelled':
+        if (msg.skipped > 0) {
+          this.#once('bad-cancel-element', 'FunctionCallCancelled elements without a usable id were skipped; the others were cancelled', { skipped: msg.skipped });
+          ev.badFrame('invalid_fields', msg.type);
+        }
         for (const id of msg.ids) {
           if (this.#calls.delete(id)) this.#log.debug({ toolCallId: id }, 'function call cancelled by Deepgram: no response will be sent');
         }
@@ -405,8 +470,8 @@ class DeepgramLeg implements AgentLeg {
         this.#log.debug({ description: msg.message }, 'Deepgram refused an injected message');
         return;
       case 'Error': {
-        const c = classifyDeepgramError('Error', msg.code);
-        const hint = FIX_HINTS[c.code];
+        const c = classifyDeepgramError('Error', msg.code, msg.description);
+        const hint = KIND_HINTS[c.kind] ?? FIX_HINTS[c.code];
         const message = `Deepgram error ${msg.code || '(no code)'}: ${msg.description}${hint === undefined ? '' : ` (${hint})`}`;
         if (this.#legDoneReported) {
           this.#log.debug({ code: c.code }, 'a further Deepgram error after the leg ended');
@@ -417,10 +482,7 @@ class DeepgramLeg implements AgentLeg {
       }
       case 'Warning': {
         const c = classifyDeepgramError('Warning', msg.code);
-        if (!this.#loggedOnce.has(`warning:${msg.code}`)) {
-          this.#loggedOnce.add(`warning:${msg.code}`);
-          this.#log.debug({ code: c.code, description: msg.description }, 'Deepgram warning');
-        }
+        this.#logWarning(msg.code, msg.description);
         ev.error({ kind: c.kind, code: c.code, message: `Deepgram warning ${msg.code}: ${msg.description}`, legDone: false });
         return;
       }
@@ -431,6 +493,50 @@ class DeepgramLeg implements AgentLeg {
         ev.badFrame('unknown_type', msg.name);
         return;
     }
+  }
+
+  /** Each warning code is logged once per leg (a repeated warning says nothing new), up to {@link MAX_WARNING_CODES_LOGGED} codes. */
+  #logWarning(code: string, description: string): void {
+    if (this.#warningCodesLogged.has(code)) return;
+    if (this.#warningCodesLogged.size >= MAX_WARNING_CODES_LOGGED) {
+      this.#once('warning-codes', `further Deepgram warning codes are not logged (${MAX_WARNING_CODES_LOGGED} already were on this leg)`);
+      return;
+    }
+    this.#warningCodesLogged.add(code);
+    this.#log.debug({ code, description }, 'Deepgram warning');
+  }
+
+  #sendSettings(conversationId: string): void {
+    if (this.#welcomeTimer !== undefined) clearTimeout(this.#welcomeTimer);
+    this.#welcomeTimer = undefined;
+    this.#conversationId = conversationId;
+    this.#phase = 'settings_sent';
+    this.#ws.send(this.#settingsText, TEXT);
+  }
+
+  /** No `Welcome` in time after open: send `Settings` anyway (once); a later `Welcome` is recorded. */
+  #welcomeOverdue(): void {
+    this.#welcomeTimer = undefined;
+    if (this.#phase !== 'connecting' || !this.isOpen) return;
+    this.#once('no-welcome', `no Welcome ${this.#welcomeWaitMs} ms after open: Settings sent without it`);
+    this.#welcomeLate = true;
+    this.#sendSettings(`local-${randomUUID()}`);
+  }
+
+  /** After a barge-in, the new turn shows before `AgentStartedSpeaking`: end the drop and start the reply. */
+  #newTurnShown(): void {
+    if (!this.#dropAgentAudio) return;
+    this.#dropAgentAudio = false;
+    this.#inferredStart = true;
+    this.#events.responseStart();
+  }
+
+  /** At the next barge-in or the end of the leg: audio dropped after the last barge-in with no AgentStartedSpeaking since may have been a reply. */
+  #noteLostReply(): void {
+    if (this.#droppedSinceBargeIn === 0 || this.#agentStartSinceBargeIn) return;
+    this.#once('lost-reply', 'agent audio was dropped after a barge-in and no AgentStartedSpeaking followed: part of a reply may have been lost', {
+      frames: this.#droppedSinceBargeIn,
+    });
   }
 
   #onSettingsApplied(): void {
@@ -485,8 +591,10 @@ class DeepgramLeg implements AgentLeg {
   #stopTimers(): void {
     if (this.#heartbeat !== undefined) clearInterval(this.#heartbeat);
     if (this.#keepAlive !== undefined) clearInterval(this.#keepAlive);
+    if (this.#welcomeTimer !== undefined) clearTimeout(this.#welcomeTimer);
     this.#heartbeat = undefined;
     this.#keepAlive = undefined;
+    this.#welcomeTimer = undefined;
   }
 
   #report(err: AgentError): void {
@@ -500,14 +608,18 @@ class DeepgramLeg implements AgentLeg {
     if (!this.#byUs && !this.#legDoneReported) {
       const hs = this.#handshake;
       if (hs !== undefined) {
-        const fix = hs.kind === 'auth' ? ': check the Deepgram API key' : hs.kind === 'capacity' ? ': too many concurrent Voice Agent connections for the project' : '';
-        this.#report({ kind: hs.kind, code: hs.code, message: `Deepgram refused the connection with HTTP ${hs.status ?? '?'}${fix}`, legDone: true });
+        const fix = HANDSHAKE_HINTS[hs.code];
+        this.#report({ kind: hs.kind, code: hs.code, message: `Deepgram refused the connection with HTTP ${hs.status ?? '?'}${fix === undefined ? '' : `: ${fix}`}`, legDone: true });
       } else if (!this.#opened) {
         this.#report({ kind: 'transient', code: 'connect_failed', message: `cannot reach Deepgram at ${this.#url}: ${this.#error ?? 'connection failed'}`, legDone: true });
       } else if (this.#error === 'heartbeat lost') {
         this.#report({ kind: 'transient', code: 'heartbeat_lost', message: 'Deepgram stopped answering pings', legDone: true });
       } else {
-        this.#report({ kind: 'transient', code: 'connection_closed', message: `Deepgram closed the connection without an error (code ${code}${reason === '' ? '' : `, ${reason}`})`, legDone: true });
+        // No `Error` first: the close reason is all there is to tell a refused key or a full project from a drop.
+        const kind = errorKindFromWords(reason) ?? 'transient';
+        const hint = KIND_HINTS[kind];
+        const message = `Deepgram closed the connection without an error (code ${code}${reason === '' ? '' : `, ${reason}`})${hint === undefined ? '' : `: ${hint}`}`;
+        this.#report({ kind, code: 'connection_closed', message, legDone: true });
       }
     }
     this.#notifyClose(code, reason, this.#error);
@@ -518,6 +630,7 @@ class DeepgramLeg implements AgentLeg {
     this.#closedNotified = true;
     this.#stopTimers();
     this.#early = [];
+    this.#noteLostReply();
     if (this.#agentFramesDropped > 0 || this.#badCallerFrames > 0) {
       this.#log.debug({ agentFramesDroppedAfterBargeIn: this.#agentFramesDropped, badCallerFrames: this.#badCallerFrames }, 'agent leg counters');
     }
