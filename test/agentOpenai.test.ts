@@ -557,7 +557,11 @@ describe('OpenAI adapter: errors', () => {
     [401, 'auth', 'http_401'],
     [403, 'auth', 'http_403'],
     [429, 'capacity', 'http_429'],
+    [400, 'fatal', 'http_400'],
+    [402, 'fatal', 'http_402'],
+    [404, 'fatal', 'http_404'],
     [500, 'transient', 'http_5xx'],
+    [503, 'transient', 'http_5xx'],
   ] as const)('classifies an upgrade refused with HTTP %i as %s', async (status, kind, code) => {
     const fake = await startFake({ refuseUpgrade: status });
     const { rec } = connectLeg(fake);
@@ -565,6 +569,17 @@ describe('OpenAI adapter: errors', () => {
     expect(closed.info.error).toContain(String(status));
     expect(rec.of('error').map((e) => e.err)).toEqual([{ kind, code, message: expect.stringContaining(String(status)), legDone: true }]);
     expect(fake.refusedUpgrades).toEqual([status]);
+  });
+
+  it('classifies an upgrade to a wrong path (HTTP 404) as fatal, naming the URL to check', async () => {
+    const fake = await startFake();
+    const rec = new Recorder();
+    const leg = createOpenAiProvider({ apiKey: FAKE_OPENAI_KEY, url: fake.url.replace('/v1/realtime', '/v1/realtim') }).connect({ request: REQUEST, events: rec.events, log, heartbeatMs: 0 });
+    legs.push(leg);
+    await rec.wait('closed');
+    expect(rec.of('error').map((e) => [e.err.kind, e.err.code, e.err.legDone])).toEqual([['fatal', 'http_404', true]]);
+    expect(rec.of('error')[0]?.err.message).toContain('OPENAI_REALTIME_URL');
+    expect(fake.refusedUpgrades).toEqual([404]);
   });
 
   it('classifies a wrong key refused on the upgrade as auth', async () => {

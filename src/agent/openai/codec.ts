@@ -335,9 +335,33 @@ export function classifyOpenAiClose(code: number): OpenAiErrorClass | undefined 
   }
 }
 
-/** A refused WebSocket upgrade: 401/403 auth, 429 capacity, anything else transient. */
+/**
+ * A refused WebSocket upgrade: 401/403 auth, 429 capacity; 400 (a wrong model id or query),
+ * 402 (billing) and 404 (a wrong URL path) fatal, as a reconnect would be refused the same
+ * way; 5xx and anything else transient.
+ */
 export function classifyUpgradeStatus(status: number): OpenAiErrorClass {
   if (status === 401 || status === 403) return { kind: 'auth', code: `http_${status}`, legDone: true };
   if (status === 429) return { kind: 'capacity', code: 'http_429', legDone: true };
+  if (status === 400 || status === 402 || status === 404) return { kind: 'fatal', code: `http_${status}`, legDone: true };
   return { kind: 'transient', code: status >= 500 && status < 600 ? 'http_5xx' : 'http_other', legDone: true };
+}
+
+/** What to check after a refused upgrade, completing "OpenAI refused the connection with HTTP n". */
+export function upgradeRefusalHint(status: number): string {
+  switch (status) {
+    case 401:
+    case 403:
+      return ': check OPENAI_API_KEY';
+    case 429:
+      return ': the account is at its rate or session limit';
+    case 400:
+      return ': check the model id (the agent id or its `model` setting, e.g. gpt-realtime)';
+    case 402:
+      return ': check the billing of the OpenAI account';
+    case 404:
+      return ': check OPENAI_REALTIME_URL (default wss://api.openai.com/v1/realtime)';
+    default:
+      return '';
+  }
 }

@@ -43,6 +43,7 @@ import {
   isTruncateError,
   parseToolArguments,
   realtimeUrl,
+  upgradeRefusalHint,
   type OpenAiErrorBody,
   type OpenAiErrorClass,
   type OpenAiServerMessage,
@@ -172,9 +173,7 @@ class OpenAiLeg implements AgentLeg {
       const status = res.statusCode ?? 0;
       this.#error = `handshake refused with HTTP ${status}`;
       res.resume();
-      const cls = classifyUpgradeStatus(status);
-      const fix = cls.kind === 'auth' ? ': check the OpenAI API key' : cls.kind === 'capacity' ? ': the account is at its rate or session limit' : '';
-      this.#reportError(cls, `OpenAI refused the connection with HTTP ${status}${fix}`);
+      this.#reportError(classifyUpgradeStatus(status), `OpenAI refused the connection with HTTP ${status}${upgradeRefusalHint(status)}`);
       ws.terminate();
     });
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString('utf8').slice(0, 200)));
