@@ -448,6 +448,69 @@ describe('OpenAI adapter: transcripts, tools and text', () => {
     expect(s.conn.refusals).toEqual([]);
   });
 
+  it('reports a tool call once, though both function_call_arguments.done and response.output_item.done carry it', async () => {
+    const s = await ready();
+    const callId = s.conn.callTool('end_call', { reason: 'done' });
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'done' } }]);
+    expect(s.rec.of('badFrame')).toEqual([]);
+  });
+
+  it('reports end_call when function_call_arguments.done lacks name, taking the name from response.output_item.added, once', async () => {
+    const s = await ready();
+    s.conn.startResponse();
+    s.conn.audio(mulaw(800), { transcript: 'Goodbye!' });
+    const callId = s.conn.callTool('end_call', { reason: 'caller is done' }, { argumentsDone: 'without_name' });
+    s.conn.finishResponse();
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'caller is done' } }]);
+    expect(s.rec.of('badFrame')).toEqual([]);
+    // The call is pending: its result is answered and the response asked for once the calling one is done.
+    s.leg.toolResult(callId, '{"ok":true}', false);
+    await s.conn.waitForType('response.create');
+    expect(s.conn.refusals).toEqual([]);
+  });
+
+  it('accepts a tool call from a completed response.output_item.done when function_call_arguments.done never comes', async () => {
+    const s = await ready();
+    const callId = s.conn.callTool('end_call', { reason: 'bye' }, { argumentsDone: 'none' });
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'bye' } }]);
+  });
+
+  it('takes name and call_id remembered from response.output_item.added when function_call_arguments.done has only item_id', async () => {
+    const s = await ready();
+    const responseId = s.conn.startResponse();
+    const item = { id: 'item_fc1', object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: 'call_fc1', name: 'end_call', arguments: '' };
+    s.conn.send({ type: 'response.output_item.added', response_id: responseId, output_index: 0, item });
+    s.conn.send({ type: 'response.function_call_arguments.done', response_id: responseId, item_id: 'item_fc1', output_index: 0, arguments: '{}' });
+    await s.rec.wait('toolCall');
+    s.conn.send({ type: 'response.output_item.done', response_id: responseId, output_index: 0, item: { ...item, status: 'completed', arguments: '{}' } });
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: 'call_fc1', name: 'end_call', args: {} }]);
+  });
+
+  it('does not report a function call whose response.output_item.done is incomplete (the response was cut)', async () => {
+    const s = await ready();
+    const responseId = s.conn.startResponse();
+    const item = { id: 'item_fc2', object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: 'call_fc2', name: 'end_call', arguments: '' };
+    s.conn.send({ type: 'response.output_item.added', response_id: responseId, output_index: 0, item });
+    s.conn.send({ type: 'response.output_item.done', response_id: responseId, output_index: 0, item: { ...item, status: 'incomplete', arguments: '{"rea' } });
+    await settle(s);
+    expect(s.rec.of('toolCall')).toEqual([]);
+  });
+
+  it('counts a function_call_arguments.done with neither a name nor a known item as invalid, and reports no call', async () => {
+    const s = await ready();
+    s.conn.send({ type: 'response.function_call_arguments.done', response_id: 'resp_x', item_id: 'item_unknown', call_id: 'call_x', arguments: '{}' });
+    await settle(s);
+    expect(s.rec.of('toolCall')).toEqual([]);
+    expect(s.rec.of('badFrame').map((e) => [e.kind, e.name])).toEqual([['invalid_fields', 'response.function_call_arguments.done']]);
+  });
+
   it('holds an owed response.create while a newer response is active, even when the cut one ends after it started', async () => {
     const s = await ready();
     const cut = s.conn.startResponse();

@@ -150,12 +150,29 @@ export type OpenAiServerMessage =
   | { type: 'response.done'; responseId: string | undefined; status: string | undefined; reason: string | undefined; error: OpenAiErrorBody | undefined }
   | { type: 'input_audio_buffer.speech_started' }
   | { type: 'conversation.item.input_audio_transcription.completed'; transcript: string }
-  | { type: 'response.function_call_arguments.done'; callId: string; name: string; arguments: string }
+  /**
+   * The end of a tool call's arguments. `name` (and even `call_id`) may be missing: several SDK
+   * typings and the OpenAPI spec leave `name` out, so the leg completes it from the item it saw
+   * in `response.output_item.added`.
+   */
+  | { type: 'response.function_call_arguments.done'; callId: string | undefined; itemId: string | undefined; name: string | undefined; arguments: string }
+  /** A `function_call` output item (other item types are `ignored`). */
+  | { type: 'response.output_item.added' | 'response.output_item.done'; call: FunctionCallItem }
   | { type: 'error'; error: OpenAiErrorBody }
   /** A documented event the adapter has no use for. */
   | { type: 'ignored'; name: string }
   /** A type nobody documented (or a beta-only one). */
   | { type: 'unknown'; name: string };
+
+/** The fields of a `function_call` item the leg uses; any may be missing. */
+export interface FunctionCallItem {
+  itemId: string | undefined;
+  callId: string | undefined;
+  name: string | undefined;
+  /** `in_progress`, `completed` or `incomplete`. */
+  status: string | undefined;
+  arguments: string | undefined;
+}
 
 export interface OpenAiDecodeError {
   type: undefined;
@@ -179,8 +196,6 @@ const IGNORED = new Set([
   'input_audio_buffer.cleared',
   'input_audio_buffer.speech_stopped',
   'input_audio_buffer.timeout_triggered',
-  'response.output_item.added',
-  'response.output_item.done',
   'response.content_part.added',
   'response.content_part.done',
   'response.output_audio.done',
@@ -249,10 +264,17 @@ export function decodeOpenAiMessage(text: string): OpenAiServerMessage | OpenAiD
       return { type };
     case 'response.function_call_arguments.done': {
       const callId = id(o.call_id);
-      const name = str(o.name);
-      const args = o.arguments;
-      if (callId === undefined || name === undefined || name.length === 0) return bad('invalid_fields', type);
-      return { type, callId, name, arguments: typeof args === 'string' ? args : '' };
+      const itemId = id(o.item_id);
+      if (callId === undefined && itemId === undefined) return bad('invalid_fields', type);
+      return { type, callId, itemId, name: id(o.name), arguments: str(o.arguments) ?? '' };
+    }
+    case 'response.output_item.added':
+    case 'response.output_item.done': {
+      const item = obj(o.item);
+      if (item === undefined) return bad('invalid_fields', type);
+      if (item.type !== 'function_call') return { type: 'ignored', name: type };
+      const call: FunctionCallItem = { itemId: id(item.id), callId: id(item.call_id), name: id(item.name), status: str(item.status), arguments: str(item.arguments) };
+      return call.itemId === undefined && call.callId === undefined ? bad('invalid_fields', type) : { type, call };
     }
     case 'error': {
       const error = errorBody(o.error);

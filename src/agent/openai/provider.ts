@@ -12,6 +12,11 @@
  * truncate the item the caller was hearing at the point they stopped hearing
  * it. After `speech_started`, deltas of the interrupted response are dropped
  * until a new response starts (the service cancels it, but late deltas come).
+ *
+ * Tool calls: reported on `response.function_call_arguments.done`, whose
+ * missing `name` (or `call_id`) is taken from the `function_call` item of
+ * `response.output_item.added`; a call whose `.done` never comes is reported
+ * from its completed `response.output_item.done`. Each call id once.
  */
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
@@ -95,6 +100,18 @@ interface Response {
 
 type Phase = 'connecting' | 'configuring' | 'ready' | 'closed';
 
+/** What the leg knows of one function call, gathered from whichever events carried it. */
+interface CallRecord {
+  itemId: string | undefined;
+  callId: string | undefined;
+  name: string | undefined;
+  /** Final arguments (from `function_call_arguments.done` or a completed item), never the in-progress ones. */
+  args: string | undefined;
+}
+
+/** Function calls remembered per leg (a response carries a handful at most). */
+const MAX_CALLS = 64;
+
 class OpenAiLeg implements AgentLeg {
   readonly #ws: WebSocket;
   readonly #events: AgentEvents;
@@ -126,6 +143,10 @@ class OpenAiLeg implements AgentLeg {
   #responseOwed = false;
   /** Tool calls the agent made that have no result yet. */
   readonly #pendingCalls = new Set<string>();
+  /** Function calls seen, newest last, to complete `function_call_arguments.done` from the item. */
+  readonly #calls: CallRecord[] = [];
+  /** Call ids reported to the session (a call shows in two events: it is reported once). */
+  readonly #reportedCalls = new Set<string>();
   readonly #truncateIds = new Set<string>();
   #truncates = 0;
 
@@ -366,10 +387,30 @@ class OpenAiLeg implements AgentLeg {
       case 'conversation.item.input_audio_transcription.completed':
         if (msg.transcript.trim().length > 0) this.#events.transcript('user', msg.transcript);
         return;
-      case 'response.function_call_arguments.done':
-        this.#pendingCalls.add(msg.callId);
-        this.#events.toolCall({ id: msg.callId, name: msg.name, args: parseToolArguments(msg.arguments) });
+      case 'response.function_call_arguments.done': {
+        const r = this.#rememberCall(msg.itemId, msg.callId, msg.name, msg.arguments);
+        if (r.callId === undefined || r.name === undefined) {
+          // Counted; a completed `response.output_item.done` naming it may still report the call.
+          this.#events.badFrame('invalid_fields', msg.type);
+          return;
+        }
+        this.#reportCall(r.callId, r.name, r.args ?? '');
         return;
+      }
+      case 'response.output_item.added':
+      case 'response.output_item.done': {
+        const c = msg.call;
+        // The arguments of an item being added are still streaming: only a done item's count.
+        const r = this.#rememberCall(c.itemId, c.callId, c.name, msg.type === 'response.output_item.done' ? c.arguments : undefined);
+        // A call whose `function_call_arguments.done` never came (or came without a name).
+        if (msg.type !== 'response.output_item.done' || c.status !== 'completed') return;
+        if (r.callId === undefined || r.name === undefined || r.args === undefined) {
+          this.#events.badFrame('invalid_fields', msg.type);
+          return;
+        }
+        this.#reportCall(r.callId, r.name, r.args);
+        return;
+      }
       case 'error':
         this.#onServerError(msg.error);
         return;
@@ -380,6 +421,34 @@ class OpenAiLeg implements AgentLeg {
         this.#events.badFrame('unknown_type', msg.name);
         return;
     }
+  }
+
+  /** The record of the call with this item or call id (created if new), completed with what is given. */
+  #rememberCall(itemId: string | undefined, callId: string | undefined, name: string | undefined, args: string | undefined): CallRecord {
+    let r = this.#calls.find((c) => (itemId !== undefined && c.itemId === itemId) || (callId !== undefined && c.callId === callId));
+    if (r === undefined) {
+      r = { itemId, callId, name, args };
+      this.#calls.push(r);
+      if (this.#calls.length > MAX_CALLS) this.#calls.shift();
+      return r;
+    }
+    r.itemId ??= itemId;
+    r.callId ??= callId;
+    if (name !== undefined) r.name = name;
+    if (args !== undefined) r.args = args;
+    return r;
+  }
+
+  /** Tells the session about a tool call, once per call id. */
+  #reportCall(callId: string, name: string, args: string): void {
+    if (this.#reportedCalls.has(callId)) return;
+    this.#reportedCalls.add(callId);
+    if (this.#reportedCalls.size > MAX_CALLS) {
+      const oldest = this.#reportedCalls.values().next();
+      if (oldest.done !== true) this.#reportedCalls.delete(oldest.value);
+    }
+    this.#pendingCalls.add(callId);
+    this.#events.toolCall({ id: callId, name, args: parseToolArguments(args) });
   }
 
   #onSessionCreated(sessionId: string | undefined): void {

@@ -493,8 +493,11 @@ export class FakeOpenAiConnection {
   /**
    * The agent calls a tool: in the current response, or in a response of its own.
    * `args` is sent as JSON unless it is a string (sent as is). Returns the `call_id`.
+   * `argumentsDone`: how `response.function_call_arguments.done` is sent: with `name`
+   * (default), without it (as several SDK typings and the OpenAPI spec describe it), or not
+   * at all (the call then shows only in `response.output_item.done`).
    */
-  callTool(name: string, args: Record<string, unknown> | string = {}): string {
+  callTool(name: string, args: Record<string, unknown> | string = {}, opts: { argumentsDone?: 'with_name' | 'without_name' | 'none' } = {}): string {
     const own = this.#response === undefined;
     if (own) this.startResponse();
     const r = this.#response;
@@ -507,7 +510,10 @@ export class FakeOpenAiConnection {
     const added = { id: item.id, object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: callId, name, arguments: '' };
     this.send({ type: 'response.output_item.added', response_id: r.id, output_index: item.outputIndex, item: added });
     this.send({ type: 'response.function_call_arguments.delta', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, delta: argsText });
-    this.send({ type: 'response.function_call_arguments.done', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, name, arguments: argsText });
+    const done = { type: 'response.function_call_arguments.done', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, arguments: argsText };
+    const how = opts.argumentsDone ?? 'with_name';
+    if (how === 'with_name') this.send({ ...done, name });
+    else if (how === 'without_name') this.send(done);
     this.send({ type: 'response.output_item.done', response_id: r.id, output_index: item.outputIndex, item: { ...added, status: 'completed', arguments: argsText } });
     if (own) this.finishResponse();
     return callId;
