@@ -717,6 +717,69 @@ describe('OpenAI adapter: errors', () => {
     expect(e.err).toMatchObject({ kind, code, legDone });
   });
 
+  /** `rate_limits.updated` as the service sends it at a response start. */
+  const rateLimits = (conn: FakeOpenAiConnection, requests: number, tokens: number): void =>
+    conn.send({ type: 'rate_limits.updated', rate_limits: [{ name: 'requests', limit: 1000, remaining: requests, reset_seconds: 0.06 }, { name: 'tokens', limit: 100000, remaining: tokens, reset_seconds: 30 }] });
+
+  it('keeps the call going after one failed response without a recognised code, as a warning', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error');
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'other', legDone: false });
+    await settle(s);
+    expect(s.leg.isOpen).toBe(true);
+  });
+
+  it('ends the leg as transient on a second failed response in a row (no successful one between), so the session reconnects or falls back', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    // A failed response without any error object, as jambonz sees them.
+    s.conn.startResponse();
+    s.conn.send({ type: 'response.done', response: { object: 'realtime.response', id: s.conn.activeResponseId, status: 'failed', status_details: { type: 'failed' }, output: [] } });
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'responses_failed', legDone: true });
+    expect(e.err.message).toMatch(/two responses in a row/);
+  });
+
+  it('ends the leg as capacity on a second failed response in a row when the last rate_limits.updated showed a limit at 0', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    s.conn.startResponse();
+    rateLimits(s.conn, 999, 0);
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'capacity', code: 'rate_limit_reached', legDone: true });
+    expect(e.err.message).toContain('tokens');
+  });
+
+  it('judges capacity by the last rate_limits.updated only: a limit at 0 since refilled gives transient', async () => {
+    const s = await ready();
+    rateLimits(s.conn, 0, 0);
+    s.conn.failResponse('some_new_code', 'invalid_request_error'); // its response start reports limits refilled
+    await s.rec.wait('error');
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'responses_failed', legDone: true });
+  });
+
+  it('keeps the call going when a successful response comes between two failed ones', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    s.conn.speak(mulaw(160));
+    await s.rec.wait('responseDone');
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error', 2);
+    await settle(s);
+    expect(s.rec.of('error').map((e) => [e.err.kind, e.err.legDone])).toEqual([
+      ['transient', false],
+      ['transient', false],
+    ]);
+    expect(s.leg.isOpen).toBe(true);
+  });
+
   it('counts bad frames and unknown event types, and carries on', async () => {
     const s = await ready();
     s.conn.sendRaw(Buffer.from([1, 2, 3]));

@@ -159,6 +159,8 @@ export type OpenAiServerMessage =
   /** A `function_call` output item (other item types are `ignored`). */
   | { type: 'response.output_item.added' | 'response.output_item.done'; call: FunctionCallItem }
   | { type: 'error'; error: OpenAiErrorBody }
+  /** The account's limits, sent at each response start: `exhausted` names the first one with nothing remaining. */
+  | { type: 'rate_limits.updated'; exhausted: string | undefined }
   /** A documented event the adapter has no use for. */
   | { type: 'ignored'; name: string }
   /** A type nobody documented (or a beta-only one). */
@@ -203,7 +205,6 @@ const IGNORED = new Set([
   'response.output_text.delta',
   'response.output_text.done',
   'response.function_call_arguments.delta',
-  'rate_limits.updated',
 ]);
 
 const bad = (kind: AgentBadFrameKind, name?: string): OpenAiDecodeError =>
@@ -275,6 +276,19 @@ export function decodeOpenAiMessage(text: string): OpenAiServerMessage | OpenAiD
       if (item.type !== 'function_call') return { type: 'ignored', name: type };
       const call: FunctionCallItem = { itemId: id(item.id), callId: id(item.call_id), name: id(item.name), status: str(item.status), arguments: str(item.arguments) };
       return call.itemId === undefined && call.callId === undefined ? bad('invalid_fields', type) : { type, call };
+    }
+    case 'rate_limits.updated': {
+      const limits = o.rate_limits;
+      if (!Array.isArray(limits)) return bad('invalid_fields', type);
+      let exhausted: string | undefined;
+      for (const l of limits) {
+        const limit = obj(l);
+        if (limit !== undefined && typeof limit.remaining === 'number' && limit.remaining <= 0) {
+          exhausted = id(limit.name) ?? 'unnamed';
+          break;
+        }
+      }
+      return { type, exhausted };
     }
     case 'error': {
       const error = errorBody(o.error);

@@ -148,6 +148,10 @@ class OpenAiLeg implements AgentLeg {
   /** Call ids reported to the session (a call shows in two events: it is reported once). */
   readonly #reportedCalls = new Set<string>();
   readonly #truncateIds = new Set<string>();
+  /** Failed responses since the last one that did not fail. */
+  #failedInRow = 0;
+  /** The limit the last `rate_limits.updated` showed with nothing remaining (`requests`, `tokens`). */
+  #exhaustedLimit: string | undefined;
   #truncates = 0;
 
   #audioBeforeReady = 0;
@@ -414,6 +418,9 @@ class OpenAiLeg implements AgentLeg {
       case 'error':
         this.#onServerError(msg.error);
         return;
+      case 'rate_limits.updated':
+        this.#exhaustedLimit = msg.exhausted;
+        return;
       case 'ignored':
         return;
       case 'unknown':
@@ -488,15 +495,35 @@ class OpenAiLeg implements AgentLeg {
     const current = r !== undefined && msg.responseId === r.id;
     // The end of a cut response may come after the next one started: that one is still active.
     if (current || r === undefined || msg.responseId === undefined) this.#responseActive = false;
-    if (msg.status === 'failed') {
-      const e: OpenAiErrorBody = msg.error ?? { type: undefined, code: undefined, message: 'response failed', param: undefined, eventId: undefined };
-      const cls = classifyOpenAiError(e, true);
-      this.#log.warn({ code: cls.code, errorType: e.type, message: e.message }, 'OpenAI response failed');
-      this.#reportError(cls, `OpenAI response failed: ${e.message}`);
-    }
+    if (msg.status === 'failed') this.#onResponseFailed(msg.error);
+    else if (msg.status !== undefined) this.#failedInRow = 0;
     // A cut response's end is not news: its audio was dropped and the session cleared it.
     if (current && !this.#dropping) this.#events.responseDone();
     this.#maybeCreateResponse();
+  }
+
+  /**
+   * A failed response. One the call survives (no code that ends the leg) is a warning; a second
+   * in a row means the session cannot answer: the leg ends as `capacity` when the last
+   * `rate_limits.updated` showed a limit used up, else `transient` (reconnect or fallback).
+   */
+  #onResponseFailed(error: OpenAiErrorBody | undefined): void {
+    const e: OpenAiErrorBody = error ?? { type: undefined, code: undefined, message: 'response failed', param: undefined, eventId: undefined };
+    const cls = classifyOpenAiError(e, true);
+    this.#log.warn({ code: cls.code, errorType: e.type, message: e.message }, 'OpenAI response failed');
+    if (cls.legDone || ++this.#failedInRow < 2) {
+      this.#reportError(cls, `OpenAI response failed: ${e.message}`);
+      return;
+    }
+    const limit = this.#exhaustedLimit;
+    if (limit !== undefined) {
+      this.#reportError(
+        { kind: 'capacity', code: 'rate_limit_reached', legDone: true },
+        `OpenAI failed two responses in a row with the ${limit} rate limit used up (last: ${e.message}): the account is at its rate limit`,
+      );
+    } else {
+      this.#reportError({ kind: 'transient', code: 'responses_failed', legDone: true }, `OpenAI failed two responses in a row (last: ${e.message})`);
+    }
   }
 
   #onServerError(e: OpenAiErrorBody): void {
