@@ -669,6 +669,30 @@ describe('OpenAI adapter: errors', () => {
   });
 
   it.each([
+    [1008, 'invalid_request_error.invalid_api_key', 'auth', 'invalid_api_key'],
+    [1011, 'insufficient_quota: You exceeded your current quota', 'fatal', 'insufficient_quota'],
+    [1011, 'Rate_Limit_Exceeded', 'capacity', 'rate_limit_exceeded'],
+    [1008, 'invalid_request_error.beta_api_shape_disabled', 'fatal', 'beta_api_shape_disabled'],
+    [1011, 'server_error', 'transient', 'server_error'],
+    [1000, 'account_deactivated', 'fatal', 'account_deactivated'],
+  ] as const)('classifies a close %i whose reason names %s by that code, as %s', async (code, reason, kind, label) => {
+    const s = await ready();
+    s.conn.closeWith(code, reason);
+    await s.rec.wait('closed');
+    expect(s.rec.of('error').map((e) => [e.err.kind, e.err.code, e.err.legDone])).toEqual([[kind, label, true]]);
+  });
+
+  it('reports no error for a close whose reason names no known code, nor for close 1006 without a reason', async () => {
+    const s = await ready();
+    s.conn.closeWith(1011, 'something broke: invalid_value_of_something');
+    await s.rec.wait('closed');
+    const t = await ready();
+    t.conn.terminate();
+    await t.rec.wait('closed');
+    expect([...s.rec.of('error'), ...t.rec.of('error')]).toEqual([]);
+  });
+
+  it.each([
     ['invalid_api_key', 'auth', 'invalid_api_key', true],
     ['insufficient_quota', 'fatal', 'insufficient_quota', true],
     ['billing_hard_limit_reached', 'fatal', 'billing_hard_limit_reached', true],

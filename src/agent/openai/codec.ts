@@ -357,8 +357,26 @@ export function classifyOpenAiError(e: OpenAiErrorBody, ready: boolean, truncate
   return ready ? { kind: 'transient', code: openAiCodeLabel(code), legDone: false } : { kind: 'fatal', code: openAiCodeLabel(code), legDone: true };
 }
 
-/** Close codes the service documents (1001 after 60 minutes, 3000 bad key, 4000 beta client); undefined for the others. */
-export function classifyOpenAiClose(code: number): OpenAiErrorClass | undefined {
+/** Codes (and error types) a close reason may name that end the leg, classified as the same error event would be. */
+const CLOSE_REASON_CODES = new Set([...AUTH_CODES, ...QUOTA_CODES, ...CAPACITY_CODES, ...OUR_BUG_CODES, 'server_error', 'rate_limit_error']);
+
+/** The first known code named in a close reason (`invalid_request_error.invalid_api_key` → `invalid_api_key`). */
+export function closeReasonCode(reason: string): string | undefined {
+  for (const word of reason.toLowerCase().match(/[a-z][a-z0-9_]*/g) ?? []) if (CLOSE_REASON_CODES.has(word)) return word;
+  return undefined;
+}
+
+/**
+ * A close by the service: a known error code named in the reason text decides (the same table
+ * as `error` events); else the close codes the service documents (1001 after 60 minutes, 3000
+ * bad key, 4000 beta client); undefined for the others.
+ */
+export function classifyOpenAiClose(code: number, reason = ''): OpenAiErrorClass | undefined {
+  const named = closeReasonCode(reason);
+  if (named !== undefined) {
+    const cls = classifyOpenAiError({ type: named, code: named, message: reason, param: undefined, eventId: undefined }, true);
+    return { ...cls, legDone: true };
+  }
   switch (code) {
     case 1001:
       return { kind: 'transient', code: 'session_max_duration', legDone: true };

@@ -595,7 +595,7 @@ class OpenAiLeg implements AgentLeg {
     this.#closedNotified = true;
     this.#phase = 'closed';
     if (!this.#byUs) {
-      const cls = classifyOpenAiClose(code);
+      const cls = classifyOpenAiClose(code, reason);
       if (cls !== undefined) this.#reportError(cls, `OpenAI closed the session (${code}${reason.length > 0 ? ` ${reason}` : ''})`);
     }
     if (this.#audioBeforeReady > 0 || this.#lateDeltas > 0) {
