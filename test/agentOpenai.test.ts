@@ -211,6 +211,34 @@ describe('OpenAI adapter: session setup', () => {
     expect(rec.of('ready')).toHaveLength(1);
   });
 
+  it('sends the session.update anyway when session.created has not come 1500 ms after open, once, and takes the session id if it comes later', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const fake = await startFake({ holdSessionCreated: true, autoConfirm: false });
+    const { leg, rec } = connectLeg(fake);
+    const conn = await fake.nextConnection();
+    await vi.waitFor(() => expect(leg.isOpen).toBe(true), { interval: 2 });
+    vi.advanceTimersByTime(1500);
+    await conn.waitForType('session.update');
+    conn.sendSessionCreated(); // late: no second update
+    vi.advanceTimersByTime(5000);
+    conn.confirmSession();
+    const r = await rec.wait('ready');
+    expect(r.conversationId).toBe(conn.sessionId);
+    conn.userTranscript('round trip');
+    await rec.wait('transcript');
+    expect(conn.frames.map((f) => f.type)).toEqual(['session.update']);
+    expect(conn.sessionUpdates).toBe(1);
+  });
+
+  it('sends no second session.update when session.created came in time and the 1500 ms pass', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const s = await ready();
+    vi.advanceTimersByTime(5000);
+    s.conn.userTranscript('round trip');
+    await s.rec.wait('transcript');
+    expect(s.conn.frames.filter((f) => f.type === 'session.update')).toHaveLength(1);
+  });
+
   it('asks for the greeting with one response.create after session.updated', async () => {
     const { conn } = await ready({ greeting: 'Thanks for calling Acme, how can I help?' });
     const create = await conn.waitForType('response.create');

@@ -3,8 +3,8 @@
  * `wss://api.openai.com/v1/realtime?model=…`, μ-law 8 kHz both ways so audio
  * passes through untouched.
  *
- * Sequence: open with `Authorization: Bearer <key>` → `session.created` →
- * one `session.update` (format, voice, server VAD, transcription, tools) →
+ * Sequence: open with `Authorization: Bearer <key>` → `session.created` (or
+ * 1.5 s without it) → one `session.update` (format, voice, server VAD, transcription, tools) →
  * `session.updated` → history replay (resume) or the greeting → `ready`.
  *
  * What the adapter keeps per response, for barge-in: the audio items in order
@@ -65,6 +65,8 @@ export interface OpenAiProviderOptions {
 }
 
 export const DEFAULT_OPENAI_MAX_PAYLOAD = 4 * 1024 * 1024;
+/** How long after the socket opens the leg waits for `session.created` before sending its `session.update` anyway. */
+export const SESSION_CREATED_WAIT_MS = 1500;
 
 /** Opens OpenAI Realtime sessions with one API key. */
 export function createOpenAiProvider(opts: OpenAiProviderOptions): AgentProvider {
@@ -121,7 +123,13 @@ class OpenAiLeg implements AgentLeg {
   readonly #span: DeltaSpan = newDeltaSpan();
   #socket: Socket | undefined;
   #phase: Phase = 'connecting';
-  #conversationId: string | undefined;
+  /** `session.id` of `session.created`, the conversation id. */
+  #sessionId: string | undefined;
+  #sessionCreated = false;
+  /** The one `session.update` was sent (on `session.created`, or when it is late). */
+  #updateSent = false;
+  /** Sends the `session.update` if `session.created` is late. */
+  #createdWait: NodeJS.Timeout | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #heard = 0;
   #silentTicks = 0;
@@ -178,6 +186,13 @@ class OpenAiLeg implements AgentLeg {
     ws.on('open', () => {
       this.#socket = socketOf(ws);
       this.#phase = 'configuring';
+      this.#createdWait = setTimeout(() => {
+        this.#createdWait = undefined;
+        if (this.#updateSent || this.#phase !== 'configuring') return;
+        this.#log.debug({ waitedMs: SESSION_CREATED_WAIT_MS }, 'OpenAI sent no session.created; sending session.update anyway');
+        this.#sendSessionUpdate();
+      }, SESSION_CREATED_WAIT_MS);
+      this.#createdWait.unref();
       const every = c.heartbeatMs;
       if (every > 0) {
         this.#heartbeat = setInterval(() => this.#beat(), every);
@@ -272,7 +287,7 @@ class OpenAiLeg implements AgentLeg {
 
   close(code = 1000, reason = ''): void {
     this.#byUs = true;
-    this.#stopHeartbeat();
+    this.#stopTimers();
     // Do not wait for the service to complete the close handshake.
     closeWebSocket(this.#ws, code, reason);
   }
@@ -459,18 +474,26 @@ class OpenAiLeg implements AgentLeg {
   }
 
   #onSessionCreated(sessionId: string | undefined): void {
-    if (this.#phase !== 'configuring' || this.#conversationId !== undefined) {
-      this.#debugOnce('session.created:again', {}, 'ignored a repeated session.created');
+    if (this.#phase !== 'configuring' || this.#sessionCreated) {
+      this.#debugOnce('session.created:again', {}, 'ignored a repeated or late session.created');
       return;
     }
-    if (sessionId === undefined) this.#log.debug('session.created carried no session id; using a local conversation id');
-    this.#conversationId = sessionId ?? `openai-${randomUUID()}`;
+    this.#sessionCreated = true;
+    this.#sessionId = sessionId;
+    this.#sendSessionUpdate();
+  }
+
+  /** The one `session.update` (format, voice, VAD, transcription, tools); never sent twice. */
+  #sendSessionUpdate(): void {
+    if (this.#updateSent) return;
+    this.#updateSent = true;
+    this.#clearCreatedWait();
     const r = this.#request;
     this.#ws.send(encodeSessionUpdate({ instructions: r.instructions, voice: r.voice, language: r.language, tools: r.tools }));
   }
 
   #onSessionUpdated(inputFormat: string | undefined, outputFormat: string | undefined): void {
-    if (this.#phase !== 'configuring' || this.#conversationId === undefined) return;
+    if (this.#phase !== 'configuring' || !this.#updateSent) return;
     if ((inputFormat !== undefined && inputFormat !== PCMU) || (outputFormat !== undefined && outputFormat !== PCMU)) {
       this.#reportError(
         { kind: 'fatal', code: 'format_rejected', legDone: true },
@@ -480,6 +503,8 @@ class OpenAiLeg implements AgentLeg {
     }
     if (inputFormat === undefined || outputFormat === undefined) this.#log.debug('session.updated did not echo the audio formats; assuming audio/pcmu');
     this.#phase = 'ready';
+    if (this.#sessionId === undefined) this.#log.debug('no session id from session.created; using a local conversation id');
+    const conversationId = this.#sessionId ?? `openai-${randomUUID()}`;
     const resume = this.#request.resume;
     if (resume !== undefined) {
       // No server-side resume: the earlier turns as text items, and no greeting.
@@ -487,7 +512,7 @@ class OpenAiLeg implements AgentLeg {
     } else if (this.#request.greeting !== undefined && this.#request.greeting.length > 0) {
       this.#ws.send(encodeGreeting(this.#request.greeting));
     }
-    this.#events.ready({ conversationId: this.#conversationId });
+    this.#events.ready({ conversationId });
   }
 
   #onResponseDone(msg: Extract<OpenAiServerMessage, { type: 'response.done' }>): void {
@@ -582,15 +607,23 @@ class OpenAiLeg implements AgentLeg {
     this.#ws.ping();
   }
 
-  #stopHeartbeat(): void {
+  #stopTimers(): void {
     if (this.#heartbeat !== undefined) {
       clearInterval(this.#heartbeat);
       this.#heartbeat = undefined;
     }
+    this.#clearCreatedWait();
+  }
+
+  #clearCreatedWait(): void {
+    if (this.#createdWait !== undefined) {
+      clearTimeout(this.#createdWait);
+      this.#createdWait = undefined;
+    }
   }
 
   #onClose(code: number, reason: string): void {
-    this.#stopHeartbeat();
+    this.#stopTimers();
     if (this.#closedNotified) return;
     this.#closedNotified = true;
     this.#phase = 'closed';

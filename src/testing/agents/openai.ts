@@ -40,6 +40,8 @@ export interface FakeOpenAiOptions {
   answerPings?: boolean;
   /** Answer a valid `session.update` with `session.updated` at once (default true); false holds it until `confirmSession()`. */
   autoConfirm?: boolean;
+  /** Hold `session.created` (and `conversation.created`) until `sendSessionCreated()` (default false: sent on open). */
+  holdSessionCreated?: boolean;
 }
 
 /** A client event the fake refused, or a truncate it accepted. */
@@ -329,8 +331,7 @@ export class FakeOpenAiConnection {
       return;
     }
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
-    this.send({ type: 'session.created', session: this.config });
-    this.send({ type: 'conversation.created', conversation: { id: rid('conv'), object: 'realtime.conversation' } });
+    if (this.options().holdSessionCreated !== true) this.sendSessionCreated();
     const max = this.options().maxSessionMs;
     if (max !== undefined) {
       this.#maxTimer = setTimeout(() => this.expire(), max);
@@ -365,6 +366,12 @@ export class FakeOpenAiConnection {
   }
 
   // ------------------------------------------------------------ scripting
+
+  /** `session.created` then `conversation.created`: sent on open, or when the test says with `holdSessionCreated`. */
+  sendSessionCreated(): void {
+    this.send({ type: 'session.created', session: this.config });
+    this.send({ type: 'conversation.created', conversation: { id: rid('conv'), object: 'realtime.conversation' } });
+  }
 
   /** Sends the `session.updated` held back by `autoConfirm: false`. */
   confirmSession(): void {
