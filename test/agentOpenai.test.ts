@@ -118,17 +118,17 @@ interface Setup {
   rec: Recorder;
 }
 
-function connectLeg(fake: FakeOpenAiServer, request: Partial<AgentRequest> = {}, heartbeatMs = 0, apiKey = FAKE_OPENAI_KEY): { leg: AgentLeg; rec: Recorder } {
+function connectLeg(fake: FakeOpenAiServer, request: Partial<AgentRequest> = {}, heartbeatMs = 0, apiKey = FAKE_OPENAI_KEY, logger = log): { leg: AgentLeg; rec: Recorder } {
   const rec = new Recorder();
-  const leg = createOpenAiProvider({ apiKey, url: fake.url }).connect({ request: { ...REQUEST, ...request }, events: rec.events, log, heartbeatMs });
+  const leg = createOpenAiProvider({ apiKey, url: fake.url }).connect({ request: { ...REQUEST, ...request }, events: rec.events, log: logger, heartbeatMs });
   legs.push(leg);
   return { leg, rec };
 }
 
 /** A leg connected to a new fake, ready for audio. */
-async function ready(request: Partial<AgentRequest> = {}, fakeOpts: FakeOpenAiOptions = {}, heartbeatMs = 0): Promise<Setup> {
+async function ready(request: Partial<AgentRequest> = {}, fakeOpts: FakeOpenAiOptions = {}, heartbeatMs = 0, logger = log): Promise<Setup> {
   const fake = await startFake(fakeOpts);
-  const { leg, rec } = connectLeg(fake, request, heartbeatMs);
+  const { leg, rec } = connectLeg(fake, request, heartbeatMs, FAKE_OPENAI_KEY, logger);
   const conn = await fake.nextConnection();
   await rec.wait('ready');
   return { fake, conn, leg, rec };
@@ -276,6 +276,39 @@ describe('OpenAI adapter: session setup', () => {
     expect(s.conn.items).toHaveLength(3);
     expect(s.conn.responseCreates).toEqual([]);
     expect(s.conn.refusals).toEqual([]);
+  });
+});
+
+describe('OpenAI adapter: resume', () => {
+  it('reports a history item the service refused as one warning naming it (its place and role), and the conversation goes on', async () => {
+    const isAgentTurn = (item: Record<string, unknown>): boolean => item.role === 'assistant';
+    const lines: string[] = [];
+    const captured = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
+    const s = await ready(
+      {
+        resume: {
+          history: [
+            { role: 'user', text: 'A table for tonight, please.' },
+            { role: 'agent', text: 'For how many people?' },
+            { role: 'user', text: 'Four.' },
+          ],
+        },
+      },
+      { refuseItem: isAgentTurn },
+      0,
+      captured,
+    );
+    await settle(s);
+    expect(s.conn.refusals).toEqual(['invalid_value']);
+    expect(s.conn.items).toHaveLength(2);
+    const errors = s.rec.of('error').map((e) => e.err);
+    expect(errors).toEqual([{ kind: 'transient', code: 'history_rejected', legDone: false, message: expect.stringContaining('history item 2 of 3 (agent turn') }]);
+    expect(errors[0]?.message).not.toContain('For how many people?'); // the words stay out of logs
+    // The session logs the non-fatal error as its one warning; the adapter adds none of its own.
+    expect(lines.filter((l) => obj(JSON.parse(l)).level === 40)).toEqual([]);
+    expect(s.leg.isOpen).toBe(true);
+    s.conn.speak(mulaw(160));
+    await s.rec.wait('responseDone');
   });
 });
 

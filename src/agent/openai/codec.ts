@@ -91,15 +91,16 @@ export function encodeGreeting(greeting: string): string {
   });
 }
 
-function messageItem(role: 'user' | 'assistant' | 'system', text: string): string {
+function messageItem(role: 'user' | 'assistant' | 'system', text: string, eventId?: string): string {
   // Assistant items take `output_text` in GA (beta said `text`); audio items cannot be created.
   const part = role === 'assistant' ? 'output_text' : 'input_text';
-  return JSON.stringify({ type: 'conversation.item.create', item: { type: 'message', role, content: [{ type: part, text }] } });
+  const item = { type: 'message', role, content: [{ type: part, text }] };
+  return JSON.stringify(eventId === undefined ? { type: 'conversation.item.create', item } : { type: 'conversation.item.create', event_id: eventId, item });
 }
 
-/** One earlier turn replayed into a new session (resume). */
-export function encodeHistoryItem(turn: ConversationTurn): string {
-  return messageItem(turn.role === 'agent' ? 'assistant' : 'user', turn.text);
+/** One earlier turn replayed into a new session (resume); `eventId` lets an `error` name the item it refuses. */
+export function encodeHistoryItem(turn: ConversationTurn, eventId?: string): string {
+  return messageItem(turn.role === 'agent' ? 'assistant' : 'user', turn.text, eventId);
 }
 
 /** Text as the caller's words (a `response.create` must follow for the agent to answer). */
@@ -339,19 +340,22 @@ export function isTruncateError(e: OpenAiErrorBody, truncateEventIds: ReadonlySe
  * Classifies an `error` event (or the error of a failed response).
  * `ready`: the session config was confirmed; before that, any error but a
  * harmless race means the session cannot start, so the leg is done.
- * `truncate`: the error answers one of our truncates ({@link isTruncateError}).
+ * `about`: the client event the error answers, when it is one of ours that the
+ * call survives without: a truncate ({@link isTruncateError}) or a history item
+ * replayed on resume (only account-wide errors end the leg then).
  */
-export function classifyOpenAiError(e: OpenAiErrorBody, ready: boolean, truncate = false): OpenAiErrorClass {
+export function classifyOpenAiError(e: OpenAiErrorBody, ready: boolean, about?: 'truncate' | 'history'): OpenAiErrorClass {
   const code = e.code;
   if (code !== undefined && AUTH_CODES.has(code)) return { kind: 'auth', code, legDone: true };
   if (code !== undefined && QUOTA_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
   if ((code !== undefined && CAPACITY_CODES.has(code)) || e.type === 'rate_limit_error') {
     return { kind: 'capacity', code: code !== undefined && CAPACITY_CODES.has(code) ? code : 'rate_limit_exceeded', legDone: true };
   }
+  if (about === 'history') return { kind: 'transient', code: 'history_rejected', legDone: false };
   if (code !== undefined && OUR_BUG_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
   if (/^unknown parameter/i.test(e.message)) return { kind: 'fatal', code: 'unknown_parameter', legDone: true };
   if (code !== undefined && IGNORE_CODES.has(code)) return { kind: 'transient', code, legDone: false };
-  if (truncate) return { kind: 'transient', code: 'truncate_rejected', legDone: false };
+  if (about === 'truncate') return { kind: 'transient', code: 'truncate_rejected', legDone: false };
   if (e.type === 'server_error' || code === 'server_error') return { kind: 'transient', code: 'server_error', legDone: !ready };
   // Anything else: a request the service refused. Before ready it was our session.update.
   return ready ? { kind: 'transient', code: openAiCodeLabel(code), legDone: false } : { kind: 'fatal', code: openAiCodeLabel(code), legDone: true };

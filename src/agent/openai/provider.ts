@@ -156,6 +156,8 @@ class OpenAiLeg implements AgentLeg {
   /** Call ids reported to the session (a call shows in two events: it is reported once). */
   readonly #reportedCalls = new Set<string>();
   readonly #truncateIds = new Set<string>();
+  /** `event_id` of each history item replayed on resume → how to name it in a warning. */
+  readonly #historyIds = new Map<string, string>();
   /** Failed responses since the last one that did not fail. */
   #failedInRow = 0;
   /** The limit the last `rate_limits.updated` showed with nothing remaining (`requests`, `tokens`). */
@@ -508,7 +510,13 @@ class OpenAiLeg implements AgentLeg {
     const resume = this.#request.resume;
     if (resume !== undefined) {
       // No server-side resume: the earlier turns as text items, and no greeting.
-      for (const turn of resume.history) if (turn.text.length > 0) this.#ws.send(encodeHistoryItem(turn));
+      const turns = resume.history.filter((t) => t.text.length > 0);
+      for (const [n, turn] of turns.entries()) {
+        const eventId = `playline_history_${n + 1}`;
+        // Named by place, role and size: the words themselves stay out of logs.
+        this.#historyIds.set(eventId, `history item ${n + 1} of ${turns.length} (${turn.role} turn, ${turn.text.length} characters)`);
+        this.#ws.send(encodeHistoryItem(turn, eventId));
+      }
     } else if (this.#request.greeting !== undefined && this.#request.greeting.length > 0) {
       this.#ws.send(encodeGreeting(this.#request.greeting));
     }
@@ -552,8 +560,14 @@ class OpenAiLeg implements AgentLeg {
   }
 
   #onServerError(e: OpenAiErrorBody): void {
-    const truncate = isTruncateError(e, this.#truncateIds);
-    const cls = classifyOpenAiError(e, this.#phase === 'ready', truncate);
+    const history = e.eventId === undefined ? undefined : this.#historyIds.get(e.eventId);
+    if (history !== undefined) {
+      // The session logs it (one warning naming the item); the conversation goes on without it.
+      const cls = classifyOpenAiError(e, this.#phase === 'ready', 'history');
+      this.#reportError(cls, cls.legDone ? e.message : `OpenAI refused ${history} replayed from the earlier session: ${e.message || cls.code}; the conversation goes on without it`);
+      return;
+    }
+    const cls = classifyOpenAiError(e, this.#phase === 'ready', isTruncateError(e, this.#truncateIds) ? 'truncate' : undefined);
     if (!cls.legDone) this.#warnOnce(`error:${cls.code}`, { code: cls.code, errorType: e.type, param: e.param, message: e.message }, 'OpenAI reported an error; the call goes on');
     this.#reportError(cls, e.message.length > 0 ? e.message : `OpenAI error ${cls.code}`);
   }

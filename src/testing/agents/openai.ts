@@ -42,6 +42,8 @@ export interface FakeOpenAiOptions {
   autoConfirm?: boolean;
   /** Hold `session.created` (and `conversation.created`) until `sendSessionCreated()` (default false: sent on open). */
   holdSessionCreated?: boolean;
+  /** Refuse a valid `conversation.item.create` whose item this returns true for, with `invalid_value` (as the service refuses content it will not take). */
+  refuseItem?: (item: Record<string, unknown>) => boolean;
 }
 
 /** A client event the fake refused, or a truncate it accepted. */
@@ -661,6 +663,7 @@ export class FakeOpenAiConnection {
         const given = o.item;
         const refusal = this.#checkItem(given);
         if (refusal !== undefined || !isObj(given)) return this.#refuse(refusal ?? missingParam('item'), eventId);
+        if (this.options().refuseItem?.(given) === true) return this.#refuse({ code: 'invalid_value', message: "Invalid 'item.content': this item cannot be added to the conversation.", param: 'item.content' }, eventId);
         const item = { id: rid('item'), ...given };
         this.items.push(item);
         this.send({ type: 'conversation.item.added', previous_item_id: null, item });
