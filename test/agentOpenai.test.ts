@@ -392,6 +392,20 @@ describe('OpenAI adapter: fast delta scanner', () => {
     expect(scan(text)).toBe(false);
   });
 
+  it('decodes conversation.item.truncated as ignored, function_call output items as calls (other items ignored), and rate limits with the one used up', () => {
+    expect(decodeOpenAiMessage('{"type":"conversation.item.truncated","item_id":"i","content_index":0,"audio_end_ms":200}')).toEqual({ type: 'ignored', name: 'conversation.item.truncated' });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.added","item":{"id":"i","type":"message","role":"assistant"}}')).toEqual({ type: 'ignored', name: 'response.output_item.added' });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.done","item":{"id":"i","type":"function_call","call_id":"c","name":"end_call","status":"completed","arguments":"{}"}}')).toEqual({
+      type: 'response.output_item.done',
+      call: { itemId: 'i', callId: 'c', name: 'end_call', status: 'completed', arguments: '{}' },
+    });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.added"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+    expect(decodeOpenAiMessage('{"type":"response.function_call_arguments.done","arguments":"{}"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated","rate_limits":[{"name":"requests","remaining":5},{"name":"tokens","remaining":0}]}')).toEqual({ type: 'rate_limits.updated', exhausted: 'tokens' });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated","rate_limits":[{"name":"requests","remaining":5}]}')).toEqual({ type: 'rate_limits.updated', exhausted: undefined });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+  });
+
   it('the full decoder agrees on the ids and audio of a delta with an unknown key, and refuses bad base64', () => {
     expect(decodeOpenAiMessage(`{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"${b64}","obfuscation":"x"}`)).toEqual({
       type: 'response.output_audio.delta',
@@ -439,7 +453,11 @@ describe('OpenAI adapter: barge-in', () => {
     expect(first).not.toBe(second);
     await settle(s);
     expect(s.conn.truncates).toEqual([{ itemId: second, contentIndex: 0, audioEndMs: 200, accepted: true }]);
+    expect(s.conn.sent.some((e) => e.type === 'conversation.item.truncated')).toBe(true);
     expect(s.rec.of('error')).toEqual([]);
+    // The service's truncated confirmation is known and changes nothing (the port has no event for it).
+    expect(s.rec.of('badFrame')).toEqual([]);
+    expect(s.rec.of('transcript').map((e) => e.text)).toEqual(['(marker)']);
   });
 
   it('truncates the first item when the caller was still hearing it', async () => {
