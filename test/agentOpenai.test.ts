@@ -118,17 +118,17 @@ interface Setup {
   rec: Recorder;
 }
 
-function connectLeg(fake: FakeOpenAiServer, request: Partial<AgentRequest> = {}, heartbeatMs = 0, apiKey = FAKE_OPENAI_KEY): { leg: AgentLeg; rec: Recorder } {
+function connectLeg(fake: FakeOpenAiServer, request: Partial<AgentRequest> = {}, heartbeatMs = 0, apiKey = FAKE_OPENAI_KEY, logger = log): { leg: AgentLeg; rec: Recorder } {
   const rec = new Recorder();
-  const leg = createOpenAiProvider({ apiKey, url: fake.url }).connect({ request: { ...REQUEST, ...request }, events: rec.events, log, heartbeatMs });
+  const leg = createOpenAiProvider({ apiKey, url: fake.url }).connect({ request: { ...REQUEST, ...request }, events: rec.events, log: logger, heartbeatMs });
   legs.push(leg);
   return { leg, rec };
 }
 
 /** A leg connected to a new fake, ready for audio. */
-async function ready(request: Partial<AgentRequest> = {}, fakeOpts: FakeOpenAiOptions = {}, heartbeatMs = 0): Promise<Setup> {
+async function ready(request: Partial<AgentRequest> = {}, fakeOpts: FakeOpenAiOptions = {}, heartbeatMs = 0, logger = log): Promise<Setup> {
   const fake = await startFake(fakeOpts);
-  const { leg, rec } = connectLeg(fake, request, heartbeatMs);
+  const { leg, rec } = connectLeg(fake, request, heartbeatMs, FAKE_OPENAI_KEY, logger);
   const conn = await fake.nextConnection();
   await rec.wait('ready');
   return { fake, conn, leg, rec };
@@ -211,6 +211,34 @@ describe('OpenAI adapter: session setup', () => {
     expect(rec.of('ready')).toHaveLength(1);
   });
 
+  it('sends the session.update anyway when session.created has not come 1500 ms after open, once, and takes the session id if it comes later', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const fake = await startFake({ holdSessionCreated: true, autoConfirm: false });
+    const { leg, rec } = connectLeg(fake);
+    const conn = await fake.nextConnection();
+    await vi.waitFor(() => expect(leg.isOpen).toBe(true), { interval: 2 });
+    vi.advanceTimersByTime(1500);
+    await conn.waitForType('session.update');
+    conn.sendSessionCreated(); // late: no second update
+    vi.advanceTimersByTime(5000);
+    conn.confirmSession();
+    const r = await rec.wait('ready');
+    expect(r.conversationId).toBe(conn.sessionId);
+    conn.userTranscript('round trip');
+    await rec.wait('transcript');
+    expect(conn.frames.map((f) => f.type)).toEqual(['session.update']);
+    expect(conn.sessionUpdates).toBe(1);
+  });
+
+  it('sends no second session.update when session.created came in time and the 1500 ms pass', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const s = await ready();
+    vi.advanceTimersByTime(5000);
+    s.conn.userTranscript('round trip');
+    await s.rec.wait('transcript');
+    expect(s.conn.frames.filter((f) => f.type === 'session.update')).toHaveLength(1);
+  });
+
   it('asks for the greeting with one response.create after session.updated', async () => {
     const { conn } = await ready({ greeting: 'Thanks for calling Acme, how can I help?' });
     const create = await conn.waitForType('response.create');
@@ -248,6 +276,39 @@ describe('OpenAI adapter: session setup', () => {
     expect(s.conn.items).toHaveLength(3);
     expect(s.conn.responseCreates).toEqual([]);
     expect(s.conn.refusals).toEqual([]);
+  });
+});
+
+describe('OpenAI adapter: resume', () => {
+  it('reports a history item the service refused as one warning naming it (its place and role), and the conversation goes on', async () => {
+    const isAgentTurn = (item: Record<string, unknown>): boolean => item.role === 'assistant';
+    const lines: string[] = [];
+    const captured = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
+    const s = await ready(
+      {
+        resume: {
+          history: [
+            { role: 'user', text: 'A table for tonight, please.' },
+            { role: 'agent', text: 'For how many people?' },
+            { role: 'user', text: 'Four.' },
+          ],
+        },
+      },
+      { refuseItem: isAgentTurn },
+      0,
+      captured,
+    );
+    await settle(s);
+    expect(s.conn.refusals).toEqual(['invalid_value']);
+    expect(s.conn.items).toHaveLength(2);
+    const errors = s.rec.of('error').map((e) => e.err);
+    expect(errors).toEqual([{ kind: 'transient', code: 'history_rejected', legDone: false, message: expect.stringContaining('history item 2 of 3 (agent turn') }]);
+    expect(errors[0]?.message).not.toContain('For how many people?'); // the words stay out of logs
+    // The session logs the non-fatal error as its one warning; the adapter adds none of its own.
+    expect(lines.filter((l) => obj(JSON.parse(l)).level === 40)).toEqual([]);
+    expect(s.leg.isOpen).toBe(true);
+    s.conn.speak(mulaw(160));
+    await s.rec.wait('responseDone');
   });
 });
 
@@ -331,6 +392,20 @@ describe('OpenAI adapter: fast delta scanner', () => {
     expect(scan(text)).toBe(false);
   });
 
+  it('decodes conversation.item.truncated as ignored, function_call output items as calls (other items ignored), and rate limits with the one used up', () => {
+    expect(decodeOpenAiMessage('{"type":"conversation.item.truncated","item_id":"i","content_index":0,"audio_end_ms":200}')).toEqual({ type: 'ignored', name: 'conversation.item.truncated' });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.added","item":{"id":"i","type":"message","role":"assistant"}}')).toEqual({ type: 'ignored', name: 'response.output_item.added' });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.done","item":{"id":"i","type":"function_call","call_id":"c","name":"end_call","status":"completed","arguments":"{}"}}')).toEqual({
+      type: 'response.output_item.done',
+      call: { itemId: 'i', callId: 'c', name: 'end_call', status: 'completed', arguments: '{}' },
+    });
+    expect(decodeOpenAiMessage('{"type":"response.output_item.added"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+    expect(decodeOpenAiMessage('{"type":"response.function_call_arguments.done","arguments":"{}"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated","rate_limits":[{"name":"requests","remaining":5},{"name":"tokens","remaining":0}]}')).toEqual({ type: 'rate_limits.updated', exhausted: 'tokens' });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated","rate_limits":[{"name":"requests","remaining":5}]}')).toEqual({ type: 'rate_limits.updated', exhausted: undefined });
+    expect(decodeOpenAiMessage('{"type":"rate_limits.updated"}')).toMatchObject({ type: undefined, kind: 'invalid_fields' });
+  });
+
   it('the full decoder agrees on the ids and audio of a delta with an unknown key, and refuses bad base64', () => {
     expect(decodeOpenAiMessage(`{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"${b64}","obfuscation":"x"}`)).toEqual({
       type: 'response.output_audio.delta',
@@ -378,7 +453,11 @@ describe('OpenAI adapter: barge-in', () => {
     expect(first).not.toBe(second);
     await settle(s);
     expect(s.conn.truncates).toEqual([{ itemId: second, contentIndex: 0, audioEndMs: 200, accepted: true }]);
+    expect(s.conn.sent.some((e) => e.type === 'conversation.item.truncated')).toBe(true);
     expect(s.rec.of('error')).toEqual([]);
+    // The service's truncated confirmation is known and changes nothing (the port has no event for it).
+    expect(s.rec.of('badFrame')).toEqual([]);
+    expect(s.rec.of('transcript').map((e) => e.text)).toEqual(['(marker)']);
   });
 
   it('truncates the first item when the caller was still hearing it', async () => {
@@ -446,6 +525,69 @@ describe('OpenAI adapter: transcripts, tools and text', () => {
     await settle(s);
     expect(s.conn.responseCreates).toHaveLength(1);
     expect(s.conn.refusals).toEqual([]);
+  });
+
+  it('reports a tool call once, though both function_call_arguments.done and response.output_item.done carry it', async () => {
+    const s = await ready();
+    const callId = s.conn.callTool('end_call', { reason: 'done' });
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'done' } }]);
+    expect(s.rec.of('badFrame')).toEqual([]);
+  });
+
+  it('reports end_call when function_call_arguments.done lacks name, taking the name from response.output_item.added, once', async () => {
+    const s = await ready();
+    s.conn.startResponse();
+    s.conn.audio(mulaw(800), { transcript: 'Goodbye!' });
+    const callId = s.conn.callTool('end_call', { reason: 'caller is done' }, { argumentsDone: 'without_name' });
+    s.conn.finishResponse();
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'caller is done' } }]);
+    expect(s.rec.of('badFrame')).toEqual([]);
+    // The call is pending: its result is answered and the response asked for once the calling one is done.
+    s.leg.toolResult(callId, '{"ok":true}', false);
+    await s.conn.waitForType('response.create');
+    expect(s.conn.refusals).toEqual([]);
+  });
+
+  it('accepts a tool call from a completed response.output_item.done when function_call_arguments.done never comes', async () => {
+    const s = await ready();
+    const callId = s.conn.callTool('end_call', { reason: 'bye' }, { argumentsDone: 'none' });
+    await s.rec.wait('responseDone');
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: callId, name: 'end_call', args: { reason: 'bye' } }]);
+  });
+
+  it('takes name and call_id remembered from response.output_item.added when function_call_arguments.done has only item_id', async () => {
+    const s = await ready();
+    const responseId = s.conn.startResponse();
+    const item = { id: 'item_fc1', object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: 'call_fc1', name: 'end_call', arguments: '' };
+    s.conn.send({ type: 'response.output_item.added', response_id: responseId, output_index: 0, item });
+    s.conn.send({ type: 'response.function_call_arguments.done', response_id: responseId, item_id: 'item_fc1', output_index: 0, arguments: '{}' });
+    await s.rec.wait('toolCall');
+    s.conn.send({ type: 'response.output_item.done', response_id: responseId, output_index: 0, item: { ...item, status: 'completed', arguments: '{}' } });
+    await settle(s);
+    expect(s.rec.of('toolCall').map((e) => e.call)).toEqual([{ id: 'call_fc1', name: 'end_call', args: {} }]);
+  });
+
+  it('does not report a function call whose response.output_item.done is incomplete (the response was cut)', async () => {
+    const s = await ready();
+    const responseId = s.conn.startResponse();
+    const item = { id: 'item_fc2', object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: 'call_fc2', name: 'end_call', arguments: '' };
+    s.conn.send({ type: 'response.output_item.added', response_id: responseId, output_index: 0, item });
+    s.conn.send({ type: 'response.output_item.done', response_id: responseId, output_index: 0, item: { ...item, status: 'incomplete', arguments: '{"rea' } });
+    await settle(s);
+    expect(s.rec.of('toolCall')).toEqual([]);
+  });
+
+  it('counts a function_call_arguments.done with neither a name nor a known item as invalid, and reports no call', async () => {
+    const s = await ready();
+    s.conn.send({ type: 'response.function_call_arguments.done', response_id: 'resp_x', item_id: 'item_unknown', call_id: 'call_x', arguments: '{}' });
+    await settle(s);
+    expect(s.rec.of('toolCall')).toEqual([]);
+    expect(s.rec.of('badFrame').map((e) => [e.kind, e.name])).toEqual([['invalid_fields', 'response.function_call_arguments.done']]);
   });
 
   it('holds an owed response.create while a newer response is active, even when the cut one ends after it started', async () => {
@@ -557,7 +699,11 @@ describe('OpenAI adapter: errors', () => {
     [401, 'auth', 'http_401'],
     [403, 'auth', 'http_403'],
     [429, 'capacity', 'http_429'],
+    [400, 'fatal', 'http_400'],
+    [402, 'fatal', 'http_402'],
+    [404, 'fatal', 'http_404'],
     [500, 'transient', 'http_5xx'],
+    [503, 'transient', 'http_5xx'],
   ] as const)('classifies an upgrade refused with HTTP %i as %s', async (status, kind, code) => {
     const fake = await startFake({ refuseUpgrade: status });
     const { rec } = connectLeg(fake);
@@ -565,6 +711,17 @@ describe('OpenAI adapter: errors', () => {
     expect(closed.info.error).toContain(String(status));
     expect(rec.of('error').map((e) => e.err)).toEqual([{ kind, code, message: expect.stringContaining(String(status)), legDone: true }]);
     expect(fake.refusedUpgrades).toEqual([status]);
+  });
+
+  it('classifies an upgrade to a wrong path (HTTP 404) as fatal, naming the URL to check', async () => {
+    const fake = await startFake();
+    const rec = new Recorder();
+    const leg = createOpenAiProvider({ apiKey: FAKE_OPENAI_KEY, url: fake.url.replace('/v1/realtime', '/v1/realtim') }).connect({ request: REQUEST, events: rec.events, log, heartbeatMs: 0 });
+    legs.push(leg);
+    await rec.wait('closed');
+    expect(rec.of('error').map((e) => [e.err.kind, e.err.code, e.err.legDone])).toEqual([['fatal', 'http_404', true]]);
+    expect(rec.of('error')[0]?.err.message).toContain('OPENAI_REALTIME_URL');
+    expect(fake.refusedUpgrades).toEqual([404]);
   });
 
   it('classifies a wrong key refused on the upgrade as auth', async () => {
@@ -588,6 +745,30 @@ describe('OpenAI adapter: errors', () => {
     s.conn.closeWith(4000, 'invalid_request_error.beta_api_shape_disabled');
     await s.rec.wait('closed');
     expect(s.rec.of('error').map((e) => [e.err.kind, e.err.code, e.err.legDone])).toEqual([['fatal', 'beta_api_shape_disabled', true]]);
+  });
+
+  it.each([
+    [1008, 'invalid_request_error.invalid_api_key', 'auth', 'invalid_api_key'],
+    [1011, 'insufficient_quota: You exceeded your current quota', 'fatal', 'insufficient_quota'],
+    [1011, 'Rate_Limit_Exceeded', 'capacity', 'rate_limit_exceeded'],
+    [1008, 'invalid_request_error.beta_api_shape_disabled', 'fatal', 'beta_api_shape_disabled'],
+    [1011, 'server_error', 'transient', 'server_error'],
+    [1000, 'account_deactivated', 'fatal', 'account_deactivated'],
+  ] as const)('classifies a close %i whose reason names %s by that code, as %s', async (code, reason, kind, label) => {
+    const s = await ready();
+    s.conn.closeWith(code, reason);
+    await s.rec.wait('closed');
+    expect(s.rec.of('error').map((e) => [e.err.kind, e.err.code, e.err.legDone])).toEqual([[kind, label, true]]);
+  });
+
+  it('reports no error for a close whose reason names no known code, nor for close 1006 without a reason', async () => {
+    const s = await ready();
+    s.conn.closeWith(1011, 'something broke: invalid_value_of_something');
+    await s.rec.wait('closed');
+    const t = await ready();
+    t.conn.terminate();
+    await t.rec.wait('closed');
+    expect([...s.rec.of('error'), ...t.rec.of('error')]).toEqual([]);
   });
 
   it.each([
@@ -637,6 +818,69 @@ describe('OpenAI adapter: errors', () => {
     s.conn.failResponse(code, type);
     const e = await s.rec.wait('error');
     expect(e.err).toMatchObject({ kind, code, legDone });
+  });
+
+  /** `rate_limits.updated` as the service sends it at a response start. */
+  const rateLimits = (conn: FakeOpenAiConnection, requests: number, tokens: number): void =>
+    conn.send({ type: 'rate_limits.updated', rate_limits: [{ name: 'requests', limit: 1000, remaining: requests, reset_seconds: 0.06 }, { name: 'tokens', limit: 100000, remaining: tokens, reset_seconds: 30 }] });
+
+  it('keeps the call going after one failed response without a recognised code, as a warning', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error');
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'other', legDone: false });
+    await settle(s);
+    expect(s.leg.isOpen).toBe(true);
+  });
+
+  it('ends the leg as transient on a second failed response in a row (no successful one between), so the session reconnects or falls back', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    // A failed response without any error object, as jambonz sees them.
+    s.conn.startResponse();
+    s.conn.send({ type: 'response.done', response: { object: 'realtime.response', id: s.conn.activeResponseId, status: 'failed', status_details: { type: 'failed' }, output: [] } });
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'responses_failed', legDone: true });
+    expect(e.err.message).toMatch(/two responses in a row/);
+  });
+
+  it('ends the leg as capacity on a second failed response in a row when the last rate_limits.updated showed a limit at 0', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    s.conn.startResponse();
+    rateLimits(s.conn, 999, 0);
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'capacity', code: 'rate_limit_reached', legDone: true });
+    expect(e.err.message).toContain('tokens');
+  });
+
+  it('judges capacity by the last rate_limits.updated only: a limit at 0 since refilled gives transient', async () => {
+    const s = await ready();
+    rateLimits(s.conn, 0, 0);
+    s.conn.failResponse('some_new_code', 'invalid_request_error'); // its response start reports limits refilled
+    await s.rec.wait('error');
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    const e = await s.rec.wait('error', 2);
+    expect(e.err).toMatchObject({ kind: 'transient', code: 'responses_failed', legDone: true });
+  });
+
+  it('keeps the call going when a successful response comes between two failed ones', async () => {
+    const s = await ready();
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error');
+    s.conn.speak(mulaw(160));
+    await s.rec.wait('responseDone');
+    s.conn.failResponse('some_new_code', 'invalid_request_error');
+    await s.rec.wait('error', 2);
+    await settle(s);
+    expect(s.rec.of('error').map((e) => [e.err.kind, e.err.legDone])).toEqual([
+      ['transient', false],
+      ['transient', false],
+    ]);
+    expect(s.leg.isOpen).toBe(true);
   });
 
   it('counts bad frames and unknown event types, and carries on', async () => {

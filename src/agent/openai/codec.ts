@@ -91,15 +91,16 @@ export function encodeGreeting(greeting: string): string {
   });
 }
 
-function messageItem(role: 'user' | 'assistant' | 'system', text: string): string {
+function messageItem(role: 'user' | 'assistant' | 'system', text: string, eventId?: string): string {
   // Assistant items take `output_text` in GA (beta said `text`); audio items cannot be created.
   const part = role === 'assistant' ? 'output_text' : 'input_text';
-  return JSON.stringify({ type: 'conversation.item.create', item: { type: 'message', role, content: [{ type: part, text }] } });
+  const item = { type: 'message', role, content: [{ type: part, text }] };
+  return JSON.stringify(eventId === undefined ? { type: 'conversation.item.create', item } : { type: 'conversation.item.create', event_id: eventId, item });
 }
 
-/** One earlier turn replayed into a new session (resume). */
-export function encodeHistoryItem(turn: ConversationTurn): string {
-  return messageItem(turn.role === 'agent' ? 'assistant' : 'user', turn.text);
+/** One earlier turn replayed into a new session (resume); `eventId` lets an `error` name the item it refuses. */
+export function encodeHistoryItem(turn: ConversationTurn, eventId?: string): string {
+  return messageItem(turn.role === 'agent' ? 'assistant' : 'user', turn.text, eventId);
 }
 
 /** Text as the caller's words (a `response.create` must follow for the agent to answer). */
@@ -150,12 +151,31 @@ export type OpenAiServerMessage =
   | { type: 'response.done'; responseId: string | undefined; status: string | undefined; reason: string | undefined; error: OpenAiErrorBody | undefined }
   | { type: 'input_audio_buffer.speech_started' }
   | { type: 'conversation.item.input_audio_transcription.completed'; transcript: string }
-  | { type: 'response.function_call_arguments.done'; callId: string; name: string; arguments: string }
+  /**
+   * The end of a tool call's arguments. `name` (and even `call_id`) may be missing: several SDK
+   * typings and the OpenAPI spec leave `name` out, so the leg completes it from the item it saw
+   * in `response.output_item.added`.
+   */
+  | { type: 'response.function_call_arguments.done'; callId: string | undefined; itemId: string | undefined; name: string | undefined; arguments: string }
+  /** A `function_call` output item (other item types are `ignored`). */
+  | { type: 'response.output_item.added' | 'response.output_item.done'; call: FunctionCallItem }
   | { type: 'error'; error: OpenAiErrorBody }
+  /** The account's limits, sent at each response start: `exhausted` names the first one with nothing remaining. */
+  | { type: 'rate_limits.updated'; exhausted: string | undefined }
   /** A documented event the adapter has no use for. */
   | { type: 'ignored'; name: string }
   /** A type nobody documented (or a beta-only one). */
   | { type: 'unknown'; name: string };
+
+/** The fields of a `function_call` item the leg uses; any may be missing. */
+export interface FunctionCallItem {
+  itemId: string | undefined;
+  callId: string | undefined;
+  name: string | undefined;
+  /** `in_progress`, `completed` or `incomplete`. */
+  status: string | undefined;
+  arguments: string | undefined;
+}
 
 export interface OpenAiDecodeError {
   type: undefined;
@@ -179,8 +199,6 @@ const IGNORED = new Set([
   'input_audio_buffer.cleared',
   'input_audio_buffer.speech_stopped',
   'input_audio_buffer.timeout_triggered',
-  'response.output_item.added',
-  'response.output_item.done',
   'response.content_part.added',
   'response.content_part.done',
   'response.output_audio.done',
@@ -188,7 +206,6 @@ const IGNORED = new Set([
   'response.output_text.delta',
   'response.output_text.done',
   'response.function_call_arguments.delta',
-  'rate_limits.updated',
 ]);
 
 const bad = (kind: AgentBadFrameKind, name?: string): OpenAiDecodeError =>
@@ -249,10 +266,30 @@ export function decodeOpenAiMessage(text: string): OpenAiServerMessage | OpenAiD
       return { type };
     case 'response.function_call_arguments.done': {
       const callId = id(o.call_id);
-      const name = str(o.name);
-      const args = o.arguments;
-      if (callId === undefined || name === undefined || name.length === 0) return bad('invalid_fields', type);
-      return { type, callId, name, arguments: typeof args === 'string' ? args : '' };
+      const itemId = id(o.item_id);
+      if (callId === undefined && itemId === undefined) return bad('invalid_fields', type);
+      return { type, callId, itemId, name: id(o.name), arguments: str(o.arguments) ?? '' };
+    }
+    case 'response.output_item.added':
+    case 'response.output_item.done': {
+      const item = obj(o.item);
+      if (item === undefined) return bad('invalid_fields', type);
+      if (item.type !== 'function_call') return { type: 'ignored', name: type };
+      const call: FunctionCallItem = { itemId: id(item.id), callId: id(item.call_id), name: id(item.name), status: str(item.status), arguments: str(item.arguments) };
+      return call.itemId === undefined && call.callId === undefined ? bad('invalid_fields', type) : { type, call };
+    }
+    case 'rate_limits.updated': {
+      const limits = o.rate_limits;
+      if (!Array.isArray(limits)) return bad('invalid_fields', type);
+      let exhausted: string | undefined;
+      for (const l of limits) {
+        const limit = obj(l);
+        if (limit !== undefined && typeof limit.remaining === 'number' && limit.remaining <= 0) {
+          exhausted = id(limit.name) ?? 'unnamed';
+          break;
+        }
+      }
+      return { type, exhausted };
     }
     case 'error': {
       const error = errorBody(o.error);
@@ -303,26 +340,47 @@ export function isTruncateError(e: OpenAiErrorBody, truncateEventIds: ReadonlySe
  * Classifies an `error` event (or the error of a failed response).
  * `ready`: the session config was confirmed; before that, any error but a
  * harmless race means the session cannot start, so the leg is done.
- * `truncate`: the error answers one of our truncates ({@link isTruncateError}).
+ * `about`: the client event the error answers, when it is one of ours that the
+ * call survives without: a truncate ({@link isTruncateError}) or a history item
+ * replayed on resume (only account-wide errors end the leg then).
  */
-export function classifyOpenAiError(e: OpenAiErrorBody, ready: boolean, truncate = false): OpenAiErrorClass {
+export function classifyOpenAiError(e: OpenAiErrorBody, ready: boolean, about?: 'truncate' | 'history'): OpenAiErrorClass {
   const code = e.code;
   if (code !== undefined && AUTH_CODES.has(code)) return { kind: 'auth', code, legDone: true };
   if (code !== undefined && QUOTA_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
   if ((code !== undefined && CAPACITY_CODES.has(code)) || e.type === 'rate_limit_error') {
     return { kind: 'capacity', code: code !== undefined && CAPACITY_CODES.has(code) ? code : 'rate_limit_exceeded', legDone: true };
   }
+  if (about === 'history') return { kind: 'transient', code: 'history_rejected', legDone: false };
   if (code !== undefined && OUR_BUG_CODES.has(code)) return { kind: 'fatal', code, legDone: true };
   if (/^unknown parameter/i.test(e.message)) return { kind: 'fatal', code: 'unknown_parameter', legDone: true };
   if (code !== undefined && IGNORE_CODES.has(code)) return { kind: 'transient', code, legDone: false };
-  if (truncate) return { kind: 'transient', code: 'truncate_rejected', legDone: false };
+  if (about === 'truncate') return { kind: 'transient', code: 'truncate_rejected', legDone: false };
   if (e.type === 'server_error' || code === 'server_error') return { kind: 'transient', code: 'server_error', legDone: !ready };
   // Anything else: a request the service refused. Before ready it was our session.update.
   return ready ? { kind: 'transient', code: openAiCodeLabel(code), legDone: false } : { kind: 'fatal', code: openAiCodeLabel(code), legDone: true };
 }
 
-/** Close codes the service documents (1001 after 60 minutes, 3000 bad key, 4000 beta client); undefined for the others. */
-export function classifyOpenAiClose(code: number): OpenAiErrorClass | undefined {
+/** Codes (and error types) a close reason may name that end the leg, classified as the same error event would be. */
+const CLOSE_REASON_CODES = new Set([...AUTH_CODES, ...QUOTA_CODES, ...CAPACITY_CODES, ...OUR_BUG_CODES, 'server_error', 'rate_limit_error']);
+
+/** The first known code named in a close reason (`invalid_request_error.invalid_api_key` → `invalid_api_key`). */
+export function closeReasonCode(reason: string): string | undefined {
+  for (const word of reason.toLowerCase().match(/[a-z][a-z0-9_]*/g) ?? []) if (CLOSE_REASON_CODES.has(word)) return word;
+  return undefined;
+}
+
+/**
+ * A close by the service: a known error code named in the reason text decides (the same table
+ * as `error` events); else the close codes the service documents (1001 after 60 minutes, 3000
+ * bad key, 4000 beta client); undefined for the others.
+ */
+export function classifyOpenAiClose(code: number, reason = ''): OpenAiErrorClass | undefined {
+  const named = closeReasonCode(reason);
+  if (named !== undefined) {
+    const cls = classifyOpenAiError({ type: named, code: named, message: reason, param: undefined, eventId: undefined }, true);
+    return { ...cls, legDone: true };
+  }
   switch (code) {
     case 1001:
       return { kind: 'transient', code: 'session_max_duration', legDone: true };
@@ -335,9 +393,33 @@ export function classifyOpenAiClose(code: number): OpenAiErrorClass | undefined 
   }
 }
 
-/** A refused WebSocket upgrade: 401/403 auth, 429 capacity, anything else transient. */
+/**
+ * A refused WebSocket upgrade: 401/403 auth, 429 capacity; 400 (a wrong model id or query),
+ * 402 (billing) and 404 (a wrong URL path) fatal, as a reconnect would be refused the same
+ * way; 5xx and anything else transient.
+ */
 export function classifyUpgradeStatus(status: number): OpenAiErrorClass {
   if (status === 401 || status === 403) return { kind: 'auth', code: `http_${status}`, legDone: true };
   if (status === 429) return { kind: 'capacity', code: 'http_429', legDone: true };
+  if (status === 400 || status === 402 || status === 404) return { kind: 'fatal', code: `http_${status}`, legDone: true };
   return { kind: 'transient', code: status >= 500 && status < 600 ? 'http_5xx' : 'http_other', legDone: true };
+}
+
+/** What to check after a refused upgrade, completing "OpenAI refused the connection with HTTP n". */
+export function upgradeRefusalHint(status: number): string {
+  switch (status) {
+    case 401:
+    case 403:
+      return ': check OPENAI_API_KEY';
+    case 429:
+      return ': the account is at its rate or session limit';
+    case 400:
+      return ': check the model id (the agent id or its `model` setting, e.g. gpt-realtime)';
+    case 402:
+      return ': check the billing of the OpenAI account';
+    case 404:
+      return ': check OPENAI_REALTIME_URL (default wss://api.openai.com/v1/realtime)';
+    default:
+      return '';
+  }
 }

@@ -3,8 +3,8 @@
  * `wss://api.openai.com/v1/realtime?model=…`, μ-law 8 kHz both ways so audio
  * passes through untouched.
  *
- * Sequence: open with `Authorization: Bearer <key>` → `session.created` →
- * one `session.update` (format, voice, server VAD, transcription, tools) →
+ * Sequence: open with `Authorization: Bearer <key>` → `session.created` (or
+ * 1.5 s without it) → one `session.update` (format, voice, server VAD, transcription, tools) →
  * `session.updated` → history replay (resume) or the greeting → `ready`.
  *
  * What the adapter keeps per response, for barge-in: the audio items in order
@@ -12,6 +12,11 @@
  * truncate the item the caller was hearing at the point they stopped hearing
  * it. After `speech_started`, deltas of the interrupted response are dropped
  * until a new response starts (the service cancels it, but late deltas come).
+ *
+ * Tool calls: reported on `response.function_call_arguments.done`, whose
+ * missing `name` (or `call_id`) is taken from the `function_call` item of
+ * `response.output_item.added`; a call whose `.done` never comes is reported
+ * from its completed `response.output_item.done`. Each call id once.
  */
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
@@ -43,6 +48,7 @@ import {
   isTruncateError,
   parseToolArguments,
   realtimeUrl,
+  upgradeRefusalHint,
   type OpenAiErrorBody,
   type OpenAiErrorClass,
   type OpenAiServerMessage,
@@ -59,6 +65,8 @@ export interface OpenAiProviderOptions {
 }
 
 export const DEFAULT_OPENAI_MAX_PAYLOAD = 4 * 1024 * 1024;
+/** How long after the socket opens the leg waits for `session.created` before sending its `session.update` anyway. */
+export const SESSION_CREATED_WAIT_MS = 1500;
 
 /** Opens OpenAI Realtime sessions with one API key. */
 export function createOpenAiProvider(opts: OpenAiProviderOptions): AgentProvider {
@@ -94,6 +102,18 @@ interface Response {
 
 type Phase = 'connecting' | 'configuring' | 'ready' | 'closed';
 
+/** What the leg knows of one function call, gathered from whichever events carried it. */
+interface CallRecord {
+  itemId: string | undefined;
+  callId: string | undefined;
+  name: string | undefined;
+  /** Final arguments (from `function_call_arguments.done` or a completed item), never the in-progress ones. */
+  args: string | undefined;
+}
+
+/** Function calls remembered per leg (a response carries a handful at most). */
+const MAX_CALLS = 64;
+
 class OpenAiLeg implements AgentLeg {
   readonly #ws: WebSocket;
   readonly #events: AgentEvents;
@@ -103,7 +123,13 @@ class OpenAiLeg implements AgentLeg {
   readonly #span: DeltaSpan = newDeltaSpan();
   #socket: Socket | undefined;
   #phase: Phase = 'connecting';
-  #conversationId: string | undefined;
+  /** `session.id` of `session.created`, the conversation id. */
+  #sessionId: string | undefined;
+  #sessionCreated = false;
+  /** The one `session.update` was sent (on `session.created`, or when it is late). */
+  #updateSent = false;
+  /** Sends the `session.update` if `session.created` is late. */
+  #createdWait: NodeJS.Timeout | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #heard = 0;
   #silentTicks = 0;
@@ -125,7 +151,17 @@ class OpenAiLeg implements AgentLeg {
   #responseOwed = false;
   /** Tool calls the agent made that have no result yet. */
   readonly #pendingCalls = new Set<string>();
+  /** Function calls seen, newest last, to complete `function_call_arguments.done` from the item. */
+  readonly #calls: CallRecord[] = [];
+  /** Call ids reported to the session (a call shows in two events: it is reported once). */
+  readonly #reportedCalls = new Set<string>();
   readonly #truncateIds = new Set<string>();
+  /** `event_id` of each history item replayed on resume → how to name it in a warning. */
+  readonly #historyIds = new Map<string, string>();
+  /** Failed responses since the last one that did not fail. */
+  #failedInRow = 0;
+  /** The limit the last `rate_limits.updated` showed with nothing remaining (`requests`, `tokens`). */
+  #exhaustedLimit: string | undefined;
   #truncates = 0;
 
   #audioBeforeReady = 0;
@@ -152,6 +188,13 @@ class OpenAiLeg implements AgentLeg {
     ws.on('open', () => {
       this.#socket = socketOf(ws);
       this.#phase = 'configuring';
+      this.#createdWait = setTimeout(() => {
+        this.#createdWait = undefined;
+        if (this.#updateSent || this.#phase !== 'configuring') return;
+        this.#log.debug({ waitedMs: SESSION_CREATED_WAIT_MS }, 'OpenAI sent no session.created; sending session.update anyway');
+        this.#sendSessionUpdate();
+      }, SESSION_CREATED_WAIT_MS);
+      this.#createdWait.unref();
       const every = c.heartbeatMs;
       if (every > 0) {
         this.#heartbeat = setInterval(() => this.#beat(), every);
@@ -172,9 +215,7 @@ class OpenAiLeg implements AgentLeg {
       const status = res.statusCode ?? 0;
       this.#error = `handshake refused with HTTP ${status}`;
       res.resume();
-      const cls = classifyUpgradeStatus(status);
-      const fix = cls.kind === 'auth' ? ': check the OpenAI API key' : cls.kind === 'capacity' ? ': the account is at its rate or session limit' : '';
-      this.#reportError(cls, `OpenAI refused the connection with HTTP ${status}${fix}`);
+      this.#reportError(classifyUpgradeStatus(status), `OpenAI refused the connection with HTTP ${status}${upgradeRefusalHint(status)}`);
       ws.terminate();
     });
     ws.on('close', (code, reason) => this.#onClose(code, reason.toString('utf8').slice(0, 200)));
@@ -248,7 +289,7 @@ class OpenAiLeg implements AgentLeg {
 
   close(code = 1000, reason = ''): void {
     this.#byUs = true;
-    this.#stopHeartbeat();
+    this.#stopTimers();
     // Do not wait for the service to complete the close handshake.
     closeWebSocket(this.#ws, code, reason);
   }
@@ -367,12 +408,35 @@ class OpenAiLeg implements AgentLeg {
       case 'conversation.item.input_audio_transcription.completed':
         if (msg.transcript.trim().length > 0) this.#events.transcript('user', msg.transcript);
         return;
-      case 'response.function_call_arguments.done':
-        this.#pendingCalls.add(msg.callId);
-        this.#events.toolCall({ id: msg.callId, name: msg.name, args: parseToolArguments(msg.arguments) });
+      case 'response.function_call_arguments.done': {
+        const r = this.#rememberCall(msg.itemId, msg.callId, msg.name, msg.arguments);
+        if (r.callId === undefined || r.name === undefined) {
+          // Counted; a completed `response.output_item.done` naming it may still report the call.
+          this.#events.badFrame('invalid_fields', msg.type);
+          return;
+        }
+        this.#reportCall(r.callId, r.name, r.args ?? '');
         return;
+      }
+      case 'response.output_item.added':
+      case 'response.output_item.done': {
+        const c = msg.call;
+        // The arguments of an item being added are still streaming: only a done item's count.
+        const r = this.#rememberCall(c.itemId, c.callId, c.name, msg.type === 'response.output_item.done' ? c.arguments : undefined);
+        // A call whose `function_call_arguments.done` never came (or came without a name).
+        if (msg.type !== 'response.output_item.done' || c.status !== 'completed') return;
+        if (r.callId === undefined || r.name === undefined || r.args === undefined) {
+          this.#events.badFrame('invalid_fields', msg.type);
+          return;
+        }
+        this.#reportCall(r.callId, r.name, r.args);
+        return;
+      }
       case 'error':
         this.#onServerError(msg.error);
+        return;
+      case 'rate_limits.updated':
+        this.#exhaustedLimit = msg.exhausted;
         return;
       case 'ignored':
         return;
@@ -383,19 +447,55 @@ class OpenAiLeg implements AgentLeg {
     }
   }
 
+  /** The record of the call with this item or call id (created if new), completed with what is given. */
+  #rememberCall(itemId: string | undefined, callId: string | undefined, name: string | undefined, args: string | undefined): CallRecord {
+    let r = this.#calls.find((c) => (itemId !== undefined && c.itemId === itemId) || (callId !== undefined && c.callId === callId));
+    if (r === undefined) {
+      r = { itemId, callId, name, args };
+      this.#calls.push(r);
+      if (this.#calls.length > MAX_CALLS) this.#calls.shift();
+      return r;
+    }
+    r.itemId ??= itemId;
+    r.callId ??= callId;
+    if (name !== undefined) r.name = name;
+    if (args !== undefined) r.args = args;
+    return r;
+  }
+
+  /** Tells the session about a tool call, once per call id. */
+  #reportCall(callId: string, name: string, args: string): void {
+    if (this.#reportedCalls.has(callId)) return;
+    this.#reportedCalls.add(callId);
+    if (this.#reportedCalls.size > MAX_CALLS) {
+      const oldest = this.#reportedCalls.values().next();
+      if (oldest.done !== true) this.#reportedCalls.delete(oldest.value);
+    }
+    this.#pendingCalls.add(callId);
+    this.#events.toolCall({ id: callId, name, args: parseToolArguments(args) });
+  }
+
   #onSessionCreated(sessionId: string | undefined): void {
-    if (this.#phase !== 'configuring' || this.#conversationId !== undefined) {
-      this.#debugOnce('session.created:again', {}, 'ignored a repeated session.created');
+    if (this.#phase !== 'configuring' || this.#sessionCreated) {
+      this.#debugOnce('session.created:again', {}, 'ignored a repeated or late session.created');
       return;
     }
-    if (sessionId === undefined) this.#log.debug('session.created carried no session id; using a local conversation id');
-    this.#conversationId = sessionId ?? `openai-${randomUUID()}`;
+    this.#sessionCreated = true;
+    this.#sessionId = sessionId;
+    this.#sendSessionUpdate();
+  }
+
+  /** The one `session.update` (format, voice, VAD, transcription, tools); never sent twice. */
+  #sendSessionUpdate(): void {
+    if (this.#updateSent) return;
+    this.#updateSent = true;
+    this.#clearCreatedWait();
     const r = this.#request;
     this.#ws.send(encodeSessionUpdate({ instructions: r.instructions, voice: r.voice, language: r.language, tools: r.tools }));
   }
 
   #onSessionUpdated(inputFormat: string | undefined, outputFormat: string | undefined): void {
-    if (this.#phase !== 'configuring' || this.#conversationId === undefined) return;
+    if (this.#phase !== 'configuring' || !this.#updateSent) return;
     if ((inputFormat !== undefined && inputFormat !== PCMU) || (outputFormat !== undefined && outputFormat !== PCMU)) {
       this.#reportError(
         { kind: 'fatal', code: 'format_rejected', legDone: true },
@@ -405,14 +505,22 @@ class OpenAiLeg implements AgentLeg {
     }
     if (inputFormat === undefined || outputFormat === undefined) this.#log.debug('session.updated did not echo the audio formats; assuming audio/pcmu');
     this.#phase = 'ready';
+    if (this.#sessionId === undefined) this.#log.debug('no session id from session.created; using a local conversation id');
+    const conversationId = this.#sessionId ?? `openai-${randomUUID()}`;
     const resume = this.#request.resume;
     if (resume !== undefined) {
       // No server-side resume: the earlier turns as text items, and no greeting.
-      for (const turn of resume.history) if (turn.text.length > 0) this.#ws.send(encodeHistoryItem(turn));
+      const turns = resume.history.filter((t) => t.text.length > 0);
+      for (const [n, turn] of turns.entries()) {
+        const eventId = `playline_history_${n + 1}`;
+        // Named by place, role and size: the words themselves stay out of logs.
+        this.#historyIds.set(eventId, `history item ${n + 1} of ${turns.length} (${turn.role} turn, ${turn.text.length} characters)`);
+        this.#ws.send(encodeHistoryItem(turn, eventId));
+      }
     } else if (this.#request.greeting !== undefined && this.#request.greeting.length > 0) {
       this.#ws.send(encodeGreeting(this.#request.greeting));
     }
-    this.#events.ready({ conversationId: this.#conversationId });
+    this.#events.ready({ conversationId });
   }
 
   #onResponseDone(msg: Extract<OpenAiServerMessage, { type: 'response.done' }>): void {
@@ -420,20 +528,46 @@ class OpenAiLeg implements AgentLeg {
     const current = r !== undefined && msg.responseId === r.id;
     // The end of a cut response may come after the next one started: that one is still active.
     if (current || r === undefined || msg.responseId === undefined) this.#responseActive = false;
-    if (msg.status === 'failed') {
-      const e: OpenAiErrorBody = msg.error ?? { type: undefined, code: undefined, message: 'response failed', param: undefined, eventId: undefined };
-      const cls = classifyOpenAiError(e, true);
-      this.#log.warn({ code: cls.code, errorType: e.type, message: e.message }, 'OpenAI response failed');
-      this.#reportError(cls, `OpenAI response failed: ${e.message}`);
-    }
+    if (msg.status === 'failed') this.#onResponseFailed(msg.error);
+    else if (msg.status !== undefined) this.#failedInRow = 0;
     // A cut response's end is not news: its audio was dropped and the session cleared it.
     if (current && !this.#dropping) this.#events.responseDone();
     this.#maybeCreateResponse();
   }
 
+  /**
+   * A failed response. One the call survives (no code that ends the leg) is a warning; a second
+   * in a row means the session cannot answer: the leg ends as `capacity` when the last
+   * `rate_limits.updated` showed a limit used up, else `transient` (reconnect or fallback).
+   */
+  #onResponseFailed(error: OpenAiErrorBody | undefined): void {
+    const e: OpenAiErrorBody = error ?? { type: undefined, code: undefined, message: 'response failed', param: undefined, eventId: undefined };
+    const cls = classifyOpenAiError(e, true);
+    this.#log.warn({ code: cls.code, errorType: e.type, message: e.message }, 'OpenAI response failed');
+    if (cls.legDone || ++this.#failedInRow < 2) {
+      this.#reportError(cls, `OpenAI response failed: ${e.message}`);
+      return;
+    }
+    const limit = this.#exhaustedLimit;
+    if (limit !== undefined) {
+      this.#reportError(
+        { kind: 'capacity', code: 'rate_limit_reached', legDone: true },
+        `OpenAI failed two responses in a row with the ${limit} rate limit used up (last: ${e.message}): the account is at its rate limit`,
+      );
+    } else {
+      this.#reportError({ kind: 'transient', code: 'responses_failed', legDone: true }, `OpenAI failed two responses in a row (last: ${e.message})`);
+    }
+  }
+
   #onServerError(e: OpenAiErrorBody): void {
-    const truncate = isTruncateError(e, this.#truncateIds);
-    const cls = classifyOpenAiError(e, this.#phase === 'ready', truncate);
+    const history = e.eventId === undefined ? undefined : this.#historyIds.get(e.eventId);
+    if (history !== undefined) {
+      // The session logs it (one warning naming the item); the conversation goes on without it.
+      const cls = classifyOpenAiError(e, this.#phase === 'ready', 'history');
+      this.#reportError(cls, cls.legDone ? e.message : `OpenAI refused ${history} replayed from the earlier session: ${e.message || cls.code}; the conversation goes on without it`);
+      return;
+    }
+    const cls = classifyOpenAiError(e, this.#phase === 'ready', isTruncateError(e, this.#truncateIds) ? 'truncate' : undefined);
     if (!cls.legDone) this.#warnOnce(`error:${cls.code}`, { code: cls.code, errorType: e.type, param: e.param, message: e.message }, 'OpenAI reported an error; the call goes on');
     this.#reportError(cls, e.message.length > 0 ? e.message : `OpenAI error ${cls.code}`);
   }
@@ -487,20 +621,28 @@ class OpenAiLeg implements AgentLeg {
     this.#ws.ping();
   }
 
-  #stopHeartbeat(): void {
+  #stopTimers(): void {
     if (this.#heartbeat !== undefined) {
       clearInterval(this.#heartbeat);
       this.#heartbeat = undefined;
     }
+    this.#clearCreatedWait();
+  }
+
+  #clearCreatedWait(): void {
+    if (this.#createdWait !== undefined) {
+      clearTimeout(this.#createdWait);
+      this.#createdWait = undefined;
+    }
   }
 
   #onClose(code: number, reason: string): void {
-    this.#stopHeartbeat();
+    this.#stopTimers();
     if (this.#closedNotified) return;
     this.#closedNotified = true;
     this.#phase = 'closed';
     if (!this.#byUs) {
-      const cls = classifyOpenAiClose(code);
+      const cls = classifyOpenAiClose(code, reason);
       if (cls !== undefined) this.#reportError(cls, `OpenAI closed the session (${code}${reason.length > 0 ? ` ${reason}` : ''})`);
     }
     if (this.#audioBeforeReady > 0 || this.#lateDeltas > 0) {

@@ -40,6 +40,10 @@ export interface FakeOpenAiOptions {
   answerPings?: boolean;
   /** Answer a valid `session.update` with `session.updated` at once (default true); false holds it until `confirmSession()`. */
   autoConfirm?: boolean;
+  /** Hold `session.created` (and `conversation.created`) until `sendSessionCreated()` (default false: sent on open). */
+  holdSessionCreated?: boolean;
+  /** Refuse a valid `conversation.item.create` whose item this returns true for, with `invalid_value` (as the service refuses content it will not take). */
+  refuseItem?: (item: Record<string, unknown>) => boolean;
 }
 
 /** A client event the fake refused, or a truncate it accepted. */
@@ -329,8 +333,7 @@ export class FakeOpenAiConnection {
       return;
     }
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
-    this.send({ type: 'session.created', session: this.config });
-    this.send({ type: 'conversation.created', conversation: { id: rid('conv'), object: 'realtime.conversation' } });
+    if (this.options().holdSessionCreated !== true) this.sendSessionCreated();
     const max = this.options().maxSessionMs;
     if (max !== undefined) {
       this.#maxTimer = setTimeout(() => this.expire(), max);
@@ -365,6 +368,12 @@ export class FakeOpenAiConnection {
   }
 
   // ------------------------------------------------------------ scripting
+
+  /** `session.created` then `conversation.created`: sent on open, or when the test says with `holdSessionCreated`. */
+  sendSessionCreated(): void {
+    this.send({ type: 'session.created', session: this.config });
+    this.send({ type: 'conversation.created', conversation: { id: rid('conv'), object: 'realtime.conversation' } });
+  }
 
   /** Sends the `session.updated` held back by `autoConfirm: false`. */
   confirmSession(): void {
@@ -493,8 +502,11 @@ export class FakeOpenAiConnection {
   /**
    * The agent calls a tool: in the current response, or in a response of its own.
    * `args` is sent as JSON unless it is a string (sent as is). Returns the `call_id`.
+   * `argumentsDone`: how `response.function_call_arguments.done` is sent: with `name`
+   * (default), without it (as several SDK typings and the OpenAPI spec describe it), or not
+   * at all (the call then shows only in `response.output_item.done`).
    */
-  callTool(name: string, args: Record<string, unknown> | string = {}): string {
+  callTool(name: string, args: Record<string, unknown> | string = {}, opts: { argumentsDone?: 'with_name' | 'without_name' | 'none' } = {}): string {
     const own = this.#response === undefined;
     if (own) this.startResponse();
     const r = this.#response;
@@ -507,7 +519,10 @@ export class FakeOpenAiConnection {
     const added = { id: item.id, object: 'realtime.item', type: 'function_call', status: 'in_progress', call_id: callId, name, arguments: '' };
     this.send({ type: 'response.output_item.added', response_id: r.id, output_index: item.outputIndex, item: added });
     this.send({ type: 'response.function_call_arguments.delta', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, delta: argsText });
-    this.send({ type: 'response.function_call_arguments.done', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, name, arguments: argsText });
+    const done = { type: 'response.function_call_arguments.done', response_id: r.id, item_id: item.id, output_index: item.outputIndex, call_id: callId, arguments: argsText };
+    const how = opts.argumentsDone ?? 'with_name';
+    if (how === 'with_name') this.send({ ...done, name });
+    else if (how === 'without_name') this.send(done);
     this.send({ type: 'response.output_item.done', response_id: r.id, output_index: item.outputIndex, item: { ...added, status: 'completed', arguments: argsText } });
     if (own) this.finishResponse();
     return callId;
@@ -648,6 +663,7 @@ export class FakeOpenAiConnection {
         const given = o.item;
         const refusal = this.#checkItem(given);
         if (refusal !== undefined || !isObj(given)) return this.#refuse(refusal ?? missingParam('item'), eventId);
+        if (this.options().refuseItem?.(given) === true) return this.#refuse({ code: 'invalid_value', message: "Invalid 'item.content': this item cannot be added to the conversation.", param: 'item.content' }, eventId);
         const item = { id: rid('item'), ...given };
         this.items.push(item);
         this.send({ type: 'conversation.item.added', previous_item_id: null, item });
