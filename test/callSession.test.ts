@@ -211,6 +211,37 @@ describe('barge-in', () => {
 });
 
 describe('ending the call', () => {
+  it('takes a clean close (1000) after init without hangup as the agent ending the call, as PlayAI clients do', async () => {
+    tb = await startTestBridge();
+    const call = await openCall(tb);
+    call.agent.close(1000, 'done');
+    await call.stream.waitForClose();
+    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_hangup');
+    expect(tb.agent.connections).toHaveLength(1);
+    expect(tb.callControl.spoken).toHaveLength(0);
+  });
+
+  it('reconnects after a going-away close (1001), which is not the agent ending the call', async () => {
+    tb = await startTestBridge();
+    const call = await openCall(tb);
+    call.agent.close(1001, 'restarting');
+    const again = await tb.agent.nextConnection();
+    const setup = await again.waitForSetup();
+    expect(setup.continueConversation).toBe(call.agent.conversationId);
+    call.stream.sendStop();
+  });
+
+  it('ignores a hangup before init', async () => {
+    tb = await startTestBridge();
+    const call = await openCall(tb, { init: false });
+    call.agent.hangup();
+    call.agent.init();
+    call.agent.audio(ulaw(160));
+    await call.stream.waitFor((s) => s.mediaPayloads.length === 1);
+    expect(call.stream.closed).toBe(false);
+    call.stream.sendStop();
+  });
+
   it('lets queued agent audio finish after an agent hangup, then closes the stream', async () => {
     tb = await startTestBridge();
     const call = await openCall(tb);

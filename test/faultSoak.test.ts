@@ -268,7 +268,8 @@ const PLANS: Record<Plan, (call: SoakCall, stream: FakeTwilioStream) => Promise<
           c.terminate();
           break;
         case 'close':
-          c.close(rng.pick([1000, 1001, 1011, 4000]));
+          // Not 1000: a clean close after init is the agent hanging up (playai-agent-protocol.md §2.5).
+          c.close(rng.pick([1001, 1011, 4000]));
           break;
         case 'retryable error':
           c.error(rng.pick(RETRYABLE), 'transient', rng.chance(0.5) ? true : undefined);
