@@ -12,10 +12,12 @@ import { parseJsonObject } from '../../util/json.js';
 export interface AgentSetup {
   type: 'setup';
   apiKey?: string;
-  inputEncoding: 'mulaw';
-  inputSampleRate: 8000;
-  outputFormat: 'mulaw';
-  outputSampleRate: 8000;
+  /** `mulaw` 8000 (the passthrough); `linear16` only for an agent set up in AGENTS_FILE `format`. */
+  inputEncoding: 'mulaw' | 'linear16';
+  inputSampleRate: number;
+  /** `mulaw` 8000 (the passthrough); `raw` (16-bit PCM) only for an agent set up in AGENTS_FILE `format`. */
+  outputFormat: 'mulaw' | 'raw';
+  outputSampleRate: number;
   prompt?: string;
   customGreeting?: string;
   continueConversation?: string;

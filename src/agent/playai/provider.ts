@@ -8,6 +8,8 @@
  * text goes in as `customInput` (its semantics are not documented: sent for
  * the caller's words, nothing for context).
  */
+import { createTranscoder, TWILIO_FORMAT, type Transcoder } from '../../audio/transcode.js';
+import { stripWavHeader } from '../../audio/wav.js';
 import type { AgentConnectOptions, AgentError, AgentErrorKind, AgentEvents, AgentLeg, AgentProvider } from '../port.js';
 import { NON_RETRYABLE_AGENT_ERRORS, RETRYABLE_AGENT_ERRORS, isFatalAgentError, type AgentServerMessage, type AgentSetup } from './codec.js';
 import { connectAgent as connectPlayAiSocket, type PlayAiCloseInfo, type PlayAiConnector, type PlayAiSocket } from './leg.js';
@@ -53,6 +55,10 @@ export function createPlayAiProvider(opts: PlayAiProviderOptions): AgentProvider
 class PlayAiAgentLeg implements AgentLeg {
   readonly #socket: PlayAiSocket;
   readonly #events: AgentEvents;
+  /** Caller audio to the agent's input format, when it is not μ-law 8 kHz (AGENTS_FILE `format`). */
+  readonly #toAgent: Transcoder | undefined;
+  /** Agent audio from its output format to μ-law 8 kHz, when it is not μ-law 8 kHz. */
+  readonly #fromAgent: Transcoder | undefined;
   #ready = false;
   /** An error frame already said why this socket ends: its close adds nothing. */
   #errorReported = false;
@@ -61,6 +67,26 @@ class PlayAiAgentLeg implements AgentLeg {
     this.#events = o.events;
     const r = o.request;
     const setup: AgentSetup = { type: 'setup', inputEncoding: 'mulaw', inputSampleRate: 8000, outputFormat: 'mulaw', outputSampleRate: 8000 };
+    // An agent that cannot speak μ-law 8 kHz is asked for 16-bit PCM and converted; the others pass through.
+    const input = r.format?.input;
+    const output = r.format?.output;
+    if (input !== undefined && input.encoding === 'linear16') {
+      setup.inputEncoding = 'linear16';
+      setup.inputSampleRate = input.sampleRate;
+    } else if (input !== undefined) {
+      setup.inputSampleRate = input.sampleRate;
+    }
+    if (output !== undefined && output.encoding === 'linear16') {
+      setup.outputFormat = 'raw';
+      setup.outputSampleRate = output.sampleRate;
+    } else if (output !== undefined) {
+      setup.outputSampleRate = output.sampleRate;
+    }
+    this.#toAgent = input === undefined ? undefined : createTranscoder(TWILIO_FORMAT, input);
+    this.#fromAgent = output === undefined ? undefined : createTranscoder(output, TWILIO_FORMAT);
+    if (this.#toAgent !== undefined || this.#fromAgent !== undefined) {
+      o.log.debug({ input: input ?? TWILIO_FORMAT, output: output ?? TWILIO_FORMAT }, 'PlayAI-protocol agent set to another audio format: converting');
+    }
     if (p.apiKey !== undefined) setup.apiKey = p.apiKey;
     if (r.instructions !== undefined) setup.prompt = r.instructions;
     if (r.greeting !== undefined && r.resume === undefined) setup.customGreeting = r.greeting;
@@ -73,7 +99,10 @@ class PlayAiAgentLeg implements AgentLeg {
       heartbeatMs: o.heartbeatMs,
       handlers: {
         onMessage: (msg) => this.#onMessage(msg),
-        onAudio: (buf, start, end) => events.audio(buf, start, end),
+        onAudio: (buf, start, end) => {
+          if (this.#fromAgent === undefined) events.audio(buf, start, end);
+          else this.#agentAudio(buf.toString('latin1', start, end));
+        },
         onBadFrame: (kind, name) => events.badFrame(kind, name),
         onClose: (info) => this.#onClose(info),
       },
@@ -89,11 +118,30 @@ class PlayAiAgentLeg implements AgentLeg {
   }
 
   sendAudio(b64: string): boolean {
-    return this.#socket.sendAudio(b64);
+    if (this.#toAgent === undefined) return this.#socket.sendAudio(b64);
+    if (!this.#socket.isOpen) return false;
+    const out = this.#toAgent.push(b64);
+    return out.length === 0 || this.#socket.sendAudio(out);
   }
 
   sendAudioBytes(buf: Buffer, start: number, end: number): boolean {
-    return this.#socket.sendAudioBytes(buf, start, end);
+    if (this.#toAgent === undefined) return this.#socket.sendAudioBytes(buf, start, end);
+    return this.sendAudio(buf.toString('latin1', start, end));
+  }
+
+  /** Agent audio in its own format (base64): converted to μ-law 8 kHz for the session. */
+  #agentAudio(b64: string): void {
+    const t = this.#fromAgent;
+    if (t === undefined) return;
+    let data = b64;
+    // A WAV-wrapped chunk ("UklGR" = base64 of "RIFF"): its header is not audio.
+    if (data.startsWith('UklGR')) {
+      const pcm = stripWavHeader(Buffer.from(data, 'base64'));
+      if (pcm === undefined) return;
+      data = Buffer.from(pcm).toString('base64');
+    }
+    const out = t.push(data);
+    if (out.length > 0) this.#events.audio(Buffer.from(out, 'latin1'), 0, out.length);
   }
 
   interrupted(): void {
@@ -128,7 +176,8 @@ class PlayAiAgentLeg implements AgentLeg {
     switch (msg.type) {
       case 'audioStream':
         // The slow path (a frame the fast scanner did not take): rare, so a Buffer is made here.
-        e.audio(Buffer.from(msg.data, 'latin1'), 0, msg.data.length);
+        if (this.#fromAgent !== undefined) this.#agentAudio(msg.data);
+        else e.audio(Buffer.from(msg.data, 'latin1'), 0, msg.data.length);
         return;
       case 'init':
         if (this.#ready) {
@@ -139,12 +188,15 @@ class PlayAiAgentLeg implements AgentLeg {
         e.ready({ conversationId: msg.conversationId });
         return;
       case 'newAudioStream':
+        // A new stream does not continue the previous one's samples.
+        this.#fromAgent?.reset();
         e.responseStart({ dropsPrevious: true });
         return;
       case 'audioStreamEnd':
         e.responseDone();
         return;
       case 'voiceActivityStart':
+        this.#fromAgent?.reset();
         e.callerSpeechStart();
         return;
       case 'hangup':
