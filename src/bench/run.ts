@@ -2,7 +2,8 @@
  * `npm run bench`: load benchmark of the built bridge, with a floor measured in the same run.
  *
  * For each call count N:
- *  1. bridge: the local agent in echo mode (`dist/bench/echoAgent.js`) and the bridge with its
+ *  1. bridge: an echo agent (`dist/bench/echoAgent.js`: the local agent in echo mode, or with
+ *     `--agent` a lean echo speaking the OpenAI, ElevenLabs or Deepgram protocol) and the bridge with its
  *     production start command (`node --max-semi-space-size=8 dist/main.js`, the flags read from `npm start`, signatures on, LOG_LEVEL=warn), each its own
  *     process; the bridge pinned to one core with `taskset` when it exists, the agent and the
  *     load generator to another. The load generator (`dist/bench/loadgen.js`, its own process)
@@ -23,6 +24,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { BENCH_AGENT_INFO, BENCH_AGENTS, bridgeAgentEnv, isBenchAgent, type BenchAgent } from './agents/kinds.js';
 import { formatImportDelay, runImportDelay } from './importDelay.js';
 import { allowedCpus, clockTicksPerSecond, readHostCpuTimes, readMemoryKb } from './procstat.js';
 import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, type LatencySummary } from './stats.js';
@@ -30,11 +32,21 @@ import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, t
 const HELP = `Usage: npm run bench -- [options]
 
 Benchmarks the built bridge (the production start command: node dist/main.js with the
-flags of npm start) against the local echo agent with N simulated Twilio calls per step,
+flags of npm start) against an echo agent with N simulated Twilio calls per step,
 and a minimal JSON media echo server (the floor) in the same run.
 Prints a table and writes a JSON file. Linux only (reads /proc).
 
 Options:
+  --agent NAME        the agent's wire protocol, i.e. the bridge adapter measured (default playai):
+                        playai            the local agent in echo mode (PlayAI protocol)
+                        openai            OpenAI Realtime GA (audio/pcmu, JSON base64 deltas)
+                        elevenlabs        ElevenLabs Agents set to ulaw_8000 (JSON base64)
+                        deepgram          Deepgram Voice Agent (mulaw 8000, binary audio)
+                        elevenlabs-pcm16  ElevenLabs Agents set to pcm_16000: the bridge converts
+                                          both ways; echoes are matched by arrival (audio bytes
+                                          per call, not frame ids) and no barge-in markers are sent
+                      each a lean local echo server (src/bench/agents/); the bridge is pointed at
+                      it with that provider's variables (DEFAULT_AGENT, the key, the URL)
   --calls LIST        call counts, comma separated (default 10,100,300)
   --with-600          add a 600-call step
   --duration S        steady-state window per step, seconds (default 20)
@@ -76,12 +88,16 @@ const OTHERS_RETRY_PCT = 15;
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DIST = join(ROOT, 'dist');
 const PUBLIC_URL = 'https://bench.playline.invalid';
+/** The API key the bridge sends and the echo agent requires (OpenAI, Deepgram; PlayAI sends it in setup). */
+const AGENT_KEY = 'bench';
 
 // ---------------------------------------------------------------------------
 // Options
 // ---------------------------------------------------------------------------
 
 interface Options {
+  /** The echo agent's wire protocol (`--agent`). */
+  agent: BenchAgent;
   calls: number[];
   durationS: number;
   rampMs: number | undefined;
@@ -122,6 +138,7 @@ function parseOptions(): Options | undefined {
   try {
     ({ values } = parseArgs({
       options: {
+        agent: { type: 'string' },
         calls: { type: 'string' },
         'with-600': { type: 'boolean', default: false },
         duration: { type: 'string' },
@@ -167,7 +184,10 @@ function parseOptions(): Options | undefined {
     if (m === null || m[1] === undefined || m[2] === undefined) usage(`--bridge-env takes NAME=VALUE (got ${JSON.stringify(kv)})`);
     bridgeEnv[m[1]] = m[2];
   }
+  const agent = values.agent ?? 'playai';
+  if (!isBenchAgent(agent)) usage(`--agent must be one of ${BENCH_AGENTS.join(', ')} (got ${JSON.stringify(agent)})`);
   return {
+    agent,
     bridgeEnv,
     calls,
     durationS,
@@ -438,6 +458,8 @@ interface Jitter {
 
 interface LoadgenResult {
   type: 'result';
+  /** How echoes were matched to frames (see loadgen.ts). */
+  match?: 'id' | 'arrival';
   calls: number;
   rampMs: number;
   connectMs: number;
@@ -466,6 +488,7 @@ interface LoadgenResult {
   targetRssKb?: number;
   targetHwmKb?: number;
   frames: { drainMs?: number; counted: number; echoed: number; lost: number; callsWithLoss: number; duplicates: number; reordered: number; misrouted: number; foreign: number };
+  arrival?: { shortfallBytesPerCall: number };
   rttMs: LatencySummary;
   firstAudioMs: LatencySummary;
   bargeIn: { markersSent: number; clears: number; noClear: number; unexpectedClears: number; markerToClearMs: LatencySummary };
@@ -710,6 +733,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
   const { opts, machine } = plan;
   const pin = machine.pinned ? machine.taskset : undefined;
   const run: TargetRun = { kind, calls, ok: false, connected: 0, windowS: 0, loadgenSaturated: false, loadgenNotes: [] };
+  const info = BENCH_AGENT_INFO[opts.agent];
   const procs: Proc[] = [];
   const say = (msg: string): void => void process.stderr.write(`[${calls} calls, ${kind}] ${msg}\n`);
   try {
@@ -719,9 +743,13 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     let publicUrl: string;
     if (kind === 'bridge') {
       const agentCore = machine.cores.agent === 'none' ? undefined : machine.cores.agent;
-      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--port', '0', '--watch-stdin'], { core: agentCore, taskset: pin, env: baseEnv() });
+      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--agent', opts.agent, '--api-key', AGENT_KEY, '--port', '0', '--watch-stdin'], {
+        core: agentCore,
+        taskset: pin,
+        env: baseEnv(),
+      });
       procs.push(agent);
-      const m = await waitForLine(agent, /listening on (ws:\/\/\S+)/, 15_000);
+      const m = await waitForLine(agent, /listening on ([a-z]+:\/\/\S+)/, 15_000);
       const agentUrl = m[1] ?? '';
       const port = await freePort();
       const env: NodeJS.ProcessEnv = {
@@ -732,9 +760,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
         LOG_LEVEL: 'warn',
         TWILIO_AUTH_TOKEN: plan.token,
         PUBLIC_URL,
-        PLAYAI_API_KEY: 'bench',
-        PLAYAI_AGENT_ID: 'echo',
-        PLAYAI_WS_URL: agentUrl,
+        ...bridgeAgentEnv(opts.agent, agentUrl, AGENT_KEY),
         MAX_CONCURRENT_CALLS: String(Math.max(1000, plan.maxCalls * 2)),
         DATA_DIR: plan.dataDir,
         DRAIN_TIMEOUT_S: '2',
@@ -770,7 +796,9 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
       '--settle-ms', String(opts.settleMs),
       '--duration', String(opts.durationS),
       '--trailing-ms', String(opts.trailingMs),
-      '--barge-every-ms', String(kind === 'bridge' ? opts.bargeEveryMs : 0),
+      '--barge-every-ms', String(kind === 'bridge' && info.bargeIn ? opts.bargeEveryMs : 0),
+      // The floor echoes byte-exact whatever the agent: only the bridge's converted audio is matched by arrival.
+      '--match', kind === 'bridge' ? info.match : 'id',
       '--target-pid', String(target.pid),
       ...(agent !== undefined ? ['--agent-pid', String(agent.pid)] : []),
       '--watch-stdin',
@@ -901,7 +929,13 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
         (j.otherCpuBusy !== undefined ? `; while the bridge's CPU spins ${j.otherCpuBusy.p50}/${j.otherCpuBusy.p99}/${j.otherCpuBusy.max} ms` : ''),
     );
   }
-  out.push(`window ${opts.durationS} s per step after all calls connected; 20 ms frames; agent echoes every frame; barge-in marker every ${opts.bargeEveryMs} ms per call`);
+  const info = BENCH_AGENT_INFO[opts.agent];
+  out.push(`agent: ${info.describe}`);
+  out.push(
+    `window ${opts.durationS} s per step after all calls connected; 20 ms frames; agent echoes every frame; ` +
+      (info.bargeIn ? `barge-in marker every ${opts.bargeEveryMs} ms per call` : 'no barge-in markers (they cannot pass a conversion)') +
+      (info.match === 'arrival' ? '; echoes matched by arrival (audio bytes per call), so RTT includes the converters\' hold-back' : ''),
+  );
   out.push('');
   const headline = steps.map((s) => {
     const b = s.bridge;
@@ -927,7 +961,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   });
   out.push(
     table(
-      ['calls', 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'heap KB/call', 'LG lag p99 ms'],
+      [`calls (${opts.agent})`, 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'heap KB/call', 'LG lag p99 ms'],
       headline,
     ),
   );
@@ -1011,6 +1045,9 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
         if (fr.duplicates + fr.reordered + fr.misrouted + fr.foreign > 0) {
           notes.push(`${s.calls} calls, ${run.kind}: echoes duplicated ${fr.duplicates}, out of order ${fr.reordered}, to the wrong call ${fr.misrouted}, unrecognised ${fr.foreign}`);
         }
+        if (r.arrival !== undefined) {
+          notes.push(`${s.calls} calls, ${run.kind}: echoes matched by arrival; ${f1(r.arrival.shortfallBytesPerCall)} audio bytes per call sent but not back at hang-up (in flight, held in a converter, or lost)`);
+        }
         if (run.kind === 'bridge' && r.bargeIn.noClear > 0) notes.push(`${s.calls} calls: ${r.bargeIn.noClear} of ${r.bargeIn.markersSent} barge-in markers got no clear`);
       }
       if ((run.otherProcessesPct ?? 0) > OTHERS_RETRY_PCT) {
@@ -1021,7 +1058,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       }
     }
   }
-  const targets = evaluateTargets(steps);
+  const targets = evaluateTargets(steps, opts.agent);
   if (targets.length > 0) {
     out.push('');
     out.push('targets:');
@@ -1044,8 +1081,13 @@ interface TargetCheck {
   pass: boolean;
 }
 
-function evaluateTargets(steps: Step[]): TargetCheck[] {
+function evaluateTargets(steps: Step[], agent: BenchAgent): TargetCheck[] {
   const out: TargetCheck[] = [];
+  // Issue 10: each passthrough adapter at 200 calls costs at most 2.0x the floor measured in the same run.
+  const s200 = steps.find((s) => s.calls === 200);
+  if (s200?.cpuRatio !== undefined && !BENCH_AGENT_INFO[agent].transcodes) {
+    out.push({ what: `200 calls, ${agent}: <= 2.0x the floor`, value: `${s200.cpuRatio.toFixed(2)}x`, pass: s200.cpuRatio <= 2.0 });
+  }
   const s300 = steps.find((s) => s.calls === 300);
   if (s300 !== undefined) {
     const b = s300.bridge;
@@ -1212,12 +1254,13 @@ async function main(): Promise<void> {
     mkdirSync(dirname(file), { recursive: true });
     const doc = {
       tool: 'playline npm run bench',
+      agent: { name: opts.agent, ...BENCH_AGENT_INFO[opts.agent] },
       startedAt,
       finishedAt: new Date().toISOString(),
       complete,
       machine,
       options: opts,
-      targets: evaluateTargets(steps),
+      targets: evaluateTargets(steps, opts.agent),
       steps,
     };
     writeFileSync(file, `${JSON.stringify(doc, null, 2)}\n`);
@@ -1251,7 +1294,7 @@ async function main(): Promise<void> {
 
   const plan: Plan = { opts, machine, maxCalls: Math.max(...opts.calls), token: randomBytes(16).toString('hex'), dataDir };
   process.stderr.write(
-    `bench: steps ${opts.calls.join(', ')} calls, ${opts.durationS} s window each${opts.floor ? ', floor in the same run' : ''}; ${machine.pinned ? `pinned (bridge CPU ${machine.cores.bridge}, load CPU ${machine.cores.loadgen}, agent CPU ${machine.cores.agent})` : 'not pinned'}\n`,
+    `bench: agent ${opts.agent}; steps ${opts.calls.join(', ')} calls, ${opts.durationS} s window each${opts.floor ? ', floor in the same run' : ''}; ${machine.pinned ? `pinned (bridge CPU ${machine.cores.bridge}, load CPU ${machine.cores.loadgen}, agent CPU ${machine.cores.agent})` : 'not pinned'}\n`,
   );
   try {
     for (const calls of opts.calls) {
