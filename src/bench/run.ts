@@ -65,6 +65,10 @@ Options:
   --no-pin            do not pin processes with taskset
   --json-out FILE     where to write the JSON result (default bench/results/latest.json)
   --bridge-env K=V    extra environment for the bridge (repeatable), e.g. AUDIO_IN_BATCH_MS=40
+  --bridge-node-arg=FLAG
+                      extra node flag for the bridge, after those of npm start (repeatable), e.g.
+                      --bridge-node-arg=--cpu-prof --bridge-node-arg=--cpu-prof-dir=/tmp/prof
+                      (a CPU profile of the bridge; node refuses --cpu-prof in NODE_OPTIONS)
   --quick             short smoke run: --calls 10,50 --duration 5 --settle-ms 1000
                       --quiet-wait-s 10 --retries 0 unless given
   --soak              memory over time at a fixed load: one step of --calls N (default 200)
@@ -114,6 +118,8 @@ interface Options {
   quick: boolean;
   /** Extra environment for the bridge (`--bridge-env NAME=VALUE`), e.g. AUDIO_IN_BATCH_MS=40. */
   bridgeEnv: Record<string, string>;
+  /** Extra node flags for the bridge (`--bridge-node-arg`), e.g. `--cpu-prof`. */
+  bridgeNodeArgs: string[];
   /** Memory over time: one step, the bridge sampled every `sampleS` during the window. */
   soak: boolean;
   sampleS: number;
@@ -157,6 +163,7 @@ function parseOptions(): Options | undefined {
         'sample-s': { type: 'string' },
         import: { type: 'string' },
         'bridge-env': { type: 'string', multiple: true },
+        'bridge-node-arg': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -184,11 +191,14 @@ function parseOptions(): Options | undefined {
     if (m === null || m[1] === undefined || m[2] === undefined) usage(`--bridge-env takes NAME=VALUE (got ${JSON.stringify(kv)})`);
     bridgeEnv[m[1]] = m[2];
   }
+  const bridgeNodeArgs = values['bridge-node-arg'] ?? [];
+  for (const a of bridgeNodeArgs) if (!a.startsWith('--')) usage(`--bridge-node-arg takes a node flag like --cpu-prof (got ${JSON.stringify(a)}; write --bridge-node-arg=--flag)`);
   const agent = values.agent ?? 'playai';
   if (!isBenchAgent(agent)) usage(`--agent must be one of ${BENCH_AGENTS.join(', ')} (got ${JSON.stringify(agent)})`);
   return {
     agent,
     bridgeEnv,
+    bridgeNodeArgs,
     calls,
     durationS,
     rampMs: values['ramp-ms'] === undefined ? undefined : Math.round(numOpt('ramp-ms', values['ramp-ms'], 0, 0, 600_000)),
@@ -767,7 +777,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
         ...opts.bridgeEnv,
       };
       // cwd = the temp dir, so no .env of the checkout is loaded.
-      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir, nodeFlags: productionNodeFlags() });
+      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir, nodeFlags: [...productionNodeFlags(), ...opts.bridgeNodeArgs] });
       procs.push(target);
       url = `http://127.0.0.1:${port}`;
       publicUrl = PUBLIC_URL;
