@@ -14,7 +14,12 @@
  * hangs up; measured frames still missing then are lost.
  *
  * Per frame: every caller frame is unique (see `frames.ts`); its send time is kept in
- * a per-call ring, and an echo carrying the same id gives the round trip. Barge-in:
+ * a per-call ring, and an echo carrying the same id gives the round trip. With
+ * `--match arrival` (an agent whose audio the bridge converts, so echoes are not
+ * byte-exact) echoes are counted by arrival instead: the audio bytes received per
+ * call are summed, and frame k counts as echoed when the 160 × (k + 1)-th byte has
+ * come back (its round trip ends then); ids, duplicates, order and routing are not
+ * checked, and no barge-in marker is sent (a conversion would not keep it). Barge-in:
  * every `--barge-every-ms` per call (staggered across calls), when at least 5 ms of
  * echoed audio is queued in the simulated Twilio buffer, a marker frame is sent
  * instead of audio; the local agent answers it with `voiceActivityStart`, the bridge
@@ -27,7 +32,8 @@ import { setMaxListeners } from 'node:events';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { placeCalls, type FakeTwilioStream, type SimCallResult } from '../sim/twilioSim.js';
-import { decodeFrameId, encodeFrame } from './frames.js';
+import { base64ByteLength } from '../audio/base64.js';
+import { decodeFrameId, encodeFrame, FRAME_BYTES } from './frames.js';
 import { clockTicksPerSecond, readCpuTimes, readHostCpuTimes, readMemoryKb, type HostCpuTimes } from './procstat.js';
 import { LatencyHistogram, round2, round3, summarize, type LatencySummary } from './stats.js';
 
@@ -47,6 +53,9 @@ Options:
   --duration S            steady window, seconds (default 20)
   --trailing-ms MS        after the window, wait up to MS for in-flight echoes before hanging up (default 5000)
   --barge-every-ms MS     barge-in marker interval per call; 0 = none (default 2000)
+  --match id|arrival      how echoes are matched to frames: by the id in each frame (default,
+                          byte-exact echoes) or by arrival, counting audio bytes per call
+                          (converted audio; no barge-in markers then)
   --target-pid PID        process whose CPU/RSS is sampled over the window
   --agent-pid PID         second process whose CPU is sampled (the agent)
   --watch-stdin           exit when stdin closes (the runner died)
@@ -82,6 +91,11 @@ interface Probe {
   misrouted: number;
   foreign: number;
   lastSeq: number;
+  /** --match arrival: audio bytes received, and frames completed by them. */
+  rxBytes: number;
+  rxFrames: number;
+  /** Frames sent (all phases, markers included). */
+  sentFrames: number;
   firstEchoAt: number;
   markerAt: number;
   nextMarkerAt: number;
@@ -145,6 +159,7 @@ async function main(): Promise<void> {
         duration: { type: 'string' },
         'trailing-ms': { type: 'string' },
         'barge-every-ms': { type: 'string' },
+        match: { type: 'string' },
         'target-pid': { type: 'string' },
         'agent-pid': { type: 'string' },
         'watch-stdin': { type: 'boolean', default: false },
@@ -170,7 +185,11 @@ async function main(): Promise<void> {
   const settleMs = int('settle-ms', values['settle-ms'], 2000, 0, 600_000);
   const durationMs = int('duration', values.duration, 20, 1, 3600) * 1000;
   const trailingMs = int('trailing-ms', values['trailing-ms'], 5000, 0, 60_000);
-  const bargeEveryMs = int('barge-every-ms', values['barge-every-ms'], 2000, 0, 600_000);
+  const match = values.match ?? 'id';
+  if (match !== 'id' && match !== 'arrival') fail(`--match must be id or arrival (got ${JSON.stringify(match)})`);
+  const byArrival = match === 'arrival';
+  // A marker cannot survive a conversion: no barge-ins when matching by arrival.
+  const bargeEveryMs = byArrival ? 0 : int('barge-every-ms', values['barge-every-ms'], 2000, 0, 600_000);
   const targetPid = values['target-pid'] === undefined ? undefined : int('target-pid', values['target-pid'], 0, 1, 2 ** 31);
   const agentPid = values['agent-pid'] === undefined ? undefined : int('agent-pid', values['agent-pid'], 0, 1, 2 ** 31);
 
@@ -213,6 +232,9 @@ async function main(): Promise<void> {
     misrouted: 0,
     foreign: 0,
     lastSeq: -1,
+    rxBytes: 0,
+    rxFrames: 0,
+    sentFrames: 0,
     firstEchoAt: 0,
     markerAt: 0,
     nextMarkerAt: Infinity,
@@ -220,6 +242,7 @@ async function main(): Promise<void> {
 
   const frameSource = (p: Probe) => (n: number, now: number): string => {
     if (n === 0) p.t0 = now;
+    p.sentFrames = n + 1;
     if (phase !== Phase.Steady) return encodeFrame(p.idx, n);
     lag.record(now - (p.t0 + n * FRAME_MS));
     if (bargeEveryMs > 0) {
@@ -245,6 +268,19 @@ async function main(): Promise<void> {
     if (p.firstEchoAt === 0) {
       p.firstEchoAt = now;
       connected++;
+    }
+    if (byArrival) {
+      p.rxBytes += base64ByteLength(payload);
+      const done = Math.floor(p.rxBytes / FRAME_BYTES);
+      for (let seq = p.rxFrames; seq < done; seq++) {
+        const slot = seq & MASK;
+        if (p.sentSeq[slot] === seq) {
+          rtt.record(now - (p.sentAt[slot] ?? now));
+          p.echoed++;
+        }
+      }
+      p.rxFrames = done;
+      return;
     }
     const id = decodeFrameId(payload);
     if (id === undefined) {
@@ -386,6 +422,7 @@ async function main(): Promise<void> {
 
   const result = {
     type: 'result',
+    match,
     calls,
     rampMs,
     connectMs: Math.round(connectMs),
@@ -425,6 +462,12 @@ async function main(): Promise<void> {
       misrouted: sum((p) => p.misrouted),
       foreign: sum((p) => p.foreign),
     },
+    /**
+     * --match arrival: audio bytes sent but not back when the caller hung up, mean per call
+     * (what was in flight, held in a converter, or lost for good: a shortfall that also
+     * delays every later frame's arrival-matched round trip by shortfall / 8 ms).
+     */
+    ...(byArrival ? { arrival: { shortfallBytesPerCall: round2(sum((p) => p.sentFrames * FRAME_BYTES - p.rxBytes) / calls) } } : {}),
     rttMs: rtt.summary(),
     firstAudioMs: firstAudio.length > 0 ? summarize(firstAudio) : emptySummary,
     bargeIn: {

@@ -32,22 +32,40 @@ export function portArg(value: string | undefined, who: string, help: string): n
 }
 
 /**
- * Parses a bench server's command line: `--port N`, `--watch-stdin`, `--help`
- * and the extra boolean `flags`. Returns undefined after printing `help`.
+ * Parses a bench server's command line: `--port N`, `--watch-stdin`, `--help`,
+ * the extra boolean `flags` and the extra string `strings`. Returns undefined
+ * after printing `help`; exits 2 with `help` on an unknown option.
  */
-export function serverArgs<F extends string>(who: string, help: string, flags: readonly F[] = []): { port: number; watchStdin: boolean; flags: Record<F, boolean> } | undefined {
+export function serverArgs<F extends string, S extends string = never>(
+  who: string,
+  help: string,
+  flags: readonly F[] = [],
+  strings: readonly S[] = [],
+): { port: number; watchStdin: boolean; flags: Record<F, boolean>; strings: Partial<Record<S, string>> } | undefined {
   const options: Record<string, { type: 'string' | 'boolean'; default?: string | boolean; short?: string }> = {
     port: { type: 'string', default: '0' },
     'watch-stdin': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   };
   for (const f of flags) options[f] = { type: 'boolean', default: false };
-  const { values } = parseArgs({ options, strict: true });
+  for (const k of strings) options[k] = { type: 'string' };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ options, strict: true }));
+  } catch (err) {
+    process.stderr.write(`${who}: ${err instanceof Error ? err.message : String(err)}\n${help}`);
+    process.exit(2);
+  }
   if (values.help === true) {
     process.stdout.write(help);
     return undefined;
   }
   const out = {} as Record<F, boolean>;
   for (const f of flags) out[f] = values[f] === true;
-  return { port: portArg(typeof values.port === 'string' ? values.port : undefined, who, help), watchStdin: values['watch-stdin'] === true, flags: out };
+  const str: Partial<Record<S, string>> = {};
+  for (const k of strings) {
+    const v = values[k];
+    if (typeof v === 'string') str[k] = v;
+  }
+  return { port: portArg(typeof values.port === 'string' ? values.port : undefined, who, help), watchStdin: values['watch-stdin'] === true, flags: out, strings: str };
 }

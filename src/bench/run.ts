@@ -2,7 +2,8 @@
  * `npm run bench`: load benchmark of the built bridge, with a floor measured in the same run.
  *
  * For each call count N:
- *  1. bridge: the local agent in echo mode (`dist/bench/echoAgent.js`) and the bridge with its
+ *  1. bridge: an echo agent (`dist/bench/echoAgent.js`: the local agent in echo mode, or with
+ *     `--agent` a lean echo speaking the OpenAI, ElevenLabs or Deepgram protocol) and the bridge with its
  *     production start command (`node --max-semi-space-size=8 dist/main.js`, the flags read from `npm start`, signatures on, LOG_LEVEL=warn), each its own
  *     process; the bridge pinned to one core with `taskset` when it exists, the agent and the
  *     load generator to another. The load generator (`dist/bench/loadgen.js`, its own process)
@@ -23,6 +24,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { BENCH_AGENT_INFO, BENCH_AGENTS, bridgeAgentEnv, isBenchAgent, type BenchAgent } from './agents/kinds.js';
 import { formatImportDelay, runImportDelay } from './importDelay.js';
 import { allowedCpus, clockTicksPerSecond, readHostCpuTimes, readMemoryKb } from './procstat.js';
 import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, type LatencySummary } from './stats.js';
@@ -30,11 +32,21 @@ import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, t
 const HELP = `Usage: npm run bench -- [options]
 
 Benchmarks the built bridge (the production start command: node dist/main.js with the
-flags of npm start) against the local echo agent with N simulated Twilio calls per step,
+flags of npm start) against an echo agent with N simulated Twilio calls per step,
 and a minimal JSON media echo server (the floor) in the same run.
 Prints a table and writes a JSON file. Linux only (reads /proc).
 
 Options:
+  --agent NAME        the agent's wire protocol, i.e. the bridge adapter measured (default playai):
+                        playai            the local agent in echo mode (PlayAI protocol)
+                        openai            OpenAI Realtime GA (audio/pcmu, JSON base64 deltas)
+                        elevenlabs        ElevenLabs Agents set to ulaw_8000 (JSON base64)
+                        deepgram          Deepgram Voice Agent (mulaw 8000, binary audio)
+                        elevenlabs-pcm16  ElevenLabs Agents set to pcm_16000: the bridge converts
+                                          both ways; echoes are matched by arrival (audio bytes
+                                          per call, not frame ids) and no barge-in markers are sent
+                      each a lean local echo server (src/bench/agents/); the bridge is pointed at
+                      it with that provider's variables (DEFAULT_AGENT, the key, the URL)
   --calls LIST        call counts, comma separated (default 10,100,300)
   --with-600          add a 600-call step
   --duration S        steady-state window per step, seconds (default 20)
@@ -53,6 +65,10 @@ Options:
   --no-pin            do not pin processes with taskset
   --json-out FILE     where to write the JSON result (default bench/results/latest.json)
   --bridge-env K=V    extra environment for the bridge (repeatable), e.g. AUDIO_IN_BATCH_MS=40
+  --bridge-node-arg=FLAG
+                      extra node flag for the bridge, after those of npm start (repeatable), e.g.
+                      --bridge-node-arg=--cpu-prof --bridge-node-arg=--cpu-prof-dir=/tmp/prof
+                      (a CPU profile of the bridge; node refuses --cpu-prof in NODE_OPTIONS)
   --quick             short smoke run: --calls 10,50 --duration 5 --settle-ms 1000
                       --quiet-wait-s 10 --retries 0 unless given
   --soak              memory over time at a fixed load: one step of --calls N (default 200)
@@ -76,12 +92,16 @@ const OTHERS_RETRY_PCT = 15;
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DIST = join(ROOT, 'dist');
 const PUBLIC_URL = 'https://bench.playline.invalid';
+/** The API key the bridge sends and the echo agent requires (OpenAI, Deepgram; PlayAI sends it in setup). */
+const AGENT_KEY = 'bench';
 
 // ---------------------------------------------------------------------------
 // Options
 // ---------------------------------------------------------------------------
 
 interface Options {
+  /** The echo agent's wire protocol (`--agent`). */
+  agent: BenchAgent;
   calls: number[];
   durationS: number;
   rampMs: number | undefined;
@@ -98,6 +118,8 @@ interface Options {
   quick: boolean;
   /** Extra environment for the bridge (`--bridge-env NAME=VALUE`), e.g. AUDIO_IN_BATCH_MS=40. */
   bridgeEnv: Record<string, string>;
+  /** Extra node flags for the bridge (`--bridge-node-arg`), e.g. `--cpu-prof`. */
+  bridgeNodeArgs: string[];
   /** Memory over time: one step, the bridge sampled every `sampleS` during the window. */
   soak: boolean;
   sampleS: number;
@@ -122,6 +144,7 @@ function parseOptions(): Options | undefined {
   try {
     ({ values } = parseArgs({
       options: {
+        agent: { type: 'string' },
         calls: { type: 'string' },
         'with-600': { type: 'boolean', default: false },
         duration: { type: 'string' },
@@ -140,6 +163,7 @@ function parseOptions(): Options | undefined {
         'sample-s': { type: 'string' },
         import: { type: 'string' },
         'bridge-env': { type: 'string', multiple: true },
+        'bridge-node-arg': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -167,8 +191,14 @@ function parseOptions(): Options | undefined {
     if (m === null || m[1] === undefined || m[2] === undefined) usage(`--bridge-env takes NAME=VALUE (got ${JSON.stringify(kv)})`);
     bridgeEnv[m[1]] = m[2];
   }
+  const bridgeNodeArgs = values['bridge-node-arg'] ?? [];
+  for (const a of bridgeNodeArgs) if (!a.startsWith('--')) usage(`--bridge-node-arg takes a node flag like --cpu-prof (got ${JSON.stringify(a)}; write --bridge-node-arg=--flag)`);
+  const agent = values.agent ?? 'playai';
+  if (!isBenchAgent(agent)) usage(`--agent must be one of ${BENCH_AGENTS.join(', ')} (got ${JSON.stringify(agent)})`);
   return {
+    agent,
     bridgeEnv,
+    bridgeNodeArgs,
     calls,
     durationS,
     rampMs: values['ramp-ms'] === undefined ? undefined : Math.round(numOpt('ramp-ms', values['ramp-ms'], 0, 0, 600_000)),
@@ -438,6 +468,8 @@ interface Jitter {
 
 interface LoadgenResult {
   type: 'result';
+  /** How echoes were matched to frames (see loadgen.ts). */
+  match?: 'id' | 'arrival';
   calls: number;
   rampMs: number;
   connectMs: number;
@@ -466,6 +498,7 @@ interface LoadgenResult {
   targetRssKb?: number;
   targetHwmKb?: number;
   frames: { drainMs?: number; counted: number; echoed: number; lost: number; callsWithLoss: number; duplicates: number; reordered: number; misrouted: number; foreign: number };
+  arrival?: { shortfallBytesPerCall: number };
   rttMs: LatencySummary;
   firstAudioMs: LatencySummary;
   bargeIn: { markersSent: number; clears: number; noClear: number; unexpectedClears: number; markerToClearMs: LatencySummary };
@@ -710,6 +743,7 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
   const { opts, machine } = plan;
   const pin = machine.pinned ? machine.taskset : undefined;
   const run: TargetRun = { kind, calls, ok: false, connected: 0, windowS: 0, loadgenSaturated: false, loadgenNotes: [] };
+  const info = BENCH_AGENT_INFO[opts.agent];
   const procs: Proc[] = [];
   const say = (msg: string): void => void process.stderr.write(`[${calls} calls, ${kind}] ${msg}\n`);
   try {
@@ -719,9 +753,13 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
     let publicUrl: string;
     if (kind === 'bridge') {
       const agentCore = machine.cores.agent === 'none' ? undefined : machine.cores.agent;
-      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--port', '0', '--watch-stdin'], { core: agentCore, taskset: pin, env: baseEnv() });
+      agent = launch('agent', join(DIST, 'bench', 'echoAgent.js'), ['--agent', opts.agent, '--api-key', AGENT_KEY, '--port', '0', '--watch-stdin'], {
+        core: agentCore,
+        taskset: pin,
+        env: baseEnv(),
+      });
       procs.push(agent);
-      const m = await waitForLine(agent, /listening on (ws:\/\/\S+)/, 15_000);
+      const m = await waitForLine(agent, /listening on ([a-z]+:\/\/\S+)/, 15_000);
       const agentUrl = m[1] ?? '';
       const port = await freePort();
       const env: NodeJS.ProcessEnv = {
@@ -732,16 +770,14 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
         LOG_LEVEL: 'warn',
         TWILIO_AUTH_TOKEN: plan.token,
         PUBLIC_URL,
-        PLAYAI_API_KEY: 'bench',
-        PLAYAI_AGENT_ID: 'echo',
-        PLAYAI_WS_URL: agentUrl,
+        ...bridgeAgentEnv(opts.agent, agentUrl, AGENT_KEY),
         MAX_CONCURRENT_CALLS: String(Math.max(1000, plan.maxCalls * 2)),
         DATA_DIR: plan.dataDir,
         DRAIN_TIMEOUT_S: '2',
         ...opts.bridgeEnv,
       };
       // cwd = the temp dir, so no .env of the checkout is loaded.
-      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir, nodeFlags: productionNodeFlags() });
+      target = launch('bridge', join(DIST, 'main.js'), [], { core: machine.cores.bridge, taskset: pin, env, cwd: plan.dataDir, nodeFlags: [...productionNodeFlags(), ...opts.bridgeNodeArgs] });
       procs.push(target);
       url = `http://127.0.0.1:${port}`;
       publicUrl = PUBLIC_URL;
@@ -770,7 +806,9 @@ async function measure(kind: 'bridge' | 'floor', calls: number, plan: Plan): Pro
       '--settle-ms', String(opts.settleMs),
       '--duration', String(opts.durationS),
       '--trailing-ms', String(opts.trailingMs),
-      '--barge-every-ms', String(kind === 'bridge' ? opts.bargeEveryMs : 0),
+      '--barge-every-ms', String(kind === 'bridge' && info.bargeIn ? opts.bargeEveryMs : 0),
+      // The floor echoes byte-exact whatever the agent: only the bridge's converted audio is matched by arrival.
+      '--match', kind === 'bridge' ? info.match : 'id',
       '--target-pid', String(target.pid),
       ...(agent !== undefined ? ['--agent-pid', String(agent.pid)] : []),
       '--watch-stdin',
@@ -901,7 +939,13 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
         (j.otherCpuBusy !== undefined ? `; while the bridge's CPU spins ${j.otherCpuBusy.p50}/${j.otherCpuBusy.p99}/${j.otherCpuBusy.max} ms` : ''),
     );
   }
-  out.push(`window ${opts.durationS} s per step after all calls connected; 20 ms frames; agent echoes every frame; barge-in marker every ${opts.bargeEveryMs} ms per call`);
+  const info = BENCH_AGENT_INFO[opts.agent];
+  out.push(`agent: ${info.describe}`);
+  out.push(
+    `window ${opts.durationS} s per step after all calls connected; 20 ms frames; agent echoes every frame; ` +
+      (info.bargeIn ? `barge-in marker every ${opts.bargeEveryMs} ms per call` : 'no barge-in markers (they cannot pass a conversion)') +
+      (info.match === 'arrival' ? '; echoes matched by arrival (audio bytes per call), so RTT includes the converters\' hold-back' : ''),
+  );
   out.push('');
   const headline = steps.map((s) => {
     const b = s.bridge;
@@ -927,7 +971,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   });
   out.push(
     table(
-      ['calls', 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'heap KB/call', 'LG lag p99 ms'],
+      [`calls (${opts.agent})`, 'connected', 'CPU ms/call-s', '% core', 'floor ms/call-s', 'ratio', 'RTT p50/p99 ms', 'floor RTT p50/p99', 'barge p50/p99 ms', '1st audio p50 ms', 'lost', 'RSS MB', 'RSS KB/call', 'heap KB/call', 'LG lag p99 ms'],
       headline,
     ),
   );
@@ -1011,6 +1055,9 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
         if (fr.duplicates + fr.reordered + fr.misrouted + fr.foreign > 0) {
           notes.push(`${s.calls} calls, ${run.kind}: echoes duplicated ${fr.duplicates}, out of order ${fr.reordered}, to the wrong call ${fr.misrouted}, unrecognised ${fr.foreign}`);
         }
+        if (r.arrival !== undefined) {
+          notes.push(`${s.calls} calls, ${run.kind}: echoes matched by arrival; ${f1(r.arrival.shortfallBytesPerCall)} audio bytes per call sent but not back at hang-up (in flight, held in a converter, or lost)`);
+        }
         if (run.kind === 'bridge' && r.bargeIn.noClear > 0) notes.push(`${s.calls} calls: ${r.bargeIn.noClear} of ${r.bargeIn.markersSent} barge-in markers got no clear`);
       }
       if ((run.otherProcessesPct ?? 0) > OTHERS_RETRY_PCT) {
@@ -1021,7 +1068,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
       }
     }
   }
-  const targets = evaluateTargets(steps);
+  const targets = evaluateTargets(steps, opts.agent);
   if (targets.length > 0) {
     out.push('');
     out.push('targets:');
@@ -1044,8 +1091,13 @@ interface TargetCheck {
   pass: boolean;
 }
 
-function evaluateTargets(steps: Step[]): TargetCheck[] {
+function evaluateTargets(steps: Step[], agent: BenchAgent): TargetCheck[] {
   const out: TargetCheck[] = [];
+  // Issue 10: each passthrough adapter at 200 calls costs at most 2.0x the floor measured in the same run.
+  const s200 = steps.find((s) => s.calls === 200);
+  if (s200?.cpuRatio !== undefined && !BENCH_AGENT_INFO[agent].transcodes) {
+    out.push({ what: `200 calls, ${agent}: <= 2.0x the floor`, value: `${s200.cpuRatio.toFixed(2)}x`, pass: s200.cpuRatio <= 2.0 });
+  }
   const s300 = steps.find((s) => s.calls === 300);
   if (s300 !== undefined) {
     const b = s300.bridge;
@@ -1212,12 +1264,13 @@ async function main(): Promise<void> {
     mkdirSync(dirname(file), { recursive: true });
     const doc = {
       tool: 'playline npm run bench',
+      agent: { name: opts.agent, ...BENCH_AGENT_INFO[opts.agent] },
       startedAt,
       finishedAt: new Date().toISOString(),
       complete,
       machine,
       options: opts,
-      targets: evaluateTargets(steps),
+      targets: evaluateTargets(steps, opts.agent),
       steps,
     };
     writeFileSync(file, `${JSON.stringify(doc, null, 2)}\n`);
@@ -1251,7 +1304,7 @@ async function main(): Promise<void> {
 
   const plan: Plan = { opts, machine, maxCalls: Math.max(...opts.calls), token: randomBytes(16).toString('hex'), dataDir };
   process.stderr.write(
-    `bench: steps ${opts.calls.join(', ')} calls, ${opts.durationS} s window each${opts.floor ? ', floor in the same run' : ''}; ${machine.pinned ? `pinned (bridge CPU ${machine.cores.bridge}, load CPU ${machine.cores.loadgen}, agent CPU ${machine.cores.agent})` : 'not pinned'}\n`,
+    `bench: agent ${opts.agent}; steps ${opts.calls.join(', ')} calls, ${opts.durationS} s window each${opts.floor ? ', floor in the same run' : ''}; ${machine.pinned ? `pinned (bridge CPU ${machine.cores.bridge}, load CPU ${machine.cores.loadgen}, agent CPU ${machine.cores.agent})` : 'not pinned'}\n`,
   );
   try {
     for (const calls of opts.calls) {
