@@ -76,6 +76,15 @@ describe('PlayAI provider', () => {
     expect(c.audio[0]?.equals(Buffer.alloc(160, 0x42))).toBe(true);
   });
 
+  it('greets on a new conversation and on a takeover from another agent, not when resuming its own', () => {
+    const call = { callSid: 'CA1', from: '+1', to: '+2', direction: 'inbound' };
+    expect(open({ greeting: 'Hi!' }).opts.setup.customGreeting).toBe('Hi!');
+    expect(open({ greeting: 'Hi!', resume: { history: [{ role: 'user', text: 'hello' }] } }).opts.setup.customGreeting).toBe('Hi!');
+    const resumed = open({ greeting: 'Hi!', resume: { conversationId: 'conv-1', history: [] }, call });
+    expect(resumed.opts.setup.customGreeting).toBeUndefined();
+    expect(resumed.opts.setup.continueConversation).toBe('conv-1');
+  });
+
   it('asks an agent set to 16-bit PCM 16 kHz for linear16 in and raw out, and converts both ways', () => {
     const format = { input: { encoding: 'linear16' as const, sampleRate: 16000 }, output: { encoding: 'linear16' as const, sampleRate: 16000 } };
     const c = open({ format });

@@ -89,7 +89,10 @@ class PlayAiAgentLeg implements AgentLeg {
     }
     if (p.apiKey !== undefined) setup.apiKey = p.apiKey;
     if (r.instructions !== undefined) setup.prompt = r.instructions;
-    if (r.greeting !== undefined && r.resume === undefined) setup.customGreeting = r.greeting;
+    // A resumed conversation is not greeted again. A PlayAI agent taking over from another agent
+    // (no conversation of its own to continue, and no way to read the history) starts with its
+    // greeting rather than in silence.
+    if (r.greeting !== undefined && r.resume?.conversationId === undefined) setup.customGreeting = r.greeting;
     if (r.resume?.conversationId !== undefined) setup.continueConversation = r.resume.conversationId;
     const events = this.#events;
     this.#socket = (p.connect ?? connectPlayAiSocket)({
