@@ -313,6 +313,7 @@ export function sessionSettings(config: Config): SessionSettings {
     callControlGraceMs: config.timeouts.callControlGraceMs,
     markIntervalMs: config.media.markIntervalMs,
     preInitBufferMs: config.media.preInitBufferMs,
+    dtmfGatherMs: config.media.dtmfGatherMs,
     audioInBatchMs: config.media.audioInBatchMs,
     agentHeartbeatMs: config.agentReconnect.heartbeatMs,
     reconnect: config.agentReconnect,

@@ -115,6 +115,8 @@ export interface Config {
     preInitBufferMs: number;
     /** Coalesce caller audio into `audioIn` messages of this many ms (0 = one message per Twilio frame). */
     audioInBatchMs: number;
+    /** Keypad digits are gathered until `#` or a pause this long, then sent to the agent as one message. */
+    dtmfGatherMs: number;
   };
   outbound: {
     /** Bearer token of the /v1 API; without one the API answers only on loopback in local mode. */
@@ -209,6 +211,7 @@ const envSchema = z.object({
   MARK_INTERVAL_MS: intIn(20, 2_000, 160),
   PREINIT_BUFFER_MS: intIn(0, 60_000, 15_000),
   AUDIO_IN_BATCH_MS: intIn(0, 500, 0),
+  DTMF_GATHER_MS: intIn(200, 10_000, 1_500),
   APOLOGY_TEXT: text(1000, 'Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
   BUSY_TEXT: text(1000, 'Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
   GOODBYE_TEXT: text(1000, 'We have to end this call now. Thank you for calling. Goodbye.'),
@@ -575,7 +578,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       stableMs: e.AGENT_STABLE_MS,
       maxPerCall: e.AGENT_MAX_RECONNECTS_PER_CALL,
     },
-    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS },
+    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS, dtmfGatherMs: e.DTMF_GATHER_MS },
     outbound: {
       apiToken: e.API_TOKEN,
       defaultCallerId: e.DEFAULT_CALLER_ID ?? (localCarrier ? LOCAL_CALLER_ID : undefined),

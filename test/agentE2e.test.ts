@@ -36,6 +36,18 @@ interface Conn {
   drop(): void;
   /** What this session was told of the conversation before it (resume by id, or history as text). */
   resumedWith(): string;
+  /** Text the agent received as the caller's words (keypad digits go this way). */
+  userTexts(): string[];
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+/** The text of an OpenAI `conversation.item.create` from the user. */
+function openaiUserText(f: Record<string, unknown>): string | undefined {
+  if (f.type !== 'conversation.item.create') return undefined;
+  const item = f.item;
+  if (typeof item !== 'object' || item === null || !('role' in item) || item.role !== 'user' || !('content' in item) || !Array.isArray(item.content)) return undefined;
+  const part: unknown = item.content[0];
+  return typeof part === 'object' && part !== null && 'text' in part ? str(part.text) : undefined;
 }
 
 interface Driver {
@@ -97,6 +109,7 @@ function playaiDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => String(c.setup?.continueConversation ?? ''),
+        userTexts: () => c.frames.filter((f) => f.type === 'customInput').map((f) => str(f.data)),
       };
       conns.set(conn, c);
       return conn;
@@ -145,6 +158,7 @@ function openaiDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => JSON.stringify(c.items),
+        userTexts: () => c.frames.map(openaiUserText).filter((t): t is string => t !== undefined),
       };
       conns.set(conn, c);
       return conn;
@@ -196,6 +210,7 @@ function elevenlabsDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => c.contextualUpdates.join('\n'),
+        userTexts: () => [...c.userMessages],
       };
     },
     refuseForCapacity(_tb, on) {
@@ -243,6 +258,7 @@ function deepgramDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => JSON.stringify(c.settings ?? {}),
+        userTexts: () => c.frames.filter((f) => f.type === 'InjectUserMessage').map((f) => str(f.content)),
       };
     },
     refuseForCapacity(_tb, on) {
@@ -465,4 +481,45 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     expect(storedCall(t, call.callSid)?.endReason).toBe('agent_hangup');
     expect(t.callControl.spoken).toHaveLength(0);
   });
+
+  it('keypad: "1234#" reaches the agent as one text message where the protocol takes text, and the record keeps the digits', async () => {
+    const { tb: t, d } = await start(make, { DTMF_GATHER_MS: '400' });
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    for (const digit of '1234#') call.stream.sendDtmf(digit);
+    // A pause ends a run too: "7" then silence.
+    call.stream.sendDtmf('7');
+    const gathered = () => storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf_digits') ?? [];
+    await eventually(() => gathered().length >= 2, 3000, 'both runs of digits on the record');
+    const runs = gathered().map((e) => e.data);
+    const delivery = d.name === 'playai' ? 'not_supported' : 'sent';
+    expect(runs).toEqual([
+      { digits: '1234#', ended: 'terminator', delivery },
+      { digits: '7', ended: 'pause', delivery },
+    ]);
+    expect(storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf')).toHaveLength(6);
+    if (d.name === 'playai') {
+      // The PlayAI protocol takes no caller text (customInput's meaning is undocumented): nothing is sent.
+      expect(conn.userTexts()).toEqual([]);
+    } else {
+      await eventually(() => conn.userTexts().length >= 2, 3000, 'the digits at the agent');
+      expect(conn.userTexts()).toEqual(['The caller typed "1234#" on the phone keypad.', 'The caller typed "7" on the phone keypad.']);
+    }
+    call.stream.sendStop();
+  });
+
+  it('keypad: digits typed before the agent is ready are sent once it is', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    call.stream.sendDtmf('5');
+    call.stream.sendDtmf('#');
+    const conn = await d.next(t);
+    await conn.ready();
+    await eventually(() => (storedCall(t, call.callSid)?.events.some((e) => e.type === 'dtmf_digits') ?? false), 3000, 'the digits on the record');
+    if (d.name === 'playai') expect(conn.userTexts()).toEqual([]);
+    else await eventually(() => conn.userTexts().includes('The caller typed "5#" on the phone keypad.'), 3000, 'the digits at the agent');
+    call.stream.sendStop();
+  });
 });
+

@@ -33,6 +33,7 @@ import { PlaybackTracker } from './playback.js';
 import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
 import { Timers } from './timers.js';
+import { DtmfGatherer, dtmfMessage, type DtmfEnd, type DtmfOutcome } from './dtmf.js';
 import { CallerAudioBuffer } from './callerBuffer.js';
 
 export interface SessionSettings {
@@ -43,6 +44,8 @@ export interface SessionSettings {
   preInitBufferMs: number;
   /** Coalesce caller audio into `audioIn` messages of this many ms; 0 forwards each frame as it comes. */
   audioInBatchMs?: number;
+  /** Keypad digits are gathered until `#` or a pause this long (default 1500 ms). */
+  dtmfGatherMs?: number;
   agentHeartbeatMs: number;
   /** The reconnect budget, and the caller audio (ms) kept during an outage. */
   reconnect: ReconnectPolicy & { bufferMs: number };
@@ -109,7 +112,10 @@ const STREAM_DEAD_AFTER_MS = 3000;
  */
 const PLAYBACK_SLACK_MS = 2000;
 
-type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall';
+type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall' | 'dtmf';
+
+/** Keypad messages kept for an agent that is not ready (connecting, reconnecting); older ones are dropped. */
+const MAX_DTMF_WAITING = 4;
 
 /**
  * After an `end_call` during a response, the call ends once the agent says the response is done,
@@ -196,6 +202,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #framesDown = 0;
   #bargeIns = 0;
 
+  /** Keypad digits being gathered into one message for the agent. */
+  readonly #dtmf: DtmfGatherer;
+  /** Keypad messages waiting for the agent to be ready. */
+  readonly #dtmfWaiting: Array<{ digits: string; ended: DtmfEnd }> = [];
+
   constructor(deps: CallSessionDeps) {
     this.#d = deps;
     this.#s = deps.settings;
@@ -214,6 +225,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log = this.#baseLog.child({ agentId: this.#agentRef });
     // The first connection is budgeted like a reconnect: its outage starts with the call.
     this.#st = { kind: 'connecting', agent: undefined, openedAt: 0, outage: { startedAt: this.#startedAt, attempts: 0 } };
+    this.#dtmf = new DtmfGatherer<never>({
+      ...(this.#s.dtmfGatherMs !== undefined ? { gatherMs: this.#s.dtmfGatherMs } : {}),
+      timer: { set: (ms, fn) => this.#timers.set('dtmf', ms, fn), clear: () => this.#timers.clear('dtmf') },
+      emit: (o) => this.#onDtmfGathered(o),
+    });
   }
 
   get state(): SessionState {
@@ -377,8 +393,31 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   onDtmf(digit: string): void {
+    if (this.#st.kind === 'closed') return;
     this.#d.journal.record(this.callSid, { type: 'dtmf', digit });
-    this.#log.debug('dtmf received');
+    if (!this.#dtmf.push(digit)) this.#warnOnce('dtmf:unknown_key', { digit: digit.slice(0, 8) }, 'ignored a keypad event that is not a key (0-9, *, #, A-D)');
+  }
+
+  /** Gathered digits go to the agent as one message where its protocol takes text; otherwise they stay in the record. */
+  #onDtmfGathered(o: DtmfOutcome<never>): void {
+    if (o.kind !== 'digits') return;
+    if (this.#d.agents.provider(this.#agentRef)?.acceptsText !== true) {
+      this.#d.journal.record(this.callSid, { type: 'dtmf_digits', digits: o.digits, ended: o.ended, delivery: 'not_supported' });
+      return;
+    }
+    const st = this.#st;
+    if (st.kind === 'live') {
+      this.#sendDtmf(st.agent, o.digits, o.ended);
+    } else if (st.kind === 'connecting' || st.kind === 'reconnecting') {
+      // Sent once the agent is ready; a caller who keeps typing into an outage keeps the latest.
+      if (this.#dtmfWaiting.length >= MAX_DTMF_WAITING) this.#dtmfWaiting.shift();
+      this.#dtmfWaiting.push({ digits: o.digits, ended: o.ended });
+    }
+  }
+
+  #sendDtmf(agent: AgentLeg, digits: string, ended: DtmfEnd): void {
+    agent.sendText(dtmfMessage(digits), 'user');
+    this.#d.journal.record(this.callSid, { type: 'dtmf_digits', digits, ended, delivery: 'sent' });
   }
 
   onStop(): void {
@@ -544,6 +583,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#log.info({ bufferedFrames: buffered }, 'agent ready');
     }
     this.#flushPending(agent);
+    for (const w of this.#dtmfWaiting.splice(0)) this.#sendDtmf(agent, w.digits, w.ended);
   }
 
   /** A new agent response: audio of an interrupted one is over; PlayAI's `newAudioStream` also drops what is still queued. */
@@ -1004,6 +1044,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     const outcome = this.#endReason ?? reason;
     try {
+      this.#dtmf.close();
+      this.#dtmfWaiting.length = 0;
       this.#timers.clearAll();
       this.#batchLen = 0;
       this.#bargeInMark = undefined;
