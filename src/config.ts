@@ -9,6 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { AgentDefinition } from './agent/directory.js';
+import { httpToolSchema } from './tools/http.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, formatAgentRef, parseAgentRef, type AgentProviderName } from './agent/port.js';
 import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
@@ -304,13 +305,6 @@ const routesFileSchema = z.record(z.string(), routeSchema);
 const audioFormatSchema = z
   .object({ encoding: z.enum(['mulaw', 'linear16'], { error: 'mulaw or linear16' }), sampleRate: z.union([z.literal(8000), z.literal(16000), z.literal(22050), z.literal(24000), z.literal(44100), z.literal(48000)], { error: 'one of 8000, 16000, 22050, 24000, 44100, 48000' }) })
   .strict();
-const toolSchema = z
-  .object({
-    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, { error: 'a tool name of 1 to 64 letters, digits, _ or -' }),
-    description: z.string().max(1024),
-    parameters: z.record(z.string(), z.unknown()),
-  })
-  .strict();
 const agentDefinitionSchema = z
   .object({
     instructions: z.string().max(50_000).optional(),
@@ -318,7 +312,7 @@ const agentDefinitionSchema = z
     voice: z.string().max(200).optional(),
     model: z.string().max(200).optional(),
     language: z.string().regex(/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/, { error: 'a language tag like en or en-US' }).optional(),
-    tools: z.array(toolSchema).max(64).optional(),
+    tools: z.array(httpToolSchema).max(64).optional(),
     fallback: z.array(agentRefSchema).max(8).optional(),
     format: z.object({ input: audioFormatSchema.optional(), output: audioFormatSchema.optional() }).strict().optional(),
   })

@@ -69,6 +69,11 @@ export interface HttpToolOptions {
   now?: () => number;
 }
 
+/** Runs operator tools for live calls: knows each call's record (id, numbers, metadata). */
+export interface ToolRunner {
+  run(callSid: string, def: HttpToolDef, args: Record<string, unknown>): Promise<HttpToolOutcome>;
+}
+
 /** Calls one operator tool. Never throws. */
 export async function callHttpTool(def: HttpToolDef, req: HttpToolRequest, opts: HttpToolOptions = {}): Promise<HttpToolOutcome> {
   const fetchImpl = opts.fetchImpl ?? fetch;
