@@ -59,15 +59,33 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
   });
 }
 
+/** How a route's calls differ from phone calls (browser calls: `webMediaStream.ts`). */
+export interface StreamVariant {
+  /** Refuses a `start` before its token is claimed (a reason), or lets it through (undefined). */
+  refuse?(start: TwilioStart): string | undefined;
+  /** Call control of this route's calls instead of the carrier's. */
+  callControl?: CallControl;
+  /** A call's session was registered and is about to start. */
+  onStarted?(session: CallSession): void;
+  /** A call's session closed (after its slot was released). */
+  onClosed?(session: CallSession): void;
+}
+
 /**
  * What happens on an accepted media-stream socket (the route's WebSocket handler; in-process
  * tests drive it with fake sockets): listeners attached at once, `start` awaited, its token
  * claimed, then a call session built, registered and started.
  */
-export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) => void {
+export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVariant = {}): (socket: WebSocket) => void {
   const { stream, manager, metrics, logger } = deps;
 
   const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision => {
+    const refused = variant.refuse?.(start);
+    if (refused !== undefined) {
+      metrics.streamRejectedTotal.labels(refused).inc();
+      logger.warn({ callSid: start.callSid, streamSid: start.streamSid, reason: refused }, 'media stream refused');
+      return { accept: false, reason: refused };
+    }
     const claim = manager.claim(start.customParameters.token, start.callSid);
     if (!claim.ok) {
       metrics.streamRejectedTotal.labels(claim.reason).inc();
@@ -81,7 +99,7 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         streamSid: start.streamSid,
         carrier: leg,
         agents: deps.agents,
-        callControl: deps.callControl,
+        callControl: variant.callControl ?? deps.callControl,
         settings: deps.settings,
         metrics,
         logger,
@@ -92,7 +110,10 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         },
         onAgentSwitched: (s, agentId) => manager.moveSlot(s.slot, agentId),
         onAgentSessionEnded: (_s, provider) => manager.noteAgentSessionEnded(provider),
-        onClosed: (s) => manager.release(s),
+        onClosed: (s) => {
+          manager.release(s);
+          variant.onClosed?.(s);
+        },
       });
     } catch (err) {
       manager.releaseSlot(claim.reservation.slot);
@@ -100,6 +121,7 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
       return { accept: false, reason: 'internal_error' };
     }
     manager.register(session);
+    variant.onStarted?.(session);
     session.start();
     return { accept: true, handlers: session };
   };
