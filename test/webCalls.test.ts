@@ -13,8 +13,11 @@ import { createBridge, type Bridge } from '../src/app.js';
 import { speechLikeSignal } from '../src/audio/signal.js';
 import { loadConfig } from '../src/config.js';
 import { LocalAgentServer } from '../src/sim/localAgent.js';
-import { openDb } from '../src/store/db.js';
+import Database from 'better-sqlite3';
+import { CallStore } from '../src/store/calls.js';
+import { MIGRATIONS, migrate, openDb } from '../src/store/db.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
+import { FakeTwilioStream } from '../src/sim/twilioSim.js';
 import { BrowserStream, UpgradeRefused } from './browserStream.js';
 import { eventually, startTestBridge, type TestBridge } from './helpers.js';
 
@@ -156,6 +159,20 @@ describe('browser calls in local mode', () => {
     expect(await s.whenClosed()).toEqual({ code: 1008, reason: 'not_web_call' });
   });
 
+  it('refuses a browser call token on the phone media stream: its session would get the carrier call control', async () => {
+    const base = await startLocal();
+    const { json } = await api(base, 'POST', '/v1/web-calls', {});
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: base, streamUrl: `${base.replace('http', 'ws')}/twilio/media-stream` });
+    stream.sendConnected();
+    stream.sendStart({ callSid: str(json.callSid), customParameters: { token: str(json.token) } });
+    const closed = await stream.whenClosed;
+    expect(closed.reason).toBe('web_call');
+    // The token was not spent: the browser can still use it.
+    const s = await connect(base);
+    s.start(str(json.callSid), str(json.token));
+    await s.until(() => s.mediaFrames > 0, 5000, 'agent audio');
+  });
+
   it('answers 503 capacity naming MAX_CONCURRENT_CALLS when the bridge is full, and admits again once the call ends', async () => {
     const base = await startLocal({ MAX_CONCURRENT_CALLS: '1' });
     const first = await api(base, 'POST', '/v1/web-calls', {});
@@ -266,5 +283,23 @@ describe('browser calls never reach a carrier', () => {
     const r = await api(tb.url, 'POST', '/v1/web-calls', {});
     expect(r.status).toBe(401);
     expect(tb.bridge.manager.usedSlots).toBe(0);
+  });
+});
+
+describe('the call store and browser calls', () => {
+  it('migrates a database from before browser calls, keeping its calls, and then stores web calls', () => {
+    const db = new Database(':memory:');
+    db.exec(MIGRATIONS[0] ?? '');
+    db.exec(MIGRATIONS[1] ?? '');
+    db.pragma('user_version = 2');
+    const before = new CallStore(db).insert({ direction: 'inbound', callSid: 'CA00000000000000000000000000000001', to: '+15550001', from: '+15550002', agentId: 'playai:a', status: 'completed' });
+    expect(() => db.prepare("UPDATE calls SET direction = 'web'").run()).toThrow(/CHECK/);
+    expect(migrate(db)).toBe(MIGRATIONS.length - 2);
+    const calls = new CallStore(db);
+    expect(calls.get(before.id)).toEqual(before);
+    const web = calls.insert({ direction: 'web', callSid: 'WC00000000000000000000000000000001', to: 'playai:a', from: 'browser', agentId: 'playai:a', status: 'initiated' });
+    expect(calls.list({ direction: 'web', limit: 10 }).map((c) => c.id)).toEqual([web.id]);
+    expect(calls.unfinished().map((c) => c.id)).toEqual([before.id, web.id]);
+    expect(() => db.prepare("UPDATE calls SET direction = 'sideways'").run()).toThrow(/CHECK/);
   });
 });

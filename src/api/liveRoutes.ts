@@ -80,7 +80,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
 
   api.get(
     '/v1/live',
-    { schema: { tags: ['live'], summary: 'Calls in progress on this process', response: { 200: liveReply, ...errorResponses(401) } } },
+    { schema: { tags: ['live'], summary: 'Calls in progress on this process', response: { 200: liveReply, ...errorResponses(400, 401) } } },
     async () => {
       const now = Date.now();
       const data: LiveCallApi[] = snapshots().map(({ callSid, snap }) => {
@@ -116,7 +116,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
       schema: {
         tags: ['live'],
         summary: 'The agents, number routes, capacity and readiness in effect (no secrets)',
-        response: { 200: setupReply, ...errorResponses(401) },
+        response: { 200: setupReply, ...errorResponses(400, 401) },
       },
     },
     async () => {

@@ -18,6 +18,7 @@ import { CallSession, type SessionSettings } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
+import { isWebCallSid } from '../calls/webCalls.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -55,7 +56,8 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
     preValidation: streamAuth(authOpts),
     // A plain GET (no WebSocket upgrade) gets the common error shape instead of an empty 404.
     handler: (_req, reply) => reply.code(426).header('upgrade', 'websocket').send(errorBody('upgrade_required', 'this is the Twilio Media Streams WebSocket endpoint: connect with a WebSocket upgrade')),
-    wsHandler: streamSocketHandler(deps),
+    // A browser call's token is for /web/media-stream, where its session gets no carrier control.
+    wsHandler: streamSocketHandler(deps, { refuse: (start) => (isWebCallSid(start.callSid) ? 'web_call' : undefined) }),
   });
 }
 
