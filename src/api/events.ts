@@ -140,8 +140,13 @@ class EventStream {
       this.#onCutOff();
       // Its unsent bytes are dropped with the socket: that is the memory bound.
       this.#res.destroy();
-    } else if (why === 'server') {
-      this.#res.end();
+    } else if (why === 'client') {
+      // A client that went away may leave its socket half open: it is of no more use.
+      this.#res.destroy();
+    } else {
+      // The connection goes too once the stream's end is sent: a kept-alive socket would hold the server's close.
+      const socket = this.#res.socket;
+      this.#res.end(() => socket?.end());
     }
   }
 }
