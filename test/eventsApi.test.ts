@@ -190,6 +190,14 @@ describe('GET /v1/events', () => {
     expect(body.error.message).toMatch(/"call\.finished".*call\.started, call\.updated, call\.transcript, call\.ended, campaign\.progress, campaign\.completed/);
   });
 
+  it('is in the OpenAPI document as a text/event-stream with its filters', async () => {
+    const url = await start();
+    const doc = (await (await fetch(`${url}/docs/json`)).json()) as any;
+    const op = doc.paths['/v1/events'].get;
+    expect(Object.keys(op.responses['200'].content)).toEqual(['text/event-stream']);
+    expect(op.parameters.map((p: { name: string }) => p.name)).toEqual(expect.arrayContaining(['callId', 'campaignId', 'types', 'lastEventId', 'last-event-id']));
+  });
+
   it('refuses a missing or wrong bearer token with 401 when API_TOKEN is set, and opens no subscription', async () => {
     const url = await start({ API_TOKEN: TOKEN });
     const before = bridge!.events.subscriberCount;
