@@ -20,7 +20,9 @@ const call = (n: number, callId = `call_${n}`): EventInput => ({ type: 'call.upd
 function collect(bus: MemoryEventBus, opts: Partial<Parameters<MemoryEventBus['subscribe']>[0]> = {}) {
   const got: PlaylineEvent[] = [];
   const resyncs: string[] = [];
-  const sub = bus.subscribe({ filter: {}, ...opts, onEvent: (e: BusEvent) => got.push(e.event), onResync: (r) => resyncs.push(r) });
+  const sub = bus.subscribe({ filter: {}, ...opts, onEvent: (e: BusEvent) => {
+      got.push(e.event);
+    }, onResync: (r) => resyncs.push(r) });
   return { got, resyncs, sub };
 }
 
@@ -113,6 +115,41 @@ describe('event bus', () => {
     // Replay applies the filter too.
     const replay = collect(bus, { after: `${byCall.got[0]!.id.replace(/-\d+$/, '-1')}`, filter: { campaignId: 'cmp' } });
     expect(replay.got.map((e) => e.type)).toEqual(['call.started', 'campaign.progress']);
+  });
+
+  it('pauses a subscriber whose onEvent returns false and catches it up from the ring on resume, in order, with no duplicate', () => {
+    const bus = new MemoryEventBus();
+    const got: number[] = [];
+    let open = false;
+    const sub = bus.subscribe({
+      filter: {},
+      onEvent: (e) => {
+        got.push(Number(e.event.data.n));
+        return open;
+      },
+    });
+    bus.publish(call(0));
+    bus.publish(call(1));
+    bus.publish(call(2));
+    expect(got).toEqual([0]);
+    open = true;
+    sub.resume();
+    expect(got).toEqual([0, 1, 2]);
+    bus.publish(call(3));
+    expect(got).toEqual([0, 1, 2, 3]);
+  });
+
+  it('drops a paused subscriber as soon as what it has not received leaves the ring, and tells it', () => {
+    const bus = new MemoryEventBus({ maxEvents: 10 });
+    let overruns = 0;
+    bus.subscribe({ filter: {}, onEvent: () => false, onOverrun: () => overruns++ });
+    for (let i = 0; i < 10; i++) bus.publish(call(i));
+    expect(bus.subscriberCount).toBe(1);
+    expect(overruns).toBe(0);
+    bus.publish(call(10));
+    bus.publish(call(11));
+    expect(overruns).toBe(1);
+    expect(bus.subscriberCount).toBe(0);
   });
 
   it('counts subscribers, stops delivering after close (twice is fine), and a throwing subscriber does not stop the others', () => {

@@ -9,7 +9,9 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { Writable } from 'node:stream';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import Fastify from 'fastify';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { eventsRoutes } from '../src/api/events.js';
 import { createBridge, type Bridge, type BridgeOverrides } from '../src/app.js';
 import { silence, speechLikeSignal } from '../src/audio/signal.js';
 import { loadConfig } from '../src/config.js';
@@ -190,6 +192,32 @@ describe('GET /v1/events', () => {
     expect(body.error.message).toMatch(/"call\.finished".*call\.started, call\.updated, call\.transcript, call\.ended, campaign\.progress, campaign\.completed/);
   });
 
+  it('sends a keepalive comment every 15 s, and stops its timer when the stream ends', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    const app = Fastify();
+    try {
+      const bus = new MemoryEventBus();
+      await app.register(async (api) => eventsRoutes(api, { bus, localMode: true }));
+      const url = await app.listen({ port: 0, host: '127.0.0.1' });
+      const s = await openEvents(url);
+      await s.waitFor(() => bus.subscriberCount === 1);
+      expect(vi.getTimerCount()).toBe(1);
+      vi.advanceTimersByTime(14_999);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(s.comments.filter((c) => c.trim() === 'keepalive')).toHaveLength(0);
+      vi.advanceTimersByTime(1);
+      await s.waitFor(() => s.comments.filter((c) => c.trim() === 'keepalive').length === 1);
+      vi.advanceTimersByTime(30_000);
+      await s.waitFor(() => s.comments.filter((c) => c.trim() === 'keepalive').length === 3);
+      s.close();
+      await s.waitFor(() => bus.subscriberCount === 0);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+      await app.close();
+    }
+  });
+
   it('is in the OpenAPI document as a text/event-stream with its filters', async () => {
     const url = await start();
     const doc = (await (await fetch(`${url}/docs/json`)).json()) as any;
@@ -230,8 +258,8 @@ describe('GET /v1/events', () => {
     expect(b.events.subscriberCount).toBe(0);
   });
 
-  it('cuts off a consumer that never reads once its unsent bytes pass the bound, counts it, and releases its subscription', async () => {
-    const url = await start({}, { events: new MemoryEventBus({ maxBytes: 4 * 1024 * 1024 }) });
+  it('cuts off a consumer that never reads once the events it has not taken leave the window, counts it, and releases its subscription', async () => {
+    const url = await start({}, { events: new MemoryEventBus({ maxEvents: 200 }) });
     const { port } = new URL(url);
     const before = bridge!.events.subscriberCount;
     const sock = connect({ host: '127.0.0.1', port: Number(port) });
@@ -252,7 +280,7 @@ describe('GET /v1/events', () => {
       await tick();
     }
     expect(bridge!.events.subscriberCount).toBe(before);
-    // Cut off well before everything published was buffered for it.
+    // Cut off once 200 events (the window) waited for it: its memory is the kernel's socket buffers and a cursor.
     expect(published * text.length).toBeLessThan(64 * 1024 * 1024);
     const metrics = await (await fetch(`${url}/metrics`)).text();
     expect(metrics).toMatch(/^playline_events_consumers_cut_total 1$/m);
@@ -261,6 +289,22 @@ describe('GET /v1/events', () => {
     while (!closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(closed).toBe(true);
   }, 30_000);
+
+  it('sends a large replay whole to a client that reads (the socket paces it; nothing is cut off)', async () => {
+    const url = await start();
+    const bus = bridge!.events;
+    const first = await openEvents(url, '/v1/events?types=call.started');
+    bus.publish({ type: 'call.started', callId: 'mark', data: {} });
+    await first.waitFor((e) => e.length === 1);
+    const text = 'y'.repeat(2000);
+    for (let i = 0; i < 3000; i++) bus.publish({ type: 'call.transcript', callId: 'c', data: { role: 'agent', text, i } });
+    // 6 MB to replay in one go, far over the 1 MiB bound of unsent bytes.
+    const resumed = await openEvents(url, '/v1/events', { 'last-event-id': first.events[0]!.id! });
+    await resumed.waitFor((e) => e.length === 3000, 30_000);
+    expect(resumed.data().map((e) => e.data.i)).toEqual(Array.from({ length: 3000 }, (_, i) => i));
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    expect(metrics).toMatch(/^playline_events_consumers_cut_total 0$/m);
+  }, 40_000);
 
   it('sends campaign.progress at most once a second per campaign, ending with the final state and campaign.completed', async () => {
     const url = await start({ LOCAL_CARRIER_TALK_S: '1', LOCAL_CARRIER_OUTCOMES: 'answered:1' });

@@ -4,12 +4,17 @@
  * A stream writes straight to the response (hijacked: no serialisation, no
  * per-event logging). It resumes after `Last-Event-ID` (or `?lastEventId=`)
  * when the bus still has that id, else its first event is `resync`. A comment
- * goes out every 15 s so proxies and clients know the stream is alive. A
- * client that does not read is cut off once its unsent bytes exceed a bound
- * (counted in `playline_events_consumers_cut_total`), so a stuck consumer
- * costs at most that much memory. Every way a stream ends (client gone, cut
+ * goes out every 15 s so proxies and clients know the stream is alive.
+ *
+ * Writes follow the socket: when it stops draining, the stream pauses its
+ * subscription (the bus keeps a cursor, not a copy) and resumes on `drain`,
+ * so a large replay reaches a reading client whole. A client that does not
+ * read is cut off (counted in `playline_events_consumers_cut_total`) when its
+ * unsent bytes exceed a bound, when it has not drained for the stall time,
+ * or when the events it has not taken leave the bus's window: a stuck
+ * consumer costs at most the bound. Every way a stream ends (client gone, cut
  * off, server closing) goes through one idempotent close that releases its
- * subscription and timer.
+ * subscription and timers.
  */
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
@@ -31,6 +36,8 @@ export interface EventsRouteOptions {
   keepaliveMs?: number;
   /** Unsent bytes a stream may hold before it is cut off (default 1 MiB). */
   maxBufferedBytes?: number;
+  /** How long a stream may stay without draining before it is cut off (default 30 s). */
+  stallMs?: number;
 }
 
 const id = z.string().min(1).max(64);
@@ -76,17 +83,26 @@ class EventStream {
   readonly #maxBuffered: number;
   readonly #onCutOff: () => void;
   readonly #onClosed: (s: EventStream) => void;
+  readonly #stallMs: number;
   #sub: Subscription | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** Runs while the socket is not draining. */
+  #stall: NodeJS.Timeout | undefined;
   #closed = false;
 
-  constructor(res: ServerResponse, opts: { maxBuffered: number; keepaliveMs: number; onCutOff(): void; onClosed(s: EventStream): void }) {
+  constructor(res: ServerResponse, opts: { maxBuffered: number; keepaliveMs: number; stallMs: number; onCutOff(): void; onClosed(s: EventStream): void }) {
     this.#res = res;
     this.#maxBuffered = opts.maxBuffered;
+    this.#stallMs = opts.stallMs;
     this.#onCutOff = opts.onCutOff;
     this.#onClosed = opts.onClosed;
     res.on('close', () => this.close('client'));
     res.on('error', () => this.close('client'));
+    res.on('drain', () => {
+      if (this.#stall !== undefined) clearTimeout(this.#stall);
+      this.#stall = undefined;
+      this.#sub?.resume();
+    });
     this.#timer = setInterval(() => this.#write(': keepalive\n\n'), opts.keepaliveMs);
     this.#timer.unref();
   }
@@ -98,6 +114,8 @@ class EventStream {
       after,
       onEvent: (e) => this.#event(e),
       onResync: (reason) => this.#resync(reason),
+      // It did not take its events while the bus still had them.
+      onOverrun: () => this.close('cut_off'),
     });
     if (this.#closed) sub.close();
     else this.#sub = sub;
@@ -107,24 +125,33 @@ class EventStream {
     this.#write(text);
   }
 
-  #event(e: BusEvent): void {
-    this.#write(`id: ${e.event.id}\nevent: ${e.event.type}\ndata: ${e.json}\n\n`);
+  /** False: the socket is not draining, pause until it does. */
+  #event(e: BusEvent): boolean {
+    return this.#write(`id: ${e.event.id}\nevent: ${e.event.type}\ndata: ${e.json}\n\n`);
   }
 
   #resync(reason: ResyncReason): void {
     this.#write(`event: resync\ndata: ${JSON.stringify({ reason, message: RESYNC_MESSAGE })}\n\n`);
   }
 
-  #write(text: string): void {
-    if (this.#closed) return;
+  #write(text: string): boolean {
+    if (this.#closed) return false;
     const res = this.#res;
     if (res.destroyed || res.writableEnded) {
       this.close('client');
-      return;
+      return false;
     }
-    res.write(text);
+    const flowing = res.write(text);
     // Unsent bytes: the response's own buffer and its socket's.
-    if (res.writableLength > this.#maxBuffered) this.close('cut_off');
+    if (res.writableLength > this.#maxBuffered) {
+      this.close('cut_off');
+      return false;
+    }
+    if (!flowing && this.#stall === undefined) {
+      this.#stall = setTimeout(() => this.close('cut_off'), this.#stallMs);
+      this.#stall.unref();
+    }
+    return flowing;
   }
 
   /** Ends the stream once, whatever the reason; releases the subscription and the timer. */
@@ -133,6 +160,8 @@ class EventStream {
     this.#closed = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    if (this.#stall !== undefined) clearTimeout(this.#stall);
+    this.#stall = undefined;
     this.#sub?.close();
     this.#sub = undefined;
     this.#onClosed(this);
@@ -191,6 +220,7 @@ export async function eventsRoutes(parent: FastifyInstance, opts: EventsRouteOpt
       const stream = new EventStream(res, {
         maxBuffered,
         keepaliveMs,
+        stallMs: opts.stallMs ?? 30_000,
         onCutOff: () => opts.onCutOff?.(),
         onClosed: (s) => open.delete(s),
       });

@@ -8,6 +8,11 @@
  * saw with no gap and no duplicate; an id the ring no longer holds (or one of
  * another process lifetime) gets a resync notice instead.
  *
+ * Delivery has flow control: a subscriber whose `onEvent` returns false is
+ * paused, and `resume()` carries on from where it stopped, reading from the
+ * ring. So a slow subscriber costs a cursor, never a queue; one that falls
+ * behind the retained window is told (`onOverrun`) and dropped.
+ *
  * The port is what a shared implementation (Redis Streams, issue 14) would put
  * behind it; {@link MemoryEventBus} is the default.
  */
@@ -24,13 +29,20 @@ export interface SubscribeOptions {
   filter: EventFilter;
   /** Resume after this id: retained later events are delivered first (or `onResync` when it cannot be resumed). */
   after?: string | undefined;
-  /** Called for each matching event, in order. Must not throw (a throw is swallowed). */
-  onEvent(e: BusEvent): void;
+  /**
+   * Called for each matching event, in order. Returning false pauses delivery until `resume()`
+   * (the event was taken; the next one waits). Must not throw (a throw is swallowed).
+   */
+  onEvent(e: BusEvent): boolean | void;
   /** Called once, before any event, when `after` cannot be resumed. */
   onResync?(reason: ResyncReason): void;
+  /** A paused subscriber fell behind what the bus retains: it is closed, and this says so. */
+  onOverrun?(): void;
 }
 
 export interface Subscription {
+  /** Delivers what came since the pause, then live events again (until `onEvent` returns false again). */
+  resume(): void;
   /** Stops delivery. Idempotent. */
   close(): void;
 }
@@ -47,7 +59,7 @@ export interface EventBus {
 /** A bus that keeps nothing and delivers nothing (bare unit tests, benchmarks). */
 export const NULL_BUS: EventBus = {
   publish() {},
-  subscribe: () => ({ close() {} }),
+  subscribe: () => ({ resume() {}, close() {} }),
   subscriberCount: 0,
   close() {},
 };
@@ -69,8 +81,12 @@ interface Retained extends BusEvent {
 
 interface Sub {
   filter: EventFilter;
-  onEvent(e: BusEvent): void;
+  onEvent(e: BusEvent): boolean | void;
+  onOverrun: (() => void) | undefined;
   open: boolean;
+  paused: boolean;
+  /** Sequence of the last event delivered or passed over. */
+  cursor: number;
 }
 
 /** A process-unique prefix of event ids: boot time in base 36 and a random suffix (two boots in one millisecond differ). */
@@ -90,6 +106,7 @@ export class MemoryEventBus implements EventBus {
   #bytes = 0;
   #seq = 0;
   readonly #subs = new Set<Sub>();
+  readonly #paused = new Set<Sub>();
 
   constructor(opts: MemoryEventBusOptions = {}) {
     this.#retentionMs = opts.retentionMs ?? 600_000;
@@ -119,40 +136,90 @@ export class MemoryEventBus implements EventBus {
     this.#ring.push(r);
     this.#bytes += json.length;
     this.#trim(atMs);
-    for (const s of this.#subs) if (s.open && matches(s.filter, event)) deliver(s, r);
+    for (const s of this.#subs) {
+      if (!s.open || s.paused) continue;
+      s.cursor = seq;
+      if (matches(s.filter, event)) this.#deliver(s, r);
+    }
   }
 
   subscribe(opts: SubscribeOptions): Subscription {
-    const sub: Sub = { filter: opts.filter, onEvent: opts.onEvent, open: true };
+    const sub: Sub = { filter: opts.filter, onEvent: opts.onEvent, onOverrun: opts.onOverrun, open: true, paused: false, cursor: this.#seq };
+    this.#subs.add(sub);
     if (opts.after !== undefined) {
       this.#trim(this.#now());
-      const from = this.#resumeIndex(opts.after);
-      if (typeof from === 'string') {
-        opts.onResync?.(from);
+      const after = this.#resumePoint(opts.after);
+      if (typeof after === 'string') {
+        opts.onResync?.(after);
       } else {
-        for (let i = from; i < this.#ring.length && sub.open; i++) {
-          const r = this.#ring[i];
-          if (r !== undefined && matches(sub.filter, r.event)) deliver(sub, r);
-        }
+        // Replay is synchronous: nothing can be published between the replay and going live.
+        sub.cursor = after;
+        this.#catchUp(sub);
       }
     }
-    // Replay is synchronous: nothing can be published between the replay and going live.
-    if (sub.open) this.#subs.add(sub);
     return {
-      close: () => {
-        sub.open = false;
-        this.#subs.delete(sub);
+      resume: () => {
+        if (!sub.open || !sub.paused) return;
+        sub.paused = false;
+        this.#paused.delete(sub);
+        this.#catchUp(sub);
       },
+      close: () => this.#drop(sub),
     };
   }
 
   close(): void {
     for (const s of this.#subs) s.open = false;
     this.#subs.clear();
+    this.#paused.clear();
   }
 
-  /** Index in the ring of the first event after `id`, or why there is none to resume from. */
-  #resumeIndex(id: string): number | ResyncReason {
+  /** Delivers the retained events after the subscriber's cursor, until it pauses or is live. */
+  #catchUp(sub: Sub): void {
+    const firstSeq = this.#ring[this.#head]?.seq ?? this.#seq + 1;
+    if (sub.cursor + 1 < firstSeq) {
+      this.#overrun(sub);
+      return;
+    }
+    for (let i = this.#head + (sub.cursor + 1 - firstSeq); i < this.#ring.length; i++) {
+      if (!sub.open || sub.paused) return;
+      const r = this.#ring[i];
+      if (r === undefined) continue;
+      sub.cursor = r.seq;
+      if (matches(sub.filter, r.event)) this.#deliver(sub, r);
+    }
+  }
+
+  #deliver(s: Sub, r: BusEvent): void {
+    let more: boolean | void = true;
+    try {
+      more = s.onEvent(r);
+    } catch {
+      // A subscriber's failure is its own; the others and the publisher go on.
+    }
+    if (more === false && s.open) {
+      s.paused = true;
+      this.#paused.add(s);
+    }
+  }
+
+  #drop(sub: Sub): void {
+    sub.open = false;
+    this.#subs.delete(sub);
+    this.#paused.delete(sub);
+  }
+
+  #overrun(sub: Sub): void {
+    this.#drop(sub);
+    try {
+      sub.onOverrun?.();
+    } catch {
+      // its own failure
+    }
+  }
+
+  /** The sequence number of `id` when what follows it is all retained, or why it cannot be resumed. */
+  #resumePoint(id: string): number | ResyncReason {
     const dash = id.lastIndexOf('-');
     const seqText = id.slice(dash + 1);
     if (dash < 0 || id.slice(0, dash) !== this.#boot || !/^\d{1,15}$/.test(seqText)) return 'unknown_id';
@@ -162,7 +229,7 @@ export class MemoryEventBus implements EventBus {
     const firstSeq = first === undefined ? this.#seq + 1 : first.seq;
     // The id itself may have left the ring as long as nothing after it has.
     if (seq < firstSeq - 1) return 'too_old';
-    return this.#head + (seq + 1 - firstSeq);
+    return seq;
   }
 
   #trim(nowMs: number): void {
@@ -175,18 +242,15 @@ export class MemoryEventBus implements EventBus {
       this.#bytes -= r.json.length;
       this.#head++;
     }
+    // A paused subscriber whose next event has just been dropped can never be caught up.
+    if (this.#paused.size > 0) {
+      const firstSeq = this.#ring[this.#head]?.seq ?? this.#seq + 1;
+      for (const s of this.#paused) if (s.cursor + 1 < firstSeq) this.#overrun(s);
+    }
     // Compact now and then, so trimming stays O(1) amortised.
     if (this.#head > 1024 && this.#head * 2 > this.#ring.length) {
       this.#ring = this.#ring.slice(this.#head);
       this.#head = 0;
     }
-  }
-}
-
-function deliver(s: Sub, r: BusEvent): void {
-  try {
-    s.onEvent(r);
-  } catch {
-    // A subscriber's failure is its own; the others and the publisher go on.
   }
 }
