@@ -290,6 +290,34 @@ describe('GET /v1/events', () => {
     expect(closed).toBe(true);
   }, 30_000);
 
+  it('cuts off a consumer that has stopped reading once its socket has not drained for the stall time', async () => {
+    const app = Fastify();
+    try {
+      const bus = new MemoryEventBus({ maxBytes: 64 * 1024 * 1024 });
+      let cut = 0;
+      await app.register(async (api) => eventsRoutes(api, { bus, localMode: true, stallMs: 200, onCutOff: () => cut++ }));
+      const url = await app.listen({ port: 0, host: '127.0.0.1' });
+      const sock = connect({ host: '127.0.0.1', port: Number(new URL(url).port) });
+      await new Promise<void>((resolve) => sock.once('connect', () => resolve()));
+      sock.on('error', () => {});
+      sock.write(`GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      await new Promise<void>((resolve) => sock.once('data', () => resolve()));
+      sock.pause();
+      while (bus.subscriberCount === 0) await tick();
+      // Fill the socket a little at a time until the stream stalls; the window (64 MiB) is far from overrun.
+      const text = 'z'.repeat(64 * 1024);
+      for (let published = 0; bus.subscriberCount > 0 && published < 800; published += 8) {
+        for (let i = 0; i < 8; i++) bus.publish({ type: 'call.transcript', callId: 'c', data: { text } });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(bus.subscriberCount).toBe(0);
+      expect(cut).toBe(1);
+      sock.destroy();
+    } finally {
+      await app.close();
+    }
+  });
+
   it('sends a large replay whole to a client that reads (the socket paces it; nothing is cut off)', async () => {
     const url = await start();
     const bus = bridge!.events;
