@@ -191,6 +191,17 @@ describe('call events', () => {
     expect(ev.openCalls).toBe(0);
   });
 
+  it('says nothing more about a call once it ended (a straggling report neither updates nor announces it again)', () => {
+    const out: EventInput[] = [];
+    const ev = new CallEvents((e) => out.push(e));
+    ev.started(row());
+    ev.ended(row({ finalizedAt: 1 }));
+    ev.updated(row(), 'spoke', { kind: 'goodbye' });
+    ev.transcript(row(), 'agent', 'late');
+    ev.ended(row({ finalizedAt: 1 }));
+    expect(out.map((e) => e.type)).toEqual(['call.started', 'call.ended']);
+  });
+
   it('says nothing at the end of a queued call that never reached the carrier', () => {
     const out: EventInput[] = [];
     new CallEvents((e) => out.push(e)).ended(row({ callSid: null, status: 'canceled', finalizedAt: 1 }));

@@ -16,6 +16,8 @@ export type Publish = (e: EventInput) => void;
 
 /** Most calls remembered as announced (each is forgotten at its `call.ended`; this only bounds leaks). */
 const MAX_OPEN = 50_000;
+/** Calls remembered as ended, so a straggling report does not announce them again. */
+const MAX_ENDED = 4096;
 
 function durations(row: CallRow): Record<string, number | null> {
   return {
@@ -29,6 +31,8 @@ export class CallEvents {
   readonly #publish: Publish;
   /** Calls announced with `call.started` and not ended yet, by row id. */
   readonly #open = new Set<string>();
+  /** Calls ended recently, oldest first. */
+  readonly #ended = new Set<string>();
 
   constructor(publish: Publish) {
     this.#publish = publish;
@@ -36,7 +40,7 @@ export class CallEvents {
 
   /** A call record starts existing for a live call (admitted, dialed, or first heard of). Once per call. */
   started(row: CallRow): void {
-    if (this.#open.has(row.id) || row.finalizedAt !== null) return;
+    if (this.#open.has(row.id) || row.finalizedAt !== null || this.#ended.has(row.id)) return;
     if (this.#open.size >= MAX_OPEN) {
       const oldest = this.#open.values().next();
       if (oldest.done !== true) this.#open.delete(oldest.value);
@@ -47,12 +51,14 @@ export class CallEvents {
 
   /** Something changed on a live call. `row` is announced first if it was not. */
   updated(row: CallRow, change: CallChange, details: Record<string, unknown> = {}): void {
+    if (this.#ended.has(row.id)) return;
     this.started(row);
     this.#emit({ type: 'call.updated', callId: row.id, campaignId: row.campaignId ?? undefined, data: { change, ...details } });
   }
 
   /** One final user or agent turn. */
   transcript(row: CallRow, role: 'user' | 'agent', text: string): void {
+    if (this.#ended.has(row.id)) return;
     this.started(row);
     this.#emit({ type: 'call.transcript', callId: row.id, campaignId: row.campaignId ?? undefined, data: { role, text } });
   }
@@ -60,7 +66,12 @@ export class CallEvents {
   /** The call is final. Only for calls announced here or that reached the carrier (a canceled queued call never started). */
   ended(row: CallRow): void {
     const announced = this.#open.delete(row.id);
-    if (!announced && row.callSid === null) return;
+    if ((!announced && row.callSid === null) || this.#ended.has(row.id)) return;
+    if (this.#ended.size >= MAX_ENDED) {
+      const oldest = this.#ended.values().next();
+      if (oldest.done !== true) this.#ended.delete(oldest.value);
+    }
+    this.#ended.add(row.id);
     this.#emit({ type: 'call.ended', callId: row.id, campaignId: row.campaignId ?? undefined, data: { call: callToApi(row), durations: durations(row) } });
   }
 
