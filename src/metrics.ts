@@ -125,7 +125,7 @@ export class Metrics {
     new client.Gauge({ name: 'playline_events_subscribers', help: 'Open live-event subscriptions (/v1/events streams and webhook forwarding)', registers, collect() { this.set(sources.eventSubscribers?.() ?? 0); } });
     this.eventsConsumersCutTotal = new client.Counter({
       name: 'playline_events_consumers_cut_total',
-      help: '/v1/events streams closed because the client did not read (its unsent events exceeded the bound)',
+      help: '/v1/events streams cut off because the client stopped reading (no progress for 30 s, its events left the retained window, or over 1 MiB unsent)',
       registers,
     });
     this.webhookSignatureFailures = new client.Counter({ name: 'playline_signature_failures_total', help: 'Requests refused for a missing or invalid X-Twilio-Signature', labelNames: ['route'] as const, registers });
