@@ -194,7 +194,7 @@ describe('GET /v1/events', () => {
 
   it('sends a keepalive comment every 15 s, and stops its timer when the stream ends', async () => {
     vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
-    const app = Fastify();
+    const app = Fastify({ forceCloseConnections: true });
     try {
       const bus = new MemoryEventBus();
       await app.register(async (api) => eventsRoutes(api, { bus, localMode: true }));
@@ -291,7 +291,7 @@ describe('GET /v1/events', () => {
   }, 30_000);
 
   it('cuts off a consumer that has stopped reading once its socket has not drained for the stall time', async () => {
-    const app = Fastify();
+    const app = Fastify({ forceCloseConnections: true });
     try {
       const bus = new MemoryEventBus({ maxBytes: 64 * 1024 * 1024 });
       let cut = 0;
