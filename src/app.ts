@@ -37,6 +37,11 @@ import { callHttpTool, type ToolRunner } from './tools/http.js';
 import { WebCalls } from './calls/webCalls.js';
 import { setupFacts } from './api/liveRoutes.js';
 import { webMediaStreamRoute } from './http/webMediaStream.js';
+import { eventsRoutes } from './api/events.js';
+import { MemoryEventBus, type EventBus } from './events/bus.js';
+import { CallEvents } from './events/callEvents.js';
+import { isEventType } from './events/types.js';
+import { forwardEventsToWebhook } from './events/webhookForwarder.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -57,6 +62,8 @@ export interface BridgeOverrides {
   db?: Db;
   /** HTTP client for webhooks and the PlayAI REST API (tests). */
   fetchImpl?: typeof fetch;
+  /** Live event bus (defaults to the in-process one). */
+  events?: EventBus;
 }
 
 export interface Bridge {
@@ -71,6 +78,8 @@ export interface Bridge {
   campaigns: CampaignStore;
   recorder: CallRecorder;
   webhooks: WebhookDispatcher | undefined;
+  /** Live events (`/v1/events`, WEBHOOK_EVENTS). */
+  events: EventBus;
   db: Db;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
@@ -122,7 +131,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       outbound.finishWebCall(callSid);
     },
   });
+  const events = overrides.events ?? new MemoryEventBus({ retentionMs: config.eventsRetentionMs });
+  const publish = events.publish.bind(events);
+  const callEvents = new CallEvents(publish);
   const metrics = new Metrics({
+    eventSubscribers: () => events.subscriberCount,
     liveCalls: () => manager.liveCalls,
     reservedSlots: () => manager.reservedSlots,
     capacity: () => manager.capacity,
@@ -150,7 +163,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   const onStoreError = (op: string, err: unknown): void => {
     metrics.storeErrorsTotal.labels(op, errorCode(err) || 'unknown').inc();
   };
-  const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError });
+  const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError, events: callEvents });
   // The simulated carrier needs the address the bridge listens on: it is set at listen time.
   const deferred = new DeferredDialer('local');
   const dialer: Dialer =
@@ -188,7 +201,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     maxCps: config.outbound.maxCps,
     ringTimeoutS: config.outbound.ringTimeoutS,
     maxCallS: Math.round(config.timeouts.maxCallMs / 1000),
-    ...(webhooks !== undefined ? { webhooks } : {}),
+    // The post-call webhook is the `call.completed` of WEBHOOK_EVENTS (listed by default).
+    ...(webhooks !== undefined && config.webhook.events.includes('call.completed') ? { webhooks } : {}),
+    events: { calls: callEvents, publish },
     ...(playaiUserId !== undefined && playaiKey !== undefined && !config.localAgent
       ? {
           fetchTranscript: async (row) => {
@@ -232,6 +247,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     checkAgent: (agentId) => agents.whyUnusable(agentId),
     log: logger.child({ component: 'web-calls' }),
   });
+  const forwarding =
+    webhooks === undefined
+      ? undefined
+      : forwardEventsToWebhook(events, webhooks, config.webhook.events.filter(isEventType), (err) => onStoreError('webhook_event', err));
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -277,6 +296,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       checkAgent: (agentId) => agents.whyUnusable(agentId),
       live: { manager, agents, calls, webCalls, setup: setupFacts(config) },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
+    });
+  });
+  await app.register(async (api) => {
+    await eventsRoutes(api, {
+      bus: events,
+      apiToken: config.outbound.apiToken,
+      localMode: config.outbound.localCarrier,
+      onCutOff: () => metrics.eventsConsumersCutTotal.inc(),
     });
   });
   await app.register(mediaStreamRoute, {
@@ -330,6 +357,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     agents.stopProbing();
     loadGuard.dispose();
+    forwarding?.close();
+    events.close();
     await webhooks?.stop();
     await dialer.close?.();
     if (overrides.db === undefined) db.close();
@@ -347,7 +376,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db };
 }
 
 /** The call sessions' settings from the configuration. */
