@@ -34,6 +34,8 @@ import { CallRecorder } from './calls/recorder.js';
 import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
 import { callHttpTool, type ToolRunner } from './tools/http.js';
+import { TransferCoordinator, type TransferCarrier } from './transfer/coordinator.js';
+import { transferCallbacks } from './http/transferCallbacks.js';
 import { WebCalls } from './calls/webCalls.js';
 import { setupFacts } from './api/liveRoutes.js';
 import { webMediaStreamRoute } from './http/webMediaStream.js';
@@ -62,6 +64,8 @@ export interface BridgeOverrides {
   db?: Db;
   /** HTTP client for webhooks and the PlayAI REST API (tests). */
   fetchImpl?: typeof fetch;
+  /** What carries transfers out (defaults to Twilio REST when credentials are set; none otherwise). */
+  transferCarrier?: TransferCarrier;
   /** Live event bus (defaults to the in-process one). */
   events?: EventBus;
 }
@@ -252,6 +256,25 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ? undefined
       : forwardEventsToWebhook(events, webhooks, config.webhook.events.filter(isEventType), (err) => onStoreError('webhook_event', err));
 
+  // Transfers need a carrier that can redirect a live call (Twilio REST); without one, calls cannot be transferred.
+  const transferCarrier = overrides.transferCarrier ?? (callControl instanceof TwilioRestCallControl ? callControl : undefined);
+  const transfers =
+    transferCarrier === undefined
+      ? undefined
+      : new TransferCoordinator({
+          manager,
+          carrier: transferCarrier,
+          journal: recorder,
+          publicUrl: config.publicUrl,
+          streamUrl: config.streamUrl,
+          say,
+          returnText: config.messages.transferReturn,
+          apologyText: config.messages.apology,
+          ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
+          log: logger.child({ component: 'transfers' }),
+          onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+        });
+
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -283,7 +306,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     metrics,
     callbacks: outbound.callbacks,
     recorder,
+    ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
   });
+  if (transfers !== undefined) {
+    await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
+  }
   await app.register(docsRoutes);
   await app.register(async (api) => {
     await apiRoutes(api, {
@@ -316,6 +343,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     settings,
     journal: recorder,
     tools: operatorTools,
+    ...(transfers !== undefined ? { transfers } : {}),
   });
   await app.register(webMediaStreamRoute, {
     stream: streamRouteSettings(config),
@@ -352,6 +380,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     await outbound.start();
   });
   app.addHook('onClose', async () => {
+    transfers?.dispose();
     await outbound.stop();
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();

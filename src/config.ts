@@ -10,6 +10,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { AgentDefinition } from './agent/directory.js';
 import { httpToolSchema } from './tools/http.js';
+import { dtmfActionSchema, transferTargetsSchema, type DtmfAction, type TransferTargets } from './transfer/targets.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, formatAgentRef, parseAgentRef, type AgentProviderName } from './agent/port.js';
 import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
@@ -25,6 +26,10 @@ export interface NumberRoute {
   agentId: string;
   prompt?: string;
   customGreeting?: string;
+  /** People this number's calls may be transferred to, by name (over the agent's own). */
+  transferTargets?: TransferTargets;
+  /** Keypad hotkeys: a key pressed on its own does this (e.g. "0": transfer to frontdesk). */
+  dtmf?: Record<string, DtmfAction>;
 }
 
 export interface Config {
@@ -149,6 +154,10 @@ export interface Config {
     apology: string;
     busy: string;
     goodbye: string;
+    /** Said to a caller coming back to the agent after a transfer nobody answered. */
+    transferReturn: string;
+    /** Hold audio (a TwiML or audio URL) of a warm transfer's caller; Twilio's default music when absent. */
+    transferHoldUrl?: string;
     voice?: string;
     language?: string;
   };
@@ -219,6 +228,8 @@ const envSchema = z.object({
   APOLOGY_TEXT: text(1000, 'Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
   BUSY_TEXT: text(1000, 'Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
   GOODBYE_TEXT: text(1000, 'We have to end this call now. Thank you for calling. Goodbye.'),
+  TRANSFER_RETURN_TEXT: text(1000, 'Sorry, nobody could take your call. I am putting you back now.'),
+  TRANSFER_HOLD_URL: optionalString,
   SAY_VOICE: optionalString,
   AGENT_LIMITS: optionalString,
   AGENT_CAPACITY_COOLDOWN_S: intIn(1, 3600, 60),
@@ -320,6 +331,8 @@ const routeSchema = z
     agentId: agentRefSchema,
     prompt: z.string().max(10_000).optional(),
     customGreeting: z.string().max(1_000).optional(),
+    transferTargets: transferTargetsSchema.optional(),
+    dtmf: z.record(z.string().regex(/^[0-9*#]$/, 'a hotkey is one key: 0-9, * or #'), dtmfActionSchema).optional(),
   })
   .strict();
 const routesFileSchema = z.record(z.string(), routeSchema);
@@ -335,6 +348,7 @@ const agentDefinitionSchema = z
     model: z.string().max(200).optional(),
     language: z.string().regex(/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/, { error: 'a language tag like en or en-US' }).optional(),
     tools: z.array(httpToolSchema).max(64).optional(),
+    transferTargets: transferTargetsSchema.optional(),
     fallback: z.array(agentRefSchema).max(8).optional(),
     format: z.object({ input: audioFormatSchema.optional(), output: audioFormatSchema.optional() }).strict().optional(),
   })
@@ -528,6 +542,20 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const playaiApi = parseUrl('PLAYAI_API_URL', e.PLAYAI_API_URL, ['https:', 'http:']).href.replace(/\/+$/, '');
   const localCarrier = e.TWILIO_ACCOUNT_SID === undefined;
 
+  // A route's hotkeys transfer to targets the route or its agent declares.
+  for (const [number, route] of routes) {
+    for (const [key, action] of Object.entries(route.dtmf ?? {})) {
+      const known = { ...definitions.get(route.agentId)?.transferTargets, ...route.transferTargets };
+      if (!Object.hasOwn(known, action.transfer)) {
+        const names = Object.keys(known);
+        throw new ConfigError(
+          `ROUTES_FILE: ${number}: dtmf.${key} transfers to ${JSON.stringify(action.transfer)}, which is not a transfer target of this route or of its agent ${route.agentId}` +
+            (names.length > 0 ? ` (targets: ${names.join(', ')})` : ': add it to the route\'s transferTargets'),
+        );
+      }
+    }
+  }
+
   // Every agent the configuration names must be reachable: a provider without its key stops the boot.
   const named: Array<{ ref: string; where: string }> = [{ ref: defaultAgent, where: e.DEFAULT_AGENT !== undefined ? 'DEFAULT_AGENT' : 'the default agent' }];
   for (const [number, route] of routes) named.push({ ref: route.agentId, where: `ROUTES_FILE (${number})` });
@@ -609,7 +637,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     webhook: { url: webhookUrl, secret: e.WEBHOOK_SECRET, events: parseWebhookEvents(e.WEBHOOK_EVENTS) },
     eventsRetentionMs: e.EVENTS_RETENTION_S * 1000,
     playaiRest: { baseUrl: playaiApi, userId: e.PLAYAI_USER_ID },
-    messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, goodbye: e.GOODBYE_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
+    messages: {
+      apology: e.APOLOGY_TEXT,
+      busy: e.BUSY_TEXT,
+      goodbye: e.GOODBYE_TEXT,
+      transferReturn: e.TRANSFER_RETURN_TEXT,
+      ...(e.TRANSFER_HOLD_URL !== undefined ? { transferHoldUrl: parseUrl('TRANSFER_HOLD_URL', e.TRANSFER_HOLD_URL, ['https:', 'http:']).href } : {}),
+      voice: e.SAY_VOICE,
+      language: e.SAY_LANGUAGE,
+    },
   };
 }
 

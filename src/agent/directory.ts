@@ -9,6 +9,7 @@
  */
 import { END_CALL_TOOL, formatAgentRef, parseAgentRef, type AgentAudioFormat, type AgentProvider, type AgentProviderName, type AgentRequest, type AgentTool } from './port.js';
 import type { HttpToolDef } from '../tools/http.js';
+import { mergeTargets, transferTool, type TransferTargets } from '../transfer/targets.js';
 
 /** Agents whose health is tracked at most (each is a metric label and may be probed). */
 const MAX_TRACKED_AGENTS = 256;
@@ -33,6 +34,8 @@ export interface AgentDefinition {
   language?: string | undefined;
   /** Operator HTTP tools (end_call is always offered where the provider takes tools). */
   tools?: HttpToolDef[] | undefined;
+  /** People calls to this agent may be transferred to, by name. */
+  transferTargets?: TransferTargets | undefined;
   /** Agents (`provider:id`) that take the call when this one refuses it or fails for good. */
   fallback?: string[] | undefined;
   /** The audio format the agent is set to, when it cannot do μ-law 8 kHz. */
@@ -47,6 +50,10 @@ export interface CallAgentRoute {
   prompt?: string | undefined;
   /** Replaces the agent's greeting. */
   customGreeting?: string | undefined;
+  /** The route's or campaign's transfer targets (over the agent's own). */
+  transferTargets?: TransferTargets | undefined;
+  /** The call cannot be transferred (a browser call, no carrier that redirects): no transfer_call tool. */
+  noTransfer?: boolean | undefined;
 }
 
 export interface AgentDirectoryOptions {
@@ -108,6 +115,11 @@ export class AgentDirectory {
     return `agent ${formatAgentRef(r)} cannot be used: its provider is not configured (set ${PROVIDER_KEY_VARIABLE[r.provider]})`;
   }
 
+  /** Who a call on `route` may be transferred to: the route's targets over its agent's. */
+  transferTargets(route: CallAgentRoute): TransferTargets {
+    return mergeTargets(this.#definitions.get(route.agentId)?.transferTargets, route.transferTargets);
+  }
+
   /** The operator HTTP tool `name` of agent `ref`, if it declares one. */
   httpTool(ref: string, name: string): HttpToolDef | undefined {
     return this.#definitions.get(ref)?.tools?.find((t) => t.name === name);
@@ -128,7 +140,8 @@ export class AgentDirectory {
     const provider = ref === undefined ? undefined : this.#providers.get(ref.provider);
     const instructions = [def.instructions, route.prompt].filter((s): s is string => s !== undefined && s !== '').join('\n\n');
     const greeting = route.customGreeting ?? def.greeting;
-    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(def.tools ?? []).map(offeredTool)] : [];
+    const transfer = route.noTransfer === true ? undefined : transferTool(this.transferTargets(route));
+    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(transfer !== undefined ? [transfer] : []), ...(def.tools ?? []).map(offeredTool)] : [];
     const request: AgentRequest = { id: ref?.id ?? route.agentId, tools, call };
     if (instructions !== '') request.instructions = instructions;
     if (greeting !== undefined) request.greeting = greeting;

@@ -26,6 +26,7 @@ export const END_REASONS = [
   'api_hangup',
   'shutdown',
   'replaced',
+  'transferred',
   'internal_error',
 ] as const;
 export type EndReason = (typeof END_REASONS)[number];
@@ -55,6 +56,24 @@ export type CallJournalEntry =
   | { type: 'tool_called'; tool: string; argsBytes: number }
   /** The operator's answer, or why there was none; the model was told either way. */
   | { type: 'tool_result'; tool: string; ok: boolean; ms: number; status?: number; bytes?: number; failure?: HttpToolFailure }
+  /**
+   * A transfer to a person, step by step: requested (by the agent, a hotkey or the API), dialing,
+   * answered, joined (warm), failed (with the outcome), returned (the caller is back with the
+   * agent), completed (the person talked to the caller).
+   */
+  | {
+      type: 'transfer';
+      step: 'requested' | 'dialing' | 'answered' | 'joined' | 'failed' | 'returned' | 'completed';
+      transferId: string;
+      mode: 'cold' | 'warm';
+      by: 'api' | 'tool' | 'dtmf';
+      to: string;
+      target?: string;
+      reason?: string;
+      outcome?: string;
+      why?: string;
+      seconds?: number;
+    }
   /** Playline asked the carrier to speak to the caller (or forward the call). */
   | { type: 'spoke'; kind: SpokenKind; text: string }
   /** The session ended and released everything. */

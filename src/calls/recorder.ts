@@ -137,6 +137,15 @@ export class CallRecorder implements CallJournal {
         ev?.updated(live.row, 'tool_result', data);
         return;
       }
+      case 'transfer': {
+        const { type: _type, step, ...data } = e;
+        this.#calls.event(id, `transfer_${step}`, null, null, data, now);
+        // A caller back with the agent: the transfer's end reason is not the call's.
+        if (step === 'returned') this.#calls.update(id, { endReason: null });
+        if (step === 'completed' || step === 'answered') this.#calls.update(id, { endReason: 'transferred' });
+        ev?.updated(live.row, 'transfer', { step, ...data });
+        return;
+      }
       case 'spoke':
         this.#calls.event(id, 'spoke', null, null, { kind: e.kind, text: e.text }, now);
         ev?.updated(live.row, 'spoke', { kind: e.kind, text: e.text });

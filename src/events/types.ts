@@ -15,7 +15,7 @@ export function isEventType(s: string): s is EventType {
 }
 
 /** What `call.updated` says changed. */
-export const CALL_CHANGES = ['status', 'stream_started', 'agent_ready', 'agent_reconnected', 'agent_switched', 'barge_in', 'dtmf', 'dtmf_digits', 'tool_called', 'tool_result', 'spoke', 'hangup_requested', 'session_ended'] as const;
+export const CALL_CHANGES = ['status', 'stream_started', 'agent_ready', 'agent_reconnected', 'agent_switched', 'barge_in', 'dtmf', 'dtmf_digits', 'tool_called', 'tool_result', 'spoke', 'hangup_requested', 'session_ended', 'transfer'] as const;
 export type CallChange = (typeof CALL_CHANGES)[number];
 
 /** An event as published (the bus gives it its id and time). */

@@ -14,7 +14,7 @@ import { TwilioStreamConnection, type CarrierBadFrameKind, type StartDecision } 
 import type { TwilioStart } from '../carrier/twilio/codec.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
-import { CallSession, type SessionSettings } from '../session/callSession.js';
+import { CallSession, type SessionSettings, type TransferPort } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
@@ -48,6 +48,8 @@ export interface MediaStreamDeps {
   journal: CallJournal;
   /** Runs the operator HTTP tools agents call. */
   tools?: ToolRunner;
+  /** Hands calls to people (phone calls only). */
+  transfers?: TransferPort;
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
@@ -110,6 +112,7 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
         logger,
         journal: deps.journal,
         ...(deps.tools !== undefined ? { tools: deps.tools } : {}),
+        ...(deps.transfers !== undefined ? { transfers: deps.transfers } : {}),
         onAgentCapacityExceeded: (s, provider) => {
           const limit = manager.noteAgentCapacityExceeded(provider);
           logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');

@@ -11,6 +11,7 @@ import type { Metrics } from '../metrics.js';
 import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
 import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
+import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
 
 const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
 const voiceBody = z.object({
@@ -56,6 +57,8 @@ export interface TwilioWebhookDeps {
   callbacks: CarrierCallbacks;
   /** Writes inbound calls' records. */
   recorder: CallRecorder;
+  /** A call reached a final status (a transfer holding it lets go). */
+  onCallEnded?(callSid: string): void;
 }
 
 /** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
@@ -133,6 +136,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       errorCode: b.ErrorCode,
     };
     callbacks.onStatus(callQuery.safeParse(req.query).data?.callId, update);
+    if (TERMINAL_CALL_STATUSES.has(b.CallStatus)) deps.onCallEnded?.(b.CallSid);
     return reply.code(204).send();
   });
 

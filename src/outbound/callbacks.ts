@@ -5,6 +5,7 @@
  * `SequenceNumber` order, and a terminal one finalizes the call once (which
  * ends a session still open for it); nothing else reacts to it.
  */
+import { transferTargetsSchema, type TransferTargets } from '../transfer/targets.js';
 import { storeErrorHint } from '../calls/recorder.js';
 import { isMachine } from '../calls/view.js';
 import type { CallRoute, Slot } from '../session/manager.js';
@@ -85,7 +86,23 @@ export class CarrierCallbacks {
     const route: CallRoute = { agentId: row.agentId };
     if (row.prompt !== null) route.prompt = row.prompt;
     if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
+    const targets = this.#campaignTargets(row.campaignId);
+    if (targets !== undefined) route.transferTargets = targets;
     return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
+  }
+
+  /** A campaign's transfer targets (stored settings, validated again: they crossed a database). */
+  #campaignTargets(campaignId: string | null): TransferTargets | undefined {
+    if (campaignId === null) return undefined;
+    try {
+      const settings = this.#c.campaigns.get<unknown>(campaignId)?.settings;
+      if (typeof settings !== 'object' || settings === null || !('transferTargets' in settings)) return undefined;
+      const parsed = transferTargetsSchema.safeParse(settings.transferTargets);
+      return parsed.success ? parsed.data : undefined;
+    } catch (err) {
+      this.#c.onStoreError('campaign_settings', err);
+      return undefined;
+    }
   }
 
   /** A status callback (`/twilio/status`, with `?callId=` for outbound calls). Never throws. */

@@ -3,6 +3,7 @@
  * the HTTP routes (validation and OpenAPI) and the outbound service.
  */
 import { z } from 'zod';
+import { transferTargetsSchema } from '../transfer/targets.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, parseAgentRef } from '../agent/port.js';
 import { normalizePhone } from './phone.js';
 import { templateVariables } from './template.js';
@@ -90,6 +91,8 @@ export const campaignSettingsSchema = z
       .strict()
       .default({ threshold: 0.5, minCalls: 10, windowSeconds: 120 }),
     metadata: metadataSchema.optional(),
+    /** People a campaign call may be handed to (a warm lead to sales), by name; the agent gets a transfer_call tool. */
+    transferTargets: transferTargetsSchema.optional(),
   })
   .strict();
 export type CampaignSettings = z.infer<typeof campaignSettingsSchema>;

@@ -34,6 +34,8 @@ import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from '.
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
 import { Timers } from './timers.js';
 import type { HttpToolDef, HttpToolOutcome, ToolRunner } from '../tools/http.js';
+import type { TransferBy, TransferMode, TransferPlan, TransferTargetInfo } from '../transfer/coordinator.js';
+import { DEFAULT_TRANSFER_TIMEOUT_S, lookupTarget, type DtmfAction } from '../transfer/targets.js';
 import { DtmfGatherer, dtmfMessage, type DtmfEnd, type DtmfOutcome } from './dtmf.js';
 import { CallerAudioBuffer } from './callerBuffer.js';
 
@@ -77,11 +79,34 @@ export interface CallSessionDeps {
   onAgentSessionEnded?(session: CallSession, provider: AgentProviderName): void;
   /** Runs the operator HTTP tools the agent calls (AGENTS_FILE `tools`); without it they are answered with an error. */
   tools?: ToolRunner;
+  /** Hands calls to people (transfers); without it the call cannot be transferred (no transfer_call tool). */
+  transfers?: TransferPort;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
   random?: () => number;
 }
+
+/** The transfer coordinator as a session sees it. */
+export interface TransferPort {
+  begin(plan: TransferPlan): Promise<{ ok: true; id: string } | { ok: false; error: string }>;
+  requested(plan: Pick<TransferPlan, 'callSid' | 'mode' | 'by' | 'target' | 'reason'>): void;
+}
+
+/** A transfer asked of a live call. */
+export interface TransferRequest {
+  /** A target name the call's route, agent or campaign declares. */
+  target?: string;
+  /** An explicit address (the API only: an operator's decision, never a model's). */
+  to?: string;
+  mode: TransferMode;
+  reason?: string;
+  /** What the person hears first in a warm transfer (the agent's own words). */
+  summary?: string;
+  by: TransferBy;
+}
+
+export type TransferStart = { ok: true; transferId: string } | { ok: false; code: 'unavailable' | 'not_live' | 'unknown_target' | 'in_progress' | 'carrier_refused'; error: string };
 
 export type { SessionState } from './state.js';
 export type { EndReason } from '../calls/journal.js';
@@ -115,7 +140,10 @@ const STREAM_DEAD_AFTER_MS = 3000;
  */
 const PLAYBACK_SLACK_MS = 2000;
 
-type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall' | 'dtmf';
+type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall' | 'dtmf' | 'transfer';
+
+/** A transfer the agent asked for waits at most this long for its last words to play. */
+const TRANSFER_PLAYOUT_MAX_MS = 8000;
 
 /** Operator tool calls one call may have in flight at once. */
 const MAX_TOOLS_IN_FLIGHT = 4;
@@ -213,8 +241,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   /** Operator tool calls waiting for their answer. */
   #toolsInFlight = 0;
 
+  /** The resume note (what happened to a transfer) was given to the agent. */
+  #noteSent = false;
+  /** A transfer is under way (asked for, waiting for playout, or handed to the carrier). */
+  #transferring = false;
+  /** The call went to a transfer: its slot belongs to the transfer now, not to this session. */
+  #slotHandedOff = false;
+
   /** Keypad digits being gathered into one message for the agent. */
-  readonly #dtmf: DtmfGatherer;
+  readonly #dtmf: DtmfGatherer<DtmfAction>;
   /** Keypad messages waiting for the agent to be ready. */
   readonly #dtmfWaiting: Array<{ digits: string; ended: DtmfEnd }> = [];
 
@@ -236,8 +271,22 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log = this.#baseLog.child({ agentId: this.#agentRef });
     // The first connection is budgeted like a reconnect: its outage starts with the call.
     this.#st = { kind: 'connecting', agent: undefined, openedAt: 0, outage: { startedAt: this.#startedAt, attempts: 0 } };
-    this.#dtmf = new DtmfGatherer<never>({
+    const resume = deps.reservation.resume;
+    if (resume !== undefined) {
+      // A caller back from a transfer nobody answered: the same agent, the same conversation.
+      this.#agentRef = AgentDirectory.normalize(resume.agentId) ?? resume.agentId;
+      this.#agentsTried[0] = this.#agentRef;
+      this.#log = this.#baseLog.child({ agentId: this.#agentRef });
+      for (const turn of resume.history) this.#remember(turn);
+      if (resume.conversationId !== undefined) {
+        this.#conversationId = resume.conversationId;
+        this.#conversationAgent = this.#agentRef;
+      }
+    }
+    const hotkeys = new Map(Object.entries(deps.reservation.route.dtmf ?? {}));
+    this.#dtmf = new DtmfGatherer<DtmfAction>({
       ...(this.#s.dtmfGatherMs !== undefined ? { gatherMs: this.#s.dtmfGatherMs } : {}),
+      hotkeys,
       timer: { set: (ms, fn) => this.#timers.set('dtmf', ms, fn), clear: () => this.#timers.clear('dtmf') },
       emit: (o) => this.#onDtmfGathered(o),
     });
@@ -423,8 +472,13 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   /** Gathered digits go to the agent as one message where its protocol takes text; otherwise they stay in the record. */
-  #onDtmfGathered(o: DtmfOutcome<never>): void {
-    if (o.kind !== 'digits') return;
+  #onDtmfGathered(o: DtmfOutcome<DtmfAction>): void {
+    if (o.kind === 'hotkey') {
+      void this.requestTransfer({ target: o.action.transfer, mode: o.action.mode, by: 'dtmf' }).then((r) => {
+        if (!r.ok) this.#log.warn({ key: o.key, code: r.code, error: r.error }, 'keypad hotkey: transfer not possible');
+      });
+      return;
+    }
     if (this.#d.agents.provider(this.#agentRef)?.acceptsText !== true) {
       this.#d.journal.record(this.callSid, { type: 'dtmf_digits', digits: o.digits, ended: o.ended, delivery: 'not_supported' });
       return;
@@ -476,6 +530,111 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#endWith(reason, 'goodbye');
   }
 
+  /** True once the call went to a transfer: the transfer holds its slot, not this session. */
+  get slotHandedOff(): boolean {
+    return this.#slotHandedOff;
+  }
+
+  /**
+   * Hands the call to a person (the API, a keypad hotkey, the agent's transfer_call). A target
+   * is looked up by name among the route's, agent's or campaign's; a name that is not declared is
+   * refused (a model never dials a number it made up). When the agent asked, its last words play
+   * first. Resolves once the carrier took the call, or with why it could not (the call then stays
+   * with the agent).
+   */
+  requestTransfer(req: TransferRequest): Promise<TransferStart> {
+    const port = this.#d.transfers;
+    if (port === undefined) return Promise.resolve({ ok: false, code: 'unavailable', error: 'this call cannot be transferred (a browser call, or no carrier that can redirect calls: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)' });
+    if (this.#st.kind !== 'live') return Promise.resolve({ ok: false, code: 'not_live', error: `the call is ${this.#st.kind}, not talking to its agent: it cannot be transferred now` });
+    if (this.#transferring) return Promise.resolve({ ok: false, code: 'in_progress', error: 'a transfer of this call is already under way' });
+    let target: TransferTargetInfo;
+    if (req.to !== undefined) {
+      target = { to: req.to, timeoutS: DEFAULT_TRANSFER_TIMEOUT_S };
+    } else {
+      const found = lookupTarget(this.#d.agents.transferTargets({ agentId: this.#agentRef, transferTargets: this.#d.reservation.route.transferTargets }), req.target ?? '');
+      if (!found.ok) return Promise.resolve({ ok: false, code: 'unknown_target', error: found.error });
+      target = { name: found.name, to: found.target.to, timeoutS: found.target.timeoutS, ...(found.target.callerId !== undefined ? { callerId: found.target.callerId } : {}) };
+    }
+    this.#transferring = true;
+    port.requested({ callSid: this.callSid, mode: req.mode, by: req.by, target, ...(req.reason !== undefined ? { reason: req.reason } : {}) });
+    this.#log.info({ target: target.name, mode: req.mode, by: req.by }, 'transfer requested');
+    return new Promise<TransferStart>((resolve) => {
+      const go = (): void => {
+        this.#beginTransfer(port, req, target).then(resolve, (err: unknown) => {
+          this.onInternalError(err);
+          resolve({ ok: false, code: 'carrier_refused', error: 'the transfer failed inside Playline' });
+        });
+      };
+      // The agent announced the transfer: let those words reach the caller (a redirect cuts audio still queued at Twilio).
+      if (req.by === 'tool') this.#afterPlayout(performance.now() + TRANSFER_PLAYOUT_MAX_MS, go);
+      else go();
+    });
+  }
+
+  /** Runs `fn` once the agent's response is over and its audio has played (or at `deadline`). */
+  #afterPlayout(deadline: number, fn: () => void): void {
+    const now = performance.now();
+    const quietFor = now - this.#lastAgentAudioAt;
+    const streaming = this.#responseStreaming && quietFor < END_CALL_QUIET_MS;
+    const playingFor = Math.max(0, this.#playEnd - now);
+    if ((!streaming && playingFor === 0) || now >= deadline || this.#st.kind !== 'live') {
+      fn();
+      return;
+    }
+    this.#timers.set('transfer', Math.min(deadline - now, Math.max(20, streaming ? END_CALL_QUIET_MS - quietFor : playingFor)), () => this.#afterPlayout(deadline, fn));
+  }
+
+  async #beginTransfer(port: TransferPort, req: TransferRequest, target: TransferTargetInfo): Promise<TransferStart> {
+    const st = this.#st;
+    if (st.kind !== 'live') {
+      this.#transferring = false;
+      return { ok: false, code: 'not_live', error: 'the call ended before the transfer could start' };
+    }
+    const route = { ...this.#d.reservation.route, agentId: this.#agentRef };
+    const r = await port.begin({
+      callSid: this.callSid,
+      call: this.#d.reservation.call,
+      route,
+      slot: this.slot,
+      target,
+      mode: req.mode,
+      by: req.by,
+      ...(req.reason !== undefined ? { reason: req.reason } : {}),
+      summary: req.summary ?? this.#transferSummary(),
+      resume: { agentId: this.#agentRef, history: [...this.#history], ...(this.#conversationId !== undefined && this.#conversationAgent === this.#agentRef ? { conversationId: this.#conversationId } : {}) },
+    });
+    if (!r.ok) {
+      this.#transferring = false;
+      return { ok: false, code: 'carrier_refused', error: r.error };
+    }
+    if (this.#st.kind === 'closed') {
+      // The caller hung up while the carrier was asked: the transfer's callbacks settle it.
+      return { ok: true, transferId: r.id };
+    }
+    // The carrier runs the transfer now and stops this stream: the agent session ends, the slot stays with the call.
+    this.#slotHandedOff = true;
+    this.#endReason ??= 'transferred';
+    const now = this.#st;
+    this.#st = { kind: 'ending' };
+    this.#readySessionEnded(now);
+    this.#timers.clear('init');
+    this.#timers.clear('retry');
+    this.#timers.clear('drain');
+    agentOf(now)?.close(1000, 'call transferred');
+    this.#timers.set('grace', this.#s.callControlGraceMs, this.#onGraceTimeout);
+    return { ok: true, transferId: r.id };
+  }
+
+  /** One sentence for the person in a warm transfer when the agent gave none: who calls, and their last words. */
+  #transferSummary(): string {
+    const lastUser = [...this.#history].reverse().find((t) => t.role === 'user')?.text;
+    const call = this.#d.reservation.call;
+    const who = call.direction === 'inbound' ? `A caller from ${call.from}` : `The person at ${call.to}`;
+    if (lastUser === undefined) return `${who} is being transferred to you.`;
+    const words = lastUser.length > 200 ? `${lastUser.slice(0, 200)}…` : lastUser;
+    return `${who} is being transferred to you. They last said: ${words}`;
+  }
+
   sweep(now: number): void {
     if (this.#st.kind === 'closed') return;
     if (!this.#carrier.isOpen) {
@@ -512,7 +671,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const route = this.#d.reservation.route;
     const call = this.#d.reservation.call;
     const request = this.#d.agents.request(
-      { agentId: ref, prompt: route.prompt, customGreeting: route.customGreeting },
+      { agentId: ref, prompt: route.prompt, customGreeting: route.customGreeting, transferTargets: route.transferTargets, noTransfer: this.#d.transfers === undefined },
       { callSid: call.callSid, from: call.from, to: call.to, direction: call.direction },
       this.#resumeFor(provider.resumesById),
     );
@@ -607,6 +766,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#log.info({ bufferedFrames: buffered }, 'agent ready');
     }
     this.#flushPending(agent);
+    const note = this.#d.reservation.resume?.note;
+    if (note !== undefined && !this.#noteSent && this.#d.agents.provider(this.#agentRef)?.acceptsText === true) {
+      this.#noteSent = true;
+      agent.sendText(note, 'user');
+    }
     for (const w of this.#dtmfWaiting.splice(0)) this.#sendDtmf(agent, w.digits, w.ended);
   }
 
@@ -678,7 +842,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #onTranscript(role: 'user' | 'agent', text: string): void {
     if (text === '') return;
     this.#d.journal.record(this.callSid, { type: 'transcript', role, text });
-    // One huge turn must not make the history a new agent session gets huge: its end is kept.
+    this.#remember({ role, text });
+  }
+
+  /** Keeps a turn for a later agent session (bounded: the newest turns, a huge turn's end). */
+  #remember({ role, text }: ConversationTurn): void {
     const kept = text.length > MAX_HISTORY_CHARS ? `…${text.slice(-MAX_HISTORY_CHARS)}` : text;
     this.#history.push({ role, text: kept });
     this.#historyChars += kept.length;
@@ -701,6 +869,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       } else {
         this.#onAgentHangup('end_call');
       }
+      return;
+    }
+    if (tc.name === 'transfer_call' && this.#d.transfers !== undefined) {
+      const agent = st.agent;
+      const str = (v: unknown): string | undefined => (typeof v === 'string' && v.trim() !== '' ? v.trim().slice(0, 500) : undefined);
+      const target = str(tc.args.target) ?? '';
+      const reason = str(tc.args.reason);
+      const mode: TransferMode = tc.args.mode === 'warm' ? 'warm' : 'cold';
+      void this.requestTransfer({ target, mode, by: 'tool', ...(reason !== undefined ? { reason, summary: reason } : {}) }).then((r) => {
+        // Told only when the call stays: a transfer that went through closes this agent session.
+        if (r.ok) return;
+        if (agentOf(this.#st) === agent) agent.toolResult(tc.id, JSON.stringify({ error: r.error }), true);
+      });
       return;
     }
     const def = this.#d.tools === undefined ? undefined : this.#d.agents.httpTool(this.#agentRef, tc.name);
@@ -1118,7 +1299,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
       this.#metrics.framesLost += this.#pending.clear();
       const durationMs = Math.round(performance.now() - this.#startedAt);
-      this.#metrics.callsTotal.labels(outcome).inc();
+      // A call handed to a person is counted by its transfer (once), not by this session.
+      if (!this.#slotHandedOff) this.#metrics.callsTotal.labels(outcome).inc();
       this.#log.info(
         {
           outcome,

@@ -26,12 +26,18 @@ import { randomBytes } from 'node:crypto';
 import { formatAgentRef, parseAgentRef, type AgentProviderName } from '../agent/port.js';
 import type { EndReason } from '../calls/journal.js';
 import type { NumberRoute } from '../config.js';
+import type { DtmfAction, TransferTargets } from '../transfer/targets.js';
+import type { ConversationTurn } from '../agent/port.js';
 
 export interface CallRoute {
   /** `provider:id`. */
   agentId: string;
   prompt?: string;
   customGreeting?: string;
+  /** People the call may be transferred to, by name (over the agent's own). */
+  transferTargets?: TransferTargets;
+  /** Keypad hotkeys. */
+  dtmf?: Record<string, DtmfAction>;
 }
 
 /** A unit of capacity held by one admitted call. */
@@ -58,6 +64,18 @@ export interface Reservation {
   call: AdmittedCall;
   route: CallRoute;
   slot: Slot;
+  /** The call comes back to its agent (a transfer nobody answered): what the new session continues from. */
+  resume?: SessionResume;
+}
+
+/** What a new session of a call that comes back continues from. */
+export interface SessionResume {
+  /** The agent that served the call (`provider:id`). */
+  agentId: string;
+  conversationId?: string;
+  history: ConversationTurn[];
+  /** Said to the agent once it is ready (what happened meanwhile). */
+  note?: string;
 }
 
 export type RefusalReason = 'capacity' | 'agent_capacity' | 'agent_limit' | 'agent_down' | 'draining' | 'overload' | 'duplicate';
@@ -89,6 +107,8 @@ export interface ManagedSession {
   sweep(now: number): void;
   /** What `GET /v1/live` shows of the call (cheap, read-only). */
   snapshot?(): SessionSnapshot;
+  /** True once the call went to a transfer, which holds the slot from then on. */
+  readonly slotHandedOff?: boolean;
 }
 
 /** A live session as `GET /v1/live` shows it. */
@@ -220,6 +240,8 @@ export class SessionManager {
     const out: CallRoute = { agentId };
     if (route?.prompt !== undefined) out.prompt = route.prompt;
     if (route?.customGreeting !== undefined) out.customGreeting = route.customGreeting;
+    if (route?.transferTargets !== undefined) out.transferTargets = route.transferTargets;
+    if (route?.dtmf !== undefined) out.dtmf = route.dtmf;
     return out;
   }
 
@@ -263,7 +285,7 @@ export class SessionManager {
    * (`replayed`); anything else, or any request once the call is live, is a
    * `duplicate`.
    */
-  admit(call: AdmittedCall, held?: { slot?: Slot; route: CallRoute }, idempotencyToken?: string): AdmitResult {
+  admit(call: AdmittedCall, held?: { slot?: Slot; route: CallRoute; resume?: SessionResume }, idempotencyToken?: string): AdmitResult {
     const pendingToken = this.#reservationByCall.get(call.callSid);
     const pending = pendingToken === undefined ? undefined : this.#reservations.get(pendingToken);
     if (pending !== undefined) {
@@ -295,7 +317,7 @@ export class SessionManager {
       if (this.#dropReservation(token, 'expired_token')) this.#opts.onReservationExpired?.(call.callSid);
     }, this.#opts.tokenTtlMs);
     timer.unref();
-    this.#reservations.set(token, { token, callSid: call.callSid, call: { ...call }, route, slot, timer, idempotencyToken });
+    this.#reservations.set(token, { token, callSid: call.callSid, call: { ...call }, route, slot, timer, idempotencyToken, ...(held?.resume !== undefined ? { resume: held.resume } : {}) });
     this.#reservationByCall.set(call.callSid, token);
     return { ok: true, token, route, replayed: false };
   }
@@ -334,7 +356,7 @@ export class SessionManager {
     const live = this.#sessions.get(callSid);
     if (live !== undefined && !live.streamDead) return { ok: false, reason: 'call_live' };
     this.#forgetReservation(r, 'used_token');
-    return { ok: true, reservation: { token: r.token, callSid: r.callSid, call: r.call, route: r.route, slot: r.slot } };
+    return { ok: true, reservation: { token: r.token, callSid: r.callSid, call: r.call, route: r.route, slot: r.slot, ...(r.resume !== undefined ? { resume: r.resume } : {}) } };
   }
 
   register(session: ManagedSession): void {
@@ -347,7 +369,8 @@ export class SessionManager {
   /** Called by a session once, when it has closed: releases its slot and forgets it. */
   release(session: ManagedSession): void {
     if (this.#sessions.get(session.callSid) === session) this.#sessions.delete(session.callSid);
-    this.releaseSlot(session.slot);
+    // A transfer took the call (and its slot) over: it releases the slot or hands it to the return stream.
+    if (session.slotHandedOff !== true) this.releaseSlot(session.slot);
   }
 
   /**

@@ -52,6 +52,12 @@ const targetObjectSchema = z
 export const transferTargetSchema = z.union([transferAddressSchema.transform((to) => targetObjectSchema.parse({ to })), targetObjectSchema]);
 export type TransferTarget = z.output<typeof targetObjectSchema>;
 
+/** A keypad hotkey's action: `{"transfer": "frontdesk", "mode": "cold"}`. */
+export const dtmfActionSchema = z
+  .object({ transfer: z.string().min(1).max(40), mode: z.enum(['cold', 'warm']).default('cold') })
+  .strict();
+export type DtmfAction = z.output<typeof dtmfActionSchema>;
+
 /** Names are what the model says: short, plain words. */
 const TARGET_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$/;
 

@@ -78,6 +78,43 @@ export class TwilioRestCallControl implements CallControl {
     return this.#update(callSid, sayDialTwiml(text, number, this.#say));
   }
 
+  /** Replaces the call's TwiML (a transfer's `<Dial>` or conference, the return to the agent). */
+  redirect(callSid: string, twiml: string): Promise<boolean> {
+    return this.#update(callSid, twiml);
+  }
+
+  /** Calls a person with inline TwiML (a warm transfer); their CallSid, or undefined. */
+  async createCall(o: { to: string; from: string; twiml: string; statusCallbackUrl: string; timeoutS: number }): Promise<string | undefined> {
+    try {
+      const call = await this.#client.calls.create({
+        to: o.to,
+        from: o.from,
+        twiml: o.twiml,
+        timeout: o.timeoutS,
+        statusCallback: o.statusCallbackUrl,
+        statusCallbackMethod: 'POST',
+        statusCallbackEvent: ['initiated', 'ringing', 'answered', 'completed'],
+      });
+      return typeof call.sid === 'string' ? call.sid : undefined;
+    } catch (err) {
+      const e = err as { status?: number; code?: number; message?: string };
+      this.#log.warn({ status: e.status, code: e.code, err: e.message }, 'call control: could not create the transfer call');
+      return undefined;
+    }
+  }
+
+  /** Ends a call. */
+  async hangup(callSid: string): Promise<boolean> {
+    try {
+      await this.#client.calls(callSid).update({ status: 'completed' });
+      return true;
+    } catch (err) {
+      const e = err as { status?: number; code?: number; message?: string };
+      this.#log.warn({ callSid, status: e.status, code: e.code, err: e.message }, 'call control: hang-up failed');
+      return false;
+    }
+  }
+
   async #update(callSid: string, twiml: string): Promise<boolean> {
     try {
       await this.#client.calls(callSid).update({ twiml });

@@ -30,6 +30,16 @@ export function connectStreamTwiml(streamUrl: string, parameters: Record<string,
   return vr.toString();
 }
 
+/** A short spoken message, then `<Connect><Stream>` (a caller coming back to the agent), then `<Hangup/>`. */
+export function sayConnectStreamTwiml(text: string, streamUrl: string, parameters: Record<string, string>, opts: SayOptions = {}): string {
+  const vr = new twilio.twiml.VoiceResponse();
+  if (text !== '') vr.say(sayAttributes(opts), text);
+  const stream = vr.connect().stream({ url: streamUrl });
+  for (const [name, value] of Object.entries(parameters)) stream.parameter({ name, value });
+  vr.hangup();
+  return vr.toString();
+}
+
 /** A short spoken message, then hang up (no stream). */
 export function sayHangupTwiml(text: string, opts: SayOptions = {}): string {
   const vr = new twilio.twiml.VoiceResponse();
