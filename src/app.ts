@@ -12,6 +12,7 @@ import type { AgentDirectory } from './agent/directory.js';
 import { parseAgentRef } from './agent/port.js';
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
 import type { Config } from './config.js';
+import { consoleRoutes } from './http/console.js';
 import { healthRoutes } from './http/health.js';
 import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/mediaStream.js';
 import { twilioWebhooks } from './http/twilioWebhooks.js';
@@ -53,6 +54,8 @@ export interface BridgeOverrides {
   db?: Db;
   /** HTTP client for webhooks and the PlayAI REST API (tests). */
   fetchImpl?: typeof fetch;
+  /** The built web console to serve at `/` (defaults to dist/console; tests build their own). */
+  consoleDir?: string;
 }
 
 export interface Bridge {
@@ -249,6 +252,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       checkAgent: (agentId) => agents.whyUnusable(agentId),
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
+  });
+  await app.register(consoleRoutes, {
+    ...(overrides.consoleDir !== undefined ? { dir: overrides.consoleDir } : {}),
+    ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
+    localMode: config.outbound.localCarrier,
   });
   await app.register(mediaStreamRoute, {
     stream: streamRouteSettings(config),

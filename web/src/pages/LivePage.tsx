@@ -1,0 +1,173 @@
+/** Live: the calls in progress (GET /v1/live), kept current by /v1/events. */
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { ApiError, api, messageOf, send } from '../api';
+import { usePollingFallback, useEvents } from '../events';
+import { duration } from '../format';
+import { callDetail, livePage, transcriptData, updatedData, type LiveCall } from '../schemas';
+import { Badge, ErrorBox, useAsync, useThrottled, useTicker } from '../ui';
+
+interface Turn {
+  role: string;
+  text: string;
+}
+
+const MAX_TURNS = 6;
+
+export function LivePage() {
+  const live = useAsync((signal) => api(livePage, '/v1/live', { signal }), []);
+  const [calls, setCalls] = useState<LiveCall[]>([]);
+  const [transcripts, setTranscripts] = useState<Record<string, Turn[]>>({});
+  const [ending, setEnding] = useState<Record<string, string>>({});
+  const seeded = useRef(new Set<string>());
+  const now = useTicker(1000);
+  const loadedAt = useRef(Date.now());
+
+  useEffect(() => {
+    if (live.data === undefined) return;
+    loadedAt.current = Date.now();
+    setCalls(live.data.data);
+  }, [live.data]);
+
+  // Calls already under way when the page opened: their transcript so far.
+  useEffect(() => {
+    for (const c of calls) {
+      if (seeded.current.has(c.callId)) continue;
+      seeded.current.add(c.callId);
+      api(callDetail, `/v1/calls/${encodeURIComponent(c.callId)}`).then(
+        (d) => {
+          if (d.transcript.length === 0) return;
+          setTranscripts((t) => ({ ...t, [c.callId]: [...d.transcript.map((x) => ({ role: x.role, text: x.text })), ...(t[c.callId] ?? [])].slice(-MAX_TURNS) }));
+        },
+        () => undefined,
+      );
+    }
+  }, [calls]);
+
+  const refetch = useThrottled(live.reload, 500);
+  useEvents((e) => {
+    const id = e.callId ?? undefined;
+    if (e.type === 'call.started' || e.type === 'call.ended') {
+      if (e.type === 'call.ended' && id !== undefined) setCalls((cs) => cs.filter((c) => c.callId !== id));
+      refetch();
+    } else if (e.type === 'call.updated' && id !== undefined) {
+      const d = updatedData.safeParse(e.data);
+      if (!d.success) return;
+      const { state, bargeIns } = d.data;
+      setCalls((cs) => cs.map((c) => (c.callId === id ? { ...c, ...(state !== undefined ? { state } : {}), ...(bargeIns !== undefined ? { bargeIns } : {}) } : c)));
+      if (d.data.change === 'status' || d.data.change === 'stream_started' || d.data.change === 'agent_ready' || d.data.change === 'agent_switched') refetch();
+    } else if (e.type === 'call.transcript' && id !== undefined) {
+      const d = transcriptData.safeParse(e.data);
+      if (!d.success) return;
+      setTranscripts((t) => ({ ...t, [id]: [...(t[id] ?? []), { role: d.data.role, text: d.data.text }].slice(-MAX_TURNS) }));
+    }
+  }, live.reload);
+  usePollingFallback(live.reload, 2000);
+
+  const end = async (id: string): Promise<void> => {
+    setEnding((s) => ({ ...s, [id]: 'Ending…' }));
+    try {
+      await send(`/v1/calls/${encodeURIComponent(id)}/hangup`);
+      setEnding((s) => ({ ...s, [id]: 'Ending…' }));
+      refetch();
+    } catch (err) {
+      setEnding((s) => ({ ...s, [id]: `Could not end the call: ${messageOf(err)}` }));
+    }
+  };
+
+  const missing = live.error instanceof ApiError && live.error.status === 404;
+  return (
+    <section aria-labelledby="live-title">
+      <div class="page-head">
+        <h1 id="live-title">Live calls</h1>
+        <span class="muted" aria-live="polite">
+          {calls.length === 1 ? '1 call in progress' : `${calls.length} calls in progress`}
+        </span>
+      </div>
+      {missing ? (
+        <p class="error" role="alert">
+          This server has no GET /v1/live: update Playline.
+        </p>
+      ) : (
+        <ErrorBox error={live.error} onRetry={live.reload} />
+      )}
+      {calls.length === 0 && live.data !== undefined && (
+        <div class="empty">
+          <p>No call in progress.</p>
+          <p class="muted">
+            Calls show up here as they start. <a href="/talk">Talk to an agent</a> from this browser, or start a <a href="/campaigns">campaign</a>.
+          </p>
+        </div>
+      )}
+      <ul class="cards live-list" aria-label="Calls in progress">
+        {calls.map((c) => {
+          const elapsed = c.durationS + (now - loadedAt.current) / 1000;
+          const turns = transcripts[c.callId] ?? [];
+          const counterpart = c.direction === 'inbound' ? c.from : c.direction === 'web' ? 'browser' : c.to;
+          return (
+            <li key={c.callId} class="card live-call" data-call-id={c.callId}>
+              <div class="row spread">
+                <a href={`/calls/${encodeURIComponent(c.callId)}`} class="strong">
+                  {c.direction === 'inbound' ? `${c.from} → ${c.to}` : c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}
+                </a>
+                <span class="mono" aria-label="Duration">
+                  {duration(elapsed)}
+                </span>
+              </div>
+              <dl class="facts">
+                <div>
+                  <dt>Direction</dt>
+                  <dd>{c.direction}</dd>
+                </div>
+                <div>
+                  <dt>Number</dt>
+                  <dd>{counterpart}</dd>
+                </div>
+                <div>
+                  <dt>Agent</dt>
+                  <dd class="mono">{c.agentId}</dd>
+                </div>
+                <div>
+                  <dt>State</dt>
+                  <dd>
+                    <Badge value={c.state} />
+                  </dd>
+                </div>
+                <div>
+                  <dt>Barge-ins</dt>
+                  <dd data-field="bargeIns">{c.bargeIns}</dd>
+                </div>
+                {(c.agentReconnects ?? 0) > 0 && (
+                  <div>
+                    <dt>Agent reconnects</dt>
+                    <dd>{c.agentReconnects}</dd>
+                  </div>
+                )}
+              </dl>
+              <ol class="transcript" aria-label="Live transcript" aria-live="polite">
+                {turns.length === 0 ? (
+                  <li class="muted">No words yet.</li>
+                ) : (
+                  turns.map((t, i) => (
+                    <li key={i} class={`turn ${t.role}`}>
+                      <span class="who">{t.role === 'agent' ? 'Agent' : 'Caller'}</span> {t.text}
+                    </li>
+                  ))
+                )}
+              </ol>
+              <div class="row">
+                <button type="button" class="danger" onClick={() => void end(c.callId)} disabled={ending[c.callId] === 'Ending…'}>
+                  End call
+                </button>
+                {ending[c.callId] !== undefined && (
+                  <span class="muted" role="status">
+                    {ending[c.callId]}
+                  </span>
+                )}
+              </div>
+            </li>
+          );
+        })}
+      </ul>
+    </section>
+  );
+}
