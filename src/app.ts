@@ -34,6 +34,7 @@ import { CallStore } from './store/calls.js';
 import { CallRecorder } from './calls/recorder.js';
 import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
+import { callHttpTool, type ToolRunner } from './tools/http.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -208,6 +209,19 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     onStoreError,
   });
 
+  // Operator HTTP tools get the call's record (id, numbers, metadata) and are signed like webhooks.
+  const toolSecret = config.webhook.secret;
+  const operatorTools: ToolRunner = {
+    run: (callSid, def, args) => {
+      const row = calls.getBySid(callSid);
+      return callHttpTool(
+        def,
+        { callId: row?.id ?? callSid, from: row?.from ?? '', to: row?.to ?? '', tool: def.name, arguments: args, metadata: row?.metadata ?? {} },
+        { ...(toolSecret !== undefined ? { secret: toolSecret } : {}), ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}) },
+      );
+    },
+  };
+
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -267,6 +281,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     agents,
     settings,
     journal: recorder,
+    tools: operatorTools,
   });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   app.addHook('onListen', async () => {
@@ -321,6 +336,7 @@ export function sessionSettings(config: Config): SessionSettings {
     callControlGraceMs: config.timeouts.callControlGraceMs,
     markIntervalMs: config.media.markIntervalMs,
     preInitBufferMs: config.media.preInitBufferMs,
+    dtmfGatherMs: config.media.dtmfGatherMs,
     audioInBatchMs: config.media.audioInBatchMs,
     agentHeartbeatMs: config.agentReconnect.heartbeatMs,
     reconnect: config.agentReconnect,

@@ -9,6 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import type { AgentDefinition } from './agent/directory.js';
+import { httpToolSchema } from './tools/http.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, formatAgentRef, parseAgentRef, type AgentProviderName } from './agent/port.js';
 import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
@@ -115,6 +116,8 @@ export interface Config {
     preInitBufferMs: number;
     /** Coalesce caller audio into `audioIn` messages of this many ms (0 = one message per Twilio frame). */
     audioInBatchMs: number;
+    /** Keypad digits are gathered until `#` or a pause this long, then sent to the agent as one message. */
+    dtmfGatherMs: number;
   };
   outbound: {
     /** Bearer token of the /v1 API; without one the API answers only on loopback in local mode. */
@@ -209,6 +212,7 @@ const envSchema = z.object({
   MARK_INTERVAL_MS: intIn(20, 2_000, 160),
   PREINIT_BUFFER_MS: intIn(0, 60_000, 15_000),
   AUDIO_IN_BATCH_MS: intIn(0, 500, 0),
+  DTMF_GATHER_MS: intIn(200, 10_000, 1_500),
   APOLOGY_TEXT: text(1000, 'Sorry, we are having trouble connecting your call. Please try again later. Goodbye.'),
   BUSY_TEXT: text(1000, 'Sorry, all of our agents are busy right now. Please call again in a few minutes. Goodbye.'),
   GOODBYE_TEXT: text(1000, 'We have to end this call now. Thank you for calling. Goodbye.'),
@@ -301,13 +305,6 @@ const routesFileSchema = z.record(z.string(), routeSchema);
 const audioFormatSchema = z
   .object({ encoding: z.enum(['mulaw', 'linear16'], { error: 'mulaw or linear16' }), sampleRate: z.union([z.literal(8000), z.literal(16000), z.literal(22050), z.literal(24000), z.literal(44100), z.literal(48000)], { error: 'one of 8000, 16000, 22050, 24000, 44100, 48000' }) })
   .strict();
-const toolSchema = z
-  .object({
-    name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, { error: 'a tool name of 1 to 64 letters, digits, _ or -' }),
-    description: z.string().max(1024),
-    parameters: z.record(z.string(), z.unknown()),
-  })
-  .strict();
 const agentDefinitionSchema = z
   .object({
     instructions: z.string().max(50_000).optional(),
@@ -315,7 +312,7 @@ const agentDefinitionSchema = z
     voice: z.string().max(200).optional(),
     model: z.string().max(200).optional(),
     language: z.string().regex(/^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$/, { error: 'a language tag like en or en-US' }).optional(),
-    tools: z.array(toolSchema).max(64).optional(),
+    tools: z.array(httpToolSchema).max(64).optional(),
     fallback: z.array(agentRefSchema).max(8).optional(),
     format: z.object({ input: audioFormatSchema.optional(), output: audioFormatSchema.optional() }).strict().optional(),
   })
@@ -575,7 +572,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       stableMs: e.AGENT_STABLE_MS,
       maxPerCall: e.AGENT_MAX_RECONNECTS_PER_CALL,
     },
-    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS },
+    media: { markIntervalMs: e.MARK_INTERVAL_MS, preInitBufferMs: e.PREINIT_BUFFER_MS, audioInBatchMs: e.AUDIO_IN_BATCH_MS, dtmfGatherMs: e.DTMF_GATHER_MS },
     outbound: {
       apiToken: e.API_TOKEN,
       defaultCallerId: e.DEFAULT_CALLER_ID ?? (localCarrier ? LOCAL_CALLER_ID : undefined),

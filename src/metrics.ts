@@ -43,6 +43,7 @@ export class Metrics {
   readonly badFramesTotal: client.Counter<'leg' | 'kind'>;
   readonly agentErrorsTotal: client.Counter<'provider' | 'code' | 'fatal'>;
   readonly agentFallbacksTotal: client.Counter;
+  readonly toolCallsTotal: client.Counter<'result'>;
   readonly agentUnknownMessagesTotal: client.Counter;
   readonly agentReconnectsTotal: client.Counter<'result'>;
   readonly agentCapacityTotal: client.Counter;
@@ -109,6 +110,7 @@ export class Metrics {
     this.badFramesTotal = new client.Counter({ name: 'playline_bad_frames_total', help: 'Frames dropped as malformed or out of place', labelNames: ['leg', 'kind'] as const, registers });
     this.agentErrorsTotal = new client.Counter({ name: 'playline_agent_errors_total', help: 'Agent errors by provider, code (a documented code, none or other) and whether they ended the agent session (fatal)', labelNames: ['provider', 'code', 'fatal'] as const, registers });
     this.agentFallbacksTotal = new client.Counter({ name: 'playline_agent_fallbacks_total', help: 'Calls handed to a fallback agent (AGENTS_FILE fallback) after their agent refused or failed', registers });
+    this.toolCallsTotal = new client.Counter({ name: 'playline_tool_calls_total', help: 'Operator HTTP tool calls by result (ok, timeout, http_error, too_large, not_json, network, busy)', labelNames: ['result'], registers });
     this.agentUnknownMessagesTotal = new client.Counter({ name: 'playline_agent_unknown_messages_total', help: 'Agent messages of an unknown type (ignored)', registers });
     this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
     this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'Agent accounts refusing a session for capacity (PlayAI 4429 and the equivalents of other providers)', registers });

@@ -5,6 +5,8 @@
  * language; the cases only use the driver.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +16,7 @@ import { FakeDeepgramServer } from '../src/testing/agents/deepgram.js';
 import { FakeElevenLabsServer, type FakeElevenLabsConnection } from '../src/testing/agents/elevenlabs.js';
 import { FAKE_OPENAI_KEY, FakeOpenAiServer, type FakeOpenAiConnection } from '../src/testing/agents/openai.js';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
+import { verifyWebhookSignature } from '../src/outbound/webhooks.js';
 import { AUTH_TOKEN, eventually, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 /** One agent session on a provider's fake, as the cases need it. */
@@ -36,6 +39,22 @@ interface Conn {
   drop(): void;
   /** What this session was told of the conversation before it (resume by id, or history as text). */
   resumedWith(): string;
+  /** Text the agent received as the caller's words (keypad digits go this way). */
+  userTexts(): string[];
+  /** The agent calls a tool (undefined: the provider has no tools); returns the call's id. */
+  callTool?(name: string, args: Record<string, unknown>): string;
+  /** Tool results the agent received. */
+  toolResults?(): Array<{ id: string; content: string; isError?: boolean }>;
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+/** The text of an OpenAI `conversation.item.create` from the user. */
+function openaiUserText(f: Record<string, unknown>): string | undefined {
+  if (f.type !== 'conversation.item.create') return undefined;
+  const item = f.item;
+  if (typeof item !== 'object' || item === null || !('role' in item) || item.role !== 'user' || !('content' in item) || !Array.isArray(item.content)) return undefined;
+  const part: unknown = item.content[0];
+  return typeof part === 'object' && part !== null && 'text' in part ? str(part.text) : undefined;
 }
 
 interface Driver {
@@ -97,6 +116,7 @@ function playaiDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => String(c.setup?.continueConversation ?? ''),
+        userTexts: () => c.frames.filter((f) => f.type === 'customInput').map((f) => str(f.data)),
       };
       conns.set(conn, c);
       return conn;
@@ -145,6 +165,14 @@ function openaiDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => JSON.stringify(c.items),
+        userTexts: () => c.frames.map(openaiUserText).filter((t): t is string => t !== undefined),
+        callTool: (name, args) => c.callTool(name, args),
+        toolResults: () =>
+          c.frames.flatMap((f) => {
+            const item = f.type === 'conversation.item.create' ? f.item : undefined;
+            if (typeof item !== 'object' || item === null || !('type' in item) || item.type !== 'function_call_output') return [];
+            return [{ id: 'call_id' in item ? str(item.call_id) : '', content: 'output' in item ? str(item.output) : '' }];
+          }),
       };
       conns.set(conn, c);
       return conn;
@@ -196,6 +224,9 @@ function elevenlabsDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => c.contextualUpdates.join('\n'),
+        userTexts: () => [...c.userMessages],
+        callTool: (name, args) => c.callTool(name, args),
+        toolResults: () => c.toolResults.map((r) => ({ id: r.toolCallId, content: r.result, isError: r.isError })),
       };
     },
     refuseForCapacity(_tb, on) {
@@ -243,6 +274,9 @@ function deepgramDriver(): Driver {
         },
         drop: () => c.terminate(),
         resumedWith: () => JSON.stringify(c.settings ?? {}),
+        userTexts: () => c.frames.filter((f) => f.type === 'InjectUserMessage').map((f) => str(f.content)),
+        callTool: (name, args) => c.callFunction(name, args, { clientSide: true }),
+        toolResults: () => c.functionCallResponses.map((r) => ({ id: r.id, content: r.content })),
       };
     },
     refuseForCapacity(_tb, on) {
@@ -465,4 +499,112 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     expect(storedCall(t, call.callSid)?.endReason).toBe('agent_hangup');
     expect(t.callControl.spoken).toHaveLength(0);
   });
+
+  it('keypad: "1234#" reaches the agent as one text message where the protocol takes text, and the record keeps the digits', async () => {
+    const { tb: t, d } = await start(make, { DTMF_GATHER_MS: '400' });
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    for (const digit of '1234#') call.stream.sendDtmf(digit);
+    // A pause ends a run too: "7" then silence.
+    call.stream.sendDtmf('7');
+    const gathered = () => storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf_digits') ?? [];
+    await eventually(() => gathered().length >= 2, 3000, 'both runs of digits on the record');
+    const runs = gathered().map((e) => e.data);
+    const delivery = d.name === 'playai' ? 'not_supported' : 'sent';
+    expect(runs).toEqual([
+      { digits: '1234#', ended: 'terminator', delivery },
+      { digits: '7', ended: 'pause', delivery },
+    ]);
+    expect(storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf')).toHaveLength(6);
+    if (d.name === 'playai') {
+      // The PlayAI protocol takes no caller text (customInput's meaning is undocumented): nothing is sent.
+      expect(conn.userTexts()).toEqual([]);
+    } else {
+      await eventually(() => conn.userTexts().length >= 2, 3000, 'the digits at the agent');
+      expect(conn.userTexts()).toEqual(['The caller typed "1234#" on the phone keypad.', 'The caller typed "7" on the phone keypad.']);
+    }
+    call.stream.sendStop();
+  });
+
+  it('keypad: digits typed before the agent is ready are sent once it is', async () => {
+    const { tb: t, d } = await start(make);
+    const call = await dial(t);
+    call.stream.sendDtmf('5');
+    call.stream.sendDtmf('#');
+    const conn = await d.next(t);
+    await conn.ready();
+    await eventually(() => (storedCall(t, call.callSid)?.events.some((e) => e.type === 'dtmf_digits') ?? false), 3000, 'the digits on the record');
+    if (d.name === 'playai') expect(conn.userTexts()).toEqual([]);
+    else await eventually(() => conn.userTexts().includes('The caller typed "5#" on the phone keypad.'), 3000, 'the digits at the agent');
+    call.stream.sendStop();
+  });
+
+  it('operator tool: the call is POSTed, signed, to the operator URL and the answer goes back to the agent; a failing one comes back as a tool error', async () => {
+    const hits: Array<{ body: string; signature: string | undefined }> = [];
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const sig = req.headers['playline-signature'];
+        hits.push({ body: Buffer.concat(chunks).toString('utf8'), signature: typeof sig === 'string' ? sig : undefined });
+        if (req.url === '/lookup') res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"shipped","eta":"Tuesday"}');
+        else res.writeHead(500).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const probe = make();
+      const dir = mkdtempSync(join(tmpdir(), 'playline-tools-'));
+      const agentsFile = join(dir, 'agents.json');
+      writeFileSync(
+        agentsFile,
+        JSON.stringify({
+          [probe.agent]: {
+            tools: [
+              { name: 'lookup_order', description: 'Look an order up', parameters: { type: 'object', properties: { order: { type: 'string' } } }, url: `${base}/lookup` },
+              { name: 'broken', description: 'Always fails', url: `${base}/broken` },
+            ],
+          },
+        }),
+      );
+      const { tb: t, d } = await start(make, { AGENTS_FILE: agentsFile, WEBHOOK_SECRET: 'tool-secret-0123456789' });
+      const call = await dial(t);
+      const conn = await d.next(t);
+      await conn.ready();
+      if (conn.callTool === undefined || conn.toolResults === undefined) {
+        // PlayAI-protocol agents have no tools.
+        expect(d.name).toBe('playai');
+        call.stream.sendStop();
+        return;
+      }
+      const id = conn.callTool('lookup_order', { order: '4512' });
+      await eventually(() => (conn.toolResults?.() ?? []).some((r) => r.id === id), 3000, 'the tool result at the agent');
+      expect(conn.toolResults().find((r) => r.id === id)?.content).toBe('{"status":"shipped","eta":"Tuesday"}');
+      const sent = JSON.parse(hits[0]?.body ?? '{}') as Record<string, unknown>;
+      const rec = storedCall(t, call.callSid);
+      expect(sent).toMatchObject({ callId: rec?.id, tool: 'lookup_order', arguments: { order: '4512' } });
+      expect(verifyWebhookSignature('tool-secret-0123456789', hits[0]?.signature, hits[0]?.body ?? '')).toBe(true);
+
+      const bad = conn.callTool('broken', {});
+      await eventually(() => (conn.toolResults?.() ?? []).some((r) => r.id === bad), 3000, 'the failed tool result at the agent');
+      const failed = conn.toolResults().find((r) => r.id === bad);
+      expect(failed?.content).toMatch(/HTTP 500/);
+      if (failed?.isError !== undefined) expect(failed.isError).toBe(true);
+      // The call goes on, and the record has both calls with their outcome (no arguments).
+      const events = storedCall(t, call.callSid)?.events ?? [];
+      expect(events.filter((e) => e.type === 'tool_called').map((e) => e.data?.tool)).toEqual(['lookup_order', 'broken']);
+      expect(events.filter((e) => e.type === 'tool_result').map((e) => [e.data?.tool, e.data?.ok, e.data?.status])).toEqual([
+        ['lookup_order', true, 200],
+        ['broken', false, 500],
+      ]);
+      expect(call.stream.closed).toBe(false);
+      call.stream.sendStop();
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
 });
+

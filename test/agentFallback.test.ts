@@ -94,6 +94,7 @@ function build(definitions: Map<string, AgentDefinition> = new Map()) {
     providers.set(name, {
       name,
       resumesById: name === 'playai',
+      acceptsText: name !== 'playai',
       supportsTools: name !== 'playai',
       connect: (o) => {
         const leg = new Leg(name, o);

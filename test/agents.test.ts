@@ -115,6 +115,7 @@ function scriptedProvider(name: AgentProviderName, supportsTools = true): AgentP
     name,
     resumesById: name === 'playai',
     supportsTools,
+    acceptsText: name !== 'playai',
     opened,
     connect(opts): AgentLeg {
       opened.push(opts);

@@ -8,6 +8,7 @@
  * the {@link AgentRequest} a provider connects with.
  */
 import { END_CALL_TOOL, formatAgentRef, parseAgentRef, type AgentAudioFormat, type AgentProvider, type AgentProviderName, type AgentRequest, type AgentTool } from './port.js';
+import type { HttpToolDef } from '../tools/http.js';
 
 /** Agents whose health is tracked at most (each is a metric label and may be probed). */
 const MAX_TRACKED_AGENTS = 256;
@@ -16,14 +17,22 @@ const MAX_TRACKED_AGENTS = 256;
 const PROVIDER_KEY_VARIABLE: Record<AgentProviderName, string> = { playai: 'PLAYAI_WS_URL', openai: 'OPENAI_API_KEY', elevenlabs: 'ELEVENLABS_URL', deepgram: 'DEEPGRAM_API_KEY' };
 
 /** One agent's settings (an entry of AGENTS_FILE). */
+/**
+ * An operator tool as the model sees it. The description asks the model to tell the caller it is
+ * checking before it calls, so that the wait for the operator's API is not dead air.
+ */
+function offeredTool(t: HttpToolDef): AgentTool {
+  return { name: t.name, description: `${t.description} Before calling this, tell the caller briefly that you are checking.`, parameters: t.parameters };
+}
+
 export interface AgentDefinition {
   instructions?: string | undefined;
   greeting?: string | undefined;
   voice?: string | undefined;
   model?: string | undefined;
   language?: string | undefined;
-  /** Extra tools (end_call is always offered where the provider takes tools). */
-  tools?: AgentTool[] | undefined;
+  /** Operator HTTP tools (end_call is always offered where the provider takes tools). */
+  tools?: HttpToolDef[] | undefined;
   /** Agents (`provider:id`) that take the call when this one refuses it or fails for good. */
   fallback?: string[] | undefined;
   /** The audio format the agent is set to, when it cannot do μ-law 8 kHz. */
@@ -99,6 +108,11 @@ export class AgentDirectory {
     return `agent ${formatAgentRef(r)} cannot be used: its provider is not configured (set ${PROVIDER_KEY_VARIABLE[r.provider]})`;
   }
 
+  /** The operator HTTP tool `name` of agent `ref`, if it declares one. */
+  httpTool(ref: string, name: string): HttpToolDef | undefined {
+    return this.#definitions.get(ref)?.tools?.find((t) => t.name === name);
+  }
+
   /** The agents that take over from `ref`, in order. */
   fallbacksOf(ref: string): string[] {
     return this.#definitions.get(ref)?.fallback ?? [];
@@ -114,7 +128,7 @@ export class AgentDirectory {
     const provider = ref === undefined ? undefined : this.#providers.get(ref.provider);
     const instructions = [def.instructions, route.prompt].filter((s): s is string => s !== undefined && s !== '').join('\n\n');
     const greeting = route.customGreeting ?? def.greeting;
-    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(def.tools ?? []).filter((t) => t.name !== END_CALL_TOOL.name)] : [];
+    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(def.tools ?? []).map(offeredTool)] : [];
     const request: AgentRequest = { id: ref?.id ?? route.agentId, tools, call };
     if (instructions !== '') request.instructions = instructions;
     if (greeting !== undefined) request.greeting = greeting;

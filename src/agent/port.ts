@@ -191,6 +191,8 @@ export interface AgentProvider {
   readonly resumesById: boolean;
   /** True when the provider takes tools (end_call and later transfer). */
   readonly supportsTools: boolean;
+  /** True when the caller's words can be sent as text (keypad digits go to the agent this way). */
+  readonly acceptsText: boolean;
   /** Opens a session; events arrive through `opts.events`. Never throws: failures arrive as `error`/`closed`. */
   connect(opts: AgentConnectOptions): AgentLeg;
 }

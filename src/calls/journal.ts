@@ -8,6 +8,9 @@
  * these are per-turn events (a few per second at most), never per frame.
  */
 
+import type { DtmfEnd } from '../session/dtmf.js';
+import type { HttpToolFailure } from '../tools/http.js';
+
 /** Why a call session ended (the `outcome` label of `playline_calls_total`, `endReason` on the record). */
 export const END_REASONS = [
   'caller_hangup',
@@ -41,6 +44,15 @@ export type CallJournalEntry =
   | { type: 'transcript'; role: 'user' | 'agent'; text: string }
   /** A keypad digit from the caller. */
   | { type: 'dtmf'; digit: string }
+  /**
+   * Digits gathered into one message (until `#`, a pause or a maximum length) and what became of
+   * it: sent to the agent as text, or kept in the record only (the agent's protocol takes no text).
+   */
+  | { type: 'dtmf_digits'; digits: string; ended: DtmfEnd; delivery: 'sent' | 'not_supported' }
+  /** The agent called an operator HTTP tool (arguments are not recorded: they may hold personal data). */
+  | { type: 'tool_called'; tool: string; argsBytes: number }
+  /** The operator's answer, or why there was none; the model was told either way. */
+  | { type: 'tool_result'; tool: string; ok: boolean; ms: number; status?: number; bytes?: number; failure?: HttpToolFailure }
   /** Playline asked the carrier to speak to the caller (or forward the call). */
   | { type: 'spoke'; kind: SpokenKind; text: string }
   /** The session ended and released everything. */

@@ -100,6 +100,19 @@ export class CallRecorder implements CallJournal {
         live.dtmf++;
         this.#calls.event(id, 'dtmf', null, null, { digit: e.digit }, now);
         return;
+      case 'dtmf_digits':
+        if (live.dtmf >= MAX_DTMF) return;
+        live.dtmf++;
+        this.#calls.event(id, 'dtmf_digits', null, null, { digits: e.digits, ended: e.ended, delivery: e.delivery }, now);
+        return;
+      case 'tool_called':
+        this.#calls.event(id, 'tool_called', null, null, { tool: e.tool, argsBytes: e.argsBytes }, now);
+        return;
+      case 'tool_result': {
+        const { type: _type, ...data } = e;
+        this.#calls.event(id, 'tool_result', null, null, data, now);
+        return;
+      }
       case 'spoke':
         this.#calls.event(id, 'spoke', null, null, { kind: e.kind, text: e.text }, now);
         return;

@@ -18,6 +18,7 @@ import { CallSession, type SessionSettings } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
+import type { ToolRunner } from '../tools/http.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -44,6 +45,8 @@ export interface MediaStreamDeps {
   agents: AgentDirectory;
   settings: SessionSettings;
   journal: CallJournal;
+  /** Runs the operator HTTP tools agents call. */
+  tools?: ToolRunner;
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
@@ -86,6 +89,7 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         metrics,
         logger,
         journal: deps.journal,
+        ...(deps.tools !== undefined ? { tools: deps.tools } : {}),
         onAgentCapacityExceeded: (s, provider) => {
           const limit = manager.noteAgentCapacityExceeded(provider);
           logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');

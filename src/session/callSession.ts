@@ -33,6 +33,8 @@ import { PlaybackTracker } from './playback.js';
 import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
 import { Timers } from './timers.js';
+import type { HttpToolDef, HttpToolOutcome, ToolRunner } from '../tools/http.js';
+import { DtmfGatherer, dtmfMessage, type DtmfEnd, type DtmfOutcome } from './dtmf.js';
 import { CallerAudioBuffer } from './callerBuffer.js';
 
 export interface SessionSettings {
@@ -43,6 +45,8 @@ export interface SessionSettings {
   preInitBufferMs: number;
   /** Coalesce caller audio into `audioIn` messages of this many ms; 0 forwards each frame as it comes. */
   audioInBatchMs?: number;
+  /** Keypad digits are gathered until `#` or a pause this long (default 1500 ms). */
+  dtmfGatherMs?: number;
   agentHeartbeatMs: number;
   /** The reconnect budget, and the caller audio (ms) kept during an outage. */
   reconnect: ReconnectPolicy & { bufferMs: number };
@@ -71,6 +75,8 @@ export interface CallSessionDeps {
   onAgentSwitched?(session: CallSession, agentId: string): void;
   /** An agent session that had been ready ended: its provider's account has a session free again. */
   onAgentSessionEnded?(session: CallSession, provider: AgentProviderName): void;
+  /** Runs the operator HTTP tools the agent calls (AGENTS_FILE `tools`); without it they are answered with an error. */
+  tools?: ToolRunner;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
@@ -109,7 +115,13 @@ const STREAM_DEAD_AFTER_MS = 3000;
  */
 const PLAYBACK_SLACK_MS = 2000;
 
-type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall';
+type TimerName = 'init' | 'retry' | 'tail' | 'drain' | 'grace' | 'batch' | 'stall' | 'endcall' | 'dtmf';
+
+/** Operator tool calls one call may have in flight at once. */
+const MAX_TOOLS_IN_FLIGHT = 4;
+
+/** Keypad messages kept for an agent that is not ready (connecting, reconnecting); older ones are dropped. */
+const MAX_DTMF_WAITING = 4;
 
 /**
  * After an `end_call` during a response, the call ends once the agent says the response is done,
@@ -196,6 +208,14 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #framesDown = 0;
   #bargeIns = 0;
 
+  /** Operator tool calls waiting for their answer. */
+  #toolsInFlight = 0;
+
+  /** Keypad digits being gathered into one message for the agent. */
+  readonly #dtmf: DtmfGatherer;
+  /** Keypad messages waiting for the agent to be ready. */
+  readonly #dtmfWaiting: Array<{ digits: string; ended: DtmfEnd }> = [];
+
   constructor(deps: CallSessionDeps) {
     this.#d = deps;
     this.#s = deps.settings;
@@ -214,6 +234,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#log = this.#baseLog.child({ agentId: this.#agentRef });
     // The first connection is budgeted like a reconnect: its outage starts with the call.
     this.#st = { kind: 'connecting', agent: undefined, openedAt: 0, outage: { startedAt: this.#startedAt, attempts: 0 } };
+    this.#dtmf = new DtmfGatherer<never>({
+      ...(this.#s.dtmfGatherMs !== undefined ? { gatherMs: this.#s.dtmfGatherMs } : {}),
+      timer: { set: (ms, fn) => this.#timers.set('dtmf', ms, fn), clear: () => this.#timers.clear('dtmf') },
+      emit: (o) => this.#onDtmfGathered(o),
+    });
   }
 
   get state(): SessionState {
@@ -377,8 +402,31 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   onDtmf(digit: string): void {
+    if (this.#st.kind === 'closed') return;
     this.#d.journal.record(this.callSid, { type: 'dtmf', digit });
-    this.#log.debug('dtmf received');
+    if (!this.#dtmf.push(digit)) this.#warnOnce('dtmf:unknown_key', { digit: digit.slice(0, 8) }, 'ignored a keypad event that is not a key (0-9, *, #, A-D)');
+  }
+
+  /** Gathered digits go to the agent as one message where its protocol takes text; otherwise they stay in the record. */
+  #onDtmfGathered(o: DtmfOutcome<never>): void {
+    if (o.kind !== 'digits') return;
+    if (this.#d.agents.provider(this.#agentRef)?.acceptsText !== true) {
+      this.#d.journal.record(this.callSid, { type: 'dtmf_digits', digits: o.digits, ended: o.ended, delivery: 'not_supported' });
+      return;
+    }
+    const st = this.#st;
+    if (st.kind === 'live') {
+      this.#sendDtmf(st.agent, o.digits, o.ended);
+    } else if (st.kind === 'connecting' || st.kind === 'reconnecting') {
+      // Sent once the agent is ready; a caller who keeps typing into an outage keeps the latest.
+      if (this.#dtmfWaiting.length >= MAX_DTMF_WAITING) this.#dtmfWaiting.shift();
+      this.#dtmfWaiting.push({ digits: o.digits, ended: o.ended });
+    }
+  }
+
+  #sendDtmf(agent: AgentLeg, digits: string, ended: DtmfEnd): void {
+    agent.sendText(dtmfMessage(digits), 'user');
+    this.#d.journal.record(this.callSid, { type: 'dtmf_digits', digits, ended, delivery: 'sent' });
   }
 
   onStop(): void {
@@ -544,6 +592,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#log.info({ bufferedFrames: buffered }, 'agent ready');
     }
     this.#flushPending(agent);
+    for (const w of this.#dtmfWaiting.splice(0)) this.#sendDtmf(agent, w.digits, w.ended);
   }
 
   /** A new agent response: audio of an interrupted one is over; PlayAI's `newAudioStream` also drops what is still queued. */
@@ -639,8 +688,48 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       }
       return;
     }
+    const def = this.#d.tools === undefined ? undefined : this.#d.agents.httpTool(this.#agentRef, tc.name);
+    if (def !== undefined && this.#d.tools !== undefined) {
+      this.#runTool(this.#d.tools, st.agent, tc, def);
+      return;
+    }
     this.#warnOnce(`agent-tool:${tc.name.slice(0, 64)}`, { tool: tc.name.slice(0, 64) }, 'the agent called a tool Playline does not offer; answered with an error');
     st.agent.toolResult(tc.id, JSON.stringify({ error: `unknown tool ${tc.name}` }), true);
+  }
+
+  /**
+   * An operator tool: POSTed to the operator's URL while the call goes on; the answer (or the
+   * failure, as a tool error) goes back to the agent session that asked, if it is still there.
+   */
+  #runTool(runner: ToolRunner, agent: AgentLeg, tc: AgentToolCall, def: HttpToolDef): void {
+    if (this.#toolsInFlight >= MAX_TOOLS_IN_FLIGHT) {
+      this.#metrics.toolCallsTotal.labels('busy').inc();
+      agent.toolResult(tc.id, JSON.stringify({ error: `${MAX_TOOLS_IN_FLIGHT} tool calls are already running: wait for their answers first` }), true);
+      return;
+    }
+    this.#toolsInFlight++;
+    this.#d.journal.record(this.callSid, { type: 'tool_called', tool: def.name, argsBytes: Buffer.byteLength(JSON.stringify(tc.args)) });
+    this.#log.debug({ tool: def.name, args: tc.args }, 'operator tool called');
+    const done = (out: HttpToolOutcome): void => {
+      this.#toolsInFlight--;
+      this.#metrics.toolCallsTotal.labels(out.ok ? 'ok' : out.failure).inc();
+      if (this.#st.kind === 'closed') return;
+      const { ms } = out;
+      this.#d.journal.record(
+        this.callSid,
+        out.ok
+          ? { type: 'tool_result', tool: def.name, ok: true, ms, status: out.status, bytes: out.bytes }
+          : { type: 'tool_result', tool: def.name, ok: false, ms, failure: out.failure, ...(out.status !== undefined ? { status: out.status } : {}), ...(out.bytes !== undefined ? { bytes: out.bytes } : {}) },
+      );
+      if (!out.ok) this.#log.warn({ tool: def.name, failure: out.failure, status: out.status, ms }, 'operator tool failed; the agent was told');
+      const st = this.#st;
+      if (st.kind !== 'live' || st.agent !== agent) {
+        this.#log.info({ tool: def.name }, 'operator tool answered after the agent session that asked had ended; not sent');
+        return;
+      }
+      agent.toolResult(tc.id, out.ok ? out.result : JSON.stringify({ error: out.error }), !out.ok);
+    };
+    runner.run(this.callSid, def, tc.args).then(done, () => done({ ok: false, failure: 'network', error: `the ${def.name} tool failed; tell the caller it cannot be done right now`, ms: 0 }));
   }
 
   /** Agent audio (base64 μ-law in `buf[start, end)`) to the caller, without decoding it. */
@@ -1004,6 +1093,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     const outcome = this.#endReason ?? reason;
     try {
+      this.#dtmf.close();
+      this.#dtmfWaiting.length = 0;
       this.#timers.clearAll();
       this.#batchLen = 0;
       this.#bargeInMark = undefined;

@@ -109,6 +109,7 @@ export function createDeepgramProvider(opts: DeepgramProviderOptions): AgentProv
     name: 'deepgram',
     resumesById: false,
     supportsTools: true,
+    acceptsText: true,
     connect: (c) => {
       try {
         return new DeepgramLeg(opts, c);

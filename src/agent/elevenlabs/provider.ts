@@ -97,6 +97,7 @@ export function createElevenLabsProvider(opts: ElevenLabsProviderOptions = {}): 
     name: 'elevenlabs',
     resumesById: false,
     supportsTools: true,
+    acceptsText: true,
     connect: (c) => new ElevenLabsLeg(c, shared),
   };
 }

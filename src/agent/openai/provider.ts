@@ -74,6 +74,7 @@ export function createOpenAiProvider(opts: OpenAiProviderOptions): AgentProvider
     name: 'openai',
     resumesById: false,
     supportsTools: true,
+    acceptsText: true,
     connect: (c) => new OpenAiLeg(opts, c),
   };
 }

@@ -48,6 +48,8 @@ export function createPlayAiProvider(opts: PlayAiProviderOptions): AgentProvider
     name: 'playai',
     resumesById: true,
     supportsTools: false,
+    // `customInput` exists, but what an agent does with it is not documented: digits are not sent.
+    acceptsText: false,
     connect: (o) => new PlayAiAgentLeg(opts, o),
   };
 }

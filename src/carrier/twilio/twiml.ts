@@ -52,3 +52,69 @@ export function hangupTwiml(): string {
   vr.hangup();
   return vr.toString();
 }
+
+export interface TransferDialOptions {
+  /** `+E.164` or a `sip:` URI. */
+  to: string;
+  /** Caller ID the person sees (E.164); Twilio's default (the caller's number) when absent. */
+  callerId?: string;
+  /** Seconds the person's phone rings. */
+  timeoutS: number;
+  /** Requested when the dialed leg ends, with `DialCallStatus`; its answer is what the caller gets next. */
+  actionUrl: string;
+  /** The dialed leg's status callbacks (`answered`, `completed`), to know at once that the person picked up. */
+  statusCallbackUrl?: string;
+}
+
+/**
+ * A cold transfer: `<Dial action timeout callerId answerOnBridge><Number|Sip>`. The caller hears
+ * ringing until the person answers; the action URL decides what comes after (hang up, or back to
+ * the agent when nobody answered).
+ */
+export function transferDialTwiml(o: TransferDialOptions): string {
+  const vr = new twilio.twiml.VoiceResponse();
+  const dial = vr.dial({ action: o.actionUrl, method: 'POST', timeout: o.timeoutS, answerOnBridge: true, ...(o.callerId !== undefined ? { callerId: o.callerId } : {}) });
+  const progress = o.statusCallbackUrl === undefined ? {} : { statusCallback: o.statusCallbackUrl, statusCallbackMethod: 'POST' as const, statusCallbackEvent: ['answered', 'completed'] as Array<'answered' | 'completed'> };
+  if (/^sips?:/i.test(o.to)) dial.sip(progress, o.to);
+  else dial.number(progress, o.to);
+  return vr.toString();
+}
+
+export interface ConferenceOptions {
+  room: string;
+  /** Hold audio while the caller waits (a URL Twilio fetches; `waitUrl=""` means silence). */
+  waitUrl?: string;
+  /** Conference events (start, join, leave, end). */
+  statusCallbackUrl?: string;
+}
+
+/**
+ * The caller's side of a warm transfer: waiting in a conference (hold audio) that starts when the
+ * person joins; when the conference ends (the person hung up), the call goes on to `<Hangup/>`.
+ */
+export function conferenceWaitTwiml(o: ConferenceOptions): string {
+  const vr = new twilio.twiml.VoiceResponse();
+  vr.dial().conference(
+    {
+      startConferenceOnEnter: false,
+      endConferenceOnExit: true,
+      beep: 'false',
+      waitUrl: o.waitUrl ?? '',
+      ...(o.statusCallbackUrl !== undefined ? { statusCallback: o.statusCallbackUrl, statusCallbackMethod: 'POST' as const, statusCallbackEvent: ['start', 'end', 'join', 'leave'] as Array<'start' | 'end' | 'join' | 'leave'> } : {}),
+    },
+    o.room,
+  );
+  vr.hangup();
+  return vr.toString();
+}
+
+/**
+ * The person's side of a warm transfer: hears the summary, then joins the caller's conference,
+ * which starts then and ends when the person leaves.
+ */
+export function conferenceJoinTwiml(summary: string, room: string, opts: SayOptions = {}): string {
+  const vr = new twilio.twiml.VoiceResponse();
+  if (summary !== '') vr.say(sayAttributes(opts), summary);
+  vr.dial().conference({ startConferenceOnEnter: true, endConferenceOnExit: true, beep: 'false' }, room);
+  return vr.toString();
+}
