@@ -45,8 +45,8 @@ export const callDetail = z.extend(call, {
 export type CallDetail = z.infer<typeof callDetail>;
 
 export const liveCall = z.object({
-  callId: str,
-  callSid: z.optional(nstr),
+  callId: nstr,
+  callSid: str,
   direction: str,
   from: str,
   to: str,

@@ -31,12 +31,13 @@ export function LivePage() {
   // Calls already under way when the page opened: their transcript so far.
   useEffect(() => {
     for (const c of calls) {
-      if (seeded.current.has(c.callId)) continue;
-      seeded.current.add(c.callId);
-      api(callDetail, `/v1/calls/${encodeURIComponent(c.callId)}`).then(
+      const id = c.callId;
+      if (id === null || seeded.current.has(id)) continue;
+      seeded.current.add(id);
+      api(callDetail, `/v1/calls/${encodeURIComponent(id)}`).then(
         (d) => {
           if (d.transcript.length === 0) return;
-          setTranscripts((t) => ({ ...t, [c.callId]: [...d.transcript.map((x) => ({ role: x.role, text: x.text })), ...(t[c.callId] ?? [])].slice(-MAX_TURNS) }));
+          setTranscripts((t) => ({ ...t, [id]: [...d.transcript.map((x) => ({ role: x.role, text: x.text })), ...(t[id] ?? [])].slice(-MAX_TURNS) }));
         },
         () => undefined,
       );
@@ -101,14 +102,19 @@ export function LivePage() {
       <ul class="cards live-list" aria-label="Calls in progress">
         {calls.map((c) => {
           const elapsed = c.durationS + (now - loadedAt.current) / 1000;
-          const turns = transcripts[c.callId] ?? [];
+          const id = c.callId;
+          const turns = id === null ? [] : (transcripts[id] ?? []);
           const counterpart = c.direction === 'inbound' ? c.from : c.direction === 'web' ? 'browser' : c.to;
           return (
-            <li key={c.callId} class="card live-call" data-call-id={c.callId}>
+            <li key={c.callSid} class="card live-call" data-call-id={id ?? undefined}>
               <div class="row spread">
-                <a href={`/calls/${encodeURIComponent(c.callId)}`} class="strong">
-                  {c.direction === 'inbound' ? `${c.from} → ${c.to}` : c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}
-                </a>
+                {id === null ? (
+                  <span class="strong">{c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}</span>
+                ) : (
+                  <a href={`/calls/${encodeURIComponent(id)}`} class="strong">
+                    {c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}
+                  </a>
+                )}
                 <span class="mono" aria-label="Duration">
                   {duration(elapsed)}
                 </span>
@@ -154,16 +160,18 @@ export function LivePage() {
                   ))
                 )}
               </ol>
-              <div class="row">
-                <button type="button" class="danger" onClick={() => void end(c.callId)} disabled={ending[c.callId] === 'Ending…'}>
-                  End call
-                </button>
-                {ending[c.callId] !== undefined && (
-                  <span class="muted" role="status">
-                    {ending[c.callId]}
-                  </span>
-                )}
-              </div>
+              {id !== null && (
+                <div class="row">
+                  <button type="button" class="danger" onClick={() => void end(id)} disabled={ending[id] === 'Ending…'}>
+                    End call
+                  </button>
+                  {ending[id] !== undefined && (
+                    <span class="muted" role="status">
+                      {ending[id]}
+                    </span>
+                  )}
+                </div>
+              )}
             </li>
           );
         })}

@@ -45,10 +45,13 @@ export function TalkPage() {
   const start = (e: Event): void => {
     e.preventDefault();
     const t: CallTarget = {};
+    // A number route brings its own agent, prompt and greeting.
     if (target.startsWith('route:')) t.route = target.slice('route:'.length);
-    else if (target.startsWith('agent:')) t.agentId = target.slice('agent:'.length);
-    if (prompt.trim() !== '') t.prompt = prompt.trim();
-    if (greeting.trim() !== '') t.customGreeting = greeting.trim();
+    else {
+      if (target.startsWith('agent:')) t.agentId = target.slice('agent:'.length);
+      if (prompt.trim() !== '') t.prompt = prompt.trim();
+      if (greeting.trim() !== '') t.customGreeting = greeting.trim();
+    }
     void phone.start(t);
   };
   const rtt = stats.responseMs;
@@ -94,11 +97,11 @@ export function TalkPage() {
               )}
             </select>
           </div>
-          {route !== undefined && (
+          {route !== undefined ? (
             <p class="small wide muted">
               This number’s prompt: {route.prompt ?? '(none)'} · greeting: {route.customGreeting ?? '(the agent’s own)'}
             </p>
-          )}
+          ) : (
           <details class="wide">
             <summary>Prompt and greeting for this call (optional)</summary>
             <div class="field">
@@ -110,14 +113,16 @@ export function TalkPage() {
               <input id="t-greeting" value={greeting} disabled={inCall} onInput={(e) => setGreeting(e.currentTarget.value)} />
             </div>
           </details>
+          )}
         </div>
         <div class="row">
           {!inCall ? (
-            <button type="submit" class="primary call-button">
+            // Keys: a new element for each, so a click on Hang up cannot become a submit of the form once the button changes.
+            <button key="call" type="submit" class="primary call-button">
               Call
             </button>
           ) : (
-            <button type="button" class="danger call-button" onClick={() => phone.hangup()}>
+            <button key="hangup" type="button" class="danger call-button" onClick={() => phone.hangup()}>
               Hang up
             </button>
           )}
@@ -155,7 +160,10 @@ export function TalkPage() {
               <dt>Underruns</dt>
               <dd data-stat="underruns">{stats.underruns}</dd>
               <dt>Cleared (barge-in)</dt>
-              <dd data-stat="clears">{stats.clears}</dd>
+              <dd data-stat="clears" data-cleared-ms={stats.clearedMs}>
+                {stats.clears}
+                {stats.clears > 0 && ` (the last dropped ${stats.clearedMs} ms of agent audio)`}
+              </dd>
               <dt>Marks echoed</dt>
               <dd data-stat="marksEchoed">{stats.marksEchoed}</dd>
               <dt>

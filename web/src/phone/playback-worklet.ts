@@ -45,6 +45,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   #cur = 0;
   #underruns = 0;
   #clears = 0;
+  /** Agent audio the last `clear` dropped, in 8 kHz samples. */
+  #dropped = 0;
   #playedTotal = 0;
   #lastStatsAt = 0;
 
@@ -76,6 +78,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   }
 
   #clear(): void {
+    this.#dropped = this.#buffered;
     this.#chunks = [];
     this.#chunkPos = 0;
     this.#buffered = 0;
@@ -150,6 +153,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       bufferedMs: Math.round(this.#buffered / 8),
       underruns: this.#underruns,
       clears: this.#clears,
+      droppedMs: Math.round(this.#dropped / 8),
       playedMs: Math.round(this.#playedTotal / 8),
       playing: this.#state === 'playing',
     });

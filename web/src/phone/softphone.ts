@@ -26,6 +26,8 @@ export interface PhoneStats {
   /** Underruns since agent audio first played (a gap inside a stream). */
   underruns: number;
   clears: number;
+  /** Agent audio the last clear dropped from the playout buffer. */
+  clearedMs: number;
   marksEchoed: number;
   playedMs: number;
   /** End of the user's speech (detected here) → first agent audio received, per reply, ms. */
@@ -47,6 +49,7 @@ const emptyStats = (): PhoneStats => ({
   bufferedMs: 0,
   underruns: 0,
   clears: 0,
+  clearedMs: 0,
   marksEchoed: 0,
   playedMs: 0,
   responseMs: [],
@@ -80,12 +83,24 @@ function isFrameMessage(v: unknown): v is { type: 'frame'; frame: Uint8Array; rm
 
 type WorkletMessage =
   | { type: 'played'; name: string }
-  | { type: 'stats'; bufferedMs: number; underruns: number; clears: number; playedMs: number; playing: boolean };
+  | { type: 'stats'; bufferedMs: number; underruns: number; clears: number; droppedMs: number; playedMs: number; playing: boolean };
 
 function isWorkletMessage(v: unknown): v is WorkletMessage {
   if (typeof v !== 'object' || v === null || !('type' in v)) return false;
   if (v.type === 'played') return 'name' in v && typeof v.name === 'string';
-  return v.type === 'stats' && 'bufferedMs' in v && typeof v.bufferedMs === 'number' && 'underruns' in v && typeof v.underruns === 'number';
+  return (
+    v.type === 'stats' &&
+    'bufferedMs' in v &&
+    typeof v.bufferedMs === 'number' &&
+    'underruns' in v &&
+    typeof v.underruns === 'number' &&
+    'clears' in v &&
+    typeof v.clears === 'number' &&
+    'droppedMs' in v &&
+    typeof v.droppedMs === 'number' &&
+    'playedMs' in v &&
+    typeof v.playedMs === 'number'
+  );
 }
 
 class Softphone {
@@ -226,6 +241,7 @@ class Softphone {
       this.#s.bufferedMs = m.bufferedMs;
       this.#s.underruns = m.underruns - (this.#underrunsAtFirstPlay ?? m.underruns);
       this.#s.clears = m.clears;
+      this.#s.clearedMs = m.droppedMs;
       this.#s.playedMs = m.playedMs;
     };
     ctx.createMediaStreamSource(mic).connect(capture);
