@@ -35,6 +35,9 @@ import { CallRecorder } from './calls/recorder.js';
 import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
 import { callHttpTool, type ToolRunner } from './tools/http.js';
+import { WebCalls } from './calls/webCalls.js';
+import { setupFacts } from './api/liveRoutes.js';
+import { webMediaStreamRoute } from './http/webMediaStream.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -118,6 +121,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     onReservationExpired: (callSid) => {
       metrics.streamRejectedTotal.labels('reservation_expired').inc();
       logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
+      // A browser call whose socket never opened ends here (no carrier will say so).
+      outbound.finishWebCall(callSid);
     },
   });
   const metrics = new Metrics({
@@ -221,6 +226,15 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       );
     },
   };
+  const webCalls = new WebCalls({
+    manager,
+    calls,
+    routes: config.routes,
+    defaultAgentId: config.agents.defaultAgent,
+    maxConcurrentCalls: config.maxConcurrentCalls,
+    checkAgent: (agentId) => agents.whyUnusable(agentId),
+    log: logger.child({ component: 'web-calls' }),
+  });
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -264,6 +278,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
       localMode: config.outbound.localCarrier,
       checkAgent: (agentId) => agents.whyUnusable(agentId),
+      live: { manager, agents, calls, webCalls, setup: setupFacts(config) },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
   });
@@ -282,6 +297,21 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     settings,
     journal: recorder,
     tools: operatorTools,
+  });
+  await app.register(webMediaStreamRoute, {
+    stream: streamRouteSettings(config),
+    manager,
+    metrics,
+    logger,
+    callControl,
+    agents,
+    settings,
+    journal: recorder,
+    tools: operatorTools,
+    apiToken: config.outbound.apiToken,
+    publicUrl: config.publicUrl,
+    onStreamStarted: (callSid) => webCalls.streamStarted(callSid),
+    onSessionEnded: (callSid) => outbound.finishWebCall(callSid),
   });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   app.addHook('onListen', async () => {

@@ -33,6 +33,12 @@ export const ERROR_CODES = {
   invalid_contacts: { status: 422, doc: 'The contacts cannot be imported; `details` is the import report with every bad row.' },
   internal_error: { status: 500, doc: 'A bug or an unexpected failure; the server log has the details.' },
   carrier_error: { status: 502, doc: 'The carrier (Twilio) refused or failed the request.' },
+  capacity: { status: 503, doc: 'A browser call was refused: MAX_CONCURRENT_CALLS calls are in progress or admitted; try again when one ends.' },
+  agent_capacity: { status: 503, doc: "A browser call was refused: the agent's provider refused a session for capacity a moment ago; try again when one of its calls ends." },
+  agent_limit: { status: 503, doc: 'A browser call was refused: the agent has its AGENT_LIMITS number of calls.' },
+  agent_down: { status: 503, doc: 'A browser call was refused: the agent and its fallbacks are marked down (failed connects); see GET /v1/setup.' },
+  draining: { status: 503, doc: 'A browser call was refused: the bridge is shutting down and takes no new calls.' },
+  overload: { status: 503, doc: 'A browser call was refused: the process is too busy (event-loop delay over MAX_EVENT_LOOP_DELAY_MS).' },
 } as const satisfies Record<string, { status: number; doc: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -58,6 +58,7 @@ import {
   type ImportReport,
 } from './schemas.js';
 import { csvBody, readCsvForm } from './uploads.js';
+import { liveRoutes, type LiveApiDeps } from './liveRoutes.js';
 
 export interface ApiDeps {
   outbound: OutboundService;
@@ -69,6 +70,8 @@ export interface ApiDeps {
   defaultCountry?: CountryCode;
   /** Why calls cannot go to this agent (its provider is not configured), or undefined when they can. */
   checkAgent?: (agentId: string) => string | undefined;
+  /** Live calls, setup and browser calls (`liveRoutes.ts`). */
+  live?: LiveApiDeps;
 }
 
 const STREAMED: ReadonlySet<string> = new Set(STREAMED_MEDIA_TYPES);
@@ -583,6 +586,10 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       return reply.code(204).send();
     },
   );
+
+  // ------------------------------------------- live calls, setup, browser calls
+
+  if (deps.live !== undefined) await liveRoutes(app, deps.live);
 
   // ---------------------------------------------------------------- webhooks
 

@@ -9,6 +9,7 @@ import type { FastifyTypeProvider } from 'fastify';
 import { z } from 'zod';
 import { callApiSchema } from '../calls/view.js';
 import { campaignSettingsSchema, createCampaignSchema, phoneSchema } from '../outbound/settings.js';
+import { CALL_DIRECTIONS } from '../store/calls.js';
 
 // Named schemas become components of the OpenAPI document (and types of a generated client).
 z.globalRegistry.add(campaignSettingsSchema, { id: 'CampaignSettings' });
@@ -58,7 +59,7 @@ export const createCallHeaders = z.looseObject({
 export const listCallsQuery = z
   .object({
     status: z.string().max(32).optional(),
-    direction: z.enum(['inbound', 'outbound']).optional(),
+    direction: z.enum(CALL_DIRECTIONS).optional(),
     campaignId: z.string().max(64).optional(),
     to: z.string().max(32).optional(),
     since: z.iso.datetime({ offset: true }).optional().describe('Only calls created at or after this time'),
@@ -236,3 +237,79 @@ export const deliveriesReply = z.object({ data: z.array(deliverySchema), webhook
 
 /** A `Location` response header (documented on 201s). */
 export const locationHeader = { location: { type: 'string', description: 'URL of the created resource' } } as const;
+
+// ------------------------------------------------------- live calls, setup, browser calls
+
+export const liveCallSchema = z
+  .object({
+    callId: z.string().nullable().describe('The call record (GET /v1/calls/{id}); null only when the record could not be read'),
+    callSid: z.string(),
+    direction: z.enum(CALL_DIRECTIONS),
+    from: z.string(),
+    to: z.string(),
+    agentId: z.string().describe('The agent serving the call now (provider:id)'),
+    state: z.string().describe('The call session state: connecting, live, reconnecting, draining, ending'),
+    startedAt: time.describe('When the media stream started'),
+    durationS: z.number().int().describe('Seconds since the media stream started'),
+    bargeIns: z.number().int(),
+    agentReconnects: z.number().int(),
+    campaignId: z.string().nullable(),
+  })
+  .meta({ id: 'LiveCall' });
+export type LiveCallApi = z.output<typeof liveCallSchema>;
+export const liveReply = z.object({ data: z.array(liveCallSchema).describe('Calls with a media stream on this process, oldest first') });
+
+export const setupReply = z
+  .object({
+    mode: z.enum(['local', 'twilio']).describe('local: no Twilio credentials (simulated carrier, loopback-only Twilio routes)'),
+    defaultAgent: z.string().describe('The agent of numbers without a route (provider:id)'),
+    agents: z.array(
+      z.object({
+        id: z.string().describe('provider:id'),
+        provider: z.string(),
+        up: z.boolean().describe('false while marked down after failed connects'),
+        openSessions: z.number().int().describe('Agent sockets open and ready now'),
+        limit: z.number().int().nullable().describe('Its AGENT_LIMITS cap, if any'),
+        fallbacks: z.array(z.string()),
+        customGreeting: z.string().optional().describe('Its greeting from AGENTS_FILE'),
+        hasPrompt: z.boolean().describe('AGENTS_FILE gives it instructions'),
+      }),
+    ),
+    routes: z.array(z.object({ number: z.string(), agentId: z.string(), prompt: z.string().optional(), customGreeting: z.string().optional() })),
+    capacity: z.object({
+      maxConcurrentCalls: z.number().int(),
+      usedSlots: z.number().int().describe('Live calls plus admitted calls whose stream has not started'),
+      liveCalls: z.number().int(),
+      reservedSlots: z.number().int(),
+      inboundReserved: z.number().int().describe('Slots outbound dialing never takes (INBOUND_RESERVED)'),
+    }),
+    ready: z.object({ ready: z.boolean(), draining: z.boolean(), agentsDown: z.array(z.string()) }),
+    webhook: z.object({ configured: z.boolean().describe('WEBHOOK_URL is set (the URL itself is not shown)'), events: z.array(z.string()) }),
+  })
+  .meta({ id: 'Setup' });
+export type SetupApi = z.output<typeof setupReply>;
+
+export const createWebCallBody = z
+  .object({
+    agentId: z.string().min(1).max(200).optional().describe('The agent to talk to (provider:id); default: the default agent'),
+    route: z.string().min(2).max(32).optional().describe('A number route (E.164, as in ROUTES_FILE): its agent, prompt and greeting'),
+    prompt: z.string().max(20_000).optional().describe("Added to the agent's instructions"),
+    customGreeting: z.string().max(2000).optional().describe("Replaces the agent's greeting"),
+  })
+  .strict()
+  .refine((b) => b.route === undefined || (b.agentId === undefined && b.prompt === undefined && b.customGreeting === undefined), {
+    message: 'a route brings its own agent, prompt and greeting: send route alone, or agentId with prompt and customGreeting',
+    path: ['route'],
+  })
+  .meta({ id: 'CreateWebCall' });
+
+export const webCallReply = z
+  .object({
+    callId: z.string().describe('The call record (GET /v1/calls/{id}, POST /v1/calls/{id}/hangup)'),
+    callSid: z.string().describe('Send it as start.callSid (WC + 32 hex digits)'),
+    token: z.string().describe('Single use: send it as start.customParameters.token'),
+    streamUrl: z.literal('/web/media-stream').describe('Open a WebSocket here, on this server, and speak the Twilio Media Streams protocol'),
+    expiresAt: time.describe('The token is refused after this time, and the call ends as canceled'),
+  })
+  .meta({ id: 'WebCall' });
+export type WebCallApi = z.output<typeof webCallReply>;

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import type { CampaignStore } from '../store/campaigns.js';
-import { CALL_OUTCOMES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
+import { CALL_DIRECTIONS, CALL_OUTCOMES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
 
 /** Twilio AMD results that mean an answering machine (`machine_start`, `machine_end_beep`, …). */
 export function isMachine(answeredBy: string | null | undefined): boolean {
@@ -38,8 +38,8 @@ const time = z.iso.datetime();
 export const callApiSchema = z
   .object({
     id: z.string(),
-    callSid: z.string().nullable().describe('Twilio CallSid, once dialed'),
-    direction: z.enum(['inbound', 'outbound']),
+    callSid: z.string().nullable().describe('Twilio CallSid, once dialed (a browser call has its own: WC + 32 hex digits)'),
+    direction: z.enum(CALL_DIRECTIONS).describe('web: a browser call (POST /v1/web-calls), no carrier'),
     to: z.string(),
     from: z.string(),
     agentId: z.string(),

@@ -19,6 +19,7 @@ import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
 import type { ToolRunner } from '../tools/http.js';
+import { isWebCallSid } from '../calls/webCalls.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -58,8 +59,21 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
     preValidation: streamAuth(authOpts),
     // A plain GET (no WebSocket upgrade) gets the common error shape instead of an empty 404.
     handler: (_req, reply) => reply.code(426).header('upgrade', 'websocket').send(errorBody('upgrade_required', 'this is the Twilio Media Streams WebSocket endpoint: connect with a WebSocket upgrade')),
-    wsHandler: streamSocketHandler(deps),
+    // A browser call's token is for /web/media-stream, where its session gets no carrier control.
+    wsHandler: streamSocketHandler(deps, { refuse: (start) => (isWebCallSid(start.callSid) ? 'web_call' : undefined) }),
   });
+}
+
+/** How a route's calls differ from phone calls (browser calls: `webMediaStream.ts`). */
+export interface StreamVariant {
+  /** Refuses a `start` before its token is claimed (a reason), or lets it through (undefined). */
+  refuse?(start: TwilioStart): string | undefined;
+  /** Call control of this route's calls instead of the carrier's. */
+  callControl?: CallControl;
+  /** A call's session was registered and is about to start. */
+  onStarted?(session: CallSession): void;
+  /** A call's session closed (after its slot was released). */
+  onClosed?(session: CallSession): void;
 }
 
 /**
@@ -67,10 +81,16 @@ export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDe
  * tests drive it with fake sockets): listeners attached at once, `start` awaited, its token
  * claimed, then a call session built, registered and started.
  */
-export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) => void {
+export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVariant = {}): (socket: WebSocket) => void {
   const { stream, manager, metrics, logger } = deps;
 
   const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision => {
+    const refused = variant.refuse?.(start);
+    if (refused !== undefined) {
+      metrics.streamRejectedTotal.labels(refused).inc();
+      logger.warn({ callSid: start.callSid, streamSid: start.streamSid, reason: refused }, 'media stream refused');
+      return { accept: false, reason: refused };
+    }
     const claim = manager.claim(start.customParameters.token, start.callSid);
     if (!claim.ok) {
       metrics.streamRejectedTotal.labels(claim.reason).inc();
@@ -84,7 +104,7 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         streamSid: start.streamSid,
         carrier: leg,
         agents: deps.agents,
-        callControl: deps.callControl,
+        callControl: variant.callControl ?? deps.callControl,
         settings: deps.settings,
         metrics,
         logger,
@@ -96,7 +116,10 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
         },
         onAgentSwitched: (s, agentId) => manager.moveSlot(s.slot, agentId),
         onAgentSessionEnded: (_s, provider) => manager.noteAgentSessionEnded(provider),
-        onClosed: (s) => manager.release(s),
+        onClosed: (s) => {
+          manager.release(s);
+          variant.onClosed?.(s);
+        },
       });
     } catch (err) {
       manager.releaseSlot(claim.reservation.slot);
@@ -104,6 +127,7 @@ export function streamSocketHandler(deps: MediaStreamDeps): (socket: WebSocket) 
       return { accept: false, reason: 'internal_error' };
     }
     manager.register(session);
+    variant.onStarted?.(session);
     session.start();
     return { accept: true, handlers: session };
   };

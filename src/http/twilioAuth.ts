@@ -62,7 +62,7 @@ export function notLocalMessage(check: Exclude<LocalCheck, { local: true }>, set
 }
 
 /** At most one warning per `intervalMs`; counts what it held back. */
-function rateLimitedWarn(intervalMs: number) {
+export function rateLimitedWarn(intervalMs: number) {
   let lastAt = -Infinity;
   let held = 0;
   return (log: FastifyBaseLogger, fields: Record<string, unknown>, msg: string): void => {

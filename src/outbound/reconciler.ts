@@ -63,6 +63,15 @@ export class Reconciler {
   /** Settles one unfinished row with the carrier. */
   async reconcileRow(row: CallRow): Promise<ReconcileResult> {
     const { calls, dialer } = this.#c;
+    if (row.direction === 'web') {
+      // A browser call: no carrier to ask. Still admitted here (token pending, stream live): kept.
+      if (row.callSid !== null && this.#c.manager.hasCall(row.callSid)) return 'kept';
+      if (row.sessionEndedAt === null) {
+        calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? (row.answeredAt === null ? 'no_stream' : 'bridge_restarted') });
+      }
+      this.#f.finalize(row, row.answeredAt !== null ? 'completed' : 'canceled');
+      return 'finished';
+    }
     if (row.direction === 'inbound') {
       if (row.sessionEndedAt === null && row.callSid !== null && this.#c.manager.getSession(row.callSid) === undefined) {
         // The process that held its session is gone.
@@ -155,7 +164,7 @@ export class Reconciler {
   /** Asks the carrier about a quiet call; true when the call is settled now. */
   async #settleStale(row: CallRow): Promise<boolean> {
     try {
-      if (row.callSid === null) {
+      if (row.callSid === null || row.direction === 'web') {
         const r = await this.reconcileRow(row);
         return r === 'voided' || r === 'finished';
       }

@@ -201,7 +201,8 @@ export class OutboundService {
   /**
    * Ends a call in whatever state it is: a queued one is canceled, a live
    * one here is closed (its TwiML falls through to `<Hangup/>`) and the
-   * carrier is asked to end it too. The record says `endReason: api_hangup`.
+   * carrier is asked to end it too; a browser call's session (or pending
+   * token) is ended with no carrier request. The record says `endReason: api_hangup`.
    */
   async hangupCall(id: string): Promise<CallRow> {
     const { calls } = this.#o;
@@ -215,6 +216,13 @@ export class OutboundService {
       this.#finalizer.finalize(row, 'canceled', { endReason: 'api_hangup' });
       return calls.get(id) ?? row;
     }
+    if (row.direction === 'web' && row.callSid !== null) {
+      // A browser call has no carrier: ending its session (or its pending stream token) ends it.
+      this.#o.manager.getSession(row.callSid)?.close('api_hangup');
+      this.#o.manager.cancelReservation(row.callSid);
+      this.finishWebCall(row.callSid);
+      return calls.get(id) ?? row;
+    }
     if (row.callSid !== null) {
       this.#o.manager.getSession(row.callSid)?.close('api_hangup');
       try {
@@ -224,6 +232,23 @@ export class OutboundService {
       }
     }
     return calls.get(id) ?? row;
+  }
+
+  /**
+   * A browser call is over (its session closed, its token expired or was given up): it is
+   * finalized at once, since no carrier will send its final status: `completed` (answered)
+   * when its stream started, else `canceled`. Idempotent; never throws.
+   */
+  finishWebCall(callSid: string): void {
+    try {
+      const row = this.#o.calls.getBySid(callSid);
+      if (row === undefined || row.direction !== 'web' || row.finalizedAt !== null) return;
+      const started = row.answeredAt !== null;
+      this.#finalizer.finalize(row, started ? 'completed' : 'canceled', started ? {} : { endReason: 'no_stream' });
+    } catch (err) {
+      this.#ctx.onStoreError('web_call_end', err);
+      this.#ctx.log.error({ callSid, err: errorMessage(err) }, 'could not record the end of a browser call; the stale-call sweep settles it later');
+    }
   }
 
   // ------------------------------------------------------------- API: campaigns

@@ -28,7 +28,7 @@ import type { CallJournal, EndReason, SpokenKind } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrier/twilio/stream.js';
 import type { Metrics } from '../metrics.js';
-import type { ManagedSession, Reservation, Slot } from './manager.js';
+import type { ManagedSession, Reservation, SessionSnapshot, Slot } from './manager.js';
 import { PlaybackTracker } from './playback.js';
 import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
@@ -148,6 +148,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #log: Logger;
   #st: SessionPhase;
   readonly #startedAt = performance.now();
+  /** The same moment on the wall clock (GET /v1/live). */
+  readonly #startedAtMs = Date.now();
   #firstAudioSeen = false;
   #endReason: EndReason | undefined;
   /** The conversation, from the agent's latest `init`; kept across legs for `continueConversation`. */
@@ -272,6 +274,19 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   /** The provider of the agent serving the call now. */
   get agentProvider(): AgentProviderName {
     return parseAgentRef(this.#agentRef)?.provider ?? 'playai';
+  }
+
+  /** What `GET /v1/live` shows: a few fields read, nothing computed. */
+  snapshot(): SessionSnapshot {
+    return {
+      state: this.#st.kind,
+      startedAt: this.#startedAtMs,
+      bargeIns: this.#bargeIns,
+      agentReconnects: this.#agentReconnects,
+      agentId: this.#agentRef,
+      agentConnected: this.#st.kind === 'live',
+      call: this.#d.reservation.call,
+    };
   }
 
   /** Opens the agent leg. Called once by whoever built the session, after registering it. */

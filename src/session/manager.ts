@@ -87,6 +87,24 @@ export interface ManagedSession {
   endWithGoodbye(reason: EndReason): void;
   /** Periodic check: dead sockets, idle stream, maximum length. `now` is performance.now(). */
   sweep(now: number): void;
+  /** What `GET /v1/live` shows of the call (cheap, read-only). */
+  snapshot?(): SessionSnapshot;
+}
+
+/** A live session as `GET /v1/live` shows it. */
+export interface SessionSnapshot {
+  /** The session state's name (`connecting`, `live`, `reconnecting`, `draining`, `ending`, `closed`). */
+  state: string;
+  /** When the media stream started (ms since the epoch). */
+  startedAt: number;
+  bargeIns: number;
+  agentReconnects: number;
+  /** The agent serving the call now (`provider:id`). */
+  agentId: string;
+  /** True while the agent socket is open and ready. */
+  agentConnected: boolean;
+  /** The call as it was admitted. */
+  call: AdmittedCall;
 }
 
 export interface SessionManagerOptions {
@@ -280,6 +298,20 @@ export class SessionManager {
     this.#reservations.set(token, { token, callSid: call.callSid, call: { ...call }, route, slot, timer, idempotencyToken });
     this.#reservationByCall.set(call.callSid, token);
     return { ok: true, token, route, replayed: false };
+  }
+
+  /** How long a minted stream token stays valid (and its slot reserved), in ms. */
+  get tokenTtlMs(): number {
+    return this.#opts.tokenTtlMs;
+  }
+
+  /**
+   * Gives up a call's pending reservation (its token no longer works, its slot is released), as
+   * when it expires; false when the call has none (its stream started, or it never had one).
+   */
+  cancelReservation(callSid: string): boolean {
+    const token = this.#reservationByCall.get(callSid);
+    return token !== undefined && this.#dropReservation(token, 'expired_token');
   }
 
   /** True while the call holds a stream token or a live session here. */

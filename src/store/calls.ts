@@ -2,14 +2,17 @@
  * Calls, their events and transcripts, and idempotency keys.
  *
  * A call row exists for every outbound call from the moment it is requested
- * (or its contact is claimed) and for every inbound call the bridge admitted.
+ * (or its contact is claimed), for every inbound call the bridge admitted, and
+ * for every browser call (`web`) from its `POST /v1/web-calls`.
  * Every state change is also appended to `call_events`.
  */
 import { TWILIO_TERMINAL_STATUSES } from '../carrier/twilio/statuses.js';
 import type { Db } from './db.js';
 import { newId } from './ids.js';
 
-export type CallDirection = 'inbound' | 'outbound';
+/** `web`: a browser call (`POST /v1/web-calls`): no carrier, the browser speaks the Media Streams protocol itself. */
+export const CALL_DIRECTIONS = ['inbound', 'outbound', 'web'] as const;
+export type CallDirection = (typeof CALL_DIRECTIONS)[number];
 
 /** Carrier statuses after which nothing more happens to a call, plus `not-dialed` (our own). */
 export const TERMINAL_CALL_STATUSES: ReadonlySet<string> = new Set([...TWILIO_TERMINAL_STATUSES, 'not-dialed']);
@@ -91,7 +94,7 @@ export function toCallRow(r: Raw): CallRow {
   return {
     id: String(r.id),
     callSid: str(r.call_sid),
-    direction: r.direction === 'inbound' ? 'inbound' : 'outbound',
+    direction: r.direction === 'inbound' || r.direction === 'web' ? r.direction : 'outbound',
     to: String(r.to_number),
     from: String(r.from_number),
     agentId: String(r.agent_id),

@@ -159,6 +159,55 @@ export const MIGRATIONS: readonly string[] = [
   -- The sweep reads the calls not finished yet every few seconds: only those are indexed.
   CREATE INDEX calls_unfinished ON calls (id) WHERE finalized_at IS NULL;
   `,
+  // 3: browser calls (`direction = 'web'`, POST /v1/web-calls). SQLite cannot change a CHECK
+  //    constraint in place: the table is rebuilt with the same columns and indexes.
+  `
+  CREATE TABLE calls_v3 (
+    id               TEXT PRIMARY KEY,
+    call_sid         TEXT UNIQUE,
+    direction        TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound', 'web')),
+    to_number        TEXT NOT NULL,
+    from_number      TEXT NOT NULL,
+    agent_id         TEXT NOT NULL,
+    prompt           TEXT,
+    custom_greeting  TEXT,
+    metadata         TEXT,
+    machine_detection INTEGER NOT NULL DEFAULT 0,
+    voicemail_action TEXT,
+    voicemail_message TEXT,
+    campaign_id      TEXT,
+    contact_id       TEXT,
+    attempt          INTEGER,
+    status           TEXT NOT NULL,
+    outcome          TEXT,
+    answered_by      TEXT,
+    last_sequence    INTEGER,
+    error_code       INTEGER,
+    error_message    TEXT,
+    hangup_requested INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    claimed_at       INTEGER,
+    dialed_at        INTEGER,
+    answered_at      INTEGER,
+    ended_at         INTEGER,
+    duration_s       INTEGER,
+    conversation_id  TEXT,
+    end_reason       TEXT,
+    session_ended_at INTEGER,
+    finalized_at     INTEGER
+  );
+  INSERT INTO calls_v3 SELECT id, call_sid, direction, to_number, from_number, agent_id, prompt, custom_greeting, metadata,
+    machine_detection, voicemail_action, voicemail_message, campaign_id, contact_id, attempt, status, outcome, answered_by,
+    last_sequence, error_code, error_message, hangup_requested, created_at, claimed_at, dialed_at, answered_at, ended_at,
+    duration_s, conversation_id, end_reason, session_ended_at, finalized_at FROM calls;
+  DROP TABLE calls;
+  ALTER TABLE calls_v3 RENAME TO calls;
+  CREATE INDEX calls_status ON calls (status);
+  CREATE INDEX calls_campaign ON calls (campaign_id, contact_id);
+  CREATE INDEX calls_created ON calls (created_at);
+  CREATE INDEX calls_campaign_created ON calls (campaign_id, created_at);
+  CREATE INDEX calls_unfinished ON calls (id) WHERE finalized_at IS NULL;
+  `,
 ];
 
 /** Opens (creating if needed) the database file and brings its schema up to date. */
