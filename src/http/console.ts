@@ -21,7 +21,7 @@ import { localRequest, notLocalMessage } from './twilioAuth.js';
 
 /** `dist/console` of this package (the same from src/http and dist/http). */
 export function defaultConsoleDir(): string {
-  return join(fileURLToPath(new URL('../../', import.meta.url)), 'dist', 'console');
+  return fileURLToPath(new URL('../../dist/console', import.meta.url));
 }
 
 /** The console's client routes: each answers index.html, so reloads and links work. */

@@ -36,8 +36,8 @@ export function LivePage() {
       seeded.current.add(id);
       api(callDetail, `/v1/calls/${encodeURIComponent(id)}`).then(
         (d) => {
-          if (d.transcript.length === 0) return;
-          setTranscripts((t) => ({ ...t, [id]: [...d.transcript.map((x) => ({ role: x.role, text: x.text })), ...(t[id] ?? [])].slice(-MAX_TURNS) }));
+          // The record's transcript so far, unless the events already brought as much.
+          setTranscripts((t) => (d.transcript.length >= (t[id]?.length ?? 0) ? { ...t, [id]: d.transcript.slice(-MAX_TURNS).map((x) => ({ role: x.role, text: x.text })) } : t));
         },
         () => undefined,
       );
@@ -62,7 +62,11 @@ export function LivePage() {
       setTranscripts((t) => ({ ...t, [id]: [...(t[id] ?? []), { role: d.data.role, text: d.data.text }].slice(-MAX_TURNS) }));
     }
   }, live.reload);
-  usePollingFallback(live.reload, 2000);
+  // Without the event stream: the list and each call's transcript every 2 s.
+  usePollingFallback(() => {
+    seeded.current.clear();
+    live.reload();
+  }, 2000);
 
   const end = async (id: string): Promise<void> => {
     setEnding((s) => ({ ...s, [id]: 'Ending…' }));
