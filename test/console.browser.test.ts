@@ -137,8 +137,9 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     await token.fill('not-the-token');
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByText('That token was refused').waitFor({ timeout: 5000 });
+    // From the keyboard: Enter submits.
     await token.fill(TOKEN);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await token.press('Enter');
     await page.getByRole('heading', { name: 'Live calls' }).waitFor({ timeout: 5000 });
     expect(page.url()).not.toContain(TOKEN);
     expect(await page.evaluate('Object.values(sessionStorage)')).toContain(TOKEN);
@@ -243,8 +244,25 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
         const overflow = await page.evaluate('document.documentElement.scrollWidth - window.innerWidth');
         expect(overflow, `${name} at ${width} px is wider than the window`).toBeLessThanOrEqual(0);
         await page.screenshot({ path: join(ARTIFACTS, `${name}-${width}.png`), fullPage: true });
+        // Every form control has a label (a <label for>, or aria-label).
+        const unlabelled = await page.evaluate(
+          "[...document.querySelectorAll('input, select, textarea')].filter((e) => e.labels.length === 0 && !e.getAttribute('aria-label')).map((e) => e.id || e.outerHTML.slice(0, 60))",
+        );
+        expect(unlabelled, `${name}: controls without a label`).toEqual([]);
       }
     }
+    // The keyboard reaches the navigation, and Enter on a link opens its page.
+    await page.goto(`${url}/live`);
+    await page.getByRole('heading', { name: 'Live calls' }).waitFor();
+    const focused: string[] = [];
+    for (let i = 0; i < 8 && !focused.includes('Setup'); i++) {
+      await page.keyboard.press('Tab');
+      focused.push(String(await page.evaluate('document.activeElement?.textContent?.trim() ?? ""')));
+    }
+    expect(focused).toContain('Setup');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Setup', exact: true }).waitFor({ timeout: 3000 });
+    expect(new URL(page.url()).pathname).toBe('/setup');
     expect(problems).toEqual([]);
   }, 30_000);
 });
