@@ -6,13 +6,13 @@
  * One bridge in local mode (local agent, simulated carrier) with API_TOKEN set,
  * one browser, one page, the cases in order: sign in; a simulated phone call on
  * Live; a browser call (agent audio back, barge-in, the round trip printed);
- * a campaign from a CSV; every page at 360 and 1280 px, with screenshots under
+ * a campaign from a CSV and its results.csv; the do-not-call list; every page at 360 and 1280 px, with screenshots under
  * test/artifacts/console/.
  *
  * Chromium is CHROMIUM_PATH, else `chromium` on the PATH. Without it the file is
  * skipped with a message, unless PLAYLINE_REQUIRE_CHROMIUM=1 (as in .ci/run).
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, isAbsolute, join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -222,7 +222,32 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     campaignId = (await card.getAttribute('data-campaign-id')) ?? undefined;
     await card.locator('progress[data-percent="100"]').waitFor({ timeout: 25_000 });
     expect(await card.locator('.progress-text').textContent()).toContain('4/4 done');
+    // Its page: the contacts, and results.csv downloaded with the token (fetched, then saved from a blob).
+    await card.getByRole('link', { name: 'Browser test campaign' }).click();
+    await page.getByRole('heading', { name: 'Browser test campaign' }).waitFor();
+    await page.locator('table tbody tr').nth(3).waitFor({ timeout: 5000 });
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download results.csv' }).click()]);
+    expect(download.suggestedFilename()).toBe(`${campaignId}-results.csv`);
+    const saved = join(tmp, 'results.csv');
+    await download.saveAs(saved);
+    const rows = readFileSync(saved, 'utf8').trim().split('\n');
+    expect(rows[0]).toMatch(/^line,phone,state,outcome/);
+    expect(rows.length).toBe(5);
   }, 35_000);
+
+  it('adds a number to the do-not-call list on Setup and removes it again', async () => {
+    await page.goto(`${url}/setup`);
+    await page.getByRole('heading', { name: 'Setup', exact: true }).waitFor();
+    await page.getByLabel('Number', { exact: true }).fill('+14155550777');
+    await page.getByLabel('Reason (optional)').fill('asked not to be called');
+    await page.getByRole('button', { name: 'Add', exact: true }).click();
+    await page.getByText('+14155550777 added.').waitFor({ timeout: 3000 });
+    await page.locator('.dnc-list').getByText('+14155550777').waitFor({ timeout: 3000 });
+    await page.getByRole('button', { name: 'Remove +14155550777' }).click();
+    await page.getByText('+14155550777 removed.').waitFor({ timeout: 3000 });
+    const list = z.object({ data: z.array(z.object({ phone: z.string() })) });
+    expect(list.parse(await (await fetch(`${url}/v1/dnc`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).data).toEqual([]);
+  });
 
   it('renders every page at 360 and 1280 px wide without horizontal overflow (screenshots in test/artifacts/console/)', async () => {
     const pages: Array<[string, string]> = [
