@@ -38,6 +38,11 @@ import { callHttpTool, type ToolRunner } from './tools/http.js';
 import { WebCalls } from './calls/webCalls.js';
 import { setupFacts } from './api/liveRoutes.js';
 import { webMediaStreamRoute } from './http/webMediaStream.js';
+import { eventsRoutes } from './api/events.js';
+import { MemoryEventBus, type EventBus } from './events/bus.js';
+import { CallEvents } from './events/callEvents.js';
+import { isEventType } from './events/types.js';
+import { forwardEventsToWebhook } from './events/webhookForwarder.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -60,6 +65,8 @@ export interface BridgeOverrides {
   fetchImpl?: typeof fetch;
   /** The built web console to serve at `/` (defaults to dist/console; tests build their own). */
   consoleDir?: string;
+  /** Live event bus (defaults to the in-process one). */
+  events?: EventBus;
 }
 
 export interface Bridge {
@@ -74,6 +81,8 @@ export interface Bridge {
   campaigns: CampaignStore;
   recorder: CallRecorder;
   webhooks: WebhookDispatcher | undefined;
+  /** Live events (`/v1/events`, WEBHOOK_EVENTS). */
+  events: EventBus;
   db: Db;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
@@ -125,7 +134,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       outbound.finishWebCall(callSid);
     },
   });
+  const events = overrides.events ?? new MemoryEventBus({ retentionMs: config.eventsRetentionMs });
+  const publish = events.publish.bind(events);
+  const callEvents = new CallEvents(publish);
   const metrics = new Metrics({
+    eventSubscribers: () => events.subscriberCount,
     liveCalls: () => manager.liveCalls,
     reservedSlots: () => manager.reservedSlots,
     capacity: () => manager.capacity,
@@ -153,7 +166,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   const onStoreError = (op: string, err: unknown): void => {
     metrics.storeErrorsTotal.labels(op, errorCode(err) || 'unknown').inc();
   };
-  const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError });
+  const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError, events: callEvents });
   // The simulated carrier needs the address the bridge listens on: it is set at listen time.
   const deferred = new DeferredDialer('local');
   const dialer: Dialer =
@@ -191,7 +204,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     maxCps: config.outbound.maxCps,
     ringTimeoutS: config.outbound.ringTimeoutS,
     maxCallS: Math.round(config.timeouts.maxCallMs / 1000),
-    ...(webhooks !== undefined ? { webhooks } : {}),
+    // The post-call webhook is the `call.completed` of WEBHOOK_EVENTS (listed by default).
+    ...(webhooks !== undefined && config.webhook.events.includes('call.completed') ? { webhooks } : {}),
+    events: { calls: callEvents, publish },
     ...(playaiUserId !== undefined && playaiKey !== undefined && !config.localAgent
       ? {
           fetchTranscript: async (row) => {
@@ -235,6 +250,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     checkAgent: (agentId) => agents.whyUnusable(agentId),
     log: logger.child({ component: 'web-calls' }),
   });
+  const forwarding =
+    webhooks === undefined
+      ? undefined
+      : forwardEventsToWebhook(events, webhooks, config.webhook.events.filter(isEventType), (err) => onStoreError('webhook_event', err));
 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -287,6 +306,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
     localMode: config.outbound.localCarrier,
   });
+  await app.register(async (api) => {
+    await eventsRoutes(api, {
+      bus: events,
+      apiToken: config.outbound.apiToken,
+      localMode: config.outbound.localCarrier,
+      onCutOff: () => metrics.eventsConsumersCutTotal.inc(),
+    });
+  });
   await app.register(mediaStreamRoute, {
     stream: streamRouteSettings(config),
     manager,
@@ -338,6 +365,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     agents.stopProbing();
     loadGuard.dispose();
+    forwarding?.close();
+    events.close();
     await webhooks?.stop();
     await dialer.close?.();
     if (overrides.db === undefined) db.close();
@@ -355,7 +384,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db };
 }
 
 /** The call sessions' settings from the configuration. */

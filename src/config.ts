@@ -13,6 +13,7 @@ import { httpToolSchema } from './tools/http.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, formatAgentRef, parseAgentRef, type AgentProviderName } from './agent/port.js';
 import { E164_SHAPE, isCountryCode, type CountryCode } from './outbound/phone.js';
 import { LOCAL_OUTCOMES } from './sim/outcomes.js';
+import { WEBHOOK_EVENT_TYPES, type WebhookEventType } from './events/types.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -139,7 +140,9 @@ export interface Config {
     /** How long a simulated callee stays on the line. */
     localTalkMs: number;
   };
-  webhook: { url?: string; secret?: string };
+  webhook: { url?: string; secret?: string; events: WebhookEventType[] };
+  /** How long live events stay resumable with Last-Event-ID (`/v1/events`). */
+  eventsRetentionMs: number;
   /** PlayAI REST (transcripts after the call) when PLAYAI_USER_ID is set. */
   playaiRest: { baseUrl: string; userId?: string };
   messages: {
@@ -252,6 +255,8 @@ const envSchema = z.object({
   LOCAL_CARRIER_TALK_S: intIn(1, 3600, 8),
   WEBHOOK_URL: optionalString,
   WEBHOOK_SECRET: secret,
+  WEBHOOK_EVENTS: z.preprocess(emptyToUndefined, z.string().default('call.completed')),
+  EVENTS_RETENTION_S: intIn(10, 86_400, 600),
   PLAYAI_USER_ID: optionalString,
   PLAYAI_API_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai')),
 });
@@ -272,6 +277,23 @@ export function shownValue(name: string, value: string | undefined): string {
 }
 
 const OUTCOME_NAMES = LOCAL_OUTCOMES;
+
+/** Parses WEBHOOK_EVENTS: a comma list of event types, or `none`. Exported for tests. */
+export function parseWebhookEvents(text: string): WebhookEventType[] {
+  if (text.trim().toLowerCase() === 'none') return [];
+  const out: WebhookEventType[] = [];
+  for (const part of text.split(',')) {
+    const name = part.trim();
+    const known = WEBHOOK_EVENT_TYPES.find((t) => t === name);
+    if (known === undefined) {
+      throw new ConfigError(
+        `WEBHOOK_EVENTS: ${JSON.stringify(name)} is not an event type; use a comma-separated list of ${WEBHOOK_EVENT_TYPES.join(', ')} (or none), like call.completed,call.started`,
+      );
+    }
+    if (!out.includes(known)) out.push(known);
+  }
+  return out;
+}
 
 /** Parses `answered:70,busy:10,...` (weights; missing outcomes weigh 0). Exported for tests. */
 export function parseOutcomeWeights(text: string): Record<(typeof OUTCOME_NAMES)[number], number> {
@@ -584,7 +606,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       localOutcomes: parseOutcomeWeights(e.LOCAL_CARRIER_OUTCOMES),
       localTalkMs: e.LOCAL_CARRIER_TALK_S * 1000,
     },
-    webhook: { url: webhookUrl, secret: e.WEBHOOK_SECRET },
+    webhook: { url: webhookUrl, secret: e.WEBHOOK_SECRET, events: parseWebhookEvents(e.WEBHOOK_EVENTS) },
+    eventsRetentionMs: e.EVENTS_RETENTION_S * 1000,
     playaiRest: { baseUrl: playaiApi, userId: e.PLAYAI_USER_ID },
     messages: { apology: e.APOLOGY_TEXT, busy: e.BUSY_TEXT, goodbye: e.GOODBYE_TEXT, voice: e.SAY_VOICE, language: e.SAY_LANGUAGE },
   };

@@ -18,6 +18,8 @@ export interface MetricsSources {
   outboundSlots?(): number;
   /** Agents whose health is known, and whether each is up. */
   agents?(): Array<{ ref: string; up: boolean }>;
+  /** Open `/v1/events` subscriptions (every bus subscriber). */
+  eventSubscribers?(): number;
 }
 
 export class Metrics {
@@ -50,6 +52,7 @@ export class Metrics {
   readonly webhookSignatureFailures: client.Counter<'route'>;
   readonly outboundDialsTotal: client.Counter<'result'>;
   readonly storeErrorsTotal: client.Counter<'op' | 'code'>;
+  readonly eventsConsumersCutTotal: client.Counter;
   readonly firstAgentAudioSeconds: client.Histogram;
   readonly bargeInClearSeconds: client.Histogram;
   readonly agentInitSeconds: client.Histogram;
@@ -119,6 +122,12 @@ export class Metrics {
       name: 'playline_store_errors_total',
       help: 'Failed database writes or reads by operation and SQLite code (alert on any: disk full, unwritable DATA_DIR, locked database)',
       labelNames: ['op', 'code'] as const,
+      registers,
+    });
+    new client.Gauge({ name: 'playline_events_subscribers', help: 'Open live-event subscriptions (/v1/events streams and webhook forwarding)', registers, collect() { this.set(sources.eventSubscribers?.() ?? 0); } });
+    this.eventsConsumersCutTotal = new client.Counter({
+      name: 'playline_events_consumers_cut_total',
+      help: '/v1/events streams cut off because the client stopped reading (no progress for 30 s, its events left the retained window, or over 1 MiB unsent)',
       registers,
     });
     this.webhookSignatureFailures = new client.Counter({ name: 'playline_signature_failures_total', help: 'Requests refused for a missing or invalid X-Twilio-Signature', labelNames: ['route'] as const, registers });

@@ -42,6 +42,8 @@ export type CallJournalEntry =
   | { type: 'agent_switched'; from: string; to: string; why: string }
   /** One final user or agent turn. */
   | { type: 'transcript'; role: 'user' | 'agent'; text: string }
+  /** The caller spoke over the agent and its playback was cleared; `count` is the call's barge-ins so far. */
+  | { type: 'barge_in'; count: number }
   /** A keypad digit from the caller. */
   | { type: 'dtmf'; digit: string }
   /**

@@ -9,7 +9,8 @@
  * `playline_store_errors_total`, and the call goes on.
  */
 import type { Logger } from 'pino';
-import type { CallStore } from '../store/calls.js';
+import type { CallEvents } from '../events/callEvents.js';
+import type { CallRow, CallStore } from '../store/calls.js';
 import { errorCode, errorMessage } from '../util/errors.js';
 import type { CallJournal, CallJournalEntry } from './journal.js';
 
@@ -17,12 +18,16 @@ import type { CallJournal, CallJournalEntry } from './journal.js';
 const MAX_TURNS = 500;
 /** Most DTMF events kept per call. */
 const MAX_DTMF = 200;
+/** Most barge-in events kept per call (the count on `session_ended` is exact). */
+const MAX_BARGE_INS = 200;
 
 export interface CallRecorderOptions {
   calls: CallStore;
   log: Logger;
   /** Counts a failed store write (`op` names what was being written). */
   onStoreError?(op: string, err: unknown): void;
+  /** Live `call.*` events (`/v1/events`). */
+  events?: CallEvents;
   now?: () => number;
 }
 
@@ -30,6 +35,9 @@ interface Live {
   id: string;
   turns: number;
   dtmf: number;
+  bargeIns: number;
+  /** The row as first seen (id, campaign, direction): what events need besides the entry. */
+  row: CallRow;
 }
 
 export class CallRecorder implements CallJournal {
@@ -52,7 +60,8 @@ export class CallRecorder implements CallJournal {
   inboundAdmitted(call: { callSid: string; from: string; to: string; agentId: string }): void {
     this.#guard('inbound_admitted', () => {
       if (this.#calls.getBySid(call.callSid) !== undefined) return;
-      this.#calls.insert({ direction: 'inbound', callSid: call.callSid, to: call.to, from: call.from, agentId: call.agentId, status: 'in-progress' }, this.#now());
+      const row = this.#calls.insert({ direction: 'inbound', callSid: call.callSid, to: call.to, from: call.from, agentId: call.agentId, status: 'in-progress' }, this.#now());
+      this.#o.events?.started(row);
     });
   }
 
@@ -76,45 +85,61 @@ export class CallRecorder implements CallJournal {
     if (live === undefined) {
       const row = this.#calls.getBySid(callSid);
       if (row === undefined) return; // a call this bridge never recorded (bare tests)
-      live = { id: row.id, turns: this.#calls.transcript(row.id, 'live').length, dtmf: 0 };
+      live = { id: row.id, turns: this.#calls.transcript(row.id, 'live').length, dtmf: 0, bargeIns: 0, row };
       this.#live.set(callSid, live);
     }
     const id = live.id;
+    const ev = this.#o.events;
     switch (e.type) {
       case 'stream_started':
         this.#calls.event(id, 'stream_started', null, null, { streamSid: e.streamSid }, now);
+        ev?.updated(live.row, 'stream_started', { streamSid: e.streamSid });
         return;
       case 'agent_ready':
         this.#calls.update(id, { conversationId: e.conversationId });
         this.#calls.event(id, e.reconnected ? 'agent_reconnected' : 'agent_ready', null, null, { conversationId: e.conversationId }, now);
+        ev?.updated(live.row, e.reconnected ? 'agent_reconnected' : 'agent_ready', { conversationId: e.conversationId });
         return;
       case 'agent_switched':
         this.#calls.event(id, 'agent_switched', null, null, { from: e.from, to: e.to, why: e.why }, now);
+        ev?.updated(live.row, 'agent_switched', { from: e.from, to: e.to, why: e.why });
         return;
       case 'transcript':
         if (live.turns >= MAX_TURNS) return;
         this.#calls.appendTranscriptTurn(id, 'live', live.turns++, { role: e.role, text: e.text, at: now });
+        ev?.transcript(live.row, e.role, e.text);
         return;
       case 'dtmf':
         if (live.dtmf >= MAX_DTMF) return;
         live.dtmf++;
         this.#calls.event(id, 'dtmf', null, null, { digit: e.digit }, now);
+        ev?.updated(live.row, 'dtmf', { digit: e.digit });
+        return;
+      case 'barge_in':
+        ev?.updated(live.row, 'barge_in', { bargeIns: e.count });
+        if (live.bargeIns >= MAX_BARGE_INS) return;
+        live.bargeIns++;
+        this.#calls.event(id, 'barge_in', null, null, { count: e.count }, now);
         return;
       case 'dtmf_digits':
         if (live.dtmf >= MAX_DTMF) return;
         live.dtmf++;
         this.#calls.event(id, 'dtmf_digits', null, null, { digits: e.digits, ended: e.ended, delivery: e.delivery }, now);
+        ev?.updated(live.row, 'dtmf_digits', { digits: e.digits, ended: e.ended, delivery: e.delivery });
         return;
       case 'tool_called':
         this.#calls.event(id, 'tool_called', null, null, { tool: e.tool, argsBytes: e.argsBytes }, now);
+        ev?.updated(live.row, 'tool_called', { tool: e.tool, argsBytes: e.argsBytes });
         return;
       case 'tool_result': {
         const { type: _type, ...data } = e;
         this.#calls.event(id, 'tool_result', null, null, data, now);
+        ev?.updated(live.row, 'tool_result', data);
         return;
       }
       case 'spoke':
         this.#calls.event(id, 'spoke', null, null, { kind: e.kind, text: e.text }, now);
+        ev?.updated(live.row, 'spoke', { kind: e.kind, text: e.text });
         return;
       case 'session_ended': {
         this.#live.delete(callSid);
@@ -122,6 +147,8 @@ export class CallRecorder implements CallJournal {
         // The first end reason wins: an API hang-up or a transfer is known before the stream closes.
         this.#calls.update(id, { sessionEndedAt: now, ...(row === undefined || row.endReason === null ? { endReason: e.endReason } : {}) });
         this.#calls.event(id, 'session_ended', null, null, { endReason: e.endReason, agentReconnects: e.agentReconnects, bargeIns: e.bargeIns, durationMs: e.durationMs }, now);
+        // The media session is over (the call leaves GET /v1/live now); call.ended follows once the call's final status is known.
+        ev?.updated(live.row, 'session_ended', { endReason: e.endReason, agentReconnects: e.agentReconnects, bargeIns: e.bargeIns, durationMs: e.durationMs });
         return;
       }
     }

@@ -73,8 +73,9 @@ export class CarrierCallbacks {
       if (row.finalizedAt === null && calls.hasEvent(callId, 'answered')) return { ok: false, why: 'duplicate' };
       if (row.callSid === null) calls.update(callId, { callSid, dialedAt: row.dialedAt ?? now });
       if (row.finalizedAt !== null || row.hangupRequested) return { ok: false, why: 'gone' };
-      calls.update(callId, { answeredAt: row.answeredAt ?? now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
+      const answered = calls.update(callId, { answeredAt: row.answeredAt ?? now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
       calls.event(callId, 'answered', 'in-progress', null, null, now);
+      if (answered !== undefined && answered.status !== row.status) this.#c.callEvents?.updated(answered, 'status', { status: answered.status });
     } catch (err) {
       // The call goes on without its record being up to date; the store error is counted and logged.
       this.#c.onStoreError('answer', err);
@@ -137,7 +138,8 @@ export class CarrierCallbacks {
     if (b.sequence !== undefined) patch.lastSequence = b.sequence;
     if (b.answeredBy !== undefined) patch.answeredBy = b.answeredBy;
     if (b.status === 'in-progress' && row.answeredAt === null) patch.answeredAt = now;
-    calls.update(row.id, patch);
+    const updated = calls.update(row.id, patch);
+    if (updated !== undefined && b.status !== row.status) this.#c.callEvents?.updated(updated, 'status', { status: b.status });
   }
 
   /** The async AMD result (`/twilio/amd?callId=`): a machine gets the campaign's voicemail policy. Never throws. */

@@ -4,6 +4,7 @@
  * the {@link OutboundService} facade.
  */
 import type { Logger } from 'pino';
+import type { CallEvents } from '../events/callEvents.js';
 import type { SessionManager } from '../session/manager.js';
 import type { CampaignRow, CampaignStore } from '../store/campaigns.js';
 import type { CallRow, CallStore } from '../store/calls.js';
@@ -27,6 +28,10 @@ export interface OutboundContext {
   ringTimeoutS: number;
   /** A store write failed (counted in `playline_store_errors_total`). */
   onStoreError(op: string, err: unknown): void;
+  /** Live `call.*` events, when published. */
+  callEvents?: CallEvents | undefined;
+  /** A campaign's progress changed (coalesced into `campaign.progress`, at most 1/s). */
+  campaignChanged(campaignId: string): void;
 }
 
 /** A campaign's settings with their defaults (the stored JSON is validated again, never cast). */

@@ -160,7 +160,10 @@ export class DialLoop {
       const tickets = [this.#account.take(now)];
       if (job.kind === 'contact') tickets.push(this.#pacerOf(job.campaign).take(now));
       this.#c.attempts.hold(row.id, job.slot, now);
-      if (row.campaignId !== null) this.#c.attempts.addActive(row.campaignId, row.id);
+      if (row.campaignId !== null) {
+        this.#c.attempts.addActive(row.campaignId, row.id);
+        this.#c.campaignChanged(row.campaignId);
+      }
       const timeoutS = job.kind === 'contact' ? job.campaign.settings.ringTimeoutSeconds : this.#c.ringTimeoutS;
       this.#c.attempts.trackDial(this.#place(row, timeoutS).finally(() => this.#answered(tickets)));
     }
@@ -333,8 +336,9 @@ export class DialLoop {
     try {
       const fresh = calls.get(row.id);
       hangupRequested = fresh?.hangupRequested === true;
-      calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
+      const dialed = calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
       calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
+      if (dialed !== undefined) this.#c.callEvents?.started(dialed);
     } catch (err) {
       // The call exists at the carrier but its CallSid is not stored: its callbacks (by call id) or a recheck will tie it.
       this.#c.onStoreError('dial_placed', err);

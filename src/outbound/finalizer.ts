@@ -76,6 +76,7 @@ export class Finalizer {
       if (fresh.contactId !== null && fresh.campaignId !== null) this.#settleContact(fresh, outcome, f, now);
     });
     const final = calls.get(row.id);
+    if (final !== undefined) this.#c.callEvents?.ended(final);
     if (final !== undefined && final.outcome !== 'not-dialed') attempts.trackAfterCall(this.#postCall(final));
     if (fresh.campaignId !== null) {
       attempts.removeActive(fresh.campaignId, row.id);
@@ -86,6 +87,7 @@ export class Finalizer {
         // The call is finalized; the campaign's breaker or completion is settled by the next finalize or tick.
         this.#c.onStoreError('campaign_progress', err);
       }
+      this.#c.campaignChanged(fresh.campaignId);
       this.#c.kick();
     }
   }
@@ -119,6 +121,7 @@ export class Finalizer {
           );
         }
         attempts.removeActive(row.campaignId, row.id);
+        this.#c.campaignChanged(row.campaignId);
       } else if (row.hangupRequested) {
         // Hung up through the API while its dial was in flight: it is not dialed again.
         canceled = row;

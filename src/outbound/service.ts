@@ -24,6 +24,8 @@ import type { SessionManager } from '../session/manager.js';
 import type { CampaignRow, CampaignStore, ContactCounts } from '../store/campaigns.js';
 import type { CallRow, CallStore } from '../store/calls.js';
 import { errorMessage } from '../util/errors.js';
+import { CampaignEvents } from '../events/campaignEvents.js';
+import { CallEvents, type Publish } from '../events/callEvents.js';
 import { Attempts } from './attempts.js';
 import { CarrierCallbacks } from './callbacks.js';
 import { settingsOf, type OutboundContext } from './context.js';
@@ -53,6 +55,8 @@ export interface OutboundOptions {
   /** Twilio `timeLimit` for outbound calls. */
   maxCallS: number;
   webhooks?: PostCallSink;
+  /** Live events (`call.*` of outbound calls and carrier callbacks, `campaign.*`). */
+  events?: { calls: CallEvents; publish: Publish };
   fetchTranscript?: TranscriptFetcher;
   now?: () => number;
   /** Longest sleep of the dial loop between checks. */
@@ -89,6 +93,7 @@ export class OutboundService {
   readonly #finalizer: Finalizer;
   readonly #reconciler: Reconciler;
   readonly #loop: DialLoop;
+  readonly #campaignEvents: CampaignEvents | undefined;
   /** The carrier's callbacks (answer, status, AMD): their one owner. */
   readonly callbacks: CarrierCallbacks;
   #stopped = false;
@@ -97,6 +102,20 @@ export class OutboundService {
     this.#o = opts;
     const log = opts.log.child({ component: 'outbound' });
     this.#attempts = new Attempts(opts.manager, log);
+    const ev = opts.events;
+    this.#campaignEvents =
+      ev === undefined
+        ? undefined
+        : new CampaignEvents({
+            publish: ev.publish,
+            read: (id) => {
+              const c = opts.campaigns.get(id);
+              if (c === undefined) return undefined;
+              const p = this.progress(id);
+              return { status: c.status, counts: p.counts, activeCalls: p.activeCalls, etaSeconds: p.etaSeconds };
+            },
+            ...(opts.now !== undefined ? { now: opts.now } : {}),
+          });
     this.#ctx = {
       calls: opts.calls,
       campaigns: opts.campaigns,
@@ -109,6 +128,8 @@ export class OutboundService {
       wakeIn: (ms) => this.#loop.schedule(ms),
       ringTimeoutS: opts.ringTimeoutS,
       onStoreError: (op, err) => opts.onStoreError?.(op, err),
+      callEvents: ev?.calls,
+      campaignChanged: (id) => this.#campaignEvents?.changed(id),
     };
     this.#finalizer = new Finalizer(this.#ctx, { webhooks: opts.webhooks, fetchTranscript: opts.fetchTranscript });
     this.#reconciler = new Reconciler(this.#ctx, this.#finalizer, opts.settleAfterMs !== undefined ? { settleAfterMs: opts.settleAfterMs } : {});
@@ -141,6 +162,7 @@ export class OutboundService {
     this.#stopped = true;
     this.#loop.stop();
     await this.#attempts.settle();
+    this.#campaignEvents?.close();
   }
 
   /** Wakes the dial loop now (new work). */
@@ -212,6 +234,10 @@ export class OutboundService {
     const now = this.#ctx.now();
     calls.update(id, { hangupRequested: true, ...(row.endReason === null ? { endReason: 'api_hangup' } : {}) });
     calls.event(id, 'hangup_requested', null, null, null, now);
+    if (row.status !== 'queued') {
+      const marked = calls.get(id);
+      if (marked !== undefined) this.#ctx.callEvents?.updated(marked, 'hangup_requested');
+    }
     if (row.status === 'queued') {
       this.#finalizer.finalize(row, 'canceled', { endReason: 'api_hangup' });
       return calls.get(id) ?? row;
@@ -257,6 +283,7 @@ export class OutboundService {
     const c = this.#campaign(id);
     if (c.status === 'completed' || c.status === 'canceled') throw new OutboundError(409, 'campaign_finished', `campaign is ${c.status}`);
     this.#o.campaigns.setStatus(id, 'running', { pauseReason: null, lastError: null }, this.#ctx.now());
+    this.#ctx.campaignChanged(id);
     this.#finalizer.resetBreaker(id);
     this.kick();
     return this.#campaign(id);
@@ -266,6 +293,7 @@ export class OutboundService {
     const c = this.#campaign(id);
     if (c.status !== 'running' && c.status !== 'draft') throw new OutboundError(409, 'campaign_not_running', `campaign is ${c.status}`);
     this.#o.campaigns.setStatus(id, 'paused', { pauseReason: reason }, this.#ctx.now());
+    this.#ctx.campaignChanged(id);
     return this.#campaign(id);
   }
 
@@ -282,6 +310,7 @@ export class OutboundService {
     const now = this.#ctx.now();
     this.#o.campaigns.setStatus(id, 'canceled', {}, now);
     this.#o.campaigns.finishAll(id, 'canceled', now);
+    this.#ctx.campaignChanged(id);
     return this.#campaign(id);
   }
 

@@ -844,6 +844,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#dropAgentAudio = true;
     this.#bargeIns++;
     this.#metrics.bargeInsTotal.inc();
+    this.#d.journal.record(this.callSid, { type: 'barge_in', count: this.#bargeIns });
     // Timed until Twilio echoes the first mark the clear flushed (playback has stopped then).
     if (flushed !== undefined) {
       this.#bargeInAt = at;

@@ -53,6 +53,11 @@ export function LivePage() {
     } else if (e.type === 'call.updated' && id !== undefined) {
       const d = updatedData.safeParse(e.data);
       if (!d.success) return;
+      if (d.data.change === 'session_ended') {
+        // The media session is over: the call has left /v1/live (call.ended follows with the carrier's final status).
+        setCalls((cs) => cs.filter((c) => c.callId !== id));
+        return;
+      }
       const { state, bargeIns } = d.data;
       setCalls((cs) => cs.map((c) => (c.callId === id ? { ...c, ...(state !== undefined ? { state } : {}), ...(bargeIns !== undefined ? { bargeIns } : {}) } : c)));
       if (d.data.change === 'status' || d.data.change === 'stream_started' || d.data.change === 'agent_ready' || d.data.change === 'agent_switched') refetch();
