@@ -172,6 +172,10 @@ export function TalkPage() {
               <dd data-stat="responseMs" data-values={rtt.join(',')}>
                 {last === undefined ? '–' : `${last} ms (median ${med ?? last} ms of ${rtt.length})`}
               </dd>
+              <dt>
+                First agent audio <span class="muted small">(after the call connected)</span>
+              </dt>
+              <dd data-stat="firstAudioMs">{stats.firstAudioMs === undefined ? '–' : `${stats.firstAudioMs} ms`}</dd>
               <dt>Microphone</dt>
               <dd>
                 <meter min={0} max={0.3} value={Math.min(0.3, stats.micLevel)} aria-label="Microphone level" />

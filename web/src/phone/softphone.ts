@@ -32,6 +32,8 @@ export interface PhoneStats {
   playedMs: number;
   /** End of the user's speech (detected here) → first agent audio received, per reply, ms. */
   responseMs: number[];
+  /** `start` sent → first agent audio received (the greeting), ms. */
+  firstAudioMs: number | undefined;
   micLevel: number;
 }
 
@@ -53,6 +55,7 @@ const emptyStats = (): PhoneStats => ({
   marksEchoed: 0,
   playedMs: 0,
   responseMs: [],
+  firstAudioMs: undefined,
   micLevel: 0,
 });
 
@@ -130,6 +133,7 @@ class Softphone {
   #lastVoicedAt = 0;
   #lastMediaAt = 0;
   #awaitingReplySince: number | undefined;
+  #startSentAt = 0;
   #closed = true;
 
   async start(target: CallTarget): Promise<void> {
@@ -180,6 +184,7 @@ class Softphone {
         },
         streamSid: this.#streamSid,
       });
+      this.#startSentAt = performance.now();
       this.#startAudio(ctx, mic);
       this.state.value = 'live';
       this.startedAt.value = Date.now();
@@ -199,6 +204,7 @@ class Softphone {
         const bytes = unbase64(msg.media.payload);
         const now = performance.now();
         this.#lastMediaAt = now;
+        this.#s.firstAudioMs ??= Math.round(now - this.#startSentAt);
         if (this.#awaitingReplySince !== undefined) {
           this.#s.responseMs = [...this.#s.responseMs, Math.round(now - this.#awaitingReplySince)];
           this.#awaitingReplySince = undefined;
