@@ -164,7 +164,7 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     await card.waitFor({ state: 'detached', timeout: 5000 });
   }, 20_000);
 
-  it('talks to the local agent from the browser: agent audio plays without underruns, a barge-in clears it, and the round trip is measured', async () => {
+  it('talks to the local agent from the browser: agent audio plays without underruns, a barge-in clears it, the round trip is measured, and End call on Live ends it', async () => {
     await page.goto(`${url}/talk`);
     await page.getByRole('heading', { name: 'Talk to an agent' }).waitFor();
     await page.getByRole('button', { name: 'Call', exact: true }).click();
@@ -195,7 +195,14 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     expect(calls.data.length).toBe(1);
     expect(calls.data[0]?.direction).toBe('web');
     webCallId = calls.data[0]?.id;
-    await page.getByRole('button', { name: 'Hang up' }).click();
+    // The call goes on while another page is open (links, not reloads), shows on Live, and Live's End call ends it.
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Live', exact: true }).click();
+    const card = page.locator('.live-call').filter({ hasText: 'Browser' });
+    await card.waitFor({ timeout: 5000 });
+    expect(await card.textContent()).toContain('web');
+    await card.getByRole('button', { name: 'End call' }).click();
+    await card.waitFor({ state: 'detached', timeout: 5000 });
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: /^Talk/ }).click();
     await page.locator('.call-state[data-state="ended"]').waitFor({ timeout: 5000 });
     await waitFor(
       'the web call to end',

@@ -59,6 +59,11 @@ export function authHeaders(): Record<string, string> {
   return t === undefined ? {} : { authorization: `Bearer ${t}` };
 }
 
+/** Tells the app the server refused the credentials (the sign-in form comes back). */
+export function signalUnauthorized(): void {
+  for (const l of unauthorizedListeners) l();
+}
+
 async function errorOf(res: Response): Promise<ApiError> {
   let body: unknown;
   try {
@@ -97,7 +102,7 @@ export async function request(path: string, opts: RequestOptions = {}): Promise<
   });
   if (!res.ok) {
     const err = await errorOf(res);
-    if (res.status === 401) for (const l of unauthorizedListeners) l();
+    if (res.status === 401) signalUnauthorized();
     throw err;
   }
   return res;

@@ -9,7 +9,7 @@
  */
 import { createParser } from 'eventsource-parser';
 import { useEffect, useRef } from 'preact/hooks';
-import { authHeaders } from './api';
+import { authHeaders, signalUnauthorized } from './api';
 import { event, type ApiEvent } from './schemas';
 import { signal } from './signal';
 
@@ -50,6 +50,12 @@ async function connect(): Promise<void> {
     });
     if (res.status === 404) {
       streamState.value = 'unavailable';
+      return;
+    }
+    if (res.status === 401) {
+      await res.body?.cancel();
+      stopEvents();
+      signalUnauthorized();
       return;
     }
     if (!res.ok || res.body === null) throw new Error(`events: ${res.status}`);
