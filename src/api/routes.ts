@@ -399,7 +399,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
         if (imp === undefined) throw new ApiError('invalid_request', 'no contacts: send a CSV body (text/csv), JSON {"contacts": [...]}, or a multipart CSV file');
         acceptImport(imp, req.query.strict === 'true');
         const report = await insertContacts(id, imp);
-        outbound.kick();
+        outbound.contactsAdded(id);
         return reply.code(201).send(report);
       },
     );

@@ -170,6 +170,12 @@ export class OutboundService {
     this.#loop.schedule(0);
   }
 
+  /** Contacts were added to a campaign: its progress changed (a `campaign.progress` event). */
+  contactsAdded(campaignId: string): void {
+    this.#ctx.campaignChanged(campaignId);
+    this.kick();
+  }
+
   /** Settles unfinished rows with the carrier now (also run at start). */
   reconcile(): ReturnType<Reconciler['reconcile']> {
     return this.#reconciler.reconcile();
