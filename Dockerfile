@@ -18,6 +18,9 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The web console (web/, built by scripts/build-console.mjs into dist/console, served at /).
+COPY scripts ./scripts
+COPY web ./web
 RUN npm run build
 
 FROM toolchain AS deps

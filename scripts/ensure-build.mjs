@@ -1,4 +1,5 @@
-// Builds dist/ from src/ when it is missing or older than a source file, so
+// Builds dist/ from src/ when it is missing or older than a source file, and the
+// web console (dist/console, from web/) when it is missing or older than web/, so
 // `npm start` works on a fresh clone without a separate build step. A stamp
 // written after each successful build records when dist/ was last made
 // (incremental tsc leaves unchanged outputs untouched, so their mtimes can't).
@@ -26,19 +27,44 @@ const sources = Math.max(
   statSync(join(root, 'tsconfig.json')).mtimeMs,
   statSync(join(root, 'tsconfig.build.json')).mtimeMs,
 );
-if (built >= sources) process.exit(0);
+if (built < sources) buildServer();
+await ensureConsole();
 
-let tsc;
-try {
-  tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-} catch {
-  if (existsSync(join(root, 'dist', 'main.js'))) {
-    console.error('playline: TypeScript is not installed (production install); running the existing dist/.');
-    process.exit(0);
+/** The server: tsc into dist/. */
+function buildServer() {
+  let tsc;
+  try {
+    tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  } catch {
+    if (existsSync(join(root, 'dist', 'main.js'))) {
+      console.error('playline: TypeScript is not installed (production install); running the existing dist/.');
+      return;
+    }
+    console.error('playline: dist/ is missing and TypeScript is not installed. Run `npm ci` first.');
+    process.exit(1);
   }
-  console.error('playline: dist/ is missing and TypeScript is not installed. Run `npm ci` first.');
-  process.exit(1);
+  console.error('playline: building dist/ from src/ ...');
+  execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+  writeFileSync(stamp, `${new Date().toISOString()}\n`);
 }
-console.error('playline: building dist/ from src/ ...');
-execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
-writeFileSync(stamp, `${new Date().toISOString()}\n`);
+
+/** The web console: built when missing or older than web/ (needs esbuild, a dev dependency). */
+async function ensureConsole() {
+  const consoleStamp = join(root, 'dist', 'console', '.build-stamp');
+  if (!existsSync(join(root, 'web'))) return;
+  const { buildConsole, newestWebSource } = await import('./build-console.mjs');
+  const consoleBuilt = existsSync(consoleStamp) && existsSync(join(root, 'dist', 'console', 'index.html')) ? statSync(consoleStamp).mtimeMs : 0;
+  if (consoleBuilt >= newestWebSource()) return;
+  try {
+    createRequire(import.meta.url).resolve('esbuild');
+  } catch {
+    console.error(
+      consoleBuilt > 0
+        ? 'playline: esbuild is not installed (production install); serving the existing dist/console.'
+        : 'playline: the web console is not built and esbuild is not installed: run `npm ci` then `npm run build` (the API works without it).',
+    );
+    return;
+  }
+  console.error('playline: building the web console (dist/console) from web/ ...');
+  await buildConsole();
+}

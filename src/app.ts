@@ -12,6 +12,7 @@ import type { AgentDirectory } from './agent/directory.js';
 import { parseAgentRef } from './agent/port.js';
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
 import type { Config } from './config.js';
+import { consoleRoutes } from './http/console.js';
 import { healthRoutes } from './http/health.js';
 import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/mediaStream.js';
 import { twilioWebhooks } from './http/twilioWebhooks.js';
@@ -66,6 +67,8 @@ export interface BridgeOverrides {
   fetchImpl?: typeof fetch;
   /** What carries transfers out (defaults to Twilio REST when credentials are set; none otherwise). */
   transferCarrier?: TransferCarrier;
+  /** The built web console to serve at `/` (defaults to dist/console; tests build their own). */
+  consoleDir?: string;
   /** Live event bus (defaults to the in-process one). */
   events?: EventBus;
 }
@@ -324,6 +327,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       live: { manager, agents, calls, webCalls, setup: setupFacts(config) },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
+  });
+  await app.register(consoleRoutes, {
+    ...(overrides.consoleDir !== undefined ? { dir: overrides.consoleDir } : {}),
+    ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
+    localMode: config.outbound.localCarrier,
   });
   await app.register(async (api) => {
     await eventsRoutes(api, {

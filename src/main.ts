@@ -95,6 +95,7 @@ async function main(): Promise<void> {
   logger.info(
     {
       url,
+      console: `${url}/`,
       docs: `${url}/docs`,
       metrics: `${url}/metrics`,
       publicUrl: config.publicUrl,
@@ -103,7 +104,7 @@ async function main(): Promise<void> {
       routes: config.routes.size,
     },
     `playline ready on ${url} (API docs ${url}/docs, metrics ${url}/metrics)` +
-      (localMode ? `; try it from another terminal: ${tryIt.join(' or ')}` : `; Twilio reaches ${config.publicUrl}`),
+      (localMode ? `; open ${url}/ to talk to the agent from this browser, or try it from another terminal: ${tryIt.join(' or ')}` : `; Twilio reaches ${config.publicUrl}`),
   );
   if (!localMode && config.metricsToken === undefined) {
     logger.info(

@@ -763,9 +763,9 @@ function stepUsing(job: Obj, action: string): Obj | undefined {
 }
 
 describe('CI', () => {
-  it('.ci/run requires the real-Caddy check and bounds every step', () => {
+  it('.ci/run requires the real-Caddy and browser checks and bounds every step', () => {
     const run = read('.ci/run');
-    expect(run).toMatch(/^export PLAYLINE_REQUIRE_CADDY=1$/m);
+    expect(run).toMatch(/^export (?=.*\bPLAYLINE_REQUIRE_CADDY=1\b)(?=.*\bPLAYLINE_REQUIRE_CHROMIUM=1\b)[A-Z_=1 ]+$/m);
     for (const line of run.split('\n').filter((l) => /\b(apt-get (update|install)|npm (ci|test))\b/.test(l) && !l.trim().startsWith('#'))) {
       expect(line, 'every apt-get and npm step runs under a time limit').toMatch(/\b(timeout|bounded)\b/);
     }

@@ -466,8 +466,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   onDtmf(digit: string): void {
-    if (this.#st.kind === 'closed') return;
     this.#d.journal.record(this.callSid, { type: 'dtmf', digit });
+    if (this.#st.kind === 'closed') return;
     if (!this.#dtmf.push(digit)) this.#warnOnce('dtmf:unknown_key', { digit: digit.slice(0, 8) }, 'ignored a keypad event that is not a key (0-9, *, #, A-D)');
   }
 
