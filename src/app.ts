@@ -324,6 +324,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
       localMode: config.outbound.localCarrier,
       checkAgent: (agentId) => agents.whyUnusable(agentId),
+      sessionOf: (callSid) => manager.getSession(callSid),
       live: { manager, agents, calls, webCalls, setup: setupFacts(config) },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });

@@ -13,7 +13,7 @@ import multipart from '@fastify/multipart';
 import type { FastifyInstance, FastifyReply, FastifySchemaCompiler } from 'fastify';
 import { serializerCompiler, validatorCompiler as zodValidatorCompiler } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { agentsOfCall, callApiSchema, callToApi } from '../calls/view.js';
+import { agentsOfCall, callApiSchema, callToApi, transfersOfCall } from '../calls/view.js';
 import { parseContactsJsonAsync, parseContactsStream, resultsToCsv, type ContactsImport, type ImportOptions } from '../outbound/csv.js';
 import type { CountryCode } from '../outbound/phone.js';
 import type { OutboundService } from '../outbound/service.js';
@@ -22,6 +22,8 @@ import type { WebhookDispatcher } from '../outbound/webhooks.js';
 import type { CampaignRow, CampaignStore, ContactRow } from '../store/campaigns.js';
 import type { CallStore } from '../store/calls.js';
 import { apiAuth } from './auth.js';
+import type { ManagedSession } from '../session/manager.js';
+import { transferAddressSchema } from '../transfer/targets.js';
 import { ApiError, errorResponses, parseOr400 } from './errors.js';
 import {
   addContactsBody,
@@ -70,11 +72,24 @@ export interface ApiDeps {
   defaultCountry?: CountryCode;
   /** Why calls cannot go to this agent (its provider is not configured), or undefined when they can. */
   checkAgent?: (agentId: string) => string | undefined;
+  /** The live session of a call on this server (transfers). */
+  sessionOf?: (callSid: string) => ManagedSession | undefined;
   /** Live calls, setup and browser calls (`liveRoutes.ts`). */
   live?: LiveApiDeps;
 }
 
 const STREAMED: ReadonlySet<string> = new Set(STREAMED_MEDIA_TYPES);
+
+const transferBody = z
+  .object({
+    target: z.string().min(1).max(40).optional().describe('A transfer target name of the call (its route, agent or campaign)'),
+    to: transferAddressSchema.optional().describe('An explicit +E.164 number or sip: URI'),
+    mode: z.enum(['cold', 'warm']).default('cold'),
+    reason: z.string().max(300).optional().describe('Why; in a warm transfer the person hears it first'),
+  })
+  .strict()
+  .refine((b) => (b.target === undefined) !== (b.to === undefined), { message: 'give exactly one of target (a name) or to (a number or sip: URI)' });
+const transferReply = z.object({ callId: z.string(), transferId: z.string(), mode: z.enum(['cold', 'warm']), status: z.literal('dialing') });
 
 /**
  * zod validation of every request part, except bodies the handler reads as a
@@ -269,6 +284,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       return {
         ...callToApi(row),
         agents: agentsOfCall(row, calls),
+        transfers: transfersOfCall(row, calls),
         events: calls.events(id).map((e) => ({ at: new Date(e.at).toISOString(), type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
         transcript: (playai.length > 0 ? playai : live).map((t) => ({ role: t.role, text: t.text, at: new Date(t.at).toISOString() })),
         transcriptSource: playai.length > 0 ? ('playai' as const) : ('live' as const),
@@ -287,6 +303,44 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       },
     },
     async (req) => callToApi(await outbound.hangupCall(req.params.id)),
+  );
+
+  app.post(
+    '/v1/calls/:id/transfer',
+    {
+      schema: {
+        tags: ['calls'],
+        summary: 'Transfer a live call to a person',
+        description:
+          'Cold (`mode: "cold"`, default): the caller is connected to the person at once. Warm: the caller waits on hold while the person hears a summary, then they are joined. ' +
+          '`target` is a name from the route\'s, agent\'s or campaign\'s `transferTargets`; `to` an explicit number or sip: URI (yours to choose, never a model\'s). ' +
+          'The answer comes once the carrier took the call (202); the outcome (answered, busy, no-answer, failed, returned to the agent) follows as `transfer_*` events on the call and `call.updated` events with `change: "transfer"`.',
+        params: idParams,
+        body: transferBody,
+        response: { 202: transferReply, ...errorResponses(400, 401, 404, 409, 422, 502) },
+      },
+    },
+    async (req, reply) => {
+      const { id } = req.params;
+      const row = calls.get(id);
+      if (row === undefined) throw new ApiError('not_found', `no call ${id}: list them with GET /v1/calls`);
+      const session = row.callSid === null ? undefined : deps.sessionOf?.(row.callSid);
+      if (session === undefined) throw new ApiError('call_not_live', `call ${id} is not talking to its agent on this server (status ${row.status}): only a live call can be transferred`);
+      if (session.requestTransfer === undefined) throw new ApiError('transfer_unavailable', 'this call cannot be transferred');
+      const b = req.body;
+      const r = await session.requestTransfer({
+        mode: b.mode,
+        by: 'api',
+        ...(b.target !== undefined ? { target: b.target } : {}),
+        ...(b.to !== undefined ? { to: b.to } : {}),
+        ...(b.reason !== undefined ? { reason: b.reason, summary: b.reason } : {}),
+      });
+      if (!r.ok) {
+        const code = r.code === 'unknown_target' ? 'unknown_target' : r.code === 'unavailable' ? 'transfer_unavailable' : r.code === 'carrier_refused' ? 'carrier_error' : 'call_not_live';
+        throw new ApiError(code, r.error);
+      }
+      return reply.code(202).send({ callId: id, transferId: r.transferId, mode: b.mode, status: 'dialing' as const });
+    },
   );
 
   // ------------------------------------------------------------ campaigns

@@ -76,6 +76,20 @@ export const callDetailSchema = callApiSchema
     ),
     transcript: z.array(z.object({ role: z.string(), text: z.string(), at: time })),
     transcriptSource: z.enum(['playai', 'live']).describe('playai: fetched from the PlayAI REST API; live: the turns seen during the call'),
+    transfers: z
+      .array(
+        z.object({
+          transferId: z.string(),
+          target: z.string().nullable(),
+          to: z.string(),
+          mode: z.string(),
+          by: z.string(),
+          requestedAt: time,
+          outcome: z.string().describe('pending, answered, busy, no-answer, failed or canceled'),
+          returned: z.boolean().describe('The caller came back to the agent'),
+        }),
+      )
+      .describe('Transfers to a person, in order'),
   })
   .meta({ id: 'CallDetail' });
 

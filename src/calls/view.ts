@@ -107,6 +107,41 @@ export function agentsOfCall(row: CallRow, calls: CallStore): string[] {
   return agents;
 }
 
+/** One transfer of a call, as its `transfer_*` events tell it. */
+export interface TransferSummary {
+  transferId: string;
+  target: string | null;
+  to: string;
+  mode: string;
+  by: string;
+  requestedAt: string;
+  /** `pending` (ringing or talking), `answered`, or why the person was not reached (busy, no-answer, failed, canceled). */
+  outcome: string;
+  /** The caller came back to the agent. */
+  returned: boolean;
+}
+
+/** The transfers of a call, in order. */
+export function transfersOfCall(row: CallRow, calls: CallStore): TransferSummary[] {
+  const byId = new Map<string, TransferSummary>();
+  const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+  for (const e of calls.events(row.id)) {
+    if (!e.type.startsWith('transfer_')) continue;
+    const id = str(e.data?.transferId);
+    if (id === undefined) continue;
+    let t = byId.get(id);
+    if (t === undefined) {
+      t = { transferId: id, target: str(e.data?.target) ?? null, to: str(e.data?.to) ?? '', mode: str(e.data?.mode) ?? 'cold', by: str(e.data?.by) ?? 'api', requestedAt: new Date(e.at).toISOString(), outcome: 'pending', returned: false };
+      byId.set(id, t);
+    }
+    const outcome = str(e.data?.outcome);
+    if (e.type === 'transfer_answered' || e.type === 'transfer_completed') t.outcome = 'answered';
+    else if (e.type === 'transfer_failed' && outcome !== undefined && t.outcome !== 'answered') t.outcome = outcome;
+    else if (e.type === 'transfer_returned') t.returned = true;
+  }
+  return [...byId.values()];
+}
+
 /** The post-call webhook body: the call, its outcome, durations, transcript, campaign and contact. */
 export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignStore): Record<string, unknown> {
   const playai = calls.transcript(row.id, 'playai');
@@ -116,6 +151,7 @@ export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignS
   return {
     call: callToApi(row),
     agents: agentsOfCall(row, calls),
+    transfers: transfersOfCall(row, calls),
     outcome: row.outcome,
     answeredBy: row.answeredBy,
     durations: {

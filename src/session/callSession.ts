@@ -90,7 +90,7 @@ export interface CallSessionDeps {
 /** The transfer coordinator as a session sees it. */
 export interface TransferPort {
   begin(plan: TransferPlan): Promise<{ ok: true; id: string } | { ok: false; error: string }>;
-  requested(plan: Pick<TransferPlan, 'callSid' | 'mode' | 'by' | 'target' | 'reason'>): void;
+  requested(plan: Pick<TransferPlan, 'callSid' | 'mode' | 'by' | 'target' | 'reason'>): string;
 }
 
 /** A transfer asked of a live call. */
@@ -556,11 +556,11 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       target = { name: found.name, to: found.target.to, timeoutS: found.target.timeoutS, ...(found.target.callerId !== undefined ? { callerId: found.target.callerId } : {}) };
     }
     this.#transferring = true;
-    port.requested({ callSid: this.callSid, mode: req.mode, by: req.by, target, ...(req.reason !== undefined ? { reason: req.reason } : {}) });
+    const id = port.requested({ callSid: this.callSid, mode: req.mode, by: req.by, target, ...(req.reason !== undefined ? { reason: req.reason } : {}) });
     this.#log.info({ target: target.name, mode: req.mode, by: req.by }, 'transfer requested');
     return new Promise<TransferStart>((resolve) => {
       const go = (): void => {
-        this.#beginTransfer(port, req, target).then(resolve, (err: unknown) => {
+        this.#beginTransfer(port, id, req, target).then(resolve, (err: unknown) => {
           this.onInternalError(err);
           resolve({ ok: false, code: 'carrier_refused', error: 'the transfer failed inside Playline' });
         });
@@ -584,7 +584,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#timers.set('transfer', Math.min(deadline - now, Math.max(20, streaming ? END_CALL_QUIET_MS - quietFor : playingFor)), () => this.#afterPlayout(deadline, fn));
   }
 
-  async #beginTransfer(port: TransferPort, req: TransferRequest, target: TransferTargetInfo): Promise<TransferStart> {
+  async #beginTransfer(port: TransferPort, id: string, req: TransferRequest, target: TransferTargetInfo): Promise<TransferStart> {
     const st = this.#st;
     if (st.kind !== 'live') {
       this.#transferring = false;
@@ -592,6 +592,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     }
     const route = { ...this.#d.reservation.route, agentId: this.#agentRef };
     const r = await port.begin({
+      id,
       callSid: this.callSid,
       call: this.#d.reservation.call,
       route,

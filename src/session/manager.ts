@@ -28,6 +28,7 @@ import type { EndReason } from '../calls/journal.js';
 import type { NumberRoute } from '../config.js';
 import type { DtmfAction, TransferTargets } from '../transfer/targets.js';
 import type { ConversationTurn } from '../agent/port.js';
+import type { TransferRequest, TransferStart } from './callSession.js';
 
 export interface CallRoute {
   /** `provider:id`. */
@@ -109,6 +110,8 @@ export interface ManagedSession {
   snapshot?(): SessionSnapshot;
   /** True once the call went to a transfer, which holds the slot from then on. */
   readonly slotHandedOff?: boolean;
+  /** Hands the call to a person (phone calls with a carrier that redirects). */
+  requestTransfer?(req: TransferRequest): Promise<TransferStart>;
 }
 
 /** A live session as `GET /v1/live` shows it. */

@@ -41,6 +41,8 @@ export interface TransferTargetInfo {
 
 /** What the session hands over. */
 export interface TransferPlan {
+  /** From {@link TransferCoordinator.requested}. */
+  id: string;
   callSid: string;
   call: AdmittedCall;
   route: CallRoute;
@@ -129,7 +131,7 @@ export class TransferCoordinator {
    */
   async begin(plan: TransferPlan): Promise<{ ok: true; id: string } | { ok: false; error: string }> {
     if (this.#byCall.has(plan.callSid)) return { ok: false, error: 'a transfer of this call is already under way' };
-    const id = `tr_${randomBytes(9).toString('hex')}`;
+    const id = plan.id;
     const t: Active = { id, plan, phase: 'dialing', timer: undefined, startedAt: Date.now() };
     const base = `${this.#o.publicUrl}/twilio/transfer/${id}`;
     const { target } = plan;
@@ -319,8 +321,10 @@ export class TransferCoordinator {
     });
   }
 
-  /** The `requested` step, recorded by whoever asked (before the carrier is involved). */
-  requested(plan: RecordedPlan): void {
-    this.#record(plan, 'pending', 'requested', {});
+  /** Records the `requested` step (before the carrier is involved) and names the transfer. */
+  requested(plan: RecordedPlan): string {
+    const id = `tr_${randomBytes(9).toString('hex')}`;
+    this.#record(plan, id, 'requested', {});
+    return id;
   }
 }
