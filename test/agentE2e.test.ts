@@ -17,6 +17,7 @@ import { FakeElevenLabsServer, type FakeElevenLabsConnection } from '../src/test
 import { FAKE_OPENAI_KEY, FakeOpenAiServer, type FakeOpenAiConnection } from '../src/testing/agents/openai.js';
 import type { FakeAgentConnection } from '../src/testing/fakeAgent.js';
 import { verifyWebhookSignature } from '../src/outbound/webhooks.js';
+import type { TransferCarrier } from '../src/transfer/coordinator.js';
 import { AUTH_TOKEN, eventually, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 /** One agent session on a provider's fake, as the cases need it. */
@@ -299,11 +300,31 @@ afterEach(async () => {
   driver = undefined;
 });
 
-async function start(make: () => Driver, env: Record<string, string> = {}): Promise<{ tb: TestBridge; d: Driver }> {
+async function start(make: () => Driver, env: Record<string, string> = {}, extra: BridgeOverrides = {}): Promise<{ tb: TestBridge; d: Driver }> {
   driver = make();
   await driver.start();
-  tb = await startTestBridge({ env: { AGENT_HEARTBEAT_MS: '0', ...driver.env(), ...env }, overrides: { ...driver.overrides(), probeAgents: false } });
+  tb = await startTestBridge({ env: { AGENT_HEARTBEAT_MS: '0', ...driver.env(), ...env }, overrides: { ...driver.overrides(), probeAgents: false, ...extra } });
   return { tb, d: driver };
+}
+
+/** The carrier side of a transfer as the session sees it: a redirect ends the stream, as Twilio does. */
+function recordingTransferCarrier(): TransferCarrier & { redirects: Array<{ callSid: string; twiml: string }>; stream?: FakeTwilioStream } {
+  const c: TransferCarrier & { redirects: Array<{ callSid: string; twiml: string }>; stream?: FakeTwilioStream } = {
+    redirects: [],
+    async redirect(callSid, twiml) {
+      c.redirects.push({ callSid, twiml });
+      const s = c.stream;
+      if (s !== undefined) setTimeout(() => s.sendStop(), 5);
+      return true;
+    },
+    async createCall() {
+      return undefined;
+    },
+    async hangup() {
+      return true;
+    },
+  };
+  return c;
 }
 
 interface Call {
@@ -605,6 +626,39 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+
+  it('transfer_call: the agent hands the caller to a named person after its words played; a name that is not declared is refused and the agent is told the names', async () => {
+    const carrier = recordingTransferCarrier();
+    const probe = make();
+    const dir = mkdtempSync(join(tmpdir(), 'playline-xfer-'));
+    const agentsFile = join(dir, 'agents.json');
+    writeFileSync(agentsFile, JSON.stringify({ [probe.agent]: { transferTargets: { frontdesk: '+14155550100' } } }));
+    const { tb: t, d } = await start(make, { AGENTS_FILE: agentsFile }, { transferCarrier: carrier });
+    const call = await dial(t);
+    carrier.stream = call.stream;
+    const conn = await d.next(t);
+    await conn.ready();
+    if (conn.callTool === undefined || conn.toolResults === undefined) {
+      expect(d.name).toBe('playai'); // PlayAI-protocol agents have no tools: API and hotkeys only
+      call.stream.sendStop();
+      return;
+    }
+    const bad = conn.callTool('transfer_call', { target: '+15550000000' });
+    await eventually(() => (conn.toolResults?.() ?? []).some((r) => r.id === bad), 3000, 'the refusal at the agent');
+    expect(conn.toolResults().find((r) => r.id === bad)?.content).toMatch(/no transfer target named .*use one of \\?"frontdesk\\?"/);
+    expect(carrier.redirects).toHaveLength(0);
+    const words = tone(1600, 0x5a); // 200 ms: "I'll put you through."
+    conn.speak(words);
+    conn.callTool('transfer_call', { target: 'frontdesk', reason: 'asked for a person' });
+    await eventually(() => carrier.redirects.length === 1, 5000, 'the transfer');
+    // The announcement reached the caller before the carrier was asked.
+    expect(call.stream.bytesReceived).toBe(words.length);
+    expect(carrier.redirects[0]?.twiml).toContain('>+14155550100</Number>');
+    await call.stream.waitForClose(3000);
+    const events = storedCall(t, call.callSid)?.events ?? [];
+    expect(events.find((e) => e.type === 'transfer_requested')?.data).toMatchObject({ by: 'tool', target: 'frontdesk', mode: 'cold' });
+    expect(t.bridge.manager.usedSlots).toBe(1);
   });
 });
 

@@ -167,7 +167,7 @@ export interface AgentLeg {
   interrupted(playedMs: number): void;
   /** Text for the agent: as the caller's words (`user`: it answers) or as context only. */
   sendText(text: string, as: 'user' | 'context'): void;
-  /** The result of a tool call. */
+  /** The result of a tool call: its JSON text, or with `isError` the error message in plain words (the adapter wraps it as its protocol wants). */
   toolResult(id: string, result: string, isError: boolean): void;
   /** Bytes queued in the socket but not yet written. */
   readonly bufferedAmount: number;

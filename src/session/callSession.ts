@@ -881,7 +881,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       void this.requestTransfer({ target, mode, by: 'tool', ...(reason !== undefined ? { reason, summary: reason } : {}) }).then((r) => {
         // Told only when the call stays: a transfer that went through closes this agent session.
         if (r.ok) return;
-        if (agentOf(this.#st) === agent) agent.toolResult(tc.id, JSON.stringify({ error: r.error }), true);
+        if (agentOf(this.#st) === agent) agent.toolResult(tc.id, r.error, true);
       });
       return;
     }
@@ -891,7 +891,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       return;
     }
     this.#warnOnce(`agent-tool:${tc.name.slice(0, 64)}`, { tool: tc.name.slice(0, 64) }, 'the agent called a tool Playline does not offer; answered with an error');
-    st.agent.toolResult(tc.id, JSON.stringify({ error: `unknown tool ${tc.name}` }), true);
+    st.agent.toolResult(tc.id, `unknown tool ${tc.name}: use only the tools you were given`, true);
   }
 
   /**
@@ -901,7 +901,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #runTool(runner: ToolRunner, agent: AgentLeg, tc: AgentToolCall, def: HttpToolDef): void {
     if (this.#toolsInFlight >= MAX_TOOLS_IN_FLIGHT) {
       this.#metrics.toolCallsTotal.labels('busy').inc();
-      agent.toolResult(tc.id, JSON.stringify({ error: `${MAX_TOOLS_IN_FLIGHT} tool calls are already running: wait for their answers first` }), true);
+      agent.toolResult(tc.id, `${MAX_TOOLS_IN_FLIGHT} tool calls are already running: wait for their answers first`, true);
       return;
     }
     this.#toolsInFlight++;
@@ -924,7 +924,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
         this.#log.info({ tool: def.name }, 'operator tool answered after the agent session that asked had ended; not sent');
         return;
       }
-      agent.toolResult(tc.id, out.ok ? out.result : JSON.stringify({ error: out.error }), !out.ok);
+      agent.toolResult(tc.id, out.ok ? out.result : out.error, !out.ok);
     };
     runner.run(this.callSid, def, tc.args).then(done, () => done({ ok: false, failure: 'network', error: `the ${def.name} tool failed; tell the caller it cannot be done right now`, ms: 0 }));
   }
