@@ -506,6 +506,8 @@ interface LegRun {
   noun: DialEndpointNoun;
   /** Caller ID the party sees. */
   from: string;
+  /** The noun's `statusCallback`, resolved. */
+  callbackUrl?: string;
   talkMs: number;
   /** ms after ringing starts when it answers, is busy or fails, or rings out. */
   resolveAt: number;
@@ -1152,7 +1154,7 @@ export class CarrierSimulator {
       ...(v.timeLimitS !== undefined ? { timeLimitS: v.timeLimitS } : {}),
     };
     c.info.dials.push(rec);
-    const how = conf !== undefined ? await this.#dialConference(c, conf, rec) : await this.#dialEndpoints(c, v, rec);
+    const how = conf !== undefined ? await this.#dialConference(c, conf, rec, base) : await this.#dialEndpoints(c, v, rec, base);
     rec.endedAt = Date.now();
     // Nobody answered a <Dial answerOnBridge>: the call goes on (and is answered) to run what comes next.
     if (how === 'done' && c.info.answeredAt === undefined) this.#answer(c);
@@ -1206,7 +1208,7 @@ export class CarrierSimulator {
   }
 
   /** `<Dial>` to numbers / SIP / clients: child calls with their callbacks; the first to answer is bridged. */
-  async #dialEndpoints(c: SimCall, v: DialVerb, rec: SimDialInfo): Promise<'done' | 'interrupted' | 'caller'> {
+  async #dialEndpoints(c: SimCall, v: DialVerb, rec: SimDialInfo, base: string | undefined): Promise<'done' | 'interrupted' | 'caller'> {
     const eps = v.nouns.filter((n): n is DialEndpointNoun => n.kind !== 'conference');
     const first = eps[0];
     if (first === undefined) {
@@ -1223,7 +1225,7 @@ export class CarrierSimulator {
       const leg: SimDialLeg = { sid: newCallSid(), to: noun.value, kind: noun.kind, outcome: o.status, status: 'queued', ringMs: 0, durationS: 0, events: [] };
       rec.legs.push(leg);
       const events = new Set(noun.statusCallbackEvents.length > 0 ? noun.statusCallbackEvents : ['completed']);
-      return { leg, noun, from, talkMs: Math.max(0, o.talkMs ?? this.#talkMs), resolveAt: late ? timeoutMs : ring, result: late ? 'no-answer' : o.status, seq: 0, events, ringStart: 0 };
+      return { leg, noun, from, ...(noun.statusCallback !== undefined ? { callbackUrl: resolveUrl(noun.statusCallback, base, this.publicUrl) } : {}), talkMs: Math.max(0, o.talkMs ?? this.#talkMs), resolveAt: late ? timeoutMs : ring, result: late ? 'no-answer' : o.status, seq: 0, events, ringStart: 0 };
     });
     rec.dialCallSid = first === undefined ? undefined : runs[0]?.leg.sid;
     for (const r of runs) this.#postChild(c, r, 'initiated', 'initiated');
@@ -1296,7 +1298,7 @@ export class CarrierSimulator {
 
   /** A status callback of a child call (`<Number statusCallback statusCallbackEvent>`). */
   #postChild(c: SimCall, r: LegRun, event: StatusCallbackEvent, callStatus: string, extra: Record<string, string> = {}): void {
-    const url = r.noun.statusCallback;
+    const url = r.callbackUrl;
     if (url === undefined || !r.events.has(event)) return;
     const params: Record<string, string> = {
       CallSid: r.leg.sid,
@@ -1338,7 +1340,7 @@ export class CarrierSimulator {
     return room;
   }
 
-  async #dialConference(c: SimCall, noun: DialConferenceNoun, rec: SimDialInfo): Promise<'done' | 'interrupted' | 'caller'> {
+  async #dialConference(c: SimCall, noun: DialConferenceNoun, rec: SimDialInfo, base: string | undefined): Promise<'done' | 'interrupted' | 'caller'> {
     const room = this.#room(c.info.accountSid, noun.name);
     const now = Date.now();
     const conf: SimDialConference = {
@@ -1354,8 +1356,8 @@ export class CarrierSimulator {
     rec.conference = conf;
     rec.answeredAt = now;
     if (room.statusCallback === undefined && noun.statusCallback !== undefined) {
-      room.statusCallback = noun.statusCallback;
-      room.info.statusCallback = noun.statusCallback;
+      room.statusCallback = resolveUrl(noun.statusCallback, base, this.publicUrl);
+      room.info.statusCallback = room.statusCallback;
       room.events = new Set(noun.statusCallbackEvents.length > 0 ? noun.statusCallbackEvents : DEFAULT_CONFERENCE_EVENTS);
     }
     let roomEnded = false;
@@ -1382,7 +1384,7 @@ export class CarrierSimulator {
       this.#roomEvent(c, room, 'start', {});
     } else {
       conf.waited = true;
-      this.#fetchWait(c, conf, noun);
+      this.#fetchWait(c, conf, noun, base);
     }
 
     const why = await new Promise<'room' | 'interrupted' | 'caller'>((resolve) => {
@@ -1472,11 +1474,11 @@ export class CarrierSimulator {
   }
 
   /** The wait URL: fetched only when it is on the bridge's own origin (recorded either way). */
-  #fetchWait(c: SimCall, conf: SimDialConference, noun: DialConferenceNoun): void {
+  #fetchWait(c: SimCall, conf: SimDialConference, noun: DialConferenceNoun, base: string | undefined): void {
     if (noun.waitUrl === undefined || noun.waitUrl === '') return;
     let url: string;
     try {
-      url = new URL(noun.waitUrl, this.publicUrl).href;
+      url = resolveUrl(noun.waitUrl, base, this.publicUrl);
       if (new URL(url).origin !== new URL(this.publicUrl).origin) return;
     } catch {
       return;
