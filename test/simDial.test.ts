@@ -6,6 +6,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CarrierSimulator, type DialOutcomeFn, type SimCallInfo, type SimTiming } from '../src/sim/simCarrier.js';
+import { parseTwimlVerbs } from '../src/sim/twilioSim.js';
 import { connectTwiml, SIM_TOKEN, startSimApp, type SimApp } from './simApp.js';
 
 const FAST: Partial<SimTiming> = { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 50, msPerDialSecond: 10 };
@@ -208,5 +209,28 @@ describe('<Dial> to a number', () => {
       [DESK, 'completed'],
     ]);
     expect(app.to('/after-dial')[0]?.params.DialCallSid).toBe(legs[1]?.sid);
+  });
+});
+
+describe('parseTwimlVerbs', () => {
+  it('reads verbs in order with the Dial, Number, Sip and Conference attributes and Twilio defaults', () => {
+    const verbs = parseTwimlVerbs(
+      `<?xml version="1.0"?><Response><Say voice="alice">Hi &amp; bye</Say><Dial action="/a" timeout="12" callerId="+15550001111" answerOnBridge="true"><Number statusCallback="https://x/s" statusCallbackEvent="initiated answered">+15551230000</Number><Sip>sip:a@b</Sip></Dial><Dial>sip:desk@pbx</Dial><Dial><Conference waitUrl="" endConferenceOnExit="true">room</Conference></Dial><Gather/><Hangup/></Response>`,
+    );
+    expect(verbs.map((v) => v.verb)).toEqual(['say', 'dial', 'dial', 'dial', 'other', 'hangup']);
+    expect(verbs[0]).toMatchObject({ text: 'Hi & bye', voice: 'alice' });
+    expect(verbs[1]).toMatchObject({
+      action: '/a',
+      method: 'POST',
+      timeoutS: 12,
+      callerId: '+15550001111',
+      answerOnBridge: true,
+      nouns: [
+        { kind: 'number', value: '+15551230000', statusCallback: 'https://x/s', statusCallbackEvents: ['initiated', 'answered'] },
+        { kind: 'sip', value: 'sip:a@b', statusCallbackEvents: [] },
+      ],
+    });
+    expect(verbs[2]).toMatchObject({ timeoutS: 30, answerOnBridge: false, nouns: [{ kind: 'sip', value: 'sip:desk@pbx' }] });
+    expect(verbs[3]).toMatchObject({ nouns: [{ kind: 'conference', name: 'room', waitUrl: '', startConferenceOnEnter: true, endConferenceOnExit: true, beep: 'true' }] });
   });
 });

@@ -339,7 +339,7 @@ export interface SimTiming {
   sayMaxMs: number;
   /** Timeout of every request to the application (Twilio: 15 s). */
   requestTimeoutMs: number;
-  /** `<Dial timeout>` and `<Pause length>` scale: ms of simulated time per second (default 1000; e.g. 10 makes a 30 s Dial timeout ring 300 ms). */
+  /** `<Dial timeout>`, `<Dial timeLimit>` and `<Pause length>` scale: ms of simulated time per second (default 1000; e.g. 10 makes a 30 s Dial timeout ring 300 ms). Ringing out is still capped by `noAnswerMaxMs`. */
   msPerDialSecond: number;
 }
 
@@ -978,7 +978,7 @@ export class CarrierSimulator {
         next = how.next;
         continue;
       }
-      return this.#end(c, how.status ?? (c.info.answeredAt !== undefined ? 'completed' : 'canceled'), how.end);
+      return this.#end(c, how.status ?? 'completed', how.end);
     }
   }
 
@@ -1216,7 +1216,8 @@ export class CarrierSimulator {
       rec.endedBy = 'carrier';
       return 'done';
     }
-    const timeoutMs = Math.max(0, v.timeoutS * this.#t.msPerDialSecond);
+    // Like REST calls, ringing out is capped by noAnswerMaxMs so local runs stay quick.
+    const timeoutMs = Math.max(0, Math.min(v.timeoutS * this.#t.msPerDialSecond, this.#t.noAnswerMaxMs));
     const from = v.callerId ?? c.params.from;
     const runs: LegRun[] = eps.map((noun) => {
       const o = this.#outcomeOf(noun.value, { parentCallSid: c.info.sid, kind: noun.kind, ...(v.callerId !== undefined ? { callerId: v.callerId } : {}) });
@@ -1829,6 +1830,8 @@ export interface LocalDialerOptions {
   timing?: Partial<SimTiming>;
   /** Ended calls remembered (default 10 000). */
   keepEnded?: number;
+  /** What each party dialed by `<Dial>` (a transfer) does; default: answers. */
+  dialOutcome?: DialOutcomeFn;
 }
 
 /**
@@ -1857,6 +1860,7 @@ export class LocalDialer implements Dialer {
       ...(opts.accountSid !== undefined ? { accountSid: opts.accountSid } : {}),
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.keepEnded !== undefined ? { keepEnded: opts.keepEnded } : {}),
+      ...(opts.dialOutcome !== undefined ? { dialOutcome: opts.dialOutcome } : {}),
     });
     this.#outcomeFor = opts.outcomeFor;
     const weights = OUTCOMES.map((o) => [Math.max(0, opts.outcomes?.[o] ?? 0), o] as const).filter(([w]) => w > 0);
