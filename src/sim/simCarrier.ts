@@ -9,6 +9,15 @@
  *   streaming callee audio in 20 ms frames, async or sync answering-machine
  *   detection, REST-like hang-ups and TwiML updates. Shared by the local
  *   dialer and the fake Twilio REST server of the tests.
+ *   Also: incoming calls (`startInbound`: signed voice-URL POST, then the
+ *   TwiML), TwiML run verb by verb (`<Say>`, `<Play>`, `<Pause>`, `<Redirect>`,
+ *   `<Reject>`, `<Hangup>`, `<Connect action><Stream>`), `<Dial>` to numbers,
+ *   SIP and clients (child calls with `<Number statusCallback>` callbacks, the
+ *   outcome from `dialOutcome`, the `action` request with DialCallStatus,
+ *   DialCallSid, DialCallDuration, DialBridged and the TwiML it returns), and
+ *   `<Dial><Conference>` rooms (start/end rules, wait URL, conference
+ *   callbacks). Every dial is recorded on the call (`info.dials`), every
+ *   stream too (`info.streams`). A REST update during a stream sends `stop`.
  * - {@link LocalDialer}: the `Dialer` port of local mode (no Twilio
  *   credentials): picks an outcome per call (weights, seed, or a function) and
  *   runs it on the engine.
