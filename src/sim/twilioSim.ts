@@ -263,6 +263,260 @@ export function parseTwiml(xml: string): ParsedTwiml {
 }
 
 // ---------------------------------------------------------------------------
+// TwiML as a sequence of verbs (what the carrier simulator executes)
+// ---------------------------------------------------------------------------
+
+/** A `<Number>`, `<Sip>` or `<Client>` noun of `<Dial>`, or the bare text of `<Dial>` (kind `number`, or `sip` for a `sip:` URI). */
+export interface DialEndpointNoun {
+  kind: 'number' | 'sip' | 'client';
+  /** The number, SIP URI or client name, trimmed. */
+  value: string;
+  statusCallback?: string;
+  /** `statusCallbackEvent` split on spaces/commas (Twilio's default when a callback is set: `completed`). */
+  statusCallbackEvents: string[];
+  statusCallbackMethod?: string;
+  /** `url`: TwiML the called party hears before the bridge (recorded, not fetched). */
+  url?: string;
+}
+
+/** A `<Conference>` noun of `<Dial>`. Booleans hold Twilio's defaults when the attribute is absent. */
+export interface DialConferenceNoun {
+  kind: 'conference';
+  /** The room's friendly name (the noun's text). */
+  name: string;
+  /** Default true. */
+  startConferenceOnEnter: boolean;
+  /** Default false. */
+  endConferenceOnExit: boolean;
+  /** `true` | `false` | `onEnter` | `onExit`; default `true`. */
+  beep: string;
+  /** Absent: Twilio's default hold music; `''`: silence. */
+  waitUrl?: string;
+  waitMethod?: string;
+  muted: boolean;
+  statusCallback?: string;
+  /** `statusCallbackEvent` split on spaces/commas (start end join leave mute hold modify speaker announcement). */
+  statusCallbackEvents: string[];
+  statusCallbackMethod?: string;
+  maxParticipants?: number;
+}
+
+export type DialNoun = DialEndpointNoun | DialConferenceNoun;
+
+export interface DialVerb {
+  verb: 'dial';
+  action?: string;
+  /** Method of `action` (default POST). */
+  method: string;
+  /** Seconds to ring (Twilio default 30). */
+  timeoutS: number;
+  callerId?: string;
+  answerOnBridge: boolean;
+  /** Seconds (Twilio default 14 400). */
+  timeLimitS?: number;
+  hangupOnStar: boolean;
+  record?: string;
+  /** Nouns in order; a bare `<Dial>number</Dial>` gives one `number` (or `sip`) noun. */
+  nouns: DialNoun[];
+}
+
+export interface ConnectStreamVerb {
+  verb: 'connect';
+  /** `<Connect action>`: requested when the stream ends; its TwiML runs next. */
+  action?: string;
+  method: string;
+  /** `<Stream url>`; absent for `<Connect>` without a stream (e.g. `<ConversationRelay>`, not simulated). */
+  streamUrl?: string;
+  streamName?: string;
+  streamStatusCallback?: string;
+  parameters: Record<string, string>;
+}
+
+export type TwimlVerb =
+  | { verb: 'say'; text: string; voice?: string; language?: string; loop: number }
+  | { verb: 'play'; url: string; loop: number; digits?: string }
+  | { verb: 'pause'; lengthS: number }
+  | { verb: 'hangup' }
+  | { verb: 'reject'; reason: 'busy' | 'rejected' }
+  | { verb: 'redirect'; url: string; method: string }
+  | ConnectStreamVerb
+  | DialVerb
+  /** A verb the simulator does not execute (`<Gather>`, `<Record>`, `<Start>`, …): skipped, recorded. */
+  | { verb: 'other'; name: string };
+
+const splitEvents = (s: string | undefined): string[] => (s === undefined ? [] : s.split(/[\s,]+/).filter((e) => e !== ''));
+const boolAttr = (s: string | undefined, dflt: boolean): boolean => (s === undefined ? dflt : s.trim().toLowerCase() === 'true');
+const numAttr = (s: string | undefined): number | undefined => {
+  if (s === undefined || s.trim() === '') return undefined;
+  const n = Number(s);
+  return Number.isFinite(n) ? n : undefined;
+};
+
+/**
+ * Reads a TwiML document as the list of its top-level verbs, in order, with the
+ * attributes the simulator acts on (`<Say>`, `<Play>`, `<Pause>`, `<Hangup>`,
+ * `<Reject>`, `<Redirect>`, `<Connect><Stream>`, `<Dial>` with `<Number>`,
+ * `<Sip>`, `<Client>`, `<Conference>` or a bare number). Never throws; unknown
+ * verbs come back as `other`. Attribute names are matched case-sensitively
+ * and tag names case-insensitively (the tokenizer lower-cases them).
+ */
+export function parseTwimlVerbs(xml: string): TwimlVerb[] {
+  const out: TwimlVerb[] = [];
+  const stack: string[] = [];
+  let text: string | undefined;
+  let current: TwimlVerb | undefined;
+  let noun: { kind: DialNoun['kind']; attrs: Record<string, string>; text: string } | undefined;
+  let dialText = '';
+  let inResponse = false;
+
+  const finishNoun = (): void => {
+    if (noun === undefined || current?.verb !== 'dial') return;
+    const value = noun.text.trim();
+    const a = noun.attrs;
+    if (noun.kind === 'conference') {
+      const waitUrl = a.waiturl;
+      current.nouns.push({
+        kind: 'conference',
+        name: value,
+        startConferenceOnEnter: boolAttr(a.startconferenceonenter, true),
+        endConferenceOnExit: boolAttr(a.endconferenceonexit, false),
+        beep: a.beep ?? 'true',
+        ...(waitUrl !== undefined ? { waitUrl: waitUrl.trim() } : {}),
+        ...(a.waitmethod !== undefined ? { waitMethod: a.waitmethod } : {}),
+        muted: boolAttr(a.muted, false),
+        ...(a.statuscallback !== undefined ? { statusCallback: a.statuscallback } : {}),
+        statusCallbackEvents: splitEvents(a.statuscallbackevent),
+        ...(a.statuscallbackmethod !== undefined ? { statusCallbackMethod: a.statuscallbackmethod } : {}),
+        ...(numAttr(a.maxparticipants) !== undefined ? { maxParticipants: numAttr(a.maxparticipants) } : {}),
+      });
+    } else if (value !== '') {
+      current.nouns.push({
+        kind: noun.kind,
+        value,
+        ...(a.statuscallback !== undefined ? { statusCallback: a.statuscallback } : {}),
+        statusCallbackEvents: splitEvents(a.statuscallbackevent),
+        ...(a.statuscallbackmethod !== undefined ? { statusCallbackMethod: a.statuscallbackmethod } : {}),
+        ...(a.url !== undefined ? { url: a.url } : {}),
+      });
+    }
+    noun = undefined;
+  };
+
+  for (const tok of tokenizeXml(xml)) {
+    if (tok.kind === 'text') {
+      if (noun !== undefined) noun.text += tok.text;
+      else if (text !== undefined) text += tok.text;
+      else if (current?.verb === 'dial') dialText += tok.text;
+      continue;
+    }
+    const depth = stack.length;
+    if (tok.kind === 'open') {
+      const { name, attrs } = tok;
+      if (name === 'response' && depth === 0) {
+        inResponse = true;
+      } else if (inResponse && depth === 1) {
+        // A top-level verb.
+        switch (name) {
+          case 'say':
+            current = { verb: 'say', text: '', loop: Math.max(0, numAttr(attrs.loop) ?? 1), ...(attrs.voice !== undefined ? { voice: attrs.voice } : {}), ...(attrs.language !== undefined ? { language: attrs.language } : {}) };
+            text = '';
+            break;
+          case 'play':
+            current = { verb: 'play', url: '', loop: Math.max(0, numAttr(attrs.loop) ?? 1), ...(attrs.digits !== undefined ? { digits: attrs.digits } : {}) };
+            text = '';
+            break;
+          case 'pause':
+            current = { verb: 'pause', lengthS: Math.max(0, numAttr(attrs.length) ?? 1) };
+            break;
+          case 'hangup':
+            current = { verb: 'hangup' };
+            break;
+          case 'reject':
+            current = { verb: 'reject', reason: attrs.reason === 'busy' ? 'busy' : 'rejected' };
+            break;
+          case 'redirect':
+            current = { verb: 'redirect', url: '', method: attrs.method ?? 'POST' };
+            text = '';
+            break;
+          case 'connect':
+            current = { verb: 'connect', method: attrs.method ?? 'POST', parameters: {}, ...(attrs.action !== undefined ? { action: attrs.action } : {}) };
+            break;
+          case 'dial': {
+            const timeLimitS = numAttr(attrs.timelimit);
+            current = {
+              verb: 'dial',
+              method: attrs.method ?? 'POST',
+              timeoutS: Math.max(0, numAttr(attrs.timeout) ?? 30),
+              answerOnBridge: boolAttr(attrs.answeronbridge, false),
+              hangupOnStar: boolAttr(attrs.hanguponstar, false),
+              nouns: [],
+              ...(attrs.action !== undefined ? { action: attrs.action } : {}),
+              ...(attrs.callerid !== undefined ? { callerId: attrs.callerid } : {}),
+              ...(timeLimitS !== undefined ? { timeLimitS } : {}),
+              ...(attrs.record !== undefined ? { record: attrs.record } : {}),
+            };
+            dialText = '';
+            break;
+          }
+          default:
+            current = { verb: 'other', name };
+            break;
+        }
+        if (tok.selfClosing) {
+          if (current !== undefined) out.push(finishVerb(current, text, dialText));
+          current = undefined;
+          text = undefined;
+        }
+      } else if (current !== undefined && depth === 2) {
+        if (current.verb === 'connect' && name === 'stream' && current.streamUrl === undefined && attrs.url !== undefined) {
+          current.streamUrl = attrs.url.trim();
+          if (attrs.name !== undefined) current.streamName = attrs.name;
+          if (attrs.statuscallback !== undefined) current.streamStatusCallback = attrs.statuscallback;
+        } else if (current.verb === 'dial' && (name === 'number' || name === 'sip' || name === 'client' || name === 'conference')) {
+          noun = { kind: name, attrs, text: '' };
+          if (tok.selfClosing) finishNoun();
+        }
+      } else if (current?.verb === 'connect' && depth === 3 && name === 'parameter' && stack[2] === 'stream' && attrs.name !== undefined) {
+        current.parameters[attrs.name] = attrs.value ?? '';
+      }
+      if (!tok.selfClosing) stack.push(name);
+      continue;
+    }
+    // close tag
+    const idx = stack.lastIndexOf(tok.name);
+    if (idx < 0) continue;
+    stack.length = idx;
+    if (idx === 2 && noun !== undefined) finishNoun();
+    if (idx === 1 && current !== undefined) {
+      if (noun !== undefined) finishNoun();
+      out.push(finishVerb(current, text, dialText));
+      current = undefined;
+      text = undefined;
+    }
+    if (idx === 0) inResponse = false;
+  }
+  return out;
+}
+
+function finishVerb(v: TwimlVerb, text: string | undefined, dialText: string): TwimlVerb {
+  switch (v.verb) {
+    case 'say':
+      return { ...v, text: (text ?? '').trim() };
+    case 'play':
+      return { ...v, url: (text ?? '').trim() };
+    case 'redirect':
+      return { ...v, url: (text ?? '').trim() };
+    case 'dial': {
+      const bare = dialText.trim();
+      if (v.nouns.length === 0 && bare !== '') return { ...v, nouns: [{ kind: /^sips?:/i.test(bare) ? 'sip' : 'number', value: bare, statusCallbackEvents: [] }] };
+      return v;
+    }
+    default:
+      return v;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Voice webhook and status callback
 // ---------------------------------------------------------------------------
 

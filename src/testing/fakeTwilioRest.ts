@@ -9,7 +9,10 @@
  * - `POST /2010-04-01/Accounts/{AC}/Calls.json` → 201 call JSON (snake_case, RFC 2822 dates);
  * - `GET  …/Calls.json?To=&From=&Status=&PageSize=&Page=` → Twilio page shape (newest first);
  * - `GET  …/Calls/{CA}.json` → call JSON, 404/20404 if unknown;
- * - `POST …/Calls/{CA}.json` with `Status=completed|canceled`, `Twiml=…` or `Url=…`.
+ * - `POST …/Calls/{CA}.json` with `Status=completed|canceled`, `Twiml=…` or `Url=…`
+ *   (inbound calls from `startInbound` too);
+ * - `POST …/Conferences/{CF… or friendly name}/Participants.json` → 201 participant JSON: dials
+ *   `To` into the conference (created by friendly name when there is none, as Twilio does).
  *
  * HTTP basic auth with the account SID and auth token (401/20003 otherwise).
  * Errors use Twilio's JSON shape (`code`, `message`, `more_info`, `status`), so the
@@ -24,7 +27,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
-import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type Outcome, type SimCallInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../sim/simCarrier.js';
+import twilio from 'twilio';
+import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type DialOutcome, type DialOutcomeFn, type InboundCallParams, type Outcome, type SimCallInfo, type SimConferenceInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../sim/simCarrier.js';
 import type { AmdMode } from '../outbound/dialer.js';
 import { Rng } from '../util/prng.js';
 import { newAccountSid } from '../sim/twilioSim.js';
@@ -46,8 +50,13 @@ export interface FakeTwilioRestOptions {
   accountSid?: string;
   /** Default: random. Also signs every request to the bridge. */
   authToken?: string;
-  /** Outcome of each created call (`attempt` counts creates to `to`, 1 first). Default: the weights, else `answered`. */
+  /** Outcome of each created call (`attempt` counts creates to `to`, 1 first). Default: `dialOutcome`, else the weights, else `answered`. */
   outcomeFor?: (to: string, attempt: number) => Outcome;
+  /**
+   * What each party does, for `<Dial>` legs and (without `outcomeFor`) for created calls and
+   * participants too: answered / busy / no-answer / failed, with its own talk and ring time.
+   */
+  dialOutcome?: DialOutcomeFn;
   outcomes?: Partial<Record<Outcome, number>>;
   seed?: number;
   /** How long an answered callee stays, ms (default 2000). */
@@ -98,6 +107,7 @@ export interface RequestRecord {
 const API_PREFIX = '/2010-04-01/Accounts/';
 const LIST_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\.json$/;
 const CALL_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\/([^/]+)\.json$/;
+const PARTICIPANTS_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Conferences\/([^/]+)\/Participants\.json$/;
 const MAX_BODY = 1024 * 1024;
 const STATUS_EVENTS = new Set<StatusCallbackEvent>(['initiated', 'ringing', 'answered', 'completed']);
 
@@ -187,6 +197,7 @@ export class FakeTwilioRest {
       ...(opts.publicUrl !== undefined ? { publicUrl: opts.publicUrl } : {}),
       ...(opts.timing !== undefined ? { timing: opts.timing } : {}),
       ...(opts.log !== undefined ? { log: opts.log } : {}),
+      ...(opts.dialOutcome !== undefined ? { dialOutcome: opts.dialOutcome } : {}),
     });
     server.on('request', (req, res) => this.#onRequest(req, res));
   }
@@ -208,6 +219,19 @@ export class FakeTwilioRest {
   /** Points the simulated carrier at a bridge that came back on another address. */
   setBridgeUrl(url: string): void {
     this.simulator.bridgeUrl = url.replace(/\/+$/, '');
+  }
+
+  /**
+   * An incoming call to the bridge (see `CarrierSimulator.startInbound`); `voiceUrl` defaults to
+   * `{publicUrl}/twilio/voice`. Returns the CallSid; REST updates and hang-ups work on it.
+   */
+  startInbound(p: Omit<InboundCallParams, 'voiceUrl'> & { voiceUrl?: string }): string {
+    return this.simulator.startInbound({ ...p, voiceUrl: p.voiceUrl ?? `${this.simulator.publicUrl}/twilio/voice` });
+  }
+
+  /** A conference by friendly name or `CF…` SID. */
+  conference(nameOrSid: string): SimConferenceInfo | undefined {
+    return this.simulator.conference(nameOrSid, this.accountSid);
   }
 
   /** Every call created, oldest first. */
@@ -305,11 +329,14 @@ export class FakeTwilioRest {
     if (!url.pathname.startsWith(API_PREFIX)) throw new HttpError(404, 20404);
     const list = LIST_RE.exec(url.pathname);
     const one = CALL_RE.exec(url.pathname);
-    const account = list?.[1] ?? one?.[1];
+    const participants = PARTICIPANTS_RE.exec(url.pathname);
+    const account = list?.[1] ?? one?.[1] ?? participants?.[1];
     if (account === undefined || account !== this.accountSid) throw new HttpError(404, 20404, `The requested resource ${url.pathname} was not found`);
     if (list !== null) {
       if (method === 'POST') return this.#create(parseForm(rawBody));
       if (method === 'GET') return { status: 200, body: this.#list(url) };
+    } else if (participants !== null) {
+      if (method === 'POST') return this.#createParticipant(decodeURIComponent(participants[2] ?? ''), parseForm(rawBody), url.pathname);
     } else if (one !== null) {
       const sid = decodeURIComponent(one[2] ?? '');
       if (method === 'GET') return { status: 200, body: this.#json(this.#known(sid, url.pathname)) };
@@ -356,9 +383,7 @@ export class FakeTwilioRest {
       const twiml = first(form.Twiml);
       if (url === undefined && twiml === undefined) throw new HttpError(400, 21205);
 
-      const attempt = (this.#attempts.get(to) ?? 0) + 1;
-      this.#attempts.set(to, attempt);
-      const outcome = this.#opts.outcomeFor?.(to, attempt) ?? (this.#weights.length > 0 ? this.#rng.weighted(this.#weights) : 'answered');
+      const { outcome, talkMs: partyTalkMs, ringMs } = this.#outcome(to);
       const statusCallback = first(form.StatusCallback);
       const requested = all(form.StatusCallbackEvent)
         .flatMap((v) => v.split(/[\s,]+/))
@@ -368,7 +393,7 @@ export class FakeTwilioRest {
       const md = first(form.MachineDetection);
       const machineDetection: AmdMode | undefined = md === 'Enable' || md === 'DetectMessageEnd' ? md : undefined;
       const amdCallback = first(form.AsyncAmdStatusCallback);
-      const talkMs = this.#opts.talkMsFor?.(to);
+      const talkMs = this.#opts.talkMsFor?.(to) ?? partyTalkMs;
       const info = this.simulator.start(
         {
           to,
@@ -380,6 +405,7 @@ export class FakeTwilioRest {
           ...(machineDetection !== undefined ? { machineDetection, asyncAmd: first(form.AsyncAmd) === 'true' } : {}),
           ...(amdCallback !== undefined ? { amdCallback } : {}),
           ...(talkMs !== undefined ? { talkMs } : {}),
+          ...(ringMs !== undefined ? { ringMs } : {}),
         },
         outcome,
       );
@@ -393,6 +419,80 @@ export class FakeTwilioRest {
       }
       throw err;
     }
+  }
+
+  /** Outcome of a created call: `outcomeFor`, else `dialOutcome`, else the weights, else answered. */
+  #outcome(to: string): { outcome: Outcome; talkMs?: number; ringMs?: number } {
+    const attempt = (this.#attempts.get(to) ?? 0) + 1;
+    this.#attempts.set(to, attempt);
+    const chosen = this.#opts.outcomeFor?.(to, attempt);
+    if (chosen !== undefined) return { outcome: chosen };
+    const d = this.#opts.dialOutcome?.(to, { kind: 'call' });
+    if (d !== undefined) {
+      const o: DialOutcome = typeof d === 'string' ? { status: d } : d;
+      return { outcome: o.status, ...(o.talkMs !== undefined ? { talkMs: o.talkMs } : {}), ...(o.ringMs !== undefined ? { ringMs: o.ringMs } : {}) };
+    }
+    return { outcome: this.#weights.length > 0 ? this.#rng.weighted(this.#weights) : 'answered' };
+  }
+
+  /**
+   * `Participants.json` create: a call to `To` whose TwiML joins the conference, with the
+   * participant's conference settings. The path takes the conference SID or its friendly name.
+   */
+  #createParticipant(ref: string, form: Record<string, string | string[]>, path: string): { status: number; body: unknown } {
+    let name = ref;
+    if (/^CF[0-9a-f]{32}$/i.test(ref)) {
+      const known = this.simulator.conference(ref, this.accountSid);
+      if (known === undefined || known.status === 'completed') throw new HttpError(404, 20404, `The requested resource ${path} was not found`);
+      name = known.name;
+    }
+    const to = first(form.To) ?? '';
+    const from = first(form.From) ?? '';
+    if (to === '') throw new HttpError(400, 21201);
+    if (from === '') throw new HttpError(400, 21603);
+    const bool = (v: string | string[] | undefined): boolean | undefined => (first(v) === undefined ? undefined : first(v) === 'true');
+    const events = (v: string | string[] | undefined): string[] => all(v).flatMap((e) => e.split(/[\s,]+/)).filter((e) => e !== '');
+    const confEvents = events(form.ConferenceStatusCallbackEvent);
+    const start = bool(form.StartConferenceOnEnter);
+    const end = bool(form.EndConferenceOnExit);
+    const beep = first(form.Beep);
+    const waitUrl = first(form.WaitUrl);
+    const confCallback = first(form.ConferenceStatusCallback);
+    const vr = new twilio.twiml.VoiceResponse();
+    vr.dial().conference(
+      {
+        ...(start !== undefined ? { startConferenceOnEnter: start } : {}),
+        ...(end !== undefined ? { endConferenceOnExit: end } : {}),
+        ...(beep !== undefined ? { beep: beep === 'true' ? 'true' : beep === 'false' ? 'false' : beep === 'onEnter' ? 'onEnter' : 'onExit' } : {}),
+        ...(waitUrl !== undefined ? { waitUrl } : {}),
+        ...(confCallback !== undefined ? { statusCallback: confCallback } : {}),
+        ...(confEvents.length > 0 ? { statusCallbackEvent: confEvents.filter((e): e is 'start' | 'end' | 'join' | 'leave' => ['start', 'end', 'join', 'leave'].includes(e)) } : {}),
+      },
+      name,
+    );
+    const conf = this.simulator.ensureConference(name, this.accountSid);
+    const created = this.#create({ ...form, Twiml: vr.toString(), Url: [] });
+    const sid = typeof created.body === 'object' && created.body !== null && 'sid' in created.body ? String(created.body.sid) : '';
+    const now = rfc2822(Date.now());
+    return {
+      status: 201,
+      body: {
+        account_sid: this.accountSid,
+        call_sid: sid,
+        coaching: false,
+        call_sid_to_coach: null,
+        conference_sid: conf.sid,
+        date_created: now,
+        date_updated: now,
+        end_conference_on_exit: end ?? false,
+        hold: false,
+        label: first(form.Label) ?? null,
+        muted: bool(form.Muted) ?? false,
+        start_conference_on_enter: start ?? true,
+        status: 'queued',
+        uri: `${API_PREFIX}${this.accountSid}/Conferences/${conf.sid}/Participants/${sid}.json`,
+      },
+    };
   }
 
   #update(sid: string, form: Record<string, string | string[]>, path: string): unknown {
@@ -465,7 +565,7 @@ export class FakeTwilioRest {
       caller_name: null,
       date_created: rfc2822(c.createdAt),
       date_updated: rfc2822(updated),
-      direction: 'outbound-api',
+      direction: c.direction,
       duration: ended ? String(c.durationS ?? 0) : null,
       end_time: c.endedAt !== undefined ? rfc2822(c.endedAt) : null,
       forwarded_from: null,
