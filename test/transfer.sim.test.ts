@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { TwilioRestCallControl } from '../src/carrier/twilio/callControl.js';
 import type { DialOutcome, DialPartyStatus, SimTiming } from '../src/sim/simCarrier.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
+import { TwilioDialer } from '../src/outbound/twilioDialer.js';
 import { AUTH_TOKEN, eventually, PUBLIC_URL, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 const FAST: Partial<SimTiming> = { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 60, msPerDialSecond: 10 };
@@ -52,9 +53,9 @@ async function start(frontdesk: DialOutcome | DialPartyStatus): Promise<{ t: Tes
   const callControl = new TwilioRestCallControl({ accountSid: r.accountSid, authToken: AUTH_TOKEN, say: {}, log: pino({ level: 'silent' }), apiUrl: r.url });
   control = callControl;
   const t = await startTestBridge({
-    env: { ROUTES_FILE: routes, TWILIO_ACCOUNT_SID: r.accountSid, TWILIO_API_URL: r.url, API_TOKEN },
+    env: { ROUTES_FILE: routes, TWILIO_ACCOUNT_SID: r.accountSid, TWILIO_API_URL: r.url, API_TOKEN, OPENAI_API_KEY: 'sk-test-unused' },
     agent: { autoInit: true },
-    overrides: { callControl },
+    overrides: { callControl, dialer: new TwilioDialer({ accountSid: r.accountSid, authToken: AUTH_TOKEN, apiUrl: r.url }) },
   });
   tb = t;
   r.setBridgeUrl(t.url);
@@ -155,4 +156,35 @@ describe('transfers through the simulated carrier', () => {
     await hangup(sid);
     await eventually(() => t.bridge.manager.usedSlots === 0, 5000, 'the slot released once');
   });
+
+  it("a campaign's call goes to the campaign's own target (a warm lead handed to sales), and its tools are offered", async () => {
+    const { t, r } = await start({ status: 'answered', talkMs: 200 });
+    const SALES = '+14155550177';
+    const res = await fetch(`${t.url}/v1/campaigns`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${API_TOKEN}` },
+      body: JSON.stringify({
+        name: 'leads',
+        start: true,
+        settings: {
+          from: CALLED,
+          transferTargets: { sales: { to: SALES, description: 'a sales person' } },
+          tools: [{ name: 'book_demo', description: 'Book a demo', url: 'https://crm.example.com/book' }],
+        },
+        contacts: [{ phone: '+14155550142' }],
+      }),
+    });
+    expect(res.status, await res.clone().text()).toBe(201);
+    await eventually(() => t.bridge.manager.liveCalls === 1, 5000, 'the lead on the line with the agent');
+    await t.agent.nextConnection();
+    const callSid = [...t.bridge.manager.sessions()][0]?.callSid ?? '';
+    await eventually(() => (storedCall(t, callSid)?.conversationId ?? null) !== null, 5000, 'the agent ready');
+    expect(await transfer(t, callSid, { target: 'sales' })).toBe(202);
+    await eventually(() => (r.call(callSid)?.dials.length ?? 0) === 1, 5000, 'the dial to sales');
+    expect(r.call(callSid)?.dials[0]).toMatchObject({ to: SALES });
+    // The agent of a campaign call would be offered the campaign's transfer target and tool.
+    const offered = t.bridge.agents.request({ agentId: 'openai:gpt-realtime', transferTargets: { sales: { to: SALES, timeoutS: 30 } }, tools: [{ name: 'book_demo', description: 'Book a demo', url: 'https://crm.example.com/book', timeoutMs: 5000, parameters: { type: 'object', properties: {} } }] }, { callSid, from: CALLED, to: '+14155550142', direction: 'outbound-api' });
+    expect(offered.tools.map((x) => x.name)).toEqual(['end_call', 'transfer_call', 'book_demo']);
+  });
 });
+

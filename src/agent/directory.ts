@@ -54,6 +54,8 @@ export interface CallAgentRoute {
   transferTargets?: TransferTargets | undefined;
   /** The call cannot be transferred (a browser call, no carrier that redirects): no transfer_call tool. */
   noTransfer?: boolean | undefined;
+  /** The campaign's operator tools (over the agent's of the same name). */
+  tools?: HttpToolDef[] | undefined;
 }
 
 export interface AgentDirectoryOptions {
@@ -141,7 +143,9 @@ export class AgentDirectory {
     const instructions = [def.instructions, route.prompt].filter((s): s is string => s !== undefined && s !== '').join('\n\n');
     const greeting = route.customGreeting ?? def.greeting;
     const transfer = route.noTransfer === true ? undefined : transferTool(this.transferTargets(route));
-    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(transfer !== undefined ? [transfer] : []), ...(def.tools ?? []).map(offeredTool)] : [];
+    const operatorTools = new Map<string, HttpToolDef>();
+    for (const t of [...(def.tools ?? []), ...(route.tools ?? [])]) operatorTools.set(t.name, t);
+    const tools = provider?.supportsTools === true ? [END_CALL_TOOL, ...(transfer !== undefined ? [transfer] : []), ...[...operatorTools.values()].map(offeredTool)] : [];
     const request: AgentRequest = { id: ref?.id ?? route.agentId, tools, call };
     if (instructions !== '') request.instructions = instructions;
     if (greeting !== undefined) request.greeting = greeting;

@@ -113,6 +113,7 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
         journal: deps.journal,
         ...(deps.tools !== undefined ? { tools: deps.tools } : {}),
         ...(deps.transfers !== undefined ? { transfers: deps.transfers } : {}),
+        releaseSlot: (slot) => manager.releaseSlot(slot),
         onAgentCapacityExceeded: (s, provider) => {
           const limit = manager.noteAgentCapacityExceeded(provider);
           logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');

@@ -5,6 +5,8 @@
  * `SequenceNumber` order, and a terminal one finalizes the call once (which
  * ends a session still open for it); nothing else reacts to it.
  */
+import { z } from 'zod';
+import { httpToolSchema, type HttpToolDef } from '../tools/http.js';
 import { transferTargetsSchema, type TransferTargets } from '../transfer/targets.js';
 import { storeErrorHint } from '../calls/recorder.js';
 import { isMachine } from '../calls/view.js';
@@ -86,22 +88,27 @@ export class CarrierCallbacks {
     const route: CallRoute = { agentId: row.agentId };
     if (row.prompt !== null) route.prompt = row.prompt;
     if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
-    const targets = this.#campaignTargets(row.campaignId);
-    if (targets !== undefined) route.transferTargets = targets;
+    const fromCampaign = this.#campaignCallSettings(row.campaignId);
+    if (fromCampaign.transferTargets !== undefined) route.transferTargets = fromCampaign.transferTargets;
+    if (fromCampaign.tools !== undefined) route.tools = fromCampaign.tools;
     return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
   }
 
-  /** A campaign's transfer targets (stored settings, validated again: they crossed a database). */
-  #campaignTargets(campaignId: string | null): TransferTargets | undefined {
-    if (campaignId === null) return undefined;
+  /** A campaign's transfer targets and tools (stored settings, validated again: they crossed a database). */
+  #campaignCallSettings(campaignId: string | null): { transferTargets?: TransferTargets; tools?: HttpToolDef[] } {
+    if (campaignId === null) return {};
     try {
       const settings = this.#c.campaigns.get<unknown>(campaignId)?.settings;
-      if (typeof settings !== 'object' || settings === null || !('transferTargets' in settings)) return undefined;
-      const parsed = transferTargetsSchema.safeParse(settings.transferTargets);
-      return parsed.success ? parsed.data : undefined;
+      if (typeof settings !== 'object' || settings === null) return {};
+      const out: { transferTargets?: TransferTargets; tools?: HttpToolDef[] } = {};
+      const targets = 'transferTargets' in settings ? transferTargetsSchema.safeParse(settings.transferTargets) : undefined;
+      if (targets?.success === true) out.transferTargets = targets.data;
+      const tools = 'tools' in settings ? z.array(httpToolSchema).safeParse(settings.tools) : undefined;
+      if (tools?.success === true) out.tools = tools.data;
+      return out;
     } catch (err) {
       this.#c.onStoreError('campaign_settings', err);
-      return undefined;
+      return {};
     }
   }
 

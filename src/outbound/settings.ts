@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { transferTargetsSchema } from '../transfer/targets.js';
+import { httpToolSchema } from '../tools/http.js';
 import { AGENT_REF_PATTERN, AGENT_REF_TEXT, parseAgentRef } from '../agent/port.js';
 import { normalizePhone } from './phone.js';
 import { templateVariables } from './template.js';
@@ -93,6 +94,8 @@ export const campaignSettingsSchema = z
     metadata: metadataSchema.optional(),
     /** People a campaign call may be handed to (a warm lead to sales), by name; the agent gets a transfer_call tool. */
     transferTargets: transferTargetsSchema.optional(),
+    /** Operator HTTP tools the campaign's agent may call (as in AGENTS_FILE). */
+    tools: z.array(httpToolSchema).max(64).optional(),
   })
   .strict();
 export type CampaignSettings = z.infer<typeof campaignSettingsSchema>;

@@ -28,7 +28,7 @@ import type { CallJournal, EndReason, SpokenKind } from '../calls/journal.js';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { CarrierBadFrameKind, CarrierHandlers, CarrierLeg } from '../carrier/twilio/stream.js';
 import type { Metrics } from '../metrics.js';
-import type { ManagedSession, Reservation, SessionSnapshot, Slot } from './manager.js';
+import type { CallRoute, ManagedSession, Reservation, SessionSnapshot, Slot } from './manager.js';
 import { PlaybackTracker } from './playback.js';
 import { nextRetry, outageAfterLoss, type Outage, type ReconnectPolicy } from './reconnect.js';
 import { agentOf, type SessionPhase, type SessionState } from './state.js';
@@ -81,6 +81,8 @@ export interface CallSessionDeps {
   tools?: ToolRunner;
   /** Hands calls to people (transfers); without it the call cannot be transferred (no transfer_call tool). */
   transfers?: TransferPort;
+  /** Gives a slot back (a transfer that failed after the session had closed). */
+  releaseSlot?(slot: Slot): void;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
@@ -247,6 +249,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #transferring = false;
   /** The call went to a transfer: its slot belongs to the transfer now, not to this session. */
   #slotHandedOff = false;
+  /** The carrier is being asked to take the call (the slot's owner is decided by its answer). */
+  #transferInFlight = false;
+  /** How the session ended while a transfer was in flight (counted if the transfer then fails). */
+  #closedDuringTransfer: EndReason | undefined;
 
   /** Keypad digits being gathered into one message for the agent. */
   readonly #dtmf: DtmfGatherer<DtmfAction>;
@@ -530,9 +536,12 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#endWith(reason, 'goodbye');
   }
 
-  /** True once the call went to a transfer: the transfer holds its slot, not this session. */
+  /**
+   * True once the call went to a transfer (the transfer holds its slot, not this session), and
+   * while the carrier is being asked: Twilio may end the stream before its REST answer arrives.
+   */
   get slotHandedOff(): boolean {
-    return this.#slotHandedOff;
+    return this.#slotHandedOff || this.#transferInFlight;
   }
 
   /**
@@ -591,7 +600,33 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       return { ok: false, code: 'not_live', error: 'the call ended before the transfer could start' };
     }
     const route = { ...this.#d.reservation.route, agentId: this.#agentRef };
-    const r = await port.begin({
+    this.#transferInFlight = true;
+    let r: Awaited<ReturnType<TransferPort['begin']>>;
+    try {
+      r = await this.#askCarrier(port, id, req, target, route);
+    } finally {
+      this.#transferInFlight = false;
+    }
+    if (!r.ok) {
+      this.#transferring = false;
+      const ended = this.#closedDuringTransfer;
+      if (ended !== undefined) {
+        // The call ended while the carrier was asked, and the transfer did not happen: the slot and the count are this session's after all.
+        this.#d.releaseSlot?.(this.slot);
+        this.#metrics.callsTotal.labels(ended).inc();
+      }
+      return { ok: false, code: 'carrier_refused', error: r.error };
+    }
+    if (this.#st.kind === 'closed') {
+      // The stream ended while the carrier was asked (Twilio stops it as it runs the new TwiML): the transfer holds the slot.
+      this.#slotHandedOff = true;
+      return { ok: true, transferId: r.id };
+    }
+    return this.#handOff(r.id);
+  }
+
+  #askCarrier(port: TransferPort, id: string, req: TransferRequest, target: TransferTargetInfo, route: CallRoute): ReturnType<TransferPort['begin']> {
+    return port.begin({
       id,
       callSid: this.callSid,
       call: this.#d.reservation.call,
@@ -604,15 +639,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       summary: req.summary ?? this.#transferSummary(),
       resume: { agentId: this.#agentRef, history: [...this.#history], ...(this.#conversationId !== undefined && this.#conversationAgent === this.#agentRef ? { conversationId: this.#conversationId } : {}) },
     });
-    if (!r.ok) {
-      this.#transferring = false;
-      return { ok: false, code: 'carrier_refused', error: r.error };
-    }
-    if (this.#st.kind === 'closed') {
-      // The caller hung up while the carrier was asked: the transfer's callbacks settle it.
-      return { ok: true, transferId: r.id };
-    }
-    // The carrier runs the transfer now and stops this stream: the agent session ends, the slot stays with the call.
+  }
+
+  /** The carrier runs the transfer now and stops this stream: the agent session ends, the slot stays with the call. */
+  #handOff(transferId: string): TransferStart {
     this.#slotHandedOff = true;
     this.#endReason ??= 'transferred';
     const now = this.#st;
@@ -623,7 +653,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#timers.clear('drain');
     agentOf(now)?.close(1000, 'call transferred');
     this.#timers.set('grace', this.#s.callControlGraceMs, this.#onGraceTimeout);
-    return { ok: true, transferId: r.id };
+    return { ok: true, transferId };
   }
 
   /** One sentence for the person in a warm transfer when the agent gave none: who calls, and their last words. */
@@ -672,7 +702,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const route = this.#d.reservation.route;
     const call = this.#d.reservation.call;
     const request = this.#d.agents.request(
-      { agentId: ref, prompt: route.prompt, customGreeting: route.customGreeting, transferTargets: route.transferTargets, noTransfer: this.#d.transfers === undefined },
+      { agentId: ref, prompt: route.prompt, customGreeting: route.customGreeting, transferTargets: route.transferTargets, noTransfer: this.#d.transfers === undefined, tools: route.tools },
       { callSid: call.callSid, from: call.from, to: call.to, direction: call.direction },
       this.#resumeFor(provider.resumesById),
     );
@@ -885,7 +915,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       });
       return;
     }
-    const def = this.#d.tools === undefined ? undefined : this.#d.agents.httpTool(this.#agentRef, tc.name);
+    const def = this.#d.tools === undefined ? undefined : (this.#d.reservation.route.tools?.find((t) => t.name === tc.name) ?? this.#d.agents.httpTool(this.#agentRef, tc.name));
     if (def !== undefined && this.#d.tools !== undefined) {
       this.#runTool(this.#d.tools, st.agent, tc, def);
       return;
@@ -1300,8 +1330,10 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       if (this.#carrier.isOpen) this.#carrier.close(1000, 'call ended');
       this.#metrics.framesLost += this.#pending.clear();
       const durationMs = Math.round(performance.now() - this.#startedAt);
-      // A call handed to a person is counted by its transfer (once), not by this session.
-      if (!this.#slotHandedOff) this.#metrics.callsTotal.labels(outcome).inc();
+      // A call handed to a person is counted by its transfer (once), not by this session; while the
+      // carrier is still being asked, the count waits for its answer.
+      if (this.#transferInFlight) this.#closedDuringTransfer = outcome;
+      else if (!this.#slotHandedOff) this.#metrics.callsTotal.labels(outcome).inc();
       this.#log.info(
         {
           outcome,

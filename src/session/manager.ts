@@ -27,6 +27,7 @@ import { formatAgentRef, parseAgentRef, type AgentProviderName } from '../agent/
 import type { EndReason } from '../calls/journal.js';
 import type { NumberRoute } from '../config.js';
 import type { DtmfAction, TransferTargets } from '../transfer/targets.js';
+import type { HttpToolDef } from '../tools/http.js';
 import type { ConversationTurn } from '../agent/port.js';
 import type { TransferRequest, TransferStart } from './callSession.js';
 
@@ -39,6 +40,8 @@ export interface CallRoute {
   transferTargets?: TransferTargets;
   /** Keypad hotkeys. */
   dtmf?: Record<string, DtmfAction>;
+  /** Operator HTTP tools of the call's campaign (over the agent's own of the same name). */
+  tools?: HttpToolDef[];
 }
 
 /** A unit of capacity held by one admitted call. */

@@ -13,28 +13,31 @@ export const DEFAULT_TRANSFER_TIMEOUT_S = 30;
 /** A SIP URI as `<Dial><Sip>` takes it. */
 const SIP_URI = /^sips?:[^\s<>"]{3,250}$/i;
 
-/** `+E.164` (any international notation in, E.164 out) or a `sip:` URI. */
-export const transferAddressSchema = z
-  .string()
-  .max(256)
-  .transform((v, ctx) => {
+/**
+ * `+E.164` (any international notation in, E.164 out) or a `sip:` URI. A codec, not a transform,
+ * so the same schema also encodes the value in API responses (campaign settings).
+ */
+export const transferAddressSchema = z.codec(z.string().max(256), z.string().describe('+E.164 number or sip: URI'), {
+  decode: (v, ctx) => {
     const s = v.trim();
     if (SIP_URI.test(s)) return s;
     const r = normalizePhone(s);
     if (r.ok) return r.e164;
-    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v.slice(0, 40))} is neither a phone number with its +country code (like +15551234567) nor a sip: URI (like sip:desk@pbx.example.com)` });
+    ctx.issues.push({ code: 'custom', input: v, message: `${JSON.stringify(v.slice(0, 40))} is neither a phone number with its +country code (like +15551234567) nor a sip: URI (like sip:desk@pbx.example.com)` });
     return z.NEVER;
-  });
+  },
+  encode: (v) => v,
+});
 
-const callerIdSchema = z
-  .string()
-  .max(64)
-  .transform((v, ctx) => {
+const callerIdSchema = z.codec(z.string().max(64), z.string().describe('E.164'), {
+  decode: (v, ctx) => {
     const r = normalizePhone(v);
     if (r.ok) return r.e164;
-    ctx.addIssue({ code: 'custom', message: `callerId must be one of your Twilio numbers in E.164, like +15551234567 (${r.error})` });
+    ctx.issues.push({ code: 'custom', input: v, message: `callerId must be one of your Twilio numbers in E.164, like +15551234567 (${r.error})` });
     return z.NEVER;
-  });
+  },
+  encode: (v) => v,
+});
 
 const targetObjectSchema = z
   .object({
@@ -49,7 +52,11 @@ const targetObjectSchema = z
   .strict();
 
 /** One target: `"+15551234567"` for short, or the object with caller ID and ring timeout. */
-export const transferTargetSchema = z.union([transferAddressSchema.transform((to) => targetObjectSchema.parse({ to })), targetObjectSchema]);
+const targetInputSchema = z.looseObject({ to: z.string().max(256), callerId: z.string().max(64).optional(), timeoutS: z.number().optional(), description: z.string().optional() });
+export const transferTargetSchema = z.codec(z.union([z.string().max(256), targetInputSchema]), targetObjectSchema, {
+  decode: (v) => (typeof v === 'string' ? { to: v } : v),
+  encode: (t) => t,
+});
 export type TransferTarget = z.output<typeof targetObjectSchema>;
 
 /** A keypad hotkey's action: `{"transfer": "frontdesk", "mode": "cold"}`. */
