@@ -355,6 +355,15 @@ const agentDefinitionSchema = z
   .strict();
 const agentsFileSchema = z.record(agentRefSchema, agentDefinitionSchema);
 
+/** An issue's message; for a bad record key, the key's own issue ("a hotkey is one key…", not "Invalid key in record"). */
+function issueText(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'invalid_key') {
+    const inner = issue.issues[0];
+    if (inner !== undefined) return `${JSON.stringify(String(issue.path.at(-1) ?? ''))}: ${inner.message}`;
+  }
+  return issue.message;
+}
+
 /** Parses AGENTS_FILE: `{ "openai:gpt-realtime": { "instructions": …, "fallback": ["playai:…"] }, … }`. Exported for tests. */
 export function parseAgentsFile(path: string): Map<string, AgentDefinition> {
   let raw: unknown;
@@ -367,7 +376,7 @@ export function parseAgentsFile(path: string): Map<string, AgentDefinition> {
   if (!parsed.success) {
     const first = parsed.error.issues[0];
     const where = first ? first.path.map(String).join('.') : '';
-    throw new ConfigError(`AGENTS_FILE: ${path}: ${where ? `${where}: ` : ''}${first?.message ?? 'invalid'}`);
+    throw new ConfigError(`AGENTS_FILE: ${path}: ${where ? `${where}: ` : ''}${first === undefined ? 'invalid' : issueText(first)}`);
   }
   const out = new Map<string, AgentDefinition>();
   for (const [name, def] of Object.entries(parsed.data)) {
@@ -408,7 +417,7 @@ export function parseRoutesFile(path: string): Map<string, NumberRoute> {
   if (!parsed.success) {
     const first = parsed.error.issues[0];
     const where = first ? first.path.join('.') : '';
-    throw new ConfigError(`ROUTES_FILE: ${path}: ${where ? `${where}: ` : ''}${first?.message ?? 'invalid'}`);
+    throw new ConfigError(`ROUTES_FILE: ${path}: ${where ? `${where}: ` : ''}${first === undefined ? 'invalid' : issueText(first)}`);
   }
   const routes = new Map<string, NumberRoute>();
   for (const [number, route] of Object.entries(parsed.data)) {

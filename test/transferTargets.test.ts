@@ -1,4 +1,8 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
 import { conferenceJoinTwiml, conferenceWaitTwiml, transferDialTwiml } from '../src/carrier/twilio/twiml.js';
 import { parseTwiml } from '../src/sim/twilioSim.js';
 import { lookupTarget, mergeTargets, transferTargetsSchema, transferTool } from '../src/transfer/targets.js';
@@ -70,5 +74,25 @@ describe('transfer TwiML', () => {
   it('lets the person hear the summary, then join and start the conference', () => {
     const xml = conferenceJoinTwiml('A caller about a late order <4512>.', 'pl-t1');
     expect(xml).toContain('<Say>A caller about a late order &lt;4512&gt;.</Say><Dial><Conference startConferenceOnEnter="true" endConferenceOnExit="true" beep="false">pl-t1</Conference></Dial>');
+  });
+});
+
+describe('transfer settings at boot', () => {
+  const routes = (route: Record<string, unknown>): string => {
+    const file = join(mkdtempSync(join(tmpdir(), 'playline-routes-')), 'routes.json');
+    writeFileSync(file, JSON.stringify({ '+14155550999': { agentId: 'playai:a', ...route } }));
+    return file;
+  };
+
+  it('takes a route with targets and a hotkey to one of them', () => {
+    const c = loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'a', ROUTES_FILE: routes({ transferTargets: { frontdesk: '+14155550100' }, dtmf: { '0': { transfer: 'frontdesk' } } }) });
+    expect(c.routes.get('+14155550999')).toMatchObject({ transferTargets: { frontdesk: { to: '+14155550100' } }, dtmf: { '0': { transfer: 'frontdesk', mode: 'cold' } } });
+  });
+
+  it('stops the boot for a hotkey to a target nobody declared, naming the targets there are', () => {
+    expect(() => loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'a', ROUTES_FILE: routes({ transferTargets: { frontdesk: '+14155550100' }, dtmf: { '9': { transfer: 'ceo' } } }) })).toThrow(
+      /dtmf\.9 transfers to "ceo", which is not a transfer target of this route or of its agent playai:a \(targets: frontdesk\)/,
+    );
+    expect(() => loadConfig({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'a', ROUTES_FILE: routes({ dtmf: { '12': { transfer: 'x' } } }) })).toThrow(/a hotkey is one key/);
   });
 });
