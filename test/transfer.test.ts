@@ -8,6 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { callPayload } from '../src/calls/view.js';
 import { FakeTwilioStream, parseTwiml, postStatusCallback } from '../src/sim/twilioSim.js';
 import type { TransferCarrier } from '../src/transfer/coordinator.js';
 import { AUTH_TOKEN, eventually, openCall, PUBLIC_URL, startTestBridge, storedCall, type OpenCall, type TestBridge } from './helpers.js';
@@ -120,6 +121,10 @@ describe('cold transfer', () => {
     expect(detail.json.transfers).toEqual([expect.objectContaining({ target: 'frontdesk', to: FRONTDESK, mode: 'cold', by: 'api', outcome: 'answered', returned: false })]);
     expect(storedCall(t, c.callSid)?.endReason).toBe('transferred');
     expect(t.bridge.manager.usedSlots).toBe(0);
+    // The post-call webhook carries the outcome.
+    const row = t.bridge.calls.get(id);
+    const payload = row === undefined ? {} : callPayload(row, t.bridge.calls, t.bridge.campaigns);
+    expect(payload.transfers).toEqual([expect.objectContaining({ target: 'frontdesk', outcome: 'answered', returned: false })]);
   });
 
   it('busy: the caller comes back to the same agent on a new stream with the same slot, and the agent resumes the conversation', async () => {
