@@ -202,7 +202,6 @@ export const transferData = z.object({
   outcome: z.optional(str),
   why: z.optional(str),
 });
-export type TransferStepData = z.infer<typeof transferData>;
 export const transferReply = z.object({ callId: str, transferId: str, mode: str, status: str });
 export const progressData = z.object({ status: str, counts, activeCalls: z.optional(num), etaSeconds: z.optional(nnum) });
 export const callData = z.object({ call });

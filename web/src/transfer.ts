@@ -1,5 +1,15 @@
 /** Transfers to a person in words: the steps of `call.updated` `change: "transfer"` events and the outcomes on a call's record. */
-import type { TransferStepData } from './schemas';
+
+/** One step of a transfer, as `call.updated` `change: "transfer"` events carry it (schemas.ts `transferData`). */
+export interface TransferStepData {
+  step: string;
+  transferId?: string | undefined;
+  target?: string | undefined;
+  to?: string | undefined;
+  mode?: string | undefined;
+  outcome?: string | undefined;
+  why?: string | undefined;
+}
 
 const OUTCOMES: Record<string, string> = {
   answered: 'answered',

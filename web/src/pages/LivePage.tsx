@@ -4,9 +4,9 @@ import { ApiError, api, messageOf, send } from '../api';
 import { usePollingFallback, useEvents } from '../events';
 import { duration } from '../format';
 import { callDetail, livePage, transcriptData, transferData, updatedData, type LiveCall } from '../schemas';
-import { stepLabel, transferActive, withStep, type TransferProgress } from '../transfer';
+import { transferActive, withStep, type TransferProgress } from '../transfer';
 import { Badge, ErrorBox, useAsync, useThrottled, useTicker } from '../ui';
-import { TransferControl } from './TransferControl';
+import { TransferControl, TransferSteps } from './TransferControl';
 
 interface Turn {
   role: string;
@@ -23,13 +23,17 @@ export function LivePage() {
   const [calls, setCalls] = useState<LiveCall[]>([]);
   const [transcripts, setTranscripts] = useState<Record<string, Turn[]>>({});
   const [ending, setEnding] = useState<Record<string, string>>({});
-  const [transfers, setTransfers] = useState<Record<string, TransferProgress>>({});
+  const [transfers, setTransferState] = useState<Record<string, TransferProgress>>({});
   /** Calls whose media session ended while a transfer was under way: with a person (or ringing one) now. */
   const [handed, setHanded] = useState<Record<string, string>>({});
   const callsRef = useRef(calls);
   callsRef.current = calls;
+  // Several events can arrive in one read: each step sees the one before it at once, not at the next render.
   const transfersRef = useRef(transfers);
-  transfersRef.current = transfers;
+  const setTransfers = (fn: (t: Record<string, TransferProgress>) => Record<string, TransferProgress>): void => {
+    transfersRef.current = fn(transfersRef.current);
+    setTransferState(transfersRef.current);
+  };
   const seeded = useRef(new Set<string>());
   const now = useTicker(1000);
   const loadedAt = useRef(Date.now());
@@ -100,7 +104,11 @@ export function LivePage() {
       if (!d.success) return;
       setTranscripts((t) => ({ ...t, [id]: [...(t[id] ?? []), { role: d.data.role, text: d.data.text }].slice(-MAX_TURNS) }));
     }
-  }, live.reload);
+  }, () => {
+    // Events were missed: what /v1/live says is the truth again (a handed-off call may have ended meanwhile).
+    setHanded({});
+    live.reload();
+  });
   // Without the event stream: the list and each call's transcript every 2 s.
   usePollingFallback(() => {
     seeded.current.clear();
@@ -134,7 +142,7 @@ export function LivePage() {
       ) : (
         <ErrorBox error={live.error} onRetry={live.reload} />
       )}
-      {calls.length === 0 && live.data !== undefined && (
+      {calls.length === 0 && live.data !== undefined && Object.keys(handed).length === 0 && (
         <div class="empty">
           <p>No call in progress.</p>
           <p class="muted">
@@ -232,19 +240,15 @@ function HandedOff(props: { handed: Record<string, string>; transfers: Record<st
   return (
     <div class="card handed" aria-labelledby="handed-title">
       <h2 id="handed-title">Handed to a person</h2>
-      <ul class="plain" aria-live="polite">
-        {ids.map((id) => {
-          const p = props.transfers[id];
-          const last = p?.steps.at(-1);
-          return (
-            <li key={id} class="row spread" data-call-id={id}>
-              <a href={`/calls/${encodeURIComponent(id)}`}>{props.handed[id]}</a>
-              <span>
-                {p?.target ?? ''}: {last === undefined ? '' : stepLabel(last)}
-              </span>
-            </li>
-          );
-        })}
+      <ul class="plain">
+        {ids.map((id) => (
+          <li key={id} data-call-id={id}>
+            <a href={`/calls/${encodeURIComponent(id)}`} class="strong">
+              {props.handed[id]}
+            </a>
+            <TransferSteps progress={props.transfers[id]} />
+          </li>
+        ))}
       </ul>
     </div>
   );

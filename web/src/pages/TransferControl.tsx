@@ -54,7 +54,6 @@ export function TransferControl(props: { callId: string; callLabel: string; targ
     }
   };
 
-  const steps = progress?.steps ?? [];
   return (
     <div class="transfer">
       {open ? (
@@ -121,21 +120,28 @@ export function TransferControl(props: { callId: string; callLabel: string; targ
           {result.text}
         </p>
       )}
-      {steps.length > 0 && (
-        <div class="transfer-steps">
-          <span class="small muted">
-            Transfer to {progress?.target}
-            {progress?.mode !== undefined ? ` (${progress.mode})` : ''}:
-          </span>
-          <ol aria-label="Transfer steps" aria-live="polite">
-            {steps.map((s, i) => (
-              <li key={i} data-step={s.step}>
-                {stepLabel(s)}
-              </li>
-            ))}
-          </ol>
-        </div>
-      )}
+      <TransferSteps progress={progress} />
+    </div>
+  );
+}
+
+/** A transfer's steps so far, as they come (requested → dialing → answered …). */
+export function TransferSteps(props: { progress: TransferProgress | undefined }) {
+  const p = props.progress;
+  if (p === undefined || p.steps.length === 0) return null;
+  return (
+    <div class="transfer-steps">
+      <span class="small muted">
+        Transfer to {p.target}
+        {p.mode !== undefined ? ` (${p.mode})` : ''}:
+      </span>
+      <ol aria-label="Transfer steps" aria-live="polite">
+        {p.steps.map((s, i) => (
+          <li key={i} data-step={s.step}>
+            {stepLabel(s)}
+          </li>
+        ))}
+      </ol>
     </div>
   );
 }
