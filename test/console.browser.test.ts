@@ -308,8 +308,17 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     // The form, from the keyboard: Transfer… opens it with the target list focused.
     await card.getByRole('button', { name: 'Transfer…' }).click();
     const select = card.getByLabel('Transfer to');
-    expect(await page.evaluate("document.activeElement?.getAttribute('id') ?? ''")).toBe(await select.getAttribute('id'));
+    const selectId = await select.getAttribute('id');
+    await waitFor('focus on the target list', async () => (await page.evaluate("document.activeElement?.getAttribute('id') ?? ''")) === selectId, 2000);
     expect(await select.locator('option').allTextContents()).toEqual([`frontdesk · ${FRONTDESK} (the front desk)`, 'billing · +14155550101', 'Another number…']);
+    // A number that is not one: the server's message, and the form stays open.
+    await select.selectOption({ label: 'Another number…' });
+    await card.getByLabel('Number or SIP URI').fill('12');
+    await card.getByRole('button', { name: 'Transfer', exact: true }).click();
+    const refused = card.getByRole('alert');
+    await refused.waitFor({ timeout: 3000 });
+    expect(await refused.textContent()).toMatch(/^Could not transfer: .*phone number/);
+    expect(carrier.redirects).toEqual([]);
     await select.selectOption('frontdesk');
     // Usable on a phone: the open form fits 360 px.
     await page.setViewportSize({ width: 360, height: 740 });

@@ -212,6 +212,9 @@ export function LivePage() {
                 )}
               </ol>
               {id !== null && c.transfer?.available === true && <TransferControl callId={id} callLabel={`the call ${titleOf(c)}`} targets={c.transfer.targets} progress={transfers[id]} />}
+              {c.transfer?.available === false && c.direction !== 'web' && c.transfer.targets.length > 0 && (
+                <p class="muted small">Not transferable here: transfers need a carrier that can redirect calls (Twilio credentials).</p>
+              )}
               {id !== null && (
                 <div class="row">
                   <button type="button" class="danger" onClick={() => void end(id)} disabled={ending[id] === 'Ending…'}>
