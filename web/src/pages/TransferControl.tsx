@@ -115,7 +115,8 @@ export function TransferControl(props: { callId: string; callLabel: string; targ
           Transfer…
         </button>
       )}
-      {result !== undefined && (
+      {/* Once the call's steps come in, they say what the 202 said (and more). */}
+      {result !== undefined && !(result.kind === 'ok' && (progress?.steps.length ?? 0) > 0) && (
         <p class={result.kind === 'ok' ? 'ok small' : 'error small'} role={result.kind === 'ok' ? 'status' : 'alert'}>
           {result.text}
         </p>
