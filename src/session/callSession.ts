@@ -341,6 +341,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       agentId: this.#agentRef,
       agentConnected: this.#st.kind === 'live',
       call: this.#d.reservation.call,
+      route: this.#d.reservation.route,
+      transferable: this.#d.transfers !== undefined,
     };
   }
 

@@ -131,6 +131,10 @@ export interface SessionSnapshot {
   agentConnected: boolean;
   /** The call as it was admitted. */
   call: AdmittedCall;
+  /** The call's route (its transfer targets and hotkeys; the agent's own are added by the directory). */
+  route?: CallRoute;
+  /** True when the call can be handed to a person (a phone call, and a carrier that redirects calls). */
+  transferable?: boolean;
 }
 
 export interface SessionManagerOptions {

@@ -5,6 +5,7 @@ import { between, compactJson, duration, time } from '../format';
 import { callDetail } from '../schemas';
 import { Badge, ErrorBox, useAsync, useThrottled } from '../ui';
 import { useState } from 'preact/hooks';
+import { CallTransfers } from './CallTransfers';
 
 const FINAL = new Set(['completed', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed']);
 
@@ -23,6 +24,16 @@ const EVENT_LABELS: Record<string, string> = {
   agent_switched: 'Agent switched',
   barge_in: 'Barge-in',
   dtmf: 'Key pressed',
+  dtmf_digits: 'Keypad digits to the agent',
+  tool_called: 'Agent called a tool',
+  tool_result: 'Tool answered',
+  transfer_requested: 'Transfer requested',
+  transfer_dialing: 'Transfer: dialing the person',
+  transfer_answered: 'Transfer: the person answered',
+  transfer_joined: 'Transfer: caller and person joined',
+  transfer_failed: 'Transfer: person not reached',
+  transfer_returned: 'Transfer: caller back with the agent',
+  transfer_completed: 'Transfer completed',
   spoke: 'Spoke',
   hangup_requested: 'Hang-up requested',
   voicemail_message: 'Voicemail message left',
@@ -170,6 +181,7 @@ export function CallPage(props: { id: string }) {
               </div>
             )}
           </div>
+          <CallTransfers transfers={c.transfers} />
           <div class="card">
             <h2>Transcript {c.transcriptSource === 'playai' ? <span class="muted small">(from PlayAI)</span> : null}</h2>
             {c.transcript.length === 0 ? (
