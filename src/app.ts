@@ -342,28 +342,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       onCutOff: () => metrics.eventsConsumersCutTotal.inc(),
     });
   });
-  await app.register(mediaStreamRoute, {
-    stream: streamRouteSettings(config),
-    manager,
-    metrics,
-    logger,
-    callControl,
-    agents,
-    settings,
-    journal: recorder,
-    tools: operatorTools,
-    ...(transfers !== undefined ? { transfers } : {}),
-  });
+  // Phone and browser calls take the same session path; only phone calls can be transferred.
+  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools };
+  await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}) });
   await app.register(webMediaStreamRoute, {
-    stream: streamRouteSettings(config),
-    manager,
-    metrics,
-    logger,
-    callControl,
-    agents,
-    settings,
-    journal: recorder,
-    tools: operatorTools,
+    ...streamDeps,
     apiToken: config.outbound.apiToken,
     publicUrl: config.publicUrl,
     onStreamStarted: (callSid) => webCalls.streamStarted(callSid),
