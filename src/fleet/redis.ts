@@ -4,9 +4,9 @@
  *
  * Connections. Every module takes either an ioredis client (the caller owns it and closes it) or a
  * URL (the module opens the client, owns it, and closes it in `close()`). A client opened from a
- * URL fails fast while Redis is away (`enableOfflineQueue: false`, one retry per command, a
- * command timeout) instead of queueing calls for minutes, and reconnects in the background with
- * a capped backoff: a webhook answered while Redis is down gets a clear error at once, and the
+ * URL fails fast while Redis is away (one reconnection attempt per command, then
+ * MaxRetriesPerRequestError; a 3 s command timeout) instead of queueing calls for minutes, and
+ * reconnects in the background with a capped backoff: a webhook answered while Redis is down gets a clear error at once, and the
  * next one after Redis comes back works. Every client the fleet opens has an `error` listener, so
  * a lost connection is a log line, never an unhandled `error` event.
  *
@@ -82,7 +82,6 @@ export function holdClient(conn: RedisConnection, logger: Logger | undefined, ro
 /** The options a fleet-owned client is opened with (also used for `duplicate()` subscribers). */
 export function failFastOptions() {
   return {
-    enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     commandTimeout: 3_000,
     connectTimeout: 3_000,

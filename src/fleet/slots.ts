@@ -61,6 +61,7 @@ import {
   LUA_NOW,
   LuaScript,
   releaseClient,
+  waitReady,
   toFleetError,
   type FleetCommonOptions,
   type HeldClient,
@@ -323,6 +324,12 @@ export class FleetSlots {
   /** The slots this process holds now (as far as it knows; `renew` tells it what it lost). */
   get held(): ReadonlyMap<string, FleetSlot> {
     return this.#mine;
+  }
+
+  /** Waits until Redis answers (at boot: fails with a message naming REDIS_URL when it does not). */
+  async ready(timeoutMs = 5_000): Promise<void> {
+    this.#open();
+    await waitReady(this.#held.client, timeoutMs);
   }
 
   /** Takes a slot for a call, or says why not (the manager's reasons). */

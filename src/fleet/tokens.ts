@@ -38,6 +38,7 @@ import {
   holdClient,
   LuaScript,
   releaseClient,
+  waitReady,
   type FleetCommonOptions,
   type HeldClient,
 } from './redis.js';
@@ -150,6 +151,12 @@ export class FleetTokens<T> {
     this.#prefix = checkPrefix(opts.prefix ?? DEFAULT_PREFIX);
     this.#log = opts.logger?.child({ module: 'fleet.tokens' });
     this.#held = holdClient(opts.redis, this.#log, 'tokens');
+  }
+
+  /** Waits until Redis answers (at boot: fails with a message naming REDIS_URL when it does not). */
+  async ready(timeoutMs = 5_000): Promise<void> {
+    this.#open();
+    await waitReady(this.#held.client, timeoutMs);
   }
 
   get #keepMs(): number {
