@@ -91,7 +91,7 @@ export class TestRedis {
 
   /** A client the test owns (closed by stop). */
   client(): Redis {
-    const c = new Redis(this.port, '127.0.0.1', { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: false, retryStrategy: (n) => Math.min(50 * n, 500) });
+    const c = new Redis(this.port, '127.0.0.1', { maxRetriesPerRequest: 1, retryStrategy: (n) => Math.min(50 * n, 500) });
     c.on('error', () => undefined);
     this.clients.push(c);
     return c;
