@@ -162,7 +162,7 @@ export class CallOwners {
     this.#open();
     this.#started ??= (async () => {
       try {
-        await this.#sub.connect();
+        // Connects the lazy subscriber (or waits for its reconnection after a failed start).
         await waitReady(this.#sub);
         await this.#sub.subscribe(this.#channel);
       } catch (err) {
