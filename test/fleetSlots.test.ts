@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { FleetSlots, type FleetSlotsOptions } from '../src/fleet/slots.js';
+import { FleetSlots, type FleetSlot, type FleetSlotsOptions } from '../src/fleet/slots.js';
+import { SessionManager, type Slot } from '../src/session/manager.js';
 import { fleetTestsEnabled, sleep, TestRedis } from './fleetRedis.js';
 
 const enabled = fleetTestsEnabled();
@@ -177,5 +178,78 @@ describe.skipIf(!enabled)('fleet slots (real redis-server)', () => {
     stream!.startRenewing();
     await sleep(450);
     expect((await stream!.counts()).total).toBe(1);
+  });
+
+  it('decides like the in-process SessionManager over 300 random claims and releases (capacity, inbound reserve, agent caps, fallbacks)', async () => {
+    // A seeded generator, so a failure replays.
+    let seed = 7;
+    const rand = (n: number) => {
+      // mulberry32
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4_294_967_296) * n);
+    };
+    const agentLimits = new Map([
+      ['a', 2],
+      ['openai:b', 3],
+    ]);
+    const candidates: Record<string, string[]> = { 'playai:a': ['playai:a', 'openai:b'], 'openai:b': ['openai:b'], 'playai:c': ['playai:c', 'playai:a'] };
+    const routes = new Map(Object.keys(candidates).map((agentId, i) => [`+1555000${i}`, { agentId }] as const));
+    const manager = new SessionManager({
+      maxConcurrentCalls: 6,
+      inboundReserved: 2,
+      tokenTtlMs: 60_000,
+      defaultAgentId: 'playai:a',
+      routes,
+      agentLimits,
+      agentCandidates: (agent) => candidates[agent] ?? [agent],
+    });
+    const [f1, f2] = fleet(2, { maxConcurrentCalls: 6, inboundReserved: 2, agentLimits });
+    const live: { local: { slot: Slot; callSid: string }; remote: FleetSlot }[] = [];
+    const outcomes = new Set<string>();
+    try {
+      for (let i = 0; i < 300; i++) {
+        if (live.length > 0 && rand(4) === 0) {
+          const [gone] = live.splice(rand(live.length), 1);
+          manager.releaseSlot(gone!.local.slot);
+          await (i % 2 ? f1! : f2!).release(gone!.remote);
+          continue;
+        }
+        const callSid = `CA${i}`;
+        const to = [...routes.keys()][rand(routes.size)]!;
+        const agent = routes.get(to)!.agentId;
+        const outbound = rand(2) === 0;
+        const proc = rand(2) ? f1! : f2!;
+        const remote = await proc.claim({ callSid, agents: candidates[agent]!, outbound });
+        if (outbound) {
+          const slot = manager.holdOutboundSlot(callSid, agent);
+          expect(remote.ok, `op ${i}: outbound for ${agent}`).toBe(slot !== undefined);
+          outcomes.add(remote.ok ? 'out_ok' : `out_${remote.reason}`);
+          if (slot !== undefined && remote.ok) {
+            expect(remote.slot.agentId).toBe(slot.agentId);
+            live.push({ local: { slot, callSid }, remote: remote.slot });
+          }
+        } else {
+          const admitted = manager.admit({ callSid, from: '+15559999', to, direction: 'inbound' });
+          expect(remote.ok ? 'ok' : remote.reason, `op ${i}: inbound for ${agent}`).toBe(admitted.ok ? 'ok' : admitted.reason);
+          outcomes.add(remote.ok ? 'ok' : remote.reason);
+          if (admitted.ok && remote.ok) {
+            // The stream redeems the token: the manager's slot shows the agent it picked (a fallback when full).
+            const claimed = manager.claim(admitted.token, callSid);
+            if (!claimed.ok) throw new Error(claimed.reason);
+            expect(remote.slot.agentId, `op ${i}: picked agent`).toBe(claimed.reservation.slot.agentId);
+            live.push({ local: { slot: claimed.reservation.slot, callSid }, remote: remote.slot });
+          }
+        }
+        const counts = await f1!.counts();
+        expect(counts.total, `op ${i}`).toBe(manager.usedSlots);
+        expect(counts.outbound, `op ${i}`).toBe(manager.outboundSlots);
+      }
+      // The run went through every kind of decision.
+      expect([...outcomes].sort()).toEqual(['agent_limit', 'capacity', 'ok', 'out_agent_limit', 'out_capacity', 'out_ok']);
+    } finally {
+      manager.dispose();
+    }
   });
 });
