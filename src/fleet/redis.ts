@@ -20,7 +20,8 @@
  *
  * Keys. Each module builds its keys from a prefix (default `playline:`), so tests and several
  * fleets can share one Redis. Scripts build keys from that prefix: one Redis (standalone, or
- * Sentinel-managed) is supported; Redis Cluster is not.
+ * Sentinel-managed) is supported; Redis Cluster is not. Scripts read Redis' clock (TIME) before
+ * writing, which needs Redis ≥ 5 (script effects replication; Debian 12 ships 7.0).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';

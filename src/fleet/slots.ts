@@ -41,6 +41,19 @@
  * claim trims them first), so nothing leaks longer than one lease. A slot past the maximum call
  * length (`maxCallMs`, default 4 h) is not renewed any more.
  *
+ * Wiring into session/manager.ts (not done yet; draining and overload stay per-process checks
+ * made before `claim`):
+ *   admit                 → claim({ callSid, agents: agentCandidates(route.agentId) }), then
+ *                           tokens.mint with the slot in the reservation; tokens' onExpired → release
+ *   holdOutboundSlot      → claim({ callSid: key, agents, outbound: true }) (undefined on refusal)
+ *   stream claims a token → adopt(reservation.slot) when another process minted it
+ *   releaseSlot/release   → release(slot)       moveSlot → move(slot, agentId)
+ *   agent socket up/down  → setAgentOpen(slot, true/false) (what openAgentSessions counted)
+ *   noteAgentCapacityExceeded / noteAgentSessionEnded → noteCapacityExceeded / noteSessionEnded
+ *   capacityFor / usedSlots / outboundSlots → capacityFor / counts()
+ *   startRenewing({ onLost }) → end calls whose slot `expired` or is `too_old`; `other_owner` is a
+ *                           slot adopted elsewhere (nothing to end here)
+ *
  * Failure modes: Redis unreachable → every call rejects with FleetError `redis_unavailable` (the
  * caller refuses the call, as at capacity); a renewal that fails is reported through `onError`
  * and retried at the next tick (leases last three ticks). Redis restarted without persistence →

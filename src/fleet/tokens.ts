@@ -20,6 +20,9 @@
  * concurrently cannot both win), `cancel` (drop a call's pending token), `settle` (at the TTL the
  * minting process asks whether its token was used or expired: it then releases the slot).
  *
+ * Not here: the manager also refuses a webhook or a stream for a call that is live (`duplicate`,
+ * `call_live`); fleet-wide that is `CallOwners.ownerOf(callSid)` (owners.ts), checked by the caller.
+ *
  * The reservation is stored as JSON and checked with the caller's zod schema when claimed (a
  * value that does not match is an error naming it, never a cast).
  *
