@@ -150,6 +150,11 @@ export class LocalCallRecording implements CallAudioRecorder {
     return Math.max(0, this.#agentEnd - this.#written);
   }
 
+  /** Write buffers waiting for (or being written to) the disk. */
+  get pendingWrites(): number {
+    return this.#queue.length + (this.#writing ? 1 : 0);
+  }
+
   #nowFrame(): number {
     return Math.max(0, Math.round((this.#now() - this.#t0) * FRAMES_PER_MS));
   }
