@@ -16,7 +16,8 @@ const recordingBody = z.object({
   RecordingSid: sid,
   RecordingStatus: z.string().min(1).max(32),
   RecordingUrl: z.string().url().max(1000).optional(),
-  RecordingDuration: z.coerce.number().min(0).optional(),
+  /** Seconds; -1 while the recording is in progress. */
+  RecordingDuration: z.coerce.number().optional(),
   RecordingChannels: z.coerce.number().int().min(1).max(2).optional(),
 });
 const callQuery = z.object({ callId: z.string().regex(/^call_[0-9a-z]{19}$/).optional() });
@@ -42,7 +43,7 @@ export async function recordingCallbacks(app: FastifyInstance, deps: RecordingCa
       recordingSid: b.RecordingSid,
       status: b.RecordingStatus,
       ...(b.RecordingUrl !== undefined ? { url: b.RecordingUrl } : {}),
-      ...(b.RecordingDuration !== undefined ? { durationS: b.RecordingDuration } : {}),
+      ...(b.RecordingDuration !== undefined && b.RecordingDuration >= 0 ? { durationS: b.RecordingDuration } : {}),
       ...(b.RecordingChannels !== undefined ? { channels: b.RecordingChannels } : {}),
     });
     if (!known) req.log.warn({ callSid: b.CallSid, callId }, 'recording status for a call this server has no record of; ignored');
