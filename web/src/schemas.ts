@@ -41,6 +41,7 @@ export const callDetail = z.extend(call, {
   events: z.array(z.object({ at: str, type: str, status: nstr, sequence: nnum, data: z.nullable(z.record(z.string(), z.unknown())) })),
   transcript: z.array(z.object({ role: str, text: str, at: str })),
   transcriptSource: str,
+  recording: z.optional(z.nullable(z.object({ backend: str, status: nstr, durationS: nnum, url: str }))),
 });
 export type CallDetail = z.infer<typeof callDetail>;
 
