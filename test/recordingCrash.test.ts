@@ -57,7 +57,7 @@ it('leaves a playable WAV with the audio written so far when the bridge is kille
   stream.sendStart({ callSid, customParameters: hook.twiml!.parameters });
   const loud = Buffer.alloc(160, 0x05).toString('base64');
   const t0 = performance.now();
-  const FRAMES = 100; // 2 s
+  const FRAMES = 150; // 3 s
   for (let i = 0; i < FRAMES; i++) {
     stream.sendMedia(loud, i * 20);
     await new Promise((r) => setTimeout(r, Math.max(0, t0 + (i + 1) * 20 - performance.now())));
@@ -80,8 +80,8 @@ it('leaves a playable WAV with the audio written so far when the bridge is kille
   const wav = readStereoWav(path);
   const ms = wav.left.length / 8;
   console.info(`after kill -9: ${ms} ms of the ${sentMs} ms sent are in the file`);
-  // Everything but the last write buffer (512 ms) reached the disk.
-  expect(ms).toBeGreaterThanOrEqual(sentMs - 600);
+  // Everything but the write buffer being filled (at most 1.024 s) reached the disk.
+  expect(ms).toBeGreaterThanOrEqual(sentMs - 1100);
   expect(ms).toBeLessThanOrEqual(sentMs + 100);
   const loudLeft = wav.left.filter((v) => v < -1000).length;
   expect(loudLeft).toBeGreaterThanOrEqual(wav.left.length - 2 * 160);

@@ -14,13 +14,15 @@
  *   only until the timeline reaches it (what Twilio itself still has queued).
  * - Silence fills every gap, so both channels stay aligned.
  *
- * Writes leave the media path: committed audio goes to a small write buffer (16 KiB,
- * 256 ms), and full buffers are written by libuv's thread pool one at a time (positioned
- * writes), with the header's sizes patched every few seconds and on close. A disk that
+ * Writes leave the media path: committed audio goes to a write buffer (32 KiB, 1 s of
+ * audio), and full buffers are written by libuv's thread pool one at a time (positioned
+ * writes), with the header's sizes patched every few seconds and on close. A crash loses at
+ * most the buffer being filled. A disk that
  * falls behind by more than a few buffers gets a silent gap rather than unbounded memory.
  * A call that comes back after a transfer appends to the same file after a short silence.
  */
 import { close as fsClose, ftruncate as fsFtruncate, open as fsOpen, write as fsWrite, openSync, closeSync } from 'node:fs';
+import { endianness } from 'node:os';
 import type { Logger } from 'pino';
 import { mulawDecodeSample } from '../audio/mulaw.js';
 import { decodeBase64Into, decodedLength } from './base64Bytes.js';
@@ -31,10 +33,12 @@ const ULAW = new Int16Array(256);
 for (let i = 0; i < 256; i++) ULAW[i] = mulawDecodeSample(i);
 
 const FRAMES_PER_MS = RECORDING_SAMPLE_RATE / 1000;
-/** One write buffer: 4096 sample frames (512 ms)… of 4 bytes = 16 KiB. */
-const WRITE_BUFFER_BYTES = 16 * 1024;
-/** Write buffers a call may have waiting for the disk (8 × 512 ms); beyond, audio becomes a silent gap. */
+/** One write buffer: 8192 sample frames of 4 bytes (1.024 s of audio) = 32 KiB: one disk write per second of call. */
+const WRITE_BUFFER_BYTES = 32 * 1024;
+/** Write buffers a call may have waiting for the disk (8 × 1 s); beyond, audio becomes a silent gap. */
 const MAX_WRITE_BUFFERS = 8;
+/** Samples are stored through an Int16Array view (one store each) where the CPU is little-endian, as WAV is. */
+const LITTLE_ENDIAN = endianness() === 'LE';
 /** The header's sizes are patched after this much new audio reached the disk. */
 const PATCH_EVERY_FRAMES = 5 * RECORDING_SAMPLE_RATE;
 /** Silence between the parts of a call that came back after a transfer. */
@@ -113,6 +117,8 @@ export class LocalCallRecording implements CallAudioRecorder {
   /** Where the caller audio placed so far ends (stream timeline). */
   #callerEnd = 0;
   #buf: Buffer;
+  /** `#buf` as 16-bit samples (little-endian CPUs). */
+  #view: Int16Array;
   #bufLen = 0;
   /** Stream-timeline frame of `#buf`'s first sample. */
   #bufFrame = 0;
@@ -135,7 +141,8 @@ export class LocalCallRecording implements CallAudioRecorder {
     this.#log = opts.log;
     this.#now = opts.now ?? (() => performance.now());
     this.#t0 = this.#now();
-    this.#buf = Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
+    this.#buf = Buffer.alloc(WRITE_BUFFER_BYTES);
+    this.#view = new Int16Array(this.#buf.buffer, this.#buf.byteOffset, WRITE_BUFFER_BYTES / 2);
     if (opts.append === true) this.#openAppend();
     else this.#openNew();
   }
@@ -183,8 +190,10 @@ export class LocalCallRecording implements CallAudioRecorder {
 
   agentAudio(buf: Uint8Array, start: number, end: number): void {
     if (this.#closed !== undefined || end <= start) return;
-    const data = Buffer.from(Buffer.from(buf.buffer, buf.byteOffset + start, end - start).toString('latin1'), 'base64');
+    // Held until it plays: its own buffer (from Node's pool), decoded straight from the frame's bytes.
+    const data = Buffer.allocUnsafe(decodedLength(buf, start, end));
     if (data.length === 0) return;
+    decodeBase64Into(buf, start, end, data);
     const pos = Math.max(this.#agentEnd, this.#nowFrame(), this.#written);
     // Twilio discards audio queued beyond 10 minutes; so does the recording.
     if (pos + data.length - this.#written > MAX_AGENT_AHEAD_FRAMES) return;
@@ -211,7 +220,6 @@ export class LocalCallRecording implements CallAudioRecorder {
 
   /** Commits the timeline up to frame `to`: the caller's samples from the ring (silence past its end), the agent's from its queue (or silence). */
   #commit(to: number): void {
-    const ring = this.#ring;
     const callerEnd = this.#callerEnd;
     const q = this.#agent;
     let f = this.#written;
@@ -234,18 +242,32 @@ export class LocalCallRecording implements CallAudioRecorder {
       }
       const room = (WRITE_BUFFER_BYTES - this.#bufLen) / FRAME_BYTES;
       if (runEnd - f > room) runEnd = f + room;
-      const out = this.#buf;
-      let o = this.#bufLen;
-      for (let k = f; k < runEnd; k++) {
-        out.writeInt16LE(k < callerEnd ? (ULAW[ring[k % CALLER_RING] as number] as number) : 0, o);
-        out.writeInt16LE(agentData === undefined ? 0 : (ULAW[agentData[agentOff + (k - f)] as number] as number), o + 2);
-        o += 4;
-      }
-      this.#bufLen = o;
+      this.#bufLen = this.#fill(f, runEnd, callerEnd, agentData, agentOff);
       f = runEnd;
       this.#written = f;
       if (this.#bufLen === WRITE_BUFFER_BYTES) this.#flushBuffer();
     }
+  }
+
+  /** Writes frames [f, end) into the write buffer (caller from the ring, agent from `agent` at `agentOff`); returns the new buffer length. */
+  #fill(f: number, end: number, callerEnd: number, agent: Buffer | undefined, agentOff: number): number {
+    const ring = this.#ring;
+    let o = this.#bufLen;
+    if (LITTLE_ENDIAN) {
+      const out = this.#view;
+      let i = o >> 1;
+      for (let k = f; k < end; k++, i += 2) {
+        out[i] = k < callerEnd ? (ULAW[ring[k % CALLER_RING] as number] as number) : 0;
+        out[i + 1] = agent === undefined ? 0 : (ULAW[agent[agentOff + (k - f)] as number] as number);
+      }
+      return o + (end - f) * FRAME_BYTES;
+    }
+    const out = this.#buf;
+    for (let k = f; k < end; k++, o += 4) {
+      out.writeInt16LE(k < callerEnd ? (ULAW[ring[k % CALLER_RING] as number] as number) : 0, o);
+      out.writeInt16LE(agent === undefined ? 0 : (ULAW[agent[agentOff + (k - f)] as number] as number), o + 2);
+    }
+    return o;
   }
 
   /** Drops the oldest agent chunk (written); returns the next. */
@@ -267,7 +289,8 @@ export class LocalCallRecording implements CallAudioRecorder {
     if (this.#bufLen === 0) return;
     const full = this.#buf;
     const frames = this.#bufLen / FRAME_BYTES;
-    const next = this.#free.pop() ?? (this.#buffers < MAX_WRITE_BUFFERS ? (this.#buffers++, Buffer.allocUnsafe(WRITE_BUFFER_BYTES)) : undefined);
+    // Whole buffers of their own (never slices of Node's pool), so the Int16Array view is aligned.
+    const next = this.#free.pop() ?? (this.#buffers < MAX_WRITE_BUFFERS ? (this.#buffers++, Buffer.alloc(WRITE_BUFFER_BYTES)) : undefined);
     if (next === undefined || this.#failed) {
       // The disk is not keeping up (or failed): this audio becomes silence in the file.
       if (!this.#failed && this.#dropped === 0) this.#log.warn({ path: this.path }, 'recording: the disk is not keeping up; some audio is written as silence');
@@ -278,6 +301,7 @@ export class LocalCallRecording implements CallAudioRecorder {
     }
     this.#queue.push({ buf: full, len: this.#bufLen, frame: this.#bufFrame });
     this.#buf = next;
+    this.#view = new Int16Array(next.buffer, next.byteOffset, WRITE_BUFFER_BYTES / 2);
     this.#bufLen = 0;
     this.#bufFrame += frames;
     this.#pump();

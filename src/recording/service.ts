@@ -62,6 +62,8 @@ export class RecordingService {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #live = new Map<string, { callId: string; rec?: CallAudioRecorder }>();
+  /** Recordings being finished (their files closed, their records updated). */
+  readonly #ending = new Set<Promise<void>>();
   #sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(o: RecordingServiceOptions) {
@@ -112,7 +114,8 @@ export class RecordingService {
       this.#log.warn({ callSid }, 'recording: the call has no record; not recorded');
       return undefined;
     }
-    if (this.settings.backend === 'twilio') {
+    // Twilio records phone calls; a browser call never reaches Twilio, so it is recorded here.
+    if (this.settings.backend === 'twilio' && row.direction !== 'web') {
       if (row.recordingBackend !== 'twilio' || row.recordingStatus === 'failed') this.#startTwilio(row);
       return undefined;
     }
@@ -124,10 +127,17 @@ export class RecordingService {
   }
 
   /** The call's stream ended: its local recording is finished and the record says how long it is. */
-  async end(callSid: string): Promise<void> {
+  end(callSid: string): Promise<void> {
     const live = this.#live.get(callSid);
-    if (live?.rec === undefined) return;
+    if (live?.rec === undefined) return Promise.resolve();
     this.#live.delete(callSid);
+    const p = this.#finish(callSid, live.callId, live.rec).finally(() => this.#ending.delete(p));
+    this.#ending.add(p);
+    return p;
+  }
+
+  async #finish(callSid: string, callId: string, rec: CallAudioRecorder): Promise<void> {
+    const live = { callId, rec };
     try {
       const result = await live.rec.close();
       this.#o.calls.update(live.callId, result === undefined ? { recordingStatus: 'failed' } : { recordingStatus: 'completed', recordingDurationS: Math.round(result.durationS * 10) / 10 });
@@ -136,9 +146,10 @@ export class RecordingService {
     }
   }
 
-  /** Finishes every live recording (shutdown). */
+  /** Finishes every live recording, and waits for those being finished (shutdown, before the database closes). */
   async closeAll(): Promise<void> {
-    await Promise.all([...this.#live.keys()].map((sid) => this.end(sid)));
+    for (const sid of [...this.#live.keys()]) void this.end(sid);
+    await Promise.all([...this.#ending]);
   }
 
   #startTwilio(row: CallRow): void {
