@@ -62,7 +62,7 @@ export async function recordingRoutes(parent: FastifyInstance, deps: RecordingRo
         description: 'Local recordings support Range requests (206 with Content-Range; 416 past the end). Twilio recordings are fetched from Twilio and streamed through.',
         params: idParams,
         headers: recordingHeaders,
-        response: { 200: wavReply('The whole recording'), 206: wavReply('The requested byte range'), ...errorResponses(401, 404, 416, 502) },
+        response: { 200: wavReply('The whole recording'), 206: wavReply('The requested byte range'), ...errorResponses(400, 401, 404, 416, 502) },
       },
     },
     async (req, reply) => {

@@ -225,9 +225,9 @@ export class CallStore {
   constructor(db: Db) {
     this.#db = db;
     this.#insert = db.prepare(`INSERT INTO calls (id, call_sid, direction, to_number, from_number, agent_id, prompt, custom_greeting, metadata,
-      machine_detection, voicemail_action, voicemail_message, campaign_id, contact_id, attempt, status, created_at, claimed_at, record)
+      machine_detection, voicemail_action, voicemail_message, campaign_id, contact_id, attempt, status, created_at, claimed_at)
       VALUES (@id, @callSid, @direction, @to, @from, @agentId, @prompt, @customGreeting, @metadata,
-      @machineDetection, @voicemailAction, @voicemailMessage, @campaignId, @contactId, @attempt, @status, @createdAt, @claimedAt, @record)`);
+      @machineDetection, @voicemailAction, @voicemailMessage, @campaignId, @contactId, @attempt, @status, @createdAt, @claimedAt)`);
     this.#byId = db.prepare('SELECT * FROM calls WHERE id = ?');
     this.#bySid = db.prepare('SELECT * FROM calls WHERE call_sid = ?');
     this.#event = db.prepare('INSERT INTO call_events (call_id, at, type, status, sequence, data) VALUES (?, ?, ?, ?, ?, ?)');
@@ -259,8 +259,9 @@ export class CallStore {
       status: c.status,
       createdAt: now,
       claimedAt: c.claimedAt ?? null,
-      record: c.record === undefined ? null : c.record ? 1 : 0,
     });
+    // Set apart (rarely given), so the insert also works on a database from before recordings.
+    if (c.record !== undefined) this.#db.prepare('UPDATE calls SET record = ? WHERE id = ?').run(c.record ? 1 : 0, id);
     this.event(id, 'created', c.status, null, null, now);
     const row = this.get(id);
     if (row === undefined) throw new Error(`call ${id} vanished after insert`);
