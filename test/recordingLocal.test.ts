@@ -4,6 +4,7 @@
  * what it played (its emulation of Twilio's playback buffer: `heard()`).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -28,12 +29,17 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Sends `n` caller frames in real time (20 ms apart, drift-corrected); `frame(i)` picks each payload. Returns each frame's timestamp (ms since start). */
+/**
+ * Sends `n` caller frames in real time (20 ms apart, drift-corrected); `frame(i)` picks each
+ * payload. Timestamps are regular, 20 ms apart from the first frame's time since start, as
+ * Twilio stamps captured audio (a frame sent a little late keeps its place). Returns them.
+ */
 async function pumpFrames(stream: FakeTwilioStream, n: number, frame: (i: number) => string, onFrame?: (i: number) => void): Promise<number[]> {
   const stamps: number[] = [];
   const t0 = performance.now();
+  const ts0 = Math.max(0, Math.round(stream.now() - (stream.startSentAt ?? 0)));
   for (let i = 0; i < n; i++) {
-    const ts = Math.max(0, Math.round(stream.now() - (stream.startSentAt ?? 0)));
+    const ts = ts0 + i * 20;
     stream.sendMedia(frame(i), ts);
     stamps.push(ts);
     onFrame?.(i);
@@ -54,6 +60,11 @@ describe('RECORDING=local', () => {
   it('writes caller left and agent right, each within one 20 ms frame of when the simulator sent and played it', async () => {
     tb = await startTestBridge({ env: { RECORDING: 'local', DATA_DIR: dir } });
     const call = await openCall(tb);
+    // The simulator, the fake agent and the bridge share this process: on a busy machine the
+    // simulator receives the agent's audio late by the event loop's delay (its "playback" starts
+    // then), which the bridge's clock does not see. That delay is measured and allowed for.
+    const loop = monitorEventLoopDelay({ resolution: 5 });
+    loop.enable();
     const stamps = await pumpFrames(
       call.stream,
       75,
@@ -64,6 +75,8 @@ describe('RECORDING=local', () => {
       },
     );
     call.stream.sendStop();
+    loop.disable();
+    const lagSamples = Math.round((loop.max / 1e6) * 8);
     const wav = readStereoWav(await recordedFile(call.callSid));
     expect(wav.channels).toBe(2);
     expect(wav.sampleRate).toBe(8000);
@@ -77,11 +90,11 @@ describe('RECORDING=local', () => {
     const heard = decodeUlaw(call.stream.heard());
     const offAgent = onset(wav.right) - onset(heard);
     const lenDiff = loudCount(wav.right) - loudCount(heard);
-    console.info(`alignment (samples at 8 kHz; 160 = one frame): caller ${offA}, ${offB}; agent onset ${offAgent}, agent length ${lenDiff}`);
+    console.info(`alignment (samples at 8 kHz; 160 = one frame): caller ${offA}, ${offB}; agent onset ${offAgent}, agent length ${lenDiff}; event-loop delay max ${lagSamples}`);
     expect(Math.abs(offA)).toBeLessThanOrEqual(FRAME);
     expect(Math.abs(offB)).toBeLessThanOrEqual(FRAME);
     expect(onset(heard)).toBeGreaterThan(0);
-    expect(Math.abs(offAgent)).toBeLessThanOrEqual(FRAME);
+    expect(Math.abs(offAgent)).toBeLessThanOrEqual(FRAME + lagSamples);
     expect(loudCount(heard)).toBe(3200);
     expect(Math.abs(lenDiff)).toBeLessThanOrEqual(FRAME);
     // The two channels share one timeline: the file is as long as the call.
@@ -91,6 +104,8 @@ describe('RECORDING=local', () => {
   it('has a barge-in as a cut: the agent audio Twilio cleared is not in the file', async () => {
     tb = await startTestBridge({ env: { RECORDING: 'local', DATA_DIR: dir } });
     const call = await openCall(tb);
+    const loop = monitorEventLoopDelay({ resolution: 5 });
+    loop.enable();
     await pumpFrames(
       call.stream,
       60,
@@ -101,6 +116,8 @@ describe('RECORDING=local', () => {
       },
     );
     call.stream.sendStop();
+    loop.disable();
+    const lagSamples = Math.round((loop.max / 1e6) * 8);
     const wav = readStereoWav(await recordedFile(call.callSid));
     const heard = decodeUlaw(call.stream.heard());
     expect(call.stream.clears).toBe(1);
@@ -114,9 +131,10 @@ describe('RECORDING=local', () => {
     // The cut is where the caller heard it, and nothing of the cleared audio comes after it.
     const lastHeard = heard.findLastIndex((v) => Math.abs(v) > 1000);
     const lastRecorded = wav.right.findLastIndex((v) => Math.abs(v) > 1000);
-    expect(Math.abs(lastRecorded - lastHeard)).toBeLessThanOrEqual(FRAME);
+    // (Where the simulator heard it is late by this process's event-loop delay, as in the test above.)
+    expect(Math.abs(lastRecorded - lastHeard)).toBeLessThanOrEqual(FRAME + lagSamples);
     // The caller's words that interrupted are on the left, at the cut.
-    expect(Math.abs(onset(wav.left) - lastHeard)).toBeLessThanOrEqual(2 * FRAME);
+    expect(Math.abs(onset(wav.left) - lastRecorded)).toBeLessThanOrEqual(2 * FRAME);
   });
 
   it('is on the call record, in the call view, and served with Range requests (206, 416)', async () => {

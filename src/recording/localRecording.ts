@@ -72,6 +72,8 @@ export interface LocalRecordingOptions {
   path: string;
   /** The call came back after a transfer: continue the file (after {@link JOIN_GAP_MS} of silence). */
   append?: boolean;
+  /** With `append`: the previous part is still being finished; the file is opened once it is (audio waits in the write queue). */
+  after?: Promise<unknown>;
   log: Logger;
   /** Clock in ms (default `performance.now`). */
   now?: () => number;
@@ -143,8 +145,12 @@ export class LocalCallRecording implements CallAudioRecorder {
     this.#t0 = this.#now();
     this.#buf = Buffer.alloc(WRITE_BUFFER_BYTES);
     this.#view = new Int16Array(this.#buf.buffer, this.#buf.byteOffset, WRITE_BUFFER_BYTES / 2);
-    if (opts.append === true) this.#openAppend();
-    else this.#openNew();
+    if (opts.append !== true) this.#openNew();
+    else if (opts.after === undefined) this.#openAppend();
+    else {
+      const open = (): void => this.#openAppend();
+      opts.after.then(open, open);
+    }
   }
 
   /** Sample frames committed so far by this stream. */

@@ -64,6 +64,7 @@ export class RecordingService {
   readonly #live = new Map<string, { callId: string; rec?: CallAudioRecorder }>();
   /** Recordings being finished (their files closed, their records updated). */
   readonly #ending = new Set<Promise<void>>();
+  readonly #endingBySid = new Map<string, Promise<void>>();
   #sweepTimer: NodeJS.Timeout | undefined;
 
   constructor(o: RecordingServiceOptions) {
@@ -120,7 +121,15 @@ export class RecordingService {
       return undefined;
     }
     const append = resumed && row.recordingBackend === 'local' && existsSync(this.pathOf(row.id));
-    const rec = new LocalCallRecording({ path: this.pathOf(row.id), append, log: this.#log.child({ callSid, callId: row.id }), ...(this.#o.mediaClock !== undefined ? { now: this.#o.mediaClock } : {}) });
+    // The previous part may still be being finished (its last writes, its header): this one opens the file after it.
+    const previous = append ? this.#endingBySid.get(callSid) : undefined;
+    const rec = new LocalCallRecording({
+      path: this.pathOf(row.id),
+      append,
+      ...(previous !== undefined ? { after: previous } : {}),
+      log: this.#log.child({ callSid, callId: row.id }),
+      ...(this.#o.mediaClock !== undefined ? { now: this.#o.mediaClock } : {}),
+    });
     if (!append) this.#o.calls.update(row.id, { recordingBackend: 'local', recordingStatus: 'in-progress', recordingStartedAt: this.#now() });
     this.#live.set(callSid, { callId: row.id, rec });
     return rec;
@@ -131,8 +140,12 @@ export class RecordingService {
     const live = this.#live.get(callSid);
     if (live?.rec === undefined) return Promise.resolve();
     this.#live.delete(callSid);
-    const p = this.#finish(callSid, live.callId, live.rec).finally(() => this.#ending.delete(p));
+    const p: Promise<void> = this.#finish(callSid, live.callId, live.rec).finally(() => {
+      this.#ending.delete(p);
+      if (this.#endingBySid.get(callSid) === p) this.#endingBySid.delete(callSid);
+    });
     this.#ending.add(p);
+    this.#endingBySid.set(callSid, p);
     return p;
   }
 
