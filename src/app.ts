@@ -22,7 +22,7 @@ import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
 import { docsRoutes } from './api/docs.js';
-import { errorHandler, notFoundHandler } from './api/errors.js';
+import { errorBody, errorHandler, notFoundHandler } from './api/errors.js';
 import { fetchConversationTranscript } from './agent/playai/rest.js';
 import { DeferredDialer, type Dialer } from './outbound/dialer.js';
 import { OutboundService } from './outbound/service.js';
@@ -45,6 +45,11 @@ import { MemoryEventBus, type EventBus } from './events/bus.js';
 import { CallEvents } from './events/callEvents.js';
 import { isEventType } from './events/types.js';
 import { forwardEventsToWebhook } from './events/webhookForwarder.js';
+import { RecordingService, recordingOffRefusal } from './recording/service.js';
+import { TwilioRecordings, type TwilioRecordingsPort } from './recording/twilioRecordings.js';
+import { recordingCallbacks } from './http/recordingCallbacks.js';
+import { recordingRoutes } from './api/recordingRoutes.js';
+import { AgentDirectory as AgentDirectoryClass } from './agent/directory.js';
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -71,6 +76,8 @@ export interface BridgeOverrides {
   consoleDir?: string;
   /** Live event bus (defaults to the in-process one). */
   events?: EventBus;
+  /** Twilio's Recordings API (defaults to Twilio REST when RECORDING=twilio). */
+  twilioRecordings?: TwilioRecordingsPort;
 }
 
 export interface Bridge {
@@ -87,6 +94,8 @@ export interface Bridge {
   webhooks: WebhookDispatcher | undefined;
   /** Live events (`/v1/events`, WEBHOOK_EVENTS). */
   events: EventBus;
+  /** Call recording (RECORDING). */
+  recordings: RecordingService;
   db: Db;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
@@ -172,6 +181,26 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   };
   const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError, events: callEvents });
   // The simulated carrier needs the address the bridge listens on: it is set at listen time.
+  const recordings = new RecordingService({
+    settings: config.recording,
+    calls,
+    agentRecord: (ref) => config.agents.definitions.get(AgentDirectoryClass.normalize(ref) ?? ref)?.record,
+    ...(config.recording.backend === 'twilio' && config.twilio.accountSid !== undefined && config.twilio.authToken !== undefined
+      ? {
+          twilio:
+            overrides.twilioRecordings ??
+            new TwilioRecordings({
+              accountSid: config.twilio.accountSid,
+              authToken: config.twilio.authToken,
+              ...(config.twilioApiUrl !== undefined ? { apiUrl: config.twilioApiUrl } : {}),
+              ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+            }),
+        }
+      : {}),
+    publicUrl: config.publicUrl,
+    log: logger.child({ component: 'recordings' }),
+  });
+  recordings.repairAtBoot();
   const deferred = new DeferredDialer('local');
   const dialer: Dialer =
     overrides.dialer ??
@@ -310,9 +339,18 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callbacks: outbound.callbacks,
     recorder,
     ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
+    recording: recordings,
   });
+  await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
   if (transfers !== undefined) {
     await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
+  }
+  if (config.recording.backend === 'off') {
+    app.addHook('preHandler', async (req, reply) => {
+      if (req.method !== 'POST' || !req.url.startsWith('/v1/')) return;
+      const why = recordingOffRefusal(req.body);
+      if (why !== undefined) await reply.code(400).send(errorBody('invalid_request', why));
+    });
   }
   await app.register(docsRoutes);
   await app.register(async (api) => {
@@ -329,6 +367,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
   });
+  await app.register(async (api) => {
+    await recordingRoutes(api, { calls, recordings, ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}), localMode: config.outbound.localCarrier });
+  });
   await app.register(consoleRoutes, {
     ...(overrides.consoleDir !== undefined ? { dir: overrides.consoleDir } : {}),
     ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
@@ -343,7 +384,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     });
   });
   // Phone and browser calls take the same session path; only phone calls can be transferred.
-  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools };
+  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings };
   await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}) });
   await app.register(webMediaStreamRoute, {
     ...streamDeps,
@@ -369,12 +410,15 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       );
     }
     webhooks?.start();
+    recordings.startRetention();
     await outbound.start();
   });
   app.addHook('onClose', async () => {
     transfers?.dispose();
     await outbound.stop();
     for (const s of [...manager.sessions()]) s.close('shutdown');
+    await recordings.closeAll();
+    recordings.dispose();
     manager.dispose();
     agents.stopProbing();
     loadGuard.dispose();
@@ -397,7 +441,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db };
 }
 
 /** The call sessions' settings from the configuration. */

@@ -336,6 +336,7 @@ export const createWebCallBody = z
     route: z.string().min(2).max(32).optional().describe('A number route (E.164, as in ROUTES_FILE): its agent, prompt and greeting'),
     prompt: z.string().max(20_000).optional().describe("Added to the agent's instructions"),
     customGreeting: z.string().max(2000).optional().describe("Replaces the agent's greeting"),
+    record: z.boolean().optional().describe('Record the call (RECORDING must be local or twilio); absent: its route, agent and RECORDING_DEFAULT decide'),
   })
   .strict()
   .refine((b) => b.route === undefined || (b.agentId === undefined && b.prompt === undefined && b.customGreeting === undefined), {

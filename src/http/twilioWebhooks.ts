@@ -3,7 +3,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { connectStreamTwiml, hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import { hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import type { CallRecorder } from '../calls/recorder.js';
 import { errorBody } from '../api/errors.js';
 import type { Config } from '../config.js';
@@ -12,6 +12,8 @@ import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
 import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
 import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
+import type { RecordingService } from '../recording/service.js';
+import { streamTwimlWithConsent } from '../recording/consent.js';
 
 const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
 const voiceBody = z.object({
@@ -59,6 +61,8 @@ export interface TwilioWebhookDeps {
   recorder: CallRecorder;
   /** A call reached a final status (a transfer holding it lets go). */
   onCallEnded?(callSid: string): void;
+  /** Call recording: a recorded call hears the consent announcement first (RECORDING_CONSENT_TEXT). */
+  recording?: RecordingService;
 }
 
 /** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
@@ -90,7 +94,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const again = manager.admit(admittedCall, undefined, idempotencyToken);
       if (!again.ok) return duplicate();
       log.info('retried voice webhook: same stream token');
-      return reply.type('text/xml').send(connectStreamTwiml(deps.streamUrl, { agentId: again.route.agentId, token: again.token }));
+      return reply.type('text/xml').send(streamTwimlWithConsent(deps.recording?.consentFor(again.route), deps.streamUrl, { agentId: again.route.agentId, token: again.token }, say));
     }
     let admitted: AdmitResult;
     if (callId !== undefined) {
@@ -116,7 +120,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       return fallback === undefined ? sayHangupTwiml(deps.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
-    return connectStreamTwiml(deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
+    return streamTwimlWithConsent(deps.recording?.consentFor(admitted.route), deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, say);
   });
 
   app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {

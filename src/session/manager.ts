@@ -42,6 +42,8 @@ export interface CallRoute {
   dtmf?: Record<string, DtmfAction>;
   /** Operator HTTP tools of the call's campaign (over the agent's own of the same name). */
   tools?: HttpToolDef[];
+  /** Record the call: the API call's or campaign's `record`, else the number route's (the agent's and RECORDING_DEFAULT decide when absent). */
+  record?: boolean;
 }
 
 /** A unit of capacity held by one admitted call. */
@@ -252,6 +254,7 @@ export class SessionManager {
     if (route?.customGreeting !== undefined) out.customGreeting = route.customGreeting;
     if (route?.transferTargets !== undefined) out.transferTargets = route.transferTargets;
     if (route?.dtmf !== undefined) out.dtmf = route.dtmf;
+    if (route?.record !== undefined) out.record = route.record;
     return out;
   }
 

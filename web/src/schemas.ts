@@ -47,6 +47,7 @@ export const callDetail = z.extend(call, {
   transcriptSource: str,
   // Servers before transfers have no such field.
   transfers: z.optional(z.array(transferRecord)),
+  recording: z.optional(z.nullable(z.object({ backend: str, status: nstr, durationS: nnum, url: str }))),
 });
 export type CallDetail = z.infer<typeof callDetail>;
 
