@@ -130,7 +130,8 @@ export class RecordingService {
       log: this.#log.child({ callSid, callId: row.id }),
       ...(this.#o.mediaClock !== undefined ? { now: this.#o.mediaClock } : {}),
     });
-    if (!append) this.#o.calls.update(row.id, { recordingBackend: 'local', recordingStatus: 'in-progress', recordingStartedAt: this.#now() });
+    // A call back from a transfer is being recorded again: not `completed` until this part is finished too.
+    this.#o.calls.update(row.id, append ? { recordingStatus: 'in-progress' } : { recordingBackend: 'local', recordingStatus: 'in-progress', recordingStartedAt: this.#now() });
     this.#live.set(callSid, { callId: row.id, rec });
     return rec;
   }
