@@ -48,6 +48,8 @@ export interface FakeTtsOptions {
   /** Bytes per binary frame (default 4000). */
   chunkBytes?: number;
   logger?: Logger;
+  /** Wall clock (ms epoch) for token expiry (tests move it). */
+  now?: () => number;
 }
 
 export interface FakeTtsCommand {
@@ -98,6 +100,7 @@ export class FakeTtsServer {
   readonly #ttlMs: number;
   readonly #chunk: number;
   readonly #log: Logger | undefined;
+  readonly #now: () => number;
   #dropAfter: number | undefined;
   #stalled = false;
   readonly #onUnstall: Array<() => void> = [];
@@ -111,6 +114,7 @@ export class FakeTtsServer {
     this.#ttlMs = opts.tokenTtlMs ?? 60 * 60 * 1000;
     this.#chunk = Math.max(1, opts.chunkBytes ?? 4000);
     this.#log = opts.logger;
+    this.#now = opts.now ?? Date.now;
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024, perMessageDeflate: false });
     server.on('request', (req, res) => this.#http(req, res));
     server.on('upgrade', (req, socket, head) => this.#upgrade(req, socket, head));
@@ -188,7 +192,7 @@ export class FakeTtsServer {
       return send(401, { error: 'Unauthorized: check the API key and the user id' });
     }
     req.resume();
-    const expiresAt = Date.now() + this.#ttlMs;
+    const expiresAt = this.#now() + this.#ttlMs;
     const webSocketUrls: Record<string, string> = {};
     for (const model of this.#models) {
       const token = randomBytes(18).toString('base64url');
@@ -196,7 +200,7 @@ export class FakeTtsServer {
       webSocketUrls[model] = `${this.url.replace(/^http/, 'ws')}/tts/${encodeURIComponent(model)}?token=${token}`;
     }
     // Tokens of long ago are forgotten (bounded memory for a long-running local mode).
-    if (this.#tokens.size > 1000) for (const [k, t] of this.#tokens) if (t.expiresAt < Date.now()) this.#tokens.delete(k);
+    if (this.#tokens.size > 1000) for (const [k, t] of this.#tokens) if (t.expiresAt < this.#now()) this.#tokens.delete(k);
     send(200, { webSocketUrls, expiresAt: new Date(expiresAt).toISOString() });
   }
 
@@ -209,7 +213,7 @@ export class FakeTtsServer {
     if (m === null) return refuse(404, 'Not Found');
     const token = this.#tokens.get(url.searchParams.get('token') ?? '');
     const model = decodeURIComponent(m[1] ?? '');
-    if (token === undefined || token.model !== model || token.expiresAt <= Date.now()) return refuse(401, 'Unauthorized');
+    if (token === undefined || token.model !== model || token.expiresAt <= this.#now()) return refuse(401, 'Unauthorized');
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#connection(ws, model));
   }
 

@@ -232,6 +232,12 @@ export class PlayAiTts implements TtsPort {
           now: this.#now,
           ...(this.#o.fetchImpl !== undefined ? { fetchImpl: this.#o.fetchImpl } : {}),
         });
+        if (next.expiresAt - this.#marginMs <= this.#now()) {
+          // Already inside the renewal margin (clocks apart, or a very short lifetime): use it for a
+          // minute rather than asking again at once.
+          this.#warnOnce('short-expiry', { expiresAt: new Date(next.expiresAt).toISOString() }, 'PlayAI TTS: the socket URL expires sooner than the renewal margin (clock skew?); using it for a minute');
+          next.expiresAt = this.#now() + this.#marginMs + 60_000;
+        }
         this.#auth = next;
         this.#log.debug({ expiresAt: new Date(next.expiresAt).toISOString(), models: [...next.urls.keys()] }, 'PlayAI TTS: authenticated');
         return next;
@@ -378,10 +384,7 @@ export class PlayAiTts implements TtsPort {
     if (conn.idle === undefined && this.#waiting.length === 0) {
       conn.idle = setTimeout(() => {
         conn.idle = undefined;
-        if (conn.queue.length === 0) {
-          this.#retire(conn);
-          this.#endConn(conn);
-        }
+        if (conn.queue.length === 0) this.#retire(conn);
       }, this.#idleMs);
       conn.idle.unref();
     }
@@ -434,9 +437,11 @@ export class PlayAiTts implements TtsPort {
     }
   }
 
+  /** The socket takes no new commands; it closes once its answers are in (at once when none is due). */
   #retire(conn: Conn): void {
     conn.retiring = true;
     if (this.#conn === conn) this.#conn = undefined;
+    if (conn.queue.length === 0) this.#endConn(conn);
   }
 
   #endConn(conn: Conn): void {
