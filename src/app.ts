@@ -45,6 +45,13 @@ import { MemoryEventBus, type EventBus } from './events/bus.js';
 import { CallEvents } from './events/callEvents.js';
 import { isEventType } from './events/types.js';
 import { forwardEventsToWebhook } from './events/webhookForwarder.js';
+import { promptRoutes } from './http/prompts.js';
+import type { TtsPort } from './tts/port.js';
+import type { PromptService } from './tts/prompts.js';
+import { createPromptService } from './tts/setup.js';
+
+/** A voicemail message waits at most this long for its audio in the agent's voice (then `<Say>`). */
+const VOICEMAIL_TTS_WAIT_MS = 2500;
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -71,6 +78,8 @@ export interface BridgeOverrides {
   consoleDir?: string;
   /** Live event bus (defaults to the in-process one). */
   events?: EventBus;
+  /** Prompt TTS instead of the configured one (tests; TTS must not be off). */
+  tts?: TtsPort;
 }
 
 export interface Bridge {
@@ -88,6 +97,10 @@ export interface Bridge {
   /** Live events (`/v1/events`, WEBHOOK_EVENTS). */
   events: EventBus;
   db: Db;
+  /** Caller-facing prompts (TTS, cache, signed prompt URLs). */
+  prompts: PromptService;
+  /** Settles when the boot warm-up of the prompts is done (it runs in the background). */
+  promptsWarm: Promise<{ ready: number; failed: number }>;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
    * calls end on their own for up to `timeoutMs`, then end the rest with a
@@ -150,6 +163,12 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     outboundSlots: () => manager.outboundSlots,
     agents: () => agents.knownAgents(),
   });
+  const prompts = await createPromptService(config, logger, metrics.registry, {
+    ...(overrides.tts !== undefined ? { tts: overrides.tts } : {}),
+    ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+  });
+  // The configured prompts are synthesized into the cache now, in the background.
+  const promptsWarm = prompts.warm();
   const say = { voice: config.messages.voice, language: config.messages.language };
   const callControl =
     overrides.callControl ??
@@ -183,6 +202,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           say,
           log: logger,
           ...(config.twilioApiUrl !== undefined ? { apiUrl: config.twilioApiUrl } : {}),
+          speech: (text) => prompts.spokenSoon({ text }, VOICEMAIL_TTS_WAIT_MS),
         }));
   const webhooks =
     config.webhook.url === undefined
@@ -276,6 +296,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
           log: logger.child({ component: 'transfers' }),
           onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+          prompts,
         });
 
   const app = Fastify({
@@ -310,7 +331,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callbacks: outbound.callbacks,
     recorder,
     ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
+    prompts,
   });
+  await app.register(promptRoutes, { prompts });
   if (transfers !== undefined) {
     await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
   }
@@ -353,6 +376,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     journal: recorder,
     tools: operatorTools,
     ...(transfers !== undefined ? { transfers } : {}),
+    prompts,
   });
   await app.register(webMediaStreamRoute, {
     stream: streamRouteSettings(config),
@@ -364,6 +388,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     settings,
     journal: recorder,
     tools: operatorTools,
+    prompts,
     apiToken: config.outbound.apiToken,
     publicUrl: config.publicUrl,
     onStreamStarted: (callSid) => webCalls.streamStarted(callSid),
@@ -399,6 +424,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     events.close();
     await webhooks?.stop();
     await dialer.close?.();
+    await prompts.close();
     if (overrides.db === undefined) db.close();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
@@ -409,12 +435,13 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     const left = [...manager.sessions()];
     logger.warn({ liveCalls: left.length }, 'drain timeout: ending the remaining calls with a goodbye');
     for (const s of left) s.endWithGoodbye('shutdown');
-    await waitFor(() => manager.liveCalls === 0, settings.callControlGraceMs + 1000);
+    // A goodbye played into the stream takes its own length (see CallSession#endWith).
+    await waitFor(() => manager.liveCalls === 0, Math.max(settings.callControlGraceMs, prompts.durationMs('goodbye') + 1000) + 1000);
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db, prompts, promptsWarm };
 }
 
 /** The call sessions' settings from the configuration. */

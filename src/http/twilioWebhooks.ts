@@ -12,6 +12,7 @@ import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
 import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
 import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
+import type { PromptService } from '../tts/prompts.js';
 
 const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
 const voiceBody = z.object({
@@ -59,6 +60,8 @@ export interface TwilioWebhookDeps {
   recorder: CallRecorder;
   /** A call reached a final status (a transfer holding it lets go). */
   onCallEnded?(callSid: string): void;
+  /** Refusals in the agent's voice (`<Play>` of a signed prompt URL) when TTS has them ready; `<Say>` otherwise. */
+  prompts?: Pick<PromptService, 'spoken'>;
 }
 
 /** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
@@ -68,6 +71,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
   const { manager, metrics, callbacks, recorder } = deps;
   const authOpts = { authToken: deps.authToken, publicUrl: deps.publicUrl, streamUrl: deps.streamUrl, metrics };
   const say = { voice: deps.messages.voice, language: deps.messages.language };
+  const spoken = (kind: 'busy' | 'apology') => deps.prompts?.spoken(kind) ?? deps.messages[kind];
 
   app.post('/twilio/voice', { preValidation: webhookAuth(authOpts, 'voice'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = voiceBody.safeParse(req.body);
@@ -98,7 +102,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const answer = callbacks.answer(callId, call.CallSid);
       if (!answer.ok) {
         if (answer.why === 'duplicate') return duplicate();
-        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(deps.messages.apology, say));
+        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(spoken('apology'), say));
         log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
         return reply.type('text/xml').send(hangupTwiml());
       }
@@ -113,7 +117,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
       const fallback = deps.overflow.action === 'dial' && admitted.reason !== 'draining' ? deps.overflow.fallbackNumber : undefined;
-      return fallback === undefined ? sayHangupTwiml(deps.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
+      return fallback === undefined ? sayHangupTwiml(spoken('busy'), say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
     return connectStreamTwiml(deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });

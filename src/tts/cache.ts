@@ -21,8 +21,8 @@ const SUFFIX = '.ulaw';
 const MEMORY_BYTES = 4 * 1024 * 1024;
 
 export interface TtsCacheOptions {
-  /** The cache directory (created if missing). */
-  dir: string;
+  /** The cache directory (created if missing); undefined keeps prompts in memory only. */
+  dir?: string;
   /** Most bytes kept on disk. */
   maxBytes: number;
   log: Logger;
@@ -34,7 +34,7 @@ interface Entry {
 }
 
 export class TtsCache {
-  readonly dir: string;
+  readonly dir: string | undefined;
   readonly #maxBytes: number;
   readonly #log: Logger;
   readonly #index = new Map<string, Entry>();
@@ -54,6 +54,10 @@ export class TtsCache {
     this.dir = opts.dir;
     this.#maxBytes = Math.max(0, opts.maxBytes);
     this.#log = opts.log;
+    if (this.dir === undefined) {
+      this.#diskOk = false;
+      return;
+    }
     try {
       mkdirSync(this.dir, { recursive: true });
       const files = readdirSync(this.dir);
@@ -105,7 +109,7 @@ export class TtsCache {
       this.#memory.set(key, mem);
       return mem;
     }
-    if (entry === undefined) return undefined;
+    if (entry === undefined || this.dir === undefined) return undefined;
     let audio: Buffer;
     try {
       audio = readFileSync(join(this.dir, key + SUFFIX));
@@ -123,7 +127,7 @@ export class TtsCache {
   async put(key: string, audio: Buffer): Promise<void> {
     if (!CACHE_KEY.test(key) || audio.length === 0) return;
     this.#remember(key, audio);
-    if (!this.#diskOk || audio.length > this.#maxBytes) return;
+    if (!this.#diskOk || this.dir === undefined || audio.length > this.#maxBytes) return;
     const path = join(this.dir, key + SUFFIX);
     const tmp = join(this.dir, `${key}.${randomBytes(6).toString('hex')}.tmp`);
     try {
@@ -159,12 +163,13 @@ export class TtsCache {
 
   /** Drops the least recently used files until the directory fits. */
   #evict(): void {
-    if (this.#diskBytes <= this.#maxBytes) return;
+    if (this.#diskBytes <= this.#maxBytes || this.dir === undefined) return;
+    const dir = this.dir;
     const byAge = [...this.#index.entries()].sort((a, b) => a[1].usedAt - b[1].usedAt);
     for (const [key, entry] of byAge) {
       if (this.#diskBytes <= this.#maxBytes) break;
       try {
-        unlinkSync(join(this.dir, key + SUFFIX));
+        unlinkSync(join(dir, key + SUFFIX));
       } catch {
         // already gone
       }
