@@ -3,15 +3,16 @@
  * service, the Twilio simulator, the webhook's `<Play>` of a signed URL served
  * by the bridge, and closing prompts played into a live stream.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { readWav } from '../src/audio/wav.js';
 import { mulawDecode } from '../src/audio/mulaw.js';
 import { FakeTtsServer, fakeTtsAudio } from '../src/sim/fakeTts.js';
-import { newCallSid, parseTwimlVerbs, postVoiceWebhook } from '../src/sim/twilioSim.js';
-import { AUTH_TOKEN, eventually, openCall, startTestBridge, storedCall, type TestBridge } from './helpers.js';
+import { newCallSid, parseTwimlVerbs, postStatusCallback, postVoiceWebhook } from '../src/sim/twilioSim.js';
+import type { TransferCarrier } from '../src/transfer/coordinator.js';
+import { AUTH_TOKEN, eventually, openCall, PUBLIC_URL, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 const VOICE = 's3://voices/agent/manifest.json';
 const BUSY = 'Sorry, every line is busy.';
@@ -23,7 +24,7 @@ afterEach(async () => {
   for (const fn of cleanup.splice(0).reverse()) await fn();
 });
 
-async function bridgeWithTts(env: Record<string, string> = {}, setup?: (f: FakeTtsServer) => void): Promise<{ tb: TestBridge; tts: FakeTtsServer }> {
+async function bridgeWithTts(env: Record<string, string> = {}, setup?: (f: FakeTtsServer) => void, transferCarrier?: TransferCarrier): Promise<{ tb: TestBridge; tts: FakeTtsServer }> {
   const tts = await FakeTtsServer.start({ apiKey: 'test-playai-key', userId: 'user-1', chunkBytes: 1000 });
   cleanup.push(() => tts.close());
   setup?.(tts);
@@ -39,6 +40,7 @@ async function bridgeWithTts(env: Record<string, string> = {}, setup?: (f: FakeT
       GOODBYE_TEXT: GOODBYE,
       ...env,
     },
+    ...(transferCarrier !== undefined ? { overrides: { transferCarrier } } : {}),
   });
   cleanup.push(() => tb.close());
   await tb.bridge.promptsWarm;
@@ -133,5 +135,74 @@ describe('prompts in the agent voice', () => {
     await eventually(() => tb.callControl.requests.length === 1, 3000, 'call control');
     expect(tb.callControl.requests[0]).toMatchObject({ callSid: call.callSid, text: GOODBYE });
     expect(call.stream.mediaPayloads).toEqual([]);
+  });
+});
+
+describe('transfers in the agent voice', () => {
+  const FRONTDESK = '+14155550100';
+  const CALLED = '+14155550999';
+  const API_TOKEN = 'test-api-token-0123456789abcdef';
+  const RETURN = 'Nobody answered, here is your agent again.';
+
+  /** Records what a transfer asks of Twilio; a redirect ends the stream as Twilio does. */
+  class Carrier implements TransferCarrier {
+    readonly redirects: string[] = [];
+    readonly created: string[] = [];
+    stop: (() => void) | undefined;
+    async redirect(_callSid: string, twiml: string): Promise<boolean> {
+      this.redirects.push(twiml);
+      setTimeout(() => this.stop?.(), 5);
+      return true;
+    }
+    async createCall(o: { twiml: string }): Promise<string | undefined> {
+      this.created.push(o.twiml);
+      return `CA${'e'.repeat(32)}`;
+    }
+    async hangup(): Promise<boolean> {
+      return true;
+    }
+  }
+
+  async function start(): Promise<{ tb: TestBridge; carrier: Carrier }> {
+    const dir = mkdtempSync(join(tmpdir(), 'prompts-routes-'));
+    const routes = join(dir, 'routes.json');
+    writeFileSync(routes, JSON.stringify({ [CALLED]: { agentId: 'playai:agent-default', transferTargets: { frontdesk: { to: FRONTDESK, timeoutS: 20 } } } }));
+    const carrier = new Carrier();
+    const { tb } = await bridgeWithTts({ ROUTES_FILE: routes, TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`, API_TOKEN, TRANSFER_RETURN_TEXT: RETURN }, undefined, carrier);
+    return { tb, carrier };
+  }
+
+  const transfer = async (tb: TestBridge, callSid: string, mode: 'cold' | 'warm'): Promise<number> => {
+    const id = storedCall(tb, callSid)?.id ?? '';
+    const res = await fetch(`${tb.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_TOKEN}` }, body: JSON.stringify({ target: 'frontdesk', mode }) });
+    return res.status;
+  };
+
+  it('a caller back from a transfer nobody answered hears the return text as <Play> before the stream reconnects', async () => {
+    const { tb, carrier } = await start();
+    const call = await openCall(tb, { to: CALLED });
+    carrier.stop = () => call.stream.sendStop();
+    expect(await transfer(tb, call.callSid, 'cold')).toBe(202);
+    const action = /<Dial action="([^"]+)"/.exec(carrier.redirects.at(-1) ?? '')?.[1]?.replaceAll('&amp;', '&') ?? '';
+    await call.stream.waitForClose(3000);
+    const back = await postStatusCallback({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, path: new URL(action).pathname, params: { CallSid: call.callSid, CallStatus: 'in-progress', DialCallStatus: 'no-answer' } });
+    const verbs = parseTwimlVerbs(back.body);
+    expect(verbs.map((v) => v.verb)).toEqual(['play', 'connect', 'hangup']);
+    const play = verbs[0];
+    const url = play?.verb === 'play' ? new URL(play.url) : undefined;
+    const res = await fetch(`${tb.url}${url?.pathname ?? ''}${url?.search ?? ''}`);
+    expect(res.status).toBe(200);
+    expect(Array.from(readWav(new Uint8Array(await res.arrayBuffer())).samples)).toEqual(Array.from(mulawDecode(fakeTtsAudio(RETURN, VOICE))));
+  });
+
+  it('the person in a warm transfer hears the summary as <Play> of its synthesized audio', async () => {
+    const { tb, carrier } = await start();
+    const call = await openCall(tb, { to: CALLED });
+    carrier.stop = () => call.stream.sendStop();
+    expect(await transfer(tb, call.callSid, 'warm')).toBe(202);
+    await eventually(() => carrier.created.length === 1, 5000, 'the call to the person');
+    const verbs = parseTwimlVerbs(carrier.created[0] ?? '');
+    expect(verbs[0]?.verb).toBe('play');
+    expect(verbs[1]?.verb).toBe('dial');
   });
 });
