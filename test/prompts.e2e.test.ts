@@ -12,7 +12,9 @@ import { mulawDecode } from '../src/audio/mulaw.js';
 import { FakeTtsServer, fakeTtsAudio } from '../src/sim/fakeTts.js';
 import { newCallSid, parseTwimlVerbs, postStatusCallback, postVoiceWebhook } from '../src/sim/twilioSim.js';
 import type { TransferCarrier } from '../src/transfer/coordinator.js';
-import { AUTH_TOKEN, eventually, openCall, PUBLIC_URL, startTestBridge, storedCall, type TestBridge } from './helpers.js';
+import { TwilioDialer } from '../src/outbound/twilioDialer.js';
+import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
+import { AUTH_TOKEN, dialRequest, eventually, openCall, PUBLIC_URL, startTestBridge, storedCall, type TestBridge } from './helpers.js';
 
 const VOICE = 's3://voices/agent/manifest.json';
 const BUSY = 'Sorry, every line is busy.';
@@ -204,5 +206,22 @@ describe('transfers in the agent voice', () => {
     const verbs = parseTwimlVerbs(carrier.created[0] ?? '');
     expect(verbs[0]?.verb).toBe('play');
     expect(verbs[1]?.verb).toBe('dial');
+  });
+});
+
+describe('a campaign voicemail message in the agent voice', () => {
+  it('is left as <Play> of its synthesized audio (the carrier fetches our signed URL)', async () => {
+    const { tb } = await bridgeWithTts({}, undefined);
+    const rest = await FakeTwilioRest.start({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, talkMs: 5000, ringMs: [10, 20], timing: { initiatedMs: 0, ringingMs: 10 }, outcomeFor: () => 'answered' });
+    cleanup.push(() => rest.close());
+    const dialer = new TwilioDialer({ accountSid: rest.accountSid, authToken: AUTH_TOKEN, apiUrl: rest.url, speech: (text) => tb.bridge.prompts.spokenSoon({ text }, 2500) });
+    const created = await dialer.create(dialRequest('vm-1', { url: `${PUBLIC_URL}/twilio/voice`, statusCallback: `${PUBLIC_URL}/twilio/status` }));
+    await eventually(() => rest.call(created.sid)?.status === 'in-progress', 3000, 'answered');
+    await dialer.sayAndHangup(created.sid, 'Hi, this is Acme, please call us back.');
+    const info = await rest.whenEnded(created.sid);
+    expect(info?.said).toEqual([]);
+    const url = new URL(info?.played[0] ?? 'http://none');
+    expect(url.pathname).toMatch(/^\/prompts\/[0-9a-f]{64}\.wav$/);
+    expect((await fetch(`${tb.url}${url.pathname}${url.search}`)).status).toBe(200);
   });
 });
