@@ -12,6 +12,7 @@ import { WebSocket } from 'ws';
 import { mulawDecode } from '../src/audio/mulaw.js';
 import { readWav, writeWavPcm16 } from '../src/audio/wav.js';
 import { FakeTtsServer, fakeTtsAudio } from '../src/sim/fakeTts.js';
+import { ConfigError, loadConfig } from '../src/config.js';
 import { TtsCache } from '../src/tts/cache.js';
 import { parseTtsAuth } from '../src/tts/playai/auth.js';
 import { toTelephoneAudio } from '../src/tts/playai/audio.js';
@@ -313,5 +314,35 @@ describe('prompt service', () => {
     expect(prompts.spoken('busy')).toEqual({ text: 'All lines are busy.' });
     await expect.poll(async () => registry.getSingleMetricAsString('playline_tts_failures_total')).toMatch(/reason="unavailable"} 1/);
     expect(await registry.getSingleMetricAsString('playline_prompts_total')).toMatch(/kind="busy",via="say"} 1/);
+  });
+});
+
+describe('TTS settings', () => {
+  const mode = (env: Record<string, string>): string => loadConfig(env).tts.mode;
+
+  it('defaults to playai with PlayAI keys and a voice, local with no keys at all, off otherwise', () => {
+    expect(mode({ PLAYAI_API_KEY: 'k', PLAYAI_USER_ID: 'u', PLAYAI_AGENT_ID: 'a' })).toBe('playai');
+    expect(mode({ PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'a' })).toBe('off');
+    expect(mode({})).toBe('local');
+    expect(mode({ TWILIO_AUTH_TOKEN: 't', PUBLIC_URL: 'https://x.example' })).toBe('off');
+    expect(mode({ OPENAI_API_KEY: 'k', PLAYAI_API_KEY: 'k', PLAYAI_USER_ID: 'u', DEFAULT_AGENT: 'openai:gpt-realtime' })).toBe('off');
+    expect(mode({ OPENAI_API_KEY: 'k', PLAYAI_API_KEY: 'k', PLAYAI_USER_ID: 'u', DEFAULT_AGENT: 'openai:gpt-realtime', TTS_VOICE: 'v' })).toBe('playai');
+    expect(mode({ TTS: 'off' })).toBe('off');
+  });
+
+  it('TTS=playai without what it needs names the missing setting and the way out', () => {
+    const err = (env: Record<string, string>): string => {
+      try {
+        loadConfig(env);
+      } catch (e) {
+        if (e instanceof ConfigError) return e.message;
+      }
+      return 'no error';
+    };
+    expect(err({ TTS: 'playai', OPENAI_API_KEY: 'k' })).toMatch(/^PLAYAI_API_KEY: required when TTS=playai.*TTS=off/);
+    expect(err({ TTS: 'playai', PLAYAI_API_KEY: 'k', PLAYAI_AGENT_ID: 'a' })).toMatch(/^PLAYAI_USER_ID: required when TTS=playai/);
+    expect(err({ TTS: 'playai', OPENAI_API_KEY: 'k', PLAYAI_API_KEY: 'k', PLAYAI_USER_ID: 'u', DEFAULT_AGENT: 'openai:gpt-realtime' })).toMatch(/^TTS_VOICE: required when TTS=playai/);
+    expect(err({ TTS: 'loud' })).toMatch(/^TTS: "loud" is not one of off, playai, local/);
+    expect(err({ PLAYAI_TTS_URL: 'ftp://x' })).toMatch(/^PLAYAI_TTS_URL/);
   });
 });
