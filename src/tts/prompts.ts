@@ -174,7 +174,7 @@ export class PromptService {
     const failed = results.length - ready;
     this.#log[failed > 0 ? 'warn' : 'info'](
       { ready, failed, ms: this.#now() - started, cache: this.#o.cache?.stats },
-      failed > 0 ? 'some prompts could not be synthesized; callers hear <Say> for those until TTS works' : 'prompts ready in the agent voice',
+      failed > 0 ? 'some prompts could not be synthesized; callers hear <Say> for those until TTS works' : `prompts synthesized (${this.#o.tts?.name ?? 'no'} TTS) and cached`,
     );
     return { ready, failed };
   }
