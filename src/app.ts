@@ -22,7 +22,7 @@ import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
 import { docsRoutes } from './api/docs.js';
-import { errorHandler, notFoundHandler } from './api/errors.js';
+import { errorBody, errorHandler, notFoundHandler } from './api/errors.js';
 import { fetchConversationTranscript } from './agent/playai/rest.js';
 import { DeferredDialer, type Dialer } from './outbound/dialer.js';
 import { OutboundService } from './outbound/service.js';
@@ -49,6 +49,11 @@ import { promptRoutes } from './http/prompts.js';
 import type { TtsPort } from './tts/port.js';
 import type { PromptService } from './tts/prompts.js';
 import { createPromptService } from './tts/setup.js';
+import { RecordingService, recordingOffRefusal } from './recording/service.js';
+import { TwilioRecordings, type TwilioRecordingsPort } from './recording/twilioRecordings.js';
+import { recordingCallbacks } from './http/recordingCallbacks.js';
+import { recordingRoutes } from './api/recordingRoutes.js';
+import { AgentDirectory as AgentDirectoryClass } from './agent/directory.js';
 
 /** A voicemail message waits at most this long for its audio in the agent's voice (then `<Say>`). */
 const VOICEMAIL_TTS_WAIT_MS = 2500;
@@ -80,6 +85,8 @@ export interface BridgeOverrides {
   events?: EventBus;
   /** Prompt TTS instead of the configured one (tests; TTS must not be off). */
   tts?: TtsPort;
+  /** Twilio's Recordings API (defaults to Twilio REST when RECORDING=twilio). */
+  twilioRecordings?: TwilioRecordingsPort;
 }
 
 export interface Bridge {
@@ -96,6 +103,8 @@ export interface Bridge {
   webhooks: WebhookDispatcher | undefined;
   /** Live events (`/v1/events`, WEBHOOK_EVENTS). */
   events: EventBus;
+  /** Call recording (RECORDING). */
+  recordings: RecordingService;
   db: Db;
   /** Caller-facing prompts (TTS, cache, signed prompt URLs). */
   prompts: PromptService;
@@ -191,6 +200,26 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   };
   const recorder = new CallRecorder({ calls, log: logger.child({ component: 'calls' }), onStoreError, events: callEvents });
   // The simulated carrier needs the address the bridge listens on: it is set at listen time.
+  const recordings = new RecordingService({
+    settings: config.recording,
+    calls,
+    agentRecord: (ref) => config.agents.definitions.get(AgentDirectoryClass.normalize(ref) ?? ref)?.record,
+    ...(config.recording.backend === 'twilio' && config.twilio.accountSid !== undefined && config.twilio.authToken !== undefined
+      ? {
+          twilio:
+            overrides.twilioRecordings ??
+            new TwilioRecordings({
+              accountSid: config.twilio.accountSid,
+              authToken: config.twilio.authToken,
+              ...(config.twilioApiUrl !== undefined ? { apiUrl: config.twilioApiUrl } : {}),
+              ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+            }),
+        }
+      : {}),
+    publicUrl: config.publicUrl,
+    log: logger.child({ component: 'recordings' }),
+  });
+  recordings.repairAtBoot();
   const deferred = new DeferredDialer('local');
   const dialer: Dialer =
     overrides.dialer ??
@@ -332,10 +361,19 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     recorder,
     ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
     prompts,
+    recording: recordings,
   });
   await app.register(promptRoutes, { prompts });
+  await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
   if (transfers !== undefined) {
     await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
+  }
+  if (config.recording.backend === 'off') {
+    app.addHook('preHandler', async (req, reply) => {
+      if (req.method !== 'POST' || !req.url.startsWith('/v1/')) return;
+      const why = recordingOffRefusal(req.body);
+      if (why !== undefined) await reply.code(400).send(errorBody('invalid_request', why));
+    });
   }
   await app.register(docsRoutes);
   await app.register(async (api) => {
@@ -352,6 +390,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
   });
+  await app.register(async (api) => {
+    await recordingRoutes(api, { calls, recordings, ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}), localMode: config.outbound.localCarrier });
+  });
   await app.register(consoleRoutes, {
     ...(overrides.consoleDir !== undefined ? { dir: overrides.consoleDir } : {}),
     ...(config.outbound.apiToken !== undefined ? { apiToken: config.outbound.apiToken } : {}),
@@ -365,30 +406,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       onCutOff: () => metrics.eventsConsumersCutTotal.inc(),
     });
   });
-  await app.register(mediaStreamRoute, {
-    stream: streamRouteSettings(config),
-    manager,
-    metrics,
-    logger,
-    callControl,
-    agents,
-    settings,
-    journal: recorder,
-    tools: operatorTools,
-    ...(transfers !== undefined ? { transfers } : {}),
-    prompts,
-  });
+  // Phone and browser calls take the same session path; only phone calls can be transferred.
+  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings, prompts };
+  await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}) });
   await app.register(webMediaStreamRoute, {
-    stream: streamRouteSettings(config),
-    manager,
-    metrics,
-    logger,
-    callControl,
-    agents,
-    settings,
-    journal: recorder,
-    tools: operatorTools,
-    prompts,
+    ...streamDeps,
     apiToken: config.outbound.apiToken,
     publicUrl: config.publicUrl,
     onStreamStarted: (callSid) => webCalls.streamStarted(callSid),
@@ -411,12 +433,15 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       );
     }
     webhooks?.start();
+    recordings.startRetention();
     await outbound.start();
   });
   app.addHook('onClose', async () => {
     transfers?.dispose();
     await outbound.stop();
     for (const s of [...manager.sessions()]) s.close('shutdown');
+    await recordings.closeAll();
+    recordings.dispose();
     manager.dispose();
     agents.stopProbing();
     loadGuard.dispose();
@@ -441,7 +466,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, db, prompts, promptsWarm };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
 }
 
 /** The call sessions' settings from the configuration. */

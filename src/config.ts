@@ -6,7 +6,7 @@
  * and exits before anything listens.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { AgentDefinition } from './agent/directory.js';
 import { httpToolSchema } from './tools/http.js';
@@ -30,6 +30,8 @@ export interface NumberRoute {
   transferTargets?: TransferTargets;
   /** Keypad hotkeys: a key pressed on its own does this (e.g. "0": transfer to frontdesk). */
   dtmf?: Record<string, DtmfAction>;
+  /** Record this number's calls (over the agent's `record` and RECORDING_DEFAULT). */
+  record?: boolean;
 }
 
 export interface Config {
@@ -163,6 +165,19 @@ export interface Config {
     /** Most bytes of synthesized prompts kept in DATA_DIR/tts-cache. */
     cacheBytes: number;
   };
+  /** Call recording (RECORDING…). */
+  recording: {
+    /** `off`: nothing is recorded and `record: true` is refused; `local`: a stereo WAV in DATA_DIR/recordings; `twilio`: Twilio's dual-channel recording. */
+    backend: 'off' | 'local' | 'twilio';
+    /** Whether calls that say nothing (no `record` on their route, agent, campaign or API call) are recorded. */
+    byDefault: boolean;
+    /** Said to the caller before the agent speaks, on recorded phone calls. */
+    consentText?: string;
+    /** Recordings older than this many days are deleted (0: kept). */
+    retentionDays: number;
+    /** DATA_DIR/recordings. */
+    dir: string;
+  };
   messages: {
     apology: string;
     busy: string;
@@ -288,6 +303,10 @@ const envSchema = z.object({
   TTS_MODEL: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, { error: 'a PlayAI TTS model name like Play3.0-mini or PlayDialog' }).default('Play3.0-mini')),
   PLAYAI_TTS_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai/api/v1/tts/websocket-auth')),
   TTS_CACHE_MB: intIn(1, 100_000, 50),
+  RECORDING: z.preprocess(emptyToUndefined, oneOf(['off', 'local', 'twilio']).default('off')),
+  RECORDING_DEFAULT: z.preprocess(emptyToUndefined, oneOf(['on', 'off']).default('on')),
+  RECORDING_CONSENT_TEXT: optional(z.string().max(1000, { error: 'a text of at most 1000 characters' })),
+  RECORDING_RETENTION_DAYS: intIn(0, 36_500, 0),
 });
 
 /** Every variable Playline reads. */
@@ -351,6 +370,7 @@ const routeSchema = z
     customGreeting: z.string().max(1_000).optional(),
     transferTargets: transferTargetsSchema.optional(),
     dtmf: z.record(z.string().regex(/^[0-9*#]$/, 'a hotkey is one key: 0-9, * or #'), dtmfActionSchema).optional(),
+    record: z.boolean({ error: 'true or false' }).optional(),
   })
   .strict();
 const routesFileSchema = z.record(z.string(), routeSchema);
@@ -369,6 +389,7 @@ const agentDefinitionSchema = z
     transferTargets: transferTargetsSchema.optional(),
     fallback: z.array(agentRefSchema).max(8).optional(),
     format: z.object({ input: audioFormatSchema.optional(), output: audioFormatSchema.optional() }).strict().optional(),
+    record: z.boolean({ error: 'true or false' }).optional(),
   })
   .strict();
 const agentsFileSchema = z.record(agentRefSchema, agentDefinitionSchema);
@@ -583,6 +604,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
 
+  if (e.RECORDING === 'twilio' && localCarrier) {
+    throw new ConfigError('RECORDING: "twilio" needs Twilio credentials (set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN), or use RECORDING=local to record on this server');
+  }
+  if (e.RECORDING === 'off') {
+    const asks = [...[...routes].filter(([, r]) => r.record === true).map(([n]) => `ROUTES_FILE (${n})`), ...[...definitions].filter(([, d]) => d.record === true).map(([ref]) => `AGENTS_FILE (${ref})`)];
+    if (asks.length > 0) throw new ConfigError(`RECORDING: required because ${asks[0]} says record: true; set RECORDING=local (a WAV in DATA_DIR/recordings) or RECORDING=twilio`);
+  }
+
   // Every agent the configuration names must be reachable: a provider without its key stops the boot.
   const named: Array<{ ref: string; where: string }> = [{ ref: defaultAgent, where: e.DEFAULT_AGENT !== undefined ? 'DEFAULT_AGENT' : 'the default agent' }];
   for (const [number, route] of routes) named.push({ ref: route.agentId, where: `ROUTES_FILE (${number})` });
@@ -682,6 +711,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     eventsRetentionMs: e.EVENTS_RETENTION_S * 1000,
     playaiRest: { baseUrl: playaiApi, userId: e.PLAYAI_USER_ID },
     tts: { mode: ttsMode, ...(e.TTS_VOICE !== undefined ? { voice: e.TTS_VOICE } : {}), model: e.TTS_MODEL, authUrl: ttsAuthUrl, cacheBytes: e.TTS_CACHE_MB * 1024 * 1024 },
+    recording: {
+      backend: e.RECORDING,
+      byDefault: e.RECORDING_DEFAULT === 'on',
+      ...(e.RECORDING_CONSENT_TEXT !== undefined && e.RECORDING_CONSENT_TEXT.trim() !== '' ? { consentText: e.RECORDING_CONSENT_TEXT.trim() } : {}),
+      retentionDays: e.RECORDING_RETENTION_DAYS,
+      dir: join(resolve(e.DATA_DIR), 'recordings'),
+    },
     messages: {
       apology: e.APOLOGY_TEXT,
       busy: e.BUSY_TEXT,

@@ -660,5 +660,29 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     expect(events.find((e) => e.type === 'transfer_requested')?.data).toMatchObject({ by: 'tool', target: 'frontdesk', mode: 'cold' });
     expect(t.bridge.manager.usedSlots).toBe(1);
   });
+
+  it('barge-in during an earlier response still playing: the earlier one is cut where the caller stopped hearing it, the queued one at 0', async () => {
+    const { tb: t, d } = await start(make);
+    if (d.truncates === undefined) return; // only OpenAI keeps a transcript to truncate
+    const call = await dial(t);
+    const conn = await d.next(t);
+    await conn.ready();
+    const a = tone(8000, 0x11); // 1 s, a whole response
+    conn.speak(a);
+    await call.stream.waitFor((s) => s.bytesReceived >= a.length);
+    const b = tone(1600, 0x12); // 200 ms, a second whole response queued behind a
+    conn.speak(b);
+    await call.stream.waitFor((s) => s.bytesReceived >= a.length + b.length);
+    await new Promise((r) => setTimeout(r, 250));
+    conn.callerSpeaks();
+    await call.stream.waitFor((s) => s.clears === 1);
+    await eventually(() => (d.truncates?.(conn).length ?? 0) === 2, 2000, 'both truncates');
+    const [aEnd, bEnd] = d.truncates(conn);
+    const [played] = call.playedAtClear;
+    expect(played).toBeLessThan(1000);
+    expect(Math.abs((aEnd ?? 0) - (played ?? 0))).toBeLessThanOrEqual(20);
+    expect(bEnd).toBe(0);
+    call.stream.sendStop();
+  });
 });
 

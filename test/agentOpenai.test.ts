@@ -481,6 +481,36 @@ describe('OpenAI adapter: barge-in', () => {
     expect(s.conn.truncates[0]?.accepted).toBe(true);
   });
 
+  it('when a new response started while the earlier one still played, cuts the earlier one where the caller stopped hearing it, and the new one at 0', async () => {
+    const s = await ready();
+    s.conn.startResponse();
+    const a = s.conn.audio(mulaw(8000)); // 1000 ms, still playing at the caller
+    s.conn.finishResponse();
+    s.conn.startResponse();
+    const b = s.conn.audio(mulaw(1600)); // 200 ms, queued behind it, never heard
+    await s.rec.wait('audio', 12);
+    s.leg.interrupted(0, 300); // 300 ms of A's end not heard
+    await settle(s);
+    expect(s.conn.truncates.map((t) => [t.itemId, t.audioEndMs])).toEqual([
+      [a, 700],
+      [b, 0],
+    ]);
+    expect(s.conn.truncates.every((t) => t.accepted)).toBe(true);
+  });
+
+  it('when the earlier response played out and the new one was partly heard, cuts only the new one', async () => {
+    const s = await ready();
+    s.conn.startResponse();
+    s.conn.audio(mulaw(800));
+    s.conn.finishResponse();
+    s.conn.startResponse();
+    const b = s.conn.audio(mulaw(4000));
+    await s.rec.wait('audio', 6);
+    s.leg.interrupted(120, 0);
+    await settle(s);
+    expect(s.conn.truncates.map((t) => [t.itemId, t.audioEndMs])).toEqual([[b, 120]]);
+  });
+
   it('sends no truncate when nothing was played, or the response has no audio', async () => {
     const s = await ready();
     s.conn.startResponse();

@@ -6,8 +6,9 @@
  * One bridge in local mode (local agent, simulated carrier) with API_TOKEN set,
  * one browser, one page, the cases in order: sign in; a simulated phone call on
  * Live; a browser call (agent audio back, barge-in, the round trip printed);
- * a campaign from a CSV and its results.csv; the do-not-call list; every page at 360 and 1280 px, with screenshots under
- * test/artifacts/console/.
+ * a campaign from a CSV and its results.csv; the do-not-call list; a phone call
+ * transferred from Live (a fake transfer carrier in place of Twilio's REST API);
+ * every page at 360 and 1280 px, with screenshots under test/artifacts/console/.
  *
  * Chromium is CHROMIUM_PATH, else `chromium` on the PATH. Without it the file is
  * skipped with a message, unless PLAYLINE_REQUIRE_CHROMIUM=1 (as in .ci/run).
@@ -27,8 +28,9 @@ import { silence, speechLikeSignal } from '../src/audio/signal.js';
 import { resamplePcm16, writeWavPcm16 } from '../src/audio/wav.js';
 import { loadConfig } from '../src/config.js';
 import { LocalAgentServer } from '../src/sim/localAgent.js';
-import { placeCall } from '../src/sim/twilioSim.js';
+import { placeCall, postStatusCallback, type FakeTwilioStream } from '../src/sim/twilioSim.js';
 import { openDb } from '../src/store/db.js';
+import type { TransferCarrier } from '../src/transfer/coordinator.js';
 
 const ROOT = join(import.meta.dirname, '..');
 const ARTIFACTS = join(ROOT, 'test', 'artifacts', 'console');
@@ -59,6 +61,31 @@ function microphoneWav(): Buffer {
 const callRecord = z.object({ id: z.string(), direction: z.string(), endedAt: z.string().nullable() });
 const callList = z.object({ data: z.array(callRecord) });
 
+/** The number routed with transfer targets, and the front desk it may be transferred to. */
+const ROUTED = '+14155550998';
+const FRONTDESK = '+14155550100';
+
+/** Twilio's REST API as a transfer uses it: a redirect replaces the call's TwiML and ends its media stream. */
+class FakeTransferCarrier implements TransferCarrier {
+  readonly redirects: Array<{ callSid: string; twiml: string }> = [];
+  readonly streams = new Map<string, FakeTwilioStream>();
+
+  async redirect(callSid: string, twiml: string): Promise<boolean> {
+    this.redirects.push({ callSid, twiml });
+    const s = this.streams.get(callSid);
+    if (s !== undefined) setTimeout(() => s.sendStop(), 5);
+    return true;
+  }
+
+  async createCall(): Promise<string | undefined> {
+    return `CA${'f'.repeat(32)}`;
+  }
+
+  async hangup(): Promise<boolean> {
+    return true;
+  }
+}
+
 const quiet = pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() }));
 
 describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHROMIUM === undefined ? ` (${SKIP_REASON})` : ''}`, () => {
@@ -71,6 +98,8 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
   const problems: string[] = [];
   let webCallId: string | undefined;
   let campaignId: string | undefined;
+  let transferredCallId: string | undefined;
+  const carrier = new FakeTransferCarrier();
 
   beforeAll(async () => {
     if (CHROMIUM === undefined) {
@@ -84,7 +113,10 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     const built = await buildConsole({ outDir: join(tmp, 'console'), log: () => undefined });
     const wav = join(tmp, 'microphone.wav');
     writeFileSync(wav, microphoneWav());
+    const routes = join(tmp, 'routes.json');
+    writeFileSync(routes, JSON.stringify({ [ROUTED]: { agentId: 'playai:local-echo', transferTargets: { frontdesk: { to: FRONTDESK, description: 'the front desk' }, billing: '+14155550101' }, dtmf: { '0': { transfer: 'frontdesk' } } } }));
     const config = loadConfig({
+      ROUTES_FILE: routes,
       PORT: '0',
       HOST: '127.0.0.1',
       MAX_EVENT_LOOP_DELAY_MS: '0',
@@ -93,7 +125,7 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
       LOCAL_CARRIER_OUTCOMES: 'answered:100',
     });
     agent = await LocalAgentServer.start({ mode: 'echo-test' });
-    bridge = await createBridge(config, quiet, { agentBaseUrl: agent.url, db: openDb(':memory:'), consoleDir: built.outDir, probeAgents: false });
+    bridge = await createBridge(config, quiet, { agentBaseUrl: agent.url, db: openDb(':memory:'), consoleDir: built.outDir, probeAgents: false, transferCarrier: carrier });
     url = await bridge.app.listen({ port: 0, host: '127.0.0.1' });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -258,11 +290,71 @@ describe.runIf(CHROMIUM !== undefined || REQUIRE)(`web console in chromium${CHRO
     expect(list.parse(await (await fetch(`${url}/v1/dnc`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).data).toEqual([]);
   });
 
+  it('transfers a phone call from Live: the operator picks the target, presses Transfer, sees it dialing, and the carrier got the <Dial> to the target', async () => {
+    await page.goto(`${url}/live`);
+    await page.getByRole('heading', { name: 'Live calls' }).waitFor();
+    const caller = '+14155550124';
+    const callSid = `CA${'7'.repeat(32)}`;
+    const call = placeCall({
+      bridgeUrl: url,
+      audio: silence(8000),
+      statusCallback: false,
+      params: { CallSid: callSid, From: caller, To: ROUTED },
+      onStream: (s) => carrier.streams.set(callSid, s),
+    });
+    const card = page.locator('.live-call').filter({ hasText: caller });
+    await card.locator('.b-live').waitFor({ timeout: 5000 });
+    transferredCallId = (await card.getAttribute('data-call-id')) ?? undefined;
+    // The form, from the keyboard: Transfer… opens it with the target list focused.
+    await card.getByRole('button', { name: 'Transfer…' }).click();
+    const select = card.getByLabel('Transfer to');
+    const selectId = await select.getAttribute('id');
+    await waitFor('focus on the target list', async () => (await page.evaluate("document.activeElement?.getAttribute('id') ?? ''")) === selectId, 2000);
+    expect(await select.locator('option').allTextContents()).toEqual([`frontdesk · ${FRONTDESK} (the front desk)`, 'billing · +14155550101', 'Another number…']);
+    // A number that is not one: the server's message, and the form stays open.
+    await select.selectOption({ label: 'Another number…' });
+    await card.getByLabel('Number or SIP URI').fill('12');
+    await card.getByRole('button', { name: 'Transfer', exact: true }).click();
+    const refused = card.getByRole('alert');
+    await refused.waitFor({ timeout: 3000 });
+    expect(await refused.textContent()).toMatch(/^Could not transfer: .*phone number/);
+    expect(carrier.redirects).toEqual([]);
+    await select.selectOption('frontdesk');
+    // Usable on a phone: the open form fits 360 px.
+    await page.setViewportSize({ width: 360, height: 740 });
+    expect(await page.evaluate('document.documentElement.scrollWidth - window.innerWidth'), 'the transfer form at 360 px').toBeLessThanOrEqual(0);
+    await page.screenshot({ path: join(ARTIFACTS, 'live-transfer-360.png'), fullPage: true });
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await card.getByRole('button', { name: 'Transfer', exact: true }).click();
+    // Twilio ends the media stream as it dials: the call leaves the cards for the "Handed to a person" list,
+    // where its steps go on live.
+    const handed = page.locator('.handed li').filter({ hasText: caller });
+    await handed.locator('.transfer-steps li[data-step="dialing"]').waitFor({ timeout: 5000 });
+    expect(await handed.locator('.transfer-steps').textContent()).toBe('Transfer to frontdesk (cold):RequestedDialing…');
+    expect(await card.count()).toBe(0);
+    // The carrier was asked to dial the front desk (only a declared target's number).
+    expect(carrier.redirects.map((r) => r.callSid)).toEqual([callSid]);
+    expect(carrier.redirects[0]?.twiml).toContain(`>${FRONTDESK}</Number>`);
+    // The front desk answers (the person's status callback), then hangs up (the <Dial> action): each step shows as it comes.
+    const twiml = carrier.redirects[0]?.twiml ?? '';
+    const pathOf = (re: RegExp): string => new URL((re.exec(twiml)?.[1] ?? '').replaceAll('&amp;', '&')).pathname;
+    await postStatusCallback({ bridgeUrl: url, path: pathOf(/statusCallback="([^"]+)"/), params: { CallSid: `CA${'8'.repeat(32)}`, CallStatus: 'in-progress' } });
+    await handed.locator('.transfer-steps li[data-step="answered"]').waitFor({ timeout: 3000 });
+    await page.screenshot({ path: join(ARTIFACTS, 'live-transfer-1280.png'), fullPage: true });
+    await postStatusCallback({ bridgeUrl: url, path: pathOf(/<Dial action="([^"]+)"/), params: { CallSid: callSid, CallStatus: 'in-progress', DialCallStatus: 'completed', DialCallDuration: '8' } });
+    await handed.locator('.transfer-steps li[data-step="completed"]').waitFor({ timeout: 3000 });
+    // The call ends: it leaves Live.
+    await call;
+    await postStatusCallback({ bridgeUrl: url, params: { CallSid: callSid, CallStatus: 'completed', CallDuration: '9', From: caller, To: ROUTED } });
+    await handed.waitFor({ state: 'detached', timeout: 5000 });
+  }, 20_000);
+
   it('renders every page at 360 and 1280 px wide without horizontal overflow (screenshots in test/artifacts/console/)', async () => {
     const pages: Array<[string, string]> = [
       ['live', '/live'],
       ['calls', '/calls'],
       ['call', `/calls/${webCallId ?? 'unknown'}`],
+      ['call-transfer', `/calls/${transferredCallId ?? 'unknown'}`],
       ['campaigns', '/campaigns'],
       ['campaign', `/campaigns/${campaignId ?? 'unknown'}`],
       ['setup', '/setup'],

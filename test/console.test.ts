@@ -2,6 +2,7 @@
  * The web console's build and how the server serves it (src/http/console.ts): the
  * page for each client route, hashed assets, the API's 404s left alone, the
  * not-built page, security headers, and who may load it (the API's rule).
+ * Also the Live page's transfer steps in words (web/src/transfer.ts).
  * The console itself, in a browser, is test/console.browser.test.ts.
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildConsole, JS_BUDGET_BYTES } from '../scripts/build-console.mjs';
 import { CONSOLE_PAGES } from '../src/http/console.js';
+import { outcomeLabel, stepLabel, transferActive, withStep } from '../web/src/transfer.js';
 import { startTestBridge, type TestBridge } from './helpers.js';
 
 let dir: string;
@@ -130,5 +132,39 @@ describe('who may load the console', () => {
     const r = await tb.bridge.app.inject({ method: 'GET', url: '/' });
     expect(r.statusCode).toBe(403);
     expect(r.body).toContain('set API_TOKEN');
+  });
+});
+
+describe('transfer steps on the Live page (web/src/transfer.ts)', () => {
+  it('follows a transfer step by step from its call.updated events, and a new transfer of the same call starts afresh', () => {
+    const base = { transferId: 'tr_1', target: 'frontdesk', to: '+14155550100', mode: 'cold' };
+    let p = withStep(undefined, { ...base, step: 'requested' });
+    expect(transferActive(p)).toBe(true);
+    p = withStep(p, { ...base, step: 'dialing' });
+    p = withStep(p, { ...base, step: 'failed', outcome: 'no-answer' });
+    expect(p.steps.map(stepLabel)).toEqual(['Requested', 'Dialing…', 'Not reached (no answer)']);
+    expect(transferActive(p)).toBe(false);
+    p = withStep(p, { ...base, step: 'returned' });
+    expect(p.steps.map((s) => s.step)).toEqual(['requested', 'dialing', 'failed', 'returned']);
+    // The operator tries again, to a number: the steps are the new transfer's only.
+    p = withStep(p, { transferId: 'tr_2', to: '+14155550177', mode: 'warm', step: 'requested' });
+    expect(p).toEqual({ transferId: 'tr_2', target: '+14155550177', mode: 'warm', steps: [{ transferId: 'tr_2', to: '+14155550177', mode: 'warm', step: 'requested' }] });
+    expect(transferActive(undefined)).toBe(false);
+  });
+
+  it('says every step and outcome the server sends in words, and an unknown one as it is', () => {
+    expect(['requested', 'dialing', 'answered', 'joined', 'failed', 'returned', 'completed'].map((step) => stepLabel({ step }))).toEqual([
+      'Requested',
+      'Dialing…',
+      'Answered',
+      'Joined: the caller and the person are talking',
+      'Not reached (failed)',
+      'Back with the agent',
+      'Completed',
+    ]);
+    expect(stepLabel({ step: 'failed', outcome: 'busy' })).toBe('Not reached (busy)');
+    expect(stepLabel({ step: 'parked' })).toBe('parked');
+    expect(outcomeLabel('pending')).toBe('under way');
+    expect(outcomeLabel('voicemail')).toBe('voicemail');
   });
 });

@@ -12,6 +12,8 @@ import { createBridge, type Bridge } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { openDb } from '../src/store/db.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
+import type { TransferCarrier } from '../src/transfer/coordinator.js';
+import { BrowserStream } from './browserStream.js';
 import { eventually, openCall, startTestBridge, type TestBridge } from './helpers.js';
 
 const quiet = pino({ level: 'silent' }, new Writable({ write: (_c, _e, cb) => cb() }));
@@ -45,8 +47,20 @@ function configFiles(): { routes: string; agents: string } {
   const dir = mkdtempSync(join(tmpdir(), 'playline-setup-'));
   const routes = join(dir, 'routes.json');
   const agents = join(dir, 'agents.json');
-  writeFileSync(routes, JSON.stringify({ '+15551230001': { agentId: 'openai:gpt-realtime', prompt: 'You sell boats.', customGreeting: 'Boats here!' }, '+15551230002': { agentId: 'sales' } }));
-  writeFileSync(agents, JSON.stringify({ 'openai:gpt-realtime': { instructions: 'Be kind.', greeting: 'Hello there', fallback: ['playai:agent-default'] } }));
+  writeFileSync(
+    routes,
+    JSON.stringify({
+      '+15551230001': {
+        agentId: 'openai:gpt-realtime',
+        prompt: 'You sell boats.',
+        customGreeting: 'Boats here!',
+        transferTargets: { frontdesk: { to: '+14155550110', timeoutS: 25, description: 'the front desk', callerId: '+14155550120' }, billing: 'sip:billing@pbx.example.test' },
+        dtmf: { '0': { transfer: 'frontdesk' }, '9': { transfer: 'sales', mode: 'warm' } },
+      },
+      '+15551230002': { agentId: 'sales' },
+    }),
+  );
+  writeFileSync(agents, JSON.stringify({ 'openai:gpt-realtime': { instructions: 'Be kind.', greeting: 'Hello there', fallback: ['playai:agent-default'], transferTargets: { sales: '+14155550112' } } }));
   return { routes, agents };
 }
 
@@ -82,8 +96,21 @@ describe('GET /v1/setup', () => {
       mode: 'twilio',
       defaultAgent: 'playai:agent-default',
       routes: [
-        { number: '+15551230001', agentId: 'openai:gpt-realtime', prompt: 'You sell boats.', customGreeting: 'Boats here!' },
-        { number: '+15551230002', agentId: 'playai:sales' },
+        {
+          number: '+15551230001',
+          agentId: 'openai:gpt-realtime',
+          prompt: 'You sell boats.',
+          customGreeting: 'Boats here!',
+          transferTargets: [
+            { name: 'frontdesk', to: '+14155550110', description: 'the front desk', timeoutS: 25 },
+            { name: 'billing', to: 'sip:billing@pbx.example.test', timeoutS: 30 },
+          ],
+          hotkeys: [
+            { key: '0', transfer: 'frontdesk', mode: 'cold' },
+            { key: '9', transfer: 'sales', mode: 'warm' },
+          ],
+        },
+        { number: '+15551230002', agentId: 'playai:sales', transferTargets: [], hotkeys: [] },
       ],
       capacity: { maxConcurrentCalls: 7, usedSlots: 0, liveCalls: 0, reservedSlots: 0, inboundReserved: 2 },
       ready: { ready: true, draining: false, agentsDown: [] },
@@ -100,13 +127,18 @@ describe('GET /v1/setup', () => {
       fallbacks: ['playai:agent-default'],
       customGreeting: 'Hello there',
       hasPrompt: true,
+      transferTargets: [{ name: 'sales', to: '+14155550112', timeoutS: 30 }],
     });
-    expect(agents.find((a) => a.id === 'playai:sales')).toMatchObject({ limit: 3, hasPrompt: false, fallbacks: [] });
+    expect(agents.find((a) => a.id === 'playai:sales')).toMatchObject({ limit: 3, hasPrompt: false, fallbacks: [], transferTargets: [] });
+    // A caller ID is the operator's own number: the setup shows where a target rings, not what it shows.
+    expect(res.body).not.toContain('callerId');
 
     // The OpenAPI document has the new routes.
     const docs = await bridge.app.inject({ method: 'GET', url: '/docs/json' });
     const paths = Object.keys(asRecord(asRecord(docs.json()).paths));
     expect(paths).toEqual(expect.arrayContaining(['/v1/live', '/v1/setup', '/v1/web-calls']));
+    const components = Object.keys(asRecord(asRecord(asRecord(docs.json()).components).schemas));
+    expect(components).toEqual(expect.arrayContaining(['LiveCall', 'Setup', 'TransferTargetInfo']));
   });
 
   it('in local mode says local, names the local agent and no webhook', async () => {
@@ -117,7 +149,7 @@ describe('GET /v1/setup', () => {
     expect(res.json()).toMatchObject({
       mode: 'local',
       defaultAgent: 'playai:local-echo',
-      agents: [{ id: 'playai:local-echo', provider: 'playai', up: true, openSessions: 0, limit: null, fallbacks: [], hasPrompt: false }],
+      agents: [{ id: 'playai:local-echo', provider: 'playai', up: true, openSessions: 0, limit: null, fallbacks: [], hasPrompt: false, transferTargets: [] }],
       routes: [],
       webhook: { configured: false, events: [] },
     });
@@ -151,6 +183,8 @@ describe('GET /v1/live', () => {
       bargeIns: 0,
       agentReconnects: 0,
       campaignId: null,
+      // No carrier that can redirect a call (no Twilio credentials) and no targets.
+      transfer: { available: false, targets: [] },
     });
     expect(Date.parse(String(data[0]?.startedAt))).toBeLessThanOrEqual(Date.now());
     expect(data[0]?.durationS).toBeGreaterThanOrEqual(0);
@@ -172,5 +206,74 @@ describe('GET /v1/live', () => {
     call.stream.sendStop();
     await eventually(() => tb!.bridge.manager.liveCalls === 0, 3000, 'the call to end');
     expect(await live()).toEqual({ data: [] });
+  });
+});
+
+/** A carrier that takes every redirect (what /v1/live needs to call a phone call transferable). */
+const acceptingCarrier: TransferCarrier = {
+  redirect: async () => true,
+  createCall: async () => undefined,
+  hangup: async () => true,
+};
+
+const CALLED = '+14155550999';
+
+describe('GET /v1/live: who a call can be transferred to', () => {
+  async function start(): Promise<TestBridge> {
+    const dir = mkdtempSync(join(tmpdir(), 'playline-live-transfer-'));
+    const routes = join(dir, 'routes.json');
+    const agentsFile = join(dir, 'agents.json');
+    writeFileSync(
+      routes,
+      JSON.stringify({ [CALLED]: { agentId: 'playai:agent-default', transferTargets: { frontdesk: { to: '+14155550100', description: 'the front desk' }, billing: '+14155550101' } } }),
+    );
+    // The agent's own targets: the route's "billing" wins over the agent's of the same name.
+    writeFileSync(agentsFile, JSON.stringify({ 'playai:agent-default': { transferTargets: { billing: '+14155550199', sales: { to: 'sip:sales@pbx.example.test', timeoutS: 40 } } } }));
+    tb = await startTestBridge({
+      env: { ROUTES_FILE: routes, AGENTS_FILE: agentsFile, TWILIO_ACCOUNT_SID: `AC${'0'.repeat(32)}`, API_TOKEN: SECRETS.API_TOKEN },
+      overrides: { transferCarrier: acceptingCarrier },
+    });
+    return tb;
+  }
+  const liveCalls = async (t: TestBridge): Promise<Array<Record<string, unknown>>> => {
+    const res = await t.bridge.app.inject({ method: 'GET', url: '/v1/live', headers: { authorization: `Bearer ${SECRETS.API_TOKEN}` } });
+    const body = asRecord(res.json());
+    return Array.isArray(body.data) ? body.data.map(asRecord) : [];
+  };
+
+  it("a phone call with a transfer carrier is transferable, to its route's targets over its agent's", async () => {
+    const t = await start();
+    const call = await openCall(t, { to: CALLED });
+    await eventually(() => t.bridge.manager.openAgentSessions() === 1, 3000, 'agent ready');
+    const [c] = await liveCalls(t);
+    expect(c?.transfer).toEqual({
+      available: true,
+      targets: [
+        { name: 'billing', to: '+14155550101', timeoutS: 30 },
+        { name: 'sales', to: 'sip:sales@pbx.example.test', timeoutS: 40 },
+        { name: 'frontdesk', to: '+14155550100', description: 'the front desk', timeoutS: 30 },
+      ],
+    });
+    call.stream.sendStop();
+    await eventually(() => t.bridge.manager.liveCalls === 0, 3000, 'the call to end');
+  });
+
+  it('a browser call is not transferable, even with a transfer carrier', async () => {
+    const t = await start();
+    const created = await t.bridge.app.inject({ method: 'POST', url: '/v1/web-calls', headers: { authorization: `Bearer ${SECRETS.API_TOKEN}` }, payload: {} });
+    expect(created.statusCode).toBe(201);
+    const { callSid, token } = asRecord(created.json());
+    const browser = await BrowserStream.connect(t.url);
+    browser.start(String(callSid), String(token));
+    const agent = await t.agent.nextConnection();
+    await agent.waitForSetup();
+    agent.init();
+    await eventually(() => t.bridge.manager.openAgentSessions() === 1, 3000, 'agent ready');
+    const [c] = await liveCalls(t);
+    expect(c).toMatchObject({ direction: 'web' });
+    // The agent's own targets are listed; none can be used from a browser call.
+    expect(c?.transfer).toEqual({ available: false, targets: [expect.objectContaining({ name: 'billing' }), expect.objectContaining({ name: 'sales' })] });
+    browser.stop();
+    await eventually(() => t.bridge.manager.liveCalls === 0, 3000, 'the call to end');
   });
 });

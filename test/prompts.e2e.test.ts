@@ -82,6 +82,17 @@ describe('prompts in the agent voice', () => {
     expect(await metrics(tb)).toMatch(/playline_prompts_total\{kind="busy",via="play"\} 1/);
   });
 
+  it('the recording consent announcement is <Play> in the agent voice ahead of the stream', async () => {
+    const consent = 'This call is recorded.';
+    const { tb } = await bridgeWithTts({ RECORDING: 'local', RECORDING_CONSENT_TEXT: consent });
+    const hook = await postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: tb.config.publicUrl, authToken: AUTH_TOKEN, params: { CallSid: newCallSid() } });
+    const verbs = parseTwimlVerbs(hook.body);
+    expect(verbs.map((v) => v.verb)).toEqual(['play', 'connect', 'hangup']);
+    const url = verbs[0]?.verb === 'play' ? new URL(verbs[0].url) : undefined;
+    const res = await fetch(`${tb.url}${url?.pathname ?? ''}${url?.search ?? ''}`);
+    expect(Array.from(readWav(new Uint8Array(await res.arrayBuffer())).samples)).toEqual(Array.from(mulawDecode(fakeTtsAudio(consent, VOICE))));
+  });
+
   it('a TTS socket dropped mid-prompt at boot leaves that prompt as <Say> and counts the failure; the others still play', async () => {
     const { tb } = await bridgeWithTts({ MAX_CONCURRENT_CALLS: '1' }, (f) => f.dropNextAnswer(1));
     const hook = (sid: string) => postVoiceWebhook({ bridgeUrl: tb.url, publicUrl: tb.config.publicUrl, authToken: AUTH_TOKEN, params: { CallSid: sid } });

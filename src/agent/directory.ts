@@ -38,6 +38,8 @@ export interface AgentDefinition {
   transferTargets?: TransferTargets | undefined;
   /** Agents (`provider:id`) that take the call when this one refuses it or fails for good. */
   fallback?: string[] | undefined;
+  /** Record this agent's calls (over RECORDING_DEFAULT; a route, campaign or API call can say otherwise). */
+  record?: boolean | undefined;
   /** The audio format the agent is set to, when it cannot do μ-law 8 kHz. */
   format?: { input?: AgentAudioFormat; output?: AgentAudioFormat } | undefined;
 }

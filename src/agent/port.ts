@@ -163,8 +163,10 @@ export interface AgentLeg {
    * The caller interrupted the agent: `playedMs` of the current response's audio reached the
    * caller (from Twilio's mark echoes and the playback clock). Providers that keep a
    * transcript of what was said truncate it there (OpenAI `conversation.item.truncate`).
+   * `previousUnplayedMs`: the earlier response's audio was still playing (a new response
+   * started before it ended), and this much of its end never reached the caller.
    */
-  interrupted(playedMs: number): void;
+  interrupted(playedMs: number, previousUnplayedMs?: number): void;
   /** Text for the agent: as the caller's words (`user`: it answers) or as context only. */
   sendText(text: string, as: 'user' | 'context'): void;
   /** The result of a tool call: its JSON text, or with `isError` the error message in plain words (the adapter wraps it as its protocol wants). */

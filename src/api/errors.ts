@@ -30,6 +30,7 @@ export const ERROR_CODES = {
   call_not_live: { status: 409, doc: 'The call is not talking to its agent on this server (not started, ended, or already being transferred).' },
   transfer_unavailable: { status: 409, doc: 'This call cannot be transferred: a browser call, or no carrier that can redirect calls (Twilio credentials).' },
   unknown_target: { status: 422, doc: 'The transfer target is not one the call\'s route, agent or campaign declares; the message lists the ones that exist.' },
+  range_not_satisfiable: { status: 416, doc: 'The Range asks for bytes past the end of the recording; `Content-Range: bytes */size` gives its size.' },
   upgrade_required: { status: 426, doc: 'A WebSocket endpoint was called without a WebSocket upgrade.' },
   too_large: { status: 413, doc: 'The body, file or form is over its limit.' },
   unsupported_media_type: { status: 415, doc: 'The Content-Type is not accepted by this route.' },

@@ -9,19 +9,20 @@ import type { FastifyInstance } from 'fastify';
 import { AgentDirectory } from '../agent/directory.js';
 import { parseAgentRef } from '../agent/port.js';
 import { WEB_STREAM_PATH, type WebCalls } from '../calls/webCalls.js';
-import type { Config } from '../config.js';
+import type { Config, NumberRoute } from '../config.js';
+import type { TransferTargets } from '../transfer/targets.js';
 import type { SessionManager, SessionSnapshot } from '../session/manager.js';
 import type { CallRow, CallStore } from '../store/calls.js';
 import { ApiError, errorResponses } from './errors.js';
-import { createWebCallBody, liveReply, setupReply, webCallReply, type ApiTypeProvider, type LiveCallApi, type SetupApi } from './schemas.js';
+import { createWebCallBody, liveReply, setupReply, webCallReply, type ApiTypeProvider, type LiveCallApi, type SetupApi, type TransferTargetInfoApi } from './schemas.js';
 
 /** The configuration `GET /v1/setup` shows: no key, token, secret or webhook URL is in here. */
 export interface SetupFacts {
   mode: 'local' | 'twilio';
   defaultAgent: string;
-  routes: ReadonlyMap<string, { agentId: string; prompt?: string | undefined; customGreeting?: string | undefined }>;
-  /** Per agent (`provider:id`): its AGENTS_FILE greeting and whether it has instructions. */
-  agentSettings: ReadonlyMap<string, { greeting?: string | undefined; hasPrompt: boolean }>;
+  routes: ReadonlyMap<string, Pick<NumberRoute, 'agentId' | 'prompt' | 'customGreeting' | 'transferTargets' | 'dtmf'>>;
+  /** Per agent (`provider:id`): its AGENTS_FILE greeting, whether it has instructions, and its transfer targets. */
+  agentSettings: ReadonlyMap<string, { greeting?: string | undefined; hasPrompt: boolean; transferTargets?: TransferTargets | undefined }>;
   agentLimits: ReadonlyMap<string, number>;
   inboundReserved: number;
   webhook: { configured: boolean; events: string[] };
@@ -36,9 +37,13 @@ interface WebhookConfig {
 /** The non-secret facts of the configuration that `GET /v1/setup` shows. */
 export function setupFacts(config: Config): SetupFacts {
   const webhook: WebhookConfig = config.webhook;
-  const agentSettings = new Map<string, { greeting?: string; hasPrompt: boolean }>();
+  const agentSettings = new Map<string, { greeting?: string; hasPrompt: boolean; transferTargets?: TransferTargets }>();
   for (const [ref, def] of config.agents.definitions) {
-    agentSettings.set(ref, { ...(def.greeting !== undefined ? { greeting: def.greeting } : {}), hasPrompt: (def.instructions ?? '') !== '' });
+    agentSettings.set(ref, {
+      ...(def.greeting !== undefined ? { greeting: def.greeting } : {}),
+      hasPrompt: (def.instructions ?? '') !== '',
+      ...(def.transferTargets !== undefined ? { transferTargets: def.transferTargets } : {}),
+    });
   }
   return {
     mode: config.outbound.localCarrier ? 'local' : 'twilio',
@@ -61,6 +66,11 @@ export interface LiveApiDeps {
 
 /** What the routes need of {@link WebCalls}. */
 export type WebCallsPort = Pick<WebCalls, 'create'>;
+
+/** Targets as the API lists them: name, where it rings, what the model is told, the ring timeout (caller IDs are left out). */
+function targetList(targets: TransferTargets | undefined): TransferTargetInfoApi[] {
+  return Object.entries(targets ?? {}).map(([name, t]) => ({ name, to: t.to, ...(t.description !== undefined ? { description: t.description } : {}), timeoutS: t.timeoutS }));
+}
 
 const STATUS_OF_REFUSAL = { unknown_route: 'not_found', invalid_agent: 'invalid_request' } as const;
 
@@ -104,6 +114,11 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
           bargeIns: snap.bargeIns,
           agentReconnects: snap.agentReconnects,
           campaignId: row?.campaignId ?? null,
+          transfer: {
+            available: snap.transferable === true,
+            // The same lookup a transfer by name makes: the serving agent's targets under the route's or campaign's.
+            targets: targetList(agents.transferTargets({ agentId: snap.agentId, transferTargets: snap.route?.transferTargets })),
+          },
         };
       });
       return { data };
@@ -141,6 +156,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
           fallbacks: agents.fallbacksOf(id),
           ...(settings?.greeting !== undefined ? { customGreeting: settings.greeting } : {}),
           hasPrompt: settings?.hasPrompt ?? false,
+          transferTargets: targetList(settings?.transferTargets),
         };
       });
       return {
@@ -152,6 +168,8 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
           agentId: r.agentId,
           ...(r.prompt !== undefined ? { prompt: r.prompt } : {}),
           ...(r.customGreeting !== undefined ? { customGreeting: r.customGreeting } : {}),
+          transferTargets: targetList(r.transferTargets),
+          hotkeys: Object.entries(r.dtmf ?? {}).map(([key, a]) => ({ key, transfer: a.transfer, mode: a.mode })),
         })),
         capacity: {
           maxConcurrentCalls: manager.maxCalls,

@@ -254,6 +254,17 @@ export const locationHeader = { location: { type: 'string', description: 'URL of
 
 // ------------------------------------------------------- live calls, setup, browser calls
 
+/** A person a call may be handed to, as the console and scripts see it (never a secret: a name and where it rings). */
+export const transferTargetInfoSchema = z
+  .object({
+    name: z.string().describe('What the agent, a hotkey or POST /v1/calls/{id}/transfer names it by'),
+    to: z.string().describe('+E.164 number or sip: URI'),
+    description: z.string().optional(),
+    timeoutS: z.number().int().describe('How long the phone rings before the caller comes back to the agent'),
+  })
+  .meta({ id: 'TransferTargetInfo' });
+export type TransferTargetInfoApi = z.output<typeof transferTargetInfoSchema>;
+
 export const liveCallSchema = z
   .object({
     callId: z.string().nullable().describe('The call record (GET /v1/calls/{id}); null only when the record could not be read'),
@@ -268,6 +279,12 @@ export const liveCallSchema = z
     bargeIns: z.number().int(),
     agentReconnects: z.number().int(),
     campaignId: z.string().nullable(),
+    transfer: z
+      .object({
+        available: z.boolean().describe('false for browser calls and when no carrier can redirect calls (no Twilio credentials)'),
+        targets: z.array(transferTargetInfoSchema).describe("The call's route's, campaign's and agent's targets (the route's or campaign's win on a name)"),
+      })
+      .describe('Whether POST /v1/calls/{id}/transfer can hand this call to a person, and to whom by name'),
   })
   .meta({ id: 'LiveCall' });
 export type LiveCallApi = z.output<typeof liveCallSchema>;
@@ -287,9 +304,19 @@ export const setupReply = z
         fallbacks: z.array(z.string()),
         customGreeting: z.string().optional().describe('Its greeting from AGENTS_FILE'),
         hasPrompt: z.boolean().describe('AGENTS_FILE gives it instructions'),
+        transferTargets: z.array(transferTargetInfoSchema).describe('Its AGENTS_FILE transfer targets'),
       }),
     ),
-    routes: z.array(z.object({ number: z.string(), agentId: z.string(), prompt: z.string().optional(), customGreeting: z.string().optional() })),
+    routes: z.array(
+      z.object({
+        number: z.string(),
+        agentId: z.string(),
+        prompt: z.string().optional(),
+        customGreeting: z.string().optional(),
+        transferTargets: z.array(transferTargetInfoSchema).describe("The route's own transfer targets (its agent's apply too; the route's win on a name)"),
+        hotkeys: z.array(z.object({ key: z.string(), transfer: z.string(), mode: z.enum(['cold', 'warm']) })).describe('Keypad hotkeys (ROUTES_FILE dtmf)'),
+      }),
+    ),
     capacity: z.object({
       maxConcurrentCalls: z.number().int(),
       usedSlots: z.number().int().describe('Live calls plus admitted calls whose stream has not started'),
@@ -309,6 +336,7 @@ export const createWebCallBody = z
     route: z.string().min(2).max(32).optional().describe('A number route (E.164, as in ROUTES_FILE): its agent, prompt and greeting'),
     prompt: z.string().max(20_000).optional().describe("Added to the agent's instructions"),
     customGreeting: z.string().max(2000).optional().describe("Replaces the agent's greeting"),
+    record: z.boolean().optional().describe('Record the call (RECORDING must be local or twilio); absent: its route, agent and RECORDING_DEFAULT decide'),
   })
   .strict()
   .refine((b) => b.route === undefined || (b.agentId === undefined && b.prompt === undefined && b.customGreeting === undefined), {

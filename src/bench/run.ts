@@ -65,6 +65,8 @@ Options:
   --no-pin            do not pin processes with taskset
   --json-out FILE     where to write the JSON result (default bench/results/latest.json)
   --bridge-env K=V    extra environment for the bridge (repeatable), e.g. AUDIO_IN_BATCH_MS=40
+  --record            record every call (RECORDING=local: a stereo WAV per call in the bridge's
+                      temporary DATA_DIR); compare with a run without it for the cost of recording
   --bridge-node-arg=FLAG
                       extra node flag for the bridge, after those of npm start (repeatable), e.g.
                       --bridge-node-arg=--cpu-prof --bridge-node-arg=--cpu-prof-dir=/tmp/prof
@@ -163,6 +165,7 @@ function parseOptions(): Options | undefined {
         'sample-s': { type: 'string' },
         import: { type: 'string' },
         'bridge-env': { type: 'string', multiple: true },
+        record: { type: 'boolean', default: false },
         'bridge-node-arg': { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -190,6 +193,10 @@ function parseOptions(): Options | undefined {
     const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
     if (m === null || m[1] === undefined || m[2] === undefined) usage(`--bridge-env takes NAME=VALUE (got ${JSON.stringify(kv)})`);
     bridgeEnv[m[1]] = m[2];
+  }
+  if (values.record) {
+    bridgeEnv.RECORDING ??= 'local';
+    bridgeEnv.RECORDING_DEFAULT ??= 'on';
   }
   const bridgeNodeArgs = values['bridge-node-arg'] ?? [];
   for (const a of bridgeNodeArgs) if (!a.startsWith('--')) usage(`--bridge-node-arg takes a node flag like --cpu-prof (got ${JSON.stringify(a)}; write --bridge-node-arg=--flag)`);
@@ -941,6 +948,7 @@ function render(machine: Machine, opts: Options, steps: Step[]): string {
   }
   const info = BENCH_AGENT_INFO[opts.agent];
   out.push(`agent: ${info.describe}`);
+  if (opts.bridgeEnv.RECORDING !== undefined && opts.bridgeEnv.RECORDING !== 'off') out.push(`recording: RECORDING=${opts.bridgeEnv.RECORDING} (every call)`);
   out.push(
     `window ${opts.durationS} s per step after all calls connected; 20 ms frames; agent echoes every frame; ` +
       (info.bargeIn ? `barge-in marker every ${opts.bargeEveryMs} ms per call` : 'no barge-in markers (they cannot pass a conversion)') +

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import type { CampaignStore } from '../store/campaigns.js';
 import { CALL_DIRECTIONS, CALL_OUTCOMES, type CallOutcome, type CallRow, type CallStore } from '../store/calls.js';
+import { hasRecording } from '../recording/available.js';
 
 /** Twilio AMD results that mean an answering machine (`machine_start`, `machine_end_beep`, …). */
 export function isMachine(answeredBy: string | null | undefined): boolean {
@@ -60,6 +61,15 @@ export const callApiSchema = z
     answeredAt: time.nullable(),
     endedAt: time.nullable(),
     durationSeconds: z.number().nullable(),
+    recording: z
+      .object({
+        backend: z.enum(['local', 'twilio']).describe('local: a WAV in DATA_DIR/recordings; twilio: Twilio\'s recording, streamed through'),
+        status: z.string().nullable().describe('in-progress while the call goes on, then completed'),
+        durationS: z.number().nullable(),
+        url: z.string().describe('GET it (same auth as /v1): audio/wav, Range requests supported'),
+      })
+      .nullable()
+      .describe('The call\'s recording (stereo: caller left, agent right), or null'),
   })
   .meta({ id: 'Call' });
 export type CallApi = z.output<typeof callApiSchema>;
@@ -90,6 +100,10 @@ export function callToApi(r: CallRow): CallApi {
     answeredAt: iso(r.answeredAt),
     endedAt: iso(r.endedAt),
     durationSeconds: r.durationS,
+    recording:
+      r.recordingBackend !== null && hasRecording(r)
+        ? { backend: r.recordingBackend, status: r.recordingStatus, durationS: r.recordingDurationS, url: `/v1/calls/${r.id}/recording` }
+        : null,
   };
 }
 

@@ -51,6 +51,8 @@ export interface WebCallRequest {
   route?: string | undefined;
   prompt?: string | undefined;
   customGreeting?: string | undefined;
+  /** Record the call (over the route's, the agent's and RECORDING_DEFAULT). */
+  record?: boolean | undefined;
 }
 
 export interface WebCallTicket {
@@ -125,13 +127,14 @@ export class WebCalls {
           message: `no number route ${req.route}${known.length > 0 ? ` (routes: ${known.join(', ')})` : ' (ROUTES_FILE sets none)'}: GET /v1/setup lists them; or send agentId instead`,
         };
       }
-      route = { agentId: r.agentId, ...(r.prompt !== undefined ? { prompt: r.prompt } : {}), ...(r.customGreeting !== undefined ? { customGreeting: r.customGreeting } : {}) };
+      route = { agentId: r.agentId, ...(r.prompt !== undefined ? { prompt: r.prompt } : {}), ...(r.customGreeting !== undefined ? { customGreeting: r.customGreeting } : {}), ...(r.record !== undefined ? { record: r.record } : {}) };
       to = req.route;
     } else {
       const agentId = req.agentId ?? this.#o.defaultAgentId;
       route = { agentId, ...(req.prompt !== undefined ? { prompt: req.prompt } : {}), ...(req.customGreeting !== undefined ? { customGreeting: req.customGreeting } : {}) };
       to = agentId;
     }
+    if (req.record !== undefined) route.record = req.record;
     const unusable = this.#o.checkAgent(route.agentId);
     if (unusable !== undefined) return { ok: false, why: 'invalid_agent', message: unusable };
 
@@ -149,6 +152,7 @@ export class WebCalls {
           agentId: admitted.route.agentId,
           ...(admitted.route.prompt !== undefined ? { prompt: admitted.route.prompt } : {}),
           ...(admitted.route.customGreeting !== undefined ? { customGreeting: admitted.route.customGreeting } : {}),
+          ...(req.record !== undefined ? { record: req.record } : {}),
           status: 'initiated',
         },
         now,

@@ -11,7 +11,7 @@ import { mulawEncode } from '../audio/mulaw.js';
 import { speechLikeSignal } from '../audio/signal.js';
 import { toMulaw8k, writeWavMulaw } from '../audio/wav.js';
 import { placeCalls, type SimCallOptions, type SimCallResult } from '../sim/twilioSim.js';
-import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo } from './io.js';
+import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo, withUsage } from './io.js';
 
 export const HELP = `Usage: npm run call -- [options]
 
@@ -129,16 +129,8 @@ async function unreachable(io: CliIo, url: string): Promise<string | undefined> 
   }
 }
 
-export async function run(args: string[], io: CliIo): Promise<number> {
-  try {
-    return await call(args, io);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`call: ${err.message}\n\n${HELP}`);
-      return 2;
-    }
-    throw err;
-  }
+export function run(args: string[], io: CliIo): Promise<number> {
+  return withUsage('call', HELP, io, () => call(args, io));
 }
 
 async function call(args: string[], io: CliIo): Promise<number> {

@@ -21,7 +21,7 @@ import {
   type Campaign,
   type ImportReport,
 } from './api.js';
-import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo } from './io.js';
+import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo, withUsage } from './io.js';
 import { ProgressView } from './progress.js';
 
 export const HELP = `Usage: npm run campaign -- CONTACTS.csv [options]
@@ -268,16 +268,8 @@ async function conclude(ctx: Ctx, end: WatchEnd, id: string, resultsFile: string
   return c.status === 'completed' && ok ? 0 : 1;
 }
 
-export async function run(args: string[], io: CliIo): Promise<number> {
-  try {
-    return await campaign(args, io);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`campaign: ${err.message}\n\n${HELP}`);
-      return 2;
-    }
-    throw err;
-  }
+export function run(args: string[], io: CliIo): Promise<number> {
+  return withUsage('campaign', HELP, io, () => campaign(args, io));
 }
 
 async function campaign(args: string[], io: CliIo): Promise<number> {

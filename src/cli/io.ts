@@ -70,6 +70,19 @@ export class UsageError extends Error {
   override name = 'UsageError';
 }
 
+/** Runs a CLI's body; a {@link UsageError} is printed with the CLI's help and exits 2. */
+export async function withUsage(name: string, help: string, io: CliIo, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr.write(`${name}: ${err.message}\n\n${help}`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
 /** True when the module at `moduleUrl` is the script node was started with. */
 export function isEntryPoint(moduleUrl: string): boolean {
   const script = process.argv[1];

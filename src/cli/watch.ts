@@ -11,7 +11,7 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { z } from 'zod';
 import { EVENT_TYPES } from '../events/types.js';
 import { describeFailure, parseApiError } from './api.js';
-import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo, type Output } from './io.js';
+import { UsageError, errorMessage, isEntryPoint, networkFailure, processIo, withDotEnv, type CliIo, type Output, withUsage } from './io.js';
 import { colourWanted, formatDuration } from './progress.js';
 
 export const HELP = `Usage: npm run watch -- [options]
@@ -195,16 +195,8 @@ export function describeEvent(e: WireEvent, screen: Screen, opts: { quiet: boole
 
 type StreamEnd = { kind: 'aborted' } | { kind: 'refused'; message: string } | { kind: 'lost'; why: string };
 
-export async function run(args: string[], io: CliIo): Promise<number> {
-  try {
-    return await watch(args, io);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`watch: ${err.message}\n\n${HELP}`);
-      return 2;
-    }
-    throw err;
-  }
+export function run(args: string[], io: CliIo): Promise<number> {
+  return withUsage('watch', HELP, io, () => watch(args, io));
 }
 
 async function watch(args: string[], io: CliIo): Promise<number> {

@@ -20,6 +20,8 @@ import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
 import type { ToolRunner } from '../tools/http.js';
 import { isWebCallSid } from '../calls/webCalls.js';
+import type { RecordingService } from '../recording/service.js';
+import { tapHandlers, tapLeg } from '../recording/tap.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -52,6 +54,8 @@ export interface MediaStreamDeps {
   transfers?: TransferPort;
   /** Prompts in the agent's voice, played into the stream (goodbye, apology, busy). */
   prompts?: SessionPrompts;
+  /** Records the calls that are to be recorded (RECORDING). */
+  recording?: RecordingService;
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
@@ -102,11 +106,13 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
       return { accept: false, reason: claim.reason };
     }
     let session: CallSession;
+    // A recorded call's audio passes a tap on its way (RECORDING=local); the others go bare.
+    const rec = deps.recording?.begin(start.callSid, claim.reservation.route, claim.reservation.resume !== undefined);
     try {
       session = new CallSession({
         reservation: claim.reservation,
         streamSid: start.streamSid,
-        carrier: leg,
+        carrier: rec === undefined ? leg : tapLeg(leg, rec),
         agents: deps.agents,
         callControl: variant.callControl ?? deps.callControl,
         settings: deps.settings,
@@ -126,9 +132,11 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
         onClosed: (s) => {
           manager.release(s);
           variant.onClosed?.(s);
+          if (rec !== undefined) void deps.recording?.end(s.callSid);
         },
       });
     } catch (err) {
+      if (rec !== undefined) void deps.recording?.end(start.callSid);
       manager.releaseSlot(claim.reservation.slot);
       logger.error({ err, callSid: start.callSid }, 'could not create a call session');
       return { accept: false, reason: 'internal_error' };
@@ -136,7 +144,7 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
     manager.register(session);
     variant.onStarted?.(session);
     session.start();
-    return { accept: true, handlers: session };
+    return { accept: true, handlers: rec === undefined ? session : tapHandlers(session, leg, rec) };
   };
 
   return (socket: WebSocket): void => {

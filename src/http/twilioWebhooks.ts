@@ -3,7 +3,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { connectStreamTwiml, hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
+import { hangupTwiml, sayDialTwiml, sayHangupTwiml } from '../carrier/twilio/twiml.js';
 import type { CallRecorder } from '../calls/recorder.js';
 import { errorBody } from '../api/errors.js';
 import type { Config } from '../config.js';
@@ -13,6 +13,8 @@ import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
 import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
 import type { PromptService } from '../tts/prompts.js';
+import type { RecordingService } from '../recording/service.js';
+import { streamTwimlWithConsent } from '../recording/consent.js';
 
 const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
 const voiceBody = z.object({
@@ -60,8 +62,10 @@ export interface TwilioWebhookDeps {
   recorder: CallRecorder;
   /** A call reached a final status (a transfer holding it lets go). */
   onCallEnded?(callSid: string): void;
-  /** Refusals in the agent's voice (`<Play>` of a signed prompt URL) when TTS has them ready; `<Say>` otherwise. */
+  /** Refusals and the consent announcement in the agent's voice (`<Play>` of a signed prompt URL) when TTS has them ready; `<Say>` otherwise. */
   prompts?: Pick<PromptService, 'spoken'>;
+  /** Call recording: a recorded call hears the consent announcement first (RECORDING_CONSENT_TEXT). */
+  recording?: RecordingService;
 }
 
 /** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
@@ -94,7 +98,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const again = manager.admit(admittedCall, undefined, idempotencyToken);
       if (!again.ok) return duplicate();
       log.info('retried voice webhook: same stream token');
-      return reply.type('text/xml').send(connectStreamTwiml(deps.streamUrl, { agentId: again.route.agentId, token: again.token }));
+      return reply.type('text/xml').send(streamTwimlWithConsent(deps.recording?.consentFor(again.route), deps.streamUrl, { agentId: again.route.agentId, token: again.token }, say));
     }
     let admitted: AdmitResult;
     if (callId !== undefined) {
@@ -120,7 +124,9 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       return fallback === undefined ? sayHangupTwiml(spoken('busy'), say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
-    return connectStreamTwiml(deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token });
+    const consent = deps.recording?.consentFor(admitted.route);
+    const consentSpeech = consent === undefined ? undefined : deps.prompts?.spoken('consent');
+    return streamTwimlWithConsent(consentSpeech !== undefined && consentSpeech.text === consent ? consentSpeech : consent, deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, say);
   });
 
   app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {

@@ -88,6 +88,7 @@ export class CarrierCallbacks {
     const route: CallRoute = { agentId: row.agentId };
     if (row.prompt !== null) route.prompt = row.prompt;
     if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
+    if (row.record !== null) route.record = row.record;
     const fromCampaign = this.#campaignCallSettings(row.campaignId);
     if (fromCampaign.transferTargets !== undefined) route.transferTargets = fromCampaign.transferTargets;
     if (fromCampaign.tools !== undefined) route.tools = fromCampaign.tools;

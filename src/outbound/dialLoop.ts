@@ -293,6 +293,7 @@ export class DialLoop {
           voicemailMessage: vm.action === 'message' ? vm.message : undefined,
           campaignId: campaign.id,
           contactId: contact.id,
+          ...(s.record !== undefined ? { record: s.record } : {}),
           attempt: contact.attempts + 1,
           status: 'claimed',
           claimedAt: now,

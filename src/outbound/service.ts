@@ -215,6 +215,7 @@ export class OutboundService {
           machineDetection: req.machineDetection === true || req.voicemailMessage !== undefined,
           voicemailAction: req.voicemailMessage !== undefined ? 'message' : req.machineDetection === true ? 'hangup' : undefined,
           voicemailMessage: req.voicemailMessage,
+          ...(req.record !== undefined ? { record: req.record } : {}),
           status: 'queued',
         },
         now,

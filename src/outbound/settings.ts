@@ -46,6 +46,8 @@ export const createCallSchema = z
     /** Twilio async AMD; on a machine the call is hung up, or `voicemailMessage` is left after the beep. */
     machineDetection: z.boolean().optional(),
     voicemailMessage: z.string().min(1).max(1_000).optional(),
+    /** Record this call (RECORDING must be local or twilio); absent: its agent and RECORDING_DEFAULT decide. */
+    record: z.boolean().optional(),
   })
   .strict();
 export type CreateCallRequest = z.infer<typeof createCallSchema>;
@@ -60,6 +62,8 @@ export const campaignSettingsSchema = z
     /** Filled per contact: `{{name}}` takes the contact's `name` column. */
     prompt: z.string().max(10_000).optional(),
     customGreeting: z.string().max(1_000).optional(),
+    /** Record the campaign's calls (RECORDING must be local or twilio); absent: the agent and RECORDING_DEFAULT decide. */
+    record: z.boolean().optional(),
     /** When calls may be placed, in the contact's time zone (CSV `timezone`) or the window's. */
     window: callingWindowSchema.optional(),
     maxConcurrent: z.number().int().min(1).max(10_000).default(5),

@@ -354,6 +354,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       agentId: this.#agentRef,
       agentConnected: this.#st.kind === 'live',
       call: this.#d.reservation.call,
+      route: this.#d.reservation.route,
+      transferable: this.#d.transfers !== undefined,
     };
   }
 
@@ -843,7 +845,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   #onCallerSpeechStart(): void {
     const st = this.#st;
     if (st.kind !== 'live') return;
-    if (this.#responseBytes > 0 && (this.#responseStreaming || this.playback.queued)) st.agent.interrupted(this.#playedOfResponseMs());
+    const heard = this.#heardPos();
+    // Audio of an earlier response still playing when this one started: its end was not heard either.
+    const boundary = this.#responseBytes > 0 ? this.#responseStartPos : this.#sentTotal;
+    const previousUnplayedMs = Math.max(0, boundary - heard) / 8;
+    if (this.#responseBytes > 0 && (this.#responseStreaming || this.playback.queued)) {
+      st.agent.interrupted(Math.round(Math.max(0, Math.min(this.#responseBytes, heard - this.#responseStartPos)) / 8), Math.round(previousUnplayedMs));
+    } else if (previousUnplayedMs > 0 && this.playback.queued) {
+      st.agent.interrupted(0, Math.round(previousUnplayedMs));
+    }
     if (this.#endCallPending) {
       // "Wait, one more thing": the caller spoke over the goodbye, so the call goes on.
       this.#endCallPending = false;
@@ -856,20 +866,17 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   /**
-   * How much of the current response the caller has heard, in ms. Two estimates, the lower wins:
-   * the playback clock (audio sent, less what is still queued at Twilio if it plays in real time),
-   * and Twilio's mark echoes (audio of this response confirmed played, plus at most one mark
-   * interval since the last echo), so a Twilio that plays late is not taken to have played.
+   * How far into the agent audio sent so far the caller has heard (bytes, in `#sentTotal`'s
+   * coordinates). Two estimates, the lower wins: the playback clock (audio sent, less what is
+   * still queued at Twilio if it plays in real time), and Twilio's mark echoes (audio confirmed
+   * played, plus at most one mark interval since the last echo), so a Twilio that plays late is
+   * not taken to have played.
    */
-  #playedOfResponseMs(): number {
+  #heardPos(): number {
     const now = performance.now();
-    const sentMs = this.#responseBytes / 8;
-    let played = sentMs - Math.max(0, this.#playEnd - now);
-    if (this.#lastEchoAt > 0) {
-      const confirmedMs = Math.max(0, this.playback.playedBytes - this.#responseStartPos) / 8;
-      played = Math.min(played, confirmedMs + Math.min(this.#s.markIntervalMs, now - this.#lastEchoAt));
-    }
-    return Math.max(0, Math.min(sentMs, Math.round(played)));
+    let heard = this.#sentTotal - Math.max(0, this.#playEnd - now) * 8;
+    if (this.#lastEchoAt > 0) heard = Math.min(heard, this.playback.playedBytes + Math.min(this.#s.markIntervalMs, now - this.#lastEchoAt) * 8);
+    return Math.max(0, Math.min(this.#sentTotal, heard));
   }
 
   /** An `end_call` waits for its response to finish: done once the agent audio has stopped coming. */

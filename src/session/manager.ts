@@ -42,6 +42,8 @@ export interface CallRoute {
   dtmf?: Record<string, DtmfAction>;
   /** Operator HTTP tools of the call's campaign (over the agent's own of the same name). */
   tools?: HttpToolDef[];
+  /** Record the call: the API call's or campaign's `record`, else the number route's (the agent's and RECORDING_DEFAULT decide when absent). */
+  record?: boolean;
 }
 
 /** A unit of capacity held by one admitted call. */
@@ -131,6 +133,10 @@ export interface SessionSnapshot {
   agentConnected: boolean;
   /** The call as it was admitted. */
   call: AdmittedCall;
+  /** The call's route (its transfer targets and hotkeys; the agent's own are added by the directory). */
+  route?: CallRoute;
+  /** True when the call can be handed to a person (a phone call, and a carrier that redirects calls). */
+  transferable?: boolean;
 }
 
 export interface SessionManagerOptions {
@@ -248,6 +254,7 @@ export class SessionManager {
     if (route?.customGreeting !== undefined) out.customGreeting = route.customGreeting;
     if (route?.transferTargets !== undefined) out.transferTargets = route.transferTargets;
     if (route?.dtmf !== undefined) out.dtmf = route.dtmf;
+    if (route?.record !== undefined) out.record = route.record;
     return out;
   }
 

@@ -54,6 +54,17 @@ export interface CallRow {
   endReason: string | null;
   sessionEndedAt: number | null;
   finalizedAt: number | null;
+  /** What the call asked for (API call, campaign): true/false, or null to follow its route, agent and RECORDING_DEFAULT. */
+  record: boolean | null;
+  /** The recording made of the call, if any. */
+  recordingBackend: 'local' | 'twilio' | null;
+  /** `in-progress`, `completed`, `absent` (Twilio made none), `failed`, `deleted` (retention). */
+  recordingStatus: string | null;
+  recordingSid: string | null;
+  /** Twilio's URL of the recording resource (without extension). */
+  recordingUrl: string | null;
+  recordingDurationS: number | null;
+  recordingStartedAt: number | null;
 }
 
 export interface CallEvent {
@@ -124,6 +135,13 @@ export function toCallRow(r: Raw): CallRow {
     endReason: str(r.end_reason),
     sessionEndedAt: num(r.session_ended_at),
     finalizedAt: num(r.finalized_at),
+    record: r.record === 1 ? true : r.record === 0 ? false : null,
+    recordingBackend: r.recording_backend === 'local' || r.recording_backend === 'twilio' ? r.recording_backend : null,
+    recordingStatus: str(r.recording_status),
+    recordingSid: str(r.recording_sid),
+    recordingUrl: str(r.recording_url),
+    recordingDurationS: num(r.recording_duration_s),
+    recordingStartedAt: num(r.recording_started_at),
   };
 }
 
@@ -145,6 +163,8 @@ export interface NewCall {
   attempt?: number;
   status: string;
   claimedAt?: number;
+  /** Record the call (true/false); absent: its route, agent and RECORDING_DEFAULT decide. */
+  record?: boolean;
 }
 
 export interface CallListFilter {
@@ -177,9 +197,18 @@ const CALL_COLUMNS: Record<string, string> = {
   endReason: 'end_reason',
   sessionEndedAt: 'session_ended_at',
   finalizedAt: 'finalized_at',
+  recordingBackend: 'recording_backend',
+  recordingStatus: 'recording_status',
+  recordingSid: 'recording_sid',
+  recordingUrl: 'recording_url',
+  recordingDurationS: 'recording_duration_s',
+  recordingStartedAt: 'recording_started_at',
 };
 
-export type CallPatch = Partial<Pick<CallRow, 'callSid' | 'status' | 'outcome' | 'answeredBy' | 'lastSequence' | 'errorCode' | 'errorMessage' | 'hangupRequested' | 'claimedAt' | 'dialedAt' | 'answeredAt' | 'endedAt' | 'durationS' | 'conversationId' | 'endReason' | 'sessionEndedAt' | 'finalizedAt'>>;
+/** The recording fields of a call (cleared together by retention). */
+export type RecordingPatch = Pick<CallRow, 'recordingBackend' | 'recordingStatus' | 'recordingSid' | 'recordingUrl' | 'recordingDurationS' | 'recordingStartedAt'>;
+
+export type CallPatch = Partial<Pick<CallRow, 'callSid' | 'status' | 'outcome' | 'answeredBy' | 'lastSequence' | 'errorCode' | 'errorMessage' | 'hangupRequested' | 'claimedAt' | 'dialedAt' | 'answeredAt' | 'endedAt' | 'durationS' | 'conversationId' | 'endReason' | 'sessionEndedAt' | 'finalizedAt'>> & Partial<RecordingPatch>;
 
 export class CallStore {
   readonly #db: Db;
@@ -231,6 +260,8 @@ export class CallStore {
       createdAt: now,
       claimedAt: c.claimedAt ?? null,
     });
+    // Set apart (rarely given), so the insert also works on a database from before recordings.
+    if (c.record !== undefined) this.#db.prepare('UPDATE calls SET record = ? WHERE id = ?').run(c.record ? 1 : 0, id);
     this.event(id, 'created', c.status, null, null, now);
     const row = this.get(id);
     if (row === undefined) throw new Error(`call ${id} vanished after insert`);
@@ -331,6 +362,22 @@ export class CallStore {
   /** Calls not finished yet (for restart reconciliation and the stale sweep). */
   unfinished(): CallRow[] {
     return (this.#db.prepare('SELECT * FROM calls WHERE finalized_at IS NULL ORDER BY id').all() as Raw[]).map(toCallRow);
+  }
+
+  /** Clears a call's recording fields (retention deleted the audio); `recording_status` says `deleted`. */
+  clearRecording(id: string): void {
+    this.#db
+      .prepare("UPDATE calls SET recording_status = 'deleted', recording_sid = NULL, recording_url = NULL, recording_duration_s = NULL WHERE id = ?")
+      .run(id);
+  }
+
+  /** Calls with a recording (not deleted) started before `before` (ms), oldest first. */
+  recordingsBefore(before: number, limit: number): CallRow[] {
+    return (
+      this.#db
+        .prepare("SELECT * FROM calls WHERE recording_backend IS NOT NULL AND recording_started_at < ? AND (recording_status IS NULL OR recording_status != 'deleted') ORDER BY recording_started_at LIMIT ?")
+        .all(before, limit) as Raw[]
+    ).map(toCallRow);
   }
 
   /** Outbound calls waiting to be dialed (single API calls), oldest first. */

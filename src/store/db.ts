@@ -208,6 +208,19 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX calls_campaign_created ON calls (campaign_id, created_at);
   CREATE INDEX calls_unfinished ON calls (id) WHERE finalized_at IS NULL;
   `,
+  // 4: call recordings. `record` is what the call asked for (API call or campaign: 1/0, NULL: its
+  //    route, agent and RECORDING_DEFAULT decide); the recording_* columns describe the recording
+  //    made, if any. (One self-contained block: renumber freely when branches merge.)
+  `
+  ALTER TABLE calls ADD COLUMN record INTEGER;
+  ALTER TABLE calls ADD COLUMN recording_backend TEXT;
+  ALTER TABLE calls ADD COLUMN recording_status TEXT;
+  ALTER TABLE calls ADD COLUMN recording_sid TEXT;
+  ALTER TABLE calls ADD COLUMN recording_url TEXT;
+  ALTER TABLE calls ADD COLUMN recording_duration_s REAL;
+  ALTER TABLE calls ADD COLUMN recording_started_at INTEGER;
+  CREATE INDEX calls_recordings ON calls (recording_started_at) WHERE recording_backend IS NOT NULL;
+  `,
 ];
 
 /** Opens (creating if needed) the database file and brings its schema up to date. */

@@ -13,6 +13,12 @@
  *   (inbound calls from `startInbound` too);
  * - `POST …/Conferences/{CF… or friendly name}/Participants.json` → 201 participant JSON: dials
  *   `To` into the conference (created by friendly name when there is none, as Twilio does).
+ * - `POST …/Calls/{CA}/Recordings.json` (`RecordingChannels`, `RecordingStatusCallback`,
+ *   `RecordingStatusCallbackEvent`) → 201 recording JSON of an in-progress call (21220 otherwise);
+ *   signed recording status callbacks (`in-progress` at once, `completed` when the call ends, with
+ *   `RecordingSid`, `RecordingUrl`, `RecordingStatus`, `RecordingDuration`, `RecordingChannels`);
+ *   `GET …/Recordings/{RE}.json`, `GET …/Recordings/{RE}.wav` (a stereo WAV as long as the
+ *   recording, `Range` honoured) and `DELETE …/Recordings/{RE}.json` (204).
  *
  * HTTP basic auth with the account SID and auth token (401/20003 otherwise).
  * Errors use Twilio's JSON shape (`code`, `message`, `more_info`, `status`), so the
@@ -31,7 +37,7 @@ import twilio from 'twilio';
 import { CarrierSimulator, isTerminalStatus, OUTCOMES, rfc2822, type DialOutcome, type DialOutcomeFn, type InboundCallParams, type Outcome, type SimCallInfo, type SimConferenceInfo, type SimStats, type SimTiming, type StatusCallbackEvent } from '../sim/simCarrier.js';
 import type { AmdMode } from '../outbound/dialer.js';
 import { Rng } from '../util/prng.js';
-import { newAccountSid } from '../sim/twilioSim.js';
+import { newAccountSid, postStatusCallback } from '../sim/twilioSim.js';
 import { E164_SHAPE } from '../outbound/phone.js';
 
 export interface TwilioErrorSpec {
@@ -108,6 +114,25 @@ const API_PREFIX = '/2010-04-01/Accounts/';
 const LIST_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\.json$/;
 const CALL_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\/([^/]+)\.json$/;
 const PARTICIPANTS_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Conferences\/([^/]+)\/Participants\.json$/;
+const CALL_RECORDINGS_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Calls\/([^/]+)\/Recordings\.json$/;
+const RECORDING_RE = /^\/2010-04-01\/Accounts\/([^/]+)\/Recordings\/(RE[0-9a-f]{32})\.(json|wav|mp3)$/;
+
+/** A recording made through the fake's Recordings API. */
+export interface FakeRecording {
+  sid: string;
+  callSid: string;
+  channels: 1 | 2;
+  /** `in-progress`, `completed`, `deleted`. */
+  status: string;
+  startedAt: number;
+  durationS?: number;
+  statusCallback?: string;
+  events: string[];
+  /** Callbacks posted to the bridge: event and HTTP status answered. */
+  callbacks: Array<{ status: string; httpStatus: number }>;
+  /** The form fields of the create request. */
+  params: Record<string, string | string[]>;
+}
 const MAX_BODY = 1024 * 1024;
 const STATUS_EVENTS = new Set<StatusCallbackEvent>(['initiated', 'ringing', 'answered', 'completed']);
 
@@ -171,6 +196,8 @@ export class FakeTwilioRest {
   readonly creates: CreateRecord[] = [];
   /** Every request, in order. */
   readonly requests: RequestRecord[] = [];
+  /** Recordings created through `Calls/{CA}/Recordings.json`, in order. */
+  readonly recordings: FakeRecording[] = [];
   readonly #server: Server;
   readonly #opts: FakeTwilioRestOptions;
   readonly #rng: Rng;
@@ -300,6 +327,13 @@ export class FakeTwilioRest {
       let body: unknown;
       try {
         if (tooBig) throw new HttpError(413, 20001, 'Request entity too large');
+        const media = this.#recordingMedia(req);
+        if (media !== undefined) {
+          record.httpStatus = media.status;
+          res.writeHead(media.status, media.headers);
+          res.end(media.body);
+          return;
+        }
         const r = this.#route(req, Buffer.concat(chunks).toString('utf8'));
         status = r.status;
         body = r.body;
@@ -310,9 +344,14 @@ export class FakeTwilioRest {
         record.code = e.code;
       }
       record.httpStatus = status;
-      const text = JSON.stringify(body);
+      const text = status === 204 ? '' : JSON.stringify(body);
       const send = (): void => {
         if (res.destroyed) return;
+        if (status === 204) {
+          res.writeHead(204);
+          res.end();
+          return;
+        }
         res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
         res.end(text);
       };
@@ -330,11 +369,23 @@ export class FakeTwilioRest {
     const list = LIST_RE.exec(url.pathname);
     const one = CALL_RE.exec(url.pathname);
     const participants = PARTICIPANTS_RE.exec(url.pathname);
-    const account = list?.[1] ?? one?.[1] ?? participants?.[1];
+    const callRecordings = CALL_RECORDINGS_RE.exec(url.pathname);
+    const recording = RECORDING_RE.exec(url.pathname);
+    const account = list?.[1] ?? one?.[1] ?? participants?.[1] ?? callRecordings?.[1] ?? recording?.[1];
     if (account === undefined || account !== this.accountSid) throw new HttpError(404, 20404, `The requested resource ${url.pathname} was not found`);
     if (list !== null) {
       if (method === 'POST') return this.#create(parseForm(rawBody));
       if (method === 'GET') return { status: 200, body: this.#list(url) };
+    } else if (callRecordings !== null) {
+      if (method === 'POST') return this.#startRecording(decodeURIComponent(callRecordings[2] ?? ''), parseForm(rawBody), url.pathname);
+    } else if (recording !== null) {
+      const rec = this.recordings.find((r) => r.sid === recording[2] && r.status !== 'deleted');
+      if (rec === undefined) throw new HttpError(404, 20404, `The requested resource ${url.pathname} was not found`);
+      if (method === 'GET') return { status: 200, body: this.#recordingJson(rec) };
+      if (method === 'DELETE') {
+        rec.status = 'deleted';
+        return { status: 204, body: undefined };
+      }
     } else if (participants !== null) {
       if (method === 'POST') return this.#createParticipant(decodeURIComponent(participants[2] ?? ''), parseForm(rawBody), url.pathname);
     } else if (one !== null) {
@@ -343,6 +394,104 @@ export class FakeTwilioRest {
       if (method === 'POST') return { status: 200, body: this.#update(sid, parseForm(rawBody), url.pathname) };
     }
     throw new HttpError(405, 20004, 'Method not allowed');
+  }
+
+  /** `Calls/{CA}/Recordings.json`: records an in-progress call until it ends, with status callbacks. */
+  #startRecording(callSid: string, form: Record<string, string | string[]>, path: string): { status: number; body: unknown } {
+    const call = this.#known(callSid, path);
+    if (call.status !== 'in-progress') throw new HttpError(400, 21220, 'Invalid call state: the call is not in progress');
+    const channels = first(form.RecordingChannels) === 'dual' ? 2 : 1;
+    const events = all(form.RecordingStatusCallbackEvent).flatMap((v) => v.split(/[\s,]+/)).filter((e) => e !== '');
+    const statusCallback = first(form.RecordingStatusCallback);
+    const rec: FakeRecording = {
+      sid: `RE${randomBytes(16).toString('hex')}`,
+      callSid,
+      channels,
+      status: 'in-progress',
+      startedAt: Date.now(),
+      ...(statusCallback !== undefined ? { statusCallback } : {}),
+      events: events.length > 0 ? events : ['completed'],
+      callbacks: [],
+      params: form,
+    };
+    this.recordings.push(rec);
+    if (rec.events.includes('in-progress')) void this.#recordingCallback(rec);
+    void this.simulator.whenEnded(callSid).then(() => {
+      if (rec.status !== 'in-progress') return;
+      rec.status = 'completed';
+      rec.durationS = Math.max(1, Math.round((Date.now() - rec.startedAt) / 1000));
+      if (rec.events.includes('completed')) void this.#recordingCallback(rec);
+    });
+    return { status: 201, body: this.#recordingJson(rec) };
+  }
+
+  #recordingJson(r: FakeRecording): Record<string, unknown> {
+    const base = `/2010-04-01/Accounts/${this.accountSid}/Recordings/${r.sid}`;
+    return {
+      sid: r.sid,
+      account_sid: this.accountSid,
+      call_sid: r.callSid,
+      conference_sid: null,
+      api_version: '2010-04-01',
+      channels: r.channels,
+      status: r.status,
+      source: 'StartCallRecordingAPI',
+      track: 'both',
+      start_time: rfc2822(r.startedAt),
+      date_created: rfc2822(r.startedAt),
+      date_updated: rfc2822(Date.now()),
+      duration: r.durationS === undefined ? '-1' : String(r.durationS),
+      price: null,
+      price_unit: 'USD',
+      error_code: null,
+      encryption_details: null,
+      uri: `${base}.json`,
+      media_url: `https://api.twilio.com${base}`,
+    };
+  }
+
+  /** A signed recording status callback to the bridge (`RecordingStatusCallback`, mapped from PUBLIC_URL to the bridge). */
+  async #recordingCallback(r: FakeRecording): Promise<void> {
+    if (r.statusCallback === undefined) return;
+    const target = new URL(r.statusCallback);
+    const params: Record<string, string> = {
+      AccountSid: this.accountSid,
+      CallSid: r.callSid,
+      RecordingSid: r.sid,
+      RecordingUrl: `https://api.twilio.com/2010-04-01/Accounts/${this.accountSid}/Recordings/${r.sid}`,
+      RecordingStatus: r.status,
+      RecordingDuration: r.durationS === undefined ? '-1' : String(r.durationS),
+      RecordingChannels: String(r.channels),
+      RecordingSource: 'StartCallRecordingAPI',
+      RecordingStartTime: rfc2822(r.startedAt),
+      RecordingTrack: 'both',
+    };
+    const status = r.status;
+    try {
+      const res = await postStatusCallback({ bridgeUrl: this.simulator.bridgeUrl, publicUrl: target.origin, authToken: this.authToken, params, path: target.pathname + target.search });
+      r.callbacks.push({ status, httpStatus: res.status });
+    } catch {
+      r.callbacks.push({ status, httpStatus: 0 });
+    }
+  }
+
+  /** `GET …/Recordings/{RE}.wav`: the audio (a stereo 8 kHz WAV as long as the recording), `Range` honoured. */
+  #recordingMedia(req: IncomingMessage): { status: number; headers: Record<string, string>; body: Buffer } | undefined {
+    const url = new URL(req.url ?? '/', 'http://fake.twilio');
+    const m = RECORDING_RE.exec(url.pathname);
+    if (m === null || m[3] === 'json' || (req.method ?? 'GET').toUpperCase() !== 'GET') return undefined;
+    this.#authenticate(req);
+    const rec = this.recordings.find((r) => r.sid === m[2] && r.status !== 'deleted' && m[1] === this.accountSid);
+    if (rec === undefined) throw new HttpError(404, 20404, `The requested resource ${url.pathname} was not found`);
+    const wav = fakeRecordingWav(rec.durationS ?? 1, rec.channels);
+    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    if (range !== null) {
+      const start = Number(range[1]);
+      const end = range[2] === '' ? wav.length - 1 : Math.min(wav.length - 1, Number(range[2]));
+      if (start >= wav.length || end < start) return { status: 416, headers: { 'content-range': `bytes */${wav.length}` }, body: Buffer.alloc(0) };
+      return { status: 206, headers: { 'content-type': 'audio/x-wav', 'content-length': String(end - start + 1), 'content-range': `bytes ${start}-${end}/${wav.length}`, 'accept-ranges': 'bytes' }, body: wav.subarray(start, end + 1) };
+    }
+    return { status: 200, headers: { 'content-type': 'audio/x-wav', 'content-length': String(wav.length), 'accept-ranges': 'bytes' }, body: wav };
   }
 
   #authenticate(req: IncomingMessage): void {
@@ -597,4 +746,25 @@ export class FakeTwilioRest {
       uri,
     };
   }
+}
+
+/** A recording's stand-in audio: 16-bit PCM 8 kHz, a quiet tone on the first channel, silence on the second. */
+function fakeRecordingWav(durationS: number, channels: 1 | 2): Buffer {
+  const frames = Math.round(durationS * 8000);
+  const dataBytes = frames * 2 * channels;
+  const b = Buffer.alloc(44 + dataBytes);
+  b.write('RIFF', 0, 'ascii');
+  b.writeUInt32LE(36 + dataBytes, 4);
+  b.write('WAVEfmt ', 8, 'ascii');
+  b.writeUInt32LE(16, 16);
+  b.writeUInt16LE(1, 20);
+  b.writeUInt16LE(channels, 22);
+  b.writeUInt32LE(8000, 24);
+  b.writeUInt32LE(8000 * 2 * channels, 28);
+  b.writeUInt16LE(2 * channels, 32);
+  b.writeUInt16LE(16, 34);
+  b.write('data', 36, 'ascii');
+  b.writeUInt32LE(dataBytes, 40);
+  for (let i = 0; i < frames; i++) b.writeInt16LE(Math.round(3000 * Math.sin((2 * Math.PI * 440 * i) / 8000)), 44 + i * 2 * channels);
+  return b;
 }

@@ -28,7 +28,13 @@ export interface PromptSetupOverrides {
 
 /** The texts of the prompts Playline says on its own (the ones warmed at boot). */
 export function promptTexts(config: Config): Partial<Record<PromptKind, string>> {
-  return { busy: config.messages.busy, apology: config.messages.apology, goodbye: config.messages.goodbye, transferReturn: config.messages.transferReturn };
+  return {
+    busy: config.messages.busy,
+    apology: config.messages.apology,
+    goodbye: config.messages.goodbye,
+    transferReturn: config.messages.transferReturn,
+    ...(config.recording.backend !== 'off' && config.recording.consentText !== undefined ? { consent: config.recording.consentText } : {}),
+  };
 }
 
 export async function createPromptService(config: Config, logger: Logger, registry: client.Registry, overrides: PromptSetupOverrides = {}): Promise<PromptService> {

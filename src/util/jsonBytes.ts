@@ -18,10 +18,13 @@ export interface Span {
   audioEnd: number;
   sidStart: number;
   sidEnd: number;
+  /** A media timestamp's digits, where the protocol has one (-1 when absent). */
+  tsStart: number;
+  tsEnd: number;
 }
 
 export function newSpan(): Span {
-  return { audioStart: 0, audioEnd: 0, sidStart: 0, sidEnd: 0 };
+  return { audioStart: 0, audioEnd: 0, sidStart: 0, sidEnd: 0, tsStart: -1, tsEnd: -1 };
 }
 
 export const QUOTE = 0x22;

@@ -36,13 +36,24 @@ export type Call = z.infer<typeof call>;
 
 export const callPage = z.object({ data: z.array(call), nextCursor: nstr });
 
+/** One transfer to a person on a call's record. */
+export const transferRecord = z.object({ transferId: str, target: nstr, to: str, mode: str, by: str, requestedAt: str, outcome: str, returned: z.boolean() });
+export type TransferRecord = z.infer<typeof transferRecord>;
+
 export const callDetail = z.extend(call, {
   agents: z.array(str),
   events: z.array(z.object({ at: str, type: str, status: nstr, sequence: nnum, data: z.nullable(z.record(z.string(), z.unknown())) })),
   transcript: z.array(z.object({ role: str, text: str, at: str })),
   transcriptSource: str,
+  // Servers before transfers have no such field.
+  transfers: z.optional(z.array(transferRecord)),
+  recording: z.optional(z.nullable(z.object({ backend: str, status: nstr, durationS: nnum, url: str }))),
 });
 export type CallDetail = z.infer<typeof callDetail>;
+
+/** A person a call may be handed to (GET /v1/live, GET /v1/setup). */
+export const transferTarget = z.object({ name: str, to: str, description: z.optional(str), timeoutS: z.optional(num) });
+export type TransferTarget = z.infer<typeof transferTarget>;
 
 export const liveCall = z.object({
   callId: nstr,
@@ -57,6 +68,7 @@ export const liveCall = z.object({
   bargeIns: num,
   agentReconnects: z.optional(num),
   campaignId: z.optional(nstr),
+  transfer: z.optional(z.object({ available: z.boolean(), targets: z.array(transferTarget) })),
 });
 export type LiveCall = z.infer<typeof liveCall>;
 export const livePage = z.object({ data: z.array(liveCall) });
@@ -146,9 +158,19 @@ export const setup = z.object({
       fallbacks: z.array(str),
       customGreeting: z.optional(str),
       hasPrompt: z.boolean(),
+      transferTargets: z.optional(z.array(transferTarget)),
     }),
   ),
-  routes: z.array(z.object({ number: str, agentId: str, prompt: z.optional(str), customGreeting: z.optional(str) })),
+  routes: z.array(
+    z.object({
+      number: str,
+      agentId: str,
+      prompt: z.optional(str),
+      customGreeting: z.optional(str),
+      transferTargets: z.optional(z.array(transferTarget)),
+      hotkeys: z.optional(z.array(z.object({ key: str, transfer: str, mode: str }))),
+    }),
+  ),
   capacity: z.object({ maxConcurrentCalls: num, usedSlots: num, liveCalls: num, reservedSlots: num, inboundReserved: num }),
   ready: z.object({ ready: z.boolean(), draining: z.boolean(), agentsDown: z.array(z.unknown()) }),
   webhook: z.object({ configured: z.boolean(), events: z.array(str) }),
@@ -171,6 +193,17 @@ export type ApiEvent = z.infer<typeof event>;
 
 export const transcriptData = z.object({ role: str, text: str });
 export const updatedData = z.object({ change: str, status: z.optional(str), bargeIns: z.optional(num), state: z.optional(str) });
+/** `call.updated` with `change: "transfer"`: one step of a transfer. */
+export const transferData = z.object({
+  step: str,
+  transferId: z.optional(str),
+  target: z.optional(str),
+  to: z.optional(str),
+  mode: z.optional(str),
+  outcome: z.optional(str),
+  why: z.optional(str),
+});
+export const transferReply = z.object({ callId: str, transferId: str, mode: str, status: str });
 export const progressData = z.object({ status: str, counts, activeCalls: z.optional(num), etaSeconds: z.optional(nnum) });
 export const callData = z.object({ call });
 

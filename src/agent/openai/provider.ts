@@ -142,6 +142,8 @@ class OpenAiLeg implements AgentLeg {
 
   /** The response being followed; replaced by the next one. */
   #response: Response | undefined;
+  /** The response before it (whose audio may still be playing when the caller barges in). */
+  #previous: Response | undefined;
   /** Id of the response cut by the caller: its late deltas are dropped. */
   #cutIdBytes: Buffer | undefined;
   /** Deltas of the current response are dropped (caller barged in). */
@@ -250,10 +252,23 @@ class OpenAiLeg implements AgentLeg {
     return true;
   }
 
-  interrupted(playedMs: number): void {
+  interrupted(playedMs: number, previousUnplayedMs = 0): void {
+    if (!this.isOpen) return;
+    // The earlier response was still playing when this one started: its end was not heard either.
+    const prev = this.#previous;
+    if (previousUnplayedMs > 0 && prev !== undefined && !prev.truncated) {
+      const totalMs = prev.items.reduce((n, it) => n + it.bytes / 8, 0);
+      this.#truncateAt(prev, Math.max(0, totalMs - previousUnplayedMs));
+    }
     const r = this.#response;
-    if (r === undefined || r.truncated || !(playedMs > 0) || !this.isOpen) return;
-    // The item holding `playedMs`, counting the response's items back to back.
+    if (r === undefined || r.truncated || r.items.length === 0) return;
+    // Nothing of it heard: truncated at 0 only when the earlier one was cut (else the caller heard nothing new).
+    if (!(playedMs > 0) && !(previousUnplayedMs > 0)) return;
+    this.#truncateAt(r, Math.max(0, playedMs));
+  }
+
+  /** `conversation.item.truncate` of the item holding `playedMs`, counting the response's items back to back. */
+  #truncateAt(r: Response, playedMs: number): void {
     let before = 0;
     let target: AudioItem | undefined;
     for (const item of r.items) {
@@ -356,6 +371,7 @@ class OpenAiLeg implements AgentLeg {
 
   #startResponse(id: string): Response {
     const r: Response = { id, idBytes: Buffer.from(id, 'utf8'), items: [], current: undefined, truncated: false };
+    if (this.#response !== undefined && this.#response.items.length > 0) this.#previous = this.#response;
     this.#response = r;
     this.#dropping = false;
     this.#responseActive = true;

@@ -27,6 +27,7 @@ export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number)
   if (buf[i] !== OPEN) return false;
   let seen = 0; // bits: 1 event, 2 seq, 4 sid, 8 media
   let mediaSeen = 0; // bits: 1 track, 2 chunk, 4 timestamp, 8 payload
+  span.tsStart = -1;
   i = skipWs(buf, i + 1);
   for (;;) {
     i = readKey(buf, i, KEY);
@@ -55,6 +56,10 @@ export function scanTwilioMedia(buf: Uint8Array, span: Span, maxPayload: number)
           else return false;
           ve = scanString(buf, i);
           if (ve < 0) return false;
+          if (mbit === 4) {
+            span.tsStart = i + 1;
+            span.tsEnd = ve;
+          }
         }
         if ((mediaSeen & mbit) !== 0) return false;
         mediaSeen |= mbit;

@@ -76,6 +76,8 @@ export class TwilioStreamConnection implements CarrierLeg {
   #handlers: CarrierHandlers | undefined;
   #startTimer: NodeJS.Timeout | undefined;
   #done = false;
+  /** The media frame being delivered (only during `onMediaBytes`), for {@link mediaTimestampMs}. */
+  #frame: Buffer | undefined;
 
   constructor(ws: WebSocket, opts: TwilioStreamOptions) {
     this.#ws = ws;
@@ -106,6 +108,20 @@ export class TwilioStreamConnection implements CarrierLeg {
 
   get streamSid(): string {
     return this.#streamSid;
+  }
+
+  /** Twilio's `media.timestamp` (ms since the stream started) of the frame being delivered now; read on demand. */
+  get mediaTimestampMs(): number | undefined {
+    const buf = this.#frame;
+    const { tsStart, tsEnd } = this.#span;
+    if (buf === undefined || tsStart < 0 || tsEnd <= tsStart || tsEnd - tsStart > 12) return undefined;
+    let v = 0;
+    for (let i = tsStart; i < tsEnd; i++) {
+      const d = (buf[i] as number) - 0x30;
+      if (d < 0 || d > 9) return undefined;
+      v = v * 10 + d;
+    }
+    return v;
   }
 
   sendMediaBytes(buf: Buffer, start: number, end: number): void {
@@ -164,8 +180,14 @@ export class TwilioStreamConnection implements CarrierLeg {
     const encoder = this.#encoder;
     if (h !== undefined && encoder !== undefined && scanTwilioMedia(buf, this.#span, MAX_INBOUND_PAYLOAD_CHARS)) {
       const span = this.#span;
-      if (encoder.isStreamSid(buf, span.sidStart, span.sidEnd)) h.onMediaBytes(buf, span.audioStart, span.audioEnd);
-      else h.onBadFrame('wrong_stream_sid', 'media');
+      if (encoder.isStreamSid(buf, span.sidStart, span.sidEnd)) {
+        this.#frame = buf;
+        try {
+          h.onMediaBytes(buf, span.audioStart, span.audioEnd);
+        } finally {
+          this.#frame = undefined;
+        }
+      } else h.onBadFrame('wrong_stream_sid', 'media');
       return;
     }
     const msg = decodeTwilioMessage(buf.toString('utf8'));

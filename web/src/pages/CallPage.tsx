@@ -1,10 +1,11 @@
 /** One call (GET /v1/calls/:id): summary, durations, timeline of events and transcript; live while it is under way. */
-import { api, messageOf, send } from '../api';
+import { api, messageOf, request, send } from '../api';
 import { useEvents } from '../events';
 import { between, compactJson, duration, time } from '../format';
 import { callDetail } from '../schemas';
 import { Badge, ErrorBox, useAsync, useThrottled } from '../ui';
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
+import { CallTransfers } from './CallTransfers';
 
 const FINAL = new Set(['completed', 'busy', 'no-answer', 'failed', 'canceled', 'not-dialed']);
 
@@ -23,6 +24,16 @@ const EVENT_LABELS: Record<string, string> = {
   agent_switched: 'Agent switched',
   barge_in: 'Barge-in',
   dtmf: 'Key pressed',
+  dtmf_digits: 'Keypad digits to the agent',
+  tool_called: 'Agent called a tool',
+  tool_result: 'Tool answered',
+  transfer_requested: 'Transfer requested',
+  transfer_dialing: 'Transfer: dialing the person',
+  transfer_answered: 'Transfer: the person answered',
+  transfer_joined: 'Transfer: caller and person joined',
+  transfer_failed: 'Transfer: person not reached',
+  transfer_returned: 'Transfer: caller back with the agent',
+  transfer_completed: 'Transfer completed',
   spoke: 'Spoke',
   hangup_requested: 'Hang-up requested',
   voicemail_message: 'Voicemail message left',
@@ -139,6 +150,16 @@ export function CallPage(props: { id: string }) {
               </dl>
             </div>
           </div>
+          {c.recording != null && (
+            <div class="card">
+              <h2>Recording</h2>
+              {c.recording.status === 'completed' ? (
+                <RecordingPlayer url={c.recording.url} />
+              ) : (
+                <p class="muted">Recording {c.recording.status ?? 'in progress'}: it can be played once the call has ended.</p>
+              )}
+            </div>
+          )}
           <div class="card">
             <h2>Timeline</h2>
             {c.events.length === 0 ? (
@@ -170,6 +191,7 @@ export function CallPage(props: { id: string }) {
               </div>
             )}
           </div>
+          <CallTransfers transfers={c.transfers} />
           <div class="card">
             <h2>Transcript {c.transcriptSource === 'playai' ? <span class="muted small">(from PlayAI)</span> : null}</h2>
             {c.transcript.length === 0 ? (
@@ -187,5 +209,43 @@ export function CallPage(props: { id: string }) {
         </>
       )}
     </section>
+  );
+}
+
+/**
+ * The call's recording in an `<audio>` player. `<audio src>` cannot send the bearer token, so the
+ * WAV is fetched with it (the API's auth, like every console request) into a blob URL, which the
+ * console's CSP allows (`media-src 'self' blob:`) and which is revoked when the page goes.
+ */
+function RecordingPlayer(props: { url: string }) {
+  const [src, setSrc] = useState<string | undefined>();
+  const [error, setError] = useState<string | undefined>();
+  useEffect(() => {
+    const ctrl = new AbortController();
+    let objectUrl: string | undefined;
+    setSrc(undefined);
+    setError(undefined);
+    request(props.url, { signal: ctrl.signal })
+      .then((res) => res.blob())
+      .then((blob) => {
+        objectUrl = URL.createObjectURL(blob);
+        setSrc(objectUrl);
+      })
+      .catch((err: unknown) => {
+        if (!ctrl.signal.aborted) setError(`Could not load the recording: ${messageOf(err)}`);
+      });
+    return () => {
+      ctrl.abort();
+      if (objectUrl !== undefined) URL.revokeObjectURL(objectUrl);
+    };
+  }, [props.url]);
+  if (error !== undefined) return <p role="alert">{error}</p>;
+  if (src === undefined) return <p class="muted">Loading the recording…</p>;
+  return (
+    <audio controls preload="metadata" src={src} aria-label="Call recording (caller left, agent right)">
+      <a href={src} download="recording.wav">
+        Download the recording
+      </a>
+    </audio>
   );
 }

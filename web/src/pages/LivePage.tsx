@@ -3,8 +3,10 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, api, messageOf, send } from '../api';
 import { usePollingFallback, useEvents } from '../events';
 import { duration } from '../format';
-import { callDetail, livePage, transcriptData, updatedData, type LiveCall } from '../schemas';
+import { callDetail, livePage, transcriptData, transferData, updatedData, type LiveCall } from '../schemas';
+import { transferActive, withStep, type TransferProgress } from '../transfer';
 import { Badge, ErrorBox, useAsync, useThrottled, useTicker } from '../ui';
+import { TransferControl, TransferSteps } from './TransferControl';
 
 interface Turn {
   role: string;
@@ -13,11 +15,25 @@ interface Turn {
 
 const MAX_TURNS = 6;
 
+/** How a card names its call. */
+const titleOf = (c: LiveCall): string => (c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`);
+
 export function LivePage() {
   const live = useAsync((signal) => api(livePage, '/v1/live', { signal }), []);
   const [calls, setCalls] = useState<LiveCall[]>([]);
   const [transcripts, setTranscripts] = useState<Record<string, Turn[]>>({});
   const [ending, setEnding] = useState<Record<string, string>>({});
+  const [transfers, setTransferState] = useState<Record<string, TransferProgress>>({});
+  /** Calls whose media session ended while a transfer was under way: with a person (or ringing one) now. */
+  const [handed, setHanded] = useState<Record<string, string>>({});
+  const callsRef = useRef(calls);
+  callsRef.current = calls;
+  // Several events can arrive in one read: each step sees the one before it at once, not at the next render.
+  const transfersRef = useRef(transfers);
+  const setTransfers = (fn: (t: Record<string, TransferProgress>) => Record<string, TransferProgress>): void => {
+    transfersRef.current = fn(transfersRef.current);
+    setTransferState(transfersRef.current);
+  };
   const seeded = useRef(new Set<string>());
   const now = useTicker(1000);
   const loadedAt = useRef(Date.now());
@@ -38,6 +54,11 @@ export function LivePage() {
         (d) => {
           // The record's transcript so far, unless the events already brought as much.
           setTranscripts((t) => (d.transcript.length >= (t[id]?.length ?? 0) ? { ...t, [id]: d.transcript.slice(-MAX_TURNS).map((x) => ({ role: x.role, text: x.text })) } : t));
+          // A transfer already under way when the page opened (its later steps come as events).
+          const pending = d.transfers?.at(-1);
+          if (pending?.outcome === 'pending') {
+            setTransfers((tr) => (tr[id] !== undefined ? tr : { ...tr, [id]: withStep(undefined, { step: 'dialing', transferId: pending.transferId, target: pending.target ?? pending.to, mode: pending.mode }) }));
+          }
         },
         () => undefined,
       );
@@ -48,14 +69,31 @@ export function LivePage() {
   useEvents((e) => {
     const id = e.callId ?? undefined;
     if (e.type === 'call.started' || e.type === 'call.ended') {
-      if (e.type === 'call.ended' && id !== undefined) setCalls((cs) => cs.filter((c) => c.callId !== id));
+      if (e.type === 'call.ended' && id !== undefined) {
+        setCalls((cs) => cs.filter((c) => c.callId !== id));
+        setHanded(({ [id]: _gone, ...rest }) => rest);
+        setTransfers(({ [id]: _gone, ...rest }) => rest);
+      }
       refetch();
     } else if (e.type === 'call.updated' && id !== undefined) {
       const d = updatedData.safeParse(e.data);
       if (!d.success) return;
       if (d.data.change === 'session_ended') {
         // The media session is over: the call has left /v1/live (call.ended follows with the carrier's final status).
+        const gone = callsRef.current.find((c) => c.callId === id);
+        if (gone !== undefined && transferActive(transfersRef.current[id])) setHanded((h) => ({ ...h, [id]: titleOf(gone) }));
         setCalls((cs) => cs.filter((c) => c.callId !== id));
+        return;
+      }
+      if (d.data.change === 'transfer') {
+        const t = transferData.safeParse(e.data);
+        if (!t.success) return;
+        setTransfers((tr) => ({ ...tr, [id]: withStep(tr[id], t.data) }));
+        // Back with the agent on a new stream: the call is live again.
+        if (t.data.step === 'returned') {
+          setHanded(({ [id]: _back, ...rest }) => rest);
+          refetch();
+        }
         return;
       }
       const { state, bargeIns } = d.data;
@@ -66,7 +104,11 @@ export function LivePage() {
       if (!d.success) return;
       setTranscripts((t) => ({ ...t, [id]: [...(t[id] ?? []), { role: d.data.role, text: d.data.text }].slice(-MAX_TURNS) }));
     }
-  }, live.reload);
+  }, () => {
+    // Events were missed: what /v1/live says is the truth again (a handed-off call may have ended meanwhile).
+    setHanded({});
+    live.reload();
+  });
   // Without the event stream: the list and each call's transcript every 2 s.
   usePollingFallback(() => {
     seeded.current.clear();
@@ -100,7 +142,7 @@ export function LivePage() {
       ) : (
         <ErrorBox error={live.error} onRetry={live.reload} />
       )}
-      {calls.length === 0 && live.data !== undefined && (
+      {calls.length === 0 && live.data !== undefined && Object.keys(handed).length === 0 && (
         <div class="empty">
           <p>No call in progress.</p>
           <p class="muted">
@@ -118,10 +160,10 @@ export function LivePage() {
             <li key={c.callSid} class="card live-call" data-call-id={id ?? undefined}>
               <div class="row spread">
                 {id === null ? (
-                  <span class="strong">{c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}</span>
+                  <span class="strong">{titleOf(c)}</span>
                 ) : (
                   <a href={`/calls/${encodeURIComponent(id)}`} class="strong">
-                    {c.direction === 'web' ? `Browser → ${c.agentId}` : `${c.from} → ${c.to}`}
+                    {titleOf(c)}
                   </a>
                 )}
                 <span class="mono" aria-label="Duration">
@@ -169,6 +211,10 @@ export function LivePage() {
                   ))
                 )}
               </ol>
+              {id !== null && c.transfer?.available === true && <TransferControl callId={id} callLabel={`the call ${titleOf(c)}`} targets={c.transfer.targets} progress={transfers[id]} />}
+              {c.transfer?.available === false && c.direction !== 'web' && c.transfer.targets.length > 0 && (
+                <p class="muted small">Not transferable here: transfers need a carrier that can redirect calls (Twilio credentials).</p>
+              )}
               {id !== null && (
                 <div class="row">
                   <button type="button" class="danger" onClick={() => void end(id)} disabled={ending[id] === 'Ending…'}>
@@ -185,6 +231,28 @@ export function LivePage() {
           );
         })}
       </ul>
+      <HandedOff handed={handed} transfers={transfers} live={calls} />
     </section>
+  );
+}
+
+/** Calls handed to a person: their media session is over, the transfer is not (ringing, or talking to the person). */
+function HandedOff(props: { handed: Record<string, string>; transfers: Record<string, TransferProgress>; live: LiveCall[] }) {
+  const ids = Object.keys(props.handed).filter((id) => !props.live.some((c) => c.callId === id));
+  if (ids.length === 0) return null;
+  return (
+    <div class="card handed" aria-labelledby="handed-title">
+      <h2 id="handed-title">Handed to a person</h2>
+      <ul class="plain">
+        {ids.map((id) => (
+          <li key={id} data-call-id={id}>
+            <a href={`/calls/${encodeURIComponent(id)}`} class="strong">
+              {props.handed[id]}
+            </a>
+            <TransferSteps progress={props.transfers[id]} />
+          </li>
+        ))}
+      </ul>
+    </div>
   );
 }

@@ -2,8 +2,24 @@
 import { useState } from 'preact/hooks';
 import { ApiError, api, messageOf, qs, request, send } from '../api';
 import { time } from '../format';
-import { deliveries, dncPage, setup, type DncEntry } from '../schemas';
+import { deliveries, dncPage, setup, type DncEntry, type TransferTarget } from '../schemas';
 import { Badge, ErrorBox, Notice, useAsync } from '../ui';
+
+/** Transfer targets as a list: name, where it rings, what the agent is told. */
+function Targets(props: { targets: TransferTarget[] | undefined }) {
+  const list = props.targets ?? [];
+  if (list.length === 0) return <>–</>;
+  return (
+    <ul class="plain targets">
+      {list.map((t) => (
+        <li key={t.name}>
+          <span class="strong">{t.name}</span> <span class="mono">{t.to}</span>
+          {t.description !== undefined && <span class="muted"> · {t.description}</span>}
+        </li>
+      ))}
+    </ul>
+  );
+}
 
 function SetupInfo() {
   const s = useAsync((signal) => api(setup, '/v1/setup', { signal }), []);
@@ -60,6 +76,7 @@ function SetupInfo() {
                     <th scope="col">Sessions</th>
                     <th scope="col">Fallbacks</th>
                     <th scope="col">Greeting</th>
+                    <th scope="col">Transfer targets</th>
                   </tr>
                 </thead>
                 <tbody>
@@ -78,6 +95,9 @@ function SetupInfo() {
                       </td>
                       <td class="mono">{a.fallbacks.join(', ') || '–'}</td>
                       <td>{a.customGreeting ?? (a.hasPrompt ? 'its own (has a prompt)' : 'the agent’s own')}</td>
+                      <td class="small">
+                        <Targets targets={a.transferTargets} />
+                      </td>
                     </tr>
                   ))}
                 </tbody>
@@ -97,6 +117,8 @@ function SetupInfo() {
                       <th scope="col">Agent</th>
                       <th scope="col">Prompt</th>
                       <th scope="col">Greeting</th>
+                      <th scope="col">Transfer targets</th>
+                      <th scope="col">Hotkeys</th>
                     </tr>
                   </thead>
                   <tbody>
@@ -106,6 +128,23 @@ function SetupInfo() {
                         <td class="mono">{r.agentId}</td>
                         <td class="small">{r.prompt ?? '–'}</td>
                         <td class="small">{r.customGreeting ?? '–'}</td>
+                        <td class="small">
+                          <Targets targets={r.transferTargets} />
+                        </td>
+                        <td class="small">
+                          {(r.hotkeys ?? []).length === 0 ? (
+                            '–'
+                          ) : (
+                            <ul class="plain targets">
+                              {(r.hotkeys ?? []).map((h) => (
+                                <li key={h.key}>
+                                  <kbd>{h.key}</kbd> → {h.transfer}
+                                  {h.mode === 'warm' ? ' (warm)' : ''}
+                                </li>
+                              ))}
+                            </ul>
+                          )}
+                        </td>
                       </tr>
                     ))}
                   </tbody>
