@@ -45,11 +45,18 @@ import { MemoryEventBus, type EventBus } from './events/bus.js';
 import { CallEvents } from './events/callEvents.js';
 import { isEventType } from './events/types.js';
 import { forwardEventsToWebhook } from './events/webhookForwarder.js';
+import { promptRoutes } from './http/prompts.js';
+import type { TtsPort } from './tts/port.js';
+import type { PromptService } from './tts/prompts.js';
+import { createPromptService } from './tts/setup.js';
 import { RecordingService, recordingOffRefusal } from './recording/service.js';
 import { TwilioRecordings, type TwilioRecordingsPort } from './recording/twilioRecordings.js';
 import { recordingCallbacks } from './http/recordingCallbacks.js';
 import { recordingRoutes } from './api/recordingRoutes.js';
 import { AgentDirectory as AgentDirectoryClass } from './agent/directory.js';
+
+/** A voicemail message waits at most this long for its audio in the agent's voice (then `<Say>`). */
+const VOICEMAIL_TTS_WAIT_MS = 2500;
 
 /** Largest frame accepted from Twilio (real frames are ~300 bytes). */
 export const TWILIO_MAX_PAYLOAD = 64 * 1024;
@@ -76,6 +83,8 @@ export interface BridgeOverrides {
   consoleDir?: string;
   /** Live event bus (defaults to the in-process one). */
   events?: EventBus;
+  /** Prompt TTS instead of the configured one (tests; TTS must not be off). */
+  tts?: TtsPort;
   /** Twilio's Recordings API (defaults to Twilio REST when RECORDING=twilio). */
   twilioRecordings?: TwilioRecordingsPort;
 }
@@ -97,6 +106,10 @@ export interface Bridge {
   /** Call recording (RECORDING). */
   recordings: RecordingService;
   db: Db;
+  /** Caller-facing prompts (TTS, cache, signed prompt URLs). */
+  prompts: PromptService;
+  /** Settles when the boot warm-up of the prompts is done (it runs in the background). */
+  promptsWarm: Promise<{ ready: number; failed: number }>;
   /**
    * Graceful drain: stop admitting calls (readiness 503 at once), let live
    * calls end on their own for up to `timeoutMs`, then end the rest with a
@@ -159,6 +172,12 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     outboundSlots: () => manager.outboundSlots,
     agents: () => agents.knownAgents(),
   });
+  const prompts = await createPromptService(config, logger, metrics.registry, {
+    ...(overrides.tts !== undefined ? { tts: overrides.tts } : {}),
+    ...(overrides.fetchImpl !== undefined ? { fetchImpl: overrides.fetchImpl } : {}),
+  });
+  // The configured prompts are synthesized into the cache now, in the background.
+  const promptsWarm = prompts.warm();
   const say = { voice: config.messages.voice, language: config.messages.language };
   const callControl =
     overrides.callControl ??
@@ -212,6 +231,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           say,
           log: logger,
           ...(config.twilioApiUrl !== undefined ? { apiUrl: config.twilioApiUrl } : {}),
+          speech: (text) => prompts.spokenSoon({ text }, VOICEMAIL_TTS_WAIT_MS),
         }));
   const webhooks =
     config.webhook.url === undefined
@@ -305,6 +325,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
           log: logger.child({ component: 'transfers' }),
           onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+          prompts,
         });
 
   const app = Fastify({
@@ -339,8 +360,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     callbacks: outbound.callbacks,
     recorder,
     ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
+    prompts,
     recording: recordings,
   });
+  await app.register(promptRoutes, { prompts });
   await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
   if (transfers !== undefined) {
     await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
@@ -384,7 +407,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     });
   });
   // Phone and browser calls take the same session path; only phone calls can be transferred.
-  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings };
+  const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings, prompts };
   await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}) });
   await app.register(webMediaStreamRoute, {
     ...streamDeps,
@@ -426,6 +449,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     events.close();
     await webhooks?.stop();
     await dialer.close?.();
+    await prompts.close();
     if (overrides.db === undefined) db.close();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
@@ -436,12 +460,13 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     const left = [...manager.sessions()];
     logger.warn({ liveCalls: left.length }, 'drain timeout: ending the remaining calls with a goodbye');
     for (const s of left) s.endWithGoodbye('shutdown');
-    await waitFor(() => manager.liveCalls === 0, settings.callControlGraceMs + 1000);
+    // A goodbye played into the stream takes its own length (see CallSession#endWith).
+    await waitFor(() => manager.liveCalls === 0, Math.max(settings.callControlGraceMs, prompts.durationMs('goodbye') + 1000) + 1000);
     for (const s of [...manager.sessions()]) s.close('shutdown');
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db };
+  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
 }
 
 /** The call sessions' settings from the configuration. */

@@ -152,6 +152,19 @@ export interface Config {
   eventsRetentionMs: number;
   /** PlayAI REST (transcripts after the call) when PLAYAI_USER_ID is set. */
   playaiRest: { baseUrl: string; userId?: string };
+  /** Caller-facing prompts in the agent's voice (TTS); `<Say>` when off. */
+  tts: {
+    /** `playai`: PlayAI's TTS WebSocket; `local`: the built-in fake service (local mode); `off`: `<Say>`. */
+    mode: 'off' | 'playai' | 'local';
+    /** TTS_VOICE; undefined: the default PlayAI agent's own voice (read through the REST API at boot). */
+    voice?: string;
+    /** Key of the auth answer's `webSocketUrls` (TTS_MODEL). */
+    model: string;
+    /** PLAYAI_TTS_URL: the socket auth endpoint. */
+    authUrl: string;
+    /** Most bytes of synthesized prompts kept in DATA_DIR/tts-cache. */
+    cacheBytes: number;
+  };
   /** Call recording (RECORDING…). */
   recording: {
     /** `off`: nothing is recorded and `record: true` is refused; `local`: a stereo WAV in DATA_DIR/recordings; `twilio`: Twilio's dual-channel recording. */
@@ -285,6 +298,11 @@ const envSchema = z.object({
   EVENTS_RETENTION_S: intIn(10, 86_400, 600),
   PLAYAI_USER_ID: optionalString,
   PLAYAI_API_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai')),
+  TTS: optional(oneOf(['off', 'playai', 'local'])),
+  TTS_VOICE: optional(z.string().max(1000, { error: 'a voice id or manifest URL of at most 1000 characters' })),
+  TTS_MODEL: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, { error: 'a PlayAI TTS model name like Play3.0-mini or PlayDialog' }).default('Play3.0-mini')),
+  PLAYAI_TTS_URL: z.preprocess(emptyToUndefined, z.string().default('https://api.play.ai/api/v1/tts/websocket-auth')),
+  TTS_CACHE_MB: intIn(1, 100_000, 50),
   RECORDING: z.preprocess(emptyToUndefined, oneOf(['off', 'local', 'twilio']).default('off')),
   RECORDING_DEFAULT: z.preprocess(emptyToUndefined, oneOf(['on', 'off']).default('on')),
   RECORDING_CONSENT_TEXT: optional(z.string().max(1000, { error: 'a text of at most 1000 characters' })),
@@ -611,6 +629,23 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
 
+  const ttsAuthUrl = parseUrl('PLAYAI_TTS_URL', e.PLAYAI_TTS_URL, ['https:', 'http:']).href;
+  const playaiDefault = parseAgentRef(defaultAgent)?.provider === 'playai' && !localAgent;
+  let ttsMode: Config['tts']['mode'];
+  if (e.TTS !== undefined) ttsMode = e.TTS;
+  // PlayAI keys for TTS, and a voice (TTS_VOICE, or the PlayAI default agent's own).
+  else if (e.PLAYAI_API_KEY !== undefined && e.PLAYAI_USER_ID !== undefined && (e.TTS_VOICE !== undefined || playaiDefault)) ttsMode = 'playai';
+  // A new user with no keys at all hears the prompts through the built-in TTS service.
+  else if (localAgent && e.TWILIO_AUTH_TOKEN === undefined) ttsMode = 'local';
+  else ttsMode = 'off';
+  if (ttsMode === 'playai') {
+    if (e.PLAYAI_API_KEY === undefined) throw new ConfigError('PLAYAI_API_KEY: required when TTS=playai (the key the TTS socket auth takes; or set TTS=off)');
+    if (e.PLAYAI_USER_ID === undefined) throw new ConfigError('PLAYAI_USER_ID: required when TTS=playai (the X-User-Id of the TTS socket auth; or set TTS=off)');
+    if (e.TTS_VOICE === undefined && !playaiDefault) {
+      throw new ConfigError('TTS_VOICE: required when TTS=playai and the default agent is not a PlayAI agent (a PlayAI voice id or manifest URL, like s3://voice-cloning-zero-shot/…/manifest.json; or set TTS=off)');
+    }
+  }
+
   return {
     port: e.PORT,
     host: e.HOST,
@@ -675,6 +710,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     webhook: { url: webhookUrl, secret: e.WEBHOOK_SECRET, events: parseWebhookEvents(e.WEBHOOK_EVENTS) },
     eventsRetentionMs: e.EVENTS_RETENTION_S * 1000,
     playaiRest: { baseUrl: playaiApi, userId: e.PLAYAI_USER_ID },
+    tts: { mode: ttsMode, ...(e.TTS_VOICE !== undefined ? { voice: e.TTS_VOICE } : {}), model: e.TTS_MODEL, authUrl: ttsAuthUrl, cacheBytes: e.TTS_CACHE_MB * 1024 * 1024 },
     recording: {
       backend: e.RECORDING,
       byDefault: e.RECORDING_DEFAULT === 'on',

@@ -8,6 +8,7 @@ import { ConfigError, loadConfig, loadDotEnv, misspeltSettings, type Config } fr
 import { LocalAgentServer } from './sim/localAgent.js';
 import { createLogger, resolveLogFormat } from './log.js';
 import { DataDirError, openDataDir } from './store/db.js';
+import { checkPlayaiAgents } from './agent/playai/bootCheck.js';
 
 /** After the drain, how long the HTTP server keeps answering (final status callbacks). */
 const STATUS_CALLBACK_LINGER_MS = 2000;
@@ -38,6 +39,26 @@ function listenError(err: unknown, config: Config): unknown {
 function localUrl(host: string, port: number): string {
   const h = host === '0.0.0.0' || host === '::' || host === '' ? '127.0.0.1' : host;
   return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
+/**
+ * How long listening waits for the prompts' boot synthesis (and the PlayAI agent check): the
+ * first refused caller then hears the agent voice, yet a slow TTS never holds the boot up for
+ * long. Prompts not ready by then keep synthesizing in the background (callers get <Say> meanwhile).
+ */
+const PROMPT_WARM_WAIT_MS = 3000;
+
+/** True when `p` settles within `ms`. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
@@ -80,7 +101,20 @@ async function main(): Promise<void> {
     logger.warn({ publicUrl: config.publicUrl }, 'PUBLIC_URL is not https: Twilio only connects media streams to wss:// URLs');
   }
 
+  // When the PlayAI REST API is configured, each PlayAI agent the configuration names must exist there.
+  const agentCheck = config.localAgent ? Promise.resolve([]) : checkPlayaiAgents(config, logger.child({ component: 'agents' }));
   const bridge = await createBridge(config, logger, { agentBaseUrl, db });
+  const [checks, promptsReady] = await Promise.all([agentCheck, settlesWithin(bridge.promptsWarm, PROMPT_WARM_WAIT_MS)]);
+  if (!promptsReady) logger.info({ waitedMs: PROMPT_WARM_WAIT_MS }, 'prompts are still being synthesized; listening now (callers hear <Say> until each is ready)');
+  const missing = checks.filter((c) => c.result === 'missing');
+  if (missing.length > 0) {
+    await bridge.app.close();
+    db.close();
+    await localAgent?.close();
+    throw new StartError(
+      `PlayAI agent${missing.length === 1 ? '' : 's'} ${missing.map((c) => `${c.agentId} (${c.where.join(', ')})`).join('; ')} not found by the PlayAI REST API at ${config.playaiRest.baseUrl}: fix the agent id, or unset PLAYAI_USER_ID to skip this check`,
+    );
+  }
   try {
     await bridge.app.listen({ port: config.port, host: config.host });
   } catch (err) {

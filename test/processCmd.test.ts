@@ -85,7 +85,8 @@ describe('node dist/main.js (the Docker CMD)', () => {
   });
 
   it('ends a call still live at DRAIN_TIMEOUT_S (1 s) and exits 0', async () => {
-    const c = await start({ env: { DRAIN_TIMEOUT_S: '1', LOCAL_AGENT_MODE: 'echo' } });
+    // TTS off: this pins the drain's timing; a goodbye played into the stream (local TTS) would add its length.
+    const c = await start({ env: { DRAIN_TIMEOUT_S: '1', LOCAL_AGENT_MODE: 'echo', TTS: 'off' } });
     await waitHealthy(c);
     const { stream, result } = await liveCall(c, { audioMs: 2000, waitForBridgeHangup: true });
 

@@ -14,7 +14,7 @@ import { TwilioStreamConnection, type CarrierBadFrameKind, type StartDecision } 
 import type { TwilioStart } from '../carrier/twilio/codec.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
-import { CallSession, type SessionSettings, type TransferPort } from '../session/callSession.js';
+import { CallSession, type SessionPrompts, type SessionSettings, type TransferPort } from '../session/callSession.js';
 import type { SessionManager } from '../session/manager.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
@@ -52,6 +52,8 @@ export interface MediaStreamDeps {
   tools?: ToolRunner;
   /** Hands calls to people (phone calls only). */
   transfers?: TransferPort;
+  /** Prompts in the agent's voice, played into the stream (goodbye, apology, busy). */
+  prompts?: SessionPrompts;
   /** Records the calls that are to be recorded (RECORDING). */
   recording?: RecordingService;
 }
@@ -119,6 +121,7 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
         journal: deps.journal,
         ...(deps.tools !== undefined ? { tools: deps.tools } : {}),
         ...(deps.transfers !== undefined ? { transfers: deps.transfers } : {}),
+        ...(deps.prompts !== undefined ? { prompts: deps.prompts } : {}),
         releaseSlot: (slot) => manager.releaseSlot(slot),
         onAgentCapacityExceeded: (s, provider) => {
           const limit = manager.noteAgentCapacityExceeded(provider);

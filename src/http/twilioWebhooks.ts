@@ -12,6 +12,7 @@ import type { CarrierCallbacks, StatusUpdate } from '../outbound/callbacks.js';
 import type { AdmitResult, SessionManager } from '../session/manager.js';
 import { webhookAuth } from './twilioAuth.js';
 import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
+import type { PromptService } from '../tts/prompts.js';
 import type { RecordingService } from '../recording/service.js';
 import { streamTwimlWithConsent } from '../recording/consent.js';
 
@@ -61,6 +62,8 @@ export interface TwilioWebhookDeps {
   recorder: CallRecorder;
   /** A call reached a final status (a transfer holding it lets go). */
   onCallEnded?(callSid: string): void;
+  /** Refusals and the consent announcement in the agent's voice (`<Play>` of a signed prompt URL) when TTS has them ready; `<Say>` otherwise. */
+  prompts?: Pick<PromptService, 'spoken'>;
   /** Call recording: a recorded call hears the consent announcement first (RECORDING_CONSENT_TEXT). */
   recording?: RecordingService;
 }
@@ -72,6 +75,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
   const { manager, metrics, callbacks, recorder } = deps;
   const authOpts = { authToken: deps.authToken, publicUrl: deps.publicUrl, streamUrl: deps.streamUrl, metrics };
   const say = { voice: deps.messages.voice, language: deps.messages.language };
+  const spoken = (kind: 'busy' | 'apology') => deps.prompts?.spoken(kind) ?? deps.messages[kind];
 
   app.post('/twilio/voice', { preValidation: webhookAuth(authOpts, 'voice'), bodyLimit: 64 * 1024 }, async (req, reply) => {
     const parsed = voiceBody.safeParse(req.body);
@@ -102,7 +106,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       const answer = callbacks.answer(callId, call.CallSid);
       if (!answer.ok) {
         if (answer.why === 'duplicate') return duplicate();
-        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(deps.messages.apology, say));
+        if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(spoken('apology'), say));
         log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
         return reply.type('text/xml').send(hangupTwiml());
       }
@@ -117,10 +121,12 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       metrics.refusedTotal.labels(admitted.reason).inc();
       log.warn({ reason: admitted.reason, used: manager.usedSlots, capacity: manager.capacity }, 'call refused');
       const fallback = deps.overflow.action === 'dial' && admitted.reason !== 'draining' ? deps.overflow.fallbackNumber : undefined;
-      return fallback === undefined ? sayHangupTwiml(deps.messages.busy, say) : sayDialTwiml(undefined, fallback, say);
+      return fallback === undefined ? sayHangupTwiml(spoken('busy'), say) : sayDialTwiml(undefined, fallback, say);
     }
     log.info({ agentId: admitted.route.agentId, to: call.To }, 'call admitted');
-    return streamTwimlWithConsent(deps.recording?.consentFor(admitted.route), deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, say);
+    const consent = deps.recording?.consentFor(admitted.route);
+    const consentSpeech = consent === undefined ? undefined : deps.prompts?.spoken('consent');
+    return streamTwimlWithConsent(consentSpeech !== undefined && consentSpeech.text === consent ? consentSpeech : consent, deps.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, say);
   });
 
   app.post('/twilio/status', { preValidation: webhookAuth(authOpts, 'status'), bodyLimit: 64 * 1024 }, async (req, reply) => {

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import twilio from 'twilio';
 import type { CallInstance, CallListInstanceCreateOptions } from 'twilio/lib/rest/api/v2010/account/call.js';
 import { RedirectingRequestClient } from '../carrier/twilio/callControl.js';
-import { sayHangupTwiml, type SayOptions } from '../carrier/twilio/twiml.js';
+import { sayHangupTwiml, type SayOptions, type Speech } from '../carrier/twilio/twiml.js';
 import { DialError, classifyCarrierError, type CarrierCall, type Dialer, type DialRequest } from './dialer.js';
 
 export interface TwilioDialerOptions {
@@ -21,6 +21,8 @@ export interface TwilioDialerOptions {
   log?: Logger;
   /** Request timeout, ms (default 10 000). A timeout is an `unknown` error: the call may exist. */
   timeoutMs?: number;
+  /** A voicemail message in the agent's voice (`<Play>` of a signed prompt URL) when TTS has it; `<Say>` otherwise. */
+  speech?(text: string): Promise<Speech>;
 }
 
 /** Twilio: the call is not in progress (ended), so it cannot be redirected or hung up. */
@@ -127,8 +129,9 @@ export class TwilioDialer implements Dialer {
   }
 
   async sayAndHangup(sid: string, text: string): Promise<void> {
+    const speech = (await this.#opts.speech?.(text).catch(() => text)) ?? text;
     try {
-      await this.#api().calls(sid).update({ twiml: sayHangupTwiml(text, this.#opts.say ?? {}) });
+      await this.#api().calls(sid).update({ twiml: sayHangupTwiml(speech, this.#opts.say ?? {}) });
     } catch (err) {
       throw toDialError(err, `say and hang up ${sid}`);
     }

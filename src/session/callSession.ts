@@ -83,10 +83,20 @@ export interface CallSessionDeps {
   transfers?: TransferPort;
   /** Gives a slot back (a transfer that failed after the session had closed). */
   releaseSlot?(slot: Slot): void;
+  /** Prompts in the agent's voice (TTS); without one, or before its audio is ready, call control says the text. */
+  prompts?: SessionPrompts;
   /** Called exactly once, after the session has released everything. */
   onClosed(session: CallSession): void;
   /** Backoff jitter source (tests). */
   random?: () => number;
+}
+
+/** Caller-facing prompts as a session sees them (`tts/prompts.ts`). */
+export interface SessionPrompts {
+  /** A prompt's audio (raw 8 kHz μ-law) if it is ready now; undefined at once otherwise. */
+  cached(kind: 'apology' | 'busy' | 'goodbye'): { audio: Buffer } | undefined;
+  /** Counts a prompt said to a caller, and how. */
+  count(kind: 'apology' | 'busy' | 'goodbye', via: 'stream' | 'say'): void;
 }
 
 /** The transfer coordinator as a session sees it. */
@@ -258,6 +268,9 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   readonly #dtmf: DtmfGatherer<DtmfAction>;
   /** Keypad messages waiting for the agent to be ready. */
   readonly #dtmfWaiting: Array<{ digits: string; ended: DtmfEnd }> = [];
+
+  /** A closing prompt is playing in the stream: the echo of its last mark ends the call. */
+  #promptPlaying = false;
 
   constructor(deps: CallSessionDeps) {
     this.#d = deps;
@@ -471,6 +484,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#metrics.bargeInClearSeconds.observe((performance.now() - this.#bargeInAt) / 1000);
     }
     if (this.#st.kind === 'draining' && !this.playback.queued) this.close('agent_hangup');
+    else if (this.#st.kind === 'ending' && this.#promptPlaying && !this.playback.queued) this.close(this.#endReason ?? 'internal_error');
   }
 
   onDtmf(digit: string): void {
@@ -1296,6 +1310,13 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const text = this.#s.texts[kind];
     const spoken: SpokenKind = forwardTo === undefined ? kind : 'forward';
     this.#d.journal.record(this.callSid, { type: 'spoke', kind: spoken, text });
+    // Said in the agent's voice into the live stream, then the call ends after its last mark: no REST round trip.
+    const prompt = forwardTo === undefined ? this.#d.prompts?.cached(kind) : undefined;
+    if (prompt !== undefined && this.#playPrompt(prompt.audio)) {
+      this.#d.prompts?.count(kind, 'stream');
+      return;
+    }
+    if (forwardTo === undefined) this.#d.prompts?.count(kind, 'say');
     const request =
       forwardTo === undefined ? this.#d.callControl.sayAndHangup(this.callSid, text) : this.#d.callControl.forward(this.callSid, forwardTo, text);
     request.then(
@@ -1303,6 +1324,28 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       () => this.#afterCallControl(false),
     );
   }
+
+  /**
+   * Plays a closing prompt (raw μ-law) into the stream after whatever agent audio is still
+   * queued is cleared, with playback marks; the echo of the last one ends the call (see onMark),
+   * or a timer a little after it should have played. False when the stream cannot take it.
+   */
+  #playPrompt(audio: Buffer): boolean {
+    if (!this.#carrier.isOpen || audio.length === 0 || this.#carrier.bufferedAmount > MAX_CARRIER_SOCKET_BUFFER) return false;
+    if (this.playback.queued) this.#clearPlayback();
+    this.#promptPlaying = true;
+    const b64 = Buffer.from(audio.toString('base64'), 'latin1');
+    for (let at = 0; at < b64.length; at += MAX_MEDIA_PAYLOAD_CHARS) this.#sendAgentMedia(b64, at, Math.min(b64.length, at + MAX_MEDIA_PAYLOAD_CHARS));
+    this.#flushTailMark();
+    const remainingMs = Math.max(0, this.#playEnd - performance.now());
+    this.#timers.set('grace', remainingMs + PLAYBACK_SLACK_MS, this.#onPromptTimeout);
+    return true;
+  }
+
+  readonly #onPromptTimeout = (): void => {
+    this.#log.info({ pendingMarks: this.playback.pendingMarks }, 'playback of the closing prompt did not confirm in time; ending the call');
+    this.close(this.#endReason ?? 'internal_error');
+  };
 
   #afterCallControl(accepted: boolean): void {
     if (this.#st.kind === 'closed') return;

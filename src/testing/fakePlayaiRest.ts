@@ -1,6 +1,9 @@
 /**
- * A fake of the PlayAI REST API (the transcript endpoint) on 127.0.0.1:0, for
- * tests and local runs.
+ * A fake of the PlayAI REST API (transcripts, agents, agent stats) on 127.0.0.1:0,
+ * for tests and local runs.
+ *
+ * `GET /api/v1/agents/{agentId}` and `GET /api/v1/agent-stats/{agentId}` serve what
+ * {@link FakePlayAiRest.setAgent} and {@link FakePlayAiRest.setStats} stored (404 otherwise).
  *
  * `GET /api/v1/agents/{agentId}/conversations/{conversationId}/transcript?pageSize=&startAfter=`
  * - 401 unless `Authorization: Bearer <apiKey>` and `X-USER-ID: <userId>`;
@@ -37,6 +40,8 @@ interface InjectedFailure {
   body: string;
 }
 
+const AGENT_PATH = /^\/api\/v1\/agents\/([^/]+)$/;
+const STATS_PATH = /^\/api\/v1\/agent-stats\/([^/]+)$/;
 const TRANSCRIPT_PATH = /^\/api\/v1\/agents\/([^/]+)\/conversations\/([^/]+)\/transcript$/;
 
 export class FakePlayAiRest {
@@ -45,6 +50,8 @@ export class FakePlayAiRest {
   readonly requests: FakeRestRequest[] = [];
   readonly #transcripts = new Map<string, unknown[]>();
   readonly #failures: InjectedFailure[] = [];
+  readonly #agents = new Map<string, unknown>();
+  readonly #stats = new Map<string, unknown>();
   readonly #opts: Required<Pick<FakePlayAiRestOptions, 'maxPageSize' | 'omitNextOnLastPage'>>;
   #closed = false;
 
@@ -83,6 +90,16 @@ export class FakePlayAiRest {
     this.#transcripts.set(key(agentId, conversationId), [...items]);
   }
 
+  /** Stores (replaces) an agent, served as it is by `GET /api/v1/agents/{id}`. */
+  setAgent(agentId: string, agent: unknown): void {
+    this.#agents.set(agentId, agent);
+  }
+
+  /** Stores (replaces) an agent's stats, served as they are by `GET /api/v1/agent-stats/{id}`. */
+  setStats(agentId: string, stats: unknown): void {
+    this.#stats.set(agentId, stats);
+  }
+
   /** The next `count` authenticated requests answer `status` with `body` instead. */
   failNext(status: number, body = '{"errorMessage":"injected failure"}', count = 1): void {
     for (let i = 0; i < count; i++) this.#failures.push({ status, body });
@@ -119,6 +136,20 @@ export class FakePlayAiRest {
     const failure = this.#failures.shift();
     if (failure) {
       send(failure.status, failure.body);
+      return;
+    }
+    const single = req.method === 'GET' ? (AGENT_PATH.exec(url.pathname) ?? STATS_PATH.exec(url.pathname)) : null;
+    if (single !== null) {
+      let id: string;
+      try {
+        id = decodeURIComponent(single[1] ?? '');
+      } catch {
+        send(400, { errorMessage: 'Bad path' });
+        return;
+      }
+      const found = (url.pathname.startsWith('/api/v1/agents/') ? this.#agents : this.#stats).get(id);
+      if (found === undefined) send(404, { errorMessage: 'Agent not found' });
+      else send(200, found);
       return;
     }
     const m = TRANSCRIPT_PATH.exec(url.pathname);

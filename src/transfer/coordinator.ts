@@ -24,6 +24,7 @@ import type { Logger } from 'pino';
 import type { CallJournal } from '../calls/journal.js';
 import { conferenceJoinTwiml, conferenceWaitTwiml, hangupTwiml, sayConnectStreamTwiml, sayHangupTwiml, transferDialTwiml, type SayOptions } from '../carrier/twilio/twiml.js';
 import type { AdmittedCall, CallRoute, SessionManager, SessionResume, Slot } from '../session/manager.js';
+import type { PromptService } from '../tts/prompts.js';
 
 export type TransferMode = 'cold' | 'warm';
 export type TransferBy = 'api' | 'tool' | 'dtmf';
@@ -86,7 +87,12 @@ export interface TransferCoordinatorOptions {
   onTransferred?(): void;
   /** Extra time after the ring timeout before a transfer whose callbacks never came is given up. */
   callbackSlackMs?: number;
+  /** The return text and the warm summary in the agent's voice (`<Play>`) when TTS is on; `<Say>` otherwise. */
+  prompts?: Pick<PromptService, 'spoken' | 'spokenSoon'>;
 }
+
+/** A warm transfer waits at most this long for its summary's audio before calling the person (then `<Say>`). */
+const SUMMARY_TTS_WAIT_MS = 2500;
 
 type Phase = 'dialing' | 'answered' | 'returning' | 'done';
 
@@ -164,14 +170,18 @@ export class TransferCoordinator {
   async #callPerson(t: Active): Promise<void> {
     const { plan } = t;
     const from = plan.target.callerId ?? (plan.call.direction === 'inbound' ? plan.call.to : plan.call.from);
+    // The phase may change while we wait (the caller hung up).
+    const over = (): boolean => t.phase === 'done';
+    const summary = this.#o.prompts === undefined || plan.summary === '' ? plan.summary : await this.#o.prompts.spokenSoon({ text: plan.summary }, SUMMARY_TTS_WAIT_MS);
+    if (over()) return;
     const sid = await this.#o.carrier.createCall({
       to: plan.target.to,
       from,
-      twiml: conferenceJoinTwiml(plan.summary, t.id, this.#o.say),
+      twiml: conferenceJoinTwiml(summary, t.id, this.#o.say),
       statusCallbackUrl: `${this.#o.publicUrl}/twilio/transfer/${t.id}/status`,
       timeoutS: plan.target.timeoutS,
     });
-    if (t.phase === 'done') return;
+    if (over()) return;
     if (sid === undefined) {
       this.#o.log.warn({ callSid: plan.callSid, transferId: t.id }, 'warm transfer: the call to the person could not be created; the caller goes back to the agent');
       await this.#returnByRedirect(t, 'failed');
@@ -260,10 +270,10 @@ export class TransferCoordinator {
     if (!admitted.ok) {
       this.#o.manager.releaseSlot(plan.slot);
       this.#o.log.warn({ callSid: plan.callSid, reason: admitted.reason }, 'transfer not answered and the agent cannot take the caller back; apologizing');
-      return sayHangupTwiml(this.#o.apologyText, this.#o.say);
+      return sayHangupTwiml(this.#o.prompts?.spoken('apology') ?? this.#o.apologyText, this.#o.say);
     }
     this.#record(plan, t.id, 'returned', { outcome });
-    return sayConnectStreamTwiml(this.#o.returnText, this.#o.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, this.#o.say);
+    return sayConnectStreamTwiml(this.#o.prompts?.spoken('transferReturn') ?? this.#o.returnText, this.#o.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, this.#o.say);
   }
 
   async #returnByRedirect(t: Active, outcome: TransferOutcome): Promise<void> {

@@ -1,5 +1,7 @@
 /**
- * PlayAI REST client (the part the bridge needs): a conversation's transcript.
+ * PlayAI REST client (the part the bridge needs): a conversation's transcript,
+ * and an agent's settings and stats (`npm run agents`, the boot check, the
+ * agent's voice for prompts).
  *
  * `GET {baseUrl}/api/v1/agents/{agentId}/conversations/{conversationId}/transcript?pageSize=&startAfter=`
  * with `Authorization: Bearer <apiKey>` and `X-USER-ID: <userId>`. The answer
@@ -185,6 +187,73 @@ export async function fetchConversationTranscriptPages(opts: FetchTranscriptOpti
     );
   }
   return result;
+}
+
+// ---------------------------------------------------------------------------
+// Agents and their stats (reference §4): `GET /api/v1/agents/{agentId}`, `GET /api/v1/agent-stats/{agentId}`.
+
+export interface PlayAiRestAccess {
+  /** Default {@link DEFAULT_PLAYAI_API_URL}. */
+  baseUrl?: string;
+  apiKey: string;
+  userId: string;
+  fetchImpl?: typeof fetch;
+  /** Per-request timeout (default 10 s). */
+  timeoutMs?: number;
+}
+
+const nullableString = z.string().nullish().transform((v) => v ?? undefined);
+
+/** The fields of an agent operators look at; unknown fields are kept out, missing optional ones are undefined. */
+const AgentSchema = z.object({
+  id: z.union([z.string().min(1), z.number().int().transform((n) => String(n))]),
+  displayName: nullableString,
+  description: nullableString,
+  voice: nullableString,
+  voiceSpeed: z.number().nullish().transform((v) => v ?? undefined),
+  ttsModel: nullableString,
+  greeting: nullableString,
+  prompt: nullableString,
+  visibility: nullableString,
+  language: nullableString,
+  phoneNumbers: z.array(z.object({ phoneNumber: z.union([z.number(), z.string()]).transform(String) }).loose()).nullish().transform((v) => (v ?? []).map((p) => p.phoneNumber)),
+  actions: z.array(z.string()).nullish().transform((v) => v ?? []),
+});
+export type PlayAiAgent = z.infer<typeof AgentSchema>;
+
+const StatsSchema = z.object({
+  id: z.union([z.string(), z.number().transform(String)]).optional(),
+  numberOfConversations: z.number().nonnegative(),
+  numberOfPhoneConversations: z.number().nonnegative().optional(),
+  numberOfSecondsTalked: z.number().nonnegative(),
+});
+export type PlayAiAgentStats = z.infer<typeof StatsSchema>;
+
+async function getOne<T>(access: PlayAiRestAccess, path: string, schema: z.ZodType<T>, what: string): Promise<T> {
+  const { apiKey, userId } = access;
+  if (apiKey === '' || userId === '') throw new PlayAiRestError('PlayAI REST: apiKey and userId are required', 'invalid-argument');
+  if (!isHeaderSafe(apiKey)) throw new PlayAiRestError('PlayAI REST: apiKey contains characters not allowed in an HTTP header', 'invalid-argument');
+  if (!isHeaderSafe(userId)) throw new PlayAiRestError('PlayAI REST: userId contains characters not allowed in an HTTP header', 'invalid-argument');
+  const baseUrl = (access.baseUrl ?? DEFAULT_PLAYAI_API_URL).replace(/\/+$/, '');
+  const headers = { authorization: `Bearer ${apiKey}`, 'x-user-id': userId, accept: 'application/json' };
+  const scrub = (s: string): string => s.split(apiKey).join('[redacted]');
+  const page = await getJson(access.fetchImpl ?? fetch, `${baseUrl}${path}`, headers, Math.max(1, access.timeoutMs ?? 10_000), `GET ${path}`, scrub);
+  const parsed = schema.safeParse(page.body);
+  if (!parsed.success) {
+    const first = parsed.error.issues[0];
+    throw new PlayAiRestError(`PlayAI REST: GET ${path}: not ${what} (${first === undefined ? 'invalid' : `${first.path.join('.') || 'body'}: ${first.message}`})`, 'invalid-response');
+  }
+  return parsed.data;
+}
+
+/** An agent's settings (`GET /api/v1/agents/{agentId}`); a 404 is a {@link PlayAiRestError} with status 404. */
+export function fetchAgent(access: PlayAiRestAccess, agentId: string): Promise<PlayAiAgent> {
+  return getOne(access, `/api/v1/agents/${encodeURIComponent(agentId)}`, AgentSchema, 'an agent');
+}
+
+/** An agent's totals (`GET /api/v1/agent-stats/{agentId}`). */
+export function fetchAgentStats(access: PlayAiRestAccess, agentId: string): Promise<PlayAiAgentStats> {
+  return getOne(access, `/api/v1/agent-stats/${encodeURIComponent(agentId)}`, StatsSchema, 'agent stats');
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,19 @@ function sayAttributes(opts: SayOptions): SayAttributes {
 }
 
 /**
+ * What a prompt says: the text for `<Say>`, or (when its audio is ready in the agent's voice)
+ * `<Play>` of `playUrl`, a signed URL on our own origin. A plain string is `<Say>`.
+ */
+export type Speech = string | { text: string; playUrl?: string };
+
+function speak(vr: InstanceType<typeof twilio.twiml.VoiceResponse>, speech: Speech, opts: SayOptions): void {
+  if (typeof speech !== 'string' && speech.playUrl !== undefined) vr.play(speech.playUrl);
+  else vr.say(sayAttributes(opts), typeof speech === 'string' ? speech : speech.text);
+}
+
+const textOf = (speech: Speech): string => (typeof speech === 'string' ? speech : speech.text);
+
+/**
  * `<Connect><Stream url>` with `<Parameter>`s, then `<Hangup/>`: when the
  * bridge closes the stream, the call falls through to the hang-up.
  */
@@ -31,9 +44,9 @@ export function connectStreamTwiml(streamUrl: string, parameters: Record<string,
 }
 
 /** A short spoken message, then `<Connect><Stream>` (a caller coming back to the agent), then `<Hangup/>`. */
-export function sayConnectStreamTwiml(text: string, streamUrl: string, parameters: Record<string, string>, opts: SayOptions = {}): string {
+export function sayConnectStreamTwiml(text: Speech, streamUrl: string, parameters: Record<string, string>, opts: SayOptions = {}): string {
   const vr = new twilio.twiml.VoiceResponse();
-  if (text !== '') vr.say(sayAttributes(opts), text);
+  if (textOf(text) !== '') speak(vr, text, opts);
   const stream = vr.connect().stream({ url: streamUrl });
   for (const [name, value] of Object.entries(parameters)) stream.parameter({ name, value });
   vr.hangup();
@@ -41,17 +54,17 @@ export function sayConnectStreamTwiml(text: string, streamUrl: string, parameter
 }
 
 /** A short spoken message, then hang up (no stream). */
-export function sayHangupTwiml(text: string, opts: SayOptions = {}): string {
+export function sayHangupTwiml(text: Speech, opts: SayOptions = {}): string {
   const vr = new twilio.twiml.VoiceResponse();
-  vr.say(sayAttributes(opts), text);
+  speak(vr, text, opts);
   vr.hangup();
   return vr.toString();
 }
 
 /** A short spoken message, then forward the call to `number`. */
-export function sayDialTwiml(text: string | undefined, number: string, opts: SayOptions = {}): string {
+export function sayDialTwiml(text: Speech | undefined, number: string, opts: SayOptions = {}): string {
   const vr = new twilio.twiml.VoiceResponse();
-  if (text) vr.say(sayAttributes(opts), text);
+  if (text !== undefined && textOf(text) !== '') speak(vr, text, opts);
   vr.dial(number);
   return vr.toString();
 }
@@ -122,9 +135,9 @@ export function conferenceWaitTwiml(o: ConferenceOptions): string {
  * The person's side of a warm transfer: hears the summary, then joins the caller's conference,
  * which starts then and ends when the person leaves.
  */
-export function conferenceJoinTwiml(summary: string, room: string, opts: SayOptions = {}): string {
+export function conferenceJoinTwiml(summary: Speech, room: string, opts: SayOptions = {}): string {
   const vr = new twilio.twiml.VoiceResponse();
-  if (summary !== '') vr.say(sayAttributes(opts), summary);
+  if (textOf(summary) !== '') speak(vr, summary, opts);
   vr.dial().conference({ startConferenceOnEnter: true, endConferenceOnExit: true, beep: 'false' }, room);
   return vr.toString();
 }
