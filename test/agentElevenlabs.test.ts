@@ -607,6 +607,43 @@ describe('ElevenLabs adapter against the fake service', () => {
     await vi.waitFor(() => expect(greeted.conn.contextualUpdates).toHaveLength(1));
   });
 
+  it('resumed without a greeting override: the greeting the agent says again on its own is not played nor stored as a turn; what it says after the caller spoke is', async () => {
+    const history = [
+      { role: 'agent' as const, text: 'Hello, Acme here.' },
+      { role: 'user' as const, text: 'I need to move my booking.' },
+    ];
+    const { rec, conn } = await live(request({ resume: { history } }));
+    await vi.waitFor(() => expect(conn.contextualUpdates).toHaveLength(1));
+    const greeting = conn.speak(bytes(320, 7), { chunkBytes: 160 });
+    conn.agentResponse('Hello, Acme here.', greeting);
+    conn.userTranscript('Thursday would be better.');
+    const answer = conn.speak(bytes(160, 8));
+    conn.agentResponse('Thursday it is.', answer);
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+    expect(Buffer.concat(rec.audio)).toEqual(bytes(160, 8));
+    expect(rec.transcripts).toEqual([
+      { role: 'user', text: 'Thursday would be better.' },
+      { role: 'agent', text: 'Thursday it is.' },
+    ]);
+  });
+
+  it('resumed, the caller speaking over the unheard repeated greeting: its late audio stays dropped, the answer plays', async () => {
+    const { rec, conn } = await live(request({ resume: { history: [{ role: 'user' as const, text: 'Hi' }] } }));
+    await vi.waitFor(() => expect(conn.contextualUpdates).toHaveLength(1));
+    const greeting = conn.speak(bytes(160, 7));
+    conn.interrupt(greeting);
+    conn.speak(bytes(160, 7), { eventId: greeting }); // late audio of the repeated greeting
+    conn.speak(bytes(160, 9));
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+    expect(Buffer.concat(rec.audio)).toEqual(bytes(160, 9));
+  });
+
+  it('a new conversation plays its greeting as usual', async () => {
+    const { rec, conn } = await live(request());
+    conn.speak(bytes(160, 7));
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+  });
+
   it('uses a signed URL when an API key is set, and logs neither the key nor the URL', async () => {
     server.options.defaultAgent = { public: false };
     const { conn } = await live(request(), {}, { apiKey: server.apiKey });

@@ -167,6 +167,14 @@ class ElevenLabsLeg implements AgentLeg {
   readonly #unknownTypes = new Set<string>();
   #droppedLateAudio = 0;
   #droppedEarlyAudio = 0;
+  /**
+   * A resumed conversation whose agent greets on its own (no first-message override was asked,
+   * so none could empty it): its first response, before the caller has said anything in this
+   * session, is the greeting again and is not played. `undefined`: nothing to hold back;
+   * `-1`: waiting for that first response; otherwise its `event_id`.
+   */
+  #regreetId: number | undefined;
+  #droppedRegreetAudio = 0;
 
   constructor(c: AgentConnectOptions, shared: LegShared) {
     this.#events = c.events;
@@ -175,6 +183,7 @@ class ElevenLabsLeg implements AgentLeg {
     this.#heartbeatMs = c.heartbeatMs;
     this.#log = c.log.child({ agentProvider: 'elevenlabs' });
     this.#init = initiationFor(c.request);
+    if (c.request.resume !== undefined && this.#init.firstMessage === undefined) this.#regreetId = -1;
     const agentQuery = `agent_id=${encodeURIComponent(c.request.id)}`;
     if (shared.apiKey === undefined) this.#open(`${shared.wsBase}/v1/convai/conversation?${agentQuery}`);
     else void this.#openSigned(shared.apiKey, `${shared.httpBase}/v1/convai/conversation/get-signed-url?${agentQuery}`);
@@ -372,6 +381,17 @@ class ElevenLabsLeg implements AgentLeg {
       this.#droppedLateAudio++;
       return;
     }
+    if (this.#regreetId !== undefined) {
+      if (this.#regreetId === -1) {
+        this.#regreetId = eventId;
+        this.#log.info('resumed ElevenLabs conversation: the agent greets again on its own; that greeting is not played to the caller');
+      }
+      if (eventId === this.#regreetId) {
+        this.#droppedRegreetAudio++;
+        return;
+      }
+      this.#regreetId = undefined;
+    }
     if (eventId > this.#lastEventId) {
       this.#lastEventId = eventId;
       this.#events.responseStart();
@@ -407,14 +427,21 @@ class ElevenLabsLeg implements AgentLeg {
         // Only audio already seen can have been interrupted: an id beyond it names a reply not heard yet.
         const cutoff = msg.eventId === undefined ? this.#lastEventId : Math.min(msg.eventId, this.#lastEventId);
         this.#interruptedId = Math.max(this.#interruptedId, cutoff);
+        // The caller spoke over the repeated greeting (which they never heard): its late audio stays dropped.
+        if (this.#regreetId !== undefined && this.#regreetId >= 0) this.#interruptedId = Math.max(this.#interruptedId, this.#regreetId);
+        this.#regreetId = undefined;
         this.#fromAgent?.reset();
         this.#events.callerSpeechStart();
         return;
       }
       case 'agent_response':
+        // The repeated greeting of a resumed conversation was not heard: it is not a turn either.
+        if (this.#regreetId !== undefined) return;
         if (msg.text.trim().length > 0) this.#events.transcript('agent', msg.text);
         return;
       case 'user_transcript':
+        // The caller spoke: whatever the agent says next answers them.
+        this.#regreetId = undefined;
         if (msg.text.trim().length > 0) this.#events.transcript('user', msg.text);
         return;
       case 'agent_response_correction':
