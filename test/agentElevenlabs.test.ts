@@ -638,6 +638,15 @@ describe('ElevenLabs adapter against the fake service', () => {
     expect(Buffer.concat(rec.audio)).toEqual(bytes(160, 9));
   });
 
+  it('resumed, text sent for the agent to answer before any greeting: the answer plays', async () => {
+    const { rec, conn, leg } = await live(request({ resume: { history: [{ role: 'user' as const, text: 'Hi' }] } }));
+    await vi.waitFor(() => expect(conn.contextualUpdates).toHaveLength(1));
+    leg.sendText('The transfer did not go through.', 'user');
+    await vi.waitFor(() => expect(conn.userMessages).toHaveLength(1));
+    conn.speak(bytes(160, 5));
+    await vi.waitFor(() => expect(rec.audio).toHaveLength(1));
+  });
+
   it('a new conversation plays its greeting as usual', async () => {
     const { rec, conn } = await live(request());
     conn.speak(bytes(160, 7));

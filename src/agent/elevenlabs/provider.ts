@@ -235,6 +235,9 @@ class ElevenLabsLeg implements AgentLeg {
   }
 
   sendText(text: string, as: 'user' | 'context'): void {
+    // Words for the agent to answer (keypad digits, what happened to a transfer): its next
+    // response answers them, so it is not taken for a repeated greeting (one already playing still is).
+    if (as === 'user' && this.#regreetId === -1) this.#regreetId = undefined;
     this.#sendControl(as === 'user' ? encodeUserMessage(text) : encodeContextualUpdate(text));
   }
 
