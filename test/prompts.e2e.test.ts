@@ -123,6 +123,22 @@ describe('prompts in the agent voice', () => {
     expect(await metrics(tb)).toMatch(/playline_prompts_total\{kind="apology",via="stream"\} 1/);
   });
 
+  it('overflow to a number mid-call: the busy prompt plays in the agent voice, then the call is forwarded with no spoken text', async () => {
+    const { tb } = await bridgeWithTts({ OVERFLOW_ACTION: 'dial', FALLBACK_NUMBER: '+14155550188' });
+    const call = await openCall(tb, { init: false });
+    // Twilio runs the new TwiML and ends the stream.
+    tb.callControl.onRequest = () => void setTimeout(() => call.stream.sendStop(), 5);
+    call.agent.error(4429, 'maximum concurrent connections exceeded', true);
+    await eventually(() => tb.callControl.requests.length === 1, 5000, 'the forward');
+    const sent = Buffer.concat(call.stream.mediaPayloads.map((p) => Buffer.from(p, 'base64')));
+    expect(sent.equals(fakeTtsAudio(BUSY, VOICE))).toBe(true);
+    // Forwarded only once the caller had heard the whole prompt (every mark echoed), and without <Say>.
+    expect(call.stream.echoedMarks).toEqual(call.stream.marks);
+    expect(tb.callControl.requests).toEqual([{ callSid: call.callSid, forwardTo: '+14155550188' }]);
+    await call.stream.waitForClose(5000);
+    await eventually(() => storedCall(tb, call.callSid)?.endReason === 'agent_capacity', 3000, 'end reason');
+  });
+
   it('a goodbye (drain, max duration) replaces agent audio still queued and ends after its last mark', async () => {
     const { tb } = await bridgeWithTts();
     const call = await openCall(tb);

@@ -271,6 +271,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
 
   /** A closing prompt is playing in the stream: the echo of its last mark ends the call. */
   #promptPlaying = false;
+  /** Where the call goes once the closing prompt has played (overflow: forwarded to a number), instead of ending. */
+  #forwardAfterPrompt: string | undefined;
 
   constructor(deps: CallSessionDeps) {
     this.#d = deps;
@@ -484,7 +486,23 @@ export class CallSession implements CarrierHandlers, ManagedSession {
       this.#metrics.bargeInClearSeconds.observe((performance.now() - this.#bargeInAt) / 1000);
     }
     if (this.#st.kind === 'draining' && !this.playback.queued) this.close('agent_hangup');
-    else if (this.#st.kind === 'ending' && this.#promptPlaying && !this.playback.queued) this.close(this.#endReason ?? 'internal_error');
+    else if (this.#st.kind === 'ending' && this.#promptPlaying && !this.playback.queued) this.#promptDone();
+  }
+
+  /** The closing prompt played: the call ends, or is forwarded (overflow) without a second, robotic message. */
+  #promptDone(): void {
+    const to = this.#forwardAfterPrompt;
+    if (to === undefined || !this.#promptPlaying) {
+      this.close(this.#endReason ?? 'internal_error');
+      return;
+    }
+    this.#promptPlaying = false;
+    this.#forwardAfterPrompt = undefined;
+    this.#timers.clear('grace');
+    this.#d.callControl.forward(this.callSid, to).then(
+      (accepted) => this.#afterCallControl(accepted),
+      () => this.#afterCallControl(false),
+    );
   }
 
   onDtmf(digit: string): void {
@@ -1310,13 +1328,15 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     const text = this.#s.texts[kind];
     const spoken: SpokenKind = forwardTo === undefined ? kind : 'forward';
     this.#d.journal.record(this.callSid, { type: 'spoke', kind: spoken, text });
-    // Said in the agent's voice into the live stream, then the call ends after its last mark: no REST round trip.
-    const prompt = forwardTo === undefined ? this.#d.prompts?.cached(kind) : undefined;
+    // Said in the agent's voice into the live stream, then the call ends (or, at overflow, is
+    // forwarded) after its last mark: no REST round trip to speak, no robot voice.
+    const prompt = this.#d.prompts?.cached(kind);
     if (prompt !== undefined && this.#playPrompt(prompt.audio)) {
+      this.#forwardAfterPrompt = forwardTo;
       this.#d.prompts?.count(kind, 'stream');
       return;
     }
-    if (forwardTo === undefined) this.#d.prompts?.count(kind, 'say');
+    this.#d.prompts?.count(kind, 'say');
     const request =
       forwardTo === undefined ? this.#d.callControl.sayAndHangup(this.callSid, text) : this.#d.callControl.forward(this.callSid, forwardTo, text);
     request.then(
@@ -1343,8 +1363,8 @@ export class CallSession implements CarrierHandlers, ManagedSession {
   }
 
   readonly #onPromptTimeout = (): void => {
-    this.#log.info({ pendingMarks: this.playback.pendingMarks }, 'playback of the closing prompt did not confirm in time; ending the call');
-    this.close(this.#endReason ?? 'internal_error');
+    this.#log.info({ pendingMarks: this.playback.pendingMarks, forwarding: this.#forwardAfterPrompt !== undefined }, 'playback of the closing prompt did not confirm in time; going on');
+    this.#promptDone();
   };
 
   #afterCallControl(accepted: boolean): void {
