@@ -15,11 +15,14 @@ import type { Config } from './config.js';
 import { consoleRoutes } from './http/console.js';
 import { healthRoutes } from './http/health.js';
 import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/mediaStream.js';
-import { twilioWebhooks } from './http/twilioWebhooks.js';
+import { statusUpdateOf, twilioWebhooks } from './http/twilioWebhooks.js';
+import { FleetAdmission } from './session/fleetAdmission.js';
+import { FleetError } from './fleet/redis.js';
+import { TERMINAL_CALL_STATUSES } from './store/calls.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
 import { LoadGuard } from './session/loadGuard.js';
-import { SessionManager } from './session/manager.js';
+import { SessionManager, type Slot } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
 import { docsRoutes } from './api/docs.js';
 import { errorBody, errorHandler, notFoundHandler } from './api/errors.js';
@@ -92,6 +95,8 @@ export interface BridgeOverrides {
 export interface Bridge {
   app: FastifyInstance;
   manager: SessionManager;
+  /** REDIS_URL set: fleet-wide capacity, stream tokens and call control. */
+  fleet: FleetAdmission | undefined;
   agents: AgentDirectory;
   metrics: Metrics;
   callControl: CallControl;
@@ -142,7 +147,12 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     log: agentLog,
   });
   if (overrides.probeAgents !== false) agents.startProbing((ref) => probeAgent(agents, ref, agentLog));
+  // REDIS_URL: set once the manager exists (the manager tells it of released and moved slots).
+  let fleet: FleetAdmission | undefined;
   const manager = new SessionManager({
+    ...(config.fleet !== undefined
+      ? { onSlotReleased: (slot: Slot) => fleet?.slotReleased(slot), onSlotMoved: (slot: Slot, agentId: string) => fleet?.slotMoved(slot, agentId) }
+      : {}),
     overloaded: () => loadGuard.overloaded,
     maxConcurrentCalls: config.maxConcurrentCalls,
     tokenTtlMs: config.timeouts.streamTokenTtlMs,
@@ -160,6 +170,31 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       outbound.finishWebCall(callSid);
     },
   });
+  if (config.fleet !== undefined) {
+    fleet = new FleetAdmission({
+      redisUrl: config.fleet.redisUrl,
+      prefix: config.fleet.prefix,
+      leaseMs: config.fleet.leaseMs,
+      maxConcurrentCalls: config.maxConcurrentCalls,
+      agentLimits: config.agentLimits,
+      maxCallMs: config.timeouts.maxCallMs,
+      tokenTtlMs: config.timeouts.streamTokenTtlMs,
+      manager,
+      agentCandidates: (ref) => agents.candidates(ref),
+      logger,
+      onReservationExpired: (callSid) => {
+        metrics.streamRejectedTotal.labels('reservation_expired').inc();
+        logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
+      },
+    });
+    try {
+      await fleet.start();
+    } catch (err) {
+      await fleet.close();
+      throw new Error(`REDIS_URL: cannot use Redis for the fleet: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    logger.info({ processId: fleet.processId, prefix: config.fleet.prefix, leaseMs: config.fleet.leaseMs }, 'fleet: capacity, stream tokens and call control shared through Redis');
+  }
   const events = overrides.events ?? new MemoryEventBus({ retentionMs: config.eventsRetentionMs });
   const publish = events.publish.bind(events);
   const callEvents = new CallEvents(publish);
@@ -280,6 +315,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       : {}),
     onDial: (result) => metrics.outboundDialsTotal.labels(result).inc(),
     onStoreError,
+    ...(fleet !== undefined ? { remoteHangup: (callSid: string) => remoteHangup(fleet, callSid) } : {}),
   });
 
   // Operator HTTP tools get the call's record (id, numbers, metadata) and are signed like webhooks.
@@ -362,6 +398,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     ...(transfers !== undefined ? { onCallEnded: (callSid: string) => transfers.callEnded(callSid) } : {}),
     prompts,
     recording: recordings,
+    ...(fleet !== undefined ? { fleet } : {}),
   });
   await app.register(promptRoutes, { prompts });
   await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
@@ -408,7 +445,31 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   });
   // Phone and browser calls take the same session path; only phone calls can be transferred.
   const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings, prompts };
-  await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}) });
+  await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}), ...(fleet !== undefined ? { fleet } : {}) });
+  // A hang-up or final status for a call live here that landed on another process.
+  fleet?.setControlHandler((callSid, message) => {
+    const session = manager.getSession(callSid);
+    switch (message.type) {
+      case 'hangup':
+      case 'end_call':
+        if (session === undefined) return { ok: false, error: `call ${callSid} is not live on this process` };
+        if (message.type === 'hangup') session.close('api_hangup');
+        else session.endWithGoodbye('api_hangup');
+        return { ok: true };
+      case 'status': {
+        const update = statusUpdateOf(message.params);
+        if (update === undefined) return { ok: false, error: 'not a status callback' };
+        outbound.callbacks.onStatus(undefined, update);
+        if (TERMINAL_CALL_STATUSES.has(update.status)) {
+          transfers?.callEnded(callSid);
+          manager.getSession(callSid)?.close('caller_hangup');
+        }
+        return { ok: true };
+      }
+      case 'transfer':
+        return { ok: false, error: 'transfers of a call live on another process are not supported yet: send the request to that process' };
+    }
+  });
   await app.register(webMediaStreamRoute, {
     ...streamDeps,
     apiToken: config.outbound.apiToken,
@@ -450,6 +511,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     await webhooks?.stop();
     await dialer.close?.();
     await prompts.close();
+    await fleet?.close();
     if (overrides.db === undefined) db.close();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
@@ -466,7 +528,19 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
+  return { app, manager, fleet, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
+}
+
+/** Ends a call live on another process (REDIS_URL); false when no process owns it. */
+async function remoteHangup(fleet: FleetAdmission, callSid: string): Promise<boolean> {
+  try {
+    const answer = await fleet.owners.send(callSid, { type: 'hangup', reason: 'api' });
+    if (!answer.ok) throw new Error(answer.error);
+    return true;
+  } catch (err) {
+    if (err instanceof FleetError && err.code === 'no_owner') return false;
+    throw err;
+  }
 }
 
 /** The call sessions' settings from the configuration. */

@@ -72,6 +72,8 @@ export interface Config {
   /** Called number (E.164 `To`) → route. Unknown numbers go to the default agent. */
   routes: Map<string, NumberRoute>;
   maxConcurrentCalls: number;
+  /** REDIS_URL set: capacity, stream tokens and call control shared by every process on that Redis (else one process, in memory). */
+  fleet?: { redisUrl: string; prefix: string; leaseMs: number };
   /** Optional per-agent caps on concurrent calls (keys `provider:id`), on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
   /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
@@ -307,6 +309,9 @@ const envSchema = z.object({
   RECORDING_DEFAULT: z.preprocess(emptyToUndefined, oneOf(['on', 'off']).default('on')),
   RECORDING_CONSENT_TEXT: optional(z.string().max(1000, { error: 'a text of at most 1000 characters' })),
   RECORDING_RETENTION_DAYS: intIn(0, 36_500, 0),
+  REDIS_URL: optional(z.string().regex(/^rediss?:\/\/[^\s]+$/, { error: 'a Redis URL like redis://127.0.0.1:6379 (rediss:// for TLS), or leave it unset for one process' })),
+  FLEET_PREFIX: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9:_.-]{1,64}$/, { error: 'a key prefix of 1 to 64 letters, digits, ":", "_", "." or "-", like playline:' }).default('playline:')),
+  FLEET_LEASE_MS: intIn(1_000, 600_000, 15_000),
 });
 
 /** Every variable Playline reads. */
@@ -314,7 +319,7 @@ export const SETTING_NAMES: readonly string[] = Object.keys(envSchema.shape);
 
 /** Values of variables whose name says they are secret are never echoed in messages. */
 export function isSecretName(name: string): boolean {
-  return /TOKEN|KEY|SECRET|PASSWORD/i.test(name);
+  return /TOKEN|KEY|SECRET|PASSWORD|REDIS_URL/i.test(name);
 }
 
 /** How an error message shows the value of `name`: quoted (and cut if long), or `(hidden)` for secrets. */
@@ -670,6 +675,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     localAgentOptions: { port: e.LOCAL_AGENT_PORT, mode: e.LOCAL_AGENT_MODE },
     routes,
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
+    ...(e.REDIS_URL !== undefined ? { fleet: { redisUrl: e.REDIS_URL, prefix: e.FLEET_PREFIX, leaseMs: e.FLEET_LEASE_MS } } : {}),
     agentLimits,
     agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
     overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },

@@ -15,7 +15,8 @@ import type { TwilioStart } from '../carrier/twilio/codec.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import { CallSession, type SessionPrompts, type SessionSettings, type TransferPort } from '../session/callSession.js';
-import type { SessionManager } from '../session/manager.js';
+import type { ClaimResult, SessionManager } from '../session/manager.js';
+import type { FleetAdmission } from '../session/fleetAdmission.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
 import type { ToolRunner } from '../tools/http.js';
@@ -56,6 +57,8 @@ export interface MediaStreamDeps {
   prompts?: SessionPrompts;
   /** Records the calls that are to be recorded (RECORDING). */
   recording?: RecordingService;
+  /** REDIS_URL: stream tokens are redeemed in Redis (the webhook may have landed on another process). */
+  fleet?: FleetAdmission;
 }
 
 export async function mediaStreamRoute(app: FastifyInstance, deps: MediaStreamDeps): Promise<void> {
@@ -92,14 +95,20 @@ export interface StreamVariant {
 export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVariant = {}): (socket: WebSocket) => void {
   const { stream, manager, metrics, logger } = deps;
 
-  const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision => {
+  const onStart = (start: TwilioStart, leg: TwilioStreamConnection): StartDecision | Promise<StartDecision> => {
     const refused = variant.refuse?.(start);
     if (refused !== undefined) {
       metrics.streamRejectedTotal.labels(refused).inc();
       logger.warn({ callSid: start.callSid, streamSid: start.streamSid, reason: refused }, 'media stream refused');
       return { accept: false, reason: refused };
     }
-    const claim = manager.claim(start.customParameters.token, start.callSid);
+    const fleet = deps.fleet;
+    // REDIS_URL: the token is redeemed in Redis; frames arriving meanwhile wait in the connection.
+    if (fleet !== undefined) return fleet.claim(start.customParameters.token, start.callSid).then((claim) => startSession(start, leg, claim));
+    return startSession(start, leg, manager.claim(start.customParameters.token, start.callSid));
+  };
+
+  const startSession = (start: TwilioStart, leg: TwilioStreamConnection, claim: ClaimResult): StartDecision => {
     if (!claim.ok) {
       metrics.streamRejectedTotal.labels(claim.reason).inc();
       logger.warn({ callSid: start.callSid, streamSid: start.streamSid, reason: claim.reason }, 'media stream refused: bad token');

@@ -15,6 +15,8 @@ import { TERMINAL_CALL_STATUSES } from '../store/calls.js';
 import type { PromptService } from '../tts/prompts.js';
 import type { RecordingService } from '../recording/service.js';
 import { streamTwimlWithConsent } from '../recording/consent.js';
+import type { FleetAdmission } from '../session/fleetAdmission.js';
+import { FleetError } from '../fleet/redis.js';
 
 const sid = z.string().min(2).max(64).regex(/^[A-Za-z0-9]+$/);
 const voiceBody = z.object({
@@ -66,6 +68,32 @@ export interface TwilioWebhookDeps {
   prompts?: Pick<PromptService, 'spoken'>;
   /** Call recording: a recorded call hears the consent announcement first (RECORDING_CONSENT_TEXT). */
   recording?: RecordingService;
+  /**
+   * REDIS_URL: inbound calls are admitted against fleet-wide capacity, and a final status of a
+   * call live on another process is forwarded to it.
+   */
+  fleet?: FleetAdmission;
+}
+
+/** A status callback's fields as the status route reads them (a forwarded one included); undefined when they are not one. */
+export function statusUpdateOf(params: Record<string, string>): StatusUpdate | undefined {
+  const parsed = statusBody.safeParse(params);
+  if (!parsed.success) return undefined;
+  const b = parsed.data;
+  return { callSid: b.CallSid, status: b.CallStatus, sequence: b.SequenceNumber, durationS: b.CallDuration, answeredBy: b.AnsweredBy, sipResponseCode: b.SipResponseCode, errorCode: b.ErrorCode };
+}
+
+/** Forwards a final status callback to the process that owns the call (none: nothing is live anywhere). */
+async function forwardStatus(fleet: FleetAdmission, callSid: string, body: unknown, log: { warn(o: object, msg: string): void }): Promise<void> {
+  const params: Record<string, string> = {};
+  if (typeof body === 'object' && body !== null) for (const [k, v] of Object.entries(body)) if (typeof v === 'string') params[k] = v;
+  try {
+    const answer = await fleet.owners.send(callSid, { type: 'status', params });
+    if (!answer.ok) log.warn({ callSid, err: answer.error }, 'fleet: the process owning the call could not apply its final status');
+  } catch (err) {
+    if (err instanceof FleetError && err.code === 'no_owner') return;
+    log.warn({ callSid, err: err instanceof Error ? err.message : String(err) }, 'fleet: could not forward a final status to the process owning the call');
+  }
 }
 
 /** Header Twilio sends on every webhook; a retry of the same request carries the same value. */
@@ -111,6 +139,16 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
         return reply.type('text/xml').send(hangupTwiml());
       }
       admitted = manager.admit({ ...admittedCall, direction: answer.direction }, answer, idempotencyToken);
+    } else if (deps.fleet !== undefined) {
+      // Fleet-wide: Twilio's retry may land here or elsewhere; the token in Redis answers it.
+      admitted = await deps.fleet.admit(admittedCall, idempotencyToken);
+      if (admitted.ok && !admitted.replayed) {
+        if (recorder.known(call.CallSid)) {
+          await deps.fleet.cancel(call.CallSid, admitted.token);
+          return duplicate();
+        }
+        recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
+      }
     } else {
       if (recorder.known(call.CallSid)) return duplicate();
       admitted = manager.admit(admittedCall, undefined, idempotencyToken);
@@ -146,7 +184,11 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       errorCode: b.ErrorCode,
     };
     callbacks.onStatus(callQuery.safeParse(req.query).data?.callId, update);
-    if (TERMINAL_CALL_STATUSES.has(b.CallStatus)) deps.onCallEnded?.(b.CallSid);
+    if (TERMINAL_CALL_STATUSES.has(b.CallStatus)) {
+      deps.onCallEnded?.(b.CallSid);
+      // The call's media stream is on another process: the final status reaches it there.
+      if (deps.fleet !== undefined && manager.getSession(b.CallSid) === undefined) await forwardStatus(deps.fleet, b.CallSid, req.body, req.log);
+    }
     return reply.code(204).send();
   });
 

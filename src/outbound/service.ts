@@ -66,6 +66,8 @@ export interface OutboundOptions {
   onDial?(result: string): void;
   /** A store write failed (`playline_store_errors_total`). */
   onStoreError?(op: string, err: unknown): void;
+  /** REDIS_URL: ends a call whose session is live on another process (false: live nowhere). */
+  remoteHangup?(callSid: string): Promise<boolean>;
 }
 
 export class OutboundError extends Error {
@@ -257,7 +259,15 @@ export class OutboundService {
       return calls.get(id) ?? row;
     }
     if (row.callSid !== null) {
-      this.#o.manager.getSession(row.callSid)?.close('api_hangup');
+      const local = this.#o.manager.getSession(row.callSid);
+      if (local !== undefined) local.close('api_hangup');
+      else if (this.#o.remoteHangup !== undefined) {
+        try {
+          await this.#o.remoteHangup(row.callSid);
+        } catch (err) {
+          this.#o.log.warn({ callId: id, callSid: row.callSid, err: errorMessage(err) }, 'could not reach the process owning the call; hanging it up at the carrier only');
+        }
+      }
       try {
         await this.#o.dialer.hangup(row.callSid);
       } catch (err) {

@@ -162,6 +162,10 @@ export interface SessionManagerOptions {
   overloaded?: () => boolean;
   /** Slots outbound dialing never takes (INBOUND_RESERVED). */
   inboundReserved?: number;
+  /** A slot was released (REDIS_URL: its fleet lease is given back). */
+  onSlotReleased?(slot: Slot): void;
+  /** A slot now counts for another agent (REDIS_URL: its fleet lease moves too). */
+  onSlotMoved?(slot: Slot, agentId: string): void;
 }
 
 const MAX_SPENT_TOKENS = 10_000;
@@ -229,6 +233,24 @@ export class SessionManager {
 
   get draining(): boolean {
     return this.#draining;
+  }
+
+  /** True while the process is too busy to take another call (LoadGuard). */
+  get overloaded(): boolean {
+    return this.#opts.overloaded?.() === true;
+  }
+
+  /**
+   * Counts a slot here that was admitted elsewhere (REDIS_URL: the fleet checked the limits when
+   * it leased the slot): no limit is checked. Released like any other slot.
+   */
+  trackSlot(callSid: string, agentId: string): Slot {
+    return this.#takeSlot(callSid, normalizeAgent(agentId));
+  }
+
+  /** True while `token` is a pending stream token minted by this process (not in the fleet). */
+  hasToken(token: string | undefined): boolean {
+    return token !== undefined && this.#reservations.has(token);
   }
 
   /** True when a new call to the default agent would be admitted now (its own cap aside). */
@@ -397,6 +419,7 @@ export class SessionManager {
     this.#count(slot.agentId, -1);
     (slot as { agentId: string }).agentId = to;
     this.#count(to, 1);
+    this.#opts.onSlotMoved?.(slot, to);
   }
 
   /** An agent session that had been ready ended (hung up, lost, replaced, or its call ended): its provider has room again. */
@@ -411,6 +434,7 @@ export class SessionManager {
     this.#slots.delete(slot);
     if (slot.outbound === true) this.#outboundSlots--;
     this.#count(slot.agentId, -1);
+    this.#opts.onSlotReleased?.(slot);
   }
 
   /** Adds `delta` to the slot counts of an agent and of its provider. */

@@ -52,8 +52,12 @@ export type StartDecision =
 
 export interface TwilioStreamOptions {
   startTimeoutMs: number;
-  /** Decides what to do with `start`; called at most once. */
-  onStart(start: TwilioStart, leg: CarrierLeg): StartDecision;
+  /**
+   * Decides what to do with `start`; called at most once. It may answer later (a promise: the
+   * stream token is checked in Redis when REDIS_URL is set); frames arriving meanwhile are kept
+   * in order and delivered once it has answered, and a close meanwhile is delivered after them.
+   */
+  onStart(start: TwilioStart, leg: CarrierLeg): StartDecision | Promise<StartDecision>;
   /** Handshake-phase events (bad frames before start, timeout, refusal, close before start). */
   onHandshakeEvent(event: 'start_timeout' | 'closed_before_start' | 'refused', detail?: string): void;
   onHandshakeBadFrame(kind: CarrierBadFrameKind, name?: string): void;
@@ -78,6 +82,10 @@ export class TwilioStreamConnection implements CarrierLeg {
   #done = false;
   /** The media frame being delivered (only during `onMediaBytes`), for {@link mediaTimestampMs}. */
   #frame: Buffer | undefined;
+  /** Frames received while an async `onStart` decides (undefined otherwise: the hot path checks this once). */
+  #held: Array<[WebSocket.RawData, boolean]> | undefined;
+  /** The close code of a socket that closed while an async `onStart` decided. */
+  #closedWhileDeciding: number | undefined;
 
   constructor(ws: WebSocket, opts: TwilioStreamOptions) {
     this.#ws = ws;
@@ -160,6 +168,10 @@ export class TwilioStreamConnection implements CarrierLeg {
   }
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    if (this.#held !== undefined) {
+      this.#held.push([data, isBinary]);
+      return;
+    }
     try {
       this.#dispatch(data, isBinary);
     } catch (err) {
@@ -239,6 +251,29 @@ export class TwilioStreamConnection implements CarrierLeg {
     this.#streamSid = start.streamSid;
     this.#encoder = new TwilioEncoder(start.streamSid);
     const decision = this.#opts.onStart(start, this);
+    if (decision instanceof Promise) {
+      this.#held = [];
+      decision.then(
+        (d) => this.#decided(d),
+        () => this.#decided({ accept: false, reason: 'internal_error' }),
+      );
+      return;
+    }
+    this.#decide(decision);
+  }
+
+  /** An async `start` decision arrived: frames held meanwhile go through in order, then a close that came meanwhile. */
+  #decided(decision: StartDecision): void {
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    const closed = this.#closedWhileDeciding;
+    this.#closedWhileDeciding = undefined;
+    this.#decide(decision);
+    if (decision.accept) for (const [data, isBinary] of held) this.#onMessage(data, isBinary);
+    if (closed !== undefined) this.#onClose(closed);
+  }
+
+  #decide(decision: StartDecision): void {
     if (decision.accept) {
       this.#handlers = decision.handlers;
     } else {
@@ -251,6 +286,11 @@ export class TwilioStreamConnection implements CarrierLeg {
 
   #onClose(code: number): void {
     this.#clearStartTimer();
+    if (this.#held !== undefined) {
+      // `start` is being decided: the close is delivered after the decision (and the frames before it).
+      this.#closedWhileDeciding = code;
+      return;
+    }
     const h = this.#handlers;
     this.#handlers = undefined;
     this.#encoder = undefined;

@@ -1,0 +1,260 @@
+/**
+ * Admission across a fleet of bridge processes sharing one Redis (REDIS_URL): the session
+ * manager's capacity rules and stream tokens held in Redis (fleet/slots.ts, fleet/tokens.ts), and
+ * call control reaching the process that owns a call (fleet/owners.ts).
+ *
+ * - The webhook (`admit`): drain and overload are this process' own checks; then a call already
+ *   owned somewhere is a duplicate; then a fleet slot is leased (MAX_CONCURRENT_CALLS and
+ *   AGENT_LIMITS fleet-wide) and a single-use stream token minted in Redis. The minting process
+ *   renews the slot until the stream starts, and releases it when the token expires unused.
+ * - The stream's `start` (`claim`): the token is redeemed in Redis (whichever process the stream
+ *   landed on); a slot leased by another process is adopted here (this process renews it from then
+ *   on); the slot is also counted in this process' manager (drain waits for it); this process owns
+ *   the call (control messages for it run here).
+ * - A session's end releases the local slot, which releases the fleet lease and the ownership.
+ * - Leases this process lost (`expired`: Redis lost them or renewals failed for a whole lease;
+ *   `too_old`: past the maximum call length) end their calls.
+ *
+ * Tokens minted by the manager itself (outbound calls' held slots, browser calls) are still
+ * claimed from the manager: those streams must land on the process that minted them.
+ *
+ * Not yet fleet-wide: the learned provider limits (PlayAI 4429), INBOUND_RESERVED for outbound
+ * dialing, and outbound dialing itself.
+ */
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { AGENT_PROVIDERS } from '../agent/port.js';
+import { CallOwners, type ControlAnswer, type ControlMessage } from '../fleet/owners.js';
+import { failFastOptions, FleetError, waitReady, watchErrors } from '../fleet/redis.js';
+import { FleetSlots, type FleetSlot, type LostSlot } from '../fleet/slots.js';
+import { FleetTokens } from '../fleet/tokens.js';
+import type { AdmitResult, AdmittedCall, ClaimResult, SessionManager, Slot } from './manager.js';
+
+const storedReservation = z.object({
+  call: z.object({ callSid: z.string().max(64), from: z.string().max(256), to: z.string().max(256), direction: z.string().max(64) }),
+  slot: z.object({ id: z.string().max(64), callSid: z.string().max(64), agentId: z.string().max(300), provider: z.enum(AGENT_PROVIDERS), outbound: z.boolean() }),
+});
+type StoredReservation = z.infer<typeof storedReservation>;
+
+export interface FleetAdmissionOptions {
+  redisUrl: string;
+  prefix: string;
+  leaseMs: number;
+  maxConcurrentCalls: number;
+  agentLimits: Map<string, number>;
+  maxCallMs: number;
+  tokenTtlMs: number;
+  manager: SessionManager;
+  /** The route's agent and its fallbacks that are up, in order (agent/directory.ts). */
+  agentCandidates(agentId: string): string[];
+  logger: Logger;
+  /** A token minted here expired without a stream. */
+  onReservationExpired?(callSid: string): void;
+}
+
+/** What the owner of a call does with a control message that landed on another process. */
+export type CallControlHandler = (callSid: string, message: ControlMessage) => ControlAnswer | Promise<ControlAnswer>;
+
+export class FleetAdmission {
+  readonly slots: FleetSlots;
+  readonly tokens: FleetTokens<StoredReservation>;
+  readonly owners: CallOwners;
+  readonly #redis: Redis;
+  readonly #o: FleetAdmissionOptions;
+  readonly #log: Logger;
+  /** Fleet slots of tokens minted here and not yet redeemed, by token. */
+  readonly #pending = new Map<string, FleetSlot>();
+  /** The fleet slot of each local slot, and back. */
+  readonly #fleetOf = new Map<Slot, FleetSlot>();
+  readonly #localOf = new Map<string, Slot>();
+  #control: CallControlHandler = () => ({ ok: false, error: 'call control is not set up on this process' });
+  #closed = false;
+
+  constructor(o: FleetAdmissionOptions) {
+    this.#o = o;
+    this.#log = o.logger.child({ component: 'fleet' });
+    this.#redis = new Redis(o.redisUrl, { ...failFastOptions(), lazyConnect: true });
+    watchErrors(this.#redis, this.#log, 'fleet');
+    const common = { redis: this.#redis, prefix: o.prefix, logger: o.logger };
+    this.slots = new FleetSlots({ ...common, maxConcurrentCalls: o.maxConcurrentCalls, agentLimits: o.agentLimits, leaseMs: o.leaseMs, maxCallMs: o.maxCallMs });
+    this.owners = new CallOwners({ ...common, processId: this.slots.processId, ttlMs: o.leaseMs });
+    this.tokens = new FleetTokens<StoredReservation>({
+      ...common,
+      schema: storedReservation,
+      onExpired: (token, callSid) => {
+        const slot = this.#pending.get(token);
+        this.#pending.delete(token);
+        if (slot !== undefined) this.#releaseFleet(slot);
+        this.#o.onReservationExpired?.(callSid);
+      },
+    });
+  }
+
+  get processId(): string {
+    return this.slots.processId;
+  }
+
+  /** Connects (failing with a message naming REDIS_URL when Redis does not answer) and starts renewing. */
+  async start(timeoutMs = 5_000): Promise<void> {
+    await waitReady(this.#redis, timeoutMs);
+    await this.owners.start();
+    this.slots.startRenewing({ onLost: (lost) => this.#onLost(lost) });
+    this.owners.startRefreshing();
+  }
+
+  /** What this process does with a control message for a call it owns. */
+  setControlHandler(handler: CallControlHandler): void {
+    this.#control = handler;
+  }
+
+  /** The voice webhook of an inbound call: a fleet slot and a stream token, or why not. */
+  async admit(call: AdmittedCall, idempotencyToken: string | undefined): Promise<AdmitResult> {
+    const m = this.#o.manager;
+    if (m.draining) return { ok: false, reason: 'draining' };
+    if (m.overloaded) return { ok: false, reason: 'overload' };
+    const route = m.resolveRoute(call.to);
+    let slot: FleetSlot | undefined;
+    try {
+      if ((await this.owners.ownerOf(call.callSid)) !== undefined) return { ok: false, reason: 'duplicate' };
+      const claimed = await this.slots.claim({ callSid: call.callSid, agents: this.#o.agentCandidates(route.agentId) });
+      if (!claimed.ok) return { ok: false, reason: claimed.reason };
+      slot = claimed.slot;
+      const token = randomBytes(18).toString('base64url');
+      const minted = await this.tokens.mint({
+        token,
+        callSid: call.callSid,
+        reservation: { call: { ...call }, slot: { ...slot } },
+        ttlMs: this.#o.tokenTtlMs,
+        ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
+      });
+      if (!minted.ok) {
+        this.#releaseFleet(slot);
+        return { ok: false, reason: 'duplicate' };
+      }
+      if (minted.replayed) {
+        // Twilio's retry of the same webhook: its first slot stays, this one goes back.
+        this.#releaseFleet(slot);
+        return { ok: true, token: minted.token, route, replayed: true };
+      }
+      this.#pending.set(token, slot);
+      return { ok: true, token, route, replayed: false };
+    } catch (err) {
+      if (slot !== undefined) this.#releaseFleet(slot);
+      // Redis away: the call is refused as at capacity (the caller hears BUSY_TEXT).
+      this.#log.error({ callSid: call.callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to admit a call; refusing it (check REDIS_URL and the Redis server)');
+      return { ok: false, reason: 'capacity' };
+    }
+  }
+
+  /** Gives up a pending token minted by {@link admit} (its slot goes back). */
+  async cancel(callSid: string, token: string): Promise<void> {
+    const slot = this.#pending.get(token);
+    this.#pending.delete(token);
+    await this.tokens.cancel(callSid).catch(() => false);
+    if (slot !== undefined) this.#releaseFleet(slot);
+  }
+
+  /**
+   * The stream's `start`: redeems its token wherever it was minted, adopts the slot, counts it
+   * here and owns the call. A token minted by this process' manager (outbound, browser calls) is
+   * claimed there.
+   */
+  async claim(token: string | undefined, callSid: string): Promise<ClaimResult> {
+    const m = this.#o.manager;
+    if (m.hasToken(token)) return m.claim(token, callSid);
+    const live = m.getSession(callSid);
+    if (live !== undefined && !live.streamDead) return { ok: false, reason: 'call_live' };
+    let fleetSlot: FleetSlot | undefined;
+    try {
+      const r = await this.tokens.claim(token, callSid);
+      if (!r.ok) return { ok: false, reason: r.reason };
+      if (token !== undefined) this.#pending.delete(token);
+      const stored = r.reservation;
+      fleetSlot = stored.slot;
+      if (!this.slots.held.has(fleetSlot.id)) {
+        const adopted = await this.slots.adopt(fleetSlot);
+        // The lease ran out between the webhook and the stream (its process died): as if the token had expired.
+        if (adopted === undefined) return { ok: false, reason: 'expired_token' };
+        this.#log.info({ callSid, slot: fleetSlot.id }, 'fleet: the stream landed here, not on its webhook process: slot adopted');
+      }
+      const local = m.trackSlot(callSid, fleetSlot.agentId);
+      this.#fleetOf.set(local, fleetSlot);
+      this.#localOf.set(fleetSlot.id, local);
+      try {
+        await this.owners.own(callSid, (message) => this.#control(callSid, message));
+      } catch (err) {
+        this.#log.warn({ callSid, err: errMessage(err) }, 'fleet: could not record this process as the call owner; hang-ups and status callbacks landing elsewhere will not reach it');
+      }
+      return { ok: true, reservation: { token: token ?? '', callSid, call: stored.call, route: m.resolveRoute(stored.call.to), slot: local } };
+    } catch (err) {
+      if (fleetSlot !== undefined && !this.#localOf.has(fleetSlot.id)) this.#releaseFleet(fleetSlot);
+      this.#log.error({ callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to redeem a stream token; refusing the stream (check REDIS_URL and the Redis server)');
+      return { ok: false, reason: 'unknown_token' };
+    }
+  }
+
+  /** The manager released a slot (SessionManagerOptions.onSlotReleased): its lease and ownership go. */
+  slotReleased(local: Slot): void {
+    const fleetSlot = this.#fleetOf.get(local);
+    if (fleetSlot === undefined) return;
+    this.#fleetOf.delete(local);
+    this.#localOf.delete(fleetSlot.id);
+    this.#releaseFleet(fleetSlot);
+    if (!this.#closed) {
+      this.owners.disown(local.callSid).catch((err: unknown) => this.#log.warn({ callSid: local.callSid, err: errMessage(err) }, 'fleet: could not give up call ownership (it expires by itself)'));
+    }
+  }
+
+  /** The manager moved a slot to a fallback agent (SessionManagerOptions.onSlotMoved). */
+  slotMoved(local: Slot, agentId: string): void {
+    const fleetSlot = this.#fleetOf.get(local);
+    if (fleetSlot === undefined || this.#closed) return;
+    this.slots.move(fleetSlot, agentId).then(
+      (moved) => {
+        if (moved !== undefined && this.#fleetOf.has(local)) this.#fleetOf.set(local, moved);
+      },
+      (err: unknown) => this.#log.warn({ callSid: local.callSid, err: errMessage(err) }, 'fleet: could not move a call slot to its fallback agent'),
+    );
+  }
+
+  /** Fleet-wide slot counts (for logs and tests). */
+  async usedSlots(): Promise<number> {
+    return (await this.slots.counts()).total;
+  }
+
+  /** Stops renewing; the slots still held are released (a clean shutdown). Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.owners.close().catch(() => undefined);
+    await this.tokens.close().catch(() => undefined);
+    await this.slots.close({ releaseHeld: true }).catch(() => undefined);
+    this.#redis.disconnect();
+  }
+
+  #onLost(lost: LostSlot[]): void {
+    for (const { slot, reason } of lost) {
+      for (const [token, s] of this.#pending) if (s.id === slot.id) this.#pending.delete(token);
+      const local = this.#localOf.get(slot.id);
+      if (local === undefined) continue;
+      this.#localOf.delete(slot.id);
+      this.#fleetOf.delete(local);
+      if (reason === 'other_owner') continue;
+      const session = this.#o.manager.getSession(local.callSid);
+      this.#log.error({ callSid: local.callSid, reason }, 'fleet: this call lost its slot lease (Redis lost it, or the call passed its maximum length); ending it');
+      if (session !== undefined) session.close(reason === 'too_old' ? 'max_duration' : 'internal_error');
+      else this.#o.manager.releaseSlot(local);
+    }
+  }
+
+  #releaseFleet(slot: FleetSlot): void {
+    if (this.#closed) return;
+    this.slots.release(slot).catch((err: unknown) => this.#log.warn({ callSid: slot.callSid, err: errMessage(err) }, 'fleet: could not release a call slot (its lease expires by itself)'));
+  }
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof FleetError || err instanceof Error ? err.message : String(err);
+}
