@@ -1,0 +1,175 @@
+/**
+ * Several real bridge processes sharing one redis-server (REDIS_URL) behave as one bridge for
+ * inbound calls: one capacity, streams landing on another process than their webhook, hang-ups
+ * and final statuses reaching the owner, leases of a killed process coming back, drain per process.
+ * Skipped without redis-server unless PLAYLINE_REQUIRE_REDIS=1.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
+import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { get, killGroup, sleep, start, useProcessHarness, waitFor, waitHealthy, type Child } from './processHarness.js';
+
+const enabled = fleetTestsEnabled();
+const LEASE_MS = 1500;
+
+describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
+  useProcessHarness();
+  let redis: TestRedis;
+  let n = 0;
+  beforeAll(async () => {
+    redis = await TestRedis.start();
+  }, 20_000);
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  /** Two (or more) bridges on one fresh key prefix. */
+  async function fleet(count: number, env: Record<string, string> = {}): Promise<{ procs: Child[]; prefix: string }> {
+    const prefix = `t${++n}:`;
+    const procs = await Promise.all(
+      Array.from({ length: count }, () =>
+        start({ env: { REDIS_URL: redis.url, FLEET_PREFIX: prefix, FLEET_LEASE_MS: String(LEASE_MS), MAX_CONCURRENT_CALLS: '5', LOG_LEVEL: 'info', ...env } }),
+      ),
+    );
+    await Promise.all(procs.map((p) => waitHealthy(p)));
+    return { procs, prefix };
+  }
+
+  /** Fleet slots in Redis now (expired leases trimmed). */
+  async function slotsInUse(prefix: string): Promise<number> {
+    const c = new Redis(redis.port, '127.0.0.1');
+    try {
+      await c.zremrangebyscore(`${prefix}slots:all`, '-inf', Date.now());
+      return await c.zcard(`${prefix}slots:all`);
+    } finally {
+      c.disconnect();
+    }
+  }
+
+  /** A live call: webhook to `hook`, stream to `streamTo`; silence sent every 20 ms. */
+  interface Call {
+    voice: VoiceWebhookResult;
+    callSid: string;
+    stream: FakeTwilioStream;
+    stop(): void;
+  }
+  async function call(hook: Child, streamTo: Child = hook): Promise<Call> {
+    const voice = await postVoiceWebhook({ bridgeUrl: hook.url });
+    const streamUrl = voice.twiml?.streamUrl;
+    if (streamUrl === undefined) throw new Error(`the call was not admitted: ${voice.status} ${voice.body}`);
+    const callSid = voice.params.CallSid ?? '';
+    const stream = await FakeTwilioStream.connect({ bridgeUrl: streamTo.url, streamUrl });
+    stream.sendConnected();
+    stream.sendStart({ callSid, customParameters: voice.twiml?.parameters ?? {} });
+    const timer = setInterval(() => {
+      if (!stream.closed) stream.sendMedia();
+    }, 20);
+    return { voice, callSid, stream, stop: () => clearInterval(timer) };
+  }
+  /** The busy answer: TwiML that speaks (a <Say>, or a <Play> of the prompt in the agent's voice) and opens no stream. */
+  const busy = (v: VoiceWebhookResult) => v.status === 200 && v.twiml !== undefined && v.twiml.streamUrl === undefined && /<(Say|Play)\b/.test(v.body);
+  const agentAudio = (c: Call) => waitFor('agent audio on the call', () => c.stream.mediaReceived >= 10, 8000);
+
+  it('a fleet cap of MAX_CONCURRENT_CALLS=5 holds exactly across processes: the 6th webhook on either process hears the busy answer', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    const calls: Call[] = [];
+    try {
+      for (let i = 0; i < 5; i++) calls.push(await call(i % 2 === 0 ? a : b));
+      await Promise.all(calls.map(agentAudio));
+      expect(await slotsInUse(prefix)).toBe(5);
+      const sixthA = await postVoiceWebhook({ bridgeUrl: a.url });
+      const sixthB = await postVoiceWebhook({ bridgeUrl: b.url });
+      expect(busy(sixthA)).toBe(true);
+      expect(busy(sixthB)).toBe(true);
+      // One call ends: its slot comes back and the next webhook, on either process, is admitted.
+      calls[0]!.stream.sendStop();
+      calls[0]!.stream.close();
+      await waitFor('the slot to be released', async () => (await slotsInUse(prefix)) === 4, 5000);
+      const next = await postVoiceWebhook({ bridgeUrl: b.url });
+      expect(next.twiml?.streamUrl).toBeDefined();
+    } finally {
+      for (const c of calls) c.stop();
+    }
+  }, 40_000);
+
+  it('a stream that lands on another process than its webhook works (agent audio flows), and a final status and an API hang-up sent to the non-owner reach the owner', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    // Webhook on A, stream on B: B owns the call.
+    const first = await call(a, b);
+    const second = await call(a, b);
+    try {
+      await agentAudio(first);
+      await agentAudio(second);
+      expect(await slotsInUse(prefix)).toBe(2);
+      expect(b.logs().some((l) => String(l.msg).includes('slot adopted'))).toBe(true);
+
+      // Twilio's final status lands on A (the webhook's process): B ends the call.
+      const status = await postStatusCallback({ bridgeUrl: a.url, params: { CallSid: first.callSid, CallStatus: 'completed', SequenceNumber: '3', CallDuration: '2' } });
+      expect(status.status).toBe(204);
+      await first.stream.waitForClose(5000);
+
+      // An API hang-up sent to A (where the call's record is): B ends the call.
+      const list = (await get(`${a.url}/v1/calls?limit=10`))?.body as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+      const id = list?.data?.find((r) => r.callSid === second.callSid)?.id;
+      expect(id).toBeDefined();
+      const res = await fetch(`${a.url}/v1/calls/${id}/hangup`, { method: 'POST' });
+      // The local carrier does not know simulated inbound calls (502), but the call ends on its owner first.
+      expect([200, 502]).toContain(res.status);
+      await second.stream.waitForClose(5000);
+      await waitFor('both slots released', async () => (await slotsInUse(prefix)) === 0, 5000);
+    } finally {
+      first.stop();
+      second.stop();
+    }
+  }, 40_000);
+
+  it('kill -9 of a process with live calls: its slots come back within the lease, and the other process keeps its calls', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    const onA = [await call(a), await call(a)];
+    const onB = [await call(b), await call(b)];
+    try {
+      await Promise.all([...onA, ...onB].map(agentAudio));
+      expect(await slotsInUse(prefix)).toBe(4);
+      killGroup(a.pid);
+      await a.exited;
+      const killedAt = Date.now();
+      await waitFor('the killed process’ slots to expire', async () => (await slotsInUse(prefix)) === 2, LEASE_MS * 3);
+      expect(Date.now() - killedAt).toBeLessThanOrEqual(LEASE_MS + 1000);
+      // B's calls go on: their leases are renewed past several lease times.
+      await sleep(LEASE_MS * 2);
+      expect(await slotsInUse(prefix)).toBe(2);
+      for (const c of onB) expect(c.stream.closed).toBe(false);
+      // The room is usable again: 3 more calls fit on B (2 + 3 = 5), the next one is busy.
+      const more = [await call(b), await call(b), await call(b)];
+      onB.push(...more);
+      expect(busy(await postVoiceWebhook({ bridgeUrl: b.url }))).toBe(true);
+    } finally {
+      for (const c of [...onA, ...onB]) c.stop();
+    }
+  }, 40_000);
+
+  it('a draining process says 503 on /readyz and refuses calls while the other keeps admitting them', async () => {
+    const { procs } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    const live = await call(a);
+    try {
+      await agentAudio(live);
+      process.kill(a.pid, 'SIGTERM');
+      await waitFor('A to be unready', async () => (await get(`${a.url}/readyz`))?.status === 503, 5000);
+      expect((await get(`${b.url}/readyz`))?.status).toBe(200);
+      expect(busy(await postVoiceWebhook({ bridgeUrl: a.url }))).toBe(true);
+      const onB = await call(b);
+      onB.stop();
+      expect(onB.voice.twiml?.streamUrl).toBeDefined();
+      await agentAudio(onB);
+      // The draining process' call is still live.
+      expect(live.stream.closed).toBe(false);
+    } finally {
+      live.stop();
+    }
+  }, 40_000);
+});
