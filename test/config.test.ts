@@ -147,3 +147,17 @@ describe('misspeltSettings', () => {
     expect(misspeltSettings(['PATH', 'MAX_CONCURENT_CALLS', 'HOME', 'API_TOKN']).map((m) => m.name)).toEqual(['MAX_CONCURENT_CALLS', 'API_TOKN']);
   });
 });
+
+describe('REDIS_URL (several processes as one bridge)', () => {
+  it('leaves the fleet off without REDIS_URL, and reads its prefix and lease time with it', () => {
+    expect(loadConfig({}).fleet).toBeUndefined();
+    expect(loadConfig({ REDIS_URL: 'redis://127.0.0.1:6379' }).fleet).toEqual({ redisUrl: 'redis://127.0.0.1:6379', prefix: 'playline:', leaseMs: 15_000 });
+    expect(loadConfig({ REDIS_URL: 'rediss://u:p@r.example:6380/2', FLEET_PREFIX: 'eu:', FLEET_LEASE_MS: '5000' }).fleet).toEqual({ redisUrl: 'rediss://u:p@r.example:6380/2', prefix: 'eu:', leaseMs: 5000 });
+  });
+
+  it('refuses a REDIS_URL that is not a redis:// URL, naming the fix and hiding the value (it may hold a password)', () => {
+    expect(load({ REDIS_URL: 'http://pass@127.0.0.1:6379' })).toThrow(/^REDIS_URL:.*redis:\/\/127\.0\.0\.1:6379/);
+    expect(load({ REDIS_URL: 'http://pass@127.0.0.1:6379' })).not.toThrow(/pass@/);
+    expect(load({ REDIS_URL: 'redis://x', FLEET_LEASE_MS: '10' })).toThrow(/^FLEET_LEASE_MS:.*1000 to 600000/);
+  });
+});
