@@ -11,7 +11,7 @@ import { buildAgentDirectory, probeAgent, type AgentEndpointOverrides } from './
 import type { AgentDirectory } from './agent/directory.js';
 import { parseAgentRef } from './agent/port.js';
 import { LocalCallControl, TwilioRestCallControl, type CallControl } from './carrier/twilio/callControl.js';
-import type { Config } from './config.js';
+import { ConfigError, type Config } from './config.js';
 import { consoleRoutes } from './http/console.js';
 import { healthRoutes } from './http/health.js';
 import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/mediaStream.js';
@@ -191,7 +191,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       await fleet.start();
     } catch (err) {
       await fleet.close();
-      throw new Error(`REDIS_URL: cannot use Redis for the fleet: ${err instanceof Error ? err.message : String(err)}`);
+      throw new ConfigError(`REDIS_URL: Redis did not answer at that address (${err instanceof Error ? err.message : String(err)}); start Redis there, fix REDIS_URL, or unset it to run one process alone`);
     }
     logger.info({ processId: fleet.processId, prefix: config.fleet.prefix, leaseMs: config.fleet.leaseMs }, 'fleet: capacity, stream tokens and call control shared through Redis');
   }

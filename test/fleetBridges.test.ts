@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
-import { get, killGroup, sleep, start, useProcessHarness, waitFor, waitHealthy, type Child } from './processHarness.js';
+import { freePort, get, killGroup, sleep, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
 const enabled = fleetTestsEnabled();
 const LEASE_MS = 1500;
@@ -151,6 +151,13 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       for (const c of [...onA, ...onB]) c.stop();
     }
   }, 40_000);
+
+  it('a process whose REDIS_URL does not answer stops at boot with a message naming REDIS_URL', async () => {
+    const c = await start({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}` } });
+    const exit = await waitExit(c, 15_000);
+    expect(exit.code).toBe(1);
+    expect(c.stderr).toMatch(/REDIS_URL: Redis did not answer/);
+  }, 20_000);
 
   it('a draining process says 503 on /readyz and refuses calls while the other keeps admitting them', async () => {
     const { procs } = await fleet(2);
