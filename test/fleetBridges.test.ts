@@ -152,6 +152,29 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     }
   }, 40_000);
 
+  it('a call whose slot lease Redis lost (flushed, restarted without persistence) is ended by its owner within a lease', async () => {
+    const { procs, prefix } = await fleet(1);
+    const [a] = procs as [Child];
+    const live = await call(a);
+    try {
+      await agentAudio(live);
+      const c = new Redis(redis.port, '127.0.0.1');
+      try {
+        const ids = await c.zrange(`${prefix}slots:all`, 0, -1);
+        expect(ids).toHaveLength(1);
+        await c.zrem(`${prefix}slots:all`, ...ids);
+      } finally {
+        c.disconnect();
+      }
+      await live.stream.waitForClose(LEASE_MS * 2);
+      await waitFor('the owner to say why it ended the call', () => a.logs().some((l) => String(l.msg).includes('lost its slot lease')), 2000).catch((err: unknown) => {
+        throw new Error(`${String(err)}\n${a.tail()}`);
+      });
+    } finally {
+      live.stop();
+    }
+  }, 30_000);
+
   it('a process whose REDIS_URL does not answer stops at boot with a message naming REDIS_URL', async () => {
     const c = await start({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}` } });
     const exit = await waitExit(c, 15_000);
