@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { WebSocket, type RawData } from 'ws';
 import { decodeSetup, encodeAudioStream, listenTalkServer, rawToString, type TalkServer } from '../agent/playai/server.js';
+import { waiterFor, type Waiter } from './waiting.js';
 
 /** Behaviour of new connections; read when each connection needs it, so it may change between calls. */
 export interface FakeAgentOptions {
@@ -30,47 +31,7 @@ const DEFAULT_TIMEOUT_MS = 3000;
 /** Close code used after a fatal error frame. */
 const POLICY_CLOSE = 1008;
 
-interface Waiter {
-  /** Tries to settle; returns true when done. */
-  poll(): boolean;
-  fail(err: Error): void;
-}
-
-/**
- * Registers a waiter that settles when `check` yields a value, rejects after
- * `timeoutMs`, and always clears its timer.
- */
-function waitUntil<T>(
-  waiters: Set<Waiter>,
-  check: () => { value: T } | undefined,
-  timeoutMs: number,
-  what: string,
-  closedError: () => Error | undefined,
-): Promise<T> {
-  const now = check();
-  if (now !== undefined) return Promise.resolve(now.value);
-  const early = closedError();
-  if (early !== undefined) return Promise.reject(early);
-  return new Promise<T>((resolve, reject) => {
-    const waiter: Waiter = {
-      poll: () => {
-        const got = check();
-        if (got === undefined) return false;
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        resolve(got.value);
-        return true;
-      },
-      fail: (err) => {
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        reject(err);
-      },
-    };
-    const timer = setTimeout(() => waiter.fail(new Error(`fake agent: timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-    waiters.add(waiter);
-  });
-}
+const waitUntil = waiterFor('fake agent');
 
 /** One socket accepted by {@link FakeAgentServer}. */
 export class FakeAgentConnection {

@@ -27,6 +27,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { z } from 'zod';
+import { waiterFor, type Waiter } from '../waiting.js';
 
 export const FAKE_DEEPGRAM_PATH = '/v1/agent/converse';
 
@@ -106,36 +107,7 @@ const SettingsSchema = z.looseObject({
 
 // --- waiting ------------------------------------------------------------------
 
-interface Waiter {
-  poll(): boolean;
-  fail(err: Error): void;
-}
-
-function waitOn<T>(waiters: Set<Waiter>, check: () => { value: T } | undefined, timeoutMs: number, what: string, closed: () => Error | undefined): Promise<T> {
-  const now = check();
-  if (now !== undefined) return Promise.resolve(now.value);
-  const early = closed();
-  if (early !== undefined) return Promise.reject(early);
-  return new Promise<T>((resolve, reject) => {
-    const waiter: Waiter = {
-      poll: () => {
-        const got = check();
-        if (got === undefined) return false;
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        resolve(got.value);
-        return true;
-      },
-      fail: (err) => {
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        reject(err);
-      },
-    };
-    const timer = setTimeout(() => waiter.fail(new Error(`fake deepgram: timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-    waiters.add(waiter);
-  });
-}
+const waitOn = waiterFor('fake deepgram');
 
 const rawBuffer = (data: RawData): Buffer => (Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data));
 

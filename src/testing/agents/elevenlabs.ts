@@ -30,6 +30,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { isBase64 } from '../../audio/base64.js';
 import { parseJsonObject } from '../../util/json.js';
+import { rawText, waiterFor, type Waiter } from '../waiting.js';
 
 /** One agent as configured in the (fake) ElevenLabs dashboard. */
 export interface FakeElevenLabsAgent {
@@ -89,42 +90,7 @@ const CONVERSATION_PATH = '/v1/convai/conversation';
 const SIGNED_URL_PATH = '/v1/convai/conversation/get-signed-url';
 const CLIENT_TYPES = new Set(['pong', 'user_message', 'user_activity', 'contextual_update', 'client_tool_result', 'feedback', 'conversation_initiation_client_data', 'mcp_tool_approval_result', 'multimodal_message']);
 
-interface Waiter {
-  poll(): boolean;
-  fail(err: Error): void;
-}
-
-function waitUntil<T>(waiters: Set<Waiter>, check: () => { value: T } | undefined, timeoutMs: number, what: string, closed: () => Error | undefined): Promise<T> {
-  const now = check();
-  if (now !== undefined) return Promise.resolve(now.value);
-  const early = closed();
-  if (early !== undefined) return Promise.reject(early);
-  return new Promise<T>((resolve, reject) => {
-    const waiter: Waiter = {
-      poll: () => {
-        const got = check();
-        if (got === undefined) return false;
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        resolve(got.value);
-        return true;
-      },
-      fail: (err) => {
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        reject(err);
-      },
-    };
-    const timer = setTimeout(() => waiter.fail(new Error(`fake ElevenLabs: timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-    waiters.add(waiter);
-  });
-}
-
-function rawText(data: RawData): string {
-  if (Buffer.isBuffer(data)) return data.toString('utf8');
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
-}
+const waitUntil = waiterFor('fake ElevenLabs');
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 

@@ -21,6 +21,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { isBase64 } from '../../audio/base64.js';
 import { parseJsonObject } from '../../util/json.js';
+import { rawText, waiterFor, type Waiter } from '../waiting.js';
 
 /** The key the fake expects by default (`Authorization: Bearer <key>`). */
 export const FAKE_OPENAI_KEY = 'sk-fake-openai-test-key';
@@ -87,42 +88,7 @@ const SCRIPTED_ERRORS: Record<string, { type: string; code: string | null; messa
 const rid = (prefix: string): string => `${prefix}_${randomBytes(10).toString('hex')}`;
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-function rawText(data: RawData): string {
-  if (Buffer.isBuffer(data)) return data.toString('utf8');
-  if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
-  return Buffer.from(data).toString('utf8');
-}
-
-interface Waiter {
-  poll(): boolean;
-  fail(err: Error): void;
-}
-
-function waitUntil<T>(waiters: Set<Waiter>, check: () => { value: T } | undefined, timeoutMs: number, what: string, closed: () => Error | undefined): Promise<T> {
-  const now = check();
-  if (now !== undefined) return Promise.resolve(now.value);
-  const early = closed();
-  if (early !== undefined) return Promise.reject(early);
-  return new Promise<T>((resolve, reject) => {
-    const waiter: Waiter = {
-      poll: () => {
-        const got = check();
-        if (got === undefined) return false;
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        resolve(got.value);
-        return true;
-      },
-      fail: (err) => {
-        clearTimeout(timer);
-        waiters.delete(waiter);
-        reject(err);
-      },
-    };
-    const timer = setTimeout(() => waiter.fail(new Error(`fake OpenAI: timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-    waiters.add(waiter);
-  });
-}
+const waitUntil = waiterFor('fake OpenAI');
 
 /** A validation failure of a client event. */
 interface Refusal {
