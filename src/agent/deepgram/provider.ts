@@ -48,6 +48,7 @@ import {
   type DeepgramServerMessage,
   type DeepgramSettingsOverrides,
 } from './codec.js';
+import { Heartbeat } from '../heartbeat.js';
 
 export interface DeepgramProviderOptions {
   /** Deepgram API key (sent as `Authorization: Token <key>`; never logged). */
@@ -193,9 +194,7 @@ class DeepgramLeg implements AgentLeg {
   readonly #loggedOnce = new Set<string>();
   readonly #warningCodesLogged = new Set<string>();
   #socket: Socket | undefined;
-  #heartbeat: NodeJS.Timeout | undefined;
-  #heard = 0;
-  #silentTicks = 0;
+  readonly #heartbeat = new Heartbeat();
   #keepAlive: NodeJS.Timeout | undefined;
   readonly #welcomeWaitMs: number;
   #welcomeTimer: NodeJS.Timeout | undefined;
@@ -237,14 +236,10 @@ class DeepgramLeg implements AgentLeg {
         this.#welcomeTimer = setTimeout(() => this.#welcomeOverdue(), this.#welcomeWaitMs);
         this.#welcomeTimer.unref();
       }
-      const every = c.heartbeatMs;
-      if (every > 0) {
-        this.#heartbeat = setInterval(() => this.#beat(), every);
-        this.#heartbeat.unref();
-      }
-    });
-    ws.on('pong', () => {
-      this.#heard++;
+      this.#heartbeat.start(ws, c.heartbeatMs, () => {
+        this.#error ??= 'heartbeat lost';
+        ws.terminate();
+      });
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
     ws.on('error', (err: Error & { code?: string }) => {
@@ -353,7 +348,7 @@ class DeepgramLeg implements AgentLeg {
   }
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
-    this.#heard++;
+    this.#heartbeat.heard();
     if (isBinary) {
       this.#onAgentAudio(asBuffer(data));
       return;
@@ -572,28 +567,10 @@ class DeepgramLeg implements AgentLeg {
     this.#ws.send(KEEP_ALIVE, TEXT);
   }
 
-  /**
-   * Heartbeat tick: a ping every interval; any frame from Deepgram (a pong or
-   * anything else) proves the connection alive. Two silent intervals end it.
-   */
-  #beat(): void {
-    const ws = this.#ws;
-    if (this.#heard > 0) {
-      this.#heard = 0;
-      this.#silentTicks = 0;
-    } else if (++this.#silentTicks >= 2) {
-      this.#error ??= 'heartbeat lost';
-      ws.terminate();
-      return;
-    }
-    ws.ping();
-  }
-
   #stopTimers(): void {
-    if (this.#heartbeat !== undefined) clearInterval(this.#heartbeat);
+    this.#heartbeat.stop();
     if (this.#keepAlive !== undefined) clearInterval(this.#keepAlive);
     if (this.#welcomeTimer !== undefined) clearTimeout(this.#welcomeTimer);
-    this.#heartbeat = undefined;
     this.#keepAlive = undefined;
     this.#welcomeTimer = undefined;
   }

@@ -58,6 +58,7 @@ import {
   type ElevenLabsInitiation,
   type ElevenLabsServerMessage,
 } from './codec.js';
+import { Heartbeat } from '../heartbeat.js';
 
 export const DEFAULT_ELEVENLABS_URL = 'https://api.elevenlabs.io';
 export const DEFAULT_ELEVENLABS_MAX_PAYLOAD = 4 * 1024 * 1024;
@@ -144,9 +145,7 @@ class ElevenLabsLeg implements AgentLeg {
   #ws: WebSocket | undefined;
   #socket: Socket | undefined;
   #abort: AbortController | undefined;
-  #heartbeat: NodeJS.Timeout | undefined;
-  #heard = 0;
-  #silentTicks = 0;
+  readonly #heartbeat = new Heartbeat();
   #ready = false;
   #closedNotified = false;
   #byUs = false;
@@ -325,13 +324,10 @@ class ElevenLabsLeg implements AgentLeg {
       if (this.#byUs) return;
       this.#socket = socketOf(ws);
       ws.send(encodeInitiation(this.#init));
-      if (this.#heartbeatMs > 0) {
-        this.#heartbeat = setInterval(() => this.#beat(), this.#heartbeatMs);
-        this.#heartbeat.unref();
-      }
-    });
-    ws.on('pong', () => {
-      this.#heard++;
+      this.#heartbeat.start(ws, this.#heartbeatMs, () => {
+        this.#error ??= 'heartbeat lost';
+        ws.terminate();
+      });
     });
     ws.on('message', (data, isBinary) => this.#onFrame(data, isBinary));
     ws.on('error', (err: Error & { code?: string }) => {
@@ -356,7 +352,7 @@ class ElevenLabsLeg implements AgentLeg {
   // Inbound
 
   #onFrame(data: WebSocket.RawData, isBinary: boolean): void {
-    this.#heard++;
+    this.#heartbeat.heard();
     if (isBinary) {
       this.#events.badFrame('binary');
       return;
@@ -587,23 +583,8 @@ class ElevenLabsLeg implements AgentLeg {
     this.#events.error(err);
   }
 
-  #beat(): void {
-    if (this.#heard > 0) {
-      this.#heard = 0;
-      this.#silentTicks = 0;
-    } else if (++this.#silentTicks >= 2) {
-      this.#error ??= 'heartbeat lost';
-      this.#ws?.terminate();
-      return;
-    }
-    this.#ws?.ping();
-  }
-
   #stopHeartbeat(): void {
-    if (this.#heartbeat !== undefined) {
-      clearInterval(this.#heartbeat);
-      this.#heartbeat = undefined;
-    }
+    this.#heartbeat.stop();
   }
 
   #notifyClose(code: number, reason: string): void {

@@ -54,6 +54,7 @@ import {
   type OpenAiServerMessage,
 } from './codec.js';
 import { newDeltaSpan, scanAudioDelta, type DeltaSpan } from './scan.js';
+import { Heartbeat } from '../heartbeat.js';
 
 export interface OpenAiProviderOptions {
   apiKey: string;
@@ -131,9 +132,7 @@ class OpenAiLeg implements AgentLeg {
   #updateSent = false;
   /** Sends the `session.update` if `session.created` is late. */
   #createdWait: NodeJS.Timeout | undefined;
-  #heartbeat: NodeJS.Timeout | undefined;
-  #heard = 0;
-  #silentTicks = 0;
+  readonly #heartbeat = new Heartbeat();
   #closedNotified = false;
   #byUs = false;
   #error: string | undefined;
@@ -198,14 +197,10 @@ class OpenAiLeg implements AgentLeg {
         this.#sendSessionUpdate();
       }, SESSION_CREATED_WAIT_MS);
       this.#createdWait.unref();
-      const every = c.heartbeatMs;
-      if (every > 0) {
-        this.#heartbeat = setInterval(() => this.#beat(), every);
-        this.#heartbeat.unref();
-      }
-    });
-    ws.on('pong', () => {
-      this.#heard++;
+      this.#heartbeat.start(ws, c.heartbeatMs, () => {
+        this.#error ??= 'heartbeat lost';
+        ws.terminate();
+      });
     });
     ws.on('message', (data, isBinary) => this.#onFrame(data, isBinary));
     ws.on('error', (err: Error & { code?: string }) => {
@@ -313,7 +308,7 @@ class OpenAiLeg implements AgentLeg {
   // -------------------------------------------------------------- inbound
 
   #onFrame(data: WebSocket.RawData, isBinary: boolean): void {
-    this.#heard++;
+    this.#heartbeat.heard();
     if (isBinary) {
       this.#events.badFrame('binary');
       return;
@@ -621,28 +616,8 @@ class OpenAiLeg implements AgentLeg {
 
   // -------------------------------------------------------------- lifecycle
 
-  /**
-   * Heartbeat tick: a ping every interval; any frame from the service (a pong
-   * or anything else) proves the connection alive. Two silent intervals in a
-   * row end it.
-   */
-  #beat(): void {
-    if (this.#heard > 0) {
-      this.#heard = 0;
-      this.#silentTicks = 0;
-    } else if (++this.#silentTicks >= 2) {
-      this.#error ??= 'heartbeat lost';
-      this.#ws.terminate();
-      return;
-    }
-    this.#ws.ping();
-  }
-
   #stopTimers(): void {
-    if (this.#heartbeat !== undefined) {
-      clearInterval(this.#heartbeat);
-      this.#heartbeat = undefined;
-    }
+    this.#heartbeat.stop();
     this.#clearCreatedWait();
   }
 

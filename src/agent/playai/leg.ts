@@ -12,6 +12,7 @@ import { scanAgentAudio } from './scan.js';
 import { corkForThisTurn, socketOf } from '../../util/writeBatch.js';
 import { closeWebSocket } from '../../util/wsClose.js';
 import { AUDIO_IN_HEAD as AUDIO_IN_HEAD_TEXT, AUDIO_IN_TAIL as AUDIO_IN_TAIL_TEXT, decodeAgentMessage, encodeAudioIn, encodeSetup, type AgentBadFrameKind, type AgentServerMessage, type AgentSetup } from './codec.js';
+import { Heartbeat } from '../heartbeat.js';
 
 export interface PlayAiSocketHandlers {
   onMessage(msg: AgentServerMessage): void;
@@ -76,11 +77,7 @@ export const connectAgent: PlayAiConnector = (opts) => new WsPlayAiSocket(opts);
 class WsPlayAiSocket implements PlayAiSocket {
   readonly #ws: WebSocket;
   readonly #handlers: PlayAiSocketHandlers;
-  #heartbeat: NodeJS.Timeout | undefined;
-  /** Frames (pongs included) received since the last heartbeat tick. */
-  #heard = 0;
-  /** Consecutive heartbeat ticks with nothing heard. */
-  #silentTicks = 0;
+  readonly #heartbeat = new Heartbeat();
   #closedNotified = false;
   #socket: Socket | undefined;
   #byUs = false;
@@ -105,14 +102,10 @@ class WsPlayAiSocket implements PlayAiSocket {
     ws.on('open', () => {
       this.#socket = socketOf(ws);
       ws.send(setupText);
-      const every = opts.heartbeatMs ?? 0;
-      if (every > 0) {
-        this.#heartbeat = setInterval(() => this.#beat(), every);
-        this.#heartbeat.unref();
-      }
-    });
-    ws.on('pong', () => {
-      this.#heard++;
+      this.#heartbeat.start(ws, opts.heartbeatMs ?? 0, () => {
+        this.#error ??= 'heartbeat lost';
+        ws.terminate();
+      });
     });
     ws.on('message', (data, isBinary) => this.#onMessage(data, isBinary));
     ws.on('error', (err: Error & { code?: string }) => {
@@ -168,33 +161,12 @@ class WsPlayAiSocket implements PlayAiSocket {
     closeWebSocket(this.#ws, code, reason);
   }
 
-  /**
-   * Heartbeat tick: a ping every interval; any frame from the agent (a pong or
-   * anything else) proves the connection alive. Two silent intervals in a row
-   * end it, so a loaded event loop that reads the pong a little late is not
-   * mistaken for a dead peer.
-   */
-  #beat(): void {
-    if (this.#heard > 0) {
-      this.#heard = 0;
-      this.#silentTicks = 0;
-    } else if (++this.#silentTicks >= 2) {
-      this.#error ??= 'heartbeat lost';
-      this.#ws.terminate();
-      return;
-    }
-    this.#ws.ping();
-  }
-
   #stopHeartbeat(): void {
-    if (this.#heartbeat !== undefined) {
-      clearInterval(this.#heartbeat);
-      this.#heartbeat = undefined;
-    }
+    this.#heartbeat.stop();
   }
 
   #onMessage(data: WebSocket.RawData, isBinary: boolean): void {
-    this.#heard++;
+    this.#heartbeat.heard();
     if (isBinary) {
       this.#handlers.onBadFrame('binary');
       return;
