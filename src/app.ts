@@ -18,6 +18,7 @@ import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/
 import { statusUpdateOf, twilioWebhooks } from './http/twilioWebhooks.js';
 import { FleetAdmission } from './session/fleetAdmission.js';
 import { FleetError } from './fleet/redis.js';
+import { FleetEventBus } from './fleet/events.js';
 import { TERMINAL_CALL_STATUSES } from './store/calls.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings } from './session/callSession.js';
@@ -195,7 +196,13 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     }
     logger.info({ processId: fleet.processId, prefix: config.fleet.prefix, leaseMs: config.fleet.leaseMs }, 'fleet: capacity, stream tokens and call control shared through Redis');
   }
-  const events = overrides.events ?? new MemoryEventBus({ retentionMs: config.eventsRetentionMs });
+  let events: EventBus;
+  try {
+    events = overrides.events ?? (fleet !== undefined && config.fleet !== undefined ? await fleetEvents(config.fleet, config.eventsRetentionMs, fleet.processId, logger) : new MemoryEventBus({ retentionMs: config.eventsRetentionMs }));
+  } catch (err) {
+    await fleet?.close();
+    throw err;
+  }
   const publish = events.publish.bind(events);
   const callEvents = new CallEvents(publish);
   const metrics = new Metrics({
@@ -529,6 +536,18 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     return { endedByDrain: left.length };
   };
   return { app, manager, fleet, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
+}
+
+/** REDIS_URL: live events of every process, through one Redis Stream. */
+async function fleetEvents(settings: NonNullable<Config['fleet']>, retentionMs: number, processId: string, logger: Logger): Promise<FleetEventBus> {
+  const bus = new FleetEventBus({ redisUrl: settings.redisUrl, prefix: settings.prefix, processId, logger, retentionMs });
+  try {
+    await bus.start();
+  } catch (err) {
+    bus.close();
+    throw new ConfigError(`REDIS_URL: the live events stream could not be read (${err instanceof Error ? err.message : String(err)}); check that Redis is running there`);
+  }
+  return bus;
 }
 
 /** Ends a call live on another process (REDIS_URL); false when no process owns it. */

@@ -13,8 +13,9 @@
  * ring. So a slow subscriber costs a cursor, never a queue; one that falls
  * behind the retained window is told (`onOverrun`) and dropped.
  *
- * The port is what a shared implementation (Redis Streams, issue 14) would put
- * behind it; {@link MemoryEventBus} is the default.
+ * {@link MemoryEventBus} is the default. With REDIS_URL, fleet/events.ts puts a Redis Stream in
+ * front of one: every process's events are appended to the stream and `ingest`ed here with the
+ * stream entry's id, so each process delivers every process's events in one order.
  */
 import { randomBytes } from 'node:crypto';
 import { matches, type EventFilter, type EventInput, type PlaylineEvent, type ResyncReason } from './types.js';
@@ -23,6 +24,8 @@ import { matches, type EventFilter, type EventInput, type PlaylineEvent, type Re
 export interface BusEvent {
   event: PlaylineEvent;
   json: string;
+  /** Published by another process of the fleet (REDIS_URL): its own process forwards it to webhooks. */
+  remote?: boolean;
 }
 
 export interface SubscribeOptions {
@@ -72,11 +75,19 @@ export interface MemoryEventBusOptions {
   /** Most bytes of event JSON kept (default 16 MiB). */
   maxBytes?: number;
   now?: () => number;
+  /**
+   * Orders ids given to {@link MemoryEventBus.ingest} (negative, 0, positive), or undefined when
+   * an id is not of their form: a resume from such an id older than every retained one is
+   * `too_old` rather than `unknown_id`.
+   */
+  compareIngestedIds?: (a: string, b: string) => number | undefined;
 }
 
 interface Retained extends BusEvent {
   seq: number;
   atMs: number;
+  /** Its id came with it (ingest), rather than from this bus. */
+  ingested: boolean;
 }
 
 interface Sub {
@@ -107,6 +118,11 @@ export class MemoryEventBus implements EventBus {
   #seq = 0;
   readonly #subs = new Set<Sub>();
   readonly #paused = new Set<Sub>();
+  /** Sequence of each retained ingested event, by id. */
+  readonly #ingestedSeq = new Map<string, number>();
+  /** The last event trimmed: a resume from it still has everything after it. */
+  #lastTrimmed: { id: string; seq: number } | undefined;
+  readonly #compareIngested: ((a: string, b: string) => number | undefined) | undefined;
 
   constructor(opts: MemoryEventBusOptions = {}) {
     this.#retentionMs = opts.retentionMs ?? 600_000;
@@ -114,6 +130,7 @@ export class MemoryEventBus implements EventBus {
     this.#maxBytes = Math.max(1, opts.maxBytes ?? 16 * 1024 * 1024);
     this.#now = opts.now ?? Date.now;
     this.#boot = bootId(this.#now());
+    this.#compareIngested = opts.compareIngestedIds;
   }
 
   get subscriberCount(): number {
@@ -131,11 +148,30 @@ export class MemoryEventBus implements EventBus {
     const event: PlaylineEvent = { id: `${this.#boot}-${seq}`, type: input.type, at: new Date(atMs).toISOString(), data: input.data };
     if (input.callId !== undefined) event.callId = input.callId;
     if (input.campaignId !== undefined) event.campaignId = input.campaignId;
-    const json = JSON.stringify(event);
-    const r: Retained = { event, json, seq, atMs };
+    this.#append({ event, json: JSON.stringify(event), seq, atMs, ingested: false });
+  }
+
+  /**
+   * Appends an event that already has its id and time (a Redis Stream entry), and delivers it
+   * like a published one. `remote`: another process published it. Its id must be unique.
+   */
+  ingest(event: PlaylineEvent, remote: boolean): void {
+    const parsed = Date.parse(event.at);
+    const atMs = Number.isFinite(parsed) ? parsed : this.#now();
+    const seq = ++this.#seq;
+    const r: Retained = { event, json: JSON.stringify(event), seq, atMs, ingested: true };
+    if (remote) r.remote = true;
+    this.#ingestedSeq.set(event.id, seq);
+    this.#append(r);
+  }
+
+  #append(r: Retained): void {
+    const { seq, atMs, event } = r;
+    const json = r.json;
     this.#ring.push(r);
     this.#bytes += json.length;
-    this.#trim(atMs);
+    // An ingested event carries its publisher's time; the window is measured from this process's now.
+    this.#trim(r.ingested ? this.#now() : atMs);
     for (const s of this.#subs) {
       if (!s.open || s.paused) continue;
       s.cursor = seq;
@@ -220,6 +256,18 @@ export class MemoryEventBus implements EventBus {
 
   /** The sequence number of `id` when what follows it is all retained, or why it cannot be resumed. */
   #resumePoint(id: string): number | ResyncReason {
+    const ingested = this.#ingestedSeq.get(id) ?? (this.#lastTrimmed?.id === id ? this.#lastTrimmed.seq : undefined);
+    if (ingested !== undefined) return ingested;
+    if (this.#compareIngested !== undefined) {
+      // An id of the ingested form that is no longer retained: too old when older than the oldest retained one.
+      for (let i = this.#head; i < this.#ring.length; i++) {
+        const r = this.#ring[i];
+        if (r === undefined || !r.ingested) continue;
+        const c = this.#compareIngested(id, r.event.id);
+        if (c !== undefined && c < 0) return 'too_old';
+        break;
+      }
+    }
     const dash = id.lastIndexOf('-');
     const seqText = id.slice(dash + 1);
     if (dash < 0 || id.slice(0, dash) !== this.#boot || !/^\d{1,15}$/.test(seqText)) return 'unknown_id';
@@ -240,6 +288,8 @@ export class MemoryEventBus implements EventBus {
       const count = this.#ring.length - this.#head;
       if (count <= this.#maxEvents && this.#bytes <= this.#maxBytes && r.atMs >= oldest) break;
       this.#bytes -= r.json.length;
+      if (r.ingested) this.#ingestedSeq.delete(r.event.id);
+      this.#lastTrimmed = { id: r.event.id, seq: r.seq };
       this.#head++;
     }
     // A paused subscriber whose next event has just been dropped can never be caught up.
