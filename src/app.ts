@@ -180,6 +180,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       agentLimits: config.agentLimits,
       maxCallMs: config.timeouts.maxCallMs,
       tokenTtlMs: config.timeouts.streamTokenTtlMs,
+      agentCapacityCooldownMs: config.agentCapacityCooldownMs,
       manager,
       agentCandidates: (ref) => agents.candidates(ref),
       logger,
@@ -213,6 +214,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     draining: () => manager.draining,
     outboundSlots: () => manager.outboundSlots,
     agents: () => agents.knownAgents(),
+    ...(fleet !== undefined ? { fleet: () => fleet.capacity() } : {}),
   });
   const prompts = await createPromptService(config, logger, metrics.registry, {
     ...(overrides.tts !== undefined ? { tts: overrides.tts } : {}),
@@ -391,7 +393,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     options: { maxPayload: TWILIO_MAX_PAYLOAD, perMessageDeflate: false, skipUTF8Validation: true },
     errorHandler: onWebSocketError,
   });
-  await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken, agents, defaultAgent: config.agents.defaultAgent });
+  await app.register(healthRoutes, { manager, metrics, metricsToken: config.metricsToken, agents, defaultAgent: config.agents.defaultAgent, fleet });
   await app.register(twilioWebhooks, {
     authToken: config.twilio.authToken,
     publicUrl: config.publicUrl,

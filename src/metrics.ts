@@ -20,7 +20,22 @@ export interface MetricsSources {
   agents?(): Array<{ ref: string; up: boolean }>;
   /** Open `/v1/events` subscriptions (every bus subscriber). */
   eventSubscribers?(): number;
+  /** REDIS_URL: the fleet's slots (read from Redis at scrape time; rejects when Redis is away). */
+  fleet?(): Promise<FleetSlotsSnapshot>;
 }
+
+/** The fleet's slots as `/metrics` shows them. */
+export interface FleetSlotsSnapshot {
+  slotsInUse: number;
+  slotLimit: number;
+  outboundSlots: number;
+  /** Per agent provider (a bounded set of labels). */
+  providers: Partial<Record<string, { slotsInUse: number; limit: number }>>;
+  thisProcess: { slotsInUse: number };
+}
+
+/** How long one read of the fleet's slots serves the gauges of a scrape. */
+const FLEET_SNAPSHOT_MS = 500;
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -57,6 +72,9 @@ export class Metrics {
   readonly bargeInClearSeconds: client.Histogram;
   readonly agentInitSeconds: client.Histogram;
 
+  /** The fleet's slots read for the current scrape (every fleet gauge shares one Redis call). */
+  #fleetRead: { at: number; snapshot: Promise<FleetSlotsSnapshot | undefined> } | undefined;
+
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'playline_' });
@@ -76,6 +94,7 @@ export class Metrics {
       },
     });
     new client.Gauge({ name: 'playline_draining', help: '1 while the bridge is draining for shutdown', registers, collect() { this.set(sources.draining() ? 1 : 0); } });
+    if (sources.fleet !== undefined) this.#fleetGauges(sources.fleet, registers);
 
     const self = this;
     const frameCounter = (name: string, help: string, get: (d: Direction) => number) =>
@@ -149,5 +168,53 @@ export class Metrics {
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
       registers,
     });
+  }
+
+  /** Fleet gauges (REDIS_URL), read from Redis when scraped, never per call. */
+  #fleetGauges(read: () => Promise<FleetSlotsSnapshot>, registers: client.Registry[]): void {
+    const snapshot = (): Promise<FleetSlotsSnapshot | undefined> => {
+      const now = performance.now();
+      if (this.#fleetRead === undefined || now - this.#fleetRead.at > FLEET_SNAPSHOT_MS) {
+        this.#fleetRead = { at: now, snapshot: read().catch(() => undefined) };
+      }
+      return this.#fleetRead.snapshot;
+    };
+    new client.Gauge({
+      name: 'playline_fleet_redis_up',
+      help: '1 when this process read the fleet slots from Redis at this scrape, 0 when Redis did not answer (the other playline_fleet_* gauges then keep their last values)',
+      registers,
+      async collect() {
+        this.set((await snapshot()) === undefined ? 0 : 1);
+      },
+    });
+    const gauge = (name: string, help: string, value: (s: FleetSlotsSnapshot) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          const s = await snapshot();
+          if (s !== undefined) this.set(value(s));
+        },
+      });
+    gauge('playline_fleet_slots_in_use', 'Call slots leased in the whole fleet (REDIS_URL): live calls and admitted calls whose stream has not started', (s) => s.slotsInUse);
+    gauge('playline_fleet_slots_limit', 'MAX_CONCURRENT_CALLS, fleet-wide (REDIS_URL)', (s) => s.slotLimit);
+    gauge('playline_fleet_outbound_slots', 'Call slots taken by outbound dialing in the whole fleet (REDIS_URL)', (s) => s.outboundSlots);
+    gauge('playline_fleet_process_slots_in_use', "This process's share of the fleet's call slots (REDIS_URL)", (s) => s.thisProcess.slotsInUse);
+    const perProvider = (name: string, help: string, value: (p: { slotsInUse: number; limit: number }) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['provider'] as const,
+        registers,
+        async collect() {
+          const s = await snapshot();
+          if (s === undefined) return;
+          this.reset();
+          for (const [provider, p] of Object.entries(s.providers)) if (p !== undefined) this.labels(provider).set(value(p));
+        },
+      });
+    perProvider('playline_fleet_provider_slots_in_use', 'Call slots of one agent provider in the whole fleet (REDIS_URL; providers with calls or a learned limit)', (p) => p.slotsInUse);
+    perProvider('playline_fleet_provider_slots_limit', 'Concurrent calls allowed to one agent provider fleet-wide now: MAX_CONCURRENT_CALLS, or less while a learned limit holds after a capacity refusal (REDIS_URL)', (p) => p.limit);
   }
 }

@@ -135,9 +135,15 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
         onAgentCapacityExceeded: (s, provider) => {
           const limit = manager.noteAgentCapacityExceeded(provider);
           logger.warn({ callSid: s.callSid, provider, learnedLimit: limit }, 'agent account refused a session for capacity; capping admissions to its agents');
+          // REDIS_URL: every process caps its admissions (the limit counts the fleet's open sessions).
+          deps.fleet?.agentCapacityExceeded(s.callSid, provider);
         },
         onAgentSwitched: (s, agentId) => manager.moveSlot(s.slot, agentId),
-        onAgentSessionEnded: (_s, provider) => manager.noteAgentSessionEnded(provider),
+        onAgentSessionEnded: (s, provider) => {
+          manager.noteAgentSessionEnded(provider);
+          deps.fleet?.agentSessionEnded(s.slot, provider);
+        },
+        ...(deps.fleet !== undefined ? { onAgentSessionReady: (s: CallSession) => deps.fleet?.agentSessionReady(s.slot) } : {}),
         onClosed: (s) => {
           manager.release(s);
           variant.onClosed?.(s);

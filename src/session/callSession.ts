@@ -77,6 +77,8 @@ export interface CallSessionDeps {
   onAgentSwitched?(session: CallSession, agentId: string): void;
   /** An agent session that had been ready ended: its provider's account has a session free again. */
   onAgentSessionEnded?(session: CallSession, provider: AgentProviderName): void;
+  /** An agent session became ready (REDIS_URL: counted fleet-wide for the learned limits). */
+  onAgentSessionReady?(session: CallSession, provider: AgentProviderName): void;
   /** Runs the operator HTTP tools the agent calls (AGENTS_FILE `tools`); without it they are answered with an error. */
   tools?: ToolRunner;
   /** Hands calls to people (transfers); without it the call cannot be transferred (no transfer_call tool). */
@@ -819,6 +821,7 @@ export class CallSession implements CarrierHandlers, ManagedSession {
     this.#d.journal.record(this.callSid, { type: 'agent_ready', conversationId, reconnected });
     // The outage is over only once this leg has stayed up AGENT_STABLE_MS (see reconnect.ts).
     this.#st = { kind: 'live', agent, since: now, outage: st.outage };
+    this.#d.onAgentSessionReady?.(this, this.agentProvider);
     this.#everInit = true;
     this.#responseStreaming = false;
     this.#responseBytes = 0;

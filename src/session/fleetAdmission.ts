@@ -18,14 +18,21 @@
  * Tokens minted by the manager itself (outbound calls' held slots, browser calls) are still
  * claimed from the manager: those streams must land on the process that minted them.
  *
- * Not yet fleet-wide: the learned provider limits (PlayAI 4429), INBOUND_RESERVED for outbound
- * dialing, and outbound dialing itself.
+ * - Learned provider limits (PlayAI 4429 and its equivalents) are fleet-wide: each call's agent
+ *   session being open is recorded on its slot (`agentSessionReady` / `agentSessionEnded`); a
+ *   capacity refusal on any process caps that provider at the number of its sessions open in the
+ *   whole fleet for the cooldown (a Redis key with that TTL, read by every claim), and any ready
+ *   session of it ending lifts the cap for every process (today's rule, fleet-wide).
+ * - Agents marked down after failed connects stay per process: each process probes its agents
+ *   and decides from its own connects (a network problem of one machine is not the fleet's).
+ *
+ * Not yet fleet-wide: INBOUND_RESERVED for outbound dialing, and outbound dialing itself.
  */
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { AGENT_PROVIDERS } from '../agent/port.js';
+import { AGENT_PROVIDERS, type AgentProviderName } from '../agent/port.js';
 import { CallOwners, type ControlAnswer, type ControlMessage } from '../fleet/owners.js';
 import { failFastOptions, FleetError, waitReady, watchErrors } from '../fleet/redis.js';
 import { FleetSlots, type FleetSlot, type LostSlot } from '../fleet/slots.js';
@@ -46,12 +53,28 @@ export interface FleetAdmissionOptions {
   agentLimits: Map<string, number>;
   maxCallMs: number;
   tokenTtlMs: number;
+  /** How long a learned provider limit holds at most (AGENT_CAPACITY_COOLDOWN). */
+  agentCapacityCooldownMs?: number;
   manager: SessionManager;
   /** The route's agent and its fallbacks that are up, in order (agent/directory.ts). */
   agentCandidates(agentId: string): string[];
   logger: Logger;
   /** A token minted here expired without a stream. */
   onReservationExpired?(callSid: string): void;
+}
+
+/** Fleet capacity as `/readyz` and `/metrics` show it. */
+export interface FleetCapacity {
+  /** Slots leased in the whole fleet (live calls and admitted calls whose stream has not started). */
+  slotsInUse: number;
+  /** MAX_CONCURRENT_CALLS, fleet-wide. */
+  slotLimit: number;
+  /** Slots taken by outbound dialing, fleet-wide. */
+  outboundSlots: number;
+  /** Per provider with calls or a learned limit: its slots, and the limit in force (lower while a learned limit holds). */
+  providers: Partial<Record<AgentProviderName, { slotsInUse: number; limit: number; learnedLimit?: number; cooldownMsLeft?: number }>>;
+  /** This process's own share: the fleet slots it leases now. */
+  thisProcess: { processId: string; slotsInUse: number };
 }
 
 /** What the owner of a call does with a control message that landed on another process. */
@@ -78,7 +101,7 @@ export class FleetAdmission {
     this.#redis = new Redis(o.redisUrl, { ...failFastOptions(), lazyConnect: true });
     watchErrors(this.#redis, this.#log, 'fleet');
     const common = { redis: this.#redis, prefix: o.prefix, logger: o.logger };
-    this.slots = new FleetSlots({ ...common, maxConcurrentCalls: o.maxConcurrentCalls, agentLimits: o.agentLimits, leaseMs: o.leaseMs, maxCallMs: o.maxCallMs });
+    this.slots = new FleetSlots({ ...common, maxConcurrentCalls: o.maxConcurrentCalls, agentLimits: o.agentLimits, leaseMs: o.leaseMs, maxCallMs: o.maxCallMs, ...(o.agentCapacityCooldownMs !== undefined ? { agentCapacityCooldownMs: o.agentCapacityCooldownMs } : {}) });
     this.owners = new CallOwners({ ...common, processId: this.slots.processId, ttlMs: o.leaseMs });
     this.tokens = new FleetTokens<StoredReservation>({
       ...common,
@@ -217,6 +240,46 @@ export class FleetAdmission {
       },
       (err: unknown) => this.#log.warn({ callSid: local.callSid, err: errMessage(err) }, 'fleet: could not move a call slot to its fallback agent'),
     );
+  }
+
+  /** A call's agent session became ready: it counts among its provider's open sessions fleet-wide. */
+  agentSessionReady(local: Slot): void {
+    const fleetSlot = this.#fleetOf.get(local);
+    if (fleetSlot === undefined || this.#closed) return;
+    this.slots.setAgentOpen(fleetSlot, true).catch((err: unknown) => this.#log.warn({ callSid: local.callSid, err: errMessage(err) }, 'fleet: could not count an open agent session (learned limits may undercount it)'));
+  }
+
+  /** A ready agent session ended: it no longer counts, and its provider's learned limit is lifted fleet-wide. */
+  agentSessionEnded(local: Slot, provider: AgentProviderName): void {
+    if (this.#closed) return;
+    const fleetSlot = this.#fleetOf.get(local);
+    const closed = fleetSlot === undefined ? Promise.resolve(false) : this.slots.setAgentOpen(fleetSlot, false);
+    closed
+      .then(() => this.slots.noteSessionEnded(provider))
+      .catch((err: unknown) => this.#log.warn({ callSid: local.callSid, provider, err: errMessage(err) }, 'fleet: could not lift the learned limit of a provider (it lifts when its cooldown passes)'));
+  }
+
+  /** A provider refused a session for capacity: every process caps it at its sessions open fleet-wide now. */
+  agentCapacityExceeded(callSid: string, provider: AgentProviderName): void {
+    if (this.#closed) return;
+    this.slots.noteCapacityExceeded(provider).then(
+      (limit) => this.#log.warn({ callSid, provider, fleetLearnedLimit: limit }, 'fleet: agent account refused a session for capacity; capping its calls on every process'),
+      (err: unknown) => this.#log.warn({ callSid, provider, err: errMessage(err) }, 'fleet: could not share a learned provider limit (this process still applies it)'),
+    );
+  }
+
+  /** Fleet capacity now (one Lua call; rejects with a FleetError when Redis is away). */
+  async capacity(): Promise<FleetCapacity> {
+    const c = await this.slots.counts();
+    const max = this.#o.maxConcurrentCalls;
+    const providers: FleetCapacity['providers'] = {};
+    for (const p of AGENT_PROVIDERS) {
+      const inUse = c.perProvider[p] ?? 0;
+      const learned = c.learned[p];
+      if (inUse === 0 && learned === undefined) continue;
+      providers[p] = learned === undefined ? { slotsInUse: inUse, limit: max } : { slotsInUse: inUse, limit: Math.min(max, learned.limit), learnedLimit: learned.limit, cooldownMsLeft: Math.max(0, learned.msLeft) };
+    }
+    return { slotsInUse: c.total, slotLimit: max, outboundSlots: c.outbound, providers, thisProcess: { processId: this.processId, slotsInUse: this.slots.held.size } };
   }
 
   /** Fleet-wide slot counts (for logs and tests). */
