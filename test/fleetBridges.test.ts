@@ -175,6 +175,72 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     }
   }, 30_000);
 
+  /** An open `/v1/events` stream: its events as they come. */
+  async function followEvents(c: Child): Promise<{ events: Array<{ id: string; type: string; data: string }>; close(): void }> {
+    const ac = new AbortController();
+    const res = await fetch(`${c.url}/v1/events`, { headers: { accept: 'text/event-stream' }, signal: ac.signal });
+    expect(res.status).toBe(200);
+    const events: Array<{ id: string; type: string; data: string }> = [];
+    const body = res.body;
+    if (body === null) throw new Error('no body');
+    void (async () => {
+      const decoder = new TextDecoder();
+      let text = '';
+      try {
+        for await (const chunk of body) {
+          text += decoder.decode(chunk, { stream: true });
+          for (let end = text.indexOf('\n\n'); end >= 0; end = text.indexOf('\n\n')) {
+            const block = text.slice(0, end);
+            text = text.slice(end + 2);
+            const field = (name: string) => block.split('\n').find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2);
+            const data = field('data');
+            if (data !== undefined) events.push({ id: field('id') ?? '', type: field('event') ?? '', data });
+          }
+        }
+      } catch {
+        // aborted
+      }
+    })();
+    return { events, close: () => ac.abort() };
+  }
+
+  it('a call on process A appears in process B’s /v1/events, once, with the same ids as on A; /readyz on each shows the fleet capacity and its own share', async () => {
+    const { procs } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    const onA = await followEvents(a);
+    const onB = await followEvents(b);
+    const live = await call(a);
+    try {
+      await agentAudio(live);
+      await waitFor('call.started of A’s call on B', () => onB.events.some((e) => e.type === 'call.started' && e.data.includes(live.callSid)), 5000);
+      const started = onB.events.find((e) => e.type === 'call.started' && e.data.includes(live.callSid));
+      const callId = /"callId":"([^"]+)"/.exec(started?.data ?? '')?.[1];
+      expect(callId).toBeDefined();
+      const about = (e: { data: string }) => e.data.includes(`"callId":"${callId}"`);
+      await waitFor('the agent ready on B', () => onB.events.some((e) => about(e) && e.data.includes('"agent_ready"')), 5000);
+      const readyA = await get(`${a.url}/readyz`);
+      const readyB = await get(`${b.url}/readyz`);
+      expect(readyA?.status).toBe(200);
+      expect(readyA?.body).toMatchObject({ fleet: { redis: 'ok', slotsInUse: 1, slotLimit: 5, thisProcess: { slotsInUse: 1 } } });
+      expect(readyB?.body).toMatchObject({ fleet: { redis: 'ok', slotsInUse: 1, slotLimit: 5, thisProcess: { slotsInUse: 0 } } });
+      const metricsB = await fetch(`${b.url}/metrics`).then((r) => r.text());
+      expect(metricsB).toMatch(/^playline_fleet_slots_in_use 1$/m);
+      live.stream.sendStop();
+      live.stream.close();
+      await waitFor('call.updated session_ended on B', () => onB.events.some((e) => about(e) && e.data.includes('"session_ended"')), 5000);
+      await sleep(300);
+      // Each process shows the call's events once, in one order, with the stream's ids.
+      const ofCall = (es: Array<{ id: string; data: string }>) => es.filter(about).map((e) => e.id);
+      expect(ofCall(onB.events).length).toBeGreaterThanOrEqual(3);
+      expect(new Set(ofCall(onB.events)).size).toBe(ofCall(onB.events).length);
+      expect(ofCall(onA.events)).toEqual(ofCall(onB.events));
+    } finally {
+      live.stop();
+      onA.close();
+      onB.close();
+    }
+  }, 40_000);
+
   it('a process whose REDIS_URL does not answer stops at boot with a message naming REDIS_URL', async () => {
     const c = await start({ env: { REDIS_URL: `redis://127.0.0.1:${await freePort()}` } });
     const exit = await waitExit(c, 15_000);
