@@ -432,7 +432,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       localMode: config.outbound.localCarrier,
       checkAgent: (agentId) => agents.whyUnusable(agentId),
       sessionOf: (callSid) => manager.getSession(callSid),
-      live: { manager, agents, calls, webCalls, setup: setupFacts(config) },
+      live: { manager, agents, calls, webCalls, setup: setupFacts(config), fleet },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
   });

@@ -204,7 +204,7 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     return { events, close: () => ac.abort() };
   }
 
-  it('a call on process A appears in process B’s /v1/events, once, with the same ids as on A; /readyz on each shows the fleet capacity and its own share', async () => {
+  it('a call on process A appears in process B’s /v1/events, once, with the same ids as on A, and in B’s /v1/live; /readyz on each shows the fleet capacity and its own share', async () => {
     const { procs } = await fleet(2);
     const [a, b] = procs as [Child, Child];
     const onA = await followEvents(a);
@@ -225,6 +225,9 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       expect(readyB?.body).toMatchObject({ fleet: { redis: 'ok', slotsInUse: 1, slotLimit: 5, thisProcess: { slotsInUse: 0 } } });
       const metricsB = await fetch(`${b.url}/metrics`).then((r) => r.text());
       expect(metricsB).toMatch(/^playline_fleet_slots_in_use 1$/m);
+      // The console's live list on B shows the call on A.
+      const liveOnB = (await get(`${b.url}/v1/live`))?.body;
+      expect(liveOnB).toMatchObject({ data: [{ callSid: live.callSid }] });
       live.stream.sendStop();
       live.stream.close();
       await waitFor('call.updated session_ended on B', () => onB.events.some((e) => about(e) && e.data.includes('"session_ended"')), 5000);

@@ -141,4 +141,27 @@ describe.skipIf(!enabled)('fleet call control (real redis-server)', () => {
     // @ts-expect-error: not a control message
     await expect(a!.send('CA1', { type: 'explode' })).rejects.toThrow(/not a control message/);
   });
+
+  it('askAll gathers the answer of every other process (not its own) and returns as soon as all have answered', async () => {
+    const [a, b, c] = fleet(3);
+    b!.setQuestionHandler(() => ({ ok: true, data: { calls: ['CA-b'] } }));
+    c!.setQuestionHandler(() => ({ ok: true, data: { calls: ['CA-c'] } }));
+    a!.setQuestionHandler(() => ({ ok: true, data: { calls: ['CA-a'] } }));
+    await Promise.all([a!.start(), b!.start(), c!.start()]);
+    const started = Date.now();
+    const answers = await a!.askAll('live', { timeoutMs: 5_000 });
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(answers.map((x) => (x.ok ? x.data?.calls : undefined)).sort()).toEqual([['CA-b'], ['CA-c']]);
+  });
+
+  it('askAll leaves out a process that does not answer in time, and answers nothing when alone', async () => {
+    const [a, b, c] = fleet(3);
+    b!.setQuestionHandler(() => ({ ok: true, data: { calls: [] } }));
+    c!.setQuestionHandler(() => new Promise(() => undefined));
+    await Promise.all([a!.start(), b!.start(), c!.start()]);
+    const answers = await a!.askAll('live', { timeoutMs: 300 });
+    expect(answers).toEqual([{ ok: true, data: { calls: [] } }]);
+    const [alone] = fleet(1);
+    expect(await alone!.askAll('live', { timeoutMs: 5_000 })).toEqual([]);
+  });
 });

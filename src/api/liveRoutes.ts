@@ -1,5 +1,6 @@
 /**
- * `GET /v1/live` (calls in progress on this process), `GET /v1/setup` (the
+ * `GET /v1/live` (calls in progress on this process; with REDIS_URL, on every process of the
+ * fleet: each answers for its own calls over Redis pub/sub within a second), `GET /v1/setup` (the
  * agents, routes, capacity and readiness in effect: never a secret) and
  * `POST /v1/web-calls` (a browser call's single-use stream token). Registered
  * by `apiRoutes`, under the same auth, validation and error shape as the rest
@@ -14,7 +15,7 @@ import type { TransferTargets } from '../transfer/targets.js';
 import type { SessionManager, SessionSnapshot } from '../session/manager.js';
 import type { CallRow, CallStore } from '../store/calls.js';
 import { ApiError, errorResponses } from './errors.js';
-import { createWebCallBody, liveReply, setupReply, webCallReply, type ApiTypeProvider, type LiveCallApi, type SetupApi, type TransferTargetInfoApi } from './schemas.js';
+import { createWebCallBody, liveCallSchema, liveReply, setupReply, webCallReply, type ApiTypeProvider, type LiveCallApi, type SetupApi, type TransferTargetInfoApi } from './schemas.js';
 
 /** The configuration `GET /v1/setup` shows: no key, token, secret or webhook URL is in here. */
 export interface SetupFacts {
@@ -62,6 +63,16 @@ export interface LiveApiDeps {
   calls: CallStore;
   webCalls: WebCallsPort;
   setup: SetupFacts;
+  /** REDIS_URL: the other processes' live calls, and this process's answer when they ask. */
+  fleet?: FleetLivePort | undefined;
+}
+
+/** What `/v1/live` needs of the fleet (session/fleetAdmission.ts). */
+export interface FleetLivePort {
+  /** This process answers the others' `/v1/live` with `list`. */
+  serveLive(list: () => LiveCallApi[]): void;
+  /** The other processes' live calls (unchecked: each is validated here). */
+  liveElsewhere(): Promise<unknown[]>;
 }
 
 /** What the routes need of {@link WebCalls}. */
@@ -88,39 +99,66 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
     return out.sort((a, b) => a.snap.startedAt - b.snap.startedAt);
   };
 
+  /** This process's live calls, oldest first. */
+  const localLive = (): LiveCallApi[] => {
+    const now = Date.now();
+    return snapshots().map(({ callSid, snap }) => {
+      let row: CallRow | undefined;
+      try {
+        row = calls.getBySid(callSid);
+      } catch {
+        row = undefined; // the store is failing: the call is still shown, from memory
+      }
+      const direction = row?.direction ?? (snap.call.direction.startsWith('outbound') ? 'outbound' : snap.call.direction === 'web' ? 'web' : 'inbound');
+      return {
+        callId: row?.id ?? null,
+        callSid,
+        direction,
+        from: row?.from ?? snap.call.from,
+        to: row?.to ?? snap.call.to,
+        agentId: snap.agentId,
+        state: snap.state,
+        startedAt: new Date(snap.startedAt).toISOString(),
+        durationS: Math.max(0, Math.floor((now - snap.startedAt) / 1000)),
+        bargeIns: snap.bargeIns,
+        agentReconnects: snap.agentReconnects,
+        campaignId: row?.campaignId ?? null,
+        transfer: {
+          available: snap.transferable === true,
+          // The same lookup a transfer by name makes: the serving agent's targets under the route's or campaign's.
+          targets: targetList(agents.transferTargets({ agentId: snap.agentId, transferTargets: snap.route?.transferTargets })),
+        },
+      };
+    });
+  };
+  deps.fleet?.serveLive(localLive);
+
   api.get(
     '/v1/live',
-    { schema: { tags: ['live'], summary: 'Calls in progress on this process', response: { 200: liveReply, ...errorResponses(400, 401) } } },
-    async () => {
-      const now = Date.now();
-      const data: LiveCallApi[] = snapshots().map(({ callSid, snap }) => {
-        let row: CallRow | undefined;
-        try {
-          row = calls.getBySid(callSid);
-        } catch {
-          row = undefined; // the store is failing: the call is still shown, from memory
-        }
-        const direction = row?.direction ?? (snap.call.direction.startsWith('outbound') ? 'outbound' : snap.call.direction === 'web' ? 'web' : 'inbound');
-        return {
-          callId: row?.id ?? null,
-          callSid,
-          direction,
-          from: row?.from ?? snap.call.from,
-          to: row?.to ?? snap.call.to,
-          agentId: snap.agentId,
-          state: snap.state,
-          startedAt: new Date(snap.startedAt).toISOString(),
-          durationS: Math.max(0, Math.floor((now - snap.startedAt) / 1000)),
-          bargeIns: snap.bargeIns,
-          agentReconnects: snap.agentReconnects,
-          campaignId: row?.campaignId ?? null,
-          transfer: {
-            available: snap.transferable === true,
-            // The same lookup a transfer by name makes: the serving agent's targets under the route's or campaign's.
-            targets: targetList(agents.transferTargets({ agentId: snap.agentId, transferTargets: snap.route?.transferTargets })),
-          },
-        };
-      });
+    {
+      schema: {
+        tags: ['live'],
+        summary: 'Calls in progress on this process (with REDIS_URL: on every process of the fleet)',
+        response: { 200: liveReply, ...errorResponses(400, 401) },
+      },
+    },
+    async (req) => {
+      const data = localLive();
+      if (deps.fleet === undefined) return { data };
+      let elsewhere: unknown[] = [];
+      try {
+        elsewhere = await deps.fleet.liveElsewhere();
+      } catch (err) {
+        req.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'fleet: could not ask the other processes for their live calls; /v1/live shows this process only (check REDIS_URL and the Redis server)');
+      }
+      const seen = new Set(data.map((c) => c.callSid));
+      for (const item of elsewhere) {
+        const parsed = liveCallSchema.safeParse(item);
+        if (!parsed.success || seen.has(parsed.data.callSid)) continue;
+        seen.add(parsed.data.callSid);
+        data.push(parsed.data);
+      }
+      data.sort((a, b) => Date.parse(a.startedAt) - Date.parse(b.startedAt));
       return { data };
     },
   );

@@ -288,7 +288,7 @@ export const liveCallSchema = z
   })
   .meta({ id: 'LiveCall' });
 export type LiveCallApi = z.output<typeof liveCallSchema>;
-export const liveReply = z.object({ data: z.array(liveCallSchema).describe('Calls with a media stream on this process, oldest first') });
+export const liveReply = z.object({ data: z.array(liveCallSchema).describe('Calls with a media stream on this process (with REDIS_URL: on every process of the fleet), oldest first') });
 
 export const setupReply = z
   .object({

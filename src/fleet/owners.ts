@@ -13,6 +13,11 @@
  *   { v: 1, kind: 'request', id, from, callSid, message: ControlMessage }
  *   { v: 1, kind: 'reply',   id, answer: ControlAnswer }
  *
+ * `askAll(question)`: PUBLISH to `P ctl:all` (every process subscribes to it); the receiver count
+ * says how many answers to wait for (this process's own excepted), up to `timeoutMs`; what came
+ * by then is returned. Used for `GET /v1/live` across the fleet. Wire format:
+ *   { v: 1, kind: 'ask', id, from, question: 'live' }   answered with a `reply` as above
+ *
  * `send(callSid, message)`: looks up the owner; this process → its handler directly; another →
  * PUBLISH to its channel (0 receivers → `no_owner`: its process is gone) and wait for the reply on
  * ours, up to `timeoutMs` (default 3 s) → `timeout`. An owner that no longer holds the call
@@ -80,7 +85,13 @@ export type ControlAnswer = z.infer<typeof controlAnswerSchema>;
 /** What the owner runs for a call's control messages. */
 export type ControlHandler = (message: ControlMessage) => ControlAnswer | Promise<ControlAnswer>;
 
+/** What every process may be asked at once (see `askAll`). */
+export type FleetQuestion = 'live';
+/** What a process answers to a question asked to every process. */
+export type QuestionHandler = (question: FleetQuestion) => ControlAnswer | Promise<ControlAnswer>;
+
 const envelopeSchema = z.discriminatedUnion('kind', [
+  z.object({ v: z.literal(1), kind: z.literal('ask'), id: z.string().min(1).max(64), from: z.string().min(1).max(200), question: z.literal('live') }),
   z.object({ v: z.literal(1), kind: z.literal('request'), id: z.string().min(1).max(64), from: z.string().min(1).max(200), callSid: z.string().min(1).max(64), message: controlMessageSchema }),
   z.object({ v: z.literal(1), kind: z.literal('reply'), id: z.string().min(1).max(64), answer: controlAnswerSchema }),
 ]);
@@ -136,6 +147,9 @@ export class CallOwners {
   readonly #log: Logger | undefined;
   readonly #handlers = new Map<string, ControlHandler>();
   readonly #waiting = new Map<string, Waiting>();
+  /** Questions asked to every process, still collecting answers. */
+  readonly #gathering = new Map<string, { answers: ControlAnswer[]; expected: number; done(): void }>();
+  #question: QuestionHandler | undefined;
   #started: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
@@ -157,6 +171,53 @@ export class CallOwners {
     return `${this.#prefix}ctl:${this.processId}`;
   }
 
+  get #allChannel(): string {
+    return `${this.#prefix}ctl:all`;
+  }
+
+  /** What this process answers when every process is asked something (`askAll`). */
+  setQuestionHandler(handler: QuestionHandler): void {
+    this.#question = handler;
+  }
+
+  /**
+   * Asks every other process of the fleet and resolves with the answers that came within
+   * `timeoutMs` (default 1 s; a process that did not answer in time is left out). Rejects with
+   * `redis_unavailable` or `closed`.
+   */
+  async askAll(question: FleetQuestion, opts: { timeoutMs?: number } = {}): Promise<ControlAnswer[]> {
+    await this.start();
+    const id = randomBytes(12).toString('base64url');
+    const answers: ControlAnswer[] = [];
+    let finish: () => void = () => undefined;
+    const done = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => finish(), opts.timeoutMs ?? 1_000);
+      timer.unref();
+      finish = () => {
+        clearTimeout(timer);
+        this.#gathering.delete(id);
+        resolve();
+      };
+    });
+    this.#gathering.set(id, { answers, expected: Number.POSITIVE_INFINITY, done: () => finish() });
+    const envelope: Envelope = { v: 1, kind: 'ask', id, from: this.processId, question };
+    let receivers: number;
+    try {
+      receivers = asInt(await this.#held.client.publish(this.#allChannel, JSON.stringify(envelope)), 'owners.askAll');
+    } catch (err) {
+      finish();
+      throw toFleetError(err, 'owners.askAll');
+    }
+    const g = this.#gathering.get(id);
+    if (g !== undefined) {
+      // Every subscriber received it, this process included (it does not answer itself).
+      g.expected = receivers - 1;
+      if (g.answers.length >= g.expected) finish();
+    }
+    await done;
+    return answers;
+  }
+
   /** Subscribes to this process' channel (idempotent); `own` and `send` call it. */
   start(): Promise<void> {
     this.#open();
@@ -164,7 +225,7 @@ export class CallOwners {
       try {
         // Connects the lazy subscriber (or waits for its reconnection after a failed start).
         await waitReady(this.#sub);
-        await this.#sub.subscribe(this.#channel);
+        await this.#sub.subscribe(this.#channel, this.#allChannel);
       } catch (err) {
         this.#started = undefined;
         throw toFleetError(err, 'owners.start (subscribing to the control channel)');
@@ -285,6 +346,7 @@ export class CallOwners {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     for (const id of [...this.#waiting.keys()]) this.#settle(id, undefined, new FleetError('closed', 'fleet: call control was closed while waiting for an answer'));
+    for (const g of [...this.#gathering.values()]) g.done();
     this.#handlers.clear();
     await this.#started?.catch(() => undefined);
     await releaseClient({ client: this.#sub, owned: true });
@@ -326,6 +388,16 @@ export class CallOwners {
       return;
     }
     const env = parsed.data;
+    if (env.kind === 'ask') {
+      if (env.from !== this.processId) void this.#answerQuestion(env);
+      return;
+    }
+    if (env.kind === 'reply' && this.#gathering.has(env.id)) {
+      const g = this.#gathering.get(env.id);
+      g?.answers.push(env.answer);
+      if (g !== undefined && g.answers.length >= g.expected) g.done();
+      return;
+    }
     if (env.kind === 'reply') {
       const a = env.answer;
       if (!a.ok && a.code === NOT_LIVE_HERE) this.#settle(env.id, undefined, new FleetError('no_owner', `fleet: ${a.error}`));
@@ -333,6 +405,25 @@ export class CallOwners {
       return;
     }
     void this.#answer(env);
+  }
+
+  async #answerQuestion(env: Extract<Envelope, { kind: 'ask' }>): Promise<void> {
+    const handler = this.#question;
+    let answer: ControlAnswer;
+    try {
+      const given = handler === undefined ? { ok: false, error: `process ${this.processId} answers no questions` } : await handler(env.question);
+      const checked = controlAnswerSchema.safeParse(given);
+      answer = checked.success ? checked.data : { ok: false, error: 'the question handler gave an answer that is not a control answer' };
+    } catch (err) {
+      answer = { ok: false, error: err instanceof Error ? err.message : String(err) };
+    }
+    if (this.#closed) return;
+    const reply: Envelope = { v: 1, kind: 'reply', id: env.id, answer };
+    try {
+      await this.#held.client.publish(`${this.#prefix}ctl:${env.from}`, JSON.stringify(reply));
+    } catch (err) {
+      this.#log?.warn({ err: err instanceof Error ? err.message : String(err) }, 'fleet: could not answer a question asked to every process');
+    }
   }
 
   async #answer(env: Extract<Envelope, { kind: 'request' }>): Promise<void> {

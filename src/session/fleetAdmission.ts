@@ -268,6 +268,22 @@ export class FleetAdmission {
     );
   }
 
+  /** `GET /v1/live` across the fleet: this process answers the others with `list`. */
+  serveLive(list: () => unknown[]): void {
+    this.owners.setQuestionHandler(() => ({ ok: true, data: { calls: list() } }));
+  }
+
+  /** The live calls of every other process that answered within a second (unchecked). */
+  async liveElsewhere(): Promise<unknown[]> {
+    const answers = await this.owners.askAll('live');
+    const out: unknown[] = [];
+    for (const a of answers) {
+      const calls = a.ok ? a.data?.calls : undefined;
+      if (Array.isArray(calls)) out.push(...calls);
+    }
+    return out;
+  }
+
   /** Fleet capacity now (one Lua call; rejects with a FleetError when Redis is away). */
   async capacity(): Promise<FleetCapacity> {
     const c = await this.slots.counts();
