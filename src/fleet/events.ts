@@ -121,14 +121,16 @@ export class FleetEventBus implements EventBus {
   }
 
   /**
-   * Connects, reads the stream's recent tail (so ids seen on other processes resume here) and
-   * starts following it. Rejects, naming REDIS_URL, when Redis does not answer.
+   * Connects, reads the stream's entries within the retention window (so ids seen on other
+   * processes resume here) and starts following it. Rejects, naming REDIS_URL, when Redis does not answer.
    */
   async start(timeoutMs = 5_000): Promise<void> {
     if (this.#closed || this.#loop !== undefined) return;
     await Promise.all([waitReady(this.#pub, timeoutMs), waitReady(this.#reader, timeoutMs)]);
-    const tail: unknown = await this.#reader.xrevrange(this.#key, '+', '-', 'COUNT', this.#maxLen);
-    if (Array.isArray(tail)) this.#take([...tail].reverse());
+    // The entries still within the retention window (oldest first); the follow loop reads the rest.
+    const since = Math.max(0, Date.now() - (this.#o.retentionMs ?? 600_000));
+    const tail: unknown = await this.#reader.xrange(this.#key, `${since}-0`, '+', 'COUNT', this.#maxLen);
+    if (Array.isArray(tail)) this.#take(tail);
     this.#loop = this.#follow();
   }
 
