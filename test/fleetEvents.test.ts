@@ -152,6 +152,20 @@ describe.skipIf(!enabled)('fleet-wide live events (Redis Streams)', () => {
     expect(len).toBeLessThan(300);
   });
 
+  it('a reader that falls more than the maximum length behind counts the events it never saw instead of losing them silently', async () => {
+    const { buses: [a, b] } = await buses(2, { maxLen: 100 });
+    if (a === undefined || b === undefined) throw new Error('two buses');
+    const onB = collect(b);
+    a.publish({ type: 'call.updated', callId: 'CA1', data: { i: 0 } });
+    await until('the first one read on b', () => onB.length === 1);
+    // 1999 appends in one go: the stream is trimmed long before b reads it.
+    for (let i = 1; i < 2000; i++) a.publish({ type: 'call.updated', callId: 'CA1', data: { i } });
+    await until('the last one read on b', () => onB.at(-1)?.event.data.i === 1999);
+    expect(onB.length).toBeLessThan(2000);
+    expect(onB.length + b.missed).toBe(2000);
+    expect(a.missed).toBe(0);
+  });
+
   it('webhooks forward only the events a process published itself (each event once per fleet)', async () => {
     const { buses: [a, b] } = await buses(2);
     if (a === undefined || b === undefined) throw new Error('two buses');

@@ -21,6 +21,9 @@
  * meanwhile, if Redis kept it). An append whose reply was lost but which reached Redis is not
  * delivered twice: its `u` is remembered and skipped when read back.
  *
+ * A reader more than `maxLen` entries behind loses what was trimmed: each process numbers its
+ * appends (`u`), so such a gap is counted (`missed`) and logged, never silent.
+ *
  * Webhooks: events read from other processes are marked `remote`; the webhook forwarder skips
  * them (their own process forwards them), so WEBHOOK_EVENTS are sent once per fleet.
  */
@@ -92,6 +95,10 @@ export class FleetEventBus implements EventBus {
   #publishFailing = false;
   #closed = false;
   #badEntries = 0;
+  /** The last `u` read from each publishing process (a jump is events this process never saw). */
+  readonly #lastU = new Map<string, number>();
+  #missed = 0;
+  #missedLoggedAt = 0;
 
   constructor(o: FleetEventBusOptions) {
     this.#o = o;
@@ -113,6 +120,14 @@ export class FleetEventBus implements EventBus {
 
   get subscriberCount(): number {
     return this.#ring.subscriberCount;
+  }
+
+  /**
+   * Events of other processes this process never read: they left the stream (trimmed past its
+   * maximum length) before it read them, or their append failed on their process.
+   */
+  get missed(): number {
+    return this.#missed;
   }
 
   /** Entries read from the stream that were not events (another program writing there?). */
@@ -241,6 +256,7 @@ export class FleetEventBus implements EventBus {
         else if (name === 'e') json = value;
       }
       const mine = origin === this.#o.processId;
+      if (!mine && origin !== undefined && u !== undefined) this.#checkSequence(origin, u);
       if (mine && u !== undefined) {
         if (this.#fallback.delete(u)) continue;
         this.#inFlight.delete(u);
@@ -256,6 +272,25 @@ export class FleetEventBus implements EventBus {
       if (d.campaignId !== undefined) event.campaignId = d.campaignId;
       this.#ring.ingest(event, !mine);
     }
+  }
+
+  /** Counts (and logs, at most once a minute) the events of `origin` skipped before its `u`. */
+  #checkSequence(origin: string, uText: string): void {
+    const u = Number(uText);
+    if (!Number.isSafeInteger(u)) return;
+    const last = this.#lastU.get(origin);
+    this.#lastU.delete(origin);
+    this.#lastU.set(origin, u);
+    if (this.#lastU.size > 1_000) {
+      const oldest = this.#lastU.keys().next().value;
+      if (oldest !== undefined) this.#lastU.delete(oldest);
+    }
+    if (last === undefined || u <= last + 1) return;
+    this.#missed += u - last - 1;
+    const now = Date.now();
+    if (now - this.#missedLoggedAt < 60_000) return;
+    this.#missedLoggedAt = now;
+    this.#log?.warn({ origin, missed: this.#missed }, 'fleet events: events of another process were not seen here (the stream was trimmed before they were read, or their append failed); consoles following this process missed them');
   }
 
   #sleep(ms: number): Promise<void> {
