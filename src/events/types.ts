@@ -28,7 +28,7 @@ export interface EventInput {
 
 /** An event as delivered: the `data:` line of an SSE event is this object as JSON. */
 export interface PlaylineEvent {
-  /** Opaque, increasing within a process lifetime: `<boot id>-<sequence>`. */
+  /** Opaque, increasing within a process lifetime: `<boot id>-<sequence>` (REDIS_URL: the Redis Stream entry id, increasing across the fleet). */
   id: string;
   type: EventType;
   /** ISO 8601. */
@@ -65,7 +65,7 @@ export const resyncSchema = z.object({ reason: z.enum(['too_old', 'unknown_id'])
 /** The JSON of an event's `data:` line, for the OpenAPI document. */
 export const eventSchema = z
   .object({
-    id: z.string().describe('Opaque, increasing within a process lifetime; send it back as Last-Event-ID to resume'),
+    id: z.string().describe('Opaque, increasing within a process lifetime (with REDIS_URL, across the fleet); send it back as Last-Event-ID to resume'),
     type: z.enum(EVENT_TYPES),
     at: z.iso.datetime(),
     callId: z.string().optional(),
