@@ -169,6 +169,51 @@ describe('event bus', () => {
   });
 });
 
+describe('event bus fed from a shared stream (ingest, REDIS_URL)', () => {
+  const streamEvent = (id: string, n: number): PlaylineEvent => ({ id, type: 'call.updated', at: new Date().toISOString(), callId: 'call_1', data: { change: 'status', n } });
+  const byStreamId = (a: string, b: string): number | undefined => {
+    const x = /^(\d+)-(\d+)$/.exec(a);
+    const y = /^(\d+)-(\d+)$/.exec(b);
+    if (x === null || y === null) return undefined;
+    return Number(x[1]) - Number(y[1]) || Number(x[2]) - Number(y[2]);
+  };
+
+  it('delivers ingested events with their own ids, marks remote ones, and resumes after an ingested id', () => {
+    const bus = new MemoryEventBus({ compareIngestedIds: byStreamId });
+    const remote: boolean[] = [];
+    const live = collect(bus);
+    bus.subscribe({ filter: {}, onEvent: (e) => void remote.push(e.remote === true) });
+    bus.ingest(streamEvent('100-0', 0), false);
+    bus.ingest(streamEvent('100-1', 1), true);
+    bus.ingest(streamEvent('105-0', 2), true);
+    expect(live.got.map((e) => e.id)).toEqual(['100-0', '100-1', '105-0']);
+    expect(remote).toEqual([false, true, true]);
+    const resumed = collect(bus, { after: '100-0' });
+    expect(resumed.resyncs).toEqual([]);
+    expect(resumed.got.map((e) => e.data.n)).toEqual([1, 2]);
+  });
+
+  it('events published locally (Redis away) and ingested ones share one order for resuming', () => {
+    const bus = new MemoryEventBus({ compareIngestedIds: byStreamId });
+    const live = collect(bus);
+    bus.ingest(streamEvent('100-0', 0), false);
+    bus.publish(call(1));
+    bus.ingest(streamEvent('200-0', 2), true);
+    const resumed = collect(bus, { after: live.got[1]!.id });
+    expect(resumed.got.map((e) => e.data.n)).toEqual([2]);
+  });
+
+  it('says too_old for an ingested-form id older than the window, resumes from the last trimmed one, unknown_id for an id never seen', () => {
+    const bus = new MemoryEventBus({ compareIngestedIds: byStreamId, maxEvents: 2 });
+    for (let i = 0; i < 4; i++) bus.ingest(streamEvent(`100-${i}`, i), true);
+    expect(collect(bus, { after: '100-0' }).resyncs).toEqual(['too_old']);
+    const fromTrimmed = collect(bus, { after: '100-1' });
+    expect(fromTrimmed.resyncs).toEqual([]);
+    expect(fromTrimmed.got.map((e) => e.data.n)).toEqual([2, 3]);
+    expect(collect(bus, { after: '999-0' }).resyncs).toEqual(['unknown_id']);
+  });
+});
+
 describe('call events', () => {
   const row = (over: Partial<CallRow> = {}): CallRow =>
     ({
