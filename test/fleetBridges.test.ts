@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
+import { FakeAgentServer } from '../src/testing/fakeAgent.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
 import { freePort, get, killGroup, sleep, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
@@ -241,6 +242,43 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       live.stop();
       onA.close();
       onB.close();
+    }
+  }, 40_000);
+
+  it('a PlayAI 4429 on process A caps the agent on process B too (its webhook hears the busy answer) until one of the open sessions ends', async () => {
+    const agent = await FakeAgentServer.start();
+    const calls: Call[] = [];
+    try {
+      const { procs } = await fleet(2, { PLAYAI_API_KEY: 'test-key', PLAYAI_AGENT_ID: 'agent1', PLAYAI_WS_URL: agent.url, TTS: 'off' });
+      const [a, b] = procs as [Child, Child];
+      const first = await call(a);
+      calls.push(first);
+      const firstLeg = await agent.nextConnection(5000);
+      await firstLeg.waitForSetup();
+      await waitFor('the first call’s agent session counted open', async () => {
+        const body = (await get(`${b.url}/readyz`))?.body;
+        return typeof body === 'object' && body !== null && JSON.stringify(body).includes('"playai":{"slotsInUse":1');
+      }, 5000);
+      await sleep(300);
+      // The account is full: PlayAI refuses the next session with 4429.
+      agent.options = { ...agent.options, rejectWith: { code: 4429, message: 'max concurrent connections exceeded' } };
+      const second = await call(a);
+      calls.push(second);
+      await waitFor('A to share the learned limit', () => a.logs().some((l) => String(l.msg).includes('capping its calls on every process')), 8000).catch((err: unknown) => {
+        throw new Error(`${String(err)}\n${a.tail()}`);
+      });
+      agent.options = { ...agent.options, rejectWith: undefined };
+      expect(busy(await postVoiceWebhook({ bridgeUrl: b.url }))).toBe(true);
+      // B never heard a 4429 itself: the refusal is the fleet's learned limit.
+      expect(await fetch(`${b.url}/metrics`).then((r) => r.text())).toMatch(/^playline_calls_refused_total\{reason="agent_capacity"\} 1$/m);
+      expect((await get(`${b.url}/readyz`))?.body).toMatchObject({ fleet: { providers: { playai: { limit: 1, learnedLimit: 1 } } } });
+      // The first call ends: its session frees the account, on every process.
+      first.stream.sendStop();
+      first.stream.close();
+      await waitFor('B to admit again', async () => (await postVoiceWebhook({ bridgeUrl: b.url })).twiml?.streamUrl !== undefined, 8000);
+    } finally {
+      for (const c of calls) c.stop();
+      await agent.close();
     }
   }, 40_000);
 
