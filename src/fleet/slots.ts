@@ -48,9 +48,12 @@
  *   holdOutboundSlot      → claim({ callSid: key, agents, outbound: true }) (undefined on refusal)
  *   stream claims a token → adopt(reservation.slot) when another process minted it
  *   releaseSlot/release   → release(slot)       moveSlot → move(slot, agentId)
- *   agent socket up/down  → setAgentOpen(slot, true/false) (what openAgentSessions counted)
+ *   agent socket up/down  → setAgentOpen(slot, true/false) (what openAgentSessions counted; done:
+ *                           FleetAdmission.agentSessionReady / agentSessionEnded)
  *   noteAgentCapacityExceeded / noteAgentSessionEnded → noteCapacityExceeded / noteSessionEnded
- *   capacityFor / usedSlots / outboundSlots → capacityFor / counts()
+ *                           (done: FleetAdmission.agentCapacityExceeded / agentSessionEnded)
+ *   capacityFor / usedSlots / outboundSlots → capacityFor / counts() (done for /readyz and
+ *                           /metrics: FleetAdmission.capacity)
  *   startRenewing({ onLost }) → end calls whose slot `expired` or is `too_old`; `other_owner` is a
  *                           slot adopted elsewhere (nothing to end here)
  *
