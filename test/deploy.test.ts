@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, posix, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseDocument } from 'yaml';
+import { parseAllDocuments, parseDocument } from 'yaml';
 import { loadConfig } from '../src/config.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -911,6 +911,46 @@ describe('deploy/compose.scale.yaml', () => {
     const line = /reverse_proxy\s+([^{\n]+)\{/.exec(text)?.[1] ?? '';
     expect(line.trim().split(/\s+/).sort()).toEqual(replicas.map((r) => `${r}:8080`).sort());
     expect(text).toMatch(/^\s*health_uri\s+\/readyz\s*$/m);
+  });
+});
+
+describe('deploy/k8s/playline.yaml', () => {
+  const docs = parseAllDocuments(read('deploy/k8s/playline.yaml'), { uniqueKeys: true });
+  const objects = (Array.isArray(docs) ? docs : [docs]).map((d) => {
+    expect(d.errors.map(String)).toEqual([]);
+    const v: unknown = d.toJS();
+    expect(isObj(v)).toBe(true);
+    return v as Obj;
+  });
+  const deployment = objects.find((o) => o.kind === 'Deployment')!;
+  const pod = ((deployment?.spec as Obj).template as Obj).spec as Obj;
+  const container = (pod.containers as Obj[])[0]!;
+  const env = Object.fromEntries(((container.env ?? []) as Obj[]).map((e) => [String(e.name), String(e.value)]));
+
+  it('a Deployment of at least two replicas that surges before it drains, with a Service and a disruption budget', () => {
+    expect(deployment).toBeDefined();
+    expect(Number((deployment.spec as Obj).replicas)).toBeGreaterThanOrEqual(2);
+    const rolling = ((deployment.spec as Obj).strategy as Obj).rollingUpdate as Obj;
+    expect(rolling.maxUnavailable).toBe(0);
+    expect(objects.map((o) => o.kind)).toEqual(expect.arrayContaining(['Service', 'PodDisruptionBudget']));
+    expect(pinnedImageTag(String(container.image))).toBe(true);
+  });
+
+  it('gives the pod more than preStop + DRAIN_TIMEOUT_S + the goodbye and linger before the kubelet kills it', () => {
+    const config = loadConfig(env);
+    const preStop = ((container.lifecycle as Obj).preStop as Obj).exec as Obj;
+    const command = (preStop.command as unknown[]).map(String);
+    expect(command[0]).toBe('sleep');
+    const waitS = Number(command[1]);
+    expect(waitS).toBeGreaterThan(0);
+    expect(Number(pod.terminationGracePeriodSeconds) * 1000).toBeGreaterThan(waitS * 1000 + config.drainTimeoutMs + config.timeouts.callControlGraceMs + 2000);
+  });
+
+  it('routes by readiness on /readyz and restarts only on /healthz', () => {
+    expect(((container.readinessProbe as Obj).httpGet as Obj).path).toBe('/readyz');
+    expect(((container.livenessProbe as Obj).httpGet as Obj).path).toBe('/healthz');
+    const port = ((container.ports as Obj[])[0]!).containerPort;
+    expect(String(loadConfig(env).port)).toBe(String(port));
   });
 });
 
