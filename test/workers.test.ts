@@ -9,6 +9,7 @@ import { availableParallelism } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { restartDelayMs } from '../src/workers.js';
+import { formatWorkersBench, type SetupResult } from '../src/bench/workers.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
 import { liveCall, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
@@ -67,6 +68,24 @@ describe('WORKERS setting', () => {
 
   it('a slot whose workers keep dying young waits twice as long each time, up to 30 s', () => {
     expect([1, 2, 3, 4, 5, 6, 7].map((n) => restartDelayMs(n))).toEqual([1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]);
+  });
+});
+
+describe('bench --workers report', () => {
+  const summary = (p50: number, p99: number) => ({ count: 100, mean: p50, p50, p90: p99, p99, p999: p99, max: p99 });
+  const setup = (name: string, perS: number, p50: number, refusals: SetupResult['refusals'] = []): SetupResult => ({
+    name, workers: 1, redis: false, windowS: 10, admitted: perS * 10, notAdmitted: refusals.reduce((n, r) => n + r.count, 0), refusals,
+    admittedPerS: perS, latency: summary(p50 * 10, p50 * 40), unloaded: summary(p50, p50 * 4),
+  });
+
+  it('prints each set-up with its rate and latencies, the others relative to the embedded one, and why calls were not admitted', () => {
+    const text = formatWorkersBench({
+      concurrency: 32, durationS: 10, cpus: 2,
+      setups: [setup('embedded', 1000, 1), setup('fleet, WORKERS=2 + Redis', 1500, 3, [{ why: 'HTTP 200: <Response><Say>busy', count: 7 }])],
+    });
+    expect(text).toMatch(/^embedded\s+1000\s+10\.00\s+40\.00\s+0\s+1\.00\s+4\.00$/m);
+    expect(text).toContain('fleet, WORKERS=2 + Redis: 1.50x the embedded rate; one webhook at a time p50 +2.00 ms, p99 +8.00 ms');
+    expect(text).toContain('fleet, WORKERS=2 + Redis: 7 × HTTP 200: <Response><Say>busy');
   });
 });
 

@@ -44,6 +44,8 @@ export interface SetupResult {
   admitted: number;
   /** Answers that were not an admission (busy TwiML, errors, timeouts). */
   notAdmitted: number;
+  /** The answers that were not admissions, by kind (at most 5 kinds). */
+  refusals: Array<{ why: string; count: number }>;
   admittedPerS: number;
   /** Webhook sent → TwiML fully received under the closed-loop load, ms (includes queueing). */
   latency: LatencySummary;
@@ -218,6 +220,10 @@ function getJson(url: string): Promise<Record<string, unknown> | undefined> {
 
 const hex32 = () => randomBytes(16).toString('hex');
 
+/** Why webhooks were not admitted: `HTTP <status>: <first words of the answer>`, or the network error. */
+const refusals = new Map<string, number>();
+const noteRefusal = (why: string) => refusals.set(why, (refusals.get(why) ?? 0) + 1);
+
 /** One voice webhook, as Twilio posts it for an incoming call; resolves with whether it admitted the call. */
 function postWebhook(agent: Agent, base: URL): Promise<boolean> {
   const body = new URLSearchParams({
@@ -237,11 +243,21 @@ function postWebhook(agent: Agent, base: URL): Promise<boolean> {
       (res) => {
         let text = '';
         res.setEncoding('utf8').on('data', (d: string) => (text += d));
-        res.on('end', () => resolve(res.statusCode === 200 && /<Connect>\s*<Stream\b/.test(text)));
-        res.on('error', () => resolve(false));
+        res.on('end', () => {
+          const ok = res.statusCode === 200 && /<Connect>\s*<Stream\b/.test(text);
+          if (!ok) noteRefusal(`HTTP ${res.statusCode ?? 0}: ${text.replace(/\s+/g, ' ').slice(0, 120)}`);
+          resolve(ok);
+        });
+        res.on('error', (err) => {
+          noteRefusal(`response error: ${err.message}`);
+          resolve(false);
+        });
       },
     );
-    req.on('error', () => resolve(false));
+    req.on('error', (err) => {
+      noteRefusal(`request error: ${err.message}`);
+      resolve(false);
+    });
     req.on('timeout', () => req.destroy());
     req.end(body);
   });
@@ -270,6 +286,7 @@ async function drive(url: string, o: WorkersBenchOptions): Promise<Omit<SetupRes
   const latencies: number[] = [];
   let admitted = 0;
   let notAdmitted = 0;
+  refusals.clear();
   const client = async () => {
     while (performance.now() < endAt) {
       const t0 = performance.now();
@@ -282,7 +299,8 @@ async function drive(url: string, o: WorkersBenchOptions): Promise<Omit<SetupRes
   };
   await Promise.all(Array.from({ length: o.concurrency }, client));
   agent.destroy();
-  return { windowS: o.durationS, admitted, notAdmitted, admittedPerS: round2(admitted / o.durationS), latency: summarize(latencies) };
+  const kinds = [...refusals.entries()].sort((a, b) => b[1] - a[1]).slice(0, 5).map(([why, count]) => ({ why, count }));
+  return { windowS: o.durationS, admitted, notAdmitted, refusals: kinds, admittedPerS: round2(admitted / o.durationS), latency: summarize(latencies) };
 }
 
 export async function runWorkersBench(o: WorkersBenchOptions): Promise<WorkersBenchResult> {
@@ -337,7 +355,9 @@ export function formatWorkersBench(r: WorkersBenchResult): string {
       ? ''
       : `${s.name}: ${(s.admittedPerS / Math.max(base.admittedPerS, 1e-9)).toFixed(2)}x the embedded rate; one webhook at a time p50 ${signed(s.unloaded.p50 - base.unloaded.p50)} ms, p99 ${signed(s.unloaded.p99 - base.unloaded.p99)} ms; loaded p50 ${signed(s.latency.p50 - base.latency.p50)} ms, p99 ${signed(s.latency.p99 - base.latency.p99)} ms`,
   );
+  const refused = r.setups.flatMap((s) => s.refusals.map((x) => `${s.name}: ${x.count} × ${x.why}`));
   return [
+    ...refused.map((l) => `not admitted (warm-up included) — ${l}`),
     `admission of inbound calls (POST /twilio/voice → <Connect><Stream>) on ${r.cpus} CPUs (the load generator and redis-server share them):`,
     `  loaded: ${r.concurrency} clients in a closed loop for ${r.durationS} s (latency includes queueing); one at a time: ${UNLOADED_WEBHOOKS} webhooks in sequence (webhook→TwiML)`,
     line(head),
