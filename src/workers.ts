@@ -101,15 +101,17 @@ export function runPrimary(opts: PrimaryOptions): Promise<number> {
         if (!isReadyMessage(m) || slot.worker !== worker) return;
         slot.ready = true;
         logger.info({ worker: slot.n, workerPid: worker.process.pid }, `worker ${slot.n} serving`);
-        if (!booted && slot.n === 1) {
+        if (!booted && slot.n === 1 && stopping === undefined && !failed) {
           // The database is migrated: the other workers may start together.
           for (const other of slots.slice(1)) fork(other);
         }
-        if (!booted && slots.every((s) => s.ready)) {
+        if (!booted && stopping === undefined && slots.every((s) => s.ready)) {
           booted = true;
           logger.info({ workers: slots.length, primaryPid: process.pid }, `${slots.length} workers serving on one port`);
         }
       });
+      // A worker's IPC channel failing (rare) must not crash the primary; its exit follows.
+      worker.on('error', (err: Error) => logger.error({ err, worker: slot.n, workerPid: worker.process.pid }, `worker ${slot.n}: ${err.message}`));
       worker.on('exit', (code, signal) => exited(slot, worker, code, signal));
     };
 
