@@ -6,6 +6,7 @@
  * and exits before anything listens.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { AgentDefinition } from './agent/directory.js';
@@ -74,6 +75,8 @@ export interface Config {
   maxConcurrentCalls: number;
   /** REDIS_URL set: capacity, stream tokens and call control shared by every process on that Redis (else one process, in memory). */
   fleet?: { redisUrl: string; prefix: string; leaseMs: number };
+  /** WORKERS: processes serving the one port (Node's cluster module); 1 = this process serves, no cluster. */
+  workers: number;
   /** Optional per-agent caps on concurrent calls (keys `provider:id`), on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
   /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
@@ -222,6 +225,8 @@ const e164 = optional(z.string().regex(E164_SHAPE, { error: 'an E.164 number lik
 const AGENT_ID = /^[A-Za-z0-9_-]{1,128}$/;
 const AGENT_REF = AGENT_REF_PATTERN;
 
+const WORKERS_TEXT = 'a number of worker processes from 1 to 1024, or auto (one per core)';
+
 const envSchema = z.object({
   PORT: intIn(0, 65535, 8080),
   HOST: z.preprocess(emptyToUndefined, z.string().default('0.0.0.0')),
@@ -312,6 +317,16 @@ const envSchema = z.object({
   REDIS_URL: optional(z.string().regex(/^rediss?:\/\/[^\s]+$/, { error: 'a Redis URL like redis://127.0.0.1:6379 (rediss:// for TLS), or leave it unset for one process' })),
   FLEET_PREFIX: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9:_.-]{1,64}$/, { error: 'a key prefix of 1 to 64 letters, digits, ":", "_", "." or "-", like playline:' }).default('playline:')),
   FLEET_LEASE_MS: intIn(1_000, 600_000, 15_000),
+  WORKERS: z.preprocess(
+    emptyToUndefined,
+    z
+      .string()
+      .trim()
+      .regex(/^(auto|\d{1,4})$/, { error: WORKERS_TEXT })
+      .transform((v) => (v === 'auto' ? availableParallelism() : Number(v)))
+      .pipe(z.number().min(1, { error: WORKERS_TEXT }).max(1024, { error: WORKERS_TEXT }))
+      .default(1),
+  ),
 });
 
 /** Every variable Playline reads. */
@@ -524,6 +539,13 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.TWILIO_ACCOUNT_SID !== undefined && e.TWILIO_AUTH_TOKEN === undefined) {
     throw new ConfigError('TWILIO_AUTH_TOKEN: required when TWILIO_ACCOUNT_SID is set');
   }
+  if (e.WORKERS > 1 && e.REDIS_URL === undefined) {
+    throw new ConfigError(
+      `WORKERS: ${e.WORKERS} worker processes need REDIS_URL, because they must share call capacity (MAX_CONCURRENT_CALLS), ` +
+        'single-use stream tokens and call routing (a webhook, its media stream and its status callbacks may reach different workers): ' +
+        'set REDIS_URL=redis://127.0.0.1:6379 (a Redis all workers reach), or WORKERS=1 for one process',
+    );
+  }
 
   let publicUrl: string;
   if (e.PUBLIC_URL === undefined) {
@@ -676,6 +698,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     routes,
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
     ...(e.REDIS_URL !== undefined ? { fleet: { redisUrl: e.REDIS_URL, prefix: e.FLEET_PREFIX, leaseMs: e.FLEET_LEASE_MS } } : {}),
+    workers: e.WORKERS,
     agentLimits,
     agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
     overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },

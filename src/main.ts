@@ -2,6 +2,7 @@
  * Entry point: load .env and config, start the local agent in local mode,
  * build the bridge, listen, and drain on SIGTERM/SIGINT.
  */
+import cluster from 'node:cluster';
 import { performance } from 'node:perf_hooks';
 import { createBridge } from './app.js';
 import { ConfigError, loadConfig, loadDotEnv, misspeltSettings, type Config } from './config.js';
@@ -9,6 +10,7 @@ import { LocalAgentServer } from './sim/localAgent.js';
 import { createLogger, resolveLogFormat } from './log.js';
 import { DataDirError, openDataDir } from './store/db.js';
 import { checkPlayaiAgents } from './agent/playai/bootCheck.js';
+import { reportWorkerReady, runPrimary, workerSlot } from './workers.js';
 
 /** After the drain, how long the HTTP server keeps answering (final status callbacks). */
 const STATUS_CALLBACK_LINGER_MS = 2000;
@@ -66,9 +68,20 @@ const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 async function main(): Promise<void> {
   loadDotEnv();
   const config = loadConfig();
-  const logger = createLogger(config.logLevel, undefined, resolveLogFormat(config.logFormat, process.stdout.isTTY));
-  for (const { name, suggestion } of misspeltSettings(Object.keys(process.env))) {
-    logger.warn({ variable: name, suggestion }, `${name} is not a Playline setting and is ignored: did you mean ${suggestion}?`);
+  const rootLogger = createLogger(config.logLevel, undefined, resolveLogFormat(config.logFormat, process.stdout.isTTY));
+  const slot = workerSlot();
+  // WORKERS=N: every line of a worker names it (1..N); the primary's lines have no `worker`.
+  const logger = slot === undefined ? rootLogger : rootLogger.child({ worker: slot });
+  if (slot === undefined) {
+    for (const { name, suggestion } of misspeltSettings(Object.keys(process.env))) {
+      logger.warn({ variable: name, suggestion }, `${name} is not a Playline setting and is ignored: did you mean ${suggestion}?`);
+    }
+  }
+  if (config.workers > 1 && cluster.isPrimary) {
+    // The primary: forks the workers, which serve; it opens neither the port's server nor the database.
+    const code = await runPrimary({ workers: config.workers, logger, drainTimeoutMs: config.drainTimeoutMs });
+    logger.flush?.();
+    process.exit(code);
   }
   // First, so an unwritable DATA_DIR stops the start before anything else happens.
   const db = openDataDir(config.dataDir);
@@ -120,6 +133,7 @@ async function main(): Promise<void> {
   } catch (err) {
     throw listenError(err, config);
   }
+  reportWorkerReady();
   const address = bridge.app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.port;
   const url = localUrl(config.host, port);

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, posix, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseDocument } from 'yaml';
+import { parseAllDocuments, parseDocument } from 'yaml';
 import { loadConfig } from '../src/config.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -662,10 +662,10 @@ describe.runIf(RUN_REAL_CADDY)(`deploy/Caddyfile (adapted by a real caddy${RUN_R
   });
 
   /** `caddy adapt` the Caddyfile; subdirectives this caddy is too old to know are checked and set aside. */
-  function adapt(env: Record<string, string>): { json: Obj; setAside: string[] } {
+  function adapt(env: Record<string, string>, caddyfile = 'deploy/Caddyfile'): { json: Obj; setAside: string[] } {
     const bin = findCaddy();
     const [maj, min] = caddyVersion(bin);
-    let text = read('deploy/Caddyfile');
+    let text = read(caddyfile);
     const setAside: string[] = [];
     for (const [name, [needMaj, needMin]] of Object.entries(NEWER_SUBDIRECTIVES)) {
       if (maj > needMaj || (maj === needMaj && min >= needMin)) continue;
@@ -725,6 +725,41 @@ describe.runIf(RUN_REAL_CADDY)(`deploy/Caddyfile (adapted by a real caddy${RUN_R
     expect(text.indexOf('"/metrics"')).toBeLessThan(text.indexOf('"reverse_proxy"'));
   });
 
+  it('deploy/Caddyfile.scale adapts without error: every replica of compose.scale.yaml an upstream, checked on /readyz, least connections, retried elsewhere', () => {
+    const { json, setAside } = adapt({ PLAYLINE_DOMAIN: 'voice.example.test', ACME_EMAIL: 'ops@example.test' }, 'deploy/Caddyfile.scale');
+    for (const line of setAside) expect(line).toMatch(/^stream_close_delay\s+\d+(ms|s|m|h)\s*$/);
+    const proxies: Obj[] = [];
+    walk(json, (o) => {
+      if (o.handler === 'reverse_proxy') proxies.push(o);
+    });
+    expect(proxies).toHaveLength(1);
+    const proxy = proxies[0]!;
+    const dials = ((proxy.upstreams ?? []) as Obj[]).map((u) => String(u.dial));
+    expect(dials.sort()).toEqual(scaleReplicas().map((r) => `${r}:8080`).sort());
+    const health = proxy.health_checks as Obj;
+    expect((health.active as Obj).uri).toBe('/readyz');
+    expect((health.active as Obj).expect_status ?? 200).toBe(200);
+    expect(Number((health.active as Obj).interval)).toBeLessThanOrEqual(5e9);
+    const lb = proxy.load_balancing as Obj;
+    expect((lb.selection_policy as Obj).policy).toBe('least_conn');
+    expect(Number(lb.try_duration)).toBeGreaterThan(0);
+    // Long-lived media streams: no read or write timeout at the proxy.
+    const transport = proxy.transport as Obj;
+    expect(transport.read_timeout ?? 0).toBe(0);
+    expect(transport.write_timeout ?? 0).toBe(0);
+    const text = JSON.stringify(json);
+    expect(text.indexOf('"/metrics"')).toBeGreaterThan(-1);
+    expect(text.indexOf('"/metrics"')).toBeLessThan(text.indexOf('"reverse_proxy"'));
+  });
+
+  it('deploy/Caddyfile.scale is what caddy fmt would write', () => {
+    const file = join(tmp, 'Caddyfile.scale.fmt');
+    writeFileSync(file, read('deploy/Caddyfile.scale'));
+    const r = spawnSync(findCaddy(), ['fmt', file], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe(read('deploy/Caddyfile.scale'));
+  });
+
   it('is what caddy fmt would write (no stray syntax)', () => {
     const bin = findCaddy();
     const file = join(tmp, 'Caddyfile.fmt');
@@ -732,6 +767,190 @@ describe.runIf(RUN_REAL_CADDY)(`deploy/Caddyfile (adapted by a real caddy${RUN_R
     const r = spawnSync(bin, ['fmt', file], { encoding: 'utf8', timeout: 20_000 });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toBe(read('deploy/Caddyfile'));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// compose.scale.yaml: Caddy, bridge replicas, Redis, Postgres
+// ---------------------------------------------------------------------------
+
+const SCALE_VARS: Record<string, string> = { ...DEPLOY_VARS, POSTGRES_PASSWORD: 'a-long-random-password' };
+
+function loadScaleCompose(): Obj {
+  // Compose follows YAML merge keys (`<<: *playline`).
+  const doc = parseDocument(readFileSync(join(DEPLOY, 'compose.scale.yaml'), 'utf8'), { uniqueKeys: true, prettyErrors: true, merge: true });
+  expect(doc.errors.map(String), 'compose.scale.yaml parses').toEqual([]);
+  expect(doc.warnings.map(String)).toEqual([]);
+  const v: unknown = doc.toJS();
+  expect(isObj(v)).toBe(true);
+  return v as Obj;
+}
+
+/** The bridge replicas: services built from the repository (or running the playline image). */
+function scaleReplicas(): string[] {
+  const services = (loadScaleCompose().services ?? {}) as Record<string, Obj>;
+  return Object.entries(services)
+    .filter(([, svc]) => String(svc.image ?? '').startsWith('playline') || svc.build !== undefined)
+    .map(([name]) => name);
+}
+
+describe('deploy/compose.scale.yaml', () => {
+  let compose: Obj;
+  let services: Record<string, Obj>;
+  let replicas: string[];
+  beforeAll(() => {
+    compose = loadScaleCompose();
+    services = (compose.services ?? {}) as Record<string, Obj>;
+    replicas = scaleReplicas();
+  });
+  const namedVolumes = () => Object.keys((compose.volumes ?? {}) as Obj);
+
+  it('runs at least two bridge replicas, each with its own named data volume and no published port (Caddy is the way in)', () => {
+    expect(replicas.length).toBeGreaterThanOrEqual(2);
+    const sources = new Set<string>();
+    for (const name of replicas) {
+      const svc = services[name]!;
+      const data = mountsOf(svc).find((m) => m.target === '/data');
+      expect(data && isNamedVolume(data.source), `${name}: DATA_DIR on a named volume`).toBe(true);
+      expect(namedVolumes()).toContain(data!.source);
+      sources.add(data!.source);
+      expect(svc.ports, `${name} publishes no port`).toBeUndefined();
+      expect(svc.container_name, `${name}: no container_name (replicas need their own)`).toBeUndefined();
+      expect(containerEnvOf(svc, SCALE_VARS).DATA_DIR).toBe('/data');
+    }
+    expect(sources.size, 'one data volume per replica').toBe(replicas.length);
+  });
+
+  it('wires REDIS_URL and DATABASE_URL of every replica to the redis and postgres services, and the settings load', () => {
+    for (const name of replicas) {
+      const env = containerEnvOf(services[name]!, SCALE_VARS);
+      const redis = new URL(env.REDIS_URL ?? '');
+      expect(redis.protocol).toBe('redis:');
+      expect(Object.keys(services)).toContain(redis.hostname);
+      const db = new URL(env.DATABASE_URL ?? '');
+      expect(db.protocol).toBe('postgres:');
+      expect(Object.keys(services)).toContain(db.hostname);
+      expect(db.password).toBe(SCALE_VARS.POSTGRES_PASSWORD);
+      const pg = containerEnvOf(services[db.hostname]!, SCALE_VARS);
+      expect(decodeURIComponent(db.username)).toBe(pg.POSTGRES_USER);
+      expect(db.pathname).toBe(`/${pg.POSTGRES_DB}`);
+      const config = loadConfig(env);
+      expect(config.fleet?.redisUrl).toBe(env.REDIS_URL);
+      expect(config.port).toBe(8080);
+      expect(config.workers).toBeGreaterThanOrEqual(1);
+      expect(env.PUBLIC_URL).toBe(`https://${SCALE_VARS.PLAYLINE_DOMAIN}`);
+      const dependsOn = services[name]!.depends_on as Obj;
+      expect((dependsOn[redis.hostname] as Obj).condition).toBe('service_healthy');
+      expect((dependsOn[db.hostname] as Obj).condition).toBe('service_healthy');
+    }
+    expect(() => containerEnvOf(services[replicas[0]!]!, DEPLOY_VARS), 'POSTGRES_PASSWORD is required').toThrow(/POSTGRES_PASSWORD/);
+  });
+
+  it('gives every replica a stop grace period above DRAIN_TIMEOUT_S (plus the goodbye and linger), SIGTERM, and a /healthz liveness check', () => {
+    for (const name of replicas) {
+      const svc = services[name]!;
+      const config = loadConfig(containerEnvOf(svc, SCALE_VARS));
+      const grace = parseDurationMs(svc.stop_grace_period);
+      expect(grace, `${name}: stop_grace_period vs DRAIN_TIMEOUT_S`).toBeGreaterThan(config.drainTimeoutMs + config.timeouts.callControlGraceMs + 2000);
+      expect(svc.stop_signal ?? 'SIGTERM').toBe('SIGTERM');
+      const test = (svc.healthcheck as Obj).test;
+      const line = Array.isArray(test) ? test.join(' ') : String(test);
+      expect(line).toContain('/healthz');
+      expect(line, 'a full or draining replica is not unhealthy').not.toContain('/readyz');
+    }
+  });
+
+  it('runs Redis with the append-only file on, on a named volume, with a health check', () => {
+    const redis = services.redis!;
+    const cmd = Array.isArray(redis.command) ? redis.command.map(String) : String(redis.command).split(/\s+/);
+    const at = cmd.indexOf('--appendonly');
+    expect(at, 'redis-server --appendonly').toBeGreaterThan(-1);
+    expect(cmd[at + 1]).toBe('yes');
+    const data = mountsOf(redis).find((m) => m.target === '/data');
+    expect(data && isNamedVolume(data.source) && namedVolumes().includes(data.source)).toBe(true);
+    expect(JSON.stringify((redis.healthcheck as Obj).test)).toContain('ping');
+    expect(redis.ports, 'Redis is not published').toBeUndefined();
+  });
+
+  it('runs Postgres on a named volume with a pg_isready health check, its password required', () => {
+    const pg = services.postgres!;
+    const data = mountsOf(pg).find((m) => m.target === '/var/lib/postgresql/data');
+    expect(data && isNamedVolume(data.source) && namedVolumes().includes(data.source)).toBe(true);
+    expect(JSON.stringify((pg.healthcheck as Obj).test)).toContain('pg_isready');
+    expect(pg.ports, 'Postgres is not published').toBeUndefined();
+    expect(() => containerEnvOf(pg, DEPLOY_VARS)).toThrow(/POSTGRES_PASSWORD/);
+  });
+
+  it('runs Caddy on 80 and 443 with Caddyfile.scale, certificates on a volume, once every replica is healthy', () => {
+    const caddy = services.caddy!;
+    expect(publishedPorts(caddy).map((p) => p.published).sort()).toEqual([443, 80]);
+    const mounts = mountsOf(caddy);
+    const file = mounts.find((m) => m.target === '/etc/caddy/Caddyfile');
+    expect(resolve(DEPLOY, file!.source)).toBe(join(DEPLOY, 'Caddyfile.scale'));
+    expect(file!.readOnly).toBe(true);
+    const data = mounts.find((m) => m.target === '/data');
+    expect(data && isNamedVolume(data.source)).toBe(true);
+    const dependsOn = caddy.depends_on as Obj;
+    for (const r of replicas) expect((dependsOn[r] as Obj | undefined)?.condition, `caddy waits for ${r}`).toBe('service_healthy');
+    const env = containerEnvOf(caddy, SCALE_VARS);
+    expect(env.PLAYLINE_DOMAIN).toBe(SCALE_VARS.PLAYLINE_DOMAIN);
+    expect(env.ACME_EMAIL).toBe(SCALE_VARS.ACME_EMAIL);
+  });
+
+  it('pins every pulled image to an exact release (Postgres: major.minor, its release numbering)', () => {
+    for (const [name, svc] of Object.entries(services)) {
+      if (svc.build !== undefined) continue;
+      const image = String(svc.image ?? '');
+      const exact = name === 'postgres' ? /^postgres:\d+\.\d+(-[\w.-]+)?$/.test(image) : pinnedImageTag(image);
+      expect(exact, `service ${name}: ${image} is not an exact release`).toBe(true);
+    }
+  });
+
+  it('lists every replica in Caddyfile.scale (and nothing else), with /readyz health checks', () => {
+    const text = read('deploy/Caddyfile.scale').replace(/#[^\n]*/g, '');
+    const line = /reverse_proxy\s+([^{\n]+)\{/.exec(text)?.[1] ?? '';
+    expect(line.trim().split(/\s+/).sort()).toEqual(replicas.map((r) => `${r}:8080`).sort());
+    expect(text).toMatch(/^\s*health_uri\s+\/readyz\s*$/m);
+  });
+});
+
+describe('deploy/k8s/playline.yaml', () => {
+  const docs = parseAllDocuments(read('deploy/k8s/playline.yaml'), { uniqueKeys: true });
+  const objects = (Array.isArray(docs) ? docs : [docs]).map((d) => {
+    expect(d.errors.map(String)).toEqual([]);
+    const v: unknown = d.toJS();
+    expect(isObj(v)).toBe(true);
+    return v as Obj;
+  });
+  const deployment = objects.find((o) => o.kind === 'Deployment')!;
+  const pod = ((deployment?.spec as Obj).template as Obj).spec as Obj;
+  const container = (pod.containers as Obj[])[0]!;
+  const env = Object.fromEntries(((container.env ?? []) as Obj[]).map((e) => [String(e.name), String(e.value)]));
+
+  it('a Deployment of at least two replicas that surges before it drains, with a Service and a disruption budget', () => {
+    expect(deployment).toBeDefined();
+    expect(Number((deployment.spec as Obj).replicas)).toBeGreaterThanOrEqual(2);
+    const rolling = ((deployment.spec as Obj).strategy as Obj).rollingUpdate as Obj;
+    expect(rolling.maxUnavailable).toBe(0);
+    expect(objects.map((o) => o.kind)).toEqual(expect.arrayContaining(['Service', 'PodDisruptionBudget']));
+    expect(pinnedImageTag(String(container.image))).toBe(true);
+  });
+
+  it('gives the pod more than preStop + DRAIN_TIMEOUT_S + the goodbye and linger before the kubelet kills it', () => {
+    const config = loadConfig(env);
+    const preStop = ((container.lifecycle as Obj).preStop as Obj).exec as Obj;
+    const command = (preStop.command as unknown[]).map(String);
+    expect(command[0]).toBe('sleep');
+    const waitS = Number(command[1]);
+    expect(waitS).toBeGreaterThan(0);
+    expect(Number(pod.terminationGracePeriodSeconds) * 1000).toBeGreaterThan(waitS * 1000 + config.drainTimeoutMs + config.timeouts.callControlGraceMs + 2000);
+  });
+
+  it('routes by readiness on /readyz and restarts only on /healthz', () => {
+    expect(((container.readinessProbe as Obj).httpGet as Obj).path).toBe('/readyz');
+    expect(((container.livenessProbe as Obj).httpGet as Obj).path).toBe('/healthz');
+    const port = ((container.ports as Obj[])[0]!).containerPort;
+    expect(String(loadConfig(env).port)).toBe(String(port));
   });
 });
 

@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BENCH_AGENT_INFO, BENCH_AGENTS, bridgeAgentEnv, isBenchAgent, type BenchAgent } from './agents/kinds.js';
 import { formatImportDelay, runImportDelay } from './importDelay.js';
+import { BenchSetupError, formatWorkersBench, runWorkersBench } from './workers.js';
 import { allowedCpus, clockTicksPerSecond, readHostCpuTimes, readMemoryKb } from './procstat.js';
 import { parsePromHistogram, promHistogramQuantile, promValue, round2, round3, type LatencySummary } from './stats.js';
 
@@ -81,6 +82,13 @@ Options:
   --import ROWS       instead of calls: what uploading a CSV of ROWS contacts (e.g. 100000)
                       costs live calls; the bridge is probed every 10 ms (GET /healthz) before
                       and during the upload and the probe latencies are reported
+  --workers N         instead of calls: the calls/s the bridge admits and its webhook→TwiML
+                      latency (p50/p99), for one process without Redis (the default), one
+                      process with Redis, and WORKERS=N with Redis (N from 2 to 64); starts its
+                      own redis-server on 127.0.0.1 (--redis-server, default redis-server on PATH).
+                      --duration S per set-up (default 10), --concurrency C clients (default 32)
+  --concurrency C     with --workers: webhooks in flight at once (default 32)
+  --redis-server PATH with --workers: the redis-server binary (default redis-server)
   -h, --help          this text
 `;
 
@@ -127,6 +135,12 @@ interface Options {
   sampleS: number;
   /** `--import ROWS`: measure a contact upload instead of calls. */
   importRows: number | undefined;
+  /** --workers N: admission rate and webhook latency, embedded vs WORKERS=N with Redis. */
+  workers: number | undefined;
+  /** --workers: webhooks in flight at once. */
+  concurrency: number;
+  /** --workers: the redis-server binary. */
+  redisServer: string;
 }
 
 function usage(msg: string): never {
@@ -167,6 +181,9 @@ function parseOptions(): Options | undefined {
         'bridge-env': { type: 'string', multiple: true },
         record: { type: 'boolean', default: false },
         'bridge-node-arg': { type: 'string', multiple: true },
+        workers: { type: 'string' },
+        concurrency: { type: 'string' },
+        'redis-server': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -187,7 +204,10 @@ function parseOptions(): Options | undefined {
   if (calls.length === 0 || calls.some((n) => !Number.isInteger(n) || n < 1 || n > 5000)) usage(`--calls must list integers in [1, 5000] (got ${JSON.stringify(callsText)})`);
   if (values['with-600'] && !calls.includes(600)) calls.push(600);
   if (soak && calls.length !== 1) usage(`--soak takes one call count (got ${JSON.stringify(calls.join(','))})`);
-  const durationS = Math.round(numOpt('duration', values.duration, soak ? 600 : quick ? 5 : 20, soak ? 120 : 1, 3600));
+  const workers = values.workers === undefined ? undefined : Math.round(numOpt('workers', values.workers, 2, 2, 64));
+  if (workers !== undefined && (soak || values.import !== undefined)) usage('--workers goes with neither --soak nor --import');
+  if (values.concurrency !== undefined && workers === undefined) usage('--concurrency goes with --workers');
+  const durationS = Math.round(numOpt('duration', values.duration, soak ? 600 : workers !== undefined ? 10 : quick ? 5 : 20, soak ? 120 : 1, 3600));
   const bridgeEnv: Record<string, string> = {};
   for (const kv of values['bridge-env'] ?? []) {
     const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
@@ -222,6 +242,9 @@ function parseOptions(): Options | undefined {
     soak,
     sampleS: numOpt('sample-s', values['sample-s'], 10, 1, 600),
     importRows: values.import === undefined ? undefined : Math.round(numOpt('import', values.import, 100_000, 1, 100_000)),
+    workers,
+    concurrency: Math.round(numOpt('concurrency', values.concurrency, 32, 1, 1000)),
+    redisServer: values['redis-server'] ?? 'redis-server',
   };
 }
 
@@ -1222,6 +1245,30 @@ async function probeJitter(machine: Machine, spinOther: boolean): Promise<Jitter
 async function main(): Promise<void> {
   const opts = parseOptions();
   if (opts === undefined) return;
+  if (opts.workers !== undefined) {
+    let r;
+    try {
+      r = await runWorkersBench({
+        workers: opts.workers,
+        durationS: opts.durationS,
+        concurrency: opts.concurrency,
+        distDir: DIST,
+        nodeArgs: productionNodeFlags(),
+        redisBin: opts.redisServer,
+        log: (line) => process.stderr.write(`${line}\n`),
+      });
+    } catch (err) {
+      if (!(err instanceof BenchSetupError)) throw err;
+      process.stderr.write(`bench: ${err.message}\n`);
+      process.exit(2);
+    }
+    process.stdout.write(`${formatWorkersBench(r)}\n`);
+    const file = resolve(opts.jsonOut);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${JSON.stringify({ kind: 'workers', startedAt: new Date().toISOString(), revision: gitRevision(), result: r }, null, 2)}\n`);
+    process.stdout.write(`results: ${file}\n`);
+    return;
+  }
   if (opts.importRows !== undefined) {
     const r = await runImportDelay({ rows: opts.importRows, distDir: DIST, nodeArgs: productionNodeFlags() });
     process.stdout.write(`${formatImportDelay(r)}\n`);

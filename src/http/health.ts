@@ -17,6 +17,7 @@ import type { Metrics } from '../metrics.js';
 import type { AgentDirectory } from '../agent/directory.js';
 import type { SessionManager } from '../session/manager.js';
 import type { FleetCapacity } from '../session/fleetAdmission.js';
+import { workerSlot } from '../workers.js';
 
 export interface HealthDeps {
   manager: SessionManager;
@@ -57,6 +58,7 @@ export function bearerToken(header: string | string[] | undefined): string | und
 export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Promise<void> {
   const { manager, metrics, metricsToken, agents, defaultAgent } = deps;
   app.get('/healthz', async () => ({ status: 'ok' }));
+  const worker = workerSlot();
   app.get('/readyz', async (_req, reply) => {
     // Agents down do not make the bridge unready: calls to them still get the busy prompt (or a
     // fallback), and numbers routed to other agents keep working. The body says which are down.
@@ -71,6 +73,9 @@ export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Prom
       defaultAgent,
       defaultAgentUp,
       agentsDown,
+      // Which process answered: with WORKERS=N, the worker (1..N) behind the shared port.
+      pid: process.pid,
+      ...(worker !== undefined ? { worker } : {}),
     };
     if (deps.fleet === undefined) return reply.code(body.ready ? 200 : 503).send(body);
     // REDIS_URL: every admission goes through Redis, so a process that cannot reach it is not ready.
