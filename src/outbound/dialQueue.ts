@@ -264,9 +264,9 @@ export class DialQueue {
     if (row === undefined || row.finalizedAt !== null) return 'stale';
     if (row.status !== 'queued') return this.#reconcileClaim(job, token, row);
     if (row.hangupRequested) return 'stale';
-    const slot = await this.#o.holdSlot(row.id, row.agentId);
-    if (slot === undefined) return this.#later(job, token, RETRY_SLOT_MS);
-    const ticket = await this.#pace(job, token, [], () => this.#c.manager.releaseSlot(slot));
+    const ticket = await this.#pace(job, token, []);
+    const slot = await this.#withTicket(ticket, () => this.#o.holdSlot(row.id, row.agentId));
+    if (slot === undefined) return this.#noRoom(job, token, ticket);
     const claimed = await this.#claimed(() => claimQueuedCall(this.#c, row.id, this.#c.now()), ticket, () => this.#c.manager.releaseSlot(slot));
     if (claimed === undefined) return 'stale';
     this.#c.attempts.hold(claimed.id, slot, this.#c.now());
@@ -293,23 +293,24 @@ export class DialQueue {
     if (settled !== undefined) return settled;
     const s = campaign.settings;
     const agentId = s.agentId ?? this.#o.defaultAgentId;
+    // Paced first: no slot is held while a dial waits for its turn.
+    const ticket = await this.#pace(job, token, [{ name: `campaign:${campaign.id}`, ratePerSecond: s.callsPerSecond }]);
     const campaignSlots = this.#campaignSlotsOf(campaign.id, s.maxConcurrent);
-    const leased = await campaignSlots.claim({ callSid: `${campaign.id}:${contact.id}`, agents: [agentId] });
-    if (!leased.ok) return this.#later(job, token, RETRY_SLOT_MS);
+    const leased = await this.#withTicket(ticket, () => campaignSlots.claim({ callSid: `${campaign.id}:${contact.id}`, agents: [agentId] }));
+    if (!leased.ok) return this.#noRoom(job, token, ticket);
     const giveBack = () => void campaignSlots.release(leased.slot).catch(() => undefined);
-    const slot = await this.#o.holdSlot(`${campaign.id}:${contact.id}`, agentId).catch((err: unknown) => {
+    const slot = await this.#withTicket(ticket, () => this.#o.holdSlot(`${campaign.id}:${contact.id}`, agentId)).catch((err: unknown) => {
       giveBack();
       throw err;
     });
     if (slot === undefined) {
       giveBack();
-      return this.#later(job, token, RETRY_SLOT_MS);
+      return this.#noRoom(job, token, ticket);
     }
     const release = () => {
       giveBack();
       this.#c.manager.releaseSlot(slot);
     };
-    const ticket = await this.#pace(job, token, [{ name: `campaign:${campaign.id}`, ratePerSecond: s.callsPerSecond }], release);
     const row = await this.#claimed(() => claimContactAttempt(this.#c, this.#o, campaign, contact, this.#c.now()), ticket, release);
     if (row === undefined) return 'stale';
     this.#campaignHeld.set(row.id, { slots: campaignSlots, slot: leased.slot });
@@ -349,25 +350,32 @@ export class DialQueue {
     return 'reconciled';
   }
 
-  /** Waits for room in the fleet's pacing (account, and the campaign's); gives the slots back if the job is delayed instead. */
-  async #pace(job: Job, token: string | undefined, scopes: RateScope[], release: () => void): Promise<RateTicket> {
+  /** Waits for room in the fleet's pacing (account, and the campaign's); the job is delayed instead when that takes long. */
+  async #pace(job: Job, token: string | undefined, scopes: RateScope[]): Promise<RateTicket> {
     const all: RateScope[] = [{ name: 'account', ratePerSecond: this.#o.maxCps }, ...scopes];
     const until = Date.now() + 5_000;
     for (;;) {
-      let t: RateTicket | number;
-      try {
-        t = await this.#rate.take(all);
-      } catch (err) {
-        release();
-        throw err;
-      }
+      const t = await this.#rate.take(all);
       if (typeof t !== 'number') return t;
-      if (Date.now() + t > until || this.#closed) {
-        release();
-        return this.#later(job, token, t);
-      }
+      if (Date.now() + t > until || this.#closed) return this.#later(job, token, t);
       await new Promise((r) => setTimeout(r, Math.min(t, 250)));
     }
+  }
+
+  /** Runs a step after the ticket was taken; the ticket stops counting when the step throws. */
+  async #withTicket<T>(ticket: RateTicket, step: () => Promise<T>): Promise<T> {
+    try {
+      return await step();
+    } catch (err) {
+      await this.#rate.forget(ticket).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** No slot now: the ticket stops counting and the job waits as a delayed job. */
+  async #noRoom(job: Job, token: string | undefined, ticket: RateTicket): Promise<never> {
+    await this.#rate.forget(ticket).catch(() => undefined);
+    return this.#later(job, token, RETRY_SLOT_MS);
   }
 
   /** Runs a store claim; a lost or failed claim gives back the ticket and the slots. */
