@@ -100,6 +100,8 @@ export class DialQueue {
   readonly #queue: Queue;
   readonly #rate: FleetDialRate;
   #worker: Worker | undefined;
+  /** The clients given to BullMQ (it leaves clients it was given open: closed here). */
+  readonly #bullClients: Redis[] = [];
   /** Campaign lease slots, by campaign and cap (a changed cap gets its own instance over the same keys). */
   readonly #campaignSlots = new Map<string, FleetSlots>();
   /** The campaign slot held for each attempt (call row id) this process dialed. */
@@ -178,6 +180,7 @@ export class DialQueue {
     await this.#worker?.close(opts.force === true).catch(() => undefined);
     await this.#queue.close().catch(() => undefined);
     for (const s of this.#campaignSlots.values()) await s.close({ releaseHeld: true }).catch(() => undefined);
+    for (const c of this.#bullClients) c.disconnect();
     this.#redis.disconnect();
   }
 
@@ -187,15 +190,11 @@ export class DialQueue {
     return { waiting: (c.waiting ?? 0) + (c.prioritized ?? 0), delayed: c.delayed ?? 0, active: c.active ?? 0 };
   }
 
-  /** The queue (tests). */
-  get queue(): Queue {
-    return this.#queue;
-  }
-
   /** BullMQ's connections: workers block on Redis, so their commands never give up (`maxRetriesPerRequest: null`). */
   #bullConnection(worker: boolean): Redis {
     const r = new Redis(this.#o.redisUrl, { maxRetriesPerRequest: worker ? null : 1, retryStrategy: (n: number) => Math.min(100 * n, 2_000) });
     watchErrors(r, this.#c.log, worker ? 'dial-worker' : 'dial-queue');
+    this.#bullClients.push(r);
     return r;
   }
 
