@@ -323,6 +323,10 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
             prefix: config.fleet.prefix,
             leaseMs: config.fleet.leaseMs,
             holdSlot: (key: string, agentId: string) => fleet.holdOutboundSlot(key, agentId),
+            ownedElsewhere: async (callSid: string) => {
+              const owner = await fleet.owners.ownerOf(callSid);
+              return owner !== undefined && owner !== fleet.processId;
+            },
             onDepth: (d: { waiting: number; delayed: number; active: number }) => {
               for (const [state, n] of Object.entries(d)) metrics.dialQueueJobs.labels(state).set(n);
             },

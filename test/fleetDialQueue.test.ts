@@ -91,7 +91,7 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
   });
 
   /** `count` engines sharing one database file, one Redis prefix and one carrier. */
-  function fleet(count: number, opts: { maxCps?: number; leaseMs?: number; claimGraceMs?: number } = {}): Proc[] {
+  function fleet(count: number, opts: { maxCps?: number; leaseMs?: number; claimGraceMs?: number; ownedElsewhere?: (callSid: string) => Promise<boolean> } = {}): Proc[] {
     n++;
     const file = join(dir, `fleet${n}.db`);
     const prefix = `t${n}:`;
@@ -122,6 +122,7 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
           leaseMs: opts.leaseMs ?? 2_000,
           pollMs: 200,
           ...(opts.claimGraceMs !== undefined ? { claimGraceMs: opts.claimGraceMs } : {}),
+          ...(opts.ownedElsewhere !== undefined ? { ownedElsewhere: opts.ownedElsewhere } : {}),
           holdSlot: async (key, agentId) => manager.holdOutboundSlot(key, agentId),
           onJob: (outcome) => jobs.push(outcome),
         },
@@ -263,5 +264,18 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     expect(dials.map((d) => d.tag)).toEqual([1]);
     const rows = b!.calls.listByContact(id, b!.campaigns.contacts(id, { limit: 1 })[0]!.id);
     expect(rows.map((r) => r.status)).toEqual(['not-dialed', 'dialed']);
+  });
+
+  it("leaves to its owner, at a restart's reconciliation, an inbound call live on another process of the shared database", async () => {
+    const live = 'CA' + '1'.repeat(32);
+    const gone = 'CA' + '2'.repeat(32);
+    const [p] = fleet(1, { ownedElsewhere: async (sid) => sid === live });
+    for (const sid of [live, gone]) p!.calls.insert({ callSid: sid, direction: 'inbound', to: '+14155550100', from: phone(1), agentId: 'agent', status: 'in-progress' });
+    await p!.outbound.reconcile();
+    const liveRow = p!.calls.getBySid(live)!;
+    expect(liveRow.sessionEndedAt).toBeNull();
+    expect(liveRow.finalizedAt).toBeNull();
+    // A call no process owns is settled as before.
+    expect(p!.calls.getBySid(gone)!.finalizedAt).not.toBeNull();
   });
 });

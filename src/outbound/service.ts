@@ -70,7 +70,10 @@ export interface OutboundOptions {
   /** REDIS_URL: ends a call whose session is live on another process (false: live nowhere). */
   remoteHangup?(callSid: string): Promise<boolean>;
   /** REDIS_URL: dial through the fleet's BullMQ queue ({@link DialQueue}) instead of the in-process loop. */
-  fleetDial?: Omit<DialQueueOptions, 'publicUrl' | 'defaultFrom' | 'defaultAgentId' | 'maxCallS' | 'maxCps' | 'onDial'>;
+  fleetDial?: Omit<DialQueueOptions, 'publicUrl' | 'defaultFrom' | 'defaultAgentId' | 'maxCallS' | 'maxCps' | 'onDial'> & {
+    /** True when another live process owns the call (its rows are left to it at reconciliation). */
+    ownedElsewhere?: (callSid: string) => Promise<boolean>;
+  };
 }
 
 export class OutboundError extends Error {
@@ -144,6 +147,7 @@ export class OutboundService {
     this.#reconciler = new Reconciler(this.#ctx, this.#finalizer, {
       ...(opts.settleAfterMs !== undefined ? { settleAfterMs: opts.settleAfterMs } : {}),
       ...(claimGraceMs !== undefined ? { claimGraceMs } : {}),
+      ...(fleetDial?.ownedElsewhere !== undefined ? { ownedElsewhere: fleetDial.ownedElsewhere } : {}),
     });
     this.#loop =
       fleetDial === undefined
