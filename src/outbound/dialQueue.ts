@@ -231,7 +231,11 @@ export class DialQueue {
       }
       const running = await this.#c.campaigns.byStatus('running');
       for (const campaign of running) {
-        const due = await this.#c.campaigns.due(campaign.id, now + HORIZON_MS, SCAN_BATCH);
+        // A few seconds' worth of a campaign's work in the queue at a time: a campaign at its cap
+        // then has few jobs going round (each taken job counts in the rate limit of every campaign).
+        const s = settingsOf(campaign);
+        const batch = Math.min(SCAN_BATCH, Math.max(10, 2 * s.maxConcurrent, Math.ceil(5 * Math.min(s.callsPerSecond, this.#o.maxCps))));
+        const due = await this.#c.campaigns.due(campaign.id, now + HORIZON_MS, batch);
         if (due.length === 0) this.#f.maybeComplete(campaign.id);
         for (const contact of due) {
           const data: JobData = { kind: 'contact', campaignId: campaign.id, contactId: contact.id, attempts: contact.attempts };
