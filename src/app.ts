@@ -325,6 +325,24 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     onDial: (result) => metrics.outboundDialsTotal.labels(result).inc(),
     onStoreError,
     ...(fleet !== undefined ? { remoteHangup: (callSid: string) => remoteHangup(fleet, callSid) } : {}),
+    ...(fleet !== undefined && config.fleet !== undefined
+      ? {
+          fleetDial: {
+            redisUrl: config.fleet.redisUrl,
+            prefix: config.fleet.prefix,
+            leaseMs: config.fleet.leaseMs,
+            holdSlot: (key: string, agentId: string) => fleet.holdOutboundSlot(key, agentId),
+            ownedElsewhere: async (callSid: string) => {
+              const owner = await fleet.owners.ownerOf(callSid);
+              return owner !== undefined && owner !== fleet.processId;
+            },
+            onDepth: (d: { waiting: number; delayed: number; active: number }) => {
+              for (const [state, n] of Object.entries(d)) metrics.dialQueueJobs.labels(state).set(n);
+            },
+            onJob: (outcome: string) => metrics.dialJobsTotal.labels(outcome).inc(),
+          },
+        }
+      : {}),
   });
 
   // Operator HTTP tools get the call's record (id, numbers, metadata) and are signed like webhooks.

@@ -66,6 +66,9 @@ export class Metrics {
   readonly agentCapacityTotal: client.Counter;
   readonly webhookSignatureFailures: client.Counter<'route'>;
   readonly outboundDialsTotal: client.Counter<'result'>;
+  /** REDIS_URL: the fleet's dial queue (the same figures on every process). */
+  readonly dialQueueJobs: client.Gauge<'state'>;
+  readonly dialJobsTotal: client.Counter<'outcome'>;
   readonly storeErrorsTotal: client.Counter<'op' | 'code'>;
   readonly eventsConsumersCutTotal: client.Counter;
   readonly firstAgentAudioSeconds: client.Histogram;
@@ -137,6 +140,13 @@ export class Metrics {
     this.agentReconnectsTotal = new client.Counter({ name: 'playline_agent_reconnects_total', help: 'Agent-leg reconnects by result (attempt, success, gave_up)', labelNames: ['result'] as const, registers });
     this.agentCapacityTotal = new client.Counter({ name: 'playline_agent_capacity_exceeded_total', help: 'Agent accounts refusing a session for capacity (PlayAI 4429 and the equivalents of other providers)', registers });
     this.outboundDialsTotal = new client.Counter({ name: 'playline_outbound_dials_total', help: 'Outbound dial requests by result (dialed, invalid-number, rate-limited, auth, rejected, unknown)', labelNames: ['result'] as const, registers });
+    this.dialQueueJobs = new client.Gauge({ name: 'playline_dial_queue_jobs', help: 'REDIS_URL: dial jobs in the fleet queue by state (waiting, delayed, active), as of the last scan', labelNames: ['state'] as const, registers });
+    this.dialJobsTotal = new client.Counter({
+      name: 'playline_dial_jobs_total',
+      help: 'REDIS_URL: dial jobs this process finished, by outcome (dialed, failed, stale, reconciled, dropped, settled)',
+      labelNames: ['outcome'] as const,
+      registers,
+    });
     this.storeErrorsTotal = new client.Counter({
       name: 'playline_store_errors_total',
       help: 'Failed database writes or reads by operation and SQLite code (alert on any: disk full, unwritable DATA_DIR, locked database)',

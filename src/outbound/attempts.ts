@@ -25,6 +25,7 @@ export class Attempts {
   readonly #recheck = new Map<string, number>();
   readonly #dials = new Set<Promise<void>>();
   readonly #afterCall = new Set<Promise<void>>();
+  #onActiveRemoved: ((campaignId: string, callId: string) => void) | undefined;
 
   constructor(slots: SlotReleaser, log: Logger) {
     this.#slots = slots;
@@ -75,6 +76,12 @@ export class Attempts {
 
   removeActive(campaignId: string, callId: string): void {
     this.#active.get(campaignId)?.delete(callId);
+    this.#onActiveRemoved?.(campaignId, callId);
+  }
+
+  /** Hears of every attempt that stops being active (finalized or voided): the fleet dialer gives its campaign slot back. */
+  onActiveRemoved(listener: (campaignId: string, callId: string) => void): void {
+    this.#onActiveRemoved = listener;
   }
 
   activeCount(campaignId: string): number {

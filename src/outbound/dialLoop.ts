@@ -15,12 +15,11 @@ import type { Slot } from '../session/manager.js';
 import { errorMessage } from '../util/errors.js';
 import { storeErrorHint } from '../calls/recorder.js';
 import { settingsOf, type OutboundContext } from './context.js';
-import { DialError, type DialRequest } from './dialer.js';
 import type { Finalizer } from './finalizer.js';
 import { Pacer, type PacerTicket } from './pacing.js';
 import type { Reconciler } from './reconciler.js';
+import { claimContactAttempt, dialRequestFor, recordDialed, settleDialFailure } from './placing.js';
 import type { CampaignSettings } from './settings.js';
-import { fillTemplate } from './template.js';
 import { isWithinWindow, nextWindowStart } from './window.js';
 
 export interface DialLoopOptions {
@@ -252,149 +251,41 @@ export class DialLoop {
   }
 
   /**
-   * Claims the job in one transaction (the API call's row, or the contact
-   * with its attempt's new row) before the carrier is asked. Undefined when
-   * the job is no longer there to claim, or was settled without a dial.
+   * Claims the job (the API call's row, or the contact with its attempt's new row) before the
+   * carrier is asked. Undefined when the job is no longer there to claim, or was settled without a dial.
    */
   #claim(job: Job, now: number): CallRow | undefined {
-    const { calls, campaigns } = this.#c;
     if (job.kind === 'call') {
+      const { calls } = this.#c;
       return calls.transaction(() => {
         const fresh = calls.get(job.row.id);
         if (fresh === undefined || fresh.status !== 'queued' || fresh.hangupRequested) return undefined;
         return calls.update(job.row.id, { status: 'claimed', claimedAt: now });
       });
     }
-    const { campaign, contact } = job;
-    const s = campaign.settings;
-    const fill = (t: string | undefined) => (t === undefined ? undefined : fillTemplate(t, contact.variables));
-    const prompt = fill(s.prompt);
-    const greeting = fill(s.customGreeting);
-    const from = s.from ?? this.#o.defaultFrom;
-    if ((prompt !== undefined && !prompt.ok) || (greeting !== undefined && !greeting.ok) || from === undefined) {
-      const why = from === undefined ? 'no caller id: set settings.from or DEFAULT_CALLER_ID' : 'a template variable is missing for this contact';
-      campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now);
-      if (from === undefined) this.#pauseRunning(campaign.id, 'configuration', why, now);
-      return undefined;
-    }
-    const vm = s.voicemail;
-    return calls.transaction(() => {
-      const r = calls.insert(
-        {
-          direction: 'outbound',
-          to: contact.phone,
-          from,
-          agentId: s.agentId ?? this.#o.defaultAgentId,
-          prompt: prompt?.ok ? prompt.text : undefined,
-          customGreeting: greeting?.ok ? greeting.text : undefined,
-          metadata: { ...(s.metadata ?? {}), campaignName: campaign.name },
-          machineDetection: vm.action !== 'continue',
-          voicemailAction: vm.action === 'continue' ? undefined : vm.action,
-          voicemailMessage: vm.action === 'message' ? vm.message : undefined,
-          campaignId: campaign.id,
-          contactId: contact.id,
-          ...(s.record !== undefined ? { record: s.record } : {}),
-          attempt: contact.attempts + 1,
-          status: 'claimed',
-          claimedAt: now,
-        },
-        now,
-      );
-      campaigns.updateContact(contact.id, { state: 'dialing', attempts: contact.attempts + 1, lastCallId: r.id }, now);
-      return r;
-    });
+    return claimContactAttempt(this.#c, this.#o, job.campaign, job.contact, now);
   }
 
   async #place(row: CallRow, timeoutS: number): Promise<void> {
-    const base = this.#o.publicUrl;
-    const q = `?callId=${encodeURIComponent(row.id)}`;
-    const req: DialRequest = {
-      callId: row.id,
-      to: row.to,
-      from: row.from,
-      url: `${base}/twilio/voice${q}`,
-      statusCallback: `${base}/twilio/status${q}`,
-      timeoutS,
-      timeLimitS: this.#o.maxCallS,
-    };
-    if (row.machineDetection) {
-      req.machineDetection = row.voicemailAction === 'message' ? 'DetectMessageEnd' : 'Enable';
-      req.amdCallback = `${base}/twilio/amd${q}`;
-    }
     let sid: string;
     let status: string;
     try {
-      ({ sid, status } = await this.#c.dialer.create(req));
+      ({ sid, status } = await this.#c.dialer.create(dialRequestFor(row, this.#o, timeoutS)));
     } catch (err) {
-      this.#dialFailed(row, err);
+      settleDialFailure(this.#c, this.#f, row, err, {
+        onDial: this.#o.onDial,
+        rateLimited: () => {
+          const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
+          this.#rateBackoff++;
+          this.#account.pauseUntil(this.#c.now() + backoff);
+          return backoff;
+        },
+      });
       return;
     }
-    const { calls } = this.#c;
-    const now = this.#c.now();
     this.#rateBackoff = 0;
     this.#o.onDial?.('dialed');
-    let hangupRequested = false;
-    try {
-      const fresh = calls.get(row.id);
-      hangupRequested = fresh?.hangupRequested === true;
-      const dialed = calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
-      calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
-      if (dialed !== undefined) this.#c.callEvents?.started(dialed);
-    } catch (err) {
-      // The call exists at the carrier but its CallSid is not stored: its callbacks (by call id) or a recheck will tie it.
-      this.#c.onStoreError('dial_placed', err);
-      this.#c.log.error({ callId: row.id, callSid: sid, err: errorMessage(err) }, storeErrorHint(err));
-      this.#c.attempts.recheckAt(row.id, now + 15_000);
-    }
-    if (hangupRequested) await this.#c.dialer.hangup(sid).catch(() => undefined);
-  }
-
-  /** Pauses a campaign that is running (a finished or paused one is left alone). */
-  #pauseRunning(campaignId: string, reason: string, lastError: string, now: number): void {
-    const c = this.#c.campaigns.get(campaignId);
-    if (c === undefined || (c.status !== 'running' && c.status !== 'draft')) return;
-    this.#c.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
-  }
-
-  #dialFailed(row: CallRow, err: unknown): void {
-    const { calls } = this.#c;
-    const now = this.#c.now();
-    const e = err instanceof DialError ? err : new DialError('unknown', errorMessage(err));
-    this.#o.onDial?.(e.kind);
-    this.#c.log.warn({ callId: row.id, kind: e.kind, code: e.code, httpStatus: e.httpStatus, err: e.message }, 'dial failed');
-    calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
-    const fresh = calls.get(row.id) ?? row;
-    if (fresh.callSid !== null || fresh.finalizedAt !== null) return; // a callback already told us the call exists
-    switch (e.kind) {
-      case 'invalid-number':
-        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
-        return;
-      case 'rate-limited': {
-        const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
-        this.#rateBackoff++;
-        this.#account.pauseUntil(now + backoff);
-        this.#f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
-        return;
-      }
-      case 'auth':
-        if (fresh.campaignId === null) {
-          this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
-          return;
-        }
-        this.#f.voidAttempt(fresh.id, e.message);
-        this.#pauseRunning(fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
-        return;
-      case 'rejected':
-        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
-        return;
-      case 'unknown':
-        // The request may or may not have created a call: ask the carrier later rather than dial again.
-        this.#c.attempts.recheckAt(row.id, now + 15_000);
-        this.#c.attempts.releaseHeld(row.id);
-        return;
-    }
+    if (recordDialed(this.#c, row, sid, status)) await this.#c.dialer.hangup(sid).catch(() => undefined);
   }
 
   #pacerOf(campaign: CampaignRow<CampaignSettings>): Pacer {

@@ -16,6 +16,16 @@ export type ReconcileResult = 'attached' | 'voided' | 'finished' | 'kept';
 export interface ReconcilerOptions {
   /** Grace after a session ended before a call without a terminal status is settled with the carrier. */
   settleAfterMs?: number;
+  /**
+   * Fleet (shared store): a claim without a CallSid younger than this belongs to a dial another
+   * process may still be placing; `reconcile` leaves it to that dial's job (default 0: none).
+   */
+  claimGraceMs?: number;
+  /**
+   * Fleet (shared store): true when another live process owns the call's media stream; `reconcile`
+   * leaves such a row to its owner (it would otherwise end the record of a call that goes on there).
+   */
+  ownedElsewhere?: (callSid: string) => Promise<boolean>;
 }
 
 /** How long after a lost request or a restart a followed call is asked about again. */
@@ -26,6 +36,8 @@ export class Reconciler {
   readonly #c: OutboundContext;
   readonly #f: Finalizer;
   readonly #settleAfterMs: number;
+  readonly #claimGraceMs: number;
+  readonly #ownedElsewhere: ((callSid: string) => Promise<boolean>) | undefined;
   /** Outbound calls seen in progress at the carrier without their TwiML request served here, once. */
   readonly #orphans = new Set<string>();
 
@@ -33,6 +45,8 @@ export class Reconciler {
     this.#c = ctx;
     this.#f = finalizer;
     this.#settleAfterMs = opts.settleAfterMs ?? 20_000;
+    this.#claimGraceMs = opts.claimGraceMs ?? 0;
+    this.#ownedElsewhere = opts.ownedElsewhere;
   }
 
   /**
@@ -44,8 +58,10 @@ export class Reconciler {
     const out: Record<ReconcileResult, number> = { attached: 0, voided: 0, finished: 0, kept: 0 };
     for (const row of calls.unfinished()) {
       if (row.status === 'queued') continue;
+      if (row.status === 'claimed' && row.callSid === null && this.#c.now() - (row.claimedAt ?? row.createdAt) < this.#claimGraceMs) continue;
       if (attempts.isHeld(row.id) || (row.callSid !== null && manager.getSession(row.callSid) !== undefined)) continue;
       try {
+        if (row.callSid !== null && this.#ownedElsewhere !== undefined && (await this.#ownedElsewhere(row.callSid))) continue;
         const r = await this.reconcileRow(row);
         out[r]++;
         // Followed, but nothing here will hear of it unless a callback comes: look again soon.

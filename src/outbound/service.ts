@@ -30,6 +30,7 @@ import { Attempts } from './attempts.js';
 import { CarrierCallbacks } from './callbacks.js';
 import { settingsOf, type OutboundContext } from './context.js';
 import { DialLoop } from './dialLoop.js';
+import { DialQueue, type DialQueueOptions } from './dialQueue.js';
 import type { Dialer } from './dialer.js';
 import { Finalizer, type PostCallSink, type TranscriptFetcher } from './finalizer.js';
 import { Reconciler } from './reconciler.js';
@@ -68,6 +69,11 @@ export interface OutboundOptions {
   onStoreError?(op: string, err: unknown): void;
   /** REDIS_URL: ends a call whose session is live on another process (false: live nowhere). */
   remoteHangup?(callSid: string): Promise<boolean>;
+  /** REDIS_URL: dial through the fleet's BullMQ queue ({@link DialQueue}) instead of the in-process loop. */
+  fleetDial?: Omit<DialQueueOptions, 'publicUrl' | 'defaultFrom' | 'defaultAgentId' | 'maxCallS' | 'maxCps' | 'onDial'> & {
+    /** True when another live process owns the call (its rows are left to it at reconciliation). */
+    ownedElsewhere?: (callSid: string) => Promise<boolean>;
+  };
 }
 
 export class OutboundError extends Error {
@@ -94,7 +100,8 @@ export class OutboundService {
   readonly #attempts: Attempts;
   readonly #finalizer: Finalizer;
   readonly #reconciler: Reconciler;
-  readonly #loop: DialLoop;
+  /** The in-process dial loop (no REDIS_URL), or the fleet's dial queue. */
+  readonly #loop: DialLoop | DialQueue;
   readonly #campaignEvents: CampaignEvents | undefined;
   /** The carrier's callbacks (answer, status, AMD): their one owner. */
   readonly callbacks: CarrierCallbacks;
@@ -134,16 +141,18 @@ export class OutboundService {
       campaignChanged: (id) => this.#campaignEvents?.changed(id),
     };
     this.#finalizer = new Finalizer(this.#ctx, { webhooks: opts.webhooks, fetchTranscript: opts.fetchTranscript });
-    this.#reconciler = new Reconciler(this.#ctx, this.#finalizer, opts.settleAfterMs !== undefined ? { settleAfterMs: opts.settleAfterMs } : {});
-    this.#loop = new DialLoop(this.#ctx, this.#finalizer, this.#reconciler, {
-      publicUrl: opts.publicUrl,
-      defaultFrom: opts.defaultFrom,
-      defaultAgentId: opts.defaultAgentId,
-      maxCps: opts.maxCps,
-      maxCallS: opts.maxCallS,
-      pollMs: opts.pollMs,
-      onDial: opts.onDial,
+    const place = { publicUrl: opts.publicUrl, defaultFrom: opts.defaultFrom, defaultAgentId: opts.defaultAgentId, maxCps: opts.maxCps, maxCallS: opts.maxCallS, onDial: opts.onDial };
+    const fleetDial = opts.fleetDial;
+    const claimGraceMs = fleetDial === undefined ? undefined : (fleetDial.claimGraceMs ?? 2 * fleetDial.leaseMs + 10_000);
+    this.#reconciler = new Reconciler(this.#ctx, this.#finalizer, {
+      ...(opts.settleAfterMs !== undefined ? { settleAfterMs: opts.settleAfterMs } : {}),
+      ...(claimGraceMs !== undefined ? { claimGraceMs } : {}),
+      ...(fleetDial?.ownedElsewhere !== undefined ? { ownedElsewhere: fleetDial.ownedElsewhere } : {}),
     });
+    this.#loop =
+      fleetDial === undefined
+        ? new DialLoop(this.#ctx, this.#finalizer, this.#reconciler, { ...place, pollMs: opts.pollMs })
+        : new DialQueue(this.#ctx, this.#finalizer, this.#reconciler, { ...place, ...fleetDial, ...(claimGraceMs !== undefined ? { claimGraceMs } : {}) });
     this.callbacks = new CarrierCallbacks(this.#ctx, this.#finalizer);
   }
 
@@ -151,7 +160,7 @@ export class OutboundService {
   async start(): Promise<void> {
     await this.#reconciler.reconcile();
     // Stopped while the carrier was being asked: the loop does not start after the close.
-    if (!this.#stopped) this.#loop.start();
+    if (!this.#stopped) await this.#loop.start();
   }
 
   /** Stops dialing (drain); calls in progress go on. */
@@ -159,10 +168,15 @@ export class OutboundService {
     this.#loop.pause();
   }
 
-  /** Stops the loop and waits for requests in flight (dials, post-call work). */
-  async stop(): Promise<void> {
+  /**
+   * Stops the loop and waits for requests in flight (dials, post-call work). `force` (REDIS_URL)
+   * does not wait for dials in flight: their jobs are taken over by another process after one lease.
+   */
+  async stop(opts: { force?: boolean } = {}): Promise<void> {
     this.#stopped = true;
-    this.#loop.stop();
+    if (this.#loop instanceof DialQueue) await this.#loop.close(opts);
+    else this.#loop.stop();
+    if (opts.force === true && this.#loop instanceof DialQueue) return this.#campaignEvents?.close();
     await this.#attempts.settle();
     this.#campaignEvents?.close();
   }

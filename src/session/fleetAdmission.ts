@@ -26,7 +26,9 @@
  * - Agents marked down after failed connects stay per process: each process probes its agents
  *   and decides from its own connects (a network problem of one machine is not the fleet's).
  *
- * Not yet fleet-wide: INBOUND_RESERVED for outbound dialing, and outbound dialing itself.
+ * Outbound dials hold their slot through {@link FleetAdmission.holdOutboundSlot} (outbound/dialQueue.ts).
+ *
+ * Not yet fleet-wide: INBOUND_RESERVED for outbound dialing.
  */
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -216,6 +218,34 @@ export class FleetAdmission {
       this.#log.error({ callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to redeem a stream token; refusing the stream (check REDIS_URL and the Redis server)');
       return { ok: false, reason: 'unknown_token' };
     }
+  }
+
+  /**
+   * A slot for an outbound dial (outbound/dialQueue.ts): a fleet lease (MAX_CONCURRENT_CALLS and
+   * AGENT_LIMITS fleet-wide, never the INBOUND_RESERVED slots of this process' manager) and the
+   * manager's local slot, tied so that releasing the local slot releases the lease. Undefined when
+   * there is no room (or Redis cannot be reached: the dial waits).
+   */
+  async holdOutboundSlot(key: string, agentId: string): Promise<Slot | undefined> {
+    const m = this.#o.manager;
+    if (m.outboundRoom === 0) return undefined;
+    let fleetSlot: FleetSlot;
+    try {
+      const claimed = await this.slots.claim({ callSid: key, agents: this.#o.agentCandidates(agentId), outbound: true });
+      if (!claimed.ok) return undefined;
+      fleetSlot = claimed.slot;
+    } catch (err) {
+      this.#log.warn({ key, err: errMessage(err) }, 'fleet: cannot reach Redis to hold a slot for a dial; dialing waits (check REDIS_URL and the Redis server)');
+      return undefined;
+    }
+    const local = m.holdOutboundSlot(key, fleetSlot.agentId);
+    if (local === undefined) {
+      this.#releaseFleet(fleetSlot);
+      return undefined;
+    }
+    this.#fleetOf.set(local, fleetSlot);
+    this.#localOf.set(fleetSlot.id, local);
+    return local;
   }
 
   /** The manager released a slot (SessionManagerOptions.onSlotReleased): its lease and ownership go. */

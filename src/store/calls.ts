@@ -279,6 +279,15 @@ export class CallStore {
   }
 
   /** Updates the given fields; returns the row after the update. */
+  /**
+   * Claims a queued API call for dialing: one conditional UPDATE (atomic across processes sharing
+   * the database). True when this call claimed it.
+   */
+  claimQueued(id: string, now = Date.now()): boolean {
+    const r = this.#db.prepare("UPDATE calls SET status = 'claimed', claimed_at = ? WHERE id = ? AND status = 'queued' AND hangup_requested = 0").run(now, id);
+    return r.changes === 1;
+  }
+
   update(id: string, patch: CallPatch): CallRow | undefined {
     const sets: string[] = [];
     const values: unknown[] = [];

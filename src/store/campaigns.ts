@@ -231,6 +231,18 @@ export class CampaignStore {
     return typeof r.t === 'number' ? r.t : undefined;
   }
 
+  /**
+   * Claims a pending contact for its next attempt: one conditional UPDATE, so two processes
+   * sharing the database cannot both claim it (the second sees no row changed). True when this
+   * call claimed it (state `dialing`, attempts + 1).
+   */
+  claimContact(id: string, expectedAttempts: number, now = Date.now()): boolean {
+    const r = this.#db
+      .prepare("UPDATE contacts SET state = 'dialing', attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'pending' AND attempts = ?")
+      .run(now, id, expectedAttempts);
+    return r.changes === 1;
+  }
+
   updateContact(id: string, patch: { state?: ContactState; outcome?: string | null; attempts?: number; nextAttemptAt?: number; lastCallId?: string | null; lastError?: string | null }, now = Date.now()): void {
     const map: Record<string, string> = { state: 'state', outcome: 'outcome', attempts: 'attempts', nextAttemptAt: 'next_attempt_at', lastCallId: 'last_call_id', lastError: 'last_error' };
     const sets = ['updated_at = ?'];

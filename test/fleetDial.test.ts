@@ -1,0 +1,136 @@
+/**
+ * Three real bridge processes (`node dist`) sharing one redis-server (REDIS_URL) and one SQLite
+ * file (DATA_DIR) dial one campaign together through the fleet's BullMQ queue, against a fake
+ * Twilio REST API (TWILIO_API_URL) that plays every call and sends its callbacks to the process
+ * that dialed it. Skipped without redis-server unless PLAYLINE_REQUIRE_REDIS=1.
+ */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
+import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { freePort, killGroup, removeAfterAll, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
+
+const enabled = fleetTestsEnabled();
+const TOKEN = 'api-token-0123456789abcdef';
+const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+
+describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one database)', () => {
+  useProcessHarness();
+  let redis: TestRedis;
+  let n = 0;
+  beforeAll(async () => {
+    redis = await TestRedis.start();
+  }, 20_000);
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  /** Three bridges on one key prefix and one data directory, dialing through `rest`. */
+  async function fleet(rest: FakeTwilioRest, ports: number[], env: Record<string, string>): Promise<Child[]> {
+    const prefix = `d${++n}:`;
+    const dataDir = mkdtempSync(join(tmpdir(), 'playline-fleetdial-'));
+    removeAfterAll(dataDir);
+    const common = {
+      REDIS_URL: redis.url,
+      FLEET_PREFIX: prefix,
+      FLEET_LEASE_MS: '1500',
+      TWILIO_ACCOUNT_SID: rest.accountSid,
+      TWILIO_AUTH_TOKEN: rest.authToken,
+      TWILIO_API_URL: rest.url,
+      API_TOKEN: TOKEN,
+      DEFAULT_CALLER_ID: '+14155550100',
+      MAX_EVENT_LOOP_DELAY_MS: '0',
+      LOG_LEVEL: 'warn',
+      ...env,
+    };
+    const procs: Child[] = [];
+    // The first one creates the database; the others open it once it exists.
+    for (const port of ports) {
+      const c = await start({ env: { ...common, PUBLIC_URL: `http://127.0.0.1:${port}` }, port, dataDir });
+      await waitHealthy(c);
+      procs.push(c);
+    }
+    return procs;
+  }
+
+  async function createCampaign(c: Child, count: number, settings: Record<string, unknown>): Promise<string> {
+    const contacts = Array.from({ length: count }, (_, i) => ({ phone: `+1415555${String(5000 + i)}` }));
+    const res = await fetch(`${c.url}/v1/campaigns`, { method: 'POST', headers: auth, body: JSON.stringify({ name: 'fleet', settings, contacts, start: true }) });
+    expect(res.status).toBe(201);
+    return ((await res.json()) as { campaign: { id: string } }).campaign.id;
+  }
+
+  async function campaignOf(c: Child, id: string): Promise<{ status: string; progress: { counts: { byState: Record<string, number> } } }> {
+    const r = await fetch(`${c.url}/v1/campaigns/${id}`, { headers: auth });
+    return (await r.json()) as { status: string; progress: { counts: { byState: Record<string, number> } } };
+  }
+
+  const accepted = (rest: FakeTwilioRest) => rest.creates.filter((c) => c.httpStatus === 201);
+  /** Numbers dialed more than once. */
+  const dialedTwice = (rest: FakeTwilioRest) => {
+    const seen = new Map<string, number>();
+    for (const c of accepted(rest)) seen.set(c.to, (seen.get(c.to) ?? 0) + 1);
+    return [...seen].filter(([, k]) => k > 1).map(([to]) => to);
+  };
+
+  it('dials a 200-contact campaign at OUTBOUND_MAX_CPS=5 over three processes: never 6 dials in a second at the carrier, never over maxConcurrent, every contact exactly once', async () => {
+    const ports = [await freePort(), await freePort(), await freePort()];
+    const rest = await FakeTwilioRest.start({
+      bridgeUrl: `http://127.0.0.1:${ports[0]}`,
+      // Every callee is busy after ringing: each call ends by its status callback, sent to the process that dialed it.
+      outcomeFor: () => 'busy',
+      ringMs: [300, 1000],
+    });
+    try {
+      const procs = await fleet(rest, ports, { OUTBOUND_MAX_CPS: '5' });
+      const id = await createCampaign(procs[0]!, 200, { callsPerSecond: 10, maxConcurrent: 8, retry: { maxAttempts: 1 } });
+      await waitFor('the campaign to complete', async () => (await campaignOf(procs[1]!, id)).status === 'completed', 75_000);
+      const dials = accepted(rest);
+      expect(dials).toHaveLength(200);
+      expect(new Set(dials.map((d) => d.to)).size).toBe(200);
+      expect(rest.maxCreatesInWindow(1000)).toBeLessThanOrEqual(5);
+      expect(rest.maxLive).toBeLessThanOrEqual(8);
+      // Every process dialed.
+      const byProcess = new Set(dials.map((d) => String(d.params.Url).replace(/\/twilio\/.*$/, '')));
+      expect(byProcess.size).toBe(3);
+      expect(rest.creates.filter((c) => c.httpStatus !== 201)).toEqual([]);
+    } finally {
+      await rest.close();
+    }
+  }, 120_000);
+
+  it('kill -9 of a process while it is dialing: no contact is dialed twice, and none is lost', async () => {
+    const ports = [await freePort(), await freePort(), await freePort()];
+    const rest = await FakeTwilioRest.start({
+      bridgeUrl: `http://127.0.0.1:${ports[0]}`,
+      outcomeFor: () => 'busy',
+      ringMs: [200, 600],
+      // Creates are answered 400 ms late: a process killed now has dials the carrier made but it never heard back about.
+      createResponseDelayMs: 400,
+    });
+    try {
+      const procs = await fleet(rest, ports, { OUTBOUND_MAX_CPS: '5', LOG_LEVEL: 'info' });
+      const id = await createCampaign(procs[0]!, 40, { callsPerSecond: 10, maxConcurrent: 10, retry: { maxAttempts: 1 } });
+      await waitFor('10 dials', () => accepted(rest).length >= 10, 20_000);
+      // The process that sent the latest dial is mid-request (its answer comes 400 ms later).
+      const last = rest.creates[rest.creates.length - 1]!;
+      const victim = procs.find((p) => String(last.params.Url).startsWith(`http://127.0.0.1:${p.port}/`))!;
+      killGroup(victim.pid);
+      await waitExit(victim, 5_000);
+      const survivor = procs.find((p) => p !== victim)!;
+      await waitFor('every contact dialed', () => new Set(accepted(rest).map((c) => c.to)).size === 40, 60_000);
+      await new Promise((r) => setTimeout(r, 2_000));
+      expect(dialedTwice(rest)).toEqual([]);
+      expect(accepted(rest)).toHaveLength(40);
+      const c = await campaignOf(survivor, id);
+      expect(c.progress.counts.byState.pending ?? 0).toBe(0);
+      // The victim's dial in flight was settled with the carrier by a survivor, which took over its job.
+      const settled = procs.filter((p) => p !== victim).flatMap((p) => p.logs()).filter((l) => l.msg === 'dial queue: a dial whose worker died was settled with the carrier');
+      expect(settled.length).toBeGreaterThanOrEqual(1);
+    } finally {
+      await rest.close();
+    }
+  }, 120_000);
+});
