@@ -187,7 +187,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       onReservationExpired: (callSid) => {
         metrics.streamRejectedTotal.labels('reservation_expired').inc();
         logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
+        // A browser call whose socket never opened ends here (no carrier will say so).
+        outbound.finishWebCall(callSid);
       },
+      // A dialed or browser call's stream may land on a process other than its webhook's: its route is in its record.
+      routeOfCall: (callId) => outbound.routeOfCall(callId),
     });
     try {
       await fleet.start();
@@ -332,6 +336,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
             prefix: config.fleet.prefix,
             leaseMs: config.fleet.leaseMs,
             holdSlot: (key: string, agentId: string) => fleet.holdOutboundSlot(key, agentId),
+            noteHeld: (callId: string, slot: Slot) => fleet.noteHeld(callId, slot),
             ownedElsewhere: async (callSid: string) => {
               const owner = await fleet.owners.ownerOf(callSid);
               return owner !== undefined && owner !== fleet.processId;
@@ -364,6 +369,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     defaultAgentId: config.agents.defaultAgent,
     maxConcurrentCalls: config.maxConcurrentCalls,
     checkAgent: (agentId) => agents.whyUnusable(agentId),
+    ...(fleet !== undefined ? { fleet } : {}),
     log: logger.child({ component: 'web-calls' }),
   });
   const forwarding =
@@ -499,6 +505,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   });
   await app.register(webMediaStreamRoute, {
     ...streamDeps,
+    // REDIS_URL: a browser call's token lives in Redis; its socket may reach any process.
+    ...(fleet !== undefined ? { fleet } : {}),
     apiToken: config.outbound.apiToken,
     publicUrl: config.publicUrl,
     onStreamStarted: (callSid) => webCalls.streamStarted(callSid),

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
 import { FakeAgentServer } from '../src/testing/fakeAgent.js';
+import { BrowserStream } from './browserStream.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
 import { freePort, get, killGroup, sleep, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
@@ -125,6 +126,27 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       first.stop();
       second.stop();
     }
+  }, 40_000);
+
+  it('a browser call created on one process streams on another: agent audio flows, it counts in the fleet cap, and its slot comes back when it ends', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    const created = await fetch(`${a.url}/v1/web-calls`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    expect(created.status).toBe(201);
+    const ticket = (await created.json()) as { callSid: string; token: string };
+    expect(await slotsInUse(prefix)).toBe(1);
+    const s = await BrowserStream.connect(b.url);
+    try {
+      s.start(ticket.callSid, ticket.token);
+      s.unmute();
+      await s.until(() => s.mediaFrames >= 10, 8000, 'agent audio on the browser call');
+      expect(b.logs().some((l) => String(l.msg).includes('slot adopted'))).toBe(true);
+      expect(await slotsInUse(prefix)).toBe(1);
+    } finally {
+      s.stop();
+      s.close();
+    }
+    await waitFor('the browser call slot released', async () => (await slotsInUse(prefix)) === 0, 5000);
   }, 40_000);
 
   it('kill -9 of a process with live calls: its slots come back within the lease, and the other process keeps its calls', async () => {

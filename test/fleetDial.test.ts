@@ -28,7 +28,7 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
   });
 
   /** Three bridges on one key prefix and one data directory, dialing through `rest`. */
-  async function fleet(rest: FakeTwilioRest, ports: number[], env: Record<string, string>): Promise<Child[]> {
+  async function fleet(rest: FakeTwilioRest, ports: number[], env: Record<string, string>, publicUrls: string[] = []): Promise<Child[]> {
     const prefix = `d${++n}:`;
     const dataDir = mkdtempSync(join(tmpdir(), 'playline-fleetdial-'));
     removeAfterAll(dataDir);
@@ -47,8 +47,8 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
     };
     const procs: Child[] = [];
     // The first one creates the database; the others open it once it exists.
-    for (const port of ports) {
-      const c = await start({ env: { ...common, PUBLIC_URL: `http://127.0.0.1:${port}` }, port, dataDir });
+    for (const [i, port] of ports.entries()) {
+      const c = await start({ env: { ...common, PUBLIC_URL: publicUrls[i] ?? `http://127.0.0.1:${port}` }, port, dataDir });
       await waitHealthy(c);
       procs.push(c);
     }
@@ -129,6 +129,49 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
       // The victim's dial in flight was settled with the carrier by a survivor, which took over its job.
       const settled = procs.filter((p) => p !== victim).flatMap((p) => p.logs()).filter((l) => l.msg === 'dial queue: a dial whose worker died was settled with the carrier');
       expect(settled.length).toBeGreaterThanOrEqual(1);
+    } finally {
+      await rest.close();
+    }
+  }, 120_000);
+
+  it('an answered call connects wherever its answer webhook and its stream land: placed by one process, answered and streamed on another (one PUBLIC_URL behind a balancer)', async () => {
+    const ports = [await freePort(), await freePort(), await freePort()];
+    const rest = await FakeTwilioRest.start({
+      // Every stream goes to the first process, as a balancer may send it.
+      bridgeUrl: `http://127.0.0.1:${ports[0]}`,
+      outcomeFor: () => 'answered',
+      ringMs: [100, 300],
+      talkMs: 2500,
+    });
+    try {
+      // One PUBLIC_URL for all, as behind a balancer: every answer webhook and stream reaches the
+      // first process, so the calls the others dialed are answered and streamed where they were not placed.
+      const base0 = `http://127.0.0.1:${ports[0]}`;
+      const procs = await fleet(rest, ports, { OUTBOUND_MAX_CPS: '5', MAX_CONCURRENT_CALLS: '20', LOG_LEVEL: 'info' }, [base0, base0, base0]);
+      const id = await createCampaign(procs[0]!, 12, { callsPerSecond: 10, maxConcurrent: 12, retry: { maxAttempts: 1 } });
+      await waitFor('the campaign to complete', async () => (await campaignOf(procs[1]!, id)).status === 'completed', 60_000);
+      expect(accepted(rest)).toHaveLength(12);
+      expect(dialedTwice(rest)).toEqual([]);
+      const logs = procs.flatMap((p) => p.logs());
+      expect(logs.filter((l) => String(l.msg).startsWith('media stream refused'))).toEqual([]);
+      const list = await fetch(`${procs[0]!.url}/v1/calls?campaignId=${id}&limit=50`, { headers: auth });
+      const calls = ((await list.json()) as { data: Array<{ id: string; outcome: string | null; status: string }> }).data;
+      expect(calls).toHaveLength(12);
+      expect(calls.map((c) => c.outcome)).toEqual(Array(12).fill('answered'));
+      // Every call reached its agent, wherever it was placed.
+      for (const c of calls) {
+        const detail = (await (await fetch(`${procs[0]!.url}/v1/calls/${c.id}`, { headers: auth })).json()) as { events?: Array<{ type: string }> };
+        expect((detail.events ?? []).map((e) => e.type)).toEqual(expect.arrayContaining(['stream_started', 'agent_ready']));
+      }
+      // Other processes dialed too, and their calls' slots were adopted by the first (the stream's process).
+      const dialedBy = await Promise.all(procs.map(async (p) => /playline_dial_jobs_total\{outcome="dialed"\} ([1-9]\d*)/.test(await (await fetch(`${p.url}/metrics`)).text())));
+      expect(dialedBy.filter(Boolean).length).toBeGreaterThanOrEqual(2);
+      expect(procs[0]!.logs().some((l) => String(l.msg).includes('slot adopted'))).toBe(true);
+      // No slot outlives its call.
+      await waitFor('every fleet slot back', async () => {
+        const r = (await (await fetch(`${procs[2]!.url}/readyz`)).json()) as { fleet?: { slotsInUse: number } };
+        return r.fleet?.slotsInUse === 0;
+      }, 10_000);
     } finally {
       await rest.close();
     }

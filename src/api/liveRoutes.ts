@@ -241,7 +241,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
       },
     },
     async (req, reply) => {
-      const r = deps.webCalls.create(req.body);
+      const r = await deps.webCalls.create(req.body);
       if (!r.ok) {
         const code = r.why === 'unknown_route' || r.why === 'invalid_agent' ? STATUS_OF_REFUSAL[r.why] : r.why === 'duplicate' ? 'conflict' : r.why;
         throw new ApiError(code, r.message, r.why === 'invalid_agent' ? { field: 'agentId' } : undefined);

@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import type { CallControl } from '../carrier/twilio/callControl.js';
 import type { NumberRoute } from '../config.js';
 import type { CallRoute, RefusalReason, SessionManager } from '../session/manager.js';
+import type { FleetAdmission } from '../session/fleetAdmission.js';
 import type { CallStore } from '../store/calls.js';
 import { errorMessage } from '../util/errors.js';
 
@@ -75,6 +76,8 @@ export interface WebCallsOptions {
   maxConcurrentCalls: number;
   /** Why calls cannot go to this agent (its provider is not configured), or undefined. */
   checkAgent(agentId: string): string | undefined;
+  /** REDIS_URL: the call is admitted fleet-wide, and its token lives in Redis (its socket may reach any process). */
+  fleet?: Pick<FleetAdmission, 'admitRecorded' | 'cancel'> | undefined;
   log: Logger;
   now?: () => number;
 }
@@ -113,7 +116,7 @@ export class WebCalls {
    * A number route brings its agent, prompt and greeting; otherwise the agent named (or the
    * default one) with the prompt and greeting given.
    */
-  create(req: WebCallRequest): WebCallResult {
+  async create(req: WebCallRequest): Promise<WebCallResult> {
     const { manager, calls } = this.#o;
     let route: CallRoute;
     let to: string;
@@ -139,7 +142,9 @@ export class WebCalls {
     if (unusable !== undefined) return { ok: false, why: 'invalid_agent', message: unusable };
 
     const callSid = newWebCallSid();
-    const admitted = manager.admit({ callSid, from: WEB_CALLER, to, direction: 'web' }, { route });
+    const call = { callSid, from: WEB_CALLER, to, direction: 'web' };
+    const fleet = this.#o.fleet;
+    const admitted = fleet === undefined ? manager.admit(call, { route }) : await fleet.admitRecorded(call, { route, outbound: false });
     if (!admitted.ok) return { ok: false, why: admitted.reason, message: refusalMessage(admitted.reason, route.agentId, this.#o.maxConcurrentCalls) };
     const now = this.#now();
     try {
@@ -161,7 +166,8 @@ export class WebCalls {
       return { ok: true, ticket: { callId: row.id, callSid, token: admitted.token, expiresAt: now + manager.tokenTtlMs } };
     } catch (err) {
       // No record, no call: its slot goes back at once.
-      manager.cancelReservation(callSid);
+      if (fleet === undefined) manager.cancelReservation(callSid);
+      else await fleet.cancel(callSid, admitted.token);
       throw err;
     }
   }

@@ -138,7 +138,11 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
         log.info({ callId }, 'outbound call answered but no longer wanted; hanging up');
         return reply.type('text/xml').send(hangupTwiml());
       }
-      admitted = manager.admit({ ...admittedCall, direction: answer.direction }, answer, idempotencyToken);
+      admitted =
+        deps.fleet === undefined
+          ? manager.admit({ ...admittedCall, direction: answer.direction }, answer, idempotencyToken)
+          : // REDIS_URL: the stream may land on any process; it reads the route from the call's record.
+            await deps.fleet.admitRecorded({ ...admittedCall, direction: answer.direction }, { callId, route: answer.route, held: answer.slot, outbound: true }, idempotencyToken);
     } else if (deps.fleet !== undefined) {
       // Fleet-wide: Twilio's retry may land here or elsewhere; the token in Redis answers it.
       admitted = await deps.fleet.admit(admittedCall, idempotencyToken);

@@ -11,7 +11,7 @@ import { transferTargetsSchema, type TransferTargets } from '../transfer/targets
 import { storeErrorHint } from '../calls/recorder.js';
 import { isMachine } from '../calls/view.js';
 import type { CallRoute, Slot } from '../session/manager.js';
-import { TERMINAL_CALL_STATUSES, type CallPatch } from '../store/calls.js';
+import { TERMINAL_CALL_STATUSES, type CallPatch, type CallRow } from '../store/calls.js';
 import { errorMessage } from '../util/errors.js';
 import type { OutboundContext } from './context.js';
 import type { Finalizer } from './finalizer.js';
@@ -85,6 +85,12 @@ export class CarrierCallbacks {
       log.error({ callId, callSid, err: errorMessage(err) }, 'could not record the answer of an outbound call; connecting it anyway');
     }
     const slot = this.#c.attempts.takeHeld(callId);
+    const route = this.routeOf(row);
+    return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
+  }
+
+  /** The route of a call we placed or started, from its record (and its campaign's settings). */
+  routeOf(row: CallRow): CallRoute {
     const route: CallRoute = { agentId: row.agentId };
     if (row.prompt !== null) route.prompt = row.prompt;
     if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
@@ -92,7 +98,7 @@ export class CarrierCallbacks {
     const fromCampaign = this.#campaignCallSettings(row.campaignId);
     if (fromCampaign.transferTargets !== undefined) route.transferTargets = fromCampaign.transferTargets;
     if (fromCampaign.tools !== undefined) route.tools = fromCampaign.tools;
-    return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
+    return route;
   }
 
   /** A campaign's transfer targets and tools (stored settings, validated again: they crossed a database). */

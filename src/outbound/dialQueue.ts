@@ -51,6 +51,8 @@ export interface DialQueueOptions extends PlaceOptions {
   maxCps: number;
   /** A fleet-wide MAX_CONCURRENT_CALLS slot for a dial (undefined: no room now). */
   holdSlot(key: string, agentId: string): Promise<Slot | undefined>;
+  /** The dialed call `callId` holds `slot`: the process its answer lands on can take the slot over. */
+  noteHeld?(callId: string, slot: Slot): void;
   /** Jobs this process works on at once (default 20; most wait for the pacing or the carrier). */
   concurrency?: number;
   /** How often the store is scanned for due work (default 1000 ms). */
@@ -273,6 +275,7 @@ export class DialQueue {
     const claimed = await this.#claimed(() => claimQueuedCall(this.#c, row.id, this.#c.now()), ticket, () => this.#c.manager.releaseSlot(slot));
     if (claimed === undefined) return 'stale';
     this.#c.attempts.hold(claimed.id, slot, this.#c.now());
+    this.#o.noteHeld?.(claimed.id, slot);
     return this.#place(claimed, this.#c.ringTimeoutS, ticket);
   }
 
@@ -319,6 +322,7 @@ export class DialQueue {
     this.#campaignHeld.set(row.id, { slots: campaignSlots, slot: leased.slot });
     this.#c.attempts.hold(row.id, slot, this.#c.now());
     this.#c.attempts.addActive(campaign.id, row.id);
+    this.#o.noteHeld?.(row.id, slot);
     this.#c.campaignChanged(campaign.id);
     return this.#place(row, s.ringTimeoutSeconds, ticket);
   }

@@ -20,7 +20,7 @@
  *    Rows with a CallSid are fetched from the carrier and finished if over.
  */
 import type { Logger } from 'pino';
-import type { SessionManager } from '../session/manager.js';
+import type { CallRoute, SessionManager } from '../session/manager.js';
 import type { CampaignRow, CampaignStore, ContactCounts } from '../store/campaigns.js';
 import type { CallRow, CallStore } from '../store/calls.js';
 import { errorMessage } from '../util/errors.js';
@@ -296,6 +296,12 @@ export class OutboundService {
    * finalized at once, since no carrier will send its final status: `completed` (answered)
    * when its stream started, else `canceled`. Idempotent; never throws.
    */
+  /** The route of a call we placed or started (`callId`), read from its record; undefined when it has none. */
+  routeOfCall(callId: string): CallRoute | undefined {
+    const row = this.#o.calls.get(callId);
+    return row === undefined ? undefined : this.callbacks.routeOf(row);
+  }
+
   finishWebCall(callSid: string): void {
     try {
       const row = this.#o.calls.getBySid(callSid);

@@ -39,11 +39,19 @@ import { CallOwners, type ControlAnswer, type ControlMessage } from '../fleet/ow
 import { failFastOptions, FleetError, waitReady, watchErrors } from '../fleet/redis.js';
 import { FleetSlots, type FleetSlot, type LostSlot } from '../fleet/slots.js';
 import { FleetTokens } from '../fleet/tokens.js';
-import type { AdmitResult, AdmittedCall, ClaimResult, SessionManager, Slot } from './manager.js';
+import type { AdmitResult, AdmittedCall, CallRoute, ClaimResult, SessionManager, Slot } from './manager.js';
+
+const fleetSlotSchema = z.object({ id: z.string().max(64), callSid: z.string().max(200), agentId: z.string().max(300), provider: z.enum(AGENT_PROVIDERS), outbound: z.boolean() });
 
 const storedReservation = z.object({
   call: z.object({ callSid: z.string().max(64), from: z.string().max(256), to: z.string().max(256), direction: z.string().max(64) }),
-  slot: z.object({ id: z.string().max(64), callSid: z.string().max(64), agentId: z.string().max(300), provider: z.enum(AGENT_PROVIDERS), outbound: z.boolean() }),
+  slot: fleetSlotSchema,
+  /** Our record of a call we dialed: its route comes from the record. */
+  callId: z.string().max(64).optional(),
+  /** The route of a browser call (what its API request chose). */
+  route: z
+    .object({ agentId: z.string().max(300), prompt: z.string().max(100_000).optional(), customGreeting: z.string().max(10_000).optional(), record: z.boolean().optional() })
+    .optional(),
 });
 type StoredReservation = z.infer<typeof storedReservation>;
 
@@ -63,7 +71,15 @@ export interface FleetAdmissionOptions {
   logger: Logger;
   /** A token minted here expired without a stream. */
   onReservationExpired?(callSid: string): void;
+  /**
+   * The route of a call we placed or started (outbound, browser), read from its record: the
+   * process its stream lands on may not be the one that placed it.
+   */
+  routeOfCall?(callId: string): CallRoute | undefined | Promise<CallRoute | undefined>;
 }
+
+/** How long the fleet slot held for a dialed call can be looked up by the process its answer lands on. */
+const HELD_LOOKUP_TTL_MS = 15 * 60_000;
 
 /** Fleet capacity as `/readyz` and `/metrics` show it. */
 export interface FleetCapacity {
@@ -198,6 +214,9 @@ export class FleetAdmission {
       if (token !== undefined) this.#pending.delete(token);
       const stored = r.reservation;
       fleetSlot = stored.slot;
+      // A dialed call's slot held here by its attempt passes to the call (no second local slot).
+      const heldHere = this.#localOf.get(fleetSlot.id);
+      if (heldHere !== undefined) this.#detach(heldHere);
       if (!this.slots.held.has(fleetSlot.id)) {
         const adopted = await this.slots.adopt(fleetSlot);
         // The lease ran out between the webhook and the stream (its process died): as if the token had expired.
@@ -212,12 +231,122 @@ export class FleetAdmission {
       } catch (err) {
         this.#log.warn({ callSid, err: errMessage(err) }, 'fleet: could not record this process as the call owner; hang-ups and status callbacks landing elsewhere will not reach it');
       }
-      return { ok: true, reservation: { token: token ?? '', callSid, call: stored.call, route: m.resolveRoute(stored.call.to), slot: local } };
+      return { ok: true, reservation: { token: token ?? '', callSid, call: stored.call, route: await this.#routeOf(stored), slot: local } };
     } catch (err) {
       if (fleetSlot !== undefined && !this.#localOf.has(fleetSlot.id)) this.#releaseFleet(fleetSlot);
       this.#log.error({ callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to redeem a stream token; refusing the stream (check REDIS_URL and the Redis server)');
       return { ok: false, reason: 'unknown_token' };
     }
+  }
+
+  /**
+   * The answer webhook of a call we dialed, or a browser call being created: a stream token in
+   * Redis that names our record (`callId`, whose route the stream's process reads) or carries the
+   * browser call's route, so its stream may land on any process. The fleet slot is the one the dial attempt holds (`held`, a local slot of
+   * this process; else the one another process holds for `callId`, looked up in Redis); a call
+   * without one takes a fleet slot here (for the route's agent, outbound or not).
+   */
+  async admitRecorded(
+    call: AdmittedCall,
+    o: { callId?: string | undefined; route: CallRoute; held?: Slot | undefined; outbound: boolean },
+    idempotencyToken?: string,
+  ): Promise<AdmitResult> {
+    const m = this.#o.manager;
+    const route = m.routeFor(o.route);
+    let slot: FleetSlot | undefined = o.held !== undefined ? this.#detach(o.held) : undefined;
+    // Given back when the call is not admitted: a slot taken here, or the one this attempt held.
+    let fresh = slot !== undefined;
+    try {
+      if (slot === undefined && o.outbound && o.callId !== undefined) slot = await this.#heldElsewhere(o.callId);
+      if (slot === undefined) {
+        if (m.draining) return { ok: false, reason: 'draining' };
+        if (m.overloaded) return { ok: false, reason: 'overload' };
+        const claimed = await this.slots.claim({ callSid: call.callSid, agents: this.#o.agentCandidates(route.agentId), outbound: o.outbound });
+        if (!claimed.ok) return { ok: false, reason: claimed.reason };
+        slot = claimed.slot;
+        fresh = true;
+      }
+      const token = randomBytes(18).toString('base64url');
+      const minted = await this.tokens.mint({
+        token,
+        callSid: call.callSid,
+        reservation: { call: { ...call }, slot: { ...slot }, ...(o.callId !== undefined ? { callId: o.callId } : { route: storableRoute(o.route) }) },
+        ttlMs: this.#o.tokenTtlMs,
+        ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
+      });
+      if (!minted.ok || minted.replayed) {
+        // A retry's first token keeps its slot; a slot taken for the retry goes back.
+        if (fresh && (!minted.ok || o.held === undefined)) this.#releaseFleet(slot);
+        return minted.ok ? { ok: true, token: minted.token, route, replayed: true } : { ok: false, reason: 'duplicate' };
+      }
+      if (this.slots.held.has(slot.id)) this.#pending.set(token, slot);
+      if (o.callId !== undefined) this.#redis.del(this.#heldKey(o.callId)).catch(() => undefined);
+      return { ok: true, token, route, replayed: false };
+    } catch (err) {
+      if (fresh && slot !== undefined) this.#releaseFleet(slot);
+      this.#log.error({ callSid: call.callSid, callId: o.callId, err: errMessage(err) }, 'fleet: cannot reach Redis to admit a call; refusing it (check REDIS_URL and the Redis server)');
+      return { ok: false, reason: 'capacity' };
+    }
+  }
+
+  /**
+   * A dial attempt of `callId` holds `local` (a slot from {@link holdOutboundSlot}): its fleet slot
+   * is recorded in Redis, so the process its answer webhook lands on can hand it to the call.
+   */
+  noteHeld(callId: string, local: Slot): void {
+    const slot = this.#fleetOf.get(local);
+    if (slot === undefined || this.#closed) return;
+    this.#redis.set(this.#heldKey(callId), JSON.stringify(slot), 'PX', HELD_LOOKUP_TTL_MS).catch((err: unknown) =>
+      this.#log.warn({ callId, err: errMessage(err) }, 'fleet: could not record the slot of a dialed call (if its answer lands on another process, the call takes a second slot there)'),
+    );
+  }
+
+  #heldKey(callId: string): string {
+    return `${this.#o.prefix}heldslot:${callId}`;
+  }
+
+  /** The fleet slot another process holds for a dial attempt of `callId`, if it still lives. */
+  async #heldElsewhere(callId: string): Promise<FleetSlot | undefined> {
+    const raw = await this.#redis.get(this.#heldKey(callId));
+    if (raw === null) return undefined;
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch {
+      json = undefined;
+    }
+    const parsed = fleetSlotSchema.safeParse(json);
+    if (!parsed.success) {
+      this.#log.warn({ callId }, 'fleet: the recorded slot of a dialed call is not readable; the call takes a slot of its own');
+      return undefined;
+    }
+    return parsed.data;
+  }
+
+  /** A local slot gives its fleet slot up to a call (kept leased here): the local one is released alone. */
+  #detach(local: Slot): FleetSlot | undefined {
+    const slot = this.#fleetOf.get(local);
+    if (slot === undefined) return undefined;
+    this.#fleetOf.delete(local);
+    this.#localOf.delete(slot.id);
+    this.#o.manager.releaseSlot(local);
+    return slot;
+  }
+
+  /** The route of a stream's call: from our record when the token names one, else the number's route. */
+  async #routeOf(stored: StoredReservation): Promise<CallRoute> {
+    const m = this.#o.manager;
+    if (stored.route !== undefined) return m.routeFor(storableRoute(stored.route));
+    if (stored.callId !== undefined && this.#o.routeOfCall !== undefined) {
+      try {
+        const route = await this.#o.routeOfCall(stored.callId);
+        if (route !== undefined) return m.routeFor(route);
+        this.#log.warn({ callId: stored.callId, callSid: stored.call.callSid }, 'fleet: the record of a call whose stream landed here is missing (do the processes share one database?); using its number route');
+      } catch (err) {
+        this.#log.error({ callId: stored.callId, err: errMessage(err) }, 'fleet: cannot read the record of a call whose stream landed here; using its number route');
+      }
+    }
+    return m.resolveRoute(stored.call.to);
   }
 
   /**
@@ -350,7 +479,11 @@ export class FleetAdmission {
       if (local === undefined) continue;
       this.#localOf.delete(slot.id);
       this.#fleetOf.delete(local);
-      if (reason === 'other_owner') continue;
+      if (reason === 'other_owner') {
+        // Another process adopted it (the dialed call's stream landed there): only the local count goes.
+        if (this.#o.manager.getSession(local.callSid) === undefined) this.#o.manager.releaseSlot(local);
+        continue;
+      }
       const session = this.#o.manager.getSession(local.callSid);
       this.#log.error({ callSid: local.callSid, reason }, 'fleet: this call lost its slot lease (Redis lost it, or the call passed its maximum length); ending it');
       if (session !== undefined) session.close(reason === 'too_old' ? 'max_duration' : 'internal_error');
@@ -362,6 +495,16 @@ export class FleetAdmission {
     if (this.#closed) return;
     this.slots.release(slot).catch((err: unknown) => this.#log.warn({ callSid: slot.callSid, err: errMessage(err) }, 'fleet: could not release a call slot (its lease expires by itself)'));
   }
+}
+
+/** What a browser call's route carries through Redis (its API request's choices). */
+function storableRoute(r: { agentId: string; prompt?: string | undefined; customGreeting?: string | undefined; record?: boolean | undefined }): CallRoute {
+  return {
+    agentId: r.agentId,
+    ...(r.prompt !== undefined ? { prompt: r.prompt } : {}),
+    ...(r.customGreeting !== undefined ? { customGreeting: r.customGreeting } : {}),
+    ...(r.record !== undefined ? { record: r.record } : {}),
+  };
 }
 
 function errMessage(err: unknown): string {

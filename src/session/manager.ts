@@ -335,7 +335,7 @@ export class SessionManager {
     if (this.#sessions.has(call.callSid)) return { ok: false, reason: 'duplicate' };
     const heldSlot = held?.slot !== undefined && !held.slot.released ? held.slot : undefined;
     if (this.#draining && heldSlot === undefined) return { ok: false, reason: 'draining' };
-    const route = held !== undefined ? { ...held.route, agentId: normalizeAgent(this.#opts.forceAgentId ?? held.route.agentId) } : this.resolveRoute(call.to);
+    const route = held !== undefined ? this.routeFor(held.route) : this.resolveRoute(call.to);
     let slot: Slot;
     if (heldSlot !== undefined) {
       slot = heldSlot;
@@ -355,6 +355,11 @@ export class SessionManager {
     this.#reservations.set(token, { token, callSid: call.callSid, call: { ...call }, route, slot, timer, idempotencyToken, ...(held?.resume !== undefined ? { resume: held.resume } : {}) });
     this.#reservationByCall.set(call.callSid, token);
     return { ok: true, token, route, replayed: false };
+  }
+
+  /** A route chosen elsewhere (a call's record, an API request) as this process serves it (FORCE agent, `provider:id`). */
+  routeFor(route: CallRoute): CallRoute {
+    return { ...route, agentId: normalizeAgent(this.#opts.forceAgentId ?? route.agentId) };
   }
 
   /** How long a minted stream token stays valid (and its slot reserved), in ms. */
