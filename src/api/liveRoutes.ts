@@ -93,13 +93,11 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
     { schema: { tags: ['live'], summary: 'Calls in progress on this process', response: { 200: liveReply, ...errorResponses(400, 401) } } },
     async () => {
       const now = Date.now();
-      const data: LiveCallApi[] = snapshots().map(({ callSid, snap }) => {
-        let row: CallRow | undefined;
-        try {
-          row = calls.getBySid(callSid);
-        } catch {
-          row = undefined; // the store is failing: the call is still shown, from memory
-        }
+      const snaps = snapshots();
+      // The store is failing: the call is still shown, from memory.
+      const rows = await Promise.all(snaps.map(({ callSid }) => calls.getBySid(callSid).catch(() => undefined)));
+      const data: LiveCallApi[] = snaps.map(({ callSid, snap }, i) => {
+        const row: CallRow | undefined = rows[i];
         const direction = row?.direction ?? (snap.call.direction.startsWith('outbound') ? 'outbound' : snap.call.direction === 'web' ? 'web' : 'inbound');
         return {
           callId: row?.id ?? null,
@@ -203,7 +201,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
       },
     },
     async (req, reply) => {
-      const r = deps.webCalls.create(req.body);
+      const r = await deps.webCalls.create(req.body);
       if (!r.ok) {
         const code = r.why === 'unknown_route' || r.why === 'invalid_agent' ? STATUS_OF_REFUSAL[r.why] : r.why === 'duplicate' ? 'conflict' : r.why;
         throw new ApiError(code, r.message, r.why === 'invalid_agent' ? { field: 'agentId' } : undefined);

@@ -11,6 +11,7 @@
  */
 import type { CampaignRow, ContactRow } from '../store/campaigns.js';
 import type { CallRow } from '../store/calls.js';
+import { newId } from '../store/ids.js';
 import type { Slot } from '../session/manager.js';
 import { errorMessage } from '../util/errors.js';
 import { storeErrorHint } from '../calls/recorder.js';
@@ -68,6 +69,9 @@ export class DialLoop {
   #storeBlockedUntil = 0;
   #lastSweep = 0;
   #lastPrune = 0;
+  /** The pass in progress (store calls are async: one pass at a time). */
+  #ticking: Promise<void> | undefined;
+  #tickAgain = false;
 
   constructor(ctx: OutboundContext, finalizer: Finalizer, reconciler: Reconciler, opts: DialLoopOptions) {
     this.#c = ctx;
@@ -82,10 +86,12 @@ export class DialLoop {
     this.schedule(0);
   }
 
-  stop(): void {
+  /** Stops the loop; resolves when the pass in progress (if any) is over. */
+  async stop(): Promise<void> {
     this.#running = false;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    await this.#ticking;
   }
 
   /** No new dials (drain); calls in progress go on. */
@@ -108,27 +114,41 @@ export class DialLoop {
   #tick(): void {
     this.#timer = undefined;
     if (!this.#running) return;
+    if (this.#ticking !== undefined) {
+      this.#tickAgain = true;
+      return;
+    }
+    this.#ticking = this.#pass().finally(() => {
+      this.#ticking = undefined;
+      if (this.#tickAgain) {
+        this.#tickAgain = false;
+        this.schedule(0);
+      }
+    });
+  }
+
+  async #pass(): Promise<void> {
     const now = this.#c.now();
     let wakeAt = now + (this.#o.pollMs ?? 1_000);
     try {
       if (now - this.#lastSweep >= SWEEP_EVERY_MS) {
         this.#lastSweep = now;
-        this.#r.sweep(now);
+        await this.#r.sweep(now);
         if (now - this.#lastPrune >= PRUNE_EVERY_MS) {
           this.#lastPrune = now;
-          this.#c.calls.pruneIdempotency(IDEMPOTENCY_TTL_MS, now);
+          await this.#c.calls.pruneIdempotency(IDEMPOTENCY_TTL_MS, now);
         }
       }
     } catch (err) {
       this.#storeFailed('sweep', err, now);
     }
-    if (!this.#paused && now >= this.#storeBlockedUntil) wakeAt = Math.min(wakeAt, this.#dialDue(now));
+    if (!this.#paused && now >= this.#storeBlockedUntil) wakeAt = Math.min(wakeAt, await this.#dialDue(now));
     else if (!this.#paused) wakeAt = Math.min(wakeAt, this.#storeBlockedUntil);
     this.schedule(wakeAt - this.#c.now());
   }
 
   /** Dials everything due now; returns when to look again. */
-  #dialDue(now: number): number {
+  async #dialDue(now: number): Promise<number> {
     let wakeAt = Number.POSITIVE_INFINITY;
     for (;;) {
       const next = this.#account.nextAt();
@@ -136,7 +156,7 @@ export class DialLoop {
       if (next > now) return Math.min(wakeAt, next);
       let job: Job | number | undefined;
       try {
-        job = this.#pick(now);
+        job = await this.#pick(now);
       } catch (err) {
         this.#storeFailed('pick', err, now);
         return this.#storeBlockedUntil;
@@ -145,7 +165,7 @@ export class DialLoop {
       if (job === undefined) return wakeAt;
       let row: CallRow | undefined;
       try {
-        row = this.#claim(job, now);
+        row = await this.#claim(job, now);
       } catch (err) {
         // Nothing was dialed: the slot goes back, no pacer ticket was taken.
         this.#c.manager.releaseSlot(job.slot);
@@ -184,19 +204,19 @@ export class DialLoop {
   }
 
   /** The next job, a time to look again, or undefined when nothing is due. Holds a slot for the job. */
-  #pick(now: number): Job | number | undefined {
+  async #pick(now: number): Promise<Job | number | undefined> {
     const { calls, campaigns, manager, attempts } = this.#c;
     let wake: number | undefined;
     const soon = (t: number) => (wake = wake === undefined ? t : Math.min(wake, t));
     // API calls first. One whose agent is at its AGENT_LIMITS cap waits without holding up the others.
-    for (const queued of calls.queued(QUEUED_LOOKAHEAD)) {
+    for (const queued of await calls.queued(QUEUED_LOOKAHEAD)) {
       if (queued.hangupRequested) continue;
       const slot = manager.holdOutboundSlot(queued.id, queued.agentId);
       if (slot !== undefined) return { kind: 'call', row: queued, slot };
       if (manager.outboundRoom === 0) return now + 250;
       soon(now + 250);
     }
-    const running = campaigns.byStatus('running');
+    const running = await campaigns.byStatus('running');
     for (let i = 0; i < running.length; i++) {
       const campaign = running[(this.#rr + i) % running.length];
       if (campaign === undefined) continue;
@@ -207,13 +227,13 @@ export class DialLoop {
         soon(pacer.nextAt());
         continue;
       }
-      const contact = this.#nextContact(campaign.id, settings, now);
+      const contact = await this.#nextContact(campaign.id, settings, now);
       if (typeof contact === 'number') {
         soon(contact);
         continue;
       }
       if (contact === undefined) {
-        this.#f.maybeComplete(campaign.id);
+        await this.#f.maybeComplete(campaign.id);
         continue;
       }
       const slot = manager.holdOutboundSlot(`${campaign.id}:${contact.id}`, settings.agentId ?? this.#o.defaultAgentId);
@@ -230,19 +250,19 @@ export class DialLoop {
   }
 
   /** The first due contact that may be called now; updates the others it passes over. */
-  #nextContact(campaignId: string, s: CampaignSettings, now: number): ContactRow | number | undefined {
+  async #nextContact(campaignId: string, s: CampaignSettings, now: number): Promise<ContactRow | number | undefined> {
     const { campaigns } = this.#c;
     for (let round = 0; round < 5; round++) {
-      const due = campaigns.due(campaignId, now, 50);
+      const due = await campaigns.due(campaignId, now, 50);
       if (due.length === 0) return campaigns.nextDue(campaignId);
       for (const contact of due) {
-        if (campaigns.dncHas(contact.phone)) {
-          campaigns.updateContact(contact.id, { state: 'done', outcome: 'dnc', lastError: 'on the do-not-call list' }, now);
+        if (await campaigns.dncHas(contact.phone)) {
+          await campaigns.updateContact(contact.id, { state: 'done', outcome: 'dnc', lastError: 'on the do-not-call list' }, now, { state: 'pending' });
           continue;
         }
         if (s.window !== undefined && !isWithinWindow(s.window, now, contact.timezone ?? undefined)) {
           const next = nextWindowStart(s.window, now, contact.timezone ?? undefined);
-          campaigns.updateContact(contact.id, { nextAttemptAt: next ?? now + 7 * 86_400_000 }, now);
+          await campaigns.updateContact(contact.id, { nextAttemptAt: next ?? now + 7 * 86_400_000 }, now, { state: 'pending' });
           continue;
         }
         return contact;
@@ -256,15 +276,10 @@ export class DialLoop {
    * with its attempt's new row) before the carrier is asked. Undefined when
    * the job is no longer there to claim, or was settled without a dial.
    */
-  #claim(job: Job, now: number): CallRow | undefined {
+  async #claim(job: Job, now: number): Promise<CallRow | undefined> {
     const { calls, campaigns } = this.#c;
-    if (job.kind === 'call') {
-      return calls.transaction(() => {
-        const fresh = calls.get(job.row.id);
-        if (fresh === undefined || fresh.status !== 'queued' || fresh.hangupRequested) return undefined;
-        return calls.update(job.row.id, { status: 'claimed', claimedAt: now });
-      });
-    }
+    // Atomic in the database: of several processes claiming one row, one gets it.
+    if (job.kind === 'call') return calls.update(job.row.id, { status: 'claimed', claimedAt: now }, { status: 'queued', hangupRequested: false });
     const { campaign, contact } = job;
     const s = campaign.settings;
     const fill = (t: string | undefined) => (t === undefined ? undefined : fillTemplate(t, contact.variables));
@@ -273,14 +288,19 @@ export class DialLoop {
     const from = s.from ?? this.#o.defaultFrom;
     if ((prompt !== undefined && !prompt.ok) || (greeting !== undefined && !greeting.ok) || from === undefined) {
       const why = from === undefined ? 'no caller id: set settings.from or DEFAULT_CALLER_ID' : 'a template variable is missing for this contact';
-      campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now);
-      if (from === undefined) this.#pauseRunning(campaign.id, 'configuration', why, now);
+      await campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now, { state: 'pending' });
+      if (from === undefined) await this.#pauseRunning(campaign.id, 'configuration', why, now);
       return undefined;
     }
     const vm = s.voicemail;
-    return calls.transaction(() => {
-      const r = calls.insert(
+    const id = newId('call', now);
+    return calls.transaction(async (tx) => {
+      // The contact is claimed first, only if it is still pending: another process may have taken it.
+      const claimed = await tx.campaigns.updateContact(contact.id, { state: 'dialing', attempts: contact.attempts + 1, lastCallId: id }, now, { state: 'pending' });
+      if (!claimed) return undefined;
+      return tx.calls.insert(
         {
+          id,
           direction: 'outbound',
           to: contact.phone,
           from,
@@ -300,8 +320,6 @@ export class DialLoop {
         },
         now,
       );
-      campaigns.updateContact(contact.id, { state: 'dialing', attempts: contact.attempts + 1, lastCallId: r.id }, now);
-      return r;
     });
   }
 
@@ -326,7 +344,7 @@ export class DialLoop {
     try {
       ({ sid, status } = await this.#c.dialer.create(req));
     } catch (err) {
-      this.#dialFailed(row, err);
+      await this.#dialFailed(row, err);
       return;
     }
     const { calls } = this.#c;
@@ -335,10 +353,10 @@ export class DialLoop {
     this.#o.onDial?.('dialed');
     let hangupRequested = false;
     try {
-      const fresh = calls.get(row.id);
+      const fresh = await calls.get(row.id);
       hangupRequested = fresh?.hangupRequested === true;
-      const dialed = calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
-      calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
+      const dialed = await calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
+      await calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
       if (dialed !== undefined) this.#c.callEvents?.started(dialed);
     } catch (err) {
       // The call exists at the carrier but its CallSid is not stored: its callbacks (by call id) or a recheck will tie it.
@@ -350,44 +368,44 @@ export class DialLoop {
   }
 
   /** Pauses a campaign that is running (a finished or paused one is left alone). */
-  #pauseRunning(campaignId: string, reason: string, lastError: string, now: number): void {
-    const c = this.#c.campaigns.get(campaignId);
+  async #pauseRunning(campaignId: string, reason: string, lastError: string, now: number): Promise<void> {
+    const c = await this.#c.campaigns.get(campaignId);
     if (c === undefined || (c.status !== 'running' && c.status !== 'draft')) return;
-    this.#c.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
+    await this.#c.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
   }
 
-  #dialFailed(row: CallRow, err: unknown): void {
+  async #dialFailed(row: CallRow, err: unknown): Promise<void> {
     const { calls } = this.#c;
     const now = this.#c.now();
     const e = err instanceof DialError ? err : new DialError('unknown', errorMessage(err));
     this.#o.onDial?.(e.kind);
     this.#c.log.warn({ callId: row.id, kind: e.kind, code: e.code, httpStatus: e.httpStatus, err: e.message }, 'dial failed');
-    calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
-    const fresh = calls.get(row.id) ?? row;
+    await calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
+    const fresh = (await calls.get(row.id)) ?? row;
     if (fresh.callSid !== null || fresh.finalizedAt !== null) return; // a callback already told us the call exists
     switch (e.kind) {
       case 'invalid-number':
-        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
+        await calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+        await this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
         return;
       case 'rate-limited': {
         const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
         this.#rateBackoff++;
         this.#account.pauseUntil(now + backoff);
-        this.#f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
+        await this.#f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
         return;
       }
       case 'auth':
         if (fresh.campaignId === null) {
-          this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
+          await this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
           return;
         }
-        this.#f.voidAttempt(fresh.id, e.message);
-        this.#pauseRunning(fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
+        await this.#f.voidAttempt(fresh.id, e.message);
+        await this.#pauseRunning(fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
         return;
       case 'rejected':
-        calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-        this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
+        await calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+        await this.#f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
         return;
       case 'unknown':
         // The request may or may not have created a call: ask the carrier later rather than dial again.
