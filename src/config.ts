@@ -74,6 +74,8 @@ export interface Config {
   maxConcurrentCalls: number;
   /** REDIS_URL set: capacity, stream tokens and call control shared by every process on that Redis (else one process, in memory). */
   fleet?: { redisUrl: string; prefix: string; leaseMs: number };
+  /** DATABASE_URL set: calls, campaigns, contacts, DNC, idempotency keys, webhook deliveries and recording metadata live in that Postgres (else SQLite in DATA_DIR). */
+  database?: { url: string };
   /** Optional per-agent caps on concurrent calls (keys `provider:id`), on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
   /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
@@ -312,6 +314,9 @@ const envSchema = z.object({
   REDIS_URL: optional(z.string().regex(/^rediss?:\/\/[^\s]+$/, { error: 'a Redis URL like redis://127.0.0.1:6379 (rediss:// for TLS), or leave it unset for one process' })),
   FLEET_PREFIX: z.preprocess(emptyToUndefined, z.string().regex(/^[A-Za-z0-9:_.-]{1,64}$/, { error: 'a key prefix of 1 to 64 letters, digits, ":", "_", "." or "-", like playline:' }).default('playline:')),
   FLEET_LEASE_MS: intIn(1_000, 600_000, 15_000),
+  DATABASE_URL: optional(
+    z.string().regex(/^postgres(ql)?:\/\/[^\s]+$/, { error: 'a Postgres URL like postgres://user:password@host:5432/playline (postgresql:// works too), or leave it unset to keep the records in SQLite in DATA_DIR' }),
+  ),
 });
 
 /** Every variable Playline reads. */
@@ -319,7 +324,7 @@ export const SETTING_NAMES: readonly string[] = Object.keys(envSchema.shape);
 
 /** Values of variables whose name says they are secret are never echoed in messages. */
 export function isSecretName(name: string): boolean {
-  return /TOKEN|KEY|SECRET|PASSWORD|REDIS_URL/i.test(name);
+  return /TOKEN|KEY|SECRET|PASSWORD|REDIS_URL|DATABASE_URL/i.test(name);
 }
 
 /** How an error message shows the value of `name`: quoted (and cut if long), or `(hidden)` for secrets. */
@@ -676,6 +681,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     routes,
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
     ...(e.REDIS_URL !== undefined ? { fleet: { redisUrl: e.REDIS_URL, prefix: e.FLEET_PREFIX, leaseMs: e.FLEET_LEASE_MS } } : {}),
+    ...(e.DATABASE_URL !== undefined ? { database: { url: e.DATABASE_URL } } : {}),
     agentLimits,
     agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
     overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },

@@ -13,6 +13,8 @@ import { MIGRATIONS, migrate, openDb } from '../src/store/db.js';
 import { migratePostgres, openPostgresStore, PG_MIGRATIONS, redactUrl } from '../src/store/postgres.js';
 import { sqliteStore, type Store } from '../src/store/store.js';
 import type { WebhookDeliveryRow } from '../src/store/webhookDeliveries.js';
+import { FakeDialer } from '../src/testing/fakeDialer.js';
+import { eventually, startTestBridge, type TestBridge } from './helpers.js';
 import { postgresTestsEnabled, TestPostgres } from './testPostgres.js';
 
 interface Backend {
@@ -397,4 +399,38 @@ describe.runIf(pgEnabled)('Postgres migrations', () => {
     expect(String(err)).not.toContain('s3cret');
     expect(redactUrl('postgresql://a:b@h/d')).toBe('postgresql://a:***@h/d');
   });
+});
+
+describe.runIf(pgEnabled)('two bridges on one Postgres (DATABASE_URL)', () => {
+  it('share the call records: an idempotent request replays across bridges, and a queued call is dialed by exactly one of them', async () => {
+    const url = await pg!.database();
+    const TOKEN = 'api-token-0123456789abcdef';
+    const bridges: TestBridge[] = [];
+    const dialers = [new FakeDialer('twilio'), new FakeDialer('twilio')];
+    for (const dialer of dialers) {
+      const store = await openPostgresStore(url, { max: 4 });
+      const tb = await startTestBridge({ env: { API_TOKEN: TOKEN, OUTBOUND_MAX_CPS: '50', DEFAULT_CALLER_ID: '+12025550100' }, overrides: { dialer, store } });
+      cleanups.push(() => store.close(), () => tb.close());
+      bridges.push(tb);
+    }
+    const [a, b] = bridges as [TestBridge, TestBridge];
+    const post = (tb: TestBridge) =>
+      tb.bridge.app.inject({
+        method: 'POST',
+        url: '/v1/calls',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', 'idempotency-key': 'order-42' },
+        payload: JSON.stringify({ to: '+14155550100' }),
+      });
+    const first = await post(a);
+    const again = await post(b);
+    expect(first.statusCode).toBe(201);
+    expect(again.statusCode).toBe(200);
+    const id = JSON.parse(first.body).id as string;
+    expect(JSON.parse(again.body).id).toBe(id);
+    await eventually(() => dialers[0]!.created.length + dialers[1]!.created.length >= 1, 5000, 'the call dialed');
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(dialers[0]!.created.length + dialers[1]!.created.length).toBe(1);
+    const seen = await b.bridge.app.inject({ method: 'GET', url: `/v1/calls/${id}`, headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(JSON.parse(seen.body)).toMatchObject({ id, status: 'dialed' });
+  }, 20_000);
 });
