@@ -192,6 +192,27 @@ describe.each(backends)('the %s store', (_name, backend) => {
     expect(await s.campaigns.dncHas('+14155550111')).toBe(false);
   });
 
+  it('a write of another task while a transaction is open is not undone when that transaction rolls back', async () => {
+    const [s] = await backend.open();
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => (entered = r));
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const tx = s.calls.transaction(async ({ campaigns }) => {
+      await campaigns.dncAdd('+14155550121', null, T0);
+      entered();
+      await held;
+      throw new Error('rolled back');
+    });
+    await inside;
+    const other = s.campaigns.dncAdd('+14155550122', null, T0);
+    release();
+    await expect(tx).rejects.toThrow('rolled back');
+    expect(await other).toBe(true);
+    expect(await s.campaigns.dncHas('+14155550122')).toBe(true);
+    expect(await s.campaigns.dncHas('+14155550121')).toBe(false);
+  });
+
   it('creates, lists and moves campaigns through their states, keeping the first start time', async () => {
     const [s] = await backend.open();
     const a = await s.campaigns.create('a', { callsPerSecond: 2 }, T0);

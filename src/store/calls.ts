@@ -376,32 +376,33 @@ export class SqliteCallStore implements CallStore {
     this.#idemPut = db.prepare('INSERT INTO idempotency_keys (key, request_hash, call_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING');
   }
 
-  /** Waits for a transaction of another task to end (not inside one's own). */
-  async #ready(): Promise<void> {
-    await gateOf(this.#db).idle();
+  /** Runs `fn` once no transaction of another task is open (at once inside one's own). */
+  #run<T>(fn: () => T): Promise<T> {
+    return gateOf(this.#db).run(fn);
   }
 
   /** SQLite: the stores seen inside are these same objects (the transaction is the connection's). */
-  async transaction<T>(fn: (tx: TxStores) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: TxStores) => Promise<T>): Promise<T> {
     this.#campaigns ??= new SqliteCampaignStore(this.#db);
     const campaigns = this.#campaigns;
     return gateOf(this.#db).transaction(() => fn({ calls: this, campaigns }));
   }
 
   async insert(c: NewCall, now = Date.now()): Promise<CallRow> {
-    await this.#ready();
-    const id = c.id ?? newId('call', now);
-    const write = (): void => {
-      this.#insert.run(...newCallValues(c, id, now));
-      // Set apart (rarely given), so the insert also works on a database from before recordings.
-      if (c.record !== undefined) this.#db.prepare('UPDATE calls SET record = ? WHERE id = ?').run(c.record ? 1 : 0, id);
-      this.#event.run(id, now, 'created', c.status, null, null);
-    };
-    if (gateOf(this.#db).inTransaction) write();
-    else this.#db.transaction(write)();
-    const row = this.#getSync(id);
-    if (row === undefined) throw new Error(`call ${id} vanished after insert`);
-    return row;
+    return this.#run(() => {
+      const id = c.id ?? newId('call', now);
+      const write = (): void => {
+        this.#insert.run(...newCallValues(c, id, now));
+        // Set apart (rarely given), so the insert also works on a database from before recordings.
+        if (c.record !== undefined) this.#db.prepare('UPDATE calls SET record = ? WHERE id = ?').run(c.record ? 1 : 0, id);
+        this.#event.run(id, now, 'created', c.status, null, null);
+      };
+      if (gateOf(this.#db).inTransaction) write();
+      else this.#db.transaction(write)();
+      const row = this.#getSync(id);
+      if (row === undefined) throw new Error(`call ${id} vanished after insert`);
+      return row;
+    });
   }
 
   #getSync(id: string): CallRow | undefined {
@@ -409,136 +410,156 @@ export class SqliteCallStore implements CallStore {
     return r === undefined ? undefined : toCallRow(r);
   }
 
-  async get(id: string): Promise<CallRow | undefined> {
-    await this.#ready();
-    return this.#getSync(id);
+  get(id: string): Promise<CallRow | undefined> {
+    return this.#run(() => {
+      return this.#getSync(id);
+    });
   }
 
-  async getBySid(callSid: string): Promise<CallRow | undefined> {
-    await this.#ready();
-    const r = this.#bySid.get(callSid) as Raw | undefined;
-    return r === undefined ? undefined : toCallRow(r);
-  }
-
-  async update(id: string, patch: CallPatch, where?: CallCondition): Promise<CallRow | undefined> {
-    await this.#ready();
-    const sets = patchColumns(patch);
-    const cond = conditionColumns(where);
-    if (sets.length === 0) {
-      if (cond.sql.length === 0) return this.#getSync(id);
-      const r = this.#db.prepare(`SELECT * FROM calls WHERE id = ? AND ${cond.sql.join(' AND ')}`).get(id, ...cond.values) as Raw | undefined;
+  getBySid(callSid: string): Promise<CallRow | undefined> {
+    return this.#run(() => {
+      const r = this.#bySid.get(callSid) as Raw | undefined;
       return r === undefined ? undefined : toCallRow(r);
-    }
-    const sql = `UPDATE calls SET ${sets.map(([c]) => `${c} = ?`).join(', ')} WHERE id = ?${cond.sql.map((s) => ` AND ${s}`).join('')} RETURNING *`;
-    const r = this.#db.prepare(sql).get(...sets.map(([, v]) => v), id, ...cond.values) as Raw | undefined;
-    return r === undefined ? undefined : toCallRow(r);
+    });
   }
 
-  async event(callId: string, type: string, status: string | null, sequence: number | null, data: Record<string, unknown> | null, at = Date.now()): Promise<void> {
-    await this.#ready();
-    this.#event.run(callId, at, type, status, sequence, data === null ? null : JSON.stringify(data));
+  update(id: string, patch: CallPatch, where?: CallCondition): Promise<CallRow | undefined> {
+    return this.#run(() => {
+      const sets = patchColumns(patch);
+      const cond = conditionColumns(where);
+      if (sets.length === 0) {
+        if (cond.sql.length === 0) return this.#getSync(id);
+        const r = this.#db.prepare(`SELECT * FROM calls WHERE id = ? AND ${cond.sql.join(' AND ')}`).get(id, ...cond.values) as Raw | undefined;
+        return r === undefined ? undefined : toCallRow(r);
+      }
+      const sql = `UPDATE calls SET ${sets.map(([c]) => `${c} = ?`).join(', ')} WHERE id = ?${cond.sql.map((s) => ` AND ${s}`).join('')} RETURNING *`;
+      const r = this.#db.prepare(sql).get(...sets.map(([, v]) => v), id, ...cond.values) as Raw | undefined;
+      return r === undefined ? undefined : toCallRow(r);
+    });
   }
 
-  async hasEvent(callId: string, type: string): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare('SELECT 1 FROM call_events WHERE call_id = ? AND type = ? LIMIT 1').get(callId, type) !== undefined;
+  event(callId: string, type: string, status: string | null, sequence: number | null, data: Record<string, unknown> | null, at = Date.now()): Promise<void> {
+    return this.#run(() => {
+      this.#event.run(callId, at, type, status, sequence, data === null ? null : JSON.stringify(data));
+    });
   }
 
-  async events(callId: string): Promise<CallEvent[]> {
-    await this.#ready();
-    return (this.#events.all(callId) as Raw[]).map(toCallEvent);
+  hasEvent(callId: string, type: string): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare('SELECT 1 FROM call_events WHERE call_id = ? AND type = ? LIMIT 1').get(callId, type) !== undefined;
+    });
   }
 
-  async appendTranscriptTurn(callId: string, source: 'live' | 'playai', seq: number, turn: { role: string; text: string; at: number }): Promise<void> {
-    await this.#ready();
-    this.#turn.run(callId, source, seq, turn.role, turn.text, turn.at);
+  events(callId: string): Promise<CallEvent[]> {
+    return this.#run(() => {
+      return (this.#events.all(callId) as Raw[]).map(toCallEvent);
+    });
   }
 
-  async saveTranscript(callId: string, source: 'live' | 'playai', turns: Array<{ role: string; text: string; at: number }>): Promise<void> {
-    await this.#ready();
-    const write = (): void => turns.forEach((t, i) => this.#turn.run(callId, source, i, t.role, t.text, t.at));
-    if (gateOf(this.#db).inTransaction) write();
-    else this.#db.transaction(write)();
+  appendTranscriptTurn(callId: string, source: 'live' | 'playai', seq: number, turn: { role: string; text: string; at: number }): Promise<void> {
+    return this.#run(() => {
+      this.#turn.run(callId, source, seq, turn.role, turn.text, turn.at);
+    });
   }
 
-  async transcript(callId: string, source: 'live' | 'playai'): Promise<TranscriptTurnRow[]> {
-    await this.#ready();
-    return (this.#turns.all(callId, source) as Raw[]).map((r) => toTurn(source, r));
+  saveTranscript(callId: string, source: 'live' | 'playai', turns: Array<{ role: string; text: string; at: number }>): Promise<void> {
+    return this.#run(() => {
+      const write = (): void => turns.forEach((t, i) => this.#turn.run(callId, source, i, t.role, t.text, t.at));
+      if (gateOf(this.#db).inTransaction) write();
+      else this.#db.transaction(write)();
+    });
   }
 
-  async list(f: CallListFilter): Promise<CallRow[]> {
-    await this.#ready();
-    const where: string[] = [];
-    const values: unknown[] = [];
-    if (f.status !== undefined) (where.push('status = ?'), values.push(f.status));
-    if (f.direction !== undefined) (where.push('direction = ?'), values.push(f.direction));
-    if (f.campaignId !== undefined) (where.push('campaign_id = ?'), values.push(f.campaignId));
-    if (f.to !== undefined) (where.push('to_number = ?'), values.push(f.to));
-    if (f.since !== undefined) (where.push('created_at >= ?'), values.push(f.since));
-    if (f.before !== undefined) (where.push('id < ?'), values.push(f.before));
-    const sql = `SELECT * FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-    return (this.#db.prepare(sql).all(...values, f.limit) as Raw[]).map(toCallRow);
+  transcript(callId: string, source: 'live' | 'playai'): Promise<TranscriptTurnRow[]> {
+    return this.#run(() => {
+      return (this.#turns.all(callId, source) as Raw[]).map((r) => toTurn(source, r));
+    });
   }
 
-  async listByContact(campaignId: string, contactId: string): Promise<CallRow[]> {
-    await this.#ready();
-    return (this.#db.prepare('SELECT * FROM calls WHERE campaign_id = ? AND contact_id = ? ORDER BY id').all(campaignId, contactId) as Raw[]).map(toCallRow);
+  list(f: CallListFilter): Promise<CallRow[]> {
+    return this.#run(() => {
+      const where: string[] = [];
+      const values: unknown[] = [];
+      if (f.status !== undefined) (where.push('status = ?'), values.push(f.status));
+      if (f.direction !== undefined) (where.push('direction = ?'), values.push(f.direction));
+      if (f.campaignId !== undefined) (where.push('campaign_id = ?'), values.push(f.campaignId));
+      if (f.to !== undefined) (where.push('to_number = ?'), values.push(f.to));
+      if (f.since !== undefined) (where.push('created_at >= ?'), values.push(f.since));
+      if (f.before !== undefined) (where.push('id < ?'), values.push(f.before));
+      const sql = `SELECT * FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+      return (this.#db.prepare(sql).all(...values, f.limit) as Raw[]).map(toCallRow);
+    });
   }
 
-  async countDialedSince(campaignId: string, since: number): Promise<number> {
-    await this.#ready();
-    const r = this.#db
-      .prepare("SELECT COUNT(*) AS n FROM calls WHERE campaign_id = ? AND created_at >= ? AND status != 'not-dialed'")
-      .get(campaignId, since) as Raw | undefined;
-    return Number(r?.n ?? 0);
+  listByContact(campaignId: string, contactId: string): Promise<CallRow[]> {
+    return this.#run(() => {
+      return (this.#db.prepare('SELECT * FROM calls WHERE campaign_id = ? AND contact_id = ? ORDER BY id').all(campaignId, contactId) as Raw[]).map(toCallRow);
+    });
   }
 
-  async unfinished(): Promise<CallRow[]> {
-    await this.#ready();
-    return (this.#db.prepare('SELECT * FROM calls WHERE finalized_at IS NULL ORDER BY id').all() as Raw[]).map(toCallRow);
+  countDialedSince(campaignId: string, since: number): Promise<number> {
+    return this.#run(() => {
+      const r = this.#db
+        .prepare("SELECT COUNT(*) AS n FROM calls WHERE campaign_id = ? AND created_at >= ? AND status != 'not-dialed'")
+        .get(campaignId, since) as Raw | undefined;
+      return Number(r?.n ?? 0);
+    });
   }
 
-  async clearRecording(id: string): Promise<void> {
-    await this.#ready();
-    this.#db
-      .prepare("UPDATE calls SET recording_status = 'deleted', recording_sid = NULL, recording_url = NULL, recording_duration_s = NULL WHERE id = ?")
-      .run(id);
+  unfinished(): Promise<CallRow[]> {
+    return this.#run(() => {
+      return (this.#db.prepare('SELECT * FROM calls WHERE finalized_at IS NULL ORDER BY id').all() as Raw[]).map(toCallRow);
+    });
   }
 
-  async recordingsBefore(before: number, limit: number): Promise<CallRow[]> {
-    await this.#ready();
-    return (
+  clearRecording(id: string): Promise<void> {
+    return this.#run(() => {
       this.#db
-        .prepare(
-          "SELECT * FROM calls WHERE recording_backend IS NOT NULL AND recording_started_at < ? AND (recording_status IS NULL OR recording_status NOT IN ('deleted', 'deleting')) ORDER BY recording_started_at LIMIT ?",
-        )
-        .all(before, limit) as Raw[]
-    ).map(toCallRow);
+        .prepare("UPDATE calls SET recording_status = 'deleted', recording_sid = NULL, recording_url = NULL, recording_duration_s = NULL WHERE id = ?")
+        .run(id);
+    });
   }
 
-  async claimRecordingDeletion(id: string, expected: string | null): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare("UPDATE calls SET recording_status = 'deleting' WHERE id = ? AND recording_status IS ?").run(id, expected).changes === 1;
+  recordingsBefore(before: number, limit: number): Promise<CallRow[]> {
+    return this.#run(() => {
+      return (
+        this.#db
+          .prepare(
+            "SELECT * FROM calls WHERE recording_backend IS NOT NULL AND recording_started_at < ? AND (recording_status IS NULL OR recording_status NOT IN ('deleted', 'deleting')) ORDER BY recording_started_at LIMIT ?",
+          )
+          .all(before, limit) as Raw[]
+      ).map(toCallRow);
+    });
   }
 
-  async queued(limit: number): Promise<CallRow[]> {
-    await this.#ready();
-    return (this.#db.prepare("SELECT * FROM calls WHERE status = 'queued' AND campaign_id IS NULL ORDER BY id LIMIT ?").all(limit) as Raw[]).map(toCallRow);
+  claimRecordingDeletion(id: string, expected: string | null): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare("UPDATE calls SET recording_status = 'deleting' WHERE id = ? AND recording_status IS ?").run(id, expected).changes === 1;
+    });
   }
 
-  async idempotency(key: string): Promise<{ requestHash: string; callId: string } | undefined> {
-    await this.#ready();
-    const r = this.#idemGet.get(key) as Raw | undefined;
-    return r === undefined ? undefined : { requestHash: String(r.request_hash), callId: String(r.call_id) };
+  queued(limit: number): Promise<CallRow[]> {
+    return this.#run(() => {
+      return (this.#db.prepare("SELECT * FROM calls WHERE status = 'queued' AND campaign_id IS NULL ORDER BY id LIMIT ?").all(limit) as Raw[]).map(toCallRow);
+    });
   }
 
-  async putIdempotency(key: string, requestHash: string, callId: string, now = Date.now()): Promise<boolean> {
-    await this.#ready();
-    return this.#idemPut.run(key, requestHash, callId, now).changes === 1;
+  idempotency(key: string): Promise<{ requestHash: string; callId: string } | undefined> {
+    return this.#run(() => {
+      const r = this.#idemGet.get(key) as Raw | undefined;
+      return r === undefined ? undefined : { requestHash: String(r.request_hash), callId: String(r.call_id) };
+    });
   }
 
-  async pruneIdempotency(olderThanMs: number, now = Date.now()): Promise<number> {
-    await this.#ready();
-    return this.#db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?').run(now - olderThanMs).changes;
+  putIdempotency(key: string, requestHash: string, callId: string, now = Date.now()): Promise<boolean> {
+    return this.#run(() => {
+      return this.#idemPut.run(key, requestHash, callId, now).changes === 1;
+    });
+  }
+
+  pruneIdempotency(olderThanMs: number, now = Date.now()): Promise<number> {
+    return this.#run(() => {
+      return this.#db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?').run(now - olderThanMs).changes;
+    });
   }
 }

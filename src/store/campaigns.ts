@@ -252,8 +252,9 @@ export class SqliteCampaignStore implements CampaignStore {
     this.#db = db;
   }
 
-  async #ready(): Promise<void> {
-    await gateOf(this.#db).idle();
+  /** Runs `fn` once no transaction of another task is open (at once inside one's own). */
+  #run<T>(fn: () => T): Promise<T> {
+    return gateOf(this.#db).run(fn);
   }
 
   #getSync<S>(id: string): CampaignRow<S> | undefined {
@@ -261,76 +262,82 @@ export class SqliteCampaignStore implements CampaignStore {
     return r === undefined ? undefined : toCampaign<S>(r);
   }
 
-  async create<S>(name: string, settings: S, now = Date.now()): Promise<CampaignRow<S>> {
-    await this.#ready();
-    const id = newId('cmp', now);
-    this.#db
-      .prepare('INSERT INTO campaigns (id, name, status, settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(id, name, 'draft', JSON.stringify(settings), now, now);
-    const c = this.#getSync<S>(id);
-    if (c === undefined) throw new Error(`campaign ${id} vanished after insert`);
-    return c;
+  create<S>(name: string, settings: S, now = Date.now()): Promise<CampaignRow<S>> {
+    return this.#run(() => {
+      const id = newId('cmp', now);
+      this.#db
+        .prepare('INSERT INTO campaigns (id, name, status, settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(id, name, 'draft', JSON.stringify(settings), now, now);
+      const c = this.#getSync<S>(id);
+      if (c === undefined) throw new Error(`campaign ${id} vanished after insert`);
+      return c;
+    });
   }
 
-  async get<S>(id: string): Promise<CampaignRow<S> | undefined> {
-    await this.#ready();
-    return this.#getSync<S>(id);
+  get<S>(id: string): Promise<CampaignRow<S> | undefined> {
+    return this.#run(() => {
+      return this.#getSync<S>(id);
+    });
   }
 
-  async list<S>(opts: { status?: CampaignStatus; before?: string; limit: number }): Promise<Array<CampaignRow<S>>> {
-    await this.#ready();
-    const where: string[] = [];
-    const values: unknown[] = [];
-    if (opts.status !== undefined) (where.push('status = ?'), values.push(opts.status));
-    if (opts.before !== undefined) (where.push('id < ?'), values.push(opts.before));
-    const sql = `SELECT * FROM campaigns ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-    return (this.#db.prepare(sql).all(...values, opts.limit) as Raw[]).map((r) => toCampaign<S>(r));
+  list<S>(opts: { status?: CampaignStatus; before?: string; limit: number }): Promise<Array<CampaignRow<S>>> {
+    return this.#run(() => {
+      const where: string[] = [];
+      const values: unknown[] = [];
+      if (opts.status !== undefined) (where.push('status = ?'), values.push(opts.status));
+      if (opts.before !== undefined) (where.push('id < ?'), values.push(opts.before));
+      const sql = `SELECT * FROM campaigns ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+      return (this.#db.prepare(sql).all(...values, opts.limit) as Raw[]).map((r) => toCampaign<S>(r));
+    });
   }
 
-  async byStatus<S>(status: CampaignStatus): Promise<Array<CampaignRow<S>>> {
-    await this.#ready();
-    return (this.#db.prepare('SELECT * FROM campaigns WHERE status = ? ORDER BY id').all(status) as Raw[]).map((r) => toCampaign<S>(r));
+  byStatus<S>(status: CampaignStatus): Promise<Array<CampaignRow<S>>> {
+    return this.#run(() => {
+      return (this.#db.prepare('SELECT * FROM campaigns WHERE status = ? ORDER BY id').all(status) as Raw[]).map((r) => toCampaign<S>(r));
+    });
   }
 
-  async setStatus(id: string, status: CampaignStatus, extra: { pauseReason?: string | null; lastError?: string | null } = {}, now = Date.now()): Promise<void> {
-    await this.#ready();
-    const sets = ['status = ?', 'updated_at = ?'];
-    const values: unknown[] = [status, now];
-    if (status === 'running') sets.push('started_at = COALESCE(started_at, ?)'), values.push(now);
-    if (status === 'completed' || status === 'canceled') sets.push('completed_at = ?'), values.push(now);
-    if (extra.pauseReason !== undefined) sets.push('pause_reason = ?'), values.push(extra.pauseReason);
-    if (extra.lastError !== undefined) sets.push('last_error = ?'), values.push(extra.lastError);
-    this.#db.prepare(`UPDATE campaigns SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+  setStatus(id: string, status: CampaignStatus, extra: { pauseReason?: string | null; lastError?: string | null } = {}, now = Date.now()): Promise<void> {
+    return this.#run(() => {
+      const sets = ['status = ?', 'updated_at = ?'];
+      const values: unknown[] = [status, now];
+      if (status === 'running') sets.push('started_at = COALESCE(started_at, ?)'), values.push(now);
+      if (status === 'completed' || status === 'canceled') sets.push('completed_at = ?'), values.push(now);
+      if (extra.pauseReason !== undefined) sets.push('pause_reason = ?'), values.push(extra.pauseReason);
+      if (extra.lastError !== undefined) sets.push('last_error = ?'), values.push(extra.lastError);
+      this.#db.prepare(`UPDATE campaigns SET ${sets.join(', ')} WHERE id = ?`).run(...values, id);
+    });
   }
 
-  async addContacts(campaignId: string, contacts: readonly NewContact[], now = Date.now()): Promise<{ added: number; merged: MergedContact[] }> {
-    await this.#ready();
-    const insert = this.#db.prepare(`INSERT INTO contacts (id, campaign_id, line, phone, variables, timezone, state, merged_lines, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (campaign_id, phone) DO NOTHING`);
-    const existing = this.#db.prepare('SELECT id, merged_lines FROM contacts WHERE campaign_id = ? AND phone = ?');
-    const setMerged = this.#db.prepare('UPDATE contacts SET merged_lines = ? WHERE id = ?');
-    const merged: MergedContact[] = [];
-    let added = 0;
-    const write = (): void => {
-      for (const c of contacts) {
-        const id = newId('ct', now);
-        const res = insert.run(id, campaignId, c.line ?? null, c.phone, JSON.stringify(c.variables), c.timezone ?? null, JSON.stringify(c.mergedLines ?? []), now);
-        if (res.changes === 1) {
-          added++;
-          continue;
+  addContacts(campaignId: string, contacts: readonly NewContact[], now = Date.now()): Promise<{ added: number; merged: MergedContact[] }> {
+    return this.#run(() => {
+      const insert = this.#db.prepare(`INSERT INTO contacts (id, campaign_id, line, phone, variables, timezone, state, merged_lines, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (campaign_id, phone) DO NOTHING`);
+      const existing = this.#db.prepare('SELECT id, merged_lines FROM contacts WHERE campaign_id = ? AND phone = ?');
+      const setMerged = this.#db.prepare('UPDATE contacts SET merged_lines = ? WHERE id = ?');
+      const merged: MergedContact[] = [];
+      let added = 0;
+      const write = (): void => {
+        for (const c of contacts) {
+          const id = newId('ct', now);
+          const res = insert.run(id, campaignId, c.line ?? null, c.phone, JSON.stringify(c.variables), c.timezone ?? null, JSON.stringify(c.mergedLines ?? []), now);
+          if (res.changes === 1) {
+            added++;
+            continue;
+          }
+          const prior = existing.get(campaignId, c.phone) as Raw | undefined;
+          if (prior === undefined) continue;
+          const lines = parseJson<number[]>(prior.merged_lines, []);
+          if (c.line !== undefined) lines.push(c.line);
+          setMerged.run(JSON.stringify(lines), String(prior.id));
+          merged.push({ line: c.line ?? null, phone: c.phone, contactId: String(prior.id) });
         }
-        const prior = existing.get(campaignId, c.phone) as Raw | undefined;
-        if (prior === undefined) continue;
-        const lines = parseJson<number[]>(prior.merged_lines, []);
-        if (c.line !== undefined) lines.push(c.line);
-        setMerged.run(JSON.stringify(lines), String(prior.id));
-        merged.push({ line: c.line ?? null, phone: c.phone, contactId: String(prior.id) });
-      }
-      this.#db.prepare('UPDATE campaigns SET updated_at = ? WHERE id = ?').run(now, campaignId);
-    };
-    if (gateOf(this.#db).inTransaction) write();
-    else this.#db.transaction(write)();
-    return { added, merged };
+        this.#db.prepare('UPDATE campaigns SET updated_at = ? WHERE id = ?').run(now, campaignId);
+      };
+      if (gateOf(this.#db).inTransaction) write();
+      else this.#db.transaction(write)();
+      return { added, merged };
+    });
   }
 
   addContactsInChunks(
@@ -342,115 +349,129 @@ export class SqliteCampaignStore implements CampaignStore {
     return addInChunks((chunk) => this.addContacts(campaignId, chunk), contacts, chunkSize, stillOpen);
   }
 
-  async delete(id: string): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare('DELETE FROM campaigns WHERE id = ?').run(id).changes === 1;
+  delete(id: string): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare('DELETE FROM campaigns WHERE id = ?').run(id).changes === 1;
+    });
   }
 
-  async contact(id: string): Promise<ContactRow | undefined> {
-    await this.#ready();
-    const r = this.#db.prepare('SELECT * FROM contacts WHERE id = ?').get(id) as Raw | undefined;
-    return r === undefined ? undefined : toContact(r);
+  contact(id: string): Promise<ContactRow | undefined> {
+    return this.#run(() => {
+      const r = this.#db.prepare('SELECT * FROM contacts WHERE id = ?').get(id) as Raw | undefined;
+      return r === undefined ? undefined : toContact(r);
+    });
   }
 
-  async due(campaignId: string, now: number, limit: number): Promise<ContactRow[]> {
-    await this.#ready();
-    return (
-      this.#db
-        .prepare("SELECT * FROM contacts WHERE campaign_id = ? AND state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, line, id LIMIT ?")
-        .all(campaignId, now, limit) as Raw[]
-    ).map(toContact);
+  due(campaignId: string, now: number, limit: number): Promise<ContactRow[]> {
+    return this.#run(() => {
+      return (
+        this.#db
+          .prepare("SELECT * FROM contacts WHERE campaign_id = ? AND state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, line, id LIMIT ?")
+          .all(campaignId, now, limit) as Raw[]
+      ).map(toContact);
+    });
   }
 
-  async nextDue(campaignId: string): Promise<number | undefined> {
-    await this.#ready();
-    const r = this.#db.prepare("SELECT MIN(next_attempt_at) AS t FROM contacts WHERE campaign_id = ? AND state = 'pending'").get(campaignId) as Raw;
-    return typeof r.t === 'number' ? r.t : undefined;
+  nextDue(campaignId: string): Promise<number | undefined> {
+    return this.#run(() => {
+      const r = this.#db.prepare("SELECT MIN(next_attempt_at) AS t FROM contacts WHERE campaign_id = ? AND state = 'pending'").get(campaignId) as Raw;
+      return typeof r.t === 'number' ? r.t : undefined;
+    });
   }
 
-  async updateContact(id: string, patch: ContactPatch, now = Date.now(), where?: ContactCondition): Promise<boolean> {
-    await this.#ready();
-    const sets = ['updated_at = ?'];
-    const values: unknown[] = [now];
-    for (const [k, v] of Object.entries(patch)) {
-      const col = k in CONTACT_COLUMNS ? CONTACT_COLUMNS[k as keyof ContactPatch] : undefined;
-      if (col === undefined || v === undefined) continue;
-      sets.push(`${col} = ?`);
-      values.push(v);
-    }
-    const cond = ['id = ?'];
-    values.push(id);
-    if (where?.state !== undefined) (cond.push('state = ?'), values.push(where.state));
-    if (where?.lastCallId !== undefined) (cond.push('last_call_id = ?'), values.push(where.lastCallId));
-    return this.#db.prepare(`UPDATE contacts SET ${sets.join(', ')} WHERE ${cond.join(' AND ')}`).run(...values).changes === 1;
+  updateContact(id: string, patch: ContactPatch, now = Date.now(), where?: ContactCondition): Promise<boolean> {
+    return this.#run(() => {
+      const sets = ['updated_at = ?'];
+      const values: unknown[] = [now];
+      for (const [k, v] of Object.entries(patch)) {
+        const col = k in CONTACT_COLUMNS ? CONTACT_COLUMNS[k as keyof ContactPatch] : undefined;
+        if (col === undefined || v === undefined) continue;
+        sets.push(`${col} = ?`);
+        values.push(v);
+      }
+      const cond = ['id = ?'];
+      values.push(id);
+      if (where?.state !== undefined) (cond.push('state = ?'), values.push(where.state));
+      if (where?.lastCallId !== undefined) (cond.push('last_call_id = ?'), values.push(where.lastCallId));
+      return this.#db.prepare(`UPDATE contacts SET ${sets.join(', ')} WHERE ${cond.join(' AND ')}`).run(...values).changes === 1;
+    });
   }
 
-  async contacts(campaignId: string, opts: { state?: ContactState; outcome?: string; after?: string; limit: number }): Promise<ContactRow[]> {
-    await this.#ready();
-    const where = ['campaign_id = ?'];
-    const values: unknown[] = [campaignId];
-    if (opts.state !== undefined) (where.push('state = ?'), values.push(opts.state));
-    if (opts.outcome !== undefined) (where.push('outcome = ?'), values.push(opts.outcome));
-    if (opts.after !== undefined) (where.push('id > ?'), values.push(opts.after));
-    return (this.#db.prepare(`SELECT * FROM contacts WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`).all(...values, opts.limit) as Raw[]).map(toContact);
+  contacts(campaignId: string, opts: { state?: ContactState; outcome?: string; after?: string; limit: number }): Promise<ContactRow[]> {
+    return this.#run(() => {
+      const where = ['campaign_id = ?'];
+      const values: unknown[] = [campaignId];
+      if (opts.state !== undefined) (where.push('state = ?'), values.push(opts.state));
+      if (opts.outcome !== undefined) (where.push('outcome = ?'), values.push(opts.outcome));
+      if (opts.after !== undefined) (where.push('id > ?'), values.push(opts.after));
+      return (this.#db.prepare(`SELECT * FROM contacts WHERE ${where.join(' AND ')} ORDER BY id LIMIT ?`).all(...values, opts.limit) as Raw[]).map(toContact);
+    });
   }
 
-  async resultsPage(campaignId: string, afterRowid: number, limit: number): Promise<ResultRow[]> {
-    await this.#ready();
-    const rows = this.#db
-      .prepare(
-        `SELECT c.rowid AS rid, c.*, l.status AS l_status, l.answered_by AS l_answered_by, l.duration_s AS l_duration_s
-         FROM contacts c LEFT JOIN calls l ON l.id = c.last_call_id
-         WHERE c.campaign_id = ? AND c.rowid > ? ORDER BY c.rowid LIMIT ?`,
-      )
-      .all(campaignId, afterRowid, limit) as Raw[];
-    return rows.map(toResultRow);
+  resultsPage(campaignId: string, afterRowid: number, limit: number): Promise<ResultRow[]> {
+    return this.#run(() => {
+      const rows = this.#db
+        .prepare(
+          `SELECT c.rowid AS rid, c.*, l.status AS l_status, l.answered_by AS l_answered_by, l.duration_s AS l_duration_s
+           FROM contacts c LEFT JOIN calls l ON l.id = c.last_call_id
+           WHERE c.campaign_id = ? AND c.rowid > ? ORDER BY c.rowid LIMIT ?`,
+        )
+        .all(campaignId, afterRowid, limit) as Raw[];
+      return rows.map(toResultRow);
+    });
   }
 
-  async variableNamesPage(campaignId: string, afterRowid: number, limit: number): Promise<{ names: Set<string>; lastRowid: number | undefined }> {
-    await this.#ready();
-    return variableNames(this.#db.prepare('SELECT rowid AS rid, variables FROM contacts WHERE campaign_id = ? AND rowid > ? ORDER BY rowid LIMIT ?').all(campaignId, afterRowid, limit) as Raw[]);
+  variableNamesPage(campaignId: string, afterRowid: number, limit: number): Promise<{ names: Set<string>; lastRowid: number | undefined }> {
+    return this.#run(() => {
+      return variableNames(this.#db.prepare('SELECT rowid AS rid, variables FROM contacts WHERE campaign_id = ? AND rowid > ? ORDER BY rowid LIMIT ?').all(campaignId, afterRowid, limit) as Raw[]);
+    });
   }
 
-  async counts(campaignId: string): Promise<ContactCounts> {
-    await this.#ready();
-    return tally(
-      this.#db.prepare('SELECT state, outcome, COUNT(*) AS n, SUM(attempts) AS a FROM contacts WHERE campaign_id = ? GROUP BY state, outcome').all(campaignId) as Raw[],
-    );
+  counts(campaignId: string): Promise<ContactCounts> {
+    return this.#run(() => {
+      return tally(
+        this.#db.prepare('SELECT state, outcome, COUNT(*) AS n, SUM(attempts) AS a FROM contacts WHERE campaign_id = ? GROUP BY state, outcome').all(campaignId) as Raw[],
+      );
+    });
   }
 
-  async finishAll(campaignId: string, outcome: string, now = Date.now()): Promise<number> {
-    await this.#ready();
-    return this.#db
-      .prepare("UPDATE contacts SET state = 'done', outcome = ?, updated_at = ? WHERE campaign_id = ? AND state = 'pending'")
-      .run(outcome, now, campaignId).changes;
+  finishAll(campaignId: string, outcome: string, now = Date.now()): Promise<number> {
+    return this.#run(() => {
+      return this.#db
+        .prepare("UPDATE contacts SET state = 'done', outcome = ?, updated_at = ? WHERE campaign_id = ? AND state = 'pending'")
+        .run(outcome, now, campaignId).changes;
+    });
   }
 
   // ------------------------------------------------------------ do-not-call
 
-  async dncHas(phone: string): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare('SELECT 1 FROM dnc WHERE phone = ?').get(phone) !== undefined;
+  dncHas(phone: string): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare('SELECT 1 FROM dnc WHERE phone = ?').get(phone) !== undefined;
+    });
   }
 
-  async dncAdd(phone: string, reason: string | null, now = Date.now()): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare('INSERT INTO dnc (phone, reason, created_at) VALUES (?, ?, ?) ON CONFLICT (phone) DO NOTHING').run(phone, reason, now).changes === 1;
+  dncAdd(phone: string, reason: string | null, now = Date.now()): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare('INSERT INTO dnc (phone, reason, created_at) VALUES (?, ?, ?) ON CONFLICT (phone) DO NOTHING').run(phone, reason, now).changes === 1;
+    });
   }
 
-  async dncRemove(phone: string): Promise<boolean> {
-    await this.#ready();
-    return this.#db.prepare('DELETE FROM dnc WHERE phone = ?').run(phone).changes === 1;
+  dncRemove(phone: string): Promise<boolean> {
+    return this.#run(() => {
+      return this.#db.prepare('DELETE FROM dnc WHERE phone = ?').run(phone).changes === 1;
+    });
   }
 
-  async dncList(opts: { after?: string; limit: number }): Promise<Array<{ phone: string; reason: string | null; createdAt: number }>> {
-    await this.#ready();
-    const rows = (
-      opts.after === undefined
-        ? this.#db.prepare('SELECT * FROM dnc ORDER BY phone LIMIT ?').all(opts.limit)
-        : this.#db.prepare('SELECT * FROM dnc WHERE phone > ? ORDER BY phone LIMIT ?').all(opts.after, opts.limit)
-    ) as Raw[];
-    return rows.map(toDnc);
+  dncList(opts: { after?: string; limit: number }): Promise<Array<{ phone: string; reason: string | null; createdAt: number }>> {
+    return this.#run(() => {
+      const rows = (
+        opts.after === undefined
+          ? this.#db.prepare('SELECT * FROM dnc ORDER BY phone LIMIT ?').all(opts.limit)
+          : this.#db.prepare('SELECT * FROM dnc WHERE phone > ? ORDER BY phone LIMIT ?').all(opts.after, opts.limit)
+      ) as Raw[];
+      return rows.map(toDnc);
+    });
   }
 }
 

@@ -27,6 +27,15 @@ export class SqliteGate {
     return inside.getStore() === this;
   }
 
+  /**
+   * Runs `fn` (synchronous statements) when no transaction of another task is open, with no
+   * await between that look and `fn`: it never lands inside another task's transaction.
+   */
+  async run<T>(fn: () => T): Promise<T> {
+    if (!this.inTransaction) while (this.#open !== undefined) await this.#open;
+    return fn();
+  }
+
   /** Resolves when no transaction of another task is open on the connection (at once, usually). */
   async idle(): Promise<void> {
     if (this.inTransaction) return;

@@ -99,32 +99,36 @@ export class SqliteWebhookDeliveryStore implements WebhookDeliveryStore {
     };
   }
 
-  async #ready(): Promise<void> {
-    await gateOf(this.#db).idle();
+  /** Runs `fn` once no transaction of another task is open (at once inside one's own). */
+  #run<T>(fn: () => T): Promise<T> {
+    return gateOf(this.#db).run(fn);
   }
 
-  async insert(row: WebhookDeliveryRow): Promise<void> {
-    await this.#ready();
-    this.#s.insert.run(row);
+  insert(row: WebhookDeliveryRow): Promise<void> {
+    return this.#run(() => {
+      this.#s.insert.run(row);
+    });
   }
 
-  async get(id: string): Promise<WebhookDeliveryRow | undefined> {
-    await this.#ready();
-    const r = this.#s.get.get(id) as Raw | undefined;
-    return r === undefined ? undefined : toDeliveryRow(r);
+  get(id: string): Promise<WebhookDeliveryRow | undefined> {
+    return this.#run(() => {
+      const r = this.#s.get.get(id) as Raw | undefined;
+      return r === undefined ? undefined : toDeliveryRow(r);
+    });
   }
 
-  async list(opts: { status?: WebhookStatus; callId?: string; limit: number }): Promise<WebhookDeliveryRow[]> {
-    await this.#ready();
-    const where: string[] = [];
-    const params: unknown[] = [];
-    if (opts.status !== undefined) (where.push('status = ?'), params.push(opts.status));
-    if (opts.callId !== undefined) (where.push('call_id = ?'), params.push(opts.callId));
-    const sql = `SELECT * FROM webhook_deliveries ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id DESC LIMIT ?`;
-    return (this.#db.prepare(sql).all(...params, opts.limit) as Raw[]).map(toDeliveryRow);
+  list(opts: { status?: WebhookStatus; callId?: string; limit: number }): Promise<WebhookDeliveryRow[]> {
+    return this.#run(() => {
+      const where: string[] = [];
+      const params: unknown[] = [];
+      if (opts.status !== undefined) (where.push('status = ?'), params.push(opts.status));
+      if (opts.callId !== undefined) (where.push('call_id = ?'), params.push(opts.callId));
+      const sql = `SELECT * FROM webhook_deliveries ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id DESC LIMIT ?`;
+      return (this.#db.prepare(sql).all(...params, opts.limit) as Raw[]).map(toDeliveryRow);
+    });
   }
 
-  async claimDue(now: number, limit: number, leaseUntil: number): Promise<WebhookDeliveryRow[]> {
+  claimDue(now: number, limit: number, leaseUntil: number): Promise<WebhookDeliveryRow[]> {
     // One transaction (the file's write lock): no other process claims the same rows.
     return gateOf(this.#db).transaction(async () => {
       const rows = (this.#s.due.all(now, limit) as Raw[]).map(toDeliveryRow);
@@ -133,28 +137,33 @@ export class SqliteWebhookDeliveryStore implements WebhookDeliveryStore {
   }
 
   async nextDueAt(): Promise<number | undefined> {
-    await this.#ready();
-    const r = this.#s.next.get() as Raw | undefined;
-    return typeof r?.t === 'number' ? r.t : undefined;
+    return this.#run(() => {
+      const r = this.#s.next.get() as Raw | undefined;
+      return typeof r?.t === 'number' ? r.t : undefined;
+    });
   }
 
-  async delivered(id: string, attempts: number, code: number, at: number): Promise<void> {
-    await this.#ready();
-    this.#s.delivered.run(attempts, code, at, id);
+  delivered(id: string, attempts: number, code: number, at: number): Promise<void> {
+    return this.#run(() => {
+      this.#s.delivered.run(attempts, code, at, id);
+    });
   }
 
-  async retryLater(id: string, attempts: number, next: number, code: number | null, error: string | null): Promise<void> {
-    await this.#ready();
-    this.#s.retryLater.run(attempts, next, code, error, id);
+  retryLater(id: string, attempts: number, next: number, code: number | null, error: string | null): Promise<void> {
+    return this.#run(() => {
+      this.#s.retryLater.run(attempts, next, code, error, id);
+    });
   }
 
-  async failed(id: string, attempts: number, code: number | null, error: string | null): Promise<void> {
-    await this.#ready();
-    this.#s.failed.run(attempts, code, error, id);
+  failed(id: string, attempts: number, code: number | null, error: string | null): Promise<void> {
+    return this.#run(() => {
+      this.#s.failed.run(attempts, code, error, id);
+    });
   }
 
-  async requeue(id: string, url: string, now: number): Promise<boolean> {
-    await this.#ready();
-    return this.#s.requeue.run(now, url, id).changes === 1;
+  requeue(id: string, url: string, now: number): Promise<boolean> {
+    return this.#run(() => {
+      return this.#s.requeue.run(now, url, id).changes === 1;
+    });
   }
 }
