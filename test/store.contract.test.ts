@@ -243,10 +243,12 @@ describe.each(backends)('the %s store', (_name, backend) => {
     expect(r.merged).toEqual([{ line: 4, phone: '+14155550100', contactId: expect.any(String) }]);
     const first = await s.campaigns.contact(r.merged[0]!.contactId);
     expect(first).toMatchObject({ line: 2, variables: { name: 'Ann' }, timezone: 'America/New_York', mergedLines: [4], state: 'pending', attempts: 0 });
+    const again = await s.campaigns.addContacts(c.id, [{ line: 9, phone: '+14155550101', variables: {} }, { line: 10, phone: '+14155550102', variables: {} }], T0);
+    expect(again).toMatchObject({ added: 1, merged: [{ line: 9, phone: '+14155550101' }] });
     let looks = 0;
     const chunked = await s.campaigns.addContactsInChunks(c.id, [1, 2, 3, 4, 5].map((i) => ({ phone: `+1415555020${i}`, variables: {} })), 2, async () => looks++ < 2);
     expect(chunked).toMatchObject({ added: 4, stopped: true });
-    expect((await s.campaigns.counts(c.id)).total).toBe(6);
+    expect((await s.campaigns.counts(c.id)).total).toBe(7);
     expect(await s.campaigns.delete(c.id)).toBe(true);
     expect(await s.campaigns.contacts(c.id, { limit: 10 })).toEqual([]);
     expect(await s.campaigns.delete(c.id)).toBe(false);

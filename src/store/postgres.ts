@@ -510,17 +510,34 @@ export class PgCampaignStore implements CampaignStore {
 
   async addContacts(campaignId: string, contacts: readonly NewContact[], now = Date.now()): Promise<{ added: number; merged: MergedContact[] }> {
     const run = async (sql: Sql): Promise<{ added: number; merged: MergedContact[] }> => {
+      // One statement for the chunk (a number's first line in it); a number already in the
+      // campaign, or repeated in the chunk, is merged into its contact after, in file order.
+      const firsts = new Map<string, NewContact>();
+      for (const c of contacts) if (!firsts.has(c.phone)) firsts.set(c.phone, c);
+      const rows = [...firsts.values()].map((c) => ({
+        id: newId('ct', now),
+        line: c.line ?? null,
+        phone: c.phone,
+        variables: JSON.stringify(c.variables),
+        tz: c.timezone ?? null,
+        merged: JSON.stringify(c.mergedLines ?? []),
+      }));
+      const inserted = new Set(
+        (
+          await q(
+            sql,
+            `INSERT INTO contacts (id, campaign_id, line, phone, variables, timezone, state, merged_lines, updated_at)
+             SELECT t.id, ?, t.line, t.phone, t.variables, t.tz, 'pending', t.merged, ?
+             FROM jsonb_to_recordset(CAST(?::text AS jsonb)) AS t(id TEXT, line INTEGER, phone TEXT, variables TEXT, tz TEXT, merged TEXT)
+             ON CONFLICT (campaign_id, phone) DO NOTHING RETURNING phone`,
+            [campaignId, now, JSON.stringify(rows)],
+          )
+        ).map((r) => String(r.phone)),
+      );
       const merged: MergedContact[] = [];
       let added = 0;
       for (const c of contacts) {
-        const id = newId('ct', now);
-        const inserted = await changed(
-          sql,
-          `INSERT INTO contacts (id, campaign_id, line, phone, variables, timezone, state, merged_lines, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (campaign_id, phone) DO NOTHING`,
-          [id, campaignId, c.line ?? null, c.phone, JSON.stringify(c.variables), c.timezone ?? null, JSON.stringify(c.mergedLines ?? []), now],
-        );
-        if (inserted === 1) {
+        if (firsts.get(c.phone) === c && inserted.has(c.phone)) {
           added++;
           continue;
         }
