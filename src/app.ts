@@ -33,8 +33,9 @@ import { OutboundService } from './outbound/service.js';
 import { TwilioDialer } from './outbound/twilioDialer.js';
 import { WebhookDispatcher } from './outbound/webhooks.js';
 import { LocalDialer } from './sim/simCarrier.js';
-import { CampaignStore } from './store/campaigns.js';
-import { CallStore } from './store/calls.js';
+import type { CampaignStore } from './store/campaigns.js';
+import type { CallStore } from './store/calls.js';
+import { sqliteStore, type Store } from './store/store.js';
 import { CallRecorder } from './calls/recorder.js';
 import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
@@ -77,8 +78,10 @@ export interface BridgeOverrides {
   probeAgents?: boolean;
   /** Outbound carrier (defaults to Twilio REST with credentials, else the simulated local carrier). */
   dialer?: Dialer;
-  /** Database (defaults to `playline.db` in DATA_DIR). */
+  /** SQLite database (defaults to `playline.db` in DATA_DIR); left open at close. */
   db?: Db;
+  /** The records store (instead of `db`); left open at close. */
+  store?: Store;
   /** HTTP client for webhooks and the PlayAI REST API (tests). */
   fetchImpl?: typeof fetch;
   /** What carries transfers out (defaults to Twilio REST when credentials are set; none otherwise). */
@@ -111,7 +114,8 @@ export interface Bridge {
   events: EventBus;
   /** Call recording (RECORDING). */
   recordings: RecordingService;
-  db: Db;
+  /** Where the records live (SQLite in DATA_DIR, or Postgres with DATABASE_URL). */
+  store: Store;
   /** Caller-facing prompts (TTS, cache, signed prompt URLs). */
   prompts: PromptService;
   /** Settles when the boot warm-up of the prompts is done (it runs in the background). */
@@ -168,7 +172,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       metrics.streamRejectedTotal.labels('reservation_expired').inc();
       logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
       // A browser call whose socket never opened ends here (no carrier will say so).
-      outbound.finishWebCall(callSid);
+      void outbound.finishWebCall(callSid);
     },
   });
   if (config.fleet !== undefined) {
@@ -188,7 +192,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
         metrics.streamRejectedTotal.labels('reservation_expired').inc();
         logger.warn({ callSid }, 'no media stream arrived for an admitted call; slot released');
         // A browser call whose socket never opened ends here (no carrier will say so).
-        outbound.finishWebCall(callSid);
+        void outbound.finishWebCall(callSid);
       },
       // A dialed or browser call's stream may land on a process other than its webhook's: its route is in its record.
       routeOfCall: (callId) => outbound.routeOfCall(callId),
@@ -240,9 +244,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       : new LocalCallControl());
   const settings = sessionSettings(config);
 
-  const db = overrides.db ?? openDataDir(config.dataDir);
-  const calls = new CallStore(db);
-  const campaigns = new CampaignStore(db);
+  const store = overrides.store ?? sqliteStore(overrides.db ?? openDataDir(config.dataDir), { keepOpen: overrides.db !== undefined });
+  const { calls, campaigns } = store;
   const onStoreError = (op: string, err: unknown): void => {
     metrics.storeErrorsTotal.labels(op, errorCode(err) || 'unknown').inc();
   };
@@ -285,7 +288,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     config.webhook.url === undefined
       ? undefined
       : new WebhookDispatcher({
-          db,
+          store: store.webhooks,
           url: config.webhook.url,
           ...(config.webhook.secret !== undefined ? { secret: config.webhook.secret } : {}),
           log: logger.child({ component: 'webhooks' }),
@@ -353,8 +356,11 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   // Operator HTTP tools get the call's record (id, numbers, metadata) and are signed like webhooks.
   const toolSecret = config.webhook.secret;
   const operatorTools: ToolRunner = {
-    run: (callSid, def, args) => {
-      const row = calls.getBySid(callSid);
+    run: async (callSid, def, args) => {
+      const row = await calls.getBySid(callSid).catch((err: unknown) => {
+        onStoreError('tool_lookup', err);
+        return undefined;
+      });
       return callHttpTool(
         def,
         { callId: row?.id ?? callSid, from: row?.from ?? '', to: row?.to ?? '', tool: def.name, arguments: args, metadata: row?.metadata ?? {} },
@@ -492,7 +498,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       case 'status': {
         const update = statusUpdateOf(message.params);
         if (update === undefined) return { ok: false, error: 'not a status callback' };
-        outbound.callbacks.onStatus(undefined, update);
+        void outbound.callbacks.onStatus(undefined, update);
         if (TERMINAL_CALL_STATUSES.has(update.status)) {
           transfers?.callEnded(callSid);
           manager.getSession(callSid)?.close('caller_hangup');
@@ -509,8 +515,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     ...(fleet !== undefined ? { fleet } : {}),
     apiToken: config.outbound.apiToken,
     publicUrl: config.publicUrl,
-    onStreamStarted: (callSid) => webCalls.streamStarted(callSid),
-    onSessionEnded: (callSid) => outbound.finishWebCall(callSid),
+    onStreamStarted: (callSid) => void webCalls.streamStarted(callSid),
+    onSessionEnded: (callSid) => void outbound.finishWebCall(callSid),
   });
   manager.startSweep(config.timeouts.sweepIntervalMs);
   app.addHook('onListen', async () => {
@@ -547,7 +553,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     await dialer.close?.();
     await prompts.close();
     await fleet?.close();
-    if (overrides.db === undefined) db.close();
+    await recorder.flush();
+    if (overrides.store === undefined) await store.close();
   });
   const drain = async (timeoutMs: number): Promise<{ endedByDrain: number }> => {
     manager.startDrain();
@@ -563,7 +570,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
     manager.dispose();
     return { endedByDrain: left.length };
   };
-  return { app, manager, fleet, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, db, prompts, promptsWarm };
+  return { app, manager, fleet, agents, metrics, callControl, settings, drain, outbound, calls, campaigns, recorder, webhooks, events, recordings, store, prompts, promptsWarm };
 }
 
 /** REDIS_URL: live events of every process, through one Redis Stream. */

@@ -77,6 +77,8 @@ export interface Config {
   fleet?: { redisUrl: string; prefix: string; leaseMs: number };
   /** WORKERS: processes serving the one port (Node's cluster module); 1 = this process serves, no cluster. */
   workers: number;
+  /** DATABASE_URL set: calls, campaigns, contacts, DNC, idempotency keys, webhook deliveries and recording metadata live in that Postgres (else SQLite in DATA_DIR). */
+  database?: { url: string };
   /** Optional per-agent caps on concurrent calls (keys `provider:id`), on top of {@link Config.maxConcurrentCalls}. */
   agentLimits: Map<string, number>;
   /** After a PlayAI 4429, how long the learned account limit holds (unless a call ends first). */
@@ -327,6 +329,9 @@ const envSchema = z.object({
       .pipe(z.number().min(1, { error: WORKERS_TEXT }).max(1024, { error: WORKERS_TEXT }))
       .default(1),
   ),
+  DATABASE_URL: optional(
+    z.string().regex(/^postgres(ql)?:\/\/[^\s]+$/, { error: 'a Postgres URL like postgres://user:password@host:5432/playline (postgresql:// works too), or leave it unset to keep the records in SQLite in DATA_DIR' }),
+  ),
 });
 
 /** Every variable Playline reads. */
@@ -334,7 +339,7 @@ export const SETTING_NAMES: readonly string[] = Object.keys(envSchema.shape);
 
 /** Values of variables whose name says they are secret are never echoed in messages. */
 export function isSecretName(name: string): boolean {
-  return /TOKEN|KEY|SECRET|PASSWORD|REDIS_URL/i.test(name);
+  return /TOKEN|KEY|SECRET|PASSWORD|REDIS_URL|DATABASE_URL/i.test(name);
 }
 
 /** How an error message shows the value of `name`: quoted (and cut if long), or `(hidden)` for secrets. */
@@ -699,6 +704,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     maxConcurrentCalls: e.MAX_CONCURRENT_CALLS,
     ...(e.REDIS_URL !== undefined ? { fleet: { redisUrl: e.REDIS_URL, prefix: e.FLEET_PREFIX, leaseMs: e.FLEET_LEASE_MS } } : {}),
     workers: e.WORKERS,
+    ...(e.DATABASE_URL !== undefined ? { database: { url: e.DATABASE_URL } } : {}),
     agentLimits,
     agentCapacityCooldownMs: e.AGENT_CAPACITY_COOLDOWN_S * 1000,
     overflow: e.OVERFLOW_ACTION === 'dial' ? { action: 'dial', fallbackNumber: e.FALLBACK_NUMBER } : { action: 'say' },

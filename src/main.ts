@@ -4,11 +4,14 @@
  */
 import cluster from 'node:cluster';
 import { performance } from 'node:perf_hooks';
+import type { Logger } from 'pino';
 import { createBridge } from './app.js';
 import { ConfigError, loadConfig, loadDotEnv, misspeltSettings, type Config } from './config.js';
 import { LocalAgentServer } from './sim/localAgent.js';
 import { createLogger, resolveLogFormat } from './log.js';
 import { DataDirError, openDataDir } from './store/db.js';
+import { openPostgresStore, redactUrl } from './store/postgres.js';
+import { sqliteStore, type Store } from './store/store.js';
 import { checkPlayaiAgents } from './agent/playai/bootCheck.js';
 import { reportWorkerReady, runPrimary, workerSlot } from './workers.js';
 
@@ -63,6 +66,18 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   }
 }
 
+/** The records store: Postgres with DATABASE_URL (migrated at boot), else SQLite in DATA_DIR. */
+async function openStore(config: Config, logger: Logger): Promise<Store> {
+  if (config.database === undefined) return sqliteStore(openDataDir(config.dataDir));
+  try {
+    const store = await openPostgresStore(config.database.url);
+    logger.info({ database: redactUrl(config.database.url) }, 'records in Postgres (DATABASE_URL)');
+    return store;
+  } catch (err) {
+    throw new StartError(err instanceof Error ? err.message : String(err));
+  }
+}
+
 const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 
 async function main(): Promise<void> {
@@ -83,8 +98,8 @@ async function main(): Promise<void> {
     logger.flush?.();
     process.exit(code);
   }
-  // First, so an unwritable DATA_DIR stops the start before anything else happens.
-  const db = openDataDir(config.dataDir);
+  // First, so an unwritable DATA_DIR (or an unreachable DATABASE_URL) stops the start before anything else happens.
+  const store = await openStore(config, logger);
   // Local mode: without a Twilio auth token the Twilio routes (and the API without API_TOKEN) serve this machine only.
   const localMode = config.twilio.authToken === undefined;
 
@@ -116,13 +131,13 @@ async function main(): Promise<void> {
 
   // When the PlayAI REST API is configured, each PlayAI agent the configuration names must exist there.
   const agentCheck = config.localAgent ? Promise.resolve([]) : checkPlayaiAgents(config, logger.child({ component: 'agents' }));
-  const bridge = await createBridge(config, logger, { agentBaseUrl, db });
+  const bridge = await createBridge(config, logger, { agentBaseUrl, store });
   const [checks, promptsReady] = await Promise.all([agentCheck, settlesWithin(bridge.promptsWarm, PROMPT_WARM_WAIT_MS)]);
   if (!promptsReady) logger.info({ waitedMs: PROMPT_WARM_WAIT_MS }, 'prompts are still being synthesized; listening now (callers hear <Say> until each is ready)');
   const missing = checks.filter((c) => c.result === 'missing');
   if (missing.length > 0) {
     await bridge.app.close();
-    db.close();
+    await store.close();
     await localAgent?.close();
     throw new StartError(
       `PlayAI agent${missing.length === 1 ? '' : 's'} ${missing.map((c) => `${c.agentId} (${c.where.join(', ')})`).join('; ')} not found by the PlayAI REST API at ${config.playaiRest.baseUrl}: fix the agent id, or unset PLAYAI_USER_ID to skip this check`,
@@ -182,7 +197,7 @@ async function main(): Promise<void> {
       // Twilio posts the last status callbacks just after the streams close: keep answering briefly.
       await new Promise((resolve) => setTimeout(resolve, STATUS_CALLBACK_LINGER_MS));
       await bridge.app.close();
-      db.close();
+      await store.close();
       await localAgent?.close();
       logger.info({ endedByDrain }, 'stopped');
     } catch (err) {

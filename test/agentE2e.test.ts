@@ -357,7 +357,7 @@ async function dial(t: TestBridge): Promise<Call> {
 }
 
 const received = (s: FakeTwilioStream): Buffer => Buffer.concat(s.mediaPayloads.map((p) => Buffer.from(p, 'base64')));
-const eventTypes = (t: TestBridge, callSid: string): string[] => storedCall(t, callSid)?.events.map((e) => e.type) ?? [];
+const eventTypes = async (t: TestBridge, callSid: string): Promise<string[]> => (await storedCall(t, callSid))?.events.map((e) => e.type) ?? [];
 
 describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through the bridge', (_name, make) => {
   it('echo: caller audio reaches the agent and agent audio reaches the caller, byte for byte', async () => {
@@ -422,15 +422,15 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     call.stream.sendStop();
   });
 
-  it('transcripts: final user and agent turns are stored on the call record', async () => {
+  it('async transcripts: final user and agent turns are stored on the call record', async () => {
     const { tb: t, d } = await start(make);
     const call = await dial(t);
     const conn = await d.next(t);
     await conn.ready();
     conn.userSays('I would like to book a table');
     conn.speak(tone(320, 0x44), 'Sure, for how many people?');
-    await eventually(() => (storedCall(t, call.callSid)?.transcript.length ?? 0) >= 2, 3000, 'two transcript turns');
-    expect(storedCall(t, call.callSid)?.transcript).toEqual([
+    await eventually(async () => ((await storedCall(t, call.callSid))?.transcript.length ?? 0) >= 2, 3000, 'two transcript turns');
+    expect((await storedCall(t, call.callSid))?.transcript).toEqual([
       { role: 'user', text: 'I would like to book a table' },
       { role: 'agent', text: 'Sure, for how many people?' },
     ]);
@@ -444,7 +444,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     await eventually(() => t.callControl.spoken.length === 1, 5000, 'the busy prompt');
     expect(t.callControl.spoken[0]?.text).toBe(t.config.messages.busy);
     await call.stream.waitForClose();
-    expect(storedCall(t, call.callSid)?.endReason).toBe('agent_capacity');
+    expect((await storedCall(t, call.callSid))?.endReason).toBe('agent_capacity');
     expect(t.bridge.manager.capacityFor(d.agent.split(':')[0] as 'playai')).toBe(0);
   });
 
@@ -468,7 +468,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
       backup.init();
       backup.audio(tone(160, 0x55).toString('base64'));
       await call.stream.waitFor((s) => s.bytesReceived >= 160);
-      expect(eventTypes(t, call.callSid)).toContain('agent_switched');
+      expect(await eventTypes(t, call.callSid)).toContain('agent_switched');
       call.stream.sendStop();
       return;
     }
@@ -481,7 +481,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     backup.audio(tone(160, 0x55).toString('base64'));
     await call.stream.waitFor((s) => s.bytesReceived >= 160);
     expect(t.callControl.spoken).toHaveLength(0);
-    const switched = storedCall(t, call.callSid)?.events.find((e) => e.type === 'agent_switched');
+    const switched = (await storedCall(t, call.callSid))?.events.find((e) => e.type === 'agent_switched');
     expect(switched?.data).toMatchObject({ from: ref, to: 'playai:backup' });
     call.stream.sendStop();
   });
@@ -493,7 +493,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     await conn.ready();
     conn.userSays('My order number is 4512');
     conn.speak(tone(160, 0x44), 'Thanks, let me look it up.');
-    await eventually(() => (storedCall(t, call.callSid)?.transcript.length ?? 0) >= 2, 3000, 'the transcript so far');
+    await eventually(async () => ((await storedCall(t, call.callSid))?.transcript.length ?? 0) >= 2, 3000, 'the transcript so far');
     conn.drop();
     const again = await d.next(t);
     await again.ready();
@@ -501,7 +501,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     await eventually(() => (d.name === 'playai' ? again.resumedWith() !== '' : again.resumedWith().includes('4512')), 3000, 'the resumed conversation');
     call.stream.sendMedia(tone(160, 0x66).toString('base64'));
     await eventually(() => again.audioIn().includes(0x66), 3000, 'caller audio at the new session');
-    await eventually(() => eventTypes(t, call.callSid).includes('agent_reconnected'), 3000, 'the reconnect on the record');
+    await eventually(async () => (await eventTypes(t, call.callSid)).includes('agent_reconnected'), 3000, 'the reconnect on the record');
     expect(t.callControl.spoken).toHaveLength(0);
     call.stream.sendStop();
   });
@@ -517,11 +517,11 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     await call.stream.waitForClose(5000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
     expect(call.stream.bytesReceived).toBe(goodbye.length);
-    expect(storedCall(t, call.callSid)?.endReason).toBe('agent_hangup');
+    expect((await storedCall(t, call.callSid))?.endReason).toBe('agent_hangup');
     expect(t.callControl.spoken).toHaveLength(0);
   });
 
-  it('keypad: "1234#" reaches the agent as one text message where the protocol takes text, and the record keeps the digits', async () => {
+  it('async keypad: "1234#" reaches the agent as one text message where the protocol takes text, and the record keeps the digits', async () => {
     const { tb: t, d } = await start(make, { DTMF_GATHER_MS: '400' });
     const call = await dial(t);
     const conn = await d.next(t);
@@ -529,15 +529,15 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     for (const digit of '1234#') call.stream.sendDtmf(digit);
     // A pause ends a run too: "7" then silence.
     call.stream.sendDtmf('7');
-    const gathered = () => storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf_digits') ?? [];
-    await eventually(() => gathered().length >= 2, 3000, 'both runs of digits on the record');
-    const runs = gathered().map((e) => e.data);
+    const gathered = async () => (await storedCall(t, call.callSid))?.events.filter((e) => e.type === 'dtmf_digits') ?? [];
+    await eventually(async () => (await gathered()).length >= 2, 3000, 'both runs of digits on the record');
+    const runs = (await gathered()).map((e) => e.data);
     const delivery = d.name === 'playai' ? 'not_supported' : 'sent';
     expect(runs).toEqual([
       { digits: '1234#', ended: 'terminator', delivery },
       { digits: '7', ended: 'pause', delivery },
     ]);
-    expect(storedCall(t, call.callSid)?.events.filter((e) => e.type === 'dtmf')).toHaveLength(6);
+    expect((await storedCall(t, call.callSid))?.events.filter((e) => e.type === 'dtmf')).toHaveLength(6);
     if (d.name === 'playai') {
       // The PlayAI protocol takes no caller text (customInput's meaning is undocumented): nothing is sent.
       expect(conn.userTexts()).toEqual([]);
@@ -548,14 +548,14 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     call.stream.sendStop();
   });
 
-  it('keypad: digits typed before the agent is ready are sent once it is', async () => {
+  it('async keypad: digits typed before the agent is ready are sent once it is', async () => {
     const { tb: t, d } = await start(make);
     const call = await dial(t);
     call.stream.sendDtmf('5');
     call.stream.sendDtmf('#');
     const conn = await d.next(t);
     await conn.ready();
-    await eventually(() => (storedCall(t, call.callSid)?.events.some((e) => e.type === 'dtmf_digits') ?? false), 3000, 'the digits on the record');
+    await eventually(async () => ((await storedCall(t, call.callSid))?.events.some((e) => e.type === 'dtmf_digits') ?? false), 3000, 'the digits on the record');
     if (d.name === 'playai') expect(conn.userTexts()).toEqual([]);
     else await eventually(() => conn.userTexts().includes('The caller typed "5#" on the phone keypad.'), 3000, 'the digits at the agent');
     call.stream.sendStop();
@@ -604,7 +604,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
       await eventually(() => (conn.toolResults?.() ?? []).some((r) => r.id === id), 3000, 'the tool result at the agent');
       expect(conn.toolResults().find((r) => r.id === id)?.content).toBe('{"status":"shipped","eta":"Tuesday"}');
       const sent = JSON.parse(hits[0]?.body ?? '{}') as Record<string, unknown>;
-      const rec = storedCall(t, call.callSid);
+      const rec = await storedCall(t, call.callSid);
       expect(sent).toMatchObject({ callId: rec?.id, tool: 'lookup_order', arguments: { order: '4512' } });
       expect(verifyWebhookSignature('tool-secret-0123456789', hits[0]?.signature, hits[0]?.body ?? '')).toBe(true);
 
@@ -614,7 +614,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
       expect(failed?.content).toMatch(/HTTP 500/);
       if (failed?.isError !== undefined) expect(failed.isError).toBe(true);
       // The call goes on, and the record has both calls with their outcome (no arguments).
-      const events = storedCall(t, call.callSid)?.events ?? [];
+      const events = (await storedCall(t, call.callSid))?.events ?? [];
       expect(events.filter((e) => e.type === 'tool_called').map((e) => e.data?.tool)).toEqual(['lookup_order', 'broken']);
       expect(events.filter((e) => e.type === 'tool_result').map((e) => [e.data?.tool, e.data?.ok, e.data?.status])).toEqual([
         ['lookup_order', true, 200],
@@ -656,7 +656,7 @@ describe.each(DRIVERS.map((make) => [make().name, make] as const))('%s through t
     expect(call.stream.bytesReceived).toBe(words.length);
     expect(carrier.redirects[0]?.twiml).toContain('>+14155550100</Number>');
     await call.stream.waitForClose(3000);
-    const events = storedCall(t, call.callSid)?.events ?? [];
+    const events = (await storedCall(t, call.callSid))?.events ?? [];
     expect(events.find((e) => e.type === 'transfer_requested')?.data).toMatchObject({ by: 'tool', target: 'frontdesk', mode: 'cold' });
     expect(t.bridge.manager.usedSlots).toBe(1);
   });

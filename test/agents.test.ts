@@ -319,9 +319,9 @@ describe('what operators see', () => {
     expect(conn.agentId).toBe('backup');
     await conn.waitForSetup();
     conn.init();
-    await eventually(() => storedCall(tb!, callSid)?.events.some((e) => e.type === 'agent_switched') === true, 3000, 'the switch on the record');
-    expect(storedCall(tb, callSid)?.events.find((e) => e.type === 'agent_switched')?.data).toMatchObject({ from: 'playai:agent-default', to: 'playai:backup', why: 'down' });
-    const row = tb.bridge.calls.getBySid(callSid);
+    await eventually(async () => (await storedCall(tb!, callSid))?.events.some((e) => e.type === 'agent_switched') === true, 3000, 'the switch on the record');
+    expect((await storedCall(tb, callSid))?.events.find((e) => e.type === 'agent_switched')?.data).toMatchObject({ from: 'playai:agent-default', to: 'playai:backup', why: 'down' });
+    const row = await tb.bridge.calls.getBySid(callSid);
     const detail = await tb.bridge.app.inject({ method: 'GET', url: `/v1/calls/${row?.id ?? ''}` });
     expect(detail.json().agents).toEqual(['playai:agent-default', 'playai:backup']);
     stream.sendStop();

@@ -163,12 +163,12 @@ describe('created resources', () => {
     const t = await start();
     const c = await postJson(t, '/v1/campaigns', { name: 'c', contacts: ['+14155550100', '+14155550101'] });
     const id: string = c.body.campaign.id;
-    const [a, b] = t.bridge.campaigns.contacts(id, { limit: 2 });
+    const [a, b] = await t.bridge.campaigns.contacts(id, { limit: 2 });
     const attempt = (contactId: string, n: number, at: number) =>
       t.bridge.calls.insert({ direction: 'outbound', to: '+14155550100', from: '+12025550100', agentId: 'a', campaignId: id, contactId, attempt: n, status: 'completed' }, at);
-    const first = attempt(a!.id, 1, Date.now() - 3_600_000);
-    t.bridge.calls.transaction(() => {
-      for (let i = 0; i < 600; i++) attempt(b!.id, i + 1, Date.now() - 3_000_000 + i);
+    const first = await attempt(a!.id, 1, Date.now() - 3_600_000);
+    await t.bridge.calls.transaction(async () => {
+      for (let i = 0; i < 600; i++) await attempt(b!.id, i + 1, Date.now() - 3_000_000 + i);
     });
     const got = await inject(t, 'GET', `/v1/campaigns/${id}/contacts/${a!.id}`);
     expect(got.status).toBe(200);
@@ -219,7 +219,7 @@ describe('contact import', () => {
     const e = expectError(await postCsv(t, '/v1/campaigns?name=x&start=true', 'name;tel\nAda;+14155550100\n'), 422, 'invalid_contacts');
     expect(e.message).toMatch(/no phone column: name one of phone/);
     expect(e.details).toMatchObject({ rows: 0, added: 0, errors: [{ line: 1 }] });
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('refuses an import where every row is bad, or a header with no rows, creating nothing', async () => {
@@ -235,11 +235,11 @@ describe('contact import', () => {
     const m = await fetch(`${t.url}/v1/campaigns`, { method: 'POST', body: form });
     expect(m.status).toBe(422);
     expect(((await m.json()) as any).error.code).toBe('invalid_contacts');
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
     // Adding to an existing campaign is refused the same way, and adds nothing.
     const c = await postJson(t, '/v1/campaigns', { name: 'ok' });
     expectError(await postCsv(t, `/v1/campaigns/${c.body.campaign.id}/contacts`, 'phone\nnope\n'), 422, 'invalid_contacts');
-    expect(t.bridge.campaigns.counts(c.body.campaign.id).total).toBe(0);
+    expect((await t.bridge.campaigns.counts(c.body.campaign.id)).total).toBe(0);
   });
 
   it('still creates a draft campaign with no contacts when none are sent', async () => {
@@ -254,14 +254,14 @@ describe('contact import', () => {
     const t = await start();
     const e = expectError(await postCsv(t, '/v1/campaigns?name=x&strict=true', 'phone\n+14155550100\nnope\n'), 422, 'invalid_contacts');
     expect(e.message).toMatch(/strict=true/);
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('refuses a file of more than 100 000 rows at the first row too many, creating nothing', async () => {
     const t = await start();
     const e = expectError(await postCsv(t, '/v1/campaigns?name=big&start=true', csvOf(phones(100_001))), 422, 'invalid_contacts');
     expect(e.message).toBe('no contact could be imported: line 100002: more than 100000 rows: split the file');
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('refuses a CSV body over 20 MB with 413, declared or found while streaming', async () => {
@@ -277,7 +277,7 @@ describe('contact import', () => {
     })());
     const e = expectError(await postCsv(t, '/v1/campaigns?name=x', streamed), 413, 'too_large');
     expect(e.message).toMatch(/20 MB/);
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('refuses a multipart file over 20 MB with 413, and a field sent after the file with 400', async () => {
@@ -301,14 +301,14 @@ describe('contact import', () => {
     const l = await fetch(`${t.url}/v1/campaigns`, { method: 'POST', body: late });
     expect(l.status).toBe(400);
     expect(((await l.json()) as any).error.message).toBe('form field "start" comes after the file: send the form fields first and the file last (with curl, put -F file=@… last)');
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('deletes the new campaign when inserting its contacts fails', async () => {
     const t = await start();
     vi.spyOn(t.bridge.campaigns, 'addContactsInChunks').mockRejectedValueOnce(new Error('disk full'));
     expectError(await postCsv(t, '/v1/campaigns?name=x', csvOf(phones(3))), 500, 'internal_error');
-    expect(t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
+    expect(await t.bridge.campaigns.list({ limit: 10 })).toEqual([]);
   });
 
   it('exports results.csv page by page: the header once, then every contact in file order with its variables', async () => {
@@ -346,7 +346,7 @@ describe('contact import', () => {
     }
     expect(r.status).toBe(201);
     expect(r.body.import).toMatchObject({ rows: 100_000, added: 100_000, errors: [] });
-    expect(t.bridge.campaigns.counts(r.body.campaign.id).total).toBe(100_000);
+    expect((await t.bridge.campaigns.counts(r.body.campaign.id)).total).toBe(100_000);
     // Structural, not a performance target: the loop was handed back all along.
     expect(ticks).toBeGreaterThan(20);
     expect(longestGap).toBeLessThan(1_000);

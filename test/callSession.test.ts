@@ -44,7 +44,7 @@ describe('call start', () => {
     for (const f of frames.slice(30)) call.stream.sendMedia(f);
     const got = await call.agent.waitForAudioIn(40);
     expect(got).toEqual(frames);
-    expect(storedCall(tb, call.callSid)?.conversationId).toBe('conv-1');
+    expect((await storedCall(tb, call.callSid))?.conversationId).toBe('conv-1');
     call.stream.sendStop();
   });
 
@@ -66,7 +66,7 @@ describe('call start', () => {
     await call.agent.closed;
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toEqual([{ callSid: call.callSid, text: tb.config.messages.apology }]);
-    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_init_timeout');
+    expect((await storedCall(tb, call.callSid))?.endReason).toBe('agent_init_timeout');
   });
 });
 
@@ -216,7 +216,7 @@ describe('ending the call', () => {
     const call = await openCall(tb);
     call.agent.close(1000, 'done');
     await call.stream.waitForClose();
-    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_hangup');
+    expect((await storedCall(tb, call.callSid))?.endReason).toBe('agent_hangup');
     expect(tb.agent.connections).toHaveLength(1);
     expect(tb.callControl.spoken).toHaveLength(0);
   });
@@ -256,7 +256,7 @@ describe('ending the call', () => {
     const closed = await call.stream.waitForClose(3000);
     expect(closed.code).toBe(1000);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
-    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_hangup');
+    expect((await storedCall(tb, call.callSid))?.endReason).toBe('agent_hangup');
   });
 
   it('closes at once after an agent hangup when nothing is queued', async () => {
@@ -287,7 +287,7 @@ describe('ending the call', () => {
     call.stream.sendStop();
     await call.agent.closed;
     expect(Date.now() - t0).toBeLessThan(500);
-    expect(storedCall(tb, call.callSid)?.endReason).toBe('caller_hangup');
+    expect((await storedCall(tb, call.callSid))?.endReason).toBe('caller_hangup');
   });
 
   it('closes the agent socket when the Twilio socket drops without stop', async () => {
@@ -304,7 +304,7 @@ describe('ending the call', () => {
     await call.agent.closed;
     await call.stream.waitForClose(2000);
     expect(tb.callControl.spoken).toEqual([{ callSid: call.callSid, text: tb.config.messages.apology }]);
-    const record = storedCall(tb, call.callSid);
+    const record = await storedCall(tb, call.callSid);
     expect(record?.endReason).toBe('agent_error');
     expect(record?.spoken).toEqual([tb.config.messages.apology]);
   });
@@ -354,7 +354,7 @@ describe('tolerance of bad input', () => {
     call.agent.transcript('agent', 'thanks');
     call.agent.audio(ulaw(160));
     await call.stream.waitFor((s) => s.mediaPayloads.length === 1);
-    const record = storedCall(tb, call.callSid);
+    const record = await storedCall(tb, call.callSid);
     expect(record?.transcript.map((t) => [t.role, t.text])).toEqual([
       ['user', 'my account number is 1234'],
       ['agent', 'thanks'],

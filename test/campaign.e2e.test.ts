@@ -57,12 +57,12 @@ describe('a 100-contact campaign through the Twilio REST API', () => {
     const id = (JSON.parse(res.body) as { campaign: { id: string } }).campaign.id;
 
     const deadline = Date.now() + 90_000;
-    while (tb.bridge.campaigns.get(id)?.status === 'running' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    while ((await tb.bridge.campaigns.get(id))?.status === 'running' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
     const elapsedS = (Date.now() - t0) / 1000;
-    expect(tb.bridge.campaigns.get(id)?.status).toBe('completed');
+    expect((await tb.bridge.campaigns.get(id))?.status).toBe('completed');
 
     // Every contact in exactly one terminal state.
-    const all = tb.bridge.campaigns.contacts(id, { limit: 1000 });
+    const all = await tb.bridge.campaigns.contacts(id, { limit: 1000 });
     expect(all).toHaveLength(100);
     for (const c of all) {
       expect(c.state).toBe('done');
@@ -72,7 +72,7 @@ describe('a 100-contact campaign through the Twilio REST API', () => {
     const created = rest.creates.filter((c) => c.httpStatus === 201);
     const dialsTo = new Map<string, number>();
     for (const c of created) dialsTo.set(c.to, (dialsTo.get(c.to) ?? 0) + 1);
-    const calls = tb.bridge.calls.list({ campaignId: id, limit: 10_000 });
+    const calls = await tb.bridge.calls.list({ campaignId: id, limit: 10_000 });
     for (const c of all) {
       expect(c.attempts).toBeGreaterThanOrEqual(1);
       expect(c.attempts).toBeLessThanOrEqual(2);
@@ -93,7 +93,7 @@ describe('a 100-contact campaign through the Twilio REST API', () => {
     expect(maxPerSecond).toBeLessThanOrEqual(10);
     expect(rest.maxLive).toBeLessThanOrEqual(20);
     // Every answered call was routed as the outbound call it is (by the callId on its URLs).
-    expect(tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
+    expect(await tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
     // Accounting: nothing held, nothing live.
     expect(tb.bridge.manager.usedSlots).toBe(0);
     expect(tb.bridge.outbound.stats.held).toBe(0);

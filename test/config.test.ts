@@ -161,3 +161,16 @@ describe('REDIS_URL (several processes as one bridge)', () => {
     expect(load({ REDIS_URL: 'redis://x', FLEET_LEASE_MS: '10' })).toThrow(/^FLEET_LEASE_MS:.*1000 to 600000/);
   });
 });
+
+describe('DATABASE_URL (records in Postgres)', () => {
+  it('keeps the records in SQLite without DATABASE_URL, and takes a postgres:// or postgresql:// URL', () => {
+    expect(loadConfig({}).database).toBeUndefined();
+    expect(loadConfig({ DATABASE_URL: 'postgres://u:p@db.example:5432/playline' }).database).toEqual({ url: 'postgres://u:p@db.example:5432/playline' });
+    expect(loadConfig({ DATABASE_URL: 'postgresql://db/playline?sslmode=require' }).database).toEqual({ url: 'postgresql://db/playline?sslmode=require' });
+  });
+
+  it('refuses a DATABASE_URL that is not a Postgres URL, naming DATABASE_URL and the fix, and hiding the value (it may hold a password)', () => {
+    expect(load({ DATABASE_URL: 'mysql://u:s3cret@db/playline' })).toThrow(/^DATABASE_URL:.*postgres:\/\/user:password@host:5432\/playline/);
+    expect(load({ DATABASE_URL: 'mysql://u:s3cret@db/playline' })).not.toThrow(/s3cret/);
+  });
+});

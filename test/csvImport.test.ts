@@ -6,8 +6,8 @@
 import { setImmediate as tick } from 'node:timers/promises';
 import { describe, expect, it, vi } from 'vitest';
 import { detectDelimiter, parseContactsCsv, parseContactsJson, parseContactsJsonAsync, parseContactsStream } from '../src/outbound/csv.js';
-import { CampaignStore } from '../src/store/campaigns.js';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCampaignStore } from '../src/store/campaigns.js';
+import { SqliteCallStore } from '../src/store/calls.js';
 import { openDb } from '../src/store/db.js';
 
 /** `text` as UTF-8 Buffers of `size` bytes (multi-byte characters split across chunks). */
@@ -133,8 +133,8 @@ describe('parseContactsJsonAsync', () => {
 
 describe('CampaignStore.addContactsInChunks', () => {
   it('inserts in transactions of chunkSize, yields between them, and merges numbers across chunks', async () => {
-    const store = new CampaignStore(openDb(':memory:'));
-    const c = store.create('x', {});
+    const store = new SqliteCampaignStore(openDb(':memory:'));
+    const c = await store.create('x', {});
     const contacts = Array.from({ length: 10 }, (_, i) => ({ line: i + 2, phone: `+1415555${String(100 + (i % 7)).padStart(4, '0')}`, variables: {} }));
     // What other work sees between two chunks: the contacts inserted so far.
     const seen: number[] = [];
@@ -142,7 +142,7 @@ describe('CampaignStore.addContactsInChunks', () => {
     const probe = (async () => {
       while (inserting) {
         await tick();
-        seen.push(store.counts(c.id).total);
+        seen.push((await store.counts(c.id)).total);
       }
     })();
     const r = await store.addContactsInChunks(c.id, contacts, 3);
@@ -151,43 +151,43 @@ describe('CampaignStore.addContactsInChunks', () => {
     expect(r.added).toBe(7);
     expect(r.merged.map((m) => m.line)).toEqual([9, 10, 11]);
     expect(seen).toEqual(expect.arrayContaining([3, 6]));
-    expect(store.counts(c.id).total).toBe(7);
+    expect((await store.counts(c.id)).total).toBe(7);
   });
 
   it('stops before the next chunk once the campaign is no longer open (canceled during the upload), and says so', async () => {
-    const store = new CampaignStore(openDb(':memory:'));
-    const c = store.create('x', {});
+    const store = new SqliteCampaignStore(openDb(':memory:'));
+    const c = await store.create('x', {});
     const contacts = Array.from({ length: 9 }, (_, i) => ({ line: i + 2, phone: `+1415555${String(200 + i).padStart(4, '0')}`, variables: {} }));
     let chunks = 0;
     const r = await store.addContactsInChunks(c.id, contacts, 3, () => chunks++ < 1);
     expect(r).toMatchObject({ added: 3, stopped: true });
-    expect(store.counts(c.id).total).toBe(3);
+    expect((await store.counts(c.id)).total).toBe(3);
   });
 
-  it('delete removes a campaign with its contacts', () => {
-    const store = new CampaignStore(openDb(':memory:'));
-    const c = store.create('x', {});
-    store.addContacts(c.id, [{ phone: '+14155550100', variables: {} }]);
-    expect(store.delete(c.id)).toBe(true);
-    expect(store.get(c.id)).toBeUndefined();
-    expect(store.contacts(c.id, { limit: 10 })).toEqual([]);
+  it('delete removes a campaign with its contacts', async () => {
+    const store = new SqliteCampaignStore(openDb(':memory:'));
+    const c = await store.create('x', {});
+    await store.addContacts(c.id, [{ phone: '+14155550100', variables: {} }]);
+    expect(await store.delete(c.id)).toBe(true);
+    expect(await store.get(c.id)).toBeUndefined();
+    expect(await store.contacts(c.id, { limit: 10 })).toEqual([]);
   });
 });
 
 describe('CallStore.listByContact', () => {
-  it('returns every attempt of one contact, oldest first, however many other calls the campaign has', () => {
+  it('returns every attempt of one contact, oldest first, however many other calls the campaign has', async () => {
     const db = openDb(':memory:');
-    const campaigns = new CampaignStore(db);
-    const calls = new CallStore(db);
-    const c = campaigns.create('x', {});
-    campaigns.addContacts(c.id, [{ phone: '+14155550100', variables: {} }, { phone: '+14155550101', variables: {} }]);
-    const [a, b] = campaigns.contacts(c.id, { limit: 2 });
+    const campaigns = new SqliteCampaignStore(db);
+    const calls = new SqliteCallStore(db);
+    const c = await campaigns.create('x', {});
+    await campaigns.addContacts(c.id, [{ phone: '+14155550100', variables: {} }, { phone: '+14155550101', variables: {} }]);
+    const [a, b] = await campaigns.contacts(c.id, { limit: 2 });
     const call = (contactId: string, attempt: number, at: number) =>
       calls.insert({ direction: 'outbound', to: '+14155550100', from: '+12025550100', agentId: 'a', campaignId: c.id, contactId, attempt, status: 'queued' }, at);
-    const first = call(a!.id, 1, 1_000);
-    for (let i = 0; i < 20; i++) call(b!.id, i + 1, 2_000 + i);
-    const second = call(a!.id, 2, 5_000);
-    expect(calls.listByContact(c.id, a!.id).map((r) => r.id)).toEqual([first.id, second.id]);
-    expect(calls.listByContact('cmp_other', a!.id)).toEqual([]);
+    const first = await call(a!.id, 1, 1_000);
+    for (let i = 0; i < 20; i++) await call(b!.id, i + 1, 2_000 + i);
+    const second = await call(a!.id, 2, 5_000);
+    expect((await calls.listByContact(c.id, a!.id)).map((r) => r.id)).toEqual([first.id, second.id]);
+    expect(await calls.listByContact('cmp_other', a!.id)).toEqual([]);
   });
 });

@@ -640,7 +640,7 @@ describe('fault soak over real sockets', () => {
       expect(tb.bridge.manager.usedSlots).toBe(0);
       expect(tb.bridge.manager.liveCalls).toBe(0);
       await until(() => tb.bridge.app.websocketServer.clients.size === 0, 2000, 'server sockets closed');
-      expect(storedCall(tb, calls[1]?.callSid ?? '')?.endReason).toBe('shutdown');
+      expect((await storedCall(tb, calls[1]?.callSid ?? ''))?.endReason).toBe('shutdown');
     } finally {
       await tb.close();
     }

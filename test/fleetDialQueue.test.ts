@@ -13,8 +13,8 @@ import { dialJobId } from '../src/outbound/dialQueue.js';
 import { OutboundService } from '../src/outbound/service.js';
 import { campaignSettingsSchema } from '../src/outbound/settings.js';
 import { SessionManager } from '../src/session/manager.js';
-import { CampaignStore } from '../src/store/campaigns.js';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCampaignStore, type CampaignStore } from '../src/store/campaigns.js';
+import { SqliteCallStore, type CallStore } from '../src/store/calls.js';
 import { openDb, type Db } from '../src/store/db.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
 import { fleetTestsEnabled, sleep, TestRedis } from './fleetRedis.js';
@@ -99,8 +99,8 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     dials = [];
     for (let i = 0; i < count; i++) {
       const db = openDb(file);
-      const calls = new CallStore(db);
-      const campaigns = new CampaignStore(db);
+      const calls = new SqliteCallStore(db);
+      const campaigns = new SqliteCampaignStore(db);
       const dialer = new ProcessDialer(carrier, i, dials);
       const manager = new SessionManager({ maxConcurrentCalls: 100, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map() });
       const jobs: string[] = [];
@@ -132,15 +132,15 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     return procs;
   }
 
-  function campaign(p: Proc, phones: string[], settings: Record<string, unknown> = {}): string {
-    const c = p.campaigns.create('fleet', campaignSettingsSchema.parse({ callsPerSecond: 50, maxConcurrent: 100, ...settings }));
-    p.campaigns.addContacts(c.id, phones.map((ph, i) => ({ line: i + 2, phone: ph, variables: {} })));
+  async function campaign(p: Proc, phones: string[], settings: Record<string, unknown> = {}): Promise<string> {
+    const c = await p.campaigns.create('fleet', campaignSettingsSchema.parse({ callsPerSecond: 50, maxConcurrent: 100, ...settings }));
+    await p.campaigns.addContacts(c.id, phones.map((ph, i) => ({ line: i + 2, phone: ph, variables: {} })));
     return c.id;
   }
 
-  async function waitFor(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
+  async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
     const until = Date.now() + timeoutMs;
-    while (!check()) {
+    while (!(await check())) {
       if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
       await sleep(50);
     }
@@ -159,17 +159,16 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
 
   it('collapses the same attempt enqueued by three processes into one job', async () => {
     const [a, b, c] = fleet(3);
-    const id = campaign(a!, [phone(1), phone(2), phone(3), phone(4)]);
+    const id = await campaign(a!, [phone(1), phone(2), phone(3), phone(4)]);
     // Due in 30 s: every process enqueues each contact as a delayed job, none runs yet.
-    for (const ct of a!.campaigns.contacts(id, { limit: 10 })) a!.campaigns.updateContact(ct.id, { nextAttemptAt: Date.now() + 30_000 });
-    a!.outbound.startCampaign(id);
+    for (const ct of await a!.campaigns.contacts(id, { limit: 10 })) await a!.campaigns.updateContact(ct.id, { nextAttemptAt: Date.now() + 30_000 });
+    await a!.outbound.startCampaign(id);
     await Promise.all([a!.outbound.start(), b!.outbound.start(), c!.outbound.start()]);
     await sleep(1_000);
     const q = redis.client();
     const keys = await q.zrange(`t${n}:bull:dial:delayed`, 0, -1);
     expect(keys.sort()).toEqual(
-      a!.campaigns
-        .contacts(id, { limit: 10 })
+      (await a!.campaigns.contacts(id, { limit: 10 }))
         .map((ct) => dialJobId({ kind: 'contact', campaignId: id, contactId: ct.id, attempts: 0 }))
         .sort(),
     );
@@ -178,8 +177,8 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
 
   it('holds OUTBOUND_MAX_CPS across three workers at the carrier, and dials every contact exactly once', async () => {
     const ps = fleet(3, { maxCps: 5 });
-    const id = campaign(ps[0]!, Array.from({ length: 15 }, (_, i) => phone(i)));
-    ps[0]!.outbound.startCampaign(id);
+    const id = await campaign(ps[0]!, Array.from({ length: 15 }, (_, i) => phone(i)));
+    await ps[0]!.outbound.startCampaign(id);
     await Promise.all(ps.map((p) => p.outbound.start()));
     await waitFor('15 dials', () => dials.length === 15);
     await sleep(500);
@@ -193,8 +192,8 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
 
   it("holds a campaign's maxConcurrent across workers, and dials the next contact once an attempt ends", async () => {
     const ps = fleet(3);
-    const id = campaign(ps[0]!, Array.from({ length: 8 }, (_, i) => phone(i)), { maxConcurrent: 3 });
-    ps[0]!.outbound.startCampaign(id);
+    const id = await campaign(ps[0]!, Array.from({ length: 8 }, (_, i) => phone(i)), { maxConcurrent: 3 });
+    await ps[0]!.outbound.startCampaign(id);
     await Promise.all(ps.map((p) => p.outbound.start()));
     await waitFor('3 dials', () => dials.length === 3);
     await sleep(1_500);
@@ -202,7 +201,7 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     // The first call ends (its status callback lands on the process that dialed it): one more goes.
     const first = dials[0]!;
     const sid = carrier.created.find((c) => c.req.callId === first.callId)!.sid;
-    ps[first.tag]!.outbound.callbacks.onStatus(first.callId, { callSid: sid, status: 'busy', sequence: 1 });
+    await ps[first.tag]!.outbound.callbacks.onStatus(first.callId, { callSid: sid, status: 'busy', sequence: 1 });
     await waitFor('a 4th dial', () => dials.length === 4);
     await sleep(1_000);
     expect(dials).toHaveLength(4);
@@ -210,14 +209,14 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
 
   it('enqueues the retry of a contact as a delayed job with the next attempt in its id', async () => {
     const ps = fleet(2);
-    const id = campaign(ps[0]!, [phone(1)], { retry: { maxAttempts: 2, delaySeconds: 30, on: ['no-answer'] } });
-    ps[0]!.outbound.startCampaign(id);
+    const id = await campaign(ps[0]!, [phone(1)], { retry: { maxAttempts: 2, delaySeconds: 30, on: ['no-answer'] } });
+    await ps[0]!.outbound.startCampaign(id);
     await Promise.all(ps.map((p) => p.outbound.start()));
     await waitFor('the first dial', () => dials.length === 1);
     const d = dials[0]!;
     const sid = carrier.created[0]!.sid;
-    ps[d.tag]!.outbound.callbacks.onStatus(d.callId, { callSid: sid, status: 'no-answer', sequence: 1 });
-    const contact = ps[0]!.campaigns.contacts(id, { limit: 1 })[0]!;
+    await ps[d.tag]!.outbound.callbacks.onStatus(d.callId, { callSid: sid, status: 'no-answer', sequence: 1 });
+    const contact = (await ps[0]!.campaigns.contacts(id, { limit: 1 }))[0]!;
     expect(contact.state).toBe('pending');
     const jobId = dialJobId({ kind: 'contact', campaignId: id, contactId: contact.id, attempts: 1 });
     const q = redis.client();
@@ -234,15 +233,15 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
   it('hands the job of a process that died after the carrier got its dial to another worker, which ties the call without dialing again', async () => {
     const [a, b] = fleet(2, { leaseMs: 1_000, claimGraceMs: 1_500 });
     a!.dialer.hang = 'after-carrier';
-    const id = campaign(a!, [phone(7)]);
-    a!.outbound.startCampaign(id);
+    const id = await campaign(a!, [phone(7)]);
+    await a!.outbound.startCampaign(id);
     await a!.outbound.start();
     await waitFor('the dial at the carrier', () => carrier.created.length === 1);
     await a!.outbound.stop({ force: true }); // the process dies mid-request: its job's lock lapses
     await b!.outbound.start();
     await waitFor('the stalled job reconciled', () => b!.jobs.includes('reconciled'));
-    const contact = b!.campaigns.contacts(id, { limit: 1 })[0]!;
-    const row = b!.calls.get(contact.lastCallId!)!;
+    const contact = (await b!.campaigns.contacts(id, { limit: 1 }))[0]!;
+    const row = (await b!.calls.get(contact.lastCallId!))!;
     expect(row.callSid).toBe(carrier.created[0]!.sid);
     expect(contact.state).toBe('dialing');
     await sleep(1_000);
@@ -252,17 +251,17 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
   it('dials, once, the contact of a process that died before the carrier got its dial', async () => {
     const [a, b] = fleet(2, { leaseMs: 1_000, claimGraceMs: 1_500 });
     a!.dialer.hang = 'before-carrier';
-    const id = campaign(a!, [phone(8)]);
-    a!.outbound.startCampaign(id);
+    const id = await campaign(a!, [phone(8)]);
+    await a!.outbound.startCampaign(id);
     await a!.outbound.start();
-    await waitFor('the claim', () => a!.campaigns.contacts(id, { limit: 1 })[0]?.state === 'dialing');
+    await waitFor('the claim', async () => (await a!.campaigns.contacts(id, { limit: 1 }))[0]?.state === 'dialing');
     await a!.outbound.stop({ force: true });
     await b!.outbound.start();
     await waitFor('the contact dialed by the other process', () => carrier.created.length === 1);
     await sleep(1_500);
     expect(carrier.created).toHaveLength(1);
     expect(dials.map((d) => d.tag)).toEqual([1]);
-    const rows = b!.calls.listByContact(id, b!.campaigns.contacts(id, { limit: 1 })[0]!.id);
+    const rows = await b!.calls.listByContact(id, (await b!.campaigns.contacts(id, { limit: 1 }))[0]!.id);
     expect(rows.map((r) => r.status)).toEqual(['not-dialed', 'dialed']);
   });
 
@@ -270,12 +269,12 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     const live = 'CA' + '1'.repeat(32);
     const gone = 'CA' + '2'.repeat(32);
     const [p] = fleet(1, { ownedElsewhere: async (sid) => sid === live });
-    for (const sid of [live, gone]) p!.calls.insert({ callSid: sid, direction: 'inbound', to: '+14155550100', from: phone(1), agentId: 'agent', status: 'in-progress' });
+    for (const sid of [live, gone]) await p!.calls.insert({ callSid: sid, direction: 'inbound', to: '+14155550100', from: phone(1), agentId: 'agent', status: 'in-progress' });
     await p!.outbound.reconcile();
-    const liveRow = p!.calls.getBySid(live)!;
+    const liveRow = (await p!.calls.getBySid(live))!;
     expect(liveRow.sessionEndedAt).toBeNull();
     expect(liveRow.finalizedAt).toBeNull();
     // A call no process owns is settled as before.
-    expect(p!.calls.getBySid(gone)!.finalizedAt).not.toBeNull();
+    expect((await p!.calls.getBySid(gone))!.finalizedAt).not.toBeNull();
   });
 });

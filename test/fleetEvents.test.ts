@@ -171,8 +171,8 @@ describe.skipIf(!enabled)('fleet-wide live events (Redis Streams)', () => {
     if (a === undefined || b === undefined) throw new Error('two buses');
     const sentByA: string[] = [];
     const sentByB: string[] = [];
-    forwardEventsToWebhook(a, { enqueue: (_t, callId) => (sentByA.push(callId ?? ''), 'x') }, ['call.started'], () => undefined);
-    forwardEventsToWebhook(b, { enqueue: (_t, callId) => (sentByB.push(callId ?? ''), 'x') }, ['call.started'], () => undefined);
+    forwardEventsToWebhook(a, { enqueue: (_t, callId) => (sentByA.push(callId ?? ''), Promise.resolve('x')) }, ['call.started'], () => undefined);
+    forwardEventsToWebhook(b, { enqueue: (_t, callId) => (sentByB.push(callId ?? ''), Promise.resolve('x')) }, ['call.started'], () => undefined);
     const onB = collect(b);
     a.publish({ type: 'call.started', callId: 'CA-a', data: {} });
     b.publish({ type: 'call.started', callId: 'CA-b', data: {} });

@@ -132,9 +132,9 @@ export async function openCall(
 }
 
 /** Polls until `check` is true (for state that has no event to wait on). */
-export async function eventually(check: () => boolean, timeoutMs = 3000, what = 'condition'): Promise<void> {
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 3000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!check()) {
+  while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -170,10 +170,10 @@ export interface StoredCall {
 }
 
 /** The call's record in the bridge's store, or undefined when it has none. */
-export function storedCall(tb: TestBridge, callSid: string): StoredCall | undefined {
-  const row = tb.bridge.calls.getBySid(callSid);
+export async function storedCall(tb: TestBridge, callSid: string): Promise<StoredCall | undefined> {
+  const row = await tb.bridge.calls.getBySid(callSid);
   if (row === undefined) return undefined;
-  const events = tb.bridge.calls.events(row.id);
+  const events = await tb.bridge.calls.events(row.id);
   const text = (d: Record<string, unknown> | null, k: string): string => (typeof d?.[k] === 'string' ? (d[k] as string) : '');
   return {
     id: row.id,
@@ -181,7 +181,7 @@ export function storedCall(tb: TestBridge, callSid: string): StoredCall | undefi
     conversationId: row.conversationId,
     status: row.status,
     spoken: events.filter((e) => e.type === 'spoke').map((e) => text(e.data, 'text')),
-    transcript: tb.bridge.calls.transcript(row.id, 'live').map((t) => ({ role: t.role, text: t.text })),
+    transcript: (await tb.bridge.calls.transcript(row.id, 'live')).map((t) => ({ role: t.role, text: t.text })),
     dtmf: events.filter((e) => e.type === 'dtmf').map((e) => text(e.data, 'digit')),
     agentReconnects: events.filter((e) => e.type === 'agent_reconnected').length,
     events: events.map((e) => ({ type: e.type, status: e.status, sequence: e.sequence, data: e.data })),

@@ -170,7 +170,7 @@ describe('GET /v1/live', () => {
 
     const call = await openCall(tb, { to: '+15559870000' });
     await eventually(() => tb!.bridge.manager.openAgentSessions() === 1, 3000, 'agent ready');
-    const row = tb.bridge.calls.getBySid(call.callSid);
+    const row = await tb.bridge.calls.getBySid(call.callSid);
     const data = Array.isArray((await live()).data) ? ((await live()).data as unknown[]).map(asRecord) : [];
     expect(data).toHaveLength(1);
     expect(data[0]).toMatchObject({

@@ -62,7 +62,7 @@ describe('POST /v1/calls', () => {
     expect(req.url).toBe(`${PUBLIC_URL}/twilio/voice?callId=${r.body.id}`);
     expect(req.statusCallback).toBe(`${PUBLIC_URL}/twilio/status?callId=${r.body.id}`);
     expect(req.machineDetection).toBeUndefined();
-    await eventually(() => tb.bridge.calls.get(r.body.id)?.status === 'dialed', 2000, 'dialed');
+    await eventually(async () => (await tb.bridge.calls.get(r.body.id))?.status === 'dialed', 2000, 'dialed');
     const got = await api(tb, 'GET', `/v1/calls/${r.body.id}`);
     expect(got.body.callSid).toBe(dialer.created[0]!.sid);
     expect(got.body.metadata).toEqual({ crm: 'lead-1' });
@@ -79,7 +79,7 @@ describe('POST /v1/calls', () => {
     expect(voice.body).toContain('<Connect>');
     // No second slot: the held one became the call's reservation.
     expect(tb.bridge.manager.usedSlots).toBe(1);
-    expect(tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
+    expect(await tb.bridge.calls.list({ direction: 'inbound', limit: 10 })).toEqual([]);
     const token = /name="token" value="([^"]+)"/.exec(voice.body)?.[1];
     expect(token).toBeDefined();
     const stream = await FakeTwilioStream.connect({ bridgeUrl: tb.url, streamUrl: STREAM_URL, authToken: AUTH_TOKEN });
@@ -237,16 +237,16 @@ describe('campaigns', () => {
     const contacts = (await api(tb, 'GET', `/v1/campaigns/${c.campaign.id}/contacts`)).body.data as any[];
     const bad = contacts.find((x) => x.phone === '+14155551001');
     const good = contacts.find((x) => x.phone === '+14155551002');
-    await eventually(() => tb.bridge.campaigns.contact(bad.id)?.state === 'done', 3000, 'invalid number done');
-    expect(tb.bridge.campaigns.contact(bad.id)).toMatchObject({ outcome: 'invalid-number', attempts: 1 });
+    await eventually(async () => (await tb.bridge.campaigns.contact(bad.id))?.state === 'done', 3000, 'invalid number done');
+    expect(await tb.bridge.campaigns.contact(bad.id)).toMatchObject({ outcome: 'invalid-number', attempts: 1 });
     // The 20429 attempt was voided: the good contact's one real dial is attempt 1.
-    expect(tb.bridge.campaigns.contact(good.id)).toMatchObject({ state: 'dialing', attempts: 1 });
+    expect(await tb.bridge.campaigns.contact(good.id)).toMatchObject({ state: 'dialing', attempts: 1 });
     // One 20429 (not an attempt), one 21211 (the attempt), one dial that went through.
     expect(dialer.requests).toHaveLength(3);
 
     dialer.failNext.push(new DialError('auth', 'Authenticate', 20003, 401));
     await api(tb, 'POST', `/v1/campaigns/${c.campaign.id}/contacts`, { contacts: [contact(3)] });
-    await eventually(() => tb.bridge.campaigns.get(c.campaign.id)?.status === 'paused', 5000, 'paused on 20003');
+    await eventually(async () => (await tb.bridge.campaigns.get(c.campaign.id))?.status === 'paused', 5000, 'paused on 20003');
     const camp = (await api(tb, 'GET', `/v1/campaigns/${c.campaign.id}`)).body;
     expect(camp.pauseReason).toBe('carrier_auth');
     expect(camp.lastError).toMatch(/20003/);
@@ -266,7 +266,7 @@ describe('campaigns', () => {
     await finish(1, 'busy');
     await finish(2, 'no-answer');
     await finish(3, 'busy');
-    await eventually(() => tb.bridge.campaigns.get(c.campaign.id)?.status === 'completed', 5000, 'campaign completed');
+    await eventually(async () => (await tb.bridge.campaigns.get(c.campaign.id))?.status === 'completed', 5000, 'campaign completed');
     const contacts = (await api(tb, 'GET', `/v1/campaigns/${c.campaign.id}/contacts`)).body.data as any[];
     const byPhone = Object.fromEntries(contacts.map((x) => [x.phone, x]));
     const first = dialer.created[0]!.req.to;
@@ -303,7 +303,7 @@ describe('campaigns', () => {
     expect(body.import).toMatchObject({ rows: 2, added: 1 });
     expect(body.import.errors).toEqual([expect.objectContaining({ line: 3, column: 'phone' })]);
     await eventually(() => dialer.created.length === 1, 3000, 'the dial');
-    expect(tb.bridge.calls.get(dialer.created[0]!.req.callId)?.prompt).toBe('Hi Ada');
+    expect((await tb.bridge.calls.get(dialer.created[0]!.req.callId))?.prompt).toBe('Hi Ada');
 
     const form = new FormData();
     form.set('name', 'from-form');
@@ -334,7 +334,7 @@ describe('campaigns', () => {
     expect(c.import.added).toBe(1);
     expect(c.import.errors).toEqual([expect.objectContaining({ line: 2 })]);
     await eventually(() => dialer.created.length === 1, 5000, 'dial');
-    expect(tb.bridge.calls.get(dialer.created[0]!.req.callId)?.prompt).toBe('Call Ada about order 7.');
+    expect((await tb.bridge.calls.get(dialer.created[0]!.req.callId))?.prompt).toBe('Call Ada about order 7.');
   });
 
   it('leaves contacts outside the calling window for the next window', async () => {
@@ -398,7 +398,7 @@ describe('campaigns', () => {
     await eventually(() => dialer.said.length === 1, 2000, 'the message');
     expect(dialer.said[0]).toEqual({ sid: d.sid, text: 'Please call us back.' });
     await status(tb, d.req.callId, d.sid, 'completed', 4, { CallDuration: '9' });
-    await eventually(() => tb.bridge.campaigns.get(a.campaign.id)?.status === 'completed', 3000, 'completed');
+    await eventually(async () => (await tb.bridge.campaigns.get(a.campaign.id))?.status === 'completed', 3000, 'completed');
     const [ct] = (await api(tb, 'GET', `/v1/campaigns/${a.campaign.id}/contacts`)).body.data as any[];
     expect(ct.outcome).toBe('voicemail');
 
@@ -423,13 +423,15 @@ describe('crash reconciliation', () => {
     t1.bridge.outbound.pauseDialing();
     const c = await createCampaign(t1, { callsPerSecond: 50, retry: { maxAttempts: 1 } }, [contact(1), contact(2)]);
     // What a crash between the claim and the carrier's answer leaves behind.
-    const rows = t1.bridge.campaigns.contacts(c.campaign.id, { limit: 10 });
-    const claimed = rows.map((ct) =>
-      t1.bridge.calls.transaction(() => {
-        const call = t1.bridge.calls.insert({ direction: 'outbound', to: ct.phone, from: '+12025550100', agentId: 'agent-default', campaignId: c.campaign.id, contactId: ct.id, attempt: 1, status: 'claimed', claimedAt: Date.now() });
-        t1.bridge.campaigns.updateContact(ct.id, { state: 'dialing', attempts: 1, lastCallId: call.id });
-        return call;
-      }),
+    const rows = await t1.bridge.campaigns.contacts(c.campaign.id, { limit: 10 });
+    const claimed = await Promise.all(
+      rows.map((ct) =>
+        t1.bridge.calls.transaction(async ({ calls, campaigns }) => {
+          const call = await calls.insert({ direction: 'outbound', to: ct.phone, from: '+12025550100', agentId: 'agent-default', campaignId: c.campaign.id, contactId: ct.id, attempt: 1, status: 'claimed', claimedAt: Date.now() });
+          await campaigns.updateContact(ct.id, { state: 'dialing', attempts: 1, lastCallId: call.id });
+          return call;
+        }),
+      ),
     );
     // The carrier got the first request; the second never left the process.
     const injected = dialer.inject({ callId: claimed[0]!.id, to: claimed[0]!.to, from: claimed[0]!.from, url: '', statusCallback: '', timeoutS: 30 });
@@ -440,11 +442,11 @@ describe('crash reconciliation', () => {
     const second = await startTestBridge({ env: { OUTBOUND_MAX_CPS: '50' }, overrides: { dialer }, db });
     tb = second;
     await eventually(() => dialer.created.length === 2, 5000, 'the re-queued contact dialed');
-    expect(second.bridge.calls.get(claimed[0]!.id)?.callSid).toBe(injected.sid);
-    expect(second.bridge.calls.get(claimed[1]!.id)?.status).toBe('not-dialed');
+    expect((await second.bridge.calls.get(claimed[0]!.id))?.callSid).toBe(injected.sid);
+    expect((await second.bridge.calls.get(claimed[1]!.id))?.status).toBe('not-dialed');
     const dialedTo = dialer.created.map((d) => d.req.to).sort();
     expect(dialedTo).toEqual(['+14155551001', '+14155551002']);
-    const ct2 = second.bridge.campaigns.contact(rows[1]!.id)!;
+    const ct2 = (await second.bridge.campaigns.contact(rows[1]!.id))!;
     expect(ct2.attempts).toBe(1);
     await t1Close().catch(() => undefined);
   });
@@ -456,14 +458,14 @@ describe('crash reconciliation', () => {
     const { tb: t } = await start({}, dialer, db);
     t.bridge.outbound.pauseDialing();
     const c = await createCampaign(t, { callsPerSecond: 50 }, [contact(1)]);
-    const [ct] = t.bridge.campaigns.contacts(c.campaign.id, { limit: 1 });
-    t.bridge.calls.transaction(() => {
-      const call = t.bridge.calls.insert({ direction: 'outbound', to: ct!.phone, from: '+12025550100', agentId: 'a', campaignId: c.campaign.id, contactId: ct!.id, attempt: 1, status: 'claimed', claimedAt: Date.now() });
-      t.bridge.campaigns.updateContact(ct!.id, { state: 'dialing', attempts: 1, lastCallId: call.id });
+    const [ct] = await t.bridge.campaigns.contacts(c.campaign.id, { limit: 1 });
+    await t.bridge.calls.transaction(async ({ calls, campaigns }) => {
+      const call = await calls.insert({ direction: 'outbound', to: ct!.phone, from: '+12025550100', agentId: 'a', campaignId: c.campaign.id, contactId: ct!.id, attempt: 1, status: 'claimed', claimedAt: Date.now() });
+      await campaigns.updateContact(ct!.id, { state: 'dialing', attempts: 1, lastCallId: call.id });
     });
     const r = await t.bridge.outbound.reconcile();
     expect(r).toMatchObject({ kept: 1, voided: 0 });
-    expect(t.bridge.campaigns.contact(ct!.id)?.state).toBe('dialing');
+    expect((await t.bridge.campaigns.contact(ct!.id))?.state).toBe('dialing');
     expect(dialer.created).toHaveLength(0);
   });
 });

@@ -12,8 +12,8 @@ import { DialError, type CarrierCall } from '../src/outbound/dialer.js';
 import { OutboundService, type OutboundOptions } from '../src/outbound/service.js';
 import { campaignSettingsSchema } from '../src/outbound/settings.js';
 import { SessionManager, type ManagedSession, type Slot } from '../src/session/manager.js';
-import { CampaignStore } from '../src/store/campaigns.js';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCampaignStore } from '../src/store/campaigns.js';
+import { SqliteCallStore } from '../src/store/calls.js';
 import { openDb, type Db } from '../src/store/db.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
 
@@ -27,8 +27,8 @@ function diskFull(): Error {
 
 interface Engine {
   db: Db;
-  calls: CallStore;
-  campaigns: CampaignStore;
+  calls: SqliteCallStore;
+  campaigns: SqliteCampaignStore;
   dialer: FakeDialer;
   manager: SessionManager;
   outbound: OutboundService;
@@ -38,8 +38,8 @@ interface Engine {
 
 function engine(opts: { db?: Db; dialer?: FakeDialer; maxCps?: number; maxCalls?: number; agentLimits?: Map<string, number>; extra?: Partial<OutboundOptions> } = {}): Engine {
   const db = opts.db ?? openDb(':memory:');
-  const calls = new CallStore(db);
-  const campaigns = new CampaignStore(db);
+  const calls = new SqliteCallStore(db);
+  const campaigns = new SqliteCampaignStore(db);
   const dialer = opts.dialer ?? new FakeDialer('twilio');
   const manager = new SessionManager({ maxConcurrentCalls: opts.maxCalls ?? 20, tokenTtlMs: 10_000, defaultAgentId: 'agent', routes: new Map(), ...(opts.agentLimits !== undefined ? { agentLimits: opts.agentLimits } : {}) });
   const storeErrors: string[] = [];
@@ -58,16 +58,16 @@ function engine(opts: { db?: Db; dialer?: FakeDialer; maxCps?: number; maxCalls?
     maxCallS: 3600,
     pollMs: 200,
     onStoreError: (op) => storeErrors.push(op),
-    webhooks: { enqueue: (event, callId) => (webhooks.push({ event, callId }), 'd1') },
+    webhooks: { enqueue: async (event, callId) => (webhooks.push({ event, callId }), 'd1') },
     ...opts.extra,
   });
   return { db, calls, campaigns, dialer, manager, outbound, storeErrors, webhooks };
 }
 
-function campaign(e: Engine, phones: string[], settings: Record<string, unknown> = {}): string {
-  const c = e.campaigns.create('test', campaignSettingsSchema.parse({ callsPerSecond: 10, maxConcurrent: 10, ...settings }));
-  e.campaigns.addContacts(c.id, phones.map((phone, i) => ({ line: i + 2, phone, variables: {} })));
-  e.outbound.startCampaign(c.id);
+async function campaign(e: Engine, phones: string[], settings: Record<string, unknown> = {}): Promise<string> {
+  const c = await e.campaigns.create('test', campaignSettingsSchema.parse({ callsPerSecond: 10, maxConcurrent: 10, ...settings }));
+  await e.campaigns.addContacts(c.id, phones.map((phone, i) => ({ line: i + 2, phone, variables: {} })));
+  await e.outbound.startCampaign(c.id);
   return c.id;
 }
 
@@ -104,17 +104,17 @@ const track = (e: Engine): Engine => (engines.push(e), e);
 describe('dial loop', () => {
   it('paces a campaign at its callsPerSecond on the virtual clock, within the account rate', async () => {
     const e = track(engine({ maxCps: 10 }));
-    const id = campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { callsPerSecond: 2 });
+    const id = await campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { callsPerSecond: 2 });
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(3_000);
     const at = e.dialer.created.map((c) => c.at);
     expect(at.length).toBeGreaterThanOrEqual(5);
     for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(500);
-    expect(e.outbound.progress(id)).toMatchObject({ dialsLastMinute: at.length, activeCalls: at.length });
+    expect(await e.outbound.progress(id)).toMatchObject({ dialsLastMinute: at.length, activeCalls: at.length });
     // A minute later the dials are no longer recent.
-    for (const c of e.dialer.created) e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
+    for (const c of e.dialer.created) await e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
     await vi.advanceTimersByTimeAsync(61_000);
-    expect(e.outbound.progress(id).dialsLastMinute).toBe(e.dialer.created.length - at.length);
+    expect((await e.outbound.progress(id)).dialsLastMinute).toBe(e.dialer.created.length - at.length);
   });
 
   it('gives back the slot of a job whose claim could not be written, and dials again by itself once the store accepts writes (disk full)', async () => {
@@ -126,7 +126,7 @@ describe('dial loop', () => {
       if (full) throw diskFull();
       return insert(...args);
     });
-    campaign(e, [1, 2, 3].map(phone));
+    await campaign(e, [1, 2, 3].map(phone));
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(10_000);
     expect(e.dialer.created).toHaveLength(0);
@@ -151,20 +151,20 @@ describe('dial loop', () => {
       if (full) throw diskFull();
       return update(...args);
     });
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(5_000);
     expect(e.dialer.created).toHaveLength(0);
     expect(e.manager.usedSlots).toBe(0);
     full = false;
     await vi.advanceTimersByTimeAsync(35_000);
     expect(e.dialer.created.map((c) => c.req.callId)).toEqual([call.id]);
-    expect(e.calls.get(call.id)?.status).toBe('dialed');
+    expect((await e.calls.get(call.id))?.status).toBe('dialed');
   });
 
   it('keeps dialing when the CallSid of a placed call cannot be stored, and ties the call back when its callback comes', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     const update = e.calls.update.bind(e.calls);
     const spy = vi.spyOn(e.calls, 'update').mockImplementation((id, patch) => {
       if (patch.callSid !== undefined) throw diskFull();
@@ -175,8 +175,8 @@ describe('dial loop', () => {
     expect(e.storeErrors).toContain('dial_placed');
     spy.mockRestore();
     const sid = e.dialer.created[0]!.sid;
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
-    expect(e.calls.get(call.id)?.callSid).toBe(sid);
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
+    expect((await e.calls.get(call.id))?.callSid).toBe(sid);
   });
 });
 
@@ -184,16 +184,16 @@ describe('review fixes: resources and ordering under faults', () => {
   it('connects an outbound call whose in-progress callback arrived before its TwiML request', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const sid = e.dialer.created[0]!.sid;
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'in-progress', sequence: 2 });
-    const answer = e.outbound.callbacks.answer(call.id, sid);
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'ringing', sequence: 1 });
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'in-progress', sequence: 2 });
+    const answer = await e.outbound.callbacks.answer(call.id, sid);
     expect(answer.ok).toBe(true);
     // Its held slot goes with it; a second TwiML request is still refused.
     expect(answer.ok && answer.slot !== undefined).toBe(true);
-    expect(e.outbound.callbacks.answer(call.id, sid)).toEqual({ ok: false, why: 'duplicate' });
+    expect(await e.outbound.callbacks.answer(call.id, sid)).toEqual({ ok: false, why: 'duplicate' });
   });
 
   it('does not dial again an API call hung up while its dial was in flight and then refused with 20429', async () => {
@@ -201,59 +201,59 @@ describe('review fixes: resources and ordering under faults', () => {
     await e.outbound.start();
     e.dialer.createDelayMs = 1_000;
     e.dialer.failNext.push(new DialError('rate-limited', 'Too many requests', 20429, 429));
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(100);
     await e.outbound.hangupCall(call.id);
     await vi.advanceTimersByTimeAsync(60_000);
     expect(e.dialer.requests).toHaveLength(1);
-    expect(e.calls.get(call.id)).toMatchObject({ status: 'canceled', outcome: 'canceled', endReason: 'api_hangup' });
+    expect(await e.calls.get(call.id)).toMatchObject({ status: 'canceled', outcome: 'canceled', endReason: 'api_hangup' });
     expect(e.manager.usedSlots).toBe(0);
   });
 
   it('ends a contact as canceled, not pending, when its in-flight dial is refused after the campaign was canceled', async () => {
     const e = track(engine());
-    const id = campaign(e, [phone(1)]);
+    const id = await campaign(e, [phone(1)]);
     await e.outbound.start();
     e.dialer.createDelayMs = 1_000;
     e.dialer.failNext.push(new DialError('rate-limited', 'Too many requests', 20429, 429));
     await vi.advanceTimersByTimeAsync(100);
-    e.outbound.cancelCampaign(id);
+    await e.outbound.cancelCampaign(id);
     await vi.advanceTimersByTimeAsync(5_000);
-    expect(e.campaigns.contacts(id, { limit: 1 })[0]).toMatchObject({ state: 'done', outcome: 'canceled' });
+    expect((await e.campaigns.contacts(id, { limit: 1 }))[0]).toMatchObject({ state: 'done', outcome: 'canceled' });
     expect(e.dialer.requests).toHaveLength(1);
   });
 
   it('notes a status callback of another call of the same call id without applying it, and leaves the live call alone', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const sid = e.dialer.created[0]!.sid;
-    e.outbound.callbacks.onStatus(call.id, { callSid: 'CA' + 'f'.repeat(32), status: 'completed', sequence: 5 });
-    expect(e.calls.get(call.id)).toMatchObject({ callSid: sid, finalizedAt: null });
-    expect(e.calls.events(call.id).map((ev) => ev.type)).toContain('status_other_call');
+    await e.outbound.callbacks.onStatus(call.id, { callSid: 'CA' + 'f'.repeat(32), status: 'completed', sequence: 5 });
+    expect(await e.calls.get(call.id)).toMatchObject({ callSid: sid, finalizedAt: null });
+    expect((await e.calls.events(call.id)).map((ev) => ev.type)).toContain('status_other_call');
   });
 
   it('keeps dialing other agents while one agent is at its AGENT_LIMITS cap', async () => {
     const e = track(engine({ agentLimits: new Map([['capped', 1]]) }));
     await e.outbound.start();
-    e.outbound.createCall({ to: phone(1), agentId: 'capped' });
-    e.outbound.createCall({ to: phone(2), agentId: 'capped' });
-    e.outbound.createCall({ to: phone(3), agentId: 'other' });
-    const id = campaign(e, [phone(4)], { agentId: 'other' });
+    await e.outbound.createCall({ to: phone(1), agentId: 'capped' });
+    await e.outbound.createCall({ to: phone(2), agentId: 'capped' });
+    await e.outbound.createCall({ to: phone(3), agentId: 'other' });
+    const id = await campaign(e, [phone(4)], { agentId: 'other' });
     await vi.advanceTimersByTimeAsync(3_000);
     const dialedTo = e.dialer.requests.map((r) => r.to);
     // One call of the capped agent (its cap is 1), and everything of the other agent.
     expect(dialedTo).toHaveLength(3);
     expect(dialedTo.filter((to) => to === phone(1) || to === phone(2))).toHaveLength(1);
     expect(dialedTo).toEqual(expect.arrayContaining([phone(3), phone(4)]));
-    expect(e.campaigns.contacts(id, { limit: 1 })[0]?.state).toBe('dialing');
+    expect((await e.campaigns.contacts(id, { limit: 1 }))[0]?.state).toBe('dialing');
   });
 
   it('does not start dialing when stopped while the startup reconcile was still asking the carrier', async () => {
     const before = track(engine());
     await before.outbound.start();
-    before.outbound.createCall({ to: phone(1) });
+    await before.outbound.createCall({ to: phone(1) });
     before.dialer.create = () => new Promise(() => {});
     await vi.advanceTimersByTimeAsync(500);
     void before.outbound.stop();
@@ -276,19 +276,19 @@ describe('review fixes: resources and ordering under faults', () => {
 
   it('still sends the post-call webhook when the campaign bookkeeping after a finalize fails', async () => {
     const e = track(engine());
-    const id = campaign(e, [phone(1)]);
+    const id = await campaign(e, [phone(1)]);
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(500);
     const c = e.dialer.created[0]!;
     vi.spyOn(e.campaigns, 'counts').mockImplementation(() => {
       throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
     });
-    e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
+    await e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'completed', sequence: 1 });
     await vi.advanceTimersByTimeAsync(10);
     expect(e.webhooks).toEqual([{ event: 'call.completed', callId: c.req.callId }]);
     expect(e.storeErrors).toContain('campaign_progress');
     vi.restoreAllMocks();
-    expect(e.calls.get(c.req.callId)?.finalizedAt).not.toBeNull();
+    expect((await e.calls.get(c.req.callId))?.finalizedAt).not.toBeNull();
     expect(id).toBeDefined();
   });
 });
@@ -297,10 +297,10 @@ describe('carrier callbacks', () => {
   it('applies status callbacks by SequenceNumber, finalizes once, and ends a live session exactly once', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const sid = e.dialer.created[0]!.sid;
-    const answer = e.outbound.callbacks.answer(call.id, sid);
+    const answer = await e.outbound.callbacks.answer(call.id, sid);
     expect(answer.ok).toBe(true);
     const admitted = e.manager.admit({ callSid: sid, from: FROM, to: phone(1), direction: 'outbound-api' }, answer.ok ? answer : undefined);
     if (!admitted.ok) throw new Error('not admitted');
@@ -308,15 +308,15 @@ describe('carrier callbacks', () => {
     if (!claim.ok) throw new Error('not claimed');
     const session = fakeSession(sid, claim.reservation.slot);
     e.manager.register(session);
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'completed', sequence: 3, durationS: 12 });
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'in-progress', sequence: 2 });
-    e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'completed', sequence: 3, durationS: 12 });
-    const row = e.calls.get(call.id);
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'completed', sequence: 3, durationS: 12 });
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'in-progress', sequence: 2 });
+    await e.outbound.callbacks.onStatus(call.id, { callSid: sid, status: 'completed', sequence: 3, durationS: 12 });
+    const row = await e.calls.get(call.id);
     expect(row?.status).toBe('completed');
     expect(row?.outcome).toBe('answered');
     expect(row?.durationS).toBe(12);
-    expect(e.calls.events(call.id).filter((ev) => ev.type === 'finalized')).toHaveLength(1);
-    expect(e.calls.events(call.id).filter((ev) => ev.type === 'status').map((ev) => ev.sequence)).toEqual([3, 2, 3]);
+    expect((await e.calls.events(call.id)).filter((ev) => ev.type === 'finalized')).toHaveLength(1);
+    expect((await e.calls.events(call.id)).filter((ev) => ev.type === 'status').map((ev) => ev.sequence)).toEqual([3, 2, 3]);
     expect(session.closes).toEqual(['caller_hangup']);
     await vi.advanceTimersByTimeAsync(10);
     expect(e.webhooks).toEqual([{ event: 'call.completed', callId: call.id }]);
@@ -325,24 +325,24 @@ describe('carrier callbacks', () => {
   it('refuses a second TwiML request for an outbound call that is already answered', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const sid = e.dialer.created[0]!.sid;
-    expect(e.outbound.callbacks.answer(call.id, sid).ok).toBe(true);
-    expect(e.outbound.callbacks.answer(call.id, sid)).toEqual({ ok: false, why: 'duplicate' });
-    expect(e.outbound.callbacks.answer(call.id, 'CA' + 'e'.repeat(32))).toEqual({ ok: false, why: 'gone' });
+    expect((await e.outbound.callbacks.answer(call.id, sid)).ok).toBe(true);
+    expect(await e.outbound.callbacks.answer(call.id, sid)).toEqual({ ok: false, why: 'duplicate' });
+    expect(await e.outbound.callbacks.answer(call.id, 'CA' + 'e'.repeat(32))).toEqual({ ok: false, why: 'gone' });
   });
 });
 
 describe('finalization', () => {
   it('gives a busy contact another attempt after the retry delay, and completes the campaign after the last outcome', async () => {
     const e = track(engine());
-    const id = campaign(e, [phone(1)], { retry: { maxAttempts: 2, on: ['busy'], delaySeconds: 60 } });
+    const id = await campaign(e, [phone(1)], { retry: { maxAttempts: 2, on: ['busy'], delaySeconds: 60 } });
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(500);
     const first = e.dialer.created[0]!;
-    e.outbound.callbacks.onStatus(first.req.callId, { callSid: first.sid, status: 'busy', sequence: 1 });
-    const contact = e.campaigns.contacts(id, { limit: 1 })[0]!;
+    await e.outbound.callbacks.onStatus(first.req.callId, { callSid: first.sid, status: 'busy', sequence: 1 });
+    const contact = (await e.campaigns.contacts(id, { limit: 1 }))[0]!;
     expect(contact.state).toBe('pending');
     expect(contact.nextAttemptAt).toBe(Date.now() + 60_000);
     await vi.advanceTimersByTimeAsync(59_000);
@@ -350,18 +350,18 @@ describe('finalization', () => {
     await vi.advanceTimersByTimeAsync(2_000);
     expect(e.dialer.created).toHaveLength(2);
     const second = e.dialer.created[1]!;
-    e.outbound.callbacks.onStatus(second.req.callId, { callSid: second.sid, status: 'busy', sequence: 1 });
-    expect(e.campaigns.contact(contact.id)).toMatchObject({ state: 'done', outcome: 'busy', attempts: 2 });
-    expect(e.campaigns.get(id)?.status).toBe('completed');
+    await e.outbound.callbacks.onStatus(second.req.callId, { callSid: second.sid, status: 'busy', sequence: 1 });
+    expect(await e.campaigns.contact(contact.id)).toMatchObject({ state: 'done', outcome: 'busy', attempts: 2 });
+    expect((await e.campaigns.get(id))?.status).toBe('completed');
   });
 
   it('pauses a campaign when failed attempts spike', async () => {
     const e = track(engine());
-    const id = campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { retry: { maxAttempts: 1 }, failurePause: { threshold: 0.5, minCalls: 4, windowSeconds: 60 } });
+    const id = await campaign(e, [1, 2, 3, 4, 5, 6].map(phone), { retry: { maxAttempts: 1 }, failurePause: { threshold: 0.5, minCalls: 4, windowSeconds: 60 } });
     await e.outbound.start();
     await vi.advanceTimersByTimeAsync(1_000);
-    for (const c of e.dialer.created.slice(0, 4)) e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'failed', sequence: 1 });
-    expect(e.campaigns.get(id)).toMatchObject({ status: 'paused', pauseReason: 'failure_spike' });
+    for (const c of e.dialer.created.slice(0, 4)) await e.outbound.callbacks.onStatus(c.req.callId, { callSid: c.sid, status: 'failed', sequence: 1 });
+    expect(await e.campaigns.get(id)).toMatchObject({ status: 'paused', pauseReason: 'failure_spike' });
   });
 });
 
@@ -374,11 +374,11 @@ describe('reconciliation after a restart', () => {
    */
   async function crashedSecondAttempt(listDelayMs: number): Promise<{ e: Engine; id: string; callId: string; call: CarrierCall }> {
     const before = track(engine());
-    const id = campaign(before, [phone(1)], { retry: { maxAttempts: 3, on: ['busy'], delaySeconds: 1 } });
+    const id = await campaign(before, [phone(1)], { retry: { maxAttempts: 3, on: ['busy'], delaySeconds: 1 } });
     await before.outbound.start();
     await vi.advanceTimersByTimeAsync(500);
     const first = before.dialer.created[0]!;
-    before.outbound.callbacks.onStatus(first.req.callId, { callSid: first.sid, status: 'busy', sequence: 1 });
+    await before.outbound.callbacks.onStatus(first.req.callId, { callSid: first.sid, status: 'busy', sequence: 1 });
     // Attempt 2: the request reaches the carrier, and the process dies before the answer comes.
     before.dialer.create = (req) => {
       before.dialer.requests.push(req);
@@ -386,7 +386,7 @@ describe('reconciliation after a restart', () => {
     };
     await vi.advanceTimersByTimeAsync(1_500);
     const callId = before.dialer.requests[1]!.callId;
-    expect(before.calls.get(callId)).toMatchObject({ status: 'claimed', callSid: null });
+    expect(await before.calls.get(callId)).toMatchObject({ status: 'claimed', callSid: null });
     // kill -9: the loop stops, nothing in flight ever completes.
     void before.outbound.stop();
     engines = engines.filter((x) => x !== before);
@@ -407,15 +407,15 @@ describe('reconciliation after a restart', () => {
     // The callee answers during the slow lookup: TwiML request, then the answered callback.
     await vi.advanceTimersByTimeAsync(1_000);
     call.status = 'in-progress';
-    expect(e.outbound.callbacks.answer(callId, call.sid).ok).toBe(true);
-    e.outbound.callbacks.onStatus(callId, { callSid: call.sid, status: 'in-progress', sequence: 2 });
+    expect((await e.outbound.callbacks.answer(callId, call.sid)).ok).toBe(true);
+    await e.outbound.callbacks.onStatus(callId, { callSid: call.sid, status: 'in-progress', sequence: 2 });
     await vi.advanceTimersByTimeAsync(2_000);
     await started;
-    const row = e.calls.get(callId);
+    const row = await e.calls.get(callId);
     expect(row).toMatchObject({ callSid: call.sid, status: 'in-progress', finalizedAt: null });
     expect(row?.outcome).toBeNull();
-    expect(e.calls.events(callId).some((ev) => ev.type === 'voided')).toBe(false);
-    const contact = e.campaigns.contacts(id, { limit: 1 })[0]!;
+    expect((await e.calls.events(callId)).some((ev) => ev.type === 'voided')).toBe(false);
+    const contact = (await e.campaigns.contacts(id, { limit: 1 }))[0]!;
     expect(contact).toMatchObject({ state: 'dialing', attempts: 2, lastCallId: callId });
     // Nobody is dialed again while the call is live.
     await vi.advanceTimersByTimeAsync(30_000);
@@ -427,11 +427,11 @@ describe('reconciliation after a restart', () => {
     const started = e.outbound.start();
     await vi.advanceTimersByTimeAsync(978);
     call.status = 'completed';
-    e.outbound.callbacks.onStatus(callId, { callSid: call.sid, status: 'completed', sequence: 3, durationS: 4 });
+    await e.outbound.callbacks.onStatus(callId, { callSid: call.sid, status: 'completed', sequence: 3, durationS: 4 });
     await vi.advanceTimersByTimeAsync(100);
     await started;
-    expect(e.calls.get(callId)).toMatchObject({ status: 'completed', outcome: 'answered' });
-    expect(e.calls.events(callId).some((ev) => ev.type === 'voided')).toBe(false);
+    expect(await e.calls.get(callId)).toMatchObject({ status: 'completed', outcome: 'answered' });
+    expect((await e.calls.events(callId)).some((ev) => ev.type === 'voided')).toBe(false);
   });
 
   it('attaches the carrier call found for the attempt when no callback came, and voids an attempt the carrier never got', async () => {
@@ -439,31 +439,31 @@ describe('reconciliation after a restart', () => {
     const started = found.e.outbound.start();
     await vi.advanceTimersByTimeAsync(200);
     expect(await started).toBeUndefined();
-    expect(found.e.calls.get(found.callId)).toMatchObject({ callSid: found.call.sid, status: 'ringing' });
+    expect(await found.e.calls.get(found.callId)).toMatchObject({ callSid: found.call.sid, status: 'ringing' });
 
     const lost = await crashedSecondAttempt(100);
     lost.e.dialer.calls.clear();
     const restarted = lost.e.outbound.start();
     await vi.advanceTimersByTimeAsync(200);
     await restarted;
-    expect(lost.e.calls.get(lost.callId)).toMatchObject({ status: 'not-dialed', outcome: 'not-dialed' });
+    expect(await lost.e.calls.get(lost.callId)).toMatchObject({ status: 'not-dialed', outcome: 'not-dialed' });
     // Due again at once, without using up the attempt that never happened: the redial is attempt 2 again.
     expect(lost.e.dialer.requests).toHaveLength(1);
-    const redial = lost.e.calls.get(lost.e.dialer.requests[0]!.callId);
+    const redial = await lost.e.calls.get(lost.e.dialer.requests[0]!.callId);
     expect(redial).toMatchObject({ to: phone(1), attempt: 2 });
-    expect(lost.e.campaigns.contacts(lost.id, { limit: 1 })[0]).toMatchObject({ attempts: 2, lastCallId: redial?.id });
+    expect((await lost.e.campaigns.contacts(lost.id, { limit: 1 }))[0]).toMatchObject({ attempts: 2, lastCallId: redial?.id });
   });
 
   it('settles a quiet call from the carrier record when its callbacks never come', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const c = e.dialer.created[0]!;
     e.dialer.calls.get(c.sid)!.status = 'no-answer';
     // Ring time (30 s) + 60 s of silence, then the next sweep asks the carrier.
     await vi.advanceTimersByTimeAsync(100_000);
-    expect(e.calls.get(call.id)).toMatchObject({ status: 'no-answer', outcome: 'no-answer' });
+    expect(await e.calls.get(call.id)).toMatchObject({ status: 'no-answer', outcome: 'no-answer' });
     expect(e.manager.usedSlots).toBe(0);
   });
 });
@@ -471,14 +471,14 @@ describe('reconciliation after a restart', () => {
 describe('reconciliation of other rows', () => {
   it('settles an inbound call whose session died with the previous process from the carrier record', async () => {
     const first = track(engine());
-    first.calls.insert({ direction: 'inbound', callSid: 'CA' + '1'.repeat(32), to: phone(1), from: FROM, agentId: 'agent', status: 'in-progress' });
+    await first.calls.insert({ direction: 'inbound', callSid: 'CA' + '1'.repeat(32), to: phone(1), from: FROM, agentId: 'agent', status: 'in-progress' });
     const dialer = new FakeDialer('twilio');
     dialer.inject({ callId: 'x', to: phone(1), from: FROM, url: '', statusCallback: '', timeoutS: 30 }, 'completed');
     const sid = [...dialer.calls.keys()][0]!;
     first.db.prepare('UPDATE calls SET call_sid = ?').run(sid);
     const e = track(engine({ db: first.db, dialer }));
     expect(await e.outbound.reconcile()).toMatchObject({ finished: 1 });
-    const row = e.calls.getBySid(sid);
+    const row = await e.calls.getBySid(sid);
     expect(row).toMatchObject({ status: 'completed', endReason: 'bridge_restarted' });
     expect(row?.finalizedAt).not.toBeNull();
   });
@@ -486,25 +486,25 @@ describe('reconciliation of other rows', () => {
   it('keeps asking about a quiet call while the carrier cannot be reached, and settles it once the carrier answers', async () => {
     const e = track(engine());
     await e.outbound.start();
-    const { call } = e.outbound.createCall({ to: phone(1) });
+    const { call } = await e.outbound.createCall({ to: phone(1) });
     await vi.advanceTimersByTimeAsync(500);
     const sid = e.dialer.created[0]!.sid;
     e.dialer.unreachable = true;
     // Ring time (30 s) + 60 s without a word: the sweep asks the carrier, which does not answer.
     await vi.advanceTimersByTimeAsync(100_000);
-    expect(e.calls.get(call.id)?.finalizedAt).toBeNull();
+    expect((await e.calls.get(call.id))?.finalizedAt).toBeNull();
     expect(e.manager.usedSlots).toBe(0);
     e.dialer.calls.get(sid)!.status = 'busy';
     e.dialer.unreachable = false;
     await vi.advanceTimersByTimeAsync(30_000);
-    expect(e.calls.get(call.id)).toMatchObject({ status: 'busy', outcome: 'busy' });
+    expect(await e.calls.get(call.id)).toMatchObject({ status: 'busy', outcome: 'busy' });
   });
 
   it('after a restart, fails a followed call the carrier no longer knows, and hangs up an answered call whose TwiML request never reached us', async () => {
     const before = track(engine());
     await before.outbound.start();
-    const lost = before.outbound.createCall({ to: phone(1) }).call;
-    const orphan = before.outbound.createCall({ to: phone(2) }).call;
+    const lost = (await before.outbound.createCall({ to: phone(1) })).call;
+    const orphan = (await before.outbound.createCall({ to: phone(2) })).call;
     await vi.advanceTimersByTimeAsync(1_000);
     const a = before.dialer.byCallId(lost.id);
     const b = before.dialer.byCallId(orphan.id);
@@ -514,11 +514,11 @@ describe('reconciliation of other rows', () => {
     dialer.calls.set(b!.sid, { ...b!, status: 'in-progress' });
     const e = track(engine({ db: before.db, dialer }));
     await e.outbound.start();
-    expect(e.calls.get(lost.id)).toMatchObject({ status: 'failed', endReason: 'lost_by_carrier' });
+    expect(await e.calls.get(lost.id)).toMatchObject({ status: 'failed', endReason: 'lost_by_carrier' });
     expect(a!.sid).not.toBe(b!.sid);
     await vi.advanceTimersByTimeAsync(30_000);
     expect(dialer.hangups).toEqual([b!.sid]);
-    expect(e.calls.get(orphan.id)?.answeredAt).toBeNull();
+    expect((await e.calls.get(orphan.id))?.answeredAt).toBeNull();
   });
 });
 

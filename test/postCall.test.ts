@@ -80,11 +80,11 @@ describe('after the call', () => {
       ['agent', 'Yes, how can I help?'],
     ]);
     // The same record through the API.
-    const row = tb.bridge.calls.getBySid(call.callSid)!;
+    const row = (await tb.bridge.calls.getBySid(call.callSid))!;
     const api = JSON.parse((await tb.bridge.app.inject({ method: 'GET', url: `/v1/calls/${row.id}` })).body) as any;
     expect(api.transcript).toHaveLength(2);
     // The receiver answered; the delivery is recorded as delivered right after.
-    await eventually(() => tb!.bridge.webhooks?.list({ status: 'delivered' }).length === 1, 2000, 'the delivery recorded');
+    await eventually(async () => (await tb!.bridge.webhooks?.list({ status: 'delivered' }))?.length === 1, 2000, 'the delivery recorded');
     const deliveries = JSON.parse((await tb.bridge.app.inject({ method: 'GET', url: '/v1/webhooks/deliveries' })).body) as any;
     expect(deliveries.data[0]).toMatchObject({ status: 'delivered', attempts: 1, callId: row.id });
   });

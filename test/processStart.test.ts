@@ -153,3 +153,13 @@ describe('restart after kill -9 in the middle of a campaign', () => {
     }
   }, 120_000);
 });
+
+describe('DATABASE_URL', () => {
+  it('a process whose DATABASE_URL does not answer stops at boot with a message naming DATABASE_URL, without its password', async () => {
+    const c = await start({ env: { DATABASE_URL: `postgres://playline:s3cret-pw@127.0.0.1:${await freePort()}/playline` } });
+    const exit = await waitExit(c, 20_000);
+    expect(exit.code).toBe(1);
+    expect(c.stderr).toMatch(/DATABASE_URL postgres:\/\/playline:\*\*\*@127\.0\.0\.1:\d+\/playline: cannot use the database/);
+    expect(c.stderr + c.stdout).not.toContain('s3cret-pw');
+  }, 30_000);
+});

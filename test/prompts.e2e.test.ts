@@ -118,12 +118,12 @@ describe('prompts in the agent voice', () => {
     expect(call.stream.marks.length).toBeGreaterThan(0);
     expect(call.stream.echoedMarks).toEqual(call.stream.marks);
     expect(tb.callControl.requests).toEqual([]);
-    await eventually(() => storedCall(tb, call.callSid)?.endReason === 'agent_error', 3000, 'end reason');
-    expect(storedCall(tb, call.callSid)?.spoken).toEqual([APOLOGY]);
+    await eventually(async () => (await storedCall(tb, call.callSid))?.endReason === 'agent_error', 3000, 'end reason');
+    expect((await storedCall(tb, call.callSid))?.spoken).toEqual([APOLOGY]);
     expect(await metrics(tb)).toMatch(/playline_prompts_total\{kind="apology",via="stream"\} 1/);
   });
 
-  it('overflow to a number mid-call: the busy prompt plays in the agent voice, then the call is forwarded with no spoken text', async () => {
+  it('overflow to a number mid-async call: the busy prompt plays in the agent voice, then the call is forwarded with no spoken text', async () => {
     const { tb } = await bridgeWithTts({ OVERFLOW_ACTION: 'dial', FALLBACK_NUMBER: '+14155550188' });
     const call = await openCall(tb, { init: false });
     // Twilio runs the new TwiML and ends the stream.
@@ -136,7 +136,7 @@ describe('prompts in the agent voice', () => {
     expect(call.stream.echoedMarks).toEqual(call.stream.marks);
     expect(tb.callControl.requests).toEqual([{ callSid: call.callSid, forwardTo: '+14155550188' }]);
     await call.stream.waitForClose(5000);
-    await eventually(() => storedCall(tb, call.callSid)?.endReason === 'agent_capacity', 3000, 'end reason');
+    await eventually(async () => (await storedCall(tb, call.callSid))?.endReason === 'agent_capacity', 3000, 'end reason');
   });
 
   it('a goodbye (drain, max duration) replaces agent audio still queued and ends after its last mark', async () => {
@@ -153,7 +153,7 @@ describe('prompts in the agent voice', () => {
     const want = fakeTtsAudio(GOODBYE, VOICE);
     expect(tail.subarray(tail.length - want.length).equals(want)).toBe(true);
     expect(tb.callControl.requests).toEqual([]);
-    await eventually(() => storedCall(tb, call.callSid)?.endReason === 'max_duration', 3000, 'end reason');
+    await eventually(async () => (await storedCall(tb, call.callSid))?.endReason === 'max_duration', 3000, 'end reason');
   });
 
   it('with TTS off the goodbye goes through call control as text, as before', async () => {
@@ -202,7 +202,7 @@ describe('transfers in the agent voice', () => {
   }
 
   const transfer = async (tb: TestBridge, callSid: string, mode: 'cold' | 'warm'): Promise<number> => {
-    const id = storedCall(tb, callSid)?.id ?? '';
+    const id = (await storedCall(tb, callSid))?.id ?? '';
     const res = await fetch(`${tb.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_TOKEN}` }, body: JSON.stringify({ target: 'frontdesk', mode }) });
     return res.status;
   };

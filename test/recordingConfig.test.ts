@@ -10,7 +10,7 @@ import { ConfigError, loadConfig } from '../src/config.js';
 import { LocalCallRecording, JOIN_GAP_MS } from '../src/recording/localRecording.js';
 import { RecordingService } from '../src/recording/service.js';
 import { openDb } from '../src/store/db.js';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCallStore } from '../src/store/calls.js';
 import { startTestBridge, type TestBridge } from './helpers.js';
 import { readStereoWav } from './recordingWav.js';
 
@@ -62,7 +62,7 @@ describe('recording settings', () => {
 
 describe('which calls are recorded', () => {
   const service = (env: Record<string, string>, agentRecord?: boolean): RecordingService =>
-    new RecordingService({ settings: loadConfig({ DATA_DIR: tmp(), ...env }).recording, calls: new CallStore(openDb(':memory:')), agentRecord: () => agentRecord, publicUrl: 'http://127.0.0.1', log: pino({ level: 'silent' }) });
+    new RecordingService({ settings: loadConfig({ DATA_DIR: tmp(), ...env }).recording, calls: new SqliteCallStore(openDb(':memory:')), agentRecord: () => agentRecord, publicUrl: 'http://127.0.0.1', log: pino({ level: 'silent' }) });
 
   it('takes the call (API, campaign, route) over the agent, the agent over RECORDING_DEFAULT', () => {
     expect(service({ RECORDING: 'local' }).wanted({ agentId: 'playai:a' })).toBe(true);
@@ -99,7 +99,7 @@ describe('which calls are recorded', () => {
     });
     expect(res.status).toBe(201);
     const { id } = (await res.json()) as { id: string };
-    expect(tb.bridge.calls.get(id)?.record).toBe(false);
+    expect((await tb.bridge.calls.get(id))?.record).toBe(false);
   });
 });
 

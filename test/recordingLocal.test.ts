@@ -51,8 +51,8 @@ async function pumpFrames(stream: FakeTwilioStream, n: number, frame: (i: number
 
 async function recordedFile(callSid: string): Promise<string> {
   const b = tb!.bridge;
-  await eventually(() => b.calls.getBySid(callSid)?.recordingStatus === 'completed', 5000, 'the recording to be completed');
-  const row = b.calls.getBySid(callSid)!;
+  await eventually(async () => (await b.calls.getBySid(callSid))?.recordingStatus === 'completed', 5000, 'the recording to be completed');
+  const row = (await b.calls.getBySid(callSid))!;
   return b.recordings.pathOf(row.id);
 }
 
@@ -144,7 +144,7 @@ describe('RECORDING=local', () => {
     call.stream.sendStop();
     const path = await recordedFile(call.callSid);
     const size = readStereoWav(path).fileBytes;
-    const row = tb.bridge.calls.getBySid(call.callSid)!;
+    const row = (await tb.bridge.calls.getBySid(call.callSid))!;
     const auth = { authorization: 'Bearer api-token-0123456789abcdef' };
 
     const view = await fetch(`${tb.url}/v1/calls/${row.id}`, { headers: auth });
@@ -177,8 +177,8 @@ describe('RECORDING=local', () => {
     const call = await openCall(tb);
     await pumpFrames(call.stream, 5, () => SILENT);
     call.stream.sendStop();
-    await eventually(() => tb!.bridge.calls.getBySid(call.callSid)?.endReason !== null, 3000, 'the call to end');
-    const row = tb.bridge.calls.getBySid(call.callSid)!;
+    await eventually(async () => (await tb!.bridge.calls.getBySid(call.callSid))?.endReason !== null, 3000, 'the call to end');
+    const row = (await tb.bridge.calls.getBySid(call.callSid))!;
     expect(row.recordingBackend).toBeNull();
   });
 });

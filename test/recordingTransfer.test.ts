@@ -47,9 +47,9 @@ it('continues the same WAV when the caller comes back after a transfer nobody an
 
   const sid = r.startInbound({ from: '+14155550123', to: CALLED, talkMs: 60_000 });
   await t.agent.nextConnection();
-  await eventually(() => t.bridge.manager.liveCalls === 1 && t.bridge.calls.getBySid(sid)?.conversationId !== null, 5000, 'the call live');
+  await eventually(async () => t.bridge.manager.liveCalls === 1 && (await t.bridge.calls.getBySid(sid))?.conversationId !== null, 5000, 'the call live');
   await new Promise((res) => setTimeout(res, 600));
-  const id = t.bridge.calls.getBySid(sid)!.id;
+  const id = (await t.bridge.calls.getBySid(sid))!.id;
   const res = await fetch(`${t.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_TOKEN}` }, body: JSON.stringify({ target: 'frontdesk' }) });
   expect(res.status).toBe(202);
   await (await t.agent.nextConnection()).waitForSetup();
@@ -58,7 +58,7 @@ it('continues the same WAV when the caller comes back after a transfer nobody an
   const firstPart = readStereoWav(t.bridge.recordings.pathOf(id)).left.length;
   await new Promise((res2) => setTimeout(res2, 400));
   await control.hangup(sid);
-  await eventually(() => t.bridge.calls.getBySid(sid)?.recordingStatus === 'completed' && t.bridge.manager.liveCalls === 0, 5000, 'the recording completed');
+  await eventually(async () => (await t.bridge.calls.getBySid(sid))?.recordingStatus === 'completed' && t.bridge.manager.liveCalls === 0, 5000, 'the recording completed');
 
   expect(readdirSync(join(dir, 'recordings'))).toEqual([`${id}.wav`]);
   const streams = r.call(sid)!.streams;
@@ -70,5 +70,5 @@ it('continues the same WAV when the caller comes back after a transfer nobody an
   expect(firstPart).toBeGreaterThan(500 * 8);
   // The file is the first part, the join gap, then the second stream (within a few frames of clock slack).
   expect(Math.abs(total - (firstPart / 8 + JOIN_GAP_MS + secondStreamMs))).toBeLessThan(100);
-  expect(t.bridge.calls.getBySid(sid)!.recordingDurationS).toBeCloseTo(total / 1000, 0);
+  expect((await t.bridge.calls.getBySid(sid))!.recordingDurationS).toBeCloseTo(total / 1000, 0);
 });

@@ -15,7 +15,7 @@ import { loadConfig } from '../src/config.js';
 import { RecordingService } from '../src/recording/service.js';
 import type { SimTiming } from '../src/sim/simCarrier.js';
 import { openDb } from '../src/store/db.js';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCallStore } from '../src/store/calls.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { AUTH_TOKEN, eventually, PUBLIC_URL, startTestBridge, type TestBridge } from './helpers.js';
 
@@ -60,7 +60,7 @@ describe('RECORDING=twilio', () => {
     expect(info?.streams).toHaveLength(1);
     expect(r.recordings).toHaveLength(1);
     const rec = r.recordings[0]!;
-    const row0 = t.bridge.calls.getBySid(sid)!;
+    const row0 = (await t.bridge.calls.getBySid(sid))!;
     expect(rec.callSid).toBe(sid);
     expect(rec.channels).toBe(2);
     expect(rec.params.RecordingStatusCallback).toBe(`${PUBLIC_URL}/twilio/recording?callId=${row0.id}`);
@@ -70,7 +70,7 @@ describe('RECORDING=twilio', () => {
       { status: 'in-progress', httpStatus: 204 },
       { status: 'completed', httpStatus: 204 },
     ]);
-    const row = t.bridge.calls.getBySid(sid)!;
+    const row = (await t.bridge.calls.getBySid(sid))!;
     expect(row).toMatchObject({
       recordingBackend: 'twilio',
       recordingStatus: 'completed',
@@ -111,15 +111,15 @@ describe('RECORDING=twilio', () => {
     const sid = r.startInbound({ from: '+14155550123', to: '+14155550999' });
     await r.whenEnded(sid);
     const rec = r.recordings[0]!;
-    await eventually(() => t.bridge.calls.getBySid(sid)?.recordingStatus === 'completed', 3000, 'the recording completed');
-    const row = t.bridge.calls.getBySid(sid)!;
+    await eventually(async () => (await t.bridge.calls.getBySid(sid))?.recordingStatus === 'completed', 3000, 'the recording completed');
+    const row = (await t.bridge.calls.getBySid(sid))!;
     // Younger than a day: kept.
     expect(await t.bridge.recordings.sweep()).toBe(0);
-    t.bridge.calls.update(row.id, { recordingStartedAt: Date.now() - 2 * DAY });
+    await t.bridge.calls.update(row.id, { recordingStartedAt: Date.now() - 2 * DAY });
     expect(await t.bridge.recordings.sweep()).toBe(1);
     expect(rec.status).toBe('deleted');
     expect(r.requests.some((q) => q.method === 'DELETE' && q.path.endsWith(`/Recordings/${rec.sid}.json`) && q.httpStatus === 204)).toBe(true);
-    expect(t.bridge.calls.get(row.id)).toMatchObject({ recordingStatus: 'deleted', recordingSid: null, recordingUrl: null, recordingDurationS: null });
+    expect(await t.bridge.calls.get(row.id)).toMatchObject({ recordingStatus: 'deleted', recordingSid: null, recordingUrl: null, recordingDurationS: null });
     expect((await fetch(`${t.url}/v1/calls/${row.id}/recording`, { headers: auth })).status).toBe(404);
     const view = (await (await fetch(`${t.url}/v1/calls/${row.id}`, { headers: auth })).json()) as { recording: unknown };
     expect(view.recording).toBeNull();
@@ -131,22 +131,22 @@ describe('local retention', () => {
     const dir = mkdtempSync(join(tmpdir(), 'playline-rec-ret-'));
     dirs.push(dir);
     const config = loadConfig({ RECORDING: 'local', RECORDING_RETENTION_DAYS: '30', DATA_DIR: dir });
-    const calls = new CallStore(openDb(':memory:'));
+    const calls = new SqliteCallStore(openDb(':memory:'));
     const now = Date.now();
     const svc = new RecordingService({ settings: config.recording, calls, agentRecord: () => undefined, publicUrl: 'http://127.0.0.1', log: pino({ level: 'silent' }), now: () => now });
-    const make = (ageDays: number): string => {
-      const row = calls.insert({ direction: 'inbound', to: '+1555', from: '+1666', agentId: 'playai:a', status: 'completed' });
-      calls.update(row.id, { recordingBackend: 'local', recordingStatus: 'completed', recordingDurationS: 3, recordingStartedAt: now - ageDays * DAY });
+    const make = async (ageDays: number): Promise<string> => {
+      const row = await calls.insert({ direction: 'inbound', to: '+1555', from: '+1666', agentId: 'playai:a', status: 'completed' });
+      await calls.update(row.id, { recordingBackend: 'local', recordingStatus: 'completed', recordingDurationS: 3, recordingStartedAt: now - ageDays * DAY });
       writeFileSync(svc.pathOf(row.id), Buffer.alloc(44));
       return row.id;
     };
-    const old = make(31);
-    const young = make(29);
+    const old = await make(31);
+    const young = await make(29);
     expect(await svc.sweep()).toBe(1);
     expect(existsSync(svc.pathOf(old))).toBe(false);
     expect(existsSync(svc.pathOf(young))).toBe(true);
-    expect(calls.get(old)).toMatchObject({ recordingStatus: 'deleted', recordingDurationS: null });
-    expect(calls.get(young)?.recordingStatus).toBe('completed');
+    expect(await calls.get(old)).toMatchObject({ recordingStatus: 'deleted', recordingDurationS: null });
+    expect((await calls.get(young))?.recordingStatus).toBe('completed');
     // Nothing left to delete: a second sweep is a no-op.
     expect(await svc.sweep()).toBe(0);
   });

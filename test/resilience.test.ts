@@ -47,7 +47,7 @@ describe('agent reconnect', () => {
     expect(got).toEqual(frames.slice(10));
     second.audio(ulaw(160, 0x45));
     await call.stream.waitFor((s) => s.mediaPayloads.includes(ulaw(160, 0x45)));
-    const record = storedCall(tb, call.callSid);
+    const record = await storedCall(tb, call.callSid);
     expect(record?.agentReconnects).toBe(1);
     expect(await metricsText(tb)).toMatch(/playline_agent_reconnects_total\{result="success"\} 1/);
     expect(tb.callControl.spoken).toHaveLength(0);
@@ -96,7 +96,7 @@ describe('agent reconnect', () => {
     await call.stream.waitForClose(5000);
     expect(tb.agent.connections).toHaveLength(3);
     expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.apology]);
-    expect(storedCall(tb, call.callSid)?.endReason).toBe('agent_unreachable');
+    expect((await storedCall(tb, call.callSid))?.endReason).toBe('agent_unreachable');
     expect(await metricsText(tb)).toMatch(/playline_agent_reconnects_total\{result="gave_up"\} 1/);
   });
 
@@ -140,7 +140,7 @@ describe('PlayAI 4429 (account concurrency)', () => {
     c.agent.error(4429, 'max concurrent connections exceeded', true);
     await c.stream.waitForClose(2000);
     expect(tb.callControl.spoken.at(-1)).toEqual({ callSid: c.callSid, text: tb.config.messages.busy });
-    expect(storedCall(tb, c.callSid)?.endReason).toBe('agent_capacity');
+    expect((await storedCall(tb, c.callSid))?.endReason).toBe('agent_capacity');
     await eventually(() => tb!.bridge.manager.usedSlots === 2);
     expect(tb.bridge.manager.capacity).toBe(2);
     const refused = await webhook(tb);
@@ -228,7 +228,7 @@ describe('graceful drain', () => {
     expect(tb.callControl.spoken.map((s) => s.text)).toEqual([tb.config.messages.goodbye, tb.config.messages.goodbye]);
     await a.stream.waitForClose(2000);
     await b.stream.waitForClose(2000);
-    expect(storedCall(tb, a.callSid)?.endReason).toBe('shutdown');
+    expect((await storedCall(tb, a.callSid))?.endReason).toBe('shutdown');
   });
 });
 

@@ -84,7 +84,7 @@ async function startStub(answer: (req: IncomingMessage) => { status: number; typ
 }
 
 describe('LocalDialer against the bridge', () => {
-  it('answered: streams callee audio, then the callee hangs up; four signed callbacks in order', async () => {
+  it('async answered: streams callee audio, then the callee hangs up; four signed callbacks in order', async () => {
     const d = dialer({ talkMs: 1000 });
     const req = request();
     const created = await d.create(req);
@@ -130,7 +130,7 @@ describe('LocalDialer against the bridge', () => {
 
     // The bridge saw the call end (stop from the callee), and recorded the callbacks.
     await agent.closed;
-    await eventually(() => storedCall(tb, created.sid)?.status === 'completed', 3000, 'bridge record completed');
+    await eventually(async () => (await storedCall(tb, created.sid))?.status === 'completed', 3000, 'bridge record completed');
     const fetched = await d.fetch(created.sid);
     expect(fetched).toMatchObject({ sid: created.sid, status: 'completed', to: req.to, from: req.from });
     expect(fetched?.durationS).toBeGreaterThanOrEqual(1);

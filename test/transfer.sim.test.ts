@@ -63,7 +63,7 @@ async function start(frontdesk: DialOutcome | DialPartyStatus): Promise<{ t: Tes
 }
 
 async function transfer(t: TestBridge, callSid: string, body: Record<string, unknown>): Promise<number> {
-  const id = storedCall(t, callSid)?.id ?? '';
+  const id = (await storedCall(t, callSid))?.id ?? '';
   const res = await fetch(`${t.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_TOKEN}` }, body: JSON.stringify(body) });
   return res.status;
 }
@@ -74,13 +74,13 @@ async function callsCounted(t: TestBridge): Promise<Record<string, number>> {
   return Object.fromEntries(m.values.map((v) => [String(v.labels.outcome), v.value]));
 }
 
-const steps = (t: TestBridge, callSid: string): string[] => (storedCall(t, callSid)?.events ?? []).map((e) => e.type).filter((x) => x.startsWith('transfer_'));
+const steps = async (t: TestBridge, callSid: string): Promise<string[]> => ((await storedCall(t, callSid))?.events ?? []).map((e) => e.type).filter((x) => x.startsWith('transfer_'));
 
 /** An inbound call the bridge answered and its agent took. */
 async function liveCall(t: TestBridge, r: FakeTwilioRest, talkMs = 60_000): Promise<string> {
   const sid = r.startInbound({ from: CALLER, to: CALLED, talkMs });
   await t.agent.nextConnection();
-  await eventually(() => t.bridge.manager.liveCalls === 1 && (storedCall(t, sid)?.conversationId ?? null) !== null, 5000, 'the call live with its agent');
+  await eventually(async () => t.bridge.manager.liveCalls === 1 && ((await storedCall(t, sid))?.conversationId ?? null) !== null, 5000, 'the call live with its agent');
   return sid;
 }
 
@@ -99,8 +99,8 @@ describe('transfers through the simulated carrier', () => {
     ]);
     expect(dial?.actionRequest?.used).toBe(true);
     expect(info?.status).toBe('completed');
-    await eventually(() => steps(t, sid).includes('transfer_completed'), 3000, 'the transfer recorded as completed');
-    expect(steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
+    await eventually(async () => (await steps(t, sid)).includes('transfer_completed'), 3000, 'the transfer recorded as completed');
+    expect(await steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
     expect(t.bridge.manager.usedSlots).toBe(0);
     expect(t.bridge.manager.liveCalls).toBe(0);
     expect(info?.streams).toHaveLength(1);
@@ -111,7 +111,7 @@ describe('transfers through the simulated carrier', () => {
   it('cold, busy: the caller hears the return prompt and is back with the same agent on a new stream of the same call', async () => {
     const { t, r } = await start('busy');
     const sid = await liveCall(t, r);
-    const conversationId = storedCall(t, sid)?.conversationId;
+    const conversationId = (await storedCall(t, sid))?.conversationId;
     expect(await transfer(t, sid, { target: 'frontdesk' })).toBe(202);
     const again = await t.agent.nextConnection();
     const setup = await again.waitForSetup();
@@ -122,12 +122,12 @@ describe('transfers through the simulated carrier', () => {
     expect(info?.dials[0]).toMatchObject({ dialCallStatus: 'busy' });
     expect(info?.streams).toHaveLength(2);
     expect(info?.said.some((s) => /nobody could take your call/.test(s))).toBe(true);
-    expect(steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
+    expect(await steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
     await hangup(sid);
     await eventually(() => t.bridge.manager.usedSlots === 0, 5000, 'the slot released once');
     await eventually(() => t.bridge.manager.liveCalls === 0, 5000, 'the session ended');
     expect(await callsCounted(t)).toEqual({ caller_hangup: 1 });
-    expect(storedCall(t, sid)?.endReason).toBe('caller_hangup');
+    expect((await storedCall(t, sid))?.endReason).toBe('caller_hangup');
   });
 
   it('warm, answered: the caller waits in a conference, the person hears the summary and joins, and both leave', async () => {
@@ -138,8 +138,8 @@ describe('transfers through the simulated carrier', () => {
     const person = r.calls().find((c) => c.to === FRONTDESK);
     expect(person?.said).toContain('The caller wants to change an order.');
     expect(info?.dials[0]?.kind).toBe('conference');
-    await eventually(() => steps(t, sid).includes('transfer_completed'), 3000, 'the transfer completed');
-    expect(steps(t, sid)).toEqual(expect.arrayContaining(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_joined', 'transfer_completed']));
+    await eventually(async () => (await steps(t, sid)).includes('transfer_completed'), 3000, 'the transfer completed');
+    expect(await steps(t, sid)).toEqual(expect.arrayContaining(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_joined', 'transfer_completed']));
     expect(t.bridge.manager.usedSlots).toBe(0);
   });
 
@@ -151,7 +151,7 @@ describe('transfers through the simulated carrier', () => {
     await again.waitForSetup();
     await eventually(() => t.bridge.manager.liveCalls === 1, 5000, 'the caller back with the agent');
     expect(r.calls().find((c) => c.to === FRONTDESK)?.status).toBe('no-answer');
-    expect(steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
+    expect(await steps(t, sid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
     expect(t.bridge.manager.usedSlots).toBe(1);
     await hangup(sid);
     await eventually(() => t.bridge.manager.usedSlots === 0, 5000, 'the slot released once');
@@ -178,7 +178,7 @@ describe('transfers through the simulated carrier', () => {
     await eventually(() => t.bridge.manager.liveCalls === 1, 5000, 'the lead on the line with the agent');
     await t.agent.nextConnection();
     const callSid = [...t.bridge.manager.sessions()][0]?.callSid ?? '';
-    await eventually(() => (storedCall(t, callSid)?.conversationId ?? null) !== null, 5000, 'the agent ready');
+    await eventually(async () => ((await storedCall(t, callSid))?.conversationId ?? null) !== null, 5000, 'the agent ready');
     expect(await transfer(t, callSid, { target: 'sales' })).toBe(202);
     await eventually(() => (r.call(callSid)?.dials.length ?? 0) === 1, 5000, 'the dial to sales');
     expect(r.call(callSid)?.dials[0]).toMatchObject({ to: SALES });

@@ -85,8 +85,8 @@ const api = async (t: TestBridge, path: string, body?: unknown): Promise<{ statu
 const callback = (t: TestBridge, url: string, params: Record<string, string>) =>
   postStatusCallback({ bridgeUrl: t.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, path: new URL(url).pathname, params });
 
-const callId = (t: TestBridge, callSid: string): string => storedCall(t, callSid)?.id ?? '';
-const steps = (t: TestBridge, callSid: string): string[] => (storedCall(t, callSid)?.events ?? []).map((e) => e.type).filter((x) => x.startsWith('transfer_'));
+const callId = async (t: TestBridge, callSid: string): Promise<string> => (await storedCall(t, callSid))?.id ?? '';
+const steps = async (t: TestBridge, callSid: string): Promise<string[]> => ((await storedCall(t, callSid))?.events ?? []).map((e) => e.type).filter((x) => x.startsWith('transfer_'));
 
 /** The `<Dial>` of the latest redirect: its action and status callback URLs and what it dials. */
 function dialOf(carrier: FakeTransferCarrier): { action: string; status: string; xml: string } {
@@ -100,7 +100,7 @@ describe('cold transfer', () => {
   it('by the API, answered: the caller is dialed through to the named person, the slot is freed at the answer, and the call ends after', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    const id = callId(t, c.callSid);
+    const id = await callId(t, c.callSid);
     const r = await api(t, `/v1/calls/${id}/transfer`, { target: 'frontdesk', reason: 'wants a person' });
     expect(r.status).toBe(202);
     expect(r.json).toMatchObject({ callId: id, mode: 'cold', status: 'dialing' });
@@ -116,23 +116,23 @@ describe('cold transfer', () => {
     expect(t.bridge.manager.usedSlots).toBe(0);
     const after = await callback(t, action, { CallSid: c.callSid, CallStatus: 'in-progress', DialCallStatus: 'completed', DialCallDuration: '42' });
     expect(parseTwiml(after.body).hangup).toBe(true);
-    expect(steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
+    expect(await steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
     const detail = await api(t, `/v1/calls/${id}`);
     expect(detail.json.transfers).toEqual([expect.objectContaining({ target: 'frontdesk', to: FRONTDESK, mode: 'cold', by: 'api', outcome: 'answered', returned: false })]);
-    expect(storedCall(t, c.callSid)?.endReason).toBe('transferred');
+    expect((await storedCall(t, c.callSid))?.endReason).toBe('transferred');
     expect(t.bridge.manager.usedSlots).toBe(0);
     // The post-call webhook carries the outcome.
-    const row = t.bridge.calls.get(id);
-    const payload = row === undefined ? {} : callPayload(row, t.bridge.calls, t.bridge.campaigns);
+    const row = await t.bridge.calls.get(id);
+    const payload = row === undefined ? {} : await callPayload(row, t.bridge.calls, t.bridge.campaigns);
     expect(payload.transfers).toEqual([expect.objectContaining({ target: 'frontdesk', outcome: 'answered', returned: false })]);
   });
 
   it('busy: the caller comes back to the same agent on a new stream with the same slot, and the agent resumes the conversation', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    await eventually(() => (storedCall(t, c.callSid)?.conversationId ?? null) !== null, 3000, 'the agent ready');
-    const conversationId = storedCall(t, c.callSid)?.conversationId;
-    const r = await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
+    await eventually(async () => ((await storedCall(t, c.callSid))?.conversationId ?? null) !== null, 3000, 'the agent ready');
+    const conversationId = (await storedCall(t, c.callSid))?.conversationId;
+    const r = await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
     expect(r.status).toBe(202);
     await c.stream.waitForClose(3000);
     const { action } = dialOf(carrier);
@@ -151,12 +151,12 @@ describe('cold transfer', () => {
     again.init();
     await eventually(() => t.bridge.manager.liveCalls === 1, 3000, 'the call live again');
     expect(t.bridge.manager.usedSlots).toBe(1);
-    expect(steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
-    const detail = await api(t, `/v1/calls/${callId(t, c.callSid)}`);
+    expect(await steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
+    const detail = await api(t, `/v1/calls/${await callId(t, c.callSid)}`);
     expect(detail.json.transfers).toEqual([expect.objectContaining({ outcome: 'busy', returned: true })]);
     stream.sendStop();
     await eventually(() => t.bridge.manager.usedSlots === 0, 3000, 'the slot released once');
-    expect(storedCall(t, c.callSid)?.endReason).toBe('caller_hangup');
+    expect((await storedCall(t, c.callSid))?.endReason).toBe('caller_hangup');
   });
 
   it('a DTMF hotkey transfers to its target', async () => {
@@ -165,14 +165,14 @@ describe('cold transfer', () => {
     c.stream.sendDtmf('0');
     await eventually(() => carrier.redirects.length === 1, 3000, 'the transfer');
     expect(dialOf(carrier).xml).toContain(`>${FRONTDESK}</Number>`);
-    expect(steps(t, c.callSid)[0]).toBe('transfer_requested');
-    expect(storedCall(t, c.callSid)?.events.find((e) => e.type === 'transfer_requested')?.data).toMatchObject({ by: 'dtmf', target: 'frontdesk' });
+    expect((await steps(t, c.callSid))[0]).toBe('transfer_requested');
+    expect((await storedCall(t, c.callSid))?.events.find((e) => e.type === 'transfer_requested')?.data).toMatchObject({ by: 'dtmf', target: 'frontdesk' });
   });
 
   it('refuses a target that is not declared, naming the ones that are, and dials nothing', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    const r = await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'ceo' });
+    const r = await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'ceo' });
     expect(r.status).toBe(422);
     expect(JSON.stringify(r.json)).toMatch(/unknown_target.*use one of \\"frontdesk\\"/);
     expect(carrier.redirects).toHaveLength(0);
@@ -183,23 +183,23 @@ describe('cold transfer', () => {
     const { t, carrier } = await start();
     carrier.accept = false;
     const c = await call(t, carrier);
-    const r = await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
+    const r = await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
     expect(r.status).toBe(502);
     expect(t.bridge.manager.liveCalls).toBe(1);
-    expect(steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_failed']);
+    expect(await steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_failed']);
     // A second try is possible once the first failed.
     carrier.accept = true;
-    expect((await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk' })).status).toBe(202);
+    expect((await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk' })).status).toBe(202);
   });
 
   it('answers 409 for a call that is not live, and 400 without exactly one of target and to', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    expect((await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, {})).status).toBe(400);
-    expect((await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk', to: FRONTDESK })).status).toBe(400);
+    expect((await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, {})).status).toBe(400);
+    expect((await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk', to: FRONTDESK })).status).toBe(400);
     c.stream.sendStop();
     await eventually(() => t.bridge.manager.liveCalls === 0, 3000, 'the call to end');
-    const r = await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
+    const r = await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk' });
     expect(r.status).toBe(409);
     expect(r.json).toMatchObject({ error: { code: 'call_not_live' } });
   });
@@ -209,7 +209,7 @@ describe('warm transfer', () => {
   it('holds the caller in a conference, calls the person who hears the summary first, and joins them', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    const r = await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk', mode: 'warm', reason: 'Caller wants to change an order.' });
+    const r = await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk', mode: 'warm', reason: 'Caller wants to change an order.' });
     expect(r.status).toBe(202);
     const hold = carrier.redirects.at(-1)?.twiml ?? '';
     expect(hold).toMatch(/<Dial><Conference startConferenceOnEnter="false" endConferenceOnExit="true"[^>]*>tr_[0-9a-f]{18}<\/Conference><\/Dial><Hangup\/>/);
@@ -224,13 +224,13 @@ describe('warm transfer', () => {
     const confUrl = /statusCallback="([^"]+)"/.exec(hold)?.[1] ?? '';
     await callback(t, confUrl, { StatusCallbackEvent: 'participant-join', CallSid: person?.sid ?? '', ConferenceSid: 'CF' + '2'.repeat(32) });
     await callback(t, person?.statusCallbackUrl ?? '', { CallSid: person?.sid ?? '', CallStatus: 'completed' });
-    expect(steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_joined', 'transfer_completed']);
+    expect(await steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_joined', 'transfer_completed']);
   });
 
   it('no answer: the caller is taken off hold back to the agent, and the agent is not greeted twice', async () => {
     const { t, carrier } = await start();
     const c = await call(t, carrier);
-    await api(t, `/v1/calls/${callId(t, c.callSid)}/transfer`, { target: 'frontdesk', mode: 'warm' });
+    await api(t, `/v1/calls/${await callId(t, c.callSid)}/transfer`, { target: 'frontdesk', mode: 'warm' });
     await eventually(() => carrier.created.length === 1, 3000, 'the call to the person');
     const person = carrier.created[0];
     // Without a reason, the person would have heard a sentence built from the call.
@@ -248,7 +248,7 @@ describe('warm transfer', () => {
     expect(setup.continueConversation).toBeDefined();
     again.init();
     await eventually(() => t.bridge.manager.liveCalls === 1, 3000, 'the call live again');
-    expect(steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
+    expect(await steps(t, c.callSid)).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_failed', 'transfer_returned']);
     stream.sendStop();
     await eventually(() => t.bridge.manager.usedSlots === 0, 3000, 'no slot left');
   });
@@ -258,7 +258,7 @@ describe('without a carrier that redirects', () => {
   it('refuses transfers (409) and offers no transfer tool', async () => {
     tb = await startTestBridge({ env: { ROUTES_FILE: routesFile({}), API_TOKEN } });
     const c = await openCall(tb, { to: CALLED });
-    const r = await api(tb, `/v1/calls/${callId(tb, c.callSid)}/transfer`, { target: 'frontdesk' });
+    const r = await api(tb, `/v1/calls/${await callId(tb, c.callSid)}/transfer`, { target: 'frontdesk' });
     expect(r.status).toBe(409);
     expect(r.json).toMatchObject({ error: { code: 'transfer_unavailable' } });
   });

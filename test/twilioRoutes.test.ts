@@ -128,7 +128,7 @@ describe('POST /twilio/status', () => {
     const b = await postStatusCallback({ bridgeUrl: tb.url, publicUrl: PUBLIC_URL, authToken: AUTH_TOKEN, params: { ...base, CallStatus: 'in-progress', SequenceNumber: '1' } });
     expect(a.status).toBe(204);
     expect(b.status).toBe(204);
-    const record = storedCall(tb, callSid);
+    const record = await storedCall(tb, callSid);
     expect(record?.status).toBe('completed');
     expect(record?.events.filter((e) => e.type === 'status').map((e) => e.status)).toEqual(['completed', 'in-progress']);
   });
@@ -144,7 +144,7 @@ describe('POST /twilio/status', () => {
       params: { CallSid: callSid, CallStatus: 'completed' },
     });
     expect(res.status).toBe(403);
-    expect(storedCall(tb, callSid)).toBeUndefined();
+    expect(await storedCall(tb, callSid)).toBeUndefined();
   });
 });
 

@@ -14,7 +14,7 @@ import { speechLikeSignal } from '../src/audio/signal.js';
 import { loadConfig } from '../src/config.js';
 import { LocalAgentServer } from '../src/sim/localAgent.js';
 import Database from 'better-sqlite3';
-import { CallStore } from '../src/store/calls.js';
+import { SqliteCallStore } from '../src/store/calls.js';
 import { MIGRATIONS, migrate, openDb } from '../src/store/db.js';
 import { FakeDialer } from '../src/testing/fakeDialer.js';
 import { FakeTwilioStream } from '../src/sim/twilioSim.js';
@@ -100,7 +100,7 @@ describe('browser calls in local mode', () => {
     expect(calls[0]?.bargeIns).toBeGreaterThanOrEqual(1);
 
     // The local agent plays the caller's words back and reports them: the live transcript has them.
-    await eventually(() => bridge!.calls.transcript(str(callId), 'live').some((t) => t.role === 'user'), 5000, 'the user turn');
+    await eventually(async () => (await bridge!.calls.transcript(str(callId), 'live')).some((t) => t.role === 'user'), 5000, 'the user turn');
     const hung = await api(base, 'POST', `/v1/calls/${str(callId)}/hangup`);
     expect(hung.status).toBe(200);
     expect(hung.json).toMatchObject({ id: callId, direction: 'web', status: 'completed', outcome: 'answered', endReason: 'api_hangup' });
@@ -215,7 +215,7 @@ describe('browser calls in local mode', () => {
     const { json } = await api(base, 'POST', '/v1/web-calls', {});
     expect(bridge!.manager.usedSlots).toBe(1);
     await eventually(() => bridge!.manager.usedSlots === 0, 3000, 'the reservation to expire');
-    expect(bridge!.calls.get(str(json.callId))).toMatchObject({ status: 'canceled', outcome: 'canceled', endReason: 'no_stream' });
+    expect(await bridge!.calls.get(str(json.callId))).toMatchObject({ status: 'canceled', outcome: 'canceled', endReason: 'no_stream' });
   });
 
   it('a browser closing its page mid-call releases the slot and ends the call as completed', async () => {
@@ -227,8 +227,8 @@ describe('browser calls in local mode', () => {
     s.stop();
     s.close();
     await eventually(() => bridge!.manager.usedSlots === 0, 3000, 'the slot to be released');
-    await eventually(() => bridge!.calls.get(str(json.callId))?.finalizedAt !== null, 3000, 'the call to be finalized');
-    expect(bridge!.calls.get(str(json.callId))).toMatchObject({ direction: 'web', status: 'completed', outcome: 'answered', endReason: 'caller_hangup' });
+    await eventually(async () => (await bridge!.calls.get(str(json.callId)))?.finalizedAt !== null, 3000, 'the call to be finalized');
+    expect(await bridge!.calls.get(str(json.callId))).toMatchObject({ direction: 'web', status: 'completed', outcome: 'answered', endReason: 'caller_hangup' });
   });
 });
 
@@ -247,7 +247,7 @@ describe('browser calls never reach a carrier', () => {
       expect(JSON.stringify(setup)).toContain('be brief');
       conn.init();
       const callId = str(json.callId);
-      await eventually(() => (tb!.bridge.calls.get(callId)?.conversationId ?? null) !== null, 3000, 'agent ready');
+      await eventually(async () => ((await tb!.bridge.calls.get(callId))?.conversationId ?? null) !== null, 3000, 'agent ready');
       return { s, conn, callId, callSid: str(json.callSid) };
     };
 
@@ -255,15 +255,15 @@ describe('browser calls never reach a carrier', () => {
     const a = await open();
     a.conn.hangup();
     await a.s.whenClosed();
-    await eventually(() => (tb!.bridge.calls.get(a.callId)?.finalizedAt ?? null) !== null, 3000, 'call a finalized');
-    expect(tb.bridge.calls.get(a.callId)).toMatchObject({ status: 'completed', endReason: 'agent_hangup' });
+    await eventually(async () => ((await tb!.bridge.calls.get(a.callId))?.finalizedAt ?? null) !== null, 3000, 'call a finalized');
+    expect(await tb.bridge.calls.get(a.callId)).toMatchObject({ status: 'completed', endReason: 'agent_hangup' });
 
     // 2. A goodbye (maximum length, drain timeout): call control is asked, and it must not be the carrier's.
     const b = await open();
     tb.bridge.manager.getSession(b.callSid)?.endWithGoodbye('max_duration');
     await b.s.whenClosed();
-    await eventually(() => (tb!.bridge.calls.get(b.callId)?.finalizedAt ?? null) !== null, 3000, 'call b finalized');
-    expect(tb.bridge.calls.get(b.callId)).toMatchObject({ status: 'completed', endReason: 'max_duration' });
+    await eventually(async () => ((await tb!.bridge.calls.get(b.callId))?.finalizedAt ?? null) !== null, 3000, 'call b finalized');
+    expect(await tb.bridge.calls.get(b.callId)).toMatchObject({ status: 'completed', endReason: 'max_duration' });
 
     // 3. The API hangs up a live browser call.
     const c = await open();
@@ -287,19 +287,19 @@ describe('browser calls never reach a carrier', () => {
 });
 
 describe('the call store and browser calls', () => {
-  it('migrates a database from before browser calls, keeping its calls, and then stores web calls', () => {
+  it('migrates a database from before browser calls, keeping its calls, and then stores web calls', async () => {
     const db = new Database(':memory:');
     db.exec(MIGRATIONS[0] ?? '');
     db.exec(MIGRATIONS[1] ?? '');
     db.pragma('user_version = 2');
-    const before = new CallStore(db).insert({ direction: 'inbound', callSid: 'CA00000000000000000000000000000001', to: '+15550001', from: '+15550002', agentId: 'playai:a', status: 'completed' });
+    const before = await new SqliteCallStore(db).insert({ direction: 'inbound', callSid: 'CA00000000000000000000000000000001', to: '+15550001', from: '+15550002', agentId: 'playai:a', status: 'completed' });
     expect(() => db.prepare("UPDATE calls SET direction = 'web'").run()).toThrow(/CHECK/);
     expect(migrate(db)).toBe(MIGRATIONS.length - 2);
-    const calls = new CallStore(db);
-    expect(calls.get(before.id)).toEqual(before);
-    const web = calls.insert({ direction: 'web', callSid: 'WC00000000000000000000000000000001', to: 'playai:a', from: 'browser', agentId: 'playai:a', status: 'initiated' });
-    expect(calls.list({ direction: 'web', limit: 10 }).map((c) => c.id)).toEqual([web.id]);
-    expect(calls.unfinished().map((c) => c.id)).toEqual([before.id, web.id]);
+    const calls = new SqliteCallStore(db);
+    expect(await calls.get(before.id)).toEqual(before);
+    const web = await calls.insert({ direction: 'web', callSid: 'WC00000000000000000000000000000001', to: 'playai:a', from: 'browser', agentId: 'playai:a', status: 'initiated' });
+    expect((await calls.list({ direction: 'web', limit: 10 })).map((c) => c.id)).toEqual([web.id]);
+    expect((await calls.unfinished()).map((c) => c.id)).toEqual([before.id, web.id]);
     expect(() => db.prepare("UPDATE calls SET direction = 'sideways'").run()).toThrow(/CHECK/);
   });
 });

@@ -14,6 +14,7 @@ import {
   type WebhookDispatcherOptions,
 } from '../src/outbound/webhooks.js';
 import { openDb, type Db } from '../src/store/db.js';
+import { SqliteWebhookDeliveryStore } from '../src/store/webhookDeliveries.js';
 
 const SECRET = 'whsec_test_0123456789';
 
@@ -100,9 +101,9 @@ class Logs {
   );
 }
 
-async function waitFor(cond: () => boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
   const start = Date.now();
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }
@@ -123,7 +124,7 @@ async function setup(
   cleanups.push(() => db.close());
   const logs = new Logs();
   const d = new WebhookDispatcher({
-    db,
+    store: new SqliteWebhookDeliveryStore(db),
     url: receiver.url,
     secret: SECRET,
     log: logs.logger,
@@ -185,9 +186,9 @@ describe('WebhookDispatcher', () => {
   it('POSTs a signed JSON body with the Playline headers and marks the delivery delivered', async () => {
     const { receiver, d } = await setup();
     d.start();
-    const id = d.enqueue('call.completed', 'call_123', { callId: 'call_123', outcome: 'answered' });
-    expect(d.get(id)?.status).toBe('pending');
-    await waitFor(() => d.get(id)?.status === 'delivered', 5_000, 'delivered');
+    const id = await d.enqueue('call.completed', 'call_123', { callId: 'call_123', outcome: 'answered' });
+    expect((await d.get(id))?.status).toBe('pending');
+    await waitFor(async () => (await d.get(id))?.status === 'delivered', 5_000, 'delivered');
 
     expect(receiver.received).toHaveLength(1);
     const r = receiver.received[0]!;
@@ -208,7 +209,7 @@ describe('WebhookDispatcher', () => {
       data: { callId: 'call_123', outcome: 'answered' },
     });
 
-    const row = d.get(id)!;
+    const row = (await d.get(id))!;
     expect(row).toMatchObject({ status: 'delivered', attempts: 1, lastStatusCode: 200, lastError: null, callId: 'call_123' });
     expect(row.deliveredAt).toBeTypeOf('number');
     expect(row.body).toEqual(body);
@@ -218,17 +219,17 @@ describe('WebhookDispatcher', () => {
     const { receiver, d } = await setup({ backoffMs: [150, 100, 100] });
     receiver.script.push({ status: 500, body: 'database down' }, 502);
     d.start();
-    const id = d.enqueue('call.completed', null, { n: 1 });
+    const id = await d.enqueue('call.completed', null, { n: 1 });
 
-    await waitFor(() => d.get(id)?.attempts === 1, 5_000, 'first attempt recorded');
-    const afterFirst = d.get(id)!;
+    await waitFor(async () => (await d.get(id))?.attempts === 1, 5_000, 'first attempt recorded');
+    const afterFirst = (await d.get(id))!;
     expect(afterFirst).toMatchObject({ status: 'pending', attempts: 1, lastStatusCode: 500 });
     expect(afterFirst.lastError).toBe('HTTP 500: database down');
     expect(afterFirst.nextAttemptAt - Date.now()).toBeGreaterThan(50);
 
-    await waitFor(() => d.get(id)?.status === 'delivered', 5_000, 'delivered');
+    await waitFor(async () => (await d.get(id))?.status === 'delivered', 5_000, 'delivered');
     expect(receiver.received).toHaveLength(3);
-    expect(d.get(id)).toMatchObject({ attempts: 3, lastStatusCode: 200, lastError: null });
+    expect(await d.get(id)).toMatchObject({ attempts: 3, lastStatusCode: 200, lastError: null });
 
     const [a, b, c] = receiver.received as [Received, Received, Received];
     expect(b.at - a.at).toBeGreaterThanOrEqual(140);
@@ -245,10 +246,10 @@ describe('WebhookDispatcher', () => {
     const { receiver, d } = await setup({ backoffMs: [10], now: () => clock });
     receiver.script.push(500);
     d.start();
-    const id = d.enqueue('e', null, {});
-    await waitFor(() => d.get(id)?.attempts === 1);
+    const id = await d.enqueue('e', null, {});
+    await waitFor(async () => (await d.get(id))?.attempts === 1);
     clock += 60_000; // a minute later (the retry is due: next_attempt_at is in the past)
-    await waitFor(() => d.get(id)?.status === 'delivered');
+    await waitFor(async () => (await d.get(id))?.status === 'delivered');
     const ts = receiver.received.map((r) => /^t=(\d+),/.exec(String(r.headers['playline-signature']))?.[1]);
     expect(ts).toEqual(['1750000000', '1750000060']);
   });
@@ -257,74 +258,74 @@ describe('WebhookDispatcher', () => {
     const { receiver, d, logs } = await setup({ backoffMs: [10, 10, 10] });
     receiver.fallback = 503;
     d.start();
-    const id = d.enqueue('call.completed', 'call_9', { x: 1 });
-    await waitFor(() => d.get(id)?.status === 'failed', 5_000, 'failed');
-    expect(d.get(id)).toMatchObject({ attempts: 4, lastStatusCode: 503, lastError: 'HTTP 503: status 503' });
+    const id = await d.enqueue('call.completed', 'call_9', { x: 1 });
+    await waitFor(async () => (await d.get(id))?.status === 'failed', 5_000, 'failed');
+    expect(await d.get(id)).toMatchObject({ attempts: 4, lastStatusCode: 503, lastError: 'HTTP 503: status 503' });
     await new Promise((r) => setTimeout(r, 150));
     expect(receiver.received).toHaveLength(4);
     expect(logs.lines.some((l) => String(l['msg']).includes('dead letter'))).toBe(true);
-    expect(d.list({ status: 'failed' }).map((x) => x.id)).toEqual([id]);
+    expect((await d.list({ status: 'failed' })).map((x) => x.id)).toEqual([id]);
 
-    expect(d.retry('whd_missing')).toBe(false);
+    expect(await d.retry('whd_missing')).toBe(false);
     receiver.fallback = 204;
-    expect(d.retry(id)).toBe(true);
-    expect(d.get(id)).toMatchObject({ status: 'pending', attempts: 0 });
-    await waitFor(() => d.get(id)?.status === 'delivered', 5_000, 'delivered after retry');
-    expect(d.get(id)).toMatchObject({ attempts: 1, lastStatusCode: 204 });
+    expect(await d.retry(id)).toBe(true);
+    expect(await d.get(id)).toMatchObject({ status: 'pending', attempts: 0 });
+    await waitFor(async () => (await d.get(id))?.status === 'delivered', 5_000, 'delivered after retry');
+    expect(await d.get(id)).toMatchObject({ attempts: 1, lastStatusCode: 204 });
     expect(receiver.received).toHaveLength(5);
     expect(receiver.received[4]?.headers['playline-delivery']).toBe(id);
-    expect(d.retry(id)).toBe(false); // not failed
+    expect(await d.retry(id)).toBe(false); // not failed
   });
 
   it('410 Gone fails the delivery at once', async () => {
     const { receiver, d } = await setup();
     receiver.fallback = 410;
     d.start();
-    const id = d.enqueue('call.completed', null, {});
-    await waitFor(() => d.get(id)?.status === 'failed', 5_000, 'failed');
+    const id = await d.enqueue('call.completed', null, {});
+    await waitFor(async () => (await d.get(id))?.status === 'failed', 5_000, 'failed');
     await new Promise((r) => setTimeout(r, 100));
     expect(receiver.received).toHaveLength(1);
-    expect(d.get(id)).toMatchObject({ attempts: 1, lastStatusCode: 410 });
+    expect(await d.get(id)).toMatchObject({ attempts: 1, lastStatusCode: 410 });
   });
 
   it('records network errors and timeouts as failed attempts', async () => {
     const { receiver, d: d1 } = await setup({ backoffMs: [], timeoutMs: 100 });
     receiver.fallback = 'hang';
     d1.start();
-    const slow = d1.enqueue('e', null, {});
-    await waitFor(() => d1.get(slow)?.status === 'failed', 5_000, 'timeout');
-    expect(d1.get(slow)).toMatchObject({ attempts: 1, lastStatusCode: null, lastError: 'timed out after 100 ms' });
+    const slow = await d1.enqueue('e', null, {});
+    await waitFor(async () => (await d1.get(slow))?.status === 'failed', 5_000, 'timeout');
+    expect(await d1.get(slow)).toMatchObject({ attempts: 1, lastStatusCode: null, lastError: 'timed out after 100 ms' });
 
     const closed = await Receiver.start();
     const deadUrl = closed.url;
     await closed.close();
     const db = openDb(':memory:');
     cleanups.push(() => db.close());
-    const d2 = new WebhookDispatcher({ db, url: deadUrl, secret: SECRET, log: new Logs().logger, backoffMs: [] });
+    const d2 = new WebhookDispatcher({ store: new SqliteWebhookDeliveryStore(db), url: deadUrl, secret: SECRET, log: new Logs().logger, backoffMs: [] });
     cleanups.push(() => d2.stop());
     d2.start();
-    const refused = d2.enqueue('e', null, {});
-    await waitFor(() => d2.get(refused)?.status === 'failed', 5_000, 'refused');
-    expect(d2.get(refused)?.lastStatusCode).toBeNull();
-    expect(d2.get(refused)?.lastError).toMatch(/ECONNREFUSED|fetch failed/);
+    const refused = await d2.enqueue('e', null, {});
+    await waitFor(async () => (await d2.get(refused))?.status === 'failed', 5_000, 'refused');
+    expect((await d2.get(refused))?.lastStatusCode).toBeNull();
+    expect((await d2.get(refused))?.lastError).toMatch(/ECONNREFUSED|fetch failed/);
   });
 
   it('does not follow redirects (a 3xx is a failed attempt)', async () => {
     const { receiver, d } = await setup({ backoffMs: [] });
     receiver.fallback = 302;
     d.start();
-    const id = d.enqueue('e', null, {});
-    await waitFor(() => d.get(id)?.status === 'failed');
-    expect(d.get(id)?.lastStatusCode).toBe(302);
+    const id = await d.enqueue('e', null, {});
+    await waitFor(async () => (await d.get(id))?.status === 'failed');
+    expect((await d.get(id))?.lastStatusCode).toBe(302);
     expect(receiver.received).toHaveLength(1);
   });
 
   it('keeps at most maxConcurrent (default 4) requests in flight', async () => {
     const { receiver, d } = await setup();
     receiver.fallback = { status: 200, delayMs: 60 };
-    const ids = Array.from({ length: 12 }, (_, i) => d.enqueue('e', `call_${i}`, { i }));
+    const ids = await Promise.all(Array.from({ length: 12 }, (_, i) => d.enqueue('e', `call_${i}`, { i })));
     d.start();
-    await waitFor(() => ids.every((id) => d.get(id)?.status === 'delivered'), 5_000, 'all delivered');
+    await waitFor(async () => (await Promise.all(ids.map((id) => d.get(id)))).every((r) => r?.status === 'delivered'), 5_000, 'all delivered');
     expect(receiver.maxActive).toBeLessThanOrEqual(4);
     expect(receiver.maxActive).toBeGreaterThan(1);
     expect(receiver.received).toHaveLength(12);
@@ -339,8 +340,8 @@ describe('WebhookDispatcher', () => {
 
     // Process 1 records an event but never delivers it (stopped before the loop ran).
     const db1 = openDb(file);
-    const d1 = new WebhookDispatcher({ db: db1, url: receiver.url, secret: SECRET, log: new Logs().logger });
-    const queued = d1.enqueue('call.completed', 'call_1', { before: 'restart' });
+    const d1 = new WebhookDispatcher({ store: new SqliteWebhookDeliveryStore(db1), url: receiver.url, secret: SECRET, log: new Logs().logger });
+    const queued = await d1.enqueue('call.completed', 'call_1', { before: 'restart' });
     await d1.stop();
     // A row left mid-retry by a crashed process (due already).
     db1
@@ -355,11 +356,11 @@ describe('WebhookDispatcher', () => {
     // Process 2.
     const db2 = openDb(file);
     cleanups.push(() => db2.close());
-    const d2 = new WebhookDispatcher({ db: db2, url: receiver.url, secret: SECRET, log: new Logs().logger, pollMs: 50 });
+    const d2 = new WebhookDispatcher({ store: new SqliteWebhookDeliveryStore(db2), url: receiver.url, secret: SECRET, log: new Logs().logger, pollMs: 50 });
     cleanups.push(() => d2.stop());
     d2.start();
-    await waitFor(() => d2.get(queued)?.status === 'delivered' && d2.get('whd_crashed')?.status === 'delivered', 5_000, 'delivered');
-    expect(d2.get('whd_crashed')?.attempts).toBe(3);
+    await waitFor(async () => (await d2.get(queued))?.status === 'delivered' && (await d2.get('whd_crashed'))?.status === 'delivered', 5_000, 'delivered');
+    expect((await d2.get('whd_crashed'))?.attempts).toBe(3);
     expect(receiver.received.map((r) => r.headers['playline-delivery']).sort()).toEqual([queued, 'whd_crashed'].sort());
     const first = receiver.received.find((r) => r.headers['playline-delivery'] === queued)!;
     expect(JSON.parse(first.body)).toMatchObject({ id: queued, data: { before: 'restart' } });
@@ -368,9 +369,9 @@ describe('WebhookDispatcher', () => {
   it('sends unsigned requests without a secret and warns once', async () => {
     const { receiver, d, logs } = await setup({ secret: undefined });
     d.start();
-    const a = d.enqueue('e', null, {});
-    const b = d.enqueue('e', null, {});
-    await waitFor(() => d.get(a)?.status === 'delivered' && d.get(b)?.status === 'delivered');
+    const a = await d.enqueue('e', null, {});
+    const b = await d.enqueue('e', null, {});
+    await waitFor(async () => (await d.get(a))?.status === 'delivered' && (await d.get(b))?.status === 'delivered');
     expect(receiver.received.every((r) => r.headers['playline-signature'] === undefined)).toBe(true);
     expect(logs.lines.filter((l) => l['level'] === 40 && String(l['msg']).includes('secret'))).toHaveLength(1);
   });
@@ -381,32 +382,32 @@ describe('WebhookDispatcher', () => {
     d.start();
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
-      ids.push(d.enqueue('e', i === 2 ? 'call_x' : null, { i }));
-      await waitFor(() => d.get(ids[i]!)?.status !== 'pending');
+      ids.push(await d.enqueue('e', i === 2 ? 'call_x' : null, { i }));
+      await waitFor(async () => (await d.get(ids[i]!))?.status !== 'pending');
       await new Promise((r) => setTimeout(r, 2)); // distinct created_at
     }
-    expect(d.list().map((x) => x.id)).toEqual([...ids].reverse());
-    expect(d.list({ status: 'delivered' }).map((x) => x.id)).toEqual([ids[2], ids[0]]);
-    expect(d.list({ status: 'failed' }).map((x) => x.id)).toEqual([ids[1]]);
-    expect(d.list({ callId: 'call_x' }).map((x) => x.id)).toEqual([ids[2]]);
-    expect(d.list({ limit: 1 })).toHaveLength(1);
-    expect(d.get('nope')).toBeUndefined();
+    expect((await d.list()).map((x) => x.id)).toEqual([...ids].reverse());
+    expect((await d.list({ status: 'delivered' })).map((x) => x.id)).toEqual([ids[2], ids[0]]);
+    expect((await d.list({ status: 'failed' })).map((x) => x.id)).toEqual([ids[1]]);
+    expect((await d.list({ callId: 'call_x' })).map((x) => x.id)).toEqual([ids[2]]);
+    expect(await d.list({ limit: 1 })).toHaveLength(1);
+    expect(await d.get('nope')).toBeUndefined();
   });
 
   it('does nothing until start(); stop() waits for the request in flight', async () => {
     const { receiver, d } = await setup();
     receiver.fallback = { status: 200, delayMs: 150 };
-    const id = d.enqueue('e', null, {});
+    const id = await d.enqueue('e', null, {});
     await new Promise((r) => setTimeout(r, 100));
     expect(receiver.received).toHaveLength(0);
     d.start();
-    await waitFor(() => receiver.received.length === 1);
+    await waitFor(async () => receiver.received.length === 1);
     expect(d.inFlight).toBe(1);
     await d.stop();
     expect(d.inFlight).toBe(0);
-    expect(d.get(id)?.status).toBe('delivered');
+    expect((await d.get(id))?.status).toBe('delivered');
     // Nothing new goes out once stopped.
-    d.enqueue('e', null, {});
+    await d.enqueue('e', null, {});
     await new Promise((r) => setTimeout(r, 100));
     expect(receiver.received).toHaveLength(1);
   });
@@ -423,7 +424,7 @@ describe('WebhookDispatcher', () => {
         }),
     );
     const d = new WebhookDispatcher({
-      db,
+      store: new SqliteWebhookDeliveryStore(db),
       url: 'http://127.0.0.1:9/never',
       secret: SECRET,
       log: new Logs().logger,
@@ -432,7 +433,7 @@ describe('WebhookDispatcher', () => {
     });
     expect(vi.getTimerCount()).toBe(0);
     d.start();
-    const id = d.enqueue('e', null, {});
+    const id = await d.enqueue('e', null, {});
     await vi.advanceTimersByTimeAsync(0);
     expect(fetchImpl).toHaveBeenCalledTimes(1);
     const init = fetchImpl.mock.calls[0]?.[1];
@@ -449,7 +450,7 @@ describe('WebhookDispatcher', () => {
     await stopping;
     expect(stopped).toBe(true);
     expect(vi.getTimerCount()).toBe(0);
-    expect(d.get(id)).toMatchObject({ status: 'pending', attempts: 1, lastStatusCode: 500 });
+    expect(await d.get(id)).toMatchObject({ status: 'pending', attempts: 1, lastStatusCode: 500 });
 
     // Started again, the retry goes out once due.
     d.start();
@@ -460,6 +461,6 @@ describe('WebhookDispatcher', () => {
     resolveFetch?.(new Response(null, { status: 200 }));
     await d.stop();
     expect(vi.getTimerCount()).toBe(0);
-    expect(d.get(id)).toMatchObject({ status: 'delivered', attempts: 2 });
+    expect(await d.get(id)).toMatchObject({ status: 'delivered', attempts: 2 });
   });
 });

@@ -70,7 +70,7 @@ export interface LiveApiDeps {
 /** What `/v1/live` needs of the fleet (session/fleetAdmission.ts). */
 export interface FleetLivePort {
   /** This process answers the others' `/v1/live` with `list`. */
-  serveLive(list: () => LiveCallApi[]): void;
+  serveLive(list: () => Promise<LiveCallApi[]>): void;
   /** The other processes' live calls (unchecked: each is validated here). */
   liveElsewhere(): Promise<unknown[]>;
 }
@@ -100,15 +100,13 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
   };
 
   /** This process's live calls, oldest first. */
-  const localLive = (): LiveCallApi[] => {
+  const localLive = async (): Promise<LiveCallApi[]> => {
     const now = Date.now();
-    return snapshots().map(({ callSid, snap }) => {
-      let row: CallRow | undefined;
-      try {
-        row = calls.getBySid(callSid);
-      } catch {
-        row = undefined; // the store is failing: the call is still shown, from memory
-      }
+    const snaps = snapshots();
+    // The store is failing: the call is still shown, from memory.
+    const rows = await Promise.all(snaps.map(({ callSid }) => calls.getBySid(callSid).catch(() => undefined)));
+    return snaps.map(({ callSid, snap }, i) => {
+      const row: CallRow | undefined = rows[i];
       const direction = row?.direction ?? (snap.call.direction.startsWith('outbound') ? 'outbound' : snap.call.direction === 'web' ? 'web' : 'inbound');
       return {
         callId: row?.id ?? null,
@@ -143,7 +141,7 @@ export async function liveRoutes(app: FastifyInstance, deps: LiveApiDeps): Promi
       },
     },
     async (req) => {
-      const data = localLive();
+      const data = await localLive();
       if (deps.fleet === undefined) return { data };
       let elsewhere: unknown[] = [];
       try {

@@ -66,7 +66,7 @@ export async function recordingRoutes(parent: FastifyInstance, deps: RecordingRo
       },
     },
     async (req, reply) => {
-      const row = deps.calls.get(req.params.id);
+      const row = await deps.calls.get(req.params.id);
       if (row === undefined) throw new ApiError('not_found', `no call ${req.params.id}: list them with GET /v1/calls`);
       const media = await deps.recordings.media(row, req.headers.range);
       const raw = reply as FastifyReply;

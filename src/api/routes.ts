@@ -180,14 +180,14 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     ...(deps.defaultCountry !== undefined ? { defaultCountry: deps.defaultCountry } : {}),
   });
 
-  const loadCampaign = (id: string): CampaignRow<CampaignSettings> => {
-    const c = campaigns.get<unknown>(id);
+  const loadCampaign = async (id: string): Promise<CampaignRow<CampaignSettings>> => {
+    const c = await campaigns.get<unknown>(id);
     if (c === undefined) throw new ApiError('not_found', `no campaign ${id}: list them with GET /v1/campaigns`);
     return { ...c, settings: campaignSettingsSchema.parse(c.settings) };
   };
 
-  const campaignToApi = (c: CampaignRow<CampaignSettings>): CampaignApi => {
-    const p = outbound.progress(c.id);
+  const campaignToApi = async (c: CampaignRow<CampaignSettings>): Promise<CampaignApi> => {
+    const p = await outbound.progress(c.id);
     return {
       id: c.id,
       name: c.name,
@@ -205,8 +205,8 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
   /** Inserts an accepted import in chunks that hand the event loop back between them. */
   const insertContacts = async (campaignId: string, imp: ContactsImport): Promise<ImportReport> => {
     // The upload took time: a campaign that completed or was canceled meanwhile takes no more contacts.
-    const open = (): boolean => {
-      const status = campaigns.get(campaignId)?.status;
+    const open = async (): Promise<boolean> => {
+      const status = (await campaigns.get(campaignId))?.status;
       return status !== undefined && status !== 'completed' && status !== 'canceled';
     };
     const { added, merged, stopped } = await campaigns.addContactsInChunks(
@@ -244,7 +244,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       const key = keyHeader !== undefined && keyHeader !== '' ? keyHeader : undefined;
       const hash = createHash('sha256').update(JSON.stringify(req.body)).digest('hex');
       assertAgent(req.body.agentId);
-      const { call, replayed } = outbound.createCall(req.body, key === undefined ? undefined : { key, hash });
+      const { call, replayed } = await outbound.createCall(req.body, key === undefined ? undefined : { key, hash });
       if (replayed) void reply.header('idempotent-replayed', 'true');
       return reply
         .code(replayed ? 200 : 201)
@@ -258,7 +258,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     { schema: { tags: ['calls'], summary: 'List calls, newest first', querystring: listCallsQuery, response: { 200: pageOf(callApiSchema), ...errorResponses(400, 401) } } },
     async (req) => {
       const q = req.query;
-      const rows = calls.list({
+      const rows = await calls.list({
         ...(q.status !== undefined ? { status: q.status } : {}),
         ...(q.direction !== undefined ? { direction: q.direction } : {}),
         ...(q.campaignId !== undefined ? { campaignId: q.campaignId } : {}),
@@ -277,15 +277,15 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     { schema: { tags: ['calls'], summary: 'One call with its events and transcript', params: idParams, response: { 200: callDetailSchema, ...errorResponses(400, 401, 404) } } },
     async (req) => {
       const { id } = req.params;
-      const row = calls.get(id);
+      const row = await calls.get(id);
       if (row === undefined) throw new ApiError('not_found', `no call ${id}: list them with GET /v1/calls`);
-      const playai = calls.transcript(id, 'playai');
-      const live = calls.transcript(id, 'live');
+      const playai = await calls.transcript(id, 'playai');
+      const live = await calls.transcript(id, 'live');
       return {
         ...callToApi(row),
-        agents: agentsOfCall(row, calls),
-        transfers: transfersOfCall(row, calls),
-        events: calls.events(id).map((e) => ({ at: new Date(e.at).toISOString(), type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
+        agents: await agentsOfCall(row, calls),
+        transfers: await transfersOfCall(row, calls),
+        events: (await calls.events(id)).map((e) => ({ at: new Date(e.at).toISOString(), type: e.type, status: e.status, sequence: e.sequence, data: e.data })),
         transcript: (playai.length > 0 ? playai : live).map((t) => ({ role: t.role, text: t.text, at: new Date(t.at).toISOString() })),
         transcriptSource: playai.length > 0 ? ('playai' as const) : ('live' as const),
       };
@@ -322,7 +322,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     },
     async (req, reply) => {
       const { id } = req.params;
-      const row = calls.get(id);
+      const row = await calls.get(id);
       if (row === undefined) throw new ApiError('not_found', `no call ${id}: list them with GET /v1/calls`);
       const session = row.callSid === null ? undefined : deps.sessionOf?.(row.callSid);
       if (session === undefined) throw new ApiError('call_not_live', `call ${id} is not talking to its agent on this server (status ${row.status}): only a live call can be transferred`);
@@ -405,21 +405,21 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
         // Nothing is created for an import that is refused.
         assertAgent(input.settings?.agentId);
         if (imp !== undefined) acceptImport(imp, strict);
-        const created = campaigns.create(input.name, input.settings);
+        const created = await campaigns.create(input.name, input.settings);
         let report: ImportReport | null = null;
         if (imp !== undefined) {
           try {
             report = await insertContacts(created.id, imp);
           } catch (err) {
-            campaigns.delete(created.id);
+            await campaigns.delete(created.id);
             throw err;
           }
         }
-        if (input.start === true) outbound.startCampaign(created.id);
+        if (input.start === true) await outbound.startCampaign(created.id);
         return reply
           .code(201)
           .header('location', `/v1/campaigns/${created.id}`)
-          .send({ campaign: campaignToApi(loadCampaign(created.id)), import: report });
+          .send({ campaign: await campaignToApi(await loadCampaign(created.id)), import: report });
       },
     );
 
@@ -437,7 +437,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       },
       async (req, reply) => {
         const { id } = req.params;
-        const c = loadCampaign(id);
+        const c = await loadCampaign(id);
         if (c.status === 'completed' || c.status === 'canceled') {
           throw new ApiError('campaign_finished', `campaign ${id} is ${c.status}: contacts can only be added to a draft, running or paused campaign`);
         }
@@ -466,10 +466,10 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     },
     async (req) => {
       const q = req.query;
-      const rows = campaigns.list<unknown>({ ...(q.status !== undefined ? { status: q.status } : {}), ...(q.cursor !== undefined ? { before: q.cursor } : {}), limit: q.limit + 1 });
+      const rows = await campaigns.list<unknown>({ ...(q.status !== undefined ? { status: q.status } : {}), ...(q.cursor !== undefined ? { before: q.cursor } : {}), limit: q.limit + 1 });
       const page = rows.slice(0, q.limit);
       return {
-        data: page.map((c) => campaignToApi({ ...c, settings: campaignSettingsSchema.parse(c.settings) })),
+        data: await Promise.all(page.map((c) => campaignToApi({ ...c, settings: campaignSettingsSchema.parse(c.settings) }))),
         nextCursor: rows.length > q.limit ? (page[page.length - 1]?.id ?? null) : null,
       };
     },
@@ -478,7 +478,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
   app.get(
     '/v1/campaigns/:id',
     { schema: { tags: ['campaigns'], summary: 'A campaign with its progress', params: idParams, response: { 200: campaignApiSchema, ...errorResponses(400, 401, 404) } } },
-    async (req) => campaignToApi(loadCampaign(req.params.id)),
+    async (req) => campaignToApi(await loadCampaign(req.params.id)),
   );
 
   const action = (name: 'start' | 'pause' | 'resume' | 'cancel', summary: string) =>
@@ -487,16 +487,16 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       { schema: { tags: ['campaigns'], summary, params: idParams, response: { 200: campaignApiSchema, ...errorResponses(400, 401, 404, 409) } } },
       async (req) => {
         const { id } = req.params;
-        loadCampaign(id);
+        await loadCampaign(id);
         const c =
           name === 'start'
-            ? outbound.startCampaign(id)
+            ? await outbound.startCampaign(id)
             : name === 'pause'
-              ? outbound.pauseCampaign(id)
+              ? await outbound.pauseCampaign(id)
               : name === 'resume'
-                ? outbound.resumeCampaign(id)
-                : outbound.cancelCampaign(id);
-        return campaignToApi(c);
+                ? await outbound.resumeCampaign(id)
+                : await outbound.cancelCampaign(id);
+        return await campaignToApi(c);
       },
     );
   action('start', 'Start dialing');
@@ -518,8 +518,8 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     async (req) => {
       const { id } = req.params;
       const q = req.query;
-      loadCampaign(id);
-      const rows = campaigns.contacts(id, {
+      await loadCampaign(id);
+      const rows = await campaigns.contacts(id, {
         ...(q.state !== undefined ? { state: q.state } : {}),
         ...(q.outcome !== undefined ? { outcome: q.outcome } : {}),
         ...(q.cursor !== undefined ? { after: q.cursor } : {}),
@@ -535,9 +535,9 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     { schema: { tags: ['campaigns'], summary: 'One contact with every attempt', params: contactParams, response: { 200: contactDetailSchema, ...errorResponses(400, 401, 404) } } },
     async (req) => {
       const { id, contactId } = req.params;
-      const contact = campaigns.contact(contactId);
+      const contact = await campaigns.contact(contactId);
       if (contact === undefined || contact.campaignId !== id) throw new ApiError('not_found', `no contact ${contactId} in campaign ${id}`);
-      return { ...contactToApi(contact), calls: calls.listByContact(id, contactId).map(callToApi) };
+      return { ...contactToApi(contact), calls: (await calls.listByContact(id, contactId)).map(callToApi) };
     },
   );
 
@@ -546,7 +546,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     { schema: { tags: ['campaigns'], summary: 'Every contact and its result, as CSV', params: idParams, response: { 200: resultsCsvReply, ...errorResponses(400, 401, 404) } } },
     async (req, reply) => {
       const { id } = req.params;
-      loadCampaign(id);
+      await loadCampaign(id);
       void reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="${id}-results.csv"`);
       // Streamed: the documented body is the CSV text, sent as it is produced (the type provider
       // only knows bodies that are built whole, hence the plain reply).
@@ -562,7 +562,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     const PAGE = 1000;
     const varNames = new Set<string>();
     for (let after = 0; ; ) {
-      const page = campaigns.variableNamesPage(id, after, PAGE * 5);
+      const page = await campaigns.variableNamesPage(id, after, PAGE * 5);
       for (const n of page.names) varNames.add(n);
       if (page.lastRowid === undefined) break;
       after = page.lastRowid;
@@ -571,7 +571,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     const columns = ['line', 'phone', 'state', 'outcome', 'attempts', 'last_call_id', 'last_call_status', 'answered_by', 'duration_s', 'last_error', 'merged_lines', ...varNames];
     let header = true;
     for (let after = 0; ; ) {
-      const page = campaigns.resultsPage(id, after, PAGE);
+      const page = await campaigns.resultsPage(id, after, PAGE);
       const rows = page.map(({ contact: c, lastStatus, answeredBy, durationS }) => {
         const row: Record<string, string | number | null> = {
           line: c.line,
@@ -605,7 +605,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     { schema: { tags: ['do-not-call'], summary: 'The do-not-call list', querystring: dncQuery, response: { 200: pageOf(dncEntrySchema), ...errorResponses(400, 401) } } },
     async (req) => {
       const q = req.query;
-      const rows = campaigns.dncList({ ...(q.cursor !== undefined ? { after: q.cursor } : {}), limit: q.limit + 1 });
+      const rows = await campaigns.dncList({ ...(q.cursor !== undefined ? { after: q.cursor } : {}), limit: q.limit + 1 });
       const page = rows.slice(0, q.limit);
       return {
         data: page.map((r) => ({ phone: r.phone, reason: r.reason, createdAt: new Date(r.createdAt).toISOString() })),
@@ -625,7 +625,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     },
     async (req, reply) => {
       const b = req.body;
-      const added = campaigns.dncAdd(b.phone, b.reason ?? null);
+      const added = await campaigns.dncAdd(b.phone, b.reason ?? null);
       return reply.code(added ? 201 : 200).send({ phone: b.phone, added });
     },
   );
@@ -635,7 +635,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     async (req, reply) => {
       const { phone } = req.params;
       const normalized = phoneSchema.safeParse(phone);
-      const removed = campaigns.dncRemove(normalized.success ? normalized.data : phone);
+      const removed = await campaigns.dncRemove(normalized.success ? normalized.data : phone);
       if (!removed) throw new ApiError('not_found', `${phone} is not on the do-not-call list`);
       return reply.code(204).send();
     },
@@ -653,7 +653,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     async (req) => {
       const q = req.query;
       if (deps.webhooks === undefined) return { data: [], webhookUrl: null };
-      return { data: deps.webhooks.list({ ...(q.status !== undefined ? { status: q.status } : {}), limit: q.limit }) };
+      return { data: await deps.webhooks.list({ ...(q.status !== undefined ? { status: q.status } : {}), limit: q.limit }) };
     },
   );
   app.post(
@@ -669,7 +669,7 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
     async (req) => {
       const { id } = req.params;
       if (deps.webhooks === undefined) throw new ApiError('not_found', 'no webhook deliveries: WEBHOOK_URL is not set');
-      if (!deps.webhooks.retry(id)) throw new ApiError('not_found', `no failed delivery ${id}: list them with GET /v1/webhooks/deliveries?status=failed`);
+      if (!await deps.webhooks.retry(id)) throw new ApiError('not_found', `no failed delivery ${id}: list them with GET /v1/webhooks/deliveries?status=failed`);
       return { id, requeued: true };
     },
   );

@@ -108,9 +108,9 @@ export function callToApi(r: CallRow): CallApi {
 }
 
 /** The agents that served a call, in order: its own, then each that took it over (`agent_switched` events). */
-export function agentsOfCall(row: CallRow, calls: CallStore): string[] {
+export async function agentsOfCall(row: CallRow, calls: CallStore): Promise<string[]> {
   const agents = [row.agentId];
-  for (const e of calls.events(row.id)) {
+  for (const e of await calls.events(row.id)) {
     if (e.type !== 'agent_switched') continue;
     const to = e.data?.to;
     const from = e.data?.from;
@@ -136,10 +136,10 @@ export interface TransferSummary {
 }
 
 /** The transfers of a call, in order. */
-export function transfersOfCall(row: CallRow, calls: CallStore): TransferSummary[] {
+export async function transfersOfCall(row: CallRow, calls: CallStore): Promise<TransferSummary[]> {
   const byId = new Map<string, TransferSummary>();
   const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-  for (const e of calls.events(row.id)) {
+  for (const e of await calls.events(row.id)) {
     if (!e.type.startsWith('transfer_')) continue;
     const id = str(e.data?.transferId);
     if (id === undefined) continue;
@@ -157,15 +157,15 @@ export function transfersOfCall(row: CallRow, calls: CallStore): TransferSummary
 }
 
 /** The post-call webhook body: the call, its outcome, durations, transcript, campaign and contact. */
-export function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignStore): Record<string, unknown> {
-  const playai = calls.transcript(row.id, 'playai');
-  const live = calls.transcript(row.id, 'live');
+export async function callPayload(row: CallRow, calls: CallStore, campaigns: CampaignStore): Promise<Record<string, unknown>> {
+  const playai = await calls.transcript(row.id, 'playai');
+  const live = await calls.transcript(row.id, 'live');
   const transcript = playai.length > 0 ? playai : live;
-  const contact = row.contactId !== null ? campaigns.contact(row.contactId) : undefined;
+  const contact = row.contactId !== null ? await campaigns.contact(row.contactId) : undefined;
   return {
     call: callToApi(row),
-    agents: agentsOfCall(row, calls),
-    transfers: transfersOfCall(row, calls),
+    agents: await agentsOfCall(row, calls),
+    transfers: await transfersOfCall(row, calls),
     outcome: row.outcome,
     answeredBy: row.answeredBy,
     durations: {

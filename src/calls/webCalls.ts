@@ -148,7 +148,7 @@ export class WebCalls {
     if (!admitted.ok) return { ok: false, why: admitted.reason, message: refusalMessage(admitted.reason, route.agentId, this.#o.maxConcurrentCalls) };
     const now = this.#now();
     try {
-      const row = calls.insert(
+      const row = await calls.insert(
         {
           direction: 'web',
           callSid,
@@ -173,13 +173,13 @@ export class WebCalls {
   }
 
   /** The browser's stream started (its token was accepted): the call is in progress. Never throws. */
-  streamStarted(callSid: string): void {
+  async streamStarted(callSid: string): Promise<void> {
     try {
-      const row = this.#o.calls.getBySid(callSid);
+      const row = await this.#o.calls.getBySid(callSid);
       if (row === undefined || row.finalizedAt !== null) return;
       const now = this.#now();
-      this.#o.calls.update(row.id, { status: 'in-progress', answeredAt: row.answeredAt ?? now });
-      this.#o.calls.event(row.id, 'status', 'in-progress', null, null, now);
+      await this.#o.calls.update(row.id, { status: 'in-progress', answeredAt: row.answeredAt ?? now });
+      await this.#o.calls.event(row.id, 'status', 'in-progress', null, null, now);
     } catch (err) {
       this.#o.log.error({ callSid, err: errorMessage(err) }, 'could not record the start of a browser call; the call goes on');
     }

@@ -16,7 +16,8 @@ export interface CampaignState {
 export interface CampaignEventsOptions {
   publish: Publish;
   /** The campaign's state now; undefined when it is gone. */
-  read(campaignId: string): CampaignState | undefined;
+  /** The campaign's state now (a store on Postgres answers later: the event goes out then). */
+  read(campaignId: string): CampaignState | undefined | Promise<CampaignState | undefined>;
   /** Shortest time between two progress events of one campaign (default 1000 ms). */
   intervalMs?: number;
   now?: () => number;
@@ -81,12 +82,23 @@ export class CampaignEvents {
 
   #flush(campaignId: string, p: Pending): void {
     p.timer = undefined;
-    let state: CampaignState | undefined;
+    let read: CampaignState | undefined | Promise<CampaignState | undefined>;
     try {
-      state = this.#o.read(campaignId);
+      read = this.#o.read(campaignId);
     } catch {
-      state = undefined; // a failed read: the next change tries again
+      read = undefined; // a failed read: the next change tries again
     }
+    if (read instanceof Promise) {
+      read.then(
+        (state) => this.#send(campaignId, p, state),
+        () => this.#send(campaignId, p, undefined),
+      );
+      return;
+    }
+    this.#send(campaignId, p, read);
+  }
+
+  #send(campaignId: string, p: Pending, state: CampaignState | undefined): void {
     if (state === undefined) {
       this.#campaigns.delete(campaignId);
       return;

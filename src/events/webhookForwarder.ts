@@ -9,7 +9,7 @@ import type { EventBus, Subscription } from './bus.js';
 import type { EventType } from './types.js';
 
 export interface WebhookSink {
-  enqueue(event: string, callId: string | null, payload: object): string;
+  enqueue(event: string, callId: string | null, payload: object): Promise<string>;
 }
 
 export function forwardEventsToWebhook(bus: EventBus, sink: WebhookSink, types: readonly EventType[], onError: (err: unknown) => void): Subscription | undefined {
@@ -18,11 +18,7 @@ export function forwardEventsToWebhook(bus: EventBus, sink: WebhookSink, types: 
     filter: { types: new Set(types) },
     onEvent: ({ event, remote }) => {
       if (remote === true) return;
-      try {
-        sink.enqueue(event.type, event.callId ?? null, event);
-      } catch (err) {
-        onError(err);
-      }
+      sink.enqueue(event.type, event.callId ?? null, event).catch(onError);
     },
   });
 }

@@ -15,7 +15,7 @@ import type { TwilioStart } from '../carrier/twilio/codec.js';
 import type { Config } from '../config.js';
 import type { Metrics } from '../metrics.js';
 import { CallSession, type SessionPrompts, type SessionSettings, type TransferPort } from '../session/callSession.js';
-import type { ClaimResult, SessionManager } from '../session/manager.js';
+import type { ClaimResult, Reservation, SessionManager } from '../session/manager.js';
 import type { FleetAdmission } from '../session/fleetAdmission.js';
 import { streamAuth } from './twilioAuth.js';
 import { errorBody } from '../api/errors.js';
@@ -23,6 +23,7 @@ import type { ToolRunner } from '../tools/http.js';
 import { isWebCallSid } from '../calls/webCalls.js';
 import type { RecordingService } from '../recording/service.js';
 import { tapHandlers, tapLeg } from '../recording/tap.js';
+import type { CallAudioRecorder } from '../recording/localRecording.js';
 
 /** What the media-stream route needs from the configuration. */
 export interface StreamRouteSettings {
@@ -108,15 +109,28 @@ export function streamSocketHandler(deps: MediaStreamDeps, variant: StreamVarian
     return startSession(start, leg, manager.claim(start.customParameters.token, start.callSid));
   };
 
-  const startSession = (start: TwilioStart, leg: TwilioStreamConnection, claim: ClaimResult): StartDecision => {
+  const startSession = (start: TwilioStart, leg: TwilioStreamConnection, claim: ClaimResult): StartDecision | Promise<StartDecision> => {
     if (!claim.ok) {
       metrics.streamRejectedTotal.labels(claim.reason).inc();
       logger.warn({ callSid: start.callSid, streamSid: start.streamSid, reason: claim.reason }, 'media stream refused: bad token');
       return { accept: false, reason: claim.reason };
     }
+    // A recorded call's audio passes a tap on its way (RECORDING=local); the others go bare. Only
+    // a recorded call waits for its record (frames are held in order meanwhile).
+    const recording = deps.recording;
+    if (recording === undefined || !recording.wanted(claim.reservation.route)) return buildSession(start, leg, claim.reservation, undefined);
+    return recording.begin(start.callSid, claim.reservation.route, claim.reservation.resume !== undefined).then(
+      (rec) => buildSession(start, leg, claim.reservation, rec),
+      (err: unknown) => {
+        logger.error({ err, callSid: start.callSid }, 'recording: could not start; the call goes on unrecorded');
+        return buildSession(start, leg, claim.reservation, undefined);
+      },
+    );
+  };
+
+  const buildSession = (start: TwilioStart, leg: TwilioStreamConnection, reservation: Reservation, rec: CallAudioRecorder | undefined): StartDecision => {
+    const claim = { reservation };
     let session: CallSession;
-    // A recorded call's audio passes a tap on its way (RECORDING=local); the others go bare.
-    const rec = deps.recording?.begin(start.callSid, claim.reservation.route, claim.reservation.resume !== undefined);
     try {
       session = new CallSession({
         reservation: claim.reservation,

@@ -38,7 +38,7 @@ export async function recordingCallbacks(app: FastifyInstance, deps: RecordingCa
     const b = parsed.data;
     const callId = callQuery.safeParse(req.query).data?.callId;
     req.log.info({ callSid: b.CallSid, recordingSid: b.RecordingSid, status: b.RecordingStatus, durationS: b.RecordingDuration }, 'recording status');
-    const known = deps.recordings.onTwilioStatus(callId, {
+    const known = await deps.recordings.onTwilioStatus(callId, {
       callSid: b.CallSid,
       recordingSid: b.RecordingSid,
       status: b.RecordingStatus,

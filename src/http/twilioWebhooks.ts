@@ -131,7 +131,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     let admitted: AdmitResult;
     if (callId !== undefined) {
       // An outbound call answering: its route (and held slot) come from its record.
-      const answer = callbacks.answer(callId, call.CallSid);
+      const answer = await callbacks.answer(callId, call.CallSid);
       if (!answer.ok) {
         if (answer.why === 'duplicate') return duplicate();
         if (answer.why === 'store_error') return reply.type('text/xml').send(sayHangupTwiml(spoken('apology'), say));
@@ -147,16 +147,16 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       // Fleet-wide: Twilio's retry may land here or elsewhere; the token in Redis answers it.
       admitted = await deps.fleet.admit(admittedCall, idempotencyToken);
       if (admitted.ok && !admitted.replayed) {
-        if (recorder.known(call.CallSid)) {
+        if (await recorder.known(call.CallSid)) {
           await deps.fleet.cancel(call.CallSid, admitted.token);
           return duplicate();
         }
-        recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
+        await recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
       }
     } else {
-      if (recorder.known(call.CallSid)) return duplicate();
+      if (await recorder.known(call.CallSid)) return duplicate();
       admitted = manager.admit(admittedCall, undefined, idempotencyToken);
-      if (admitted.ok) recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
+      if (admitted.ok) await recorder.inboundAdmitted({ callSid: call.CallSid, from: call.From, to: call.To, agentId: admitted.route.agentId });
     }
     reply.type('text/xml');
     if (!admitted.ok) {
@@ -187,7 +187,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
       sipResponseCode: b.SipResponseCode,
       errorCode: b.ErrorCode,
     };
-    callbacks.onStatus(callQuery.safeParse(req.query).data?.callId, update);
+    await callbacks.onStatus(callQuery.safeParse(req.query).data?.callId, update);
     if (TERMINAL_CALL_STATUSES.has(b.CallStatus)) {
       deps.onCallEnded?.(b.CallSid);
       // The call's media stream is on another process: the final status reaches it there.
@@ -204,7 +204,7 @@ export async function twilioWebhooks(app: FastifyInstance, deps: TwilioWebhookDe
     }
     const b = parsed.data;
     req.log.info({ callSid: b.CallSid, answeredBy: b.AnsweredBy, ms: b.MachineDetectionDuration }, 'answering machine detection');
-    callbacks.onAmd(callQuery.safeParse(req.query).data?.callId, { callSid: b.CallSid, answeredBy: b.AnsweredBy, durationMs: b.MachineDetectionDuration });
+    await callbacks.onAmd(callQuery.safeParse(req.query).data?.callId, { callSid: b.CallSid, answeredBy: b.AnsweredBy, durationMs: b.MachineDetectionDuration });
     return reply.code(204).send();
   });
 }

@@ -54,11 +54,11 @@ export class CarrierCallbacks {
    * The carrier fetches TwiML for an outbound call (`/twilio/voice?callId=`):
    * the route and held slot to admit it with.
    */
-  answer(callId: string, callSid: string): AnswerResult {
+  async answer(callId: string, callSid: string): Promise<AnswerResult> {
     const { calls, log } = this.#c;
     let row;
     try {
-      row = calls.get(callId);
+      row = await calls.get(callId);
     } catch (err) {
       this.#c.onStoreError('answer', err);
       log.error({ callId, callSid, err: errorMessage(err) }, `cannot read the record of an answered outbound call: ${storeErrorHint(err)}`);
@@ -73,11 +73,11 @@ export class CarrierCallbacks {
     try {
       // Its TwiML was served already (the `answered` event, which only this method writes; a status
       // callback saying in-progress may well come first): a second request is not Twilio's retry.
-      if (row.finalizedAt === null && calls.hasEvent(callId, 'answered')) return { ok: false, why: 'duplicate' };
-      if (row.callSid === null) calls.update(callId, { callSid, dialedAt: row.dialedAt ?? now });
+      if (row.finalizedAt === null && (await calls.hasEvent(callId, 'answered'))) return { ok: false, why: 'duplicate' };
+      if (row.callSid === null) await calls.update(callId, { callSid, dialedAt: row.dialedAt ?? now });
       if (row.finalizedAt !== null || row.hangupRequested) return { ok: false, why: 'gone' };
-      const answered = calls.update(callId, { answeredAt: row.answeredAt ?? now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
-      calls.event(callId, 'answered', 'in-progress', null, null, now);
+      const answered = await calls.update(callId, { answeredAt: row.answeredAt ?? now, status: TERMINAL_CALL_STATUSES.has(row.status) ? row.status : 'in-progress' });
+      await calls.event(callId, 'answered', 'in-progress', null, null, now);
       if (answered !== undefined && answered.status !== row.status) this.#c.callEvents?.updated(answered, 'status', { status: answered.status });
     } catch (err) {
       // The call goes on without its record being up to date; the store error is counted and logged.
@@ -85,27 +85,27 @@ export class CarrierCallbacks {
       log.error({ callId, callSid, err: errorMessage(err) }, 'could not record the answer of an outbound call; connecting it anyway');
     }
     const slot = this.#c.attempts.takeHeld(callId);
-    const route = this.routeOf(row);
+    const route = await this.routeOf(row);
     return slot === undefined ? { ok: true, route, direction: 'outbound-api' } : { ok: true, route, slot, direction: 'outbound-api' };
   }
 
   /** The route of a call we placed or started, from its record (and its campaign's settings). */
-  routeOf(row: CallRow): CallRoute {
+  async routeOf(row: CallRow): Promise<CallRoute> {
     const route: CallRoute = { agentId: row.agentId };
     if (row.prompt !== null) route.prompt = row.prompt;
     if (row.customGreeting !== null) route.customGreeting = row.customGreeting;
     if (row.record !== null) route.record = row.record;
-    const fromCampaign = this.#campaignCallSettings(row.campaignId);
+    const fromCampaign = await this.#campaignCallSettings(row.campaignId);
     if (fromCampaign.transferTargets !== undefined) route.transferTargets = fromCampaign.transferTargets;
     if (fromCampaign.tools !== undefined) route.tools = fromCampaign.tools;
     return route;
   }
 
   /** A campaign's transfer targets and tools (stored settings, validated again: they crossed a database). */
-  #campaignCallSettings(campaignId: string | null): { transferTargets?: TransferTargets; tools?: HttpToolDef[] } {
+  async #campaignCallSettings(campaignId: string | null): Promise<{ transferTargets?: TransferTargets; tools?: HttpToolDef[] }> {
     if (campaignId === null) return {};
     try {
-      const settings = this.#c.campaigns.get<unknown>(campaignId)?.settings;
+      const settings = (await this.#c.campaigns.get<unknown>(campaignId))?.settings;
       if (typeof settings !== 'object' || settings === null) return {};
       const out: { transferTargets?: TransferTargets; tools?: HttpToolDef[] } = {};
       const targets = 'transferTargets' in settings ? transferTargetsSchema.safeParse(settings.transferTargets) : undefined;
@@ -120,9 +120,9 @@ export class CarrierCallbacks {
   }
 
   /** A status callback (`/twilio/status`, with `?callId=` for outbound calls). Never throws. */
-  onStatus(callId: string | undefined, b: StatusUpdate): void {
+  async onStatus(callId: string | undefined, b: StatusUpdate): Promise<void> {
     try {
-      this.#applyStatus(callId, b);
+      await this.#applyStatus(callId, b);
     } catch (err) {
       // The record could not be updated; a finished call still keeps no session, and a recheck settles the row later.
       if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
@@ -131,9 +131,9 @@ export class CarrierCallbacks {
     }
   }
 
-  #applyStatus(callId: string | undefined, b: StatusUpdate): void {
+  async #applyStatus(callId: string | undefined, b: StatusUpdate): Promise<void> {
     const { calls } = this.#c;
-    const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
+    const row = (callId !== undefined ? await calls.get(callId) : undefined) ?? (await calls.getBySid(b.callSid));
     if (row === undefined) {
       // No record here (refused at the webhook, or a store failure): a finished call still keeps no session.
       if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
@@ -147,17 +147,17 @@ export class CarrierCallbacks {
     if (b.sipResponseCode !== undefined) data.sipResponseCode = b.sipResponseCode;
     if (row.callSid !== null && row.callSid !== b.callSid) {
       // Another call of the same call id (an attempt dialed again after a lost request): noted, not applied.
-      calls.event(row.id, 'status_other_call', b.status, b.sequence ?? null, { callSid: b.callSid, ...data }, now);
+      await calls.event(row.id, 'status_other_call', b.status, b.sequence ?? null, { callSid: b.callSid, ...data }, now);
       if (TERMINAL_CALL_STATUSES.has(b.status)) this.#c.manager.getSession(b.callSid)?.close('caller_hangup');
       return;
     }
-    calls.event(row.id, 'status', b.status, b.sequence ?? null, Object.keys(data).length ? data : null, now);
-    if (row.callSid === null) calls.update(row.id, { callSid: b.callSid, dialedAt: row.dialedAt ?? now });
+    await calls.event(row.id, 'status', b.status, b.sequence ?? null, Object.keys(data).length ? data : null, now);
+    if (row.callSid === null) await calls.update(row.id, { callSid: b.callSid, dialedAt: row.dialedAt ?? now });
     if (row.finalizedAt !== null) return;
     // Out of order: an older callback than one already applied changes nothing.
     if (b.sequence !== undefined && row.lastSequence !== null && b.sequence <= row.lastSequence) return;
     if (TERMINAL_CALL_STATUSES.has(b.status)) {
-      this.#f.finalize({ ...row, callSid: row.callSid ?? b.callSid }, b.status, {
+      await this.#f.finalize({ ...row, callSid: row.callSid ?? b.callSid }, b.status, {
         durationS: b.durationS,
         answeredBy: b.answeredBy,
         sequence: b.sequence,
@@ -169,41 +169,42 @@ export class CarrierCallbacks {
     if (b.sequence !== undefined) patch.lastSequence = b.sequence;
     if (b.answeredBy !== undefined) patch.answeredBy = b.answeredBy;
     if (b.status === 'in-progress' && row.answeredAt === null) patch.answeredAt = now;
-    const updated = calls.update(row.id, patch);
+    // A final status applied meanwhile (another process) is not taken back.
+    const updated = await calls.update(row.id, patch, { finalizedAt: null });
     if (updated !== undefined && b.status !== row.status) this.#c.callEvents?.updated(updated, 'status', { status: b.status });
   }
 
   /** The async AMD result (`/twilio/amd?callId=`): a machine gets the campaign's voicemail policy. Never throws. */
-  onAmd(callId: string | undefined, b: AmdResult): void {
+  async onAmd(callId: string | undefined, b: AmdResult): Promise<void> {
     try {
-      this.#applyAmd(callId, b);
+      await this.#applyAmd(callId, b);
     } catch (err) {
       this.#c.onStoreError('amd', err);
       this.#c.log.error({ callSid: b.callSid, err: errorMessage(err) }, `could not record an AMD result: ${storeErrorHint(err)}`);
     }
   }
 
-  #applyAmd(callId: string | undefined, b: AmdResult): void {
+  async #applyAmd(callId: string | undefined, b: AmdResult): Promise<void> {
     const { calls, log, dialer, attempts } = this.#c;
-    const row = (callId !== undefined ? calls.get(callId) : undefined) ?? calls.getBySid(b.callSid);
+    const row = (callId !== undefined ? await calls.get(callId) : undefined) ?? (await calls.getBySid(b.callSid));
     if (row === undefined) return;
     const now = this.#c.now();
     if (row.callSid !== null && row.callSid !== b.callSid) {
-      calls.event(row.id, 'amd_other_call', null, null, { callSid: b.callSid, answeredBy: b.answeredBy }, now);
+      await calls.event(row.id, 'amd_other_call', null, null, { callSid: b.callSid, answeredBy: b.answeredBy }, now);
       return;
     }
-    calls.event(row.id, 'amd', null, null, { answeredBy: b.answeredBy, durationMs: b.durationMs ?? null }, now);
-    calls.update(row.id, { answeredBy: b.answeredBy });
+    await calls.event(row.id, 'amd', null, null, { answeredBy: b.answeredBy, durationMs: b.durationMs ?? null }, now);
+    await calls.update(row.id, { answeredBy: b.answeredBy });
     if (row.finalizedAt !== null) return;
     if (!isMachine(b.answeredBy) && b.answeredBy !== 'fax') return;
     const sid = row.callSid ?? b.callSid;
     const act = async (): Promise<void> => {
       try {
         if (row.voicemailAction === 'message' && row.voicemailMessage !== null && b.answeredBy !== 'fax') {
-          calls.event(row.id, 'voicemail_message', null, null, null, this.#c.now());
+          await calls.event(row.id, 'voicemail_message', null, null, null, this.#c.now());
           await dialer.sayAndHangup(sid, row.voicemailMessage);
         } else if (row.voicemailAction !== null) {
-          calls.event(row.id, 'voicemail_hangup', null, null, null, this.#c.now());
+          await calls.event(row.id, 'voicemail_hangup', null, null, null, this.#c.now());
           await dialer.hangup(sid);
         }
       } catch (err) {

@@ -40,9 +40,9 @@ export function settingsOf(campaign: CampaignRow<unknown>): CampaignSettings {
 }
 
 /** Ring time of the call's attempt: its campaign's, else the API default. */
-export function ringLimitS(ctx: Pick<OutboundContext, 'campaigns' | 'ringTimeoutS'>, row: CallRow): number {
+export async function ringLimitS(ctx: Pick<OutboundContext, 'campaigns' | 'ringTimeoutS'>, row: CallRow): Promise<number> {
   if (row.campaignId !== null) {
-    const c = ctx.campaigns.get(row.campaignId);
+    const c = await ctx.campaigns.get(row.campaignId);
     if (c !== undefined) return settingsOf(c).ringTimeoutSeconds;
   }
   return ctx.ringTimeoutS;

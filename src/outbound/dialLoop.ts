@@ -11,6 +11,7 @@
  */
 import type { CampaignRow, ContactRow } from '../store/campaigns.js';
 import type { CallRow } from '../store/calls.js';
+import { newId } from '../store/ids.js';
 import type { Slot } from '../session/manager.js';
 import { errorMessage } from '../util/errors.js';
 import { storeErrorHint } from '../calls/recorder.js';
@@ -18,7 +19,7 @@ import { settingsOf, type OutboundContext } from './context.js';
 import type { Finalizer } from './finalizer.js';
 import { Pacer, type PacerTicket } from './pacing.js';
 import type { Reconciler } from './reconciler.js';
-import { claimContactAttempt, dialRequestFor, recordDialed, settleDialFailure } from './placing.js';
+import { claimContactAttempt, claimQueuedCall, dialRequestFor, recordDialed, settleDialFailure } from './placing.js';
 import type { CampaignSettings } from './settings.js';
 import { isWithinWindow, nextWindowStart } from './window.js';
 
@@ -67,6 +68,9 @@ export class DialLoop {
   #storeBlockedUntil = 0;
   #lastSweep = 0;
   #lastPrune = 0;
+  /** The pass in progress (store calls are async: one pass at a time). */
+  #ticking: Promise<void> | undefined;
+  #tickAgain = false;
 
   constructor(ctx: OutboundContext, finalizer: Finalizer, reconciler: Reconciler, opts: DialLoopOptions) {
     this.#c = ctx;
@@ -81,10 +85,12 @@ export class DialLoop {
     this.schedule(0);
   }
 
-  stop(): void {
+  /** Stops the loop; resolves when the pass in progress (if any) is over. */
+  async stop(): Promise<void> {
     this.#running = false;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    await this.#ticking;
   }
 
   /** No new dials (drain); calls in progress go on. */
@@ -107,27 +113,41 @@ export class DialLoop {
   #tick(): void {
     this.#timer = undefined;
     if (!this.#running) return;
+    if (this.#ticking !== undefined) {
+      this.#tickAgain = true;
+      return;
+    }
+    this.#ticking = this.#pass().finally(() => {
+      this.#ticking = undefined;
+      if (this.#tickAgain) {
+        this.#tickAgain = false;
+        this.schedule(0);
+      }
+    });
+  }
+
+  async #pass(): Promise<void> {
     const now = this.#c.now();
     let wakeAt = now + (this.#o.pollMs ?? 1_000);
     try {
       if (now - this.#lastSweep >= SWEEP_EVERY_MS) {
         this.#lastSweep = now;
-        this.#r.sweep(now);
+        await this.#r.sweep(now);
         if (now - this.#lastPrune >= PRUNE_EVERY_MS) {
           this.#lastPrune = now;
-          this.#c.calls.pruneIdempotency(IDEMPOTENCY_TTL_MS, now);
+          await this.#c.calls.pruneIdempotency(IDEMPOTENCY_TTL_MS, now);
         }
       }
     } catch (err) {
       this.#storeFailed('sweep', err, now);
     }
-    if (!this.#paused && now >= this.#storeBlockedUntil) wakeAt = Math.min(wakeAt, this.#dialDue(now));
+    if (!this.#paused && now >= this.#storeBlockedUntil) wakeAt = Math.min(wakeAt, await this.#dialDue(now));
     else if (!this.#paused) wakeAt = Math.min(wakeAt, this.#storeBlockedUntil);
     this.schedule(wakeAt - this.#c.now());
   }
 
   /** Dials everything due now; returns when to look again. */
-  #dialDue(now: number): number {
+  async #dialDue(now: number): Promise<number> {
     let wakeAt = Number.POSITIVE_INFINITY;
     for (;;) {
       const next = this.#account.nextAt();
@@ -135,7 +155,7 @@ export class DialLoop {
       if (next > now) return Math.min(wakeAt, next);
       let job: Job | number | undefined;
       try {
-        job = this.#pick(now);
+        job = await this.#pick(now);
       } catch (err) {
         this.#storeFailed('pick', err, now);
         return this.#storeBlockedUntil;
@@ -144,7 +164,7 @@ export class DialLoop {
       if (job === undefined) return wakeAt;
       let row: CallRow | undefined;
       try {
-        row = this.#claim(job, now);
+        row = await this.#claim(job, now);
       } catch (err) {
         // Nothing was dialed: the slot goes back, no pacer ticket was taken.
         this.#c.manager.releaseSlot(job.slot);
@@ -183,19 +203,19 @@ export class DialLoop {
   }
 
   /** The next job, a time to look again, or undefined when nothing is due. Holds a slot for the job. */
-  #pick(now: number): Job | number | undefined {
+  async #pick(now: number): Promise<Job | number | undefined> {
     const { calls, campaigns, manager, attempts } = this.#c;
     let wake: number | undefined;
     const soon = (t: number) => (wake = wake === undefined ? t : Math.min(wake, t));
     // API calls first. One whose agent is at its AGENT_LIMITS cap waits without holding up the others.
-    for (const queued of calls.queued(QUEUED_LOOKAHEAD)) {
+    for (const queued of await calls.queued(QUEUED_LOOKAHEAD)) {
       if (queued.hangupRequested) continue;
       const slot = manager.holdOutboundSlot(queued.id, queued.agentId);
       if (slot !== undefined) return { kind: 'call', row: queued, slot };
       if (manager.outboundRoom === 0) return now + 250;
       soon(now + 250);
     }
-    const running = campaigns.byStatus('running');
+    const running = await campaigns.byStatus('running');
     for (let i = 0; i < running.length; i++) {
       const campaign = running[(this.#rr + i) % running.length];
       if (campaign === undefined) continue;
@@ -206,13 +226,13 @@ export class DialLoop {
         soon(pacer.nextAt());
         continue;
       }
-      const contact = this.#nextContact(campaign.id, settings, now);
+      const contact = await this.#nextContact(campaign.id, settings, now);
       if (typeof contact === 'number') {
         soon(contact);
         continue;
       }
       if (contact === undefined) {
-        this.#f.maybeComplete(campaign.id);
+        await this.#f.maybeComplete(campaign.id);
         continue;
       }
       const slot = manager.holdOutboundSlot(`${campaign.id}:${contact.id}`, settings.agentId ?? this.#o.defaultAgentId);
@@ -229,19 +249,19 @@ export class DialLoop {
   }
 
   /** The first due contact that may be called now; updates the others it passes over. */
-  #nextContact(campaignId: string, s: CampaignSettings, now: number): ContactRow | number | undefined {
+  async #nextContact(campaignId: string, s: CampaignSettings, now: number): Promise<ContactRow | number | undefined> {
     const { campaigns } = this.#c;
     for (let round = 0; round < 5; round++) {
-      const due = campaigns.due(campaignId, now, 50);
+      const due = await campaigns.due(campaignId, now, 50);
       if (due.length === 0) return campaigns.nextDue(campaignId);
       for (const contact of due) {
-        if (campaigns.dncHas(contact.phone)) {
-          campaigns.updateContact(contact.id, { state: 'done', outcome: 'dnc', lastError: 'on the do-not-call list' }, now);
+        if (await campaigns.dncHas(contact.phone)) {
+          await campaigns.updateContact(contact.id, { state: 'done', outcome: 'dnc', lastError: 'on the do-not-call list' }, now, { state: 'pending' });
           continue;
         }
         if (s.window !== undefined && !isWithinWindow(s.window, now, contact.timezone ?? undefined)) {
           const next = nextWindowStart(s.window, now, contact.timezone ?? undefined);
-          campaigns.updateContact(contact.id, { nextAttemptAt: next ?? now + 7 * 86_400_000 }, now);
+          await campaigns.updateContact(contact.id, { nextAttemptAt: next ?? now + 7 * 86_400_000 }, now, { state: 'pending' });
           continue;
         }
         return contact;
@@ -254,15 +274,8 @@ export class DialLoop {
    * Claims the job (the API call's row, or the contact with its attempt's new row) before the
    * carrier is asked. Undefined when the job is no longer there to claim, or was settled without a dial.
    */
-  #claim(job: Job, now: number): CallRow | undefined {
-    if (job.kind === 'call') {
-      const { calls } = this.#c;
-      return calls.transaction(() => {
-        const fresh = calls.get(job.row.id);
-        if (fresh === undefined || fresh.status !== 'queued' || fresh.hangupRequested) return undefined;
-        return calls.update(job.row.id, { status: 'claimed', claimedAt: now });
-      });
-    }
+  async #claim(job: Job, now: number): Promise<CallRow | undefined> {
+    if (job.kind === 'call') return claimQueuedCall(this.#c, job.row.id, now);
     return claimContactAttempt(this.#c, this.#o, job.campaign, job.contact, now);
   }
 
@@ -272,7 +285,7 @@ export class DialLoop {
     try {
       ({ sid, status } = await this.#c.dialer.create(dialRequestFor(row, this.#o, timeoutS)));
     } catch (err) {
-      settleDialFailure(this.#c, this.#f, row, err, {
+      await settleDialFailure(this.#c, this.#f, row, err, {
         onDial: this.#o.onDial,
         rateLimited: () => {
           const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
@@ -285,7 +298,7 @@ export class DialLoop {
     }
     this.#rateBackoff = 0;
     this.#o.onDial?.('dialed');
-    if (recordDialed(this.#c, row, sid, status)) await this.#c.dialer.hangup(sid).catch(() => undefined);
+    if (await recordDialed(this.#c, row, sid, status)) await this.#c.dialer.hangup(sid).catch(() => undefined);
   }
 
   #pacerOf(campaign: CampaignRow<CampaignSettings>): Pacer {

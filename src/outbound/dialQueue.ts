@@ -219,7 +219,7 @@ export class DialQueue {
     try {
       if (now - this.#lastSweep >= SWEEP_EVERY_MS) {
         this.#lastSweep = now;
-        this.#r.sweep(now);
+        await this.#r.sweep(now);
         await this.#releaseEnded();
       }
       const depth = await this.depth();
@@ -238,7 +238,7 @@ export class DialQueue {
         const s = settingsOf(campaign);
         const batch = Math.min(SCAN_BATCH, Math.max(10, 2 * s.maxConcurrent, Math.ceil(5 * Math.min(s.callsPerSecond, this.#o.maxCps))));
         const due = await this.#c.campaigns.due(campaign.id, now + HORIZON_MS, batch);
-        if (due.length === 0) this.#f.maybeComplete(campaign.id);
+        if (due.length === 0) await this.#f.maybeComplete(campaign.id);
         for (const contact of due) {
           const data: JobData = { kind: 'contact', campaignId: campaign.id, contactId: contact.id, attempts: contact.attempts };
           const delay = contact.nextAttemptAt - now;
@@ -410,7 +410,7 @@ export class DialQueue {
       ({ sid, status } = await this.#c.dialer.create(dialRequestFor(row, this.#o, timeoutS)));
     } catch (err) {
       await this.#rate.answered(ticket).catch(() => undefined);
-      settleDialFailure(this.#c, this.#f, row, err, {
+      await settleDialFailure(this.#c, this.#f, row, err, {
         onDial: this.#o.onDial,
         rateLimited: () => {
           const backoff = BACKOFF_429_MS[Math.min(this.#rateBackoff, BACKOFF_429_MS.length - 1)] ?? 30_000;
@@ -425,7 +425,7 @@ export class DialQueue {
     await this.#rate.answered(ticket).catch(() => undefined);
     this.#rateBackoff = 0;
     this.#o.onDial?.('dialed');
-    if (recordDialed(this.#c, row, sid, status)) await this.#c.dialer.hangup(sid).catch(() => undefined);
+    if (await recordDialed(this.#c, row, sid, status)) await this.#c.dialer.hangup(sid).catch(() => undefined);
     return 'dialed';
   }
 

@@ -7,6 +7,7 @@
  */
 import { callPayload, outcomeOf } from '../calls/view.js';
 import { errorMessage } from '../util/errors.js';
+import type { CampaignStore } from '../store/campaigns.js';
 import type { CallOutcome, CallPatch, CallRow } from '../store/calls.js';
 import { settingsOf, type OutboundContext } from './context.js';
 import { FailureBreaker } from './pacing.js';
@@ -16,7 +17,7 @@ export interface TranscriptFetcher {
 }
 
 export interface PostCallSink {
-  enqueue(event: string, callId: string | null, payload: object): string;
+  enqueue(event: string, callId: string | null, payload: object): Promise<string>;
 }
 
 export interface FinalizeFacts {
@@ -51,14 +52,14 @@ export class Finalizer {
    * Finishes the call with its final carrier `status` (once: a row already
    * finalized is left alone). A session still open for it here is ended first.
    */
-  finalize(row: CallRow, status: string, f: FinalizeFacts = {}): void {
+  async finalize(row: CallRow, status: string, f: FinalizeFacts = {}): Promise<void> {
     const { calls, attempts } = this.#c;
     const now = this.#c.now();
     // A finished call keeps no session.
     if (row.callSid !== null) this.#c.manager.getSession(row.callSid)?.close('caller_hangup');
     attempts.releaseHeld(row.id);
     attempts.cancelRecheck(row.id);
-    const fresh = calls.get(row.id) ?? row;
+    const fresh = (await calls.get(row.id)) ?? row;
     if (fresh.finalizedAt !== null) return;
     const answeredBy = f.answeredBy ?? fresh.answeredBy ?? undefined;
     const outcome = outcomeOf(status, answeredBy);
@@ -70,19 +71,22 @@ export class Finalizer {
     if (f.errorCode !== undefined) patch.errorCode = f.errorCode;
     if (f.errorMessage !== undefined) patch.errorMessage = f.errorMessage;
     if (f.endReason !== undefined && fresh.endReason === null) patch.endReason = f.endReason;
-    calls.transaction(() => {
-      calls.update(row.id, patch);
-      calls.event(row.id, 'finalized', status, f.sequence ?? null, { outcome }, now);
-      if (fresh.contactId !== null && fresh.campaignId !== null) this.#settleContact(fresh, outcome, f, now);
+    // Once, also across processes: only the update that finds the row unfinalized goes on.
+    const final = await calls.transaction(async (tx) => {
+      const done = await tx.calls.update(row.id, patch, { finalizedAt: null });
+      if (done === undefined) return undefined;
+      await tx.calls.event(row.id, 'finalized', status, f.sequence ?? null, { outcome }, now);
+      if (fresh.contactId !== null && fresh.campaignId !== null) await this.#settleContact(tx.campaigns, fresh, outcome, f, now);
+      return done;
     });
-    const final = calls.get(row.id);
-    if (final !== undefined) this.#c.callEvents?.ended(final);
-    if (final !== undefined && final.outcome !== 'not-dialed') attempts.trackAfterCall(this.#postCall(final));
+    if (final === undefined) return;
+    this.#c.callEvents?.ended(final);
+    if (final.outcome !== 'not-dialed') attempts.trackAfterCall(this.#postCall(final));
     if (fresh.campaignId !== null) {
       attempts.removeActive(fresh.campaignId, row.id);
       try {
-        this.#checkBreaker(fresh.campaignId, outcome, now);
-        this.maybeComplete(fresh.campaignId);
+        await this.#checkBreaker(fresh.campaignId, outcome, now);
+        await this.maybeComplete(fresh.campaignId);
       } catch (err) {
         // The call is finalized; the campaign's breaker or completion is settled by the next finalize or tick.
         this.#c.onStoreError('campaign_progress', err);
@@ -98,26 +102,29 @@ export class Finalizer {
    * is now: a row a callback has tied to a CallSid, or that is finished, is
    * not voided (returns false).
    */
-  voidAttempt(rowId: string, why: string, dueAt = this.#c.now()): boolean {
-    const { calls, campaigns, attempts } = this.#c;
+  async voidAttempt(rowId: string, why: string, dueAt = this.#c.now()): Promise<boolean> {
+    const { calls, attempts } = this.#c;
     const now = this.#c.now();
     let canceled: CallRow | undefined;
-    const voided = calls.transaction(() => {
-      const row = calls.get(rowId);
+    const voided = await calls.transaction(async ({ calls, campaigns }) => {
+      const row = await calls.get(rowId);
       if (row === undefined || row.callSid !== null || row.finalizedAt !== null) return false;
       if (row.contactId !== null && row.campaignId !== null) {
-        calls.update(row.id, { status: 'not-dialed', outcome: 'not-dialed', errorMessage: why, finalizedAt: now, endedAt: now });
-        calls.event(row.id, 'voided', 'not-dialed', null, { why }, now);
-        const contact = campaigns.contact(row.contactId);
+        // Conditional: a callback tying a CallSid to the row (another process) wins over voiding it.
+        const done = await calls.update(row.id, { status: 'not-dialed', outcome: 'not-dialed', errorMessage: why, finalizedAt: now, endedAt: now }, { callSid: null, finalizedAt: null });
+        if (done === undefined) return false;
+        await calls.event(row.id, 'voided', 'not-dialed', null, { why }, now);
+        const contact = await campaigns.contact(row.contactId);
         if (contact !== undefined && contact.state === 'dialing' && contact.lastCallId === row.id) {
           // A campaign canceled meanwhile dials nobody again: the contact ends as canceled.
-          const campaignCanceled = campaigns.get(row.campaignId)?.status === 'canceled';
-          campaigns.updateContact(
+          const campaignCanceled = (await campaigns.get(row.campaignId))?.status === 'canceled';
+          await campaigns.updateContact(
             contact.id,
             campaignCanceled
               ? { state: 'done', outcome: 'canceled', attempts: Math.max(0, contact.attempts - 1), lastError: why }
               : { state: 'pending', attempts: Math.max(0, contact.attempts - 1), nextAttemptAt: dueAt, lastError: why },
             now,
+            { state: 'dialing', lastCallId: row.id },
           );
         }
         attempts.removeActive(row.campaignId, row.id);
@@ -127,14 +134,14 @@ export class Finalizer {
         canceled = row;
       } else {
         // An API call goes back to the queue.
-        calls.update(row.id, { status: 'queued', errorMessage: why });
-        calls.event(row.id, 'requeued', 'queued', null, { why }, now);
+        if ((await calls.update(row.id, { status: 'queued', errorMessage: why }, { callSid: null, finalizedAt: null })) === undefined) return false;
+        await calls.event(row.id, 'requeued', 'queued', null, { why }, now);
       }
       return true;
     });
     if (!voided) return false;
     if (canceled !== undefined) {
-      this.finalize(canceled, 'canceled', { endReason: 'api_hangup', errorMessage: why });
+      await this.finalize(canceled, 'canceled', { endReason: 'api_hangup', errorMessage: why });
       return true;
     }
     attempts.releaseHeld(rowId);
@@ -144,13 +151,13 @@ export class Finalizer {
   }
 
   /** Marks a running campaign completed when nothing is pending, dialing or live. */
-  maybeComplete(campaignId: string): void {
+  async maybeComplete(campaignId: string): Promise<void> {
     const { campaigns } = this.#c;
-    const campaign = campaigns.get(campaignId);
+    const campaign = await campaigns.get(campaignId);
     if (campaign === undefined || campaign.status !== 'running') return;
-    const counts = campaigns.counts(campaignId);
+    const counts = await campaigns.counts(campaignId);
     if (counts.byState.pending === 0 && counts.byState.dialing === 0 && this.#c.attempts.activeCount(campaignId) === 0) {
-      campaigns.setStatus(campaignId, 'completed', {}, this.#c.now());
+      await campaigns.setStatus(campaignId, 'completed', {}, this.#c.now());
       this.#c.log.info({ campaignId, outcomes: counts.byOutcome, attempts: counts.attempts }, 'campaign completed');
     }
   }
@@ -160,14 +167,13 @@ export class Finalizer {
     this.#breakers.get(campaignId)?.reset();
   }
 
-  #settleContact(row: CallRow, outcome: CallOutcome, f: FinalizeFacts, now: number): void {
-    const { campaigns } = this.#c;
+  async #settleContact(campaigns: CampaignStore, row: CallRow, outcome: CallOutcome, f: FinalizeFacts, now: number): Promise<void> {
     const contactId = row.contactId;
     const campaignId = row.campaignId;
     if (contactId === null || campaignId === null) return;
-    const contact = campaigns.contact(contactId);
+    const contact = await campaigns.contact(contactId);
     if (contact === undefined || contact.state === 'done' || contact.lastCallId !== row.id) return;
-    const campaign = campaigns.get(campaignId);
+    const campaign = await campaigns.get(campaignId);
     const s = campaign === undefined ? undefined : settingsOf(campaign);
     const retryable =
       s !== undefined &&
@@ -176,15 +182,15 @@ export class Finalizer {
       (s.retry.on as readonly string[]).includes(outcome) &&
       contact.attempts < s.retry.maxAttempts;
     if (retryable) {
-      campaigns.updateContact(contactId, { state: 'pending', nextAttemptAt: now + s.retry.delaySeconds * 1000, lastError: f.errorMessage ?? outcome }, now);
+      await campaigns.updateContact(contactId, { state: 'pending', nextAttemptAt: now + s.retry.delaySeconds * 1000, lastError: f.errorMessage ?? outcome }, now);
     } else {
-      campaigns.updateContact(contactId, { state: 'done', outcome: f.contactOutcome ?? outcome, lastError: f.errorMessage ?? null }, now);
+      await campaigns.updateContact(contactId, { state: 'done', outcome: f.contactOutcome ?? outcome, lastError: f.errorMessage ?? null }, now);
     }
   }
 
-  #checkBreaker(campaignId: string, outcome: CallOutcome, now: number): void {
+  async #checkBreaker(campaignId: string, outcome: CallOutcome, now: number): Promise<void> {
     const { campaigns } = this.#c;
-    const campaign = campaigns.get(campaignId);
+    const campaign = await campaigns.get(campaignId);
     if (campaign === undefined || campaign.status !== 'running') return;
     const s = settingsOf(campaign);
     let b = this.#breakers.get(campaignId);
@@ -197,7 +203,7 @@ export class Finalizer {
     if (t !== undefined) {
       const why = `${t.failed} of the last ${t.total} attempts failed (threshold ${Math.round(s.failurePause.threshold * 100)}% over ${s.failurePause.windowSeconds} s)`;
       this.#c.log.warn({ campaignId, ...t }, 'failure spike: campaign paused');
-      campaigns.setStatus(campaignId, 'paused', { pauseReason: 'failure_spike', lastError: why }, now);
+      await campaigns.setStatus(campaignId, 'paused', { pauseReason: 'failure_spike', lastError: why }, now);
       b.reset();
     }
   }
@@ -209,14 +215,14 @@ export class Finalizer {
       if (this.#o.fetchTranscript !== undefined && row.conversationId !== null) {
         try {
           const turns = await this.#o.fetchTranscript(row);
-          if (turns !== undefined && turns.length > 0) calls.saveTranscript(row.id, 'playai', turns);
+          if (turns !== undefined && turns.length > 0) await calls.saveTranscript(row.id, 'playai', turns);
         } catch (err) {
           log.warn({ callId: row.id, err: errorMessage(err) }, 'PlayAI transcript fetch failed; the live transcript is kept');
         }
       }
       if (this.#o.webhooks !== undefined) {
-        const fresh = calls.get(row.id) ?? row;
-        this.#o.webhooks.enqueue('call.completed', row.id, callPayload(fresh, calls, campaigns));
+        const fresh = (await calls.get(row.id)) ?? row;
+        await this.#o.webhooks.enqueue('call.completed', row.id, await callPayload(fresh, calls, campaigns));
       }
     } catch (err) {
       log.error({ callId: row.id, err }, 'post-call work failed');

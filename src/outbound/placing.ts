@@ -3,8 +3,9 @@
  * with REDIS_URL, the BullMQ {@link DialQueue}): claiming the work in the store before the
  * carrier is asked, the carrier request, recording its answer, and settling a failed request.
  *
- * Claims are conditional UPDATEs (`claimQueued`, `claimContact`): atomic in the database, so two
- * processes sharing it can never both claim one API call or one contact's attempt.
+ * Claims are conditional UPDATEs (`calls.update` and `campaigns.updateContact` with a `where`):
+ * atomic in the database, so two processes sharing it can never both claim one API call or one
+ * contact's attempt.
  */
 import type { CampaignRow, ContactRow } from '../store/campaigns.js';
 import type { CallRow } from '../store/calls.js';
@@ -15,6 +16,7 @@ import { DialError, type DialRequest } from './dialer.js';
 import type { Finalizer } from './finalizer.js';
 import type { CampaignSettings } from './settings.js';
 import { fillTemplate } from './template.js';
+import { newId } from '../store/ids.js';
 
 export interface PlaceOptions {
   /** Origin the carrier calls back (PUBLIC_URL). */
@@ -27,8 +29,9 @@ export interface PlaceOptions {
 }
 
 /** Claims a queued API call (undefined: gone, no longer queued, or hung up meanwhile). */
-export function claimQueuedCall(ctx: OutboundContext, id: string, now: number): CallRow | undefined {
-  return ctx.calls.claimQueued(id, now) ? ctx.calls.get(id) : undefined;
+export function claimQueuedCall(ctx: OutboundContext, id: string, now: number): Promise<CallRow | undefined> {
+  // Atomic in the database: of several processes claiming one row, one gets it.
+  return ctx.calls.update(id, { status: 'claimed', claimedAt: now }, { status: 'queued', hangupRequested: false });
 }
 
 /**
@@ -36,7 +39,7 @@ export function claimQueuedCall(ctx: OutboundContext, id: string, now: number): 
  * the carrier is asked. Undefined when the contact was claimed elsewhere (its state or attempt
  * count moved on), or was settled without a dial (missing template variable or caller id).
  */
-export function claimContactAttempt(ctx: OutboundContext, o: PlaceOptions, campaign: CampaignRow<CampaignSettings>, contact: ContactRow, now: number): CallRow | undefined {
+export async function claimContactAttempt(ctx: OutboundContext, o: PlaceOptions, campaign: CampaignRow<CampaignSettings>, contact: ContactRow, now: number): Promise<CallRow | undefined> {
   const { calls, campaigns } = ctx;
   const s = campaign.settings;
   const fill = (t: string | undefined) => (t === undefined ? undefined : fillTemplate(t, contact.variables));
@@ -45,16 +48,20 @@ export function claimContactAttempt(ctx: OutboundContext, o: PlaceOptions, campa
   const from = s.from ?? o.defaultFrom;
   if ((prompt !== undefined && !prompt.ok) || (greeting !== undefined && !greeting.ok) || from === undefined) {
     const why = from === undefined ? 'no caller id: set settings.from or DEFAULT_CALLER_ID' : 'a template variable is missing for this contact';
-    campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now);
-    if (from === undefined) pauseRunning(ctx, campaign.id, 'configuration', why, now);
+    await campaigns.updateContact(contact.id, { state: 'done', outcome: 'failed', lastError: why }, now, { state: 'pending' });
+    if (from === undefined) await pauseRunning(ctx, campaign.id, 'configuration', why, now);
     return undefined;
   }
   const vm = s.voicemail;
-  return calls.transaction(() => {
-    // The conditional UPDATE first: it takes the write lock, so the claim is decided before anything else is written.
-    if (!campaigns.claimContact(contact.id, contact.attempts, now)) return undefined;
-    const r = calls.insert(
+  const id = newId('call', now);
+  return calls.transaction(async (tx) => {
+    // The contact is claimed first (a conditional UPDATE), only if it is still pending with the
+    // attempts this claim expects: another process may have taken it.
+    const claimed = await tx.campaigns.updateContact(contact.id, { state: 'dialing', attempts: contact.attempts + 1, lastCallId: id }, now, { state: 'pending', attempts: contact.attempts });
+    if (!claimed) return undefined;
+    return tx.calls.insert(
       {
+        id,
         direction: 'outbound',
         to: contact.phone,
         from,
@@ -74,8 +81,6 @@ export function claimContactAttempt(ctx: OutboundContext, o: PlaceOptions, campa
       },
       now,
     );
-    campaigns.updateContact(contact.id, { lastCallId: r.id }, now);
-    return r;
   });
 }
 
@@ -103,13 +108,13 @@ export function dialRequestFor(row: CallRow, o: PlaceOptions, timeoutS: number):
  * The carrier created the call: its CallSid is stored (`dialed`). Returns true when the call was
  * hung up through the API meanwhile (the caller ends it at the carrier).
  */
-export function recordDialed(ctx: OutboundContext, row: CallRow, sid: string, status: string): boolean {
+export async function recordDialed(ctx: OutboundContext, row: CallRow, sid: string, status: string): Promise<boolean> {
   const { calls } = ctx;
   const now = ctx.now();
   try {
-    const fresh = calls.get(row.id);
-    const dialed = calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
-    calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
+    const fresh = await calls.get(row.id);
+    const dialed = await calls.update(row.id, { callSid: sid, dialedAt: fresh?.dialedAt ?? now, status: fresh?.status === 'claimed' ? 'dialed' : fresh?.status });
+    await calls.event(row.id, 'dialed', status, null, { callSid: sid }, now);
     if (dialed !== undefined) ctx.callEvents?.started(dialed);
     return fresh?.hangupRequested === true;
   } catch (err) {
@@ -122,10 +127,10 @@ export function recordDialed(ctx: OutboundContext, row: CallRow, sid: string, st
 }
 
 /** Pauses a campaign that is running (a finished or paused one is left alone). */
-export function pauseRunning(ctx: OutboundContext, campaignId: string, reason: string, lastError: string, now: number): void {
-  const c = ctx.campaigns.get(campaignId);
+export async function pauseRunning(ctx: OutboundContext, campaignId: string, reason: string, lastError: string, now: number): Promise<void> {
+  const c = await ctx.campaigns.get(campaignId);
   if (c === undefined || (c.status !== 'running' && c.status !== 'draft')) return;
-  ctx.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
+  await ctx.campaigns.setStatus(campaignId, 'paused', { pauseReason: reason, lastError }, now);
 }
 
 export interface DialFailureHooks {
@@ -135,36 +140,36 @@ export interface DialFailureHooks {
 }
 
 /** The carrier request failed: the attempt is finished, voided or rechecked by the kind of failure. */
-export function settleDialFailure(ctx: OutboundContext, f: Finalizer, row: CallRow, err: unknown, hooks: DialFailureHooks): void {
+export async function settleDialFailure(ctx: OutboundContext, f: Finalizer, row: CallRow, err: unknown, hooks: DialFailureHooks): Promise<void> {
   const { calls } = ctx;
   const now = ctx.now();
   const e = err instanceof DialError ? err : new DialError('unknown', errorMessage(err));
   hooks.onDial?.(e.kind);
   ctx.log.warn({ callId: row.id, kind: e.kind, code: e.code, httpStatus: e.httpStatus, err: e.message }, 'dial failed');
-  calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
-  const fresh = calls.get(row.id) ?? row;
+  await calls.event(row.id, 'dial_error', null, null, { kind: e.kind, code: e.code ?? null, httpStatus: e.httpStatus ?? null, message: e.message }, now);
+  const fresh = (await calls.get(row.id)) ?? row;
   if (fresh.callSid !== null || fresh.finalizedAt !== null) return; // a callback already told us the call exists
   switch (e.kind) {
     case 'invalid-number':
-      calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-      f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
+      await calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+      await f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message, contactOutcome: 'invalid-number', noRetry: true });
       return;
     case 'rate-limited': {
       const backoff = hooks.rateLimited();
-      f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
+      await f.voidAttempt(fresh.id, `rate limited by the carrier (${e.code ?? 429}); retrying in ${backoff} ms`, now + backoff);
       return;
     }
     case 'auth':
       if (fresh.campaignId === null) {
-        f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
+        await f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: `carrier rejected our credentials: ${e.message}` });
         return;
       }
-      f.voidAttempt(fresh.id, e.message);
-      pauseRunning(ctx, fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
+      await f.voidAttempt(fresh.id, e.message);
+      await pauseRunning(ctx, fresh.campaignId, 'carrier_auth', `carrier rejected our credentials (${e.code ?? e.httpStatus ?? ''}): ${e.message}`, now);
       return;
     case 'rejected':
-      calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
-      f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
+      await calls.update(row.id, { errorCode: e.code ?? null, errorMessage: e.message });
+      await f.finalize(fresh, 'failed', { errorCode: e.code, errorMessage: e.message });
       return;
     case 'unknown':
       // The request may or may not have created a call: ask the carrier later rather than dial again.

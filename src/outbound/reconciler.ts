@@ -56,7 +56,7 @@ export class Reconciler {
   async reconcile(): Promise<Record<ReconcileResult, number>> {
     const { calls, attempts, manager } = this.#c;
     const out: Record<ReconcileResult, number> = { attached: 0, voided: 0, finished: 0, kept: 0 };
-    for (const row of calls.unfinished()) {
+    for (const row of await calls.unfinished()) {
       if (row.status === 'queued') continue;
       if (row.status === 'claimed' && row.callSid === null && this.#c.now() - (row.claimedAt ?? row.createdAt) < this.#claimGraceMs) continue;
       if (attempts.isHeld(row.id) || (row.callSid !== null && manager.getSession(row.callSid) !== undefined)) continue;
@@ -83,31 +83,31 @@ export class Reconciler {
       // A browser call: no carrier to ask. Still admitted here (token pending, stream live): kept.
       if (row.callSid !== null && this.#c.manager.hasCall(row.callSid)) return 'kept';
       if (row.sessionEndedAt === null) {
-        calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? (row.answeredAt === null ? 'no_stream' : 'bridge_restarted') });
+        await calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? (row.answeredAt === null ? 'no_stream' : 'bridge_restarted') });
       }
-      this.#f.finalize(row, row.answeredAt !== null ? 'completed' : 'canceled');
+      await this.#f.finalize(row, row.answeredAt !== null ? 'completed' : 'canceled');
       return 'finished';
     }
     if (row.direction === 'inbound') {
       if (row.sessionEndedAt === null && row.callSid !== null && this.#c.manager.getSession(row.callSid) === undefined) {
         // The process that held its session is gone.
-        calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? 'bridge_restarted' });
+        await calls.update(row.id, { sessionEndedAt: this.#c.now(), endReason: row.endReason ?? 'bridge_restarted' });
       }
       const c = row.callSid !== null && dialer.name === 'twilio' ? await dialer.fetch(row.callSid) : undefined;
       if (c !== undefined && !TERMINAL_CALL_STATUSES.has(c.status)) return 'kept';
-      this.#f.finalize(row, c?.status ?? 'completed', { durationS: c?.durationS });
+      await this.#f.finalize(row, c?.status ?? 'completed', { durationS: c?.durationS });
       return 'finished';
     }
     if (row.callSid === null) return this.#reconcileUnsent(row);
     const c = await dialer.fetch(row.callSid);
-    const fresh = calls.get(row.id);
+    const fresh = await calls.get(row.id);
     if (fresh === undefined || fresh.finalizedAt !== null) return 'finished';
     if (c === undefined) {
-      this.#f.finalize(fresh, 'failed', { endReason: 'lost_by_carrier', errorMessage: 'the carrier no longer knows this call' });
+      await this.#f.finalize(fresh, 'failed', { endReason: 'lost_by_carrier', errorMessage: 'the carrier no longer knows this call' });
       return 'finished';
     }
     if (TERMINAL_CALL_STATUSES.has(c.status)) {
-      this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
+      await this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
       return 'finished';
     }
     if (fresh.campaignId !== null) this.#c.attempts.addActive(fresh.campaignId, fresh.id);
@@ -120,7 +120,7 @@ export class Reconciler {
     const since = (row.claimedAt ?? row.createdAt) - 5_000;
     const recent = await this.#c.dialer.findRecent(row.to, row.from, since);
     // The carrier's list took time: act on the row as it is now.
-    const fresh = calls.get(row.id);
+    const fresh = await calls.get(row.id);
     if (fresh === undefined || fresh.finalizedAt !== null) return 'finished';
     if (fresh.callSid !== null) {
       // A callback tied it to its call while we asked: it was dialed.
@@ -128,18 +128,22 @@ export class Reconciler {
       return 'attached';
     }
     // A call of this attempt, or one nobody claims (not another attempt's).
-    const found = recent.find((c) => {
-      const owner = calls.getBySid(c.sid);
-      return owner === undefined || owner.id === fresh.id;
-    });
+    let found: (typeof recent)[number] | undefined;
+    for (const c of recent) {
+      const owner = await calls.getBySid(c.sid);
+      if (owner === undefined || owner.id === fresh.id) {
+        found = c;
+        break;
+      }
+    }
     if (found === undefined) {
-      return this.#f.voidAttempt(fresh.id, 'not found at the carrier after a restart or a lost request') ? 'voided' : 'attached';
+      return (await this.#f.voidAttempt(fresh.id, 'not found at the carrier after a restart or a lost request')) ? 'voided' : 'attached';
     }
     const now = this.#c.now();
-    calls.update(fresh.id, { callSid: found.sid, dialedAt: found.createdAt ?? now, status: found.status });
-    calls.event(fresh.id, 'reconciled', found.status, null, { callSid: found.sid }, now);
+    await calls.update(fresh.id, { callSid: found.sid, dialedAt: found.createdAt ?? now, status: found.status });
+    await calls.event(fresh.id, 'reconciled', found.status, null, { callSid: found.sid }, now);
     if (TERMINAL_CALL_STATUSES.has(found.status)) {
-      this.#f.finalize({ ...fresh, callSid: found.sid }, found.status, { durationS: found.durationS, answeredBy: found.answeredBy });
+      await this.#f.finalize({ ...fresh, callSid: found.sid }, found.status, { durationS: found.durationS, answeredBy: found.answeredBy });
     } else if (fresh.campaignId !== null) this.#c.attempts.addActive(fresh.campaignId, fresh.id);
     return 'attached';
   }
@@ -149,24 +153,24 @@ export class Reconciler {
    * past the ring time, and schedule a recheck for calls that went quiet (no
    * session here and no callback for a while: lost callbacks, a restart).
    */
-  sweep(now: number): void {
+  async sweep(now: number): Promise<void> {
     const { calls, attempts, manager } = this.#c;
     for (const [id, at] of attempts.held()) {
-      const row = calls.get(id);
-      if (row !== undefined && now - at < (ringLimitS(this.#c, row) + 60) * 1000) continue;
+      const row = await calls.get(id);
+      if (row !== undefined && now - at < ((await ringLimitS(this.#c, row)) + 60) * 1000) continue;
       // No answer and no final status long after the ring time: ask the carrier.
       attempts.releaseHeld(id);
       attempts.recheckAt(id, now);
     }
-    for (const row of calls.unfinished()) {
+    for (const row of await calls.unfinished()) {
       if (row.status === 'queued' || attempts.isHeld(row.id) || attempts.hasRecheck(row.id)) continue;
       if (row.callSid !== null && manager.getSession(row.callSid) !== undefined) continue;
       const last = Math.max(row.createdAt, row.claimedAt ?? 0, row.dialedAt ?? 0, row.answeredAt ?? 0, row.sessionEndedAt ?? 0);
-      const quietFor = row.sessionEndedAt !== null ? this.#settleAfterMs : (ringLimitS(this.#c, row) + 60) * 1000;
+      const quietFor = row.sessionEndedAt !== null ? this.#settleAfterMs : ((await ringLimitS(this.#c, row)) + 60) * 1000;
       if (now - last > quietFor) attempts.recheckAt(row.id, now);
     }
     for (const id of attempts.dueRechecks(now)) {
-      const row = calls.get(id);
+      const row = await calls.get(id);
       if (row === undefined || row.finalizedAt !== null || attempts.isHeld(id)) continue;
       if (row.callSid !== null && manager.getSession(row.callSid) !== undefined) continue;
       attempts.trackDial(
@@ -185,17 +189,17 @@ export class Reconciler {
         return r === 'voided' || r === 'finished';
       }
       const c = await this.#c.dialer.fetch(row.callSid);
-      const fresh = this.#c.calls.get(row.id);
+      const fresh = await this.#c.calls.get(row.id);
       if (fresh === undefined || fresh.finalizedAt !== null) return true;
       if (c === undefined) {
-        this.#f.finalize(fresh, fresh.answeredAt !== null || fresh.sessionEndedAt !== null ? 'completed' : 'failed', { endReason: fresh.endReason ?? 'no_final_status' });
+        await this.#f.finalize(fresh, fresh.answeredAt !== null || fresh.sessionEndedAt !== null ? 'completed' : 'failed', { endReason: fresh.endReason ?? 'no_final_status' });
         return true;
       }
       if (TERMINAL_CALL_STATUSES.has(c.status)) {
-        this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
+        await this.#f.finalize(fresh, c.status, { durationS: c.durationS, answeredBy: c.answeredBy });
         return true;
       }
-      if (c.status === 'in-progress' && fresh.direction === 'outbound' && fresh.callSid !== null && !this.#c.calls.hasEvent(fresh.id, 'answered')) {
+      if (c.status === 'in-progress' && fresh.direction === 'outbound' && fresh.callSid !== null && !(await this.#c.calls.hasEvent(fresh.id, 'answered'))) {
         // Answered at the carrier but its TwiML request never reached us: nobody is on our side of
         // it. Seen twice in a row (a recheck apart), so a request still on its way is not cut off.
         if (this.#orphans.delete(fresh.id)) await this.#c.dialer.hangup(fresh.callSid);

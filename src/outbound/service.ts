@@ -117,10 +117,10 @@ export class OutboundService {
         ? undefined
         : new CampaignEvents({
             publish: ev.publish,
-            read: (id) => {
-              const c = opts.campaigns.get(id);
+            read: async (id) => {
+              const c = await opts.campaigns.get(id);
               if (c === undefined) return undefined;
-              const p = this.progress(id);
+              const p = await this.progress(id);
               return { status: c.status, counts: p.counts, activeCalls: p.activeCalls, etaSeconds: p.etaSeconds };
             },
             ...(opts.now !== undefined ? { now: opts.now } : {}),
@@ -175,7 +175,7 @@ export class OutboundService {
   async stop(opts: { force?: boolean } = {}): Promise<void> {
     this.#stopped = true;
     if (this.#loop instanceof DialQueue) await this.#loop.close(opts);
-    else this.#loop.stop();
+    else await this.#loop.stop();
     if (opts.force === true && this.#loop instanceof DialQueue) return this.#campaignEvents?.close();
     await this.#attempts.settle();
     this.#campaignEvents?.close();
@@ -203,23 +203,25 @@ export class OutboundService {
    * Queues one call. With an idempotency key, a repeat with the same body
    * returns the first call (`replayed`), a different body is a 409.
    */
-  createCall(req: CreateCallRequest, idempotency?: { key: string; hash: string }): { call: CallRow; replayed: boolean } {
-    const { calls } = this.#o;
+  async createCall(req: CreateCallRequest, idempotency?: { key: string; hash: string }): Promise<{ call: CallRow; replayed: boolean }> {
     const now = this.#ctx.now();
-    const out = calls.transaction(() => {
+    // One transaction: the key and its call are stored together. Two processes racing with one
+    // key: the second finds the key taken at its insert, rolls back and replays the first call.
+    const attempt = (): Promise<{ call: CallRow; replayed: boolean }> =>
+      this.#o.calls.transaction(async ({ calls }) => {
       if (idempotency !== undefined) {
-        const seen = calls.idempotency(idempotency.key);
+        const seen = await calls.idempotency(idempotency.key);
         if (seen !== undefined) {
           if (seen.requestHash !== idempotency.hash) {
             throw new OutboundError(409, 'idempotency_conflict', 'this Idempotency-Key was used with a different request body');
           }
-          const first = calls.get(seen.callId);
+          const first = await calls.get(seen.callId);
           if (first !== undefined) return { call: first, replayed: true };
         }
       }
       const from = req.from ?? this.#o.defaultFrom;
       if (from === undefined) throw new OutboundError(400, 'missing_from', 'no "from" given and DEFAULT_CALLER_ID is not set');
-      const row = calls.insert(
+      const row = await calls.insert(
         {
           direction: 'outbound',
           to: req.to,
@@ -236,9 +238,16 @@ export class OutboundService {
         },
         now,
       );
-      if (idempotency !== undefined) calls.putIdempotency(idempotency.key, idempotency.hash, row.id, now);
+      if (idempotency !== undefined && !(await calls.putIdempotency(idempotency.key, idempotency.hash, row.id, now))) throw new IdempotencyRace();
       return { call: row, replayed: false };
     });
+    let out: { call: CallRow; replayed: boolean };
+    try {
+      out = await attempt();
+    } catch (err) {
+      if (!(err instanceof IdempotencyRace)) throw err;
+      out = await attempt();
+    }
     if (!out.replayed) this.kick();
     return out;
   }
@@ -251,26 +260,26 @@ export class OutboundService {
    */
   async hangupCall(id: string): Promise<CallRow> {
     const { calls } = this.#o;
-    const row = calls.get(id);
+    const row = await calls.get(id);
     if (row === undefined) throw new OutboundError(404, 'not_found', `no call ${id}`);
     if (row.finalizedAt !== null) return row;
     const now = this.#ctx.now();
-    calls.update(id, { hangupRequested: true, ...(row.endReason === null ? { endReason: 'api_hangup' } : {}) });
-    calls.event(id, 'hangup_requested', null, null, null, now);
+    await calls.update(id, { hangupRequested: true, ...(row.endReason === null ? { endReason: 'api_hangup' } : {}) });
+    await calls.event(id, 'hangup_requested', null, null, null, now);
     if (row.status !== 'queued') {
-      const marked = calls.get(id);
+      const marked = await calls.get(id);
       if (marked !== undefined) this.#ctx.callEvents?.updated(marked, 'hangup_requested');
     }
     if (row.status === 'queued') {
-      this.#finalizer.finalize(row, 'canceled', { endReason: 'api_hangup' });
-      return calls.get(id) ?? row;
+      await this.#finalizer.finalize(row, 'canceled', { endReason: 'api_hangup' });
+      return (await calls.get(id)) ?? row;
     }
     if (row.direction === 'web' && row.callSid !== null) {
       // A browser call has no carrier: ending its session (or its pending stream token) ends it.
       this.#o.manager.getSession(row.callSid)?.close('api_hangup');
       this.#o.manager.cancelReservation(row.callSid);
-      this.finishWebCall(row.callSid);
-      return calls.get(id) ?? row;
+      await this.finishWebCall(row.callSid);
+      return (await calls.get(id)) ?? row;
     }
     if (row.callSid !== null) {
       const local = this.#o.manager.getSession(row.callSid);
@@ -288,7 +297,7 @@ export class OutboundService {
         throw new OutboundError(502, 'carrier_error', `the carrier did not end the call: ${errorMessage(err)}`);
       }
     }
-    return calls.get(id) ?? row;
+    return (await calls.get(id)) ?? row;
   }
 
   /**
@@ -297,17 +306,17 @@ export class OutboundService {
    * when its stream started, else `canceled`. Idempotent; never throws.
    */
   /** The route of a call we placed or started (`callId`), read from its record; undefined when it has none. */
-  routeOfCall(callId: string): CallRoute | undefined {
-    const row = this.#o.calls.get(callId);
+  async routeOfCall(callId: string): Promise<CallRoute | undefined> {
+    const row = await this.#o.calls.get(callId);
     return row === undefined ? undefined : this.callbacks.routeOf(row);
   }
 
-  finishWebCall(callSid: string): void {
+  async finishWebCall(callSid: string): Promise<void> {
     try {
-      const row = this.#o.calls.getBySid(callSid);
+      const row = await this.#o.calls.getBySid(callSid);
       if (row === undefined || row.direction !== 'web' || row.finalizedAt !== null) return;
       const started = row.answeredAt !== null;
-      this.#finalizer.finalize(row, started ? 'completed' : 'canceled', started ? {} : { endReason: 'no_stream' });
+      await this.#finalizer.finalize(row, started ? 'completed' : 'canceled', started ? {} : { endReason: 'no_stream' });
     } catch (err) {
       this.#ctx.onStoreError('web_call_end', err);
       this.#ctx.log.error({ callSid, err: errorMessage(err) }, 'could not record the end of a browser call; the stale-call sweep settles it later');
@@ -316,47 +325,47 @@ export class OutboundService {
 
   // ------------------------------------------------------------- API: campaigns
 
-  startCampaign(id: string): CampaignRow<CampaignSettings> {
-    const c = this.#campaign(id);
+  async startCampaign(id: string): Promise<CampaignRow<CampaignSettings>> {
+    const c = await this.#campaign(id);
     if (c.status === 'completed' || c.status === 'canceled') throw new OutboundError(409, 'campaign_finished', `campaign is ${c.status}`);
-    this.#o.campaigns.setStatus(id, 'running', { pauseReason: null, lastError: null }, this.#ctx.now());
+    await this.#o.campaigns.setStatus(id, 'running', { pauseReason: null, lastError: null }, this.#ctx.now());
     this.#ctx.campaignChanged(id);
     this.#finalizer.resetBreaker(id);
     this.kick();
     return this.#campaign(id);
   }
 
-  pauseCampaign(id: string, reason = 'paused by API'): CampaignRow<CampaignSettings> {
-    const c = this.#campaign(id);
+  async pauseCampaign(id: string, reason = 'paused by API'): Promise<CampaignRow<CampaignSettings>> {
+    const c = await this.#campaign(id);
     if (c.status !== 'running' && c.status !== 'draft') throw new OutboundError(409, 'campaign_not_running', `campaign is ${c.status}`);
-    this.#o.campaigns.setStatus(id, 'paused', { pauseReason: reason }, this.#ctx.now());
+    await this.#o.campaigns.setStatus(id, 'paused', { pauseReason: reason }, this.#ctx.now());
     this.#ctx.campaignChanged(id);
     return this.#campaign(id);
   }
 
-  resumeCampaign(id: string): CampaignRow<CampaignSettings> {
-    const c = this.#campaign(id);
+  async resumeCampaign(id: string): Promise<CampaignRow<CampaignSettings>> {
+    const c = await this.#campaign(id);
     if (c.status !== 'paused') throw new OutboundError(409, 'campaign_not_paused', `campaign is ${c.status}`);
     return this.startCampaign(id);
   }
 
   /** Cancels: no more dials; pending contacts end as `canceled`; calls in progress finish. */
-  cancelCampaign(id: string): CampaignRow<CampaignSettings> {
-    const c = this.#campaign(id);
+  async cancelCampaign(id: string): Promise<CampaignRow<CampaignSettings>> {
+    const c = await this.#campaign(id);
     if (c.status === 'completed' || c.status === 'canceled') return c;
     const now = this.#ctx.now();
-    this.#o.campaigns.setStatus(id, 'canceled', {}, now);
-    this.#o.campaigns.finishAll(id, 'canceled', now);
+    await this.#o.campaigns.setStatus(id, 'canceled', {}, now);
+    await this.#o.campaigns.finishAll(id, 'canceled', now);
     this.#ctx.campaignChanged(id);
     return this.#campaign(id);
   }
 
   /** Progress: counts, dials over the last minute, estimated time to finish. */
-  progress(id: string): CampaignProgress {
-    const c = this.#campaign(id);
-    const counts = this.#o.campaigns.counts(id);
+  async progress(id: string): Promise<CampaignProgress> {
+    const c = await this.#campaign(id);
+    const counts = await this.#o.campaigns.counts(id);
     const since = this.#ctx.now() - 60_000;
-    const recent = this.#o.calls.countDialedSince(id, since);
+    const recent = await this.#o.calls.countDialedSince(id, since);
     const remaining = counts.byState.pending + counts.byState.dialing;
     const rate = recent > 0 ? recent / 60 : Math.min(c.settings.callsPerSecond, this.#o.maxCps);
     const eta = c.status === 'running' && remaining > 0 && rate > 0 ? Math.round(remaining / rate) : remaining === 0 ? 0 : null;
@@ -368,9 +377,12 @@ export class OutboundService {
     return this.#attempts.stats;
   }
 
-  #campaign(id: string): CampaignRow<CampaignSettings> {
-    const c = this.#o.campaigns.get(id);
+  async #campaign(id: string): Promise<CampaignRow<CampaignSettings>> {
+    const c = await this.#o.campaigns.get(id);
     if (c === undefined) throw new OutboundError(404, 'not_found', `no campaign ${id}`);
     return { ...c, settings: settingsOf(c) };
   }
 }
+
+/** Two requests with one Idempotency-Key raced (several processes): the loser replays the winner's call. */
+class IdempotencyRace extends Error {}

@@ -38,7 +38,9 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Db } from '../store/db.js';
+import type { WebhookDeliveryRow as Row, WebhookDeliveryStore, WebhookStatus } from '../store/webhookDeliveries.js';
+
+export type { WebhookStatus } from '../store/webhookDeliveries.js';
 
 export const SIGNATURE_HEADER = 'Playline-Signature';
 export const EVENT_HEADER = 'Playline-Event';
@@ -118,8 +120,6 @@ export function verifyWebhookSignature(
 // ---------------------------------------------------------------------------
 // Deliveries
 
-export type WebhookStatus = 'pending' | 'delivered' | 'failed';
-
 export interface WebhookDelivery {
   id: string;
   callId: string | null;
@@ -146,7 +146,8 @@ export interface WebhookBody {
 }
 
 export interface WebhookDispatcherOptions {
-  db: Db;
+  /** The deliveries table (SQLite or Postgres); several processes may share it. */
+  store: WebhookDeliveryStore;
   /** Destination of new deliveries (and of requeued ones, see `retry`). */
   url: string;
   /** HMAC secret; without one, requests go unsigned (a warning is logged once). */
@@ -163,21 +164,6 @@ export interface WebhookDispatcherOptions {
   pollMs?: number;
   /** Most requests in flight at once (default 4). */
   maxConcurrent?: number;
-}
-
-interface Row {
-  id: string;
-  call_id: string | null;
-  event: string;
-  url: string;
-  payload: string;
-  status: WebhookStatus;
-  attempts: number;
-  next_attempt_at: number;
-  last_status_code: number | null;
-  last_error: string | null;
-  created_at: number;
-  delivered_at: number | null;
 }
 
 interface AttemptResult {
@@ -227,7 +213,7 @@ async function readSnippet(res: Response, max: number): Promise<string> {
 }
 
 export class WebhookDispatcher {
-  readonly #db: Db;
+  readonly #store: WebhookDeliveryStore;
   readonly #url: string;
   readonly #secret: string | undefined;
   readonly #log: Logger;
@@ -241,11 +227,12 @@ export class WebhookDispatcher {
   #running = false;
   #timer: NodeJS.Timeout | undefined;
   readonly #inflight = new Map<string, Promise<void>>();
-
-  readonly #stmts: ReturnType<typeof prepareStatements>;
+  /** A look at the table in progress (one at a time). */
+  #ticking: Promise<void> | undefined;
+  #tickAgain = false;
 
   constructor(opts: WebhookDispatcherOptions) {
-    this.#db = opts.db;
+    this.#store = opts.store;
     this.#url = opts.url;
     this.#secret = opts.secret ? opts.secret : undefined;
     const bound = typeof opts.log.bindings === 'function' ? opts.log.bindings() : {};
@@ -259,8 +246,6 @@ export class WebhookDispatcher {
     if (this.#secret === undefined) {
       this.#log.warn('no webhook secret configured: webhook requests are sent without a Playline-Signature header');
     }
-
-    this.#stmts = prepareStatements(this.#db);
   }
 
   /** Whether the delivery loop runs. */
@@ -277,11 +262,11 @@ export class WebhookDispatcher {
    * Records a delivery of `event` (body `{ id, event, createdAt, data: payload }`)
    * and, if the loop runs, starts delivering it. Returns the delivery id.
    */
-  enqueue(event: string, callId: string | null, payload: object): string {
+  async enqueue(event: string, callId: string | null, payload: object): Promise<string> {
     const now = this.#now();
     const id = newDeliveryId(now);
     const body: WebhookBody = { id, event, createdAt: new Date(now).toISOString(), data: payload };
-    this.#stmts.insert.run({
+    await this.#store.insert({
       id,
       call_id: callId,
       event,
@@ -313,32 +298,20 @@ export class WebhookDispatcher {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
-    while (this.#inflight.size > 0) {
-      await Promise.allSettled([...this.#inflight.values()]);
+    while (this.#inflight.size > 0 || this.#ticking !== undefined) {
+      await Promise.allSettled([...this.#inflight.values(), this.#ticking]);
     }
   }
 
-  get(id: string): WebhookDelivery | undefined {
-    const row = this.#stmts.get.get(id);
+  async get(id: string): Promise<WebhookDelivery | undefined> {
+    const row = await this.#store.get(id);
     return row ? toDelivery(row) : undefined;
   }
 
   /** Newest first. `limit` is clamped to 1..500 (default 50). */
-  list(opts: { status?: WebhookStatus; callId?: string; limit?: number } = {}): WebhookDelivery[] {
-    const where: string[] = [];
-    const params: unknown[] = [];
-    if (opts.status !== undefined) {
-      where.push('status = ?');
-      params.push(opts.status);
-    }
-    if (opts.callId !== undefined) {
-      where.push('call_id = ?');
-      params.push(opts.callId);
-    }
+  async list(opts: { status?: WebhookStatus; callId?: string; limit?: number } = {}): Promise<WebhookDelivery[]> {
     const limit = Math.min(500, Math.max(1, Math.floor(opts.limit ?? 50)));
-    const sql = `SELECT * FROM webhook_deliveries ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      ORDER BY created_at DESC, id DESC LIMIT ?`;
-    return (this.#db.prepare(sql).all(...params, limit) as Row[]).map(toDelivery);
+    return (await this.#store.list({ ...opts, limit })).map(toDelivery);
   }
 
   /**
@@ -347,9 +320,8 @@ export class WebhookDispatcher {
    * URL; body and delivery id unchanged. False when there is no such delivery
    * or it is not `failed` (use `get` to tell which).
    */
-  retry(id: string): boolean {
-    const res = this.#stmts.requeue.run({ id, url: this.#url, now: this.#now() });
-    if (res.changes === 0) return false;
+  async retry(id: string): Promise<boolean> {
+    if (!(await this.#store.requeue(id, this.#url, this.#now()))) return false;
     this.#log.info({ deliveryId: id }, 'webhook delivery requeued');
     this.#kick();
     return true;
@@ -370,35 +342,46 @@ export class WebhookDispatcher {
   #tick(): void {
     this.#timer = undefined;
     if (!this.#running) return;
-    let free = this.#maxConcurrent - this.#inflight.size;
+    if (this.#ticking !== undefined) {
+      this.#tickAgain = true;
+      return;
+    }
+    this.#ticking = this.#look().finally(() => {
+      this.#ticking = undefined;
+      if (this.#tickAgain) {
+        this.#tickAgain = false;
+        this.#kick();
+      }
+    });
+  }
+
+  /** One look at the table: claims what is due (up to the free slots) and starts delivering it. */
+  async #look(): Promise<void> {
+    const free = this.#maxConcurrent - this.#inflight.size;
     const now = this.#now();
     if (free > 0) {
       let rows: Row[];
       try {
-        rows = this.#stmts.due.all(now, free + this.#inflight.size);
+        // Claimed until the attempt is surely over (its timeout plus a margin): meanwhile no other process takes it.
+        rows = await this.#store.claimDue(now, free, now + this.#timeoutMs + 30_000);
       } catch (err) {
         this.#log.error({ err }, 'webhook queue read failed');
         this.#schedule(this.#pollMs);
         return;
       }
-      for (const row of rows) {
-        if (free <= 0) break;
-        if (this.#inflight.has(row.id)) continue;
-        free--;
-        this.#startDelivery(row);
-      }
+      for (const row of rows) this.#startDelivery(row);
+      if (rows.length >= free) return;
     }
     // A slot freeing up or an enqueue kicks the loop; otherwise wake up when the
     // next retry is due, and at least every pollMs.
-    if (free > 0) this.#schedule(this.#untilNextDue(now));
+    if (this.#timer === undefined) this.#schedule(await this.#untilNextDue(now));
   }
 
-  #untilNextDue(now: number): number {
+  async #untilNextDue(now: number): Promise<number> {
     try {
-      const rows = this.#stmts.due.all(Number.MAX_SAFE_INTEGER, this.#inflight.size + 1);
-      const next = rows.find((r) => !this.#inflight.has(r.id));
+      const next = await this.#store.nextDueAt();
       if (next === undefined) return this.#pollMs;
-      return Math.min(this.#pollMs, Math.max(1, next.next_attempt_at - now));
+      return Math.min(this.#pollMs, Math.max(1, next - now));
     } catch {
       return this.#pollMs;
     }
@@ -422,24 +405,24 @@ export class WebhookDispatcher {
     const ctx = { deliveryId: row.id, event: row.event, callId: row.call_id, attempt: attempts };
     const { statusCode, error } = result;
     if (statusCode !== null && statusCode >= 200 && statusCode < 300) {
-      this.#stmts.delivered.run({ id: row.id, attempts, code: statusCode, at: this.#now() });
+      await this.#store.delivered(row.id, attempts, statusCode, this.#now());
       this.#log.info({ ...ctx, statusCode }, 'webhook delivered');
       return;
     }
     if (statusCode === 410) {
-      this.#stmts.failed.run({ id: row.id, attempts, code: statusCode, error });
+      await this.#store.failed(row.id, attempts, statusCode, error);
       this.#log.warn({ ...ctx, statusCode }, 'webhook receiver answered 410 Gone: delivery failed, not retried');
       return;
     }
     const step = this.#backoff[attempts - 1];
     if (step === undefined) {
-      this.#stmts.failed.run({ id: row.id, attempts, code: statusCode, error });
+      await this.#store.failed(row.id, attempts, statusCode, error);
       this.#log.error({ ...ctx, statusCode, error }, 'webhook delivery failed after its last attempt (dead letter)');
       return;
     }
     const jitter = Math.floor(step * 0.1 * Math.random());
     const next = this.#now() + step + jitter;
-    this.#stmts.retryLater.run({ id: row.id, attempts, next, code: statusCode, error });
+    await this.#store.retryLater(row.id, attempts, next, statusCode, error);
     this.#log.warn({ ...ctx, statusCode, error, retryInMs: step + jitter }, 'webhook attempt failed, will retry');
   }
 
@@ -477,40 +460,6 @@ export class WebhookDispatcher {
       clearTimeout(timer);
     }
   }
-}
-
-function prepareStatements(db: Db) {
-  return {
-    insert: db.prepare<[Row], void>(
-      `INSERT INTO webhook_deliveries
-         (id, call_id, event, url, payload, status, attempts, next_attempt_at, last_status_code, last_error, created_at, delivered_at)
-       VALUES (@id, @call_id, @event, @url, @payload, @status, @attempts, @next_attempt_at, @last_status_code, @last_error, @created_at, @delivered_at)`,
-    ),
-    due: db.prepare<[number, number], Row>(
-      `SELECT * FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?
-       ORDER BY next_attempt_at, created_at LIMIT ?`,
-    ),
-    get: db.prepare<[string], Row>(`SELECT * FROM webhook_deliveries WHERE id = ?`),
-    delivered: db.prepare<[{ id: string; attempts: number; code: number; at: number }], void>(
-      `UPDATE webhook_deliveries SET status = 'delivered', attempts = @attempts, last_status_code = @code,
-         last_error = NULL, delivered_at = @at WHERE id = @id AND status = 'pending'`,
-    ),
-    retryLater: db.prepare<
-      [{ id: string; attempts: number; next: number; code: number | null; error: string | null }],
-      void
-    >(
-      `UPDATE webhook_deliveries SET attempts = @attempts, next_attempt_at = @next, last_status_code = @code,
-         last_error = @error WHERE id = @id AND status = 'pending'`,
-    ),
-    failed: db.prepare<[{ id: string; attempts: number; code: number | null; error: string | null }], void>(
-      `UPDATE webhook_deliveries SET status = 'failed', attempts = @attempts, last_status_code = @code,
-         last_error = @error WHERE id = @id AND status = 'pending'`,
-    ),
-    requeue: db.prepare<[{ id: string; url: string; now: number }], void>(
-      `UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = @now, url = @url
-       WHERE id = @id AND status = 'failed'`,
-    ),
-  };
 }
 
 function toDelivery(row: Row): WebhookDelivery {

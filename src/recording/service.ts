@@ -108,16 +108,16 @@ export class RecordingService {
    * from a transfer continues its file). Twilio: asks the Recordings API to record the call (once
    * per call: a call back from a transfer is still being recorded) and returns undefined.
    */
-  begin(callSid: string, route: Pick<CallRoute, 'agentId' | 'record'>, resumed: boolean): CallAudioRecorder | undefined {
+  async begin(callSid: string, route: Pick<CallRoute, 'agentId' | 'record'>, resumed: boolean): Promise<CallAudioRecorder | undefined> {
     if (!this.wanted(route)) return undefined;
-    const row = this.#o.calls.getBySid(callSid);
+    const row = await this.#o.calls.getBySid(callSid);
     if (row === undefined) {
       this.#log.warn({ callSid }, 'recording: the call has no record; not recorded');
       return undefined;
     }
     // Twilio records phone calls; a browser call never reaches Twilio, so it is recorded here.
     if (this.settings.backend === 'twilio' && row.direction !== 'web') {
-      if (row.recordingBackend !== 'twilio' || row.recordingStatus === 'failed') this.#startTwilio(row);
+      if (row.recordingBackend !== 'twilio' || row.recordingStatus === 'failed') await this.#startTwilio(row);
       return undefined;
     }
     const append = resumed && row.recordingBackend === 'local' && existsSync(this.pathOf(row.id));
@@ -131,7 +131,7 @@ export class RecordingService {
       ...(this.#o.mediaClock !== undefined ? { now: this.#o.mediaClock } : {}),
     });
     // A call back from a transfer is being recorded again: not `completed` until this part is finished too.
-    this.#o.calls.update(row.id, append ? { recordingStatus: 'in-progress' } : { recordingBackend: 'local', recordingStatus: 'in-progress', recordingStartedAt: this.#now() });
+    await this.#o.calls.update(row.id, append ? { recordingStatus: 'in-progress' } : { recordingBackend: 'local', recordingStatus: 'in-progress', recordingStartedAt: this.#now() });
     this.#live.set(callSid, { callId: row.id, rec });
     return rec;
   }
@@ -154,7 +154,7 @@ export class RecordingService {
     const live = { callId, rec };
     try {
       const result = await live.rec.close();
-      this.#o.calls.update(live.callId, result === undefined ? { recordingStatus: 'failed' } : { recordingStatus: 'completed', recordingDurationS: Math.round(result.durationS * 10) / 10 });
+      await this.#o.calls.update(live.callId, result === undefined ? { recordingStatus: 'failed' } : { recordingStatus: 'completed', recordingDurationS: Math.round(result.durationS * 10) / 10 });
     } catch (err) {
       this.#log.error({ err, callSid }, 'recording: finishing the file failed');
     }
@@ -166,31 +166,31 @@ export class RecordingService {
     await Promise.all([...this.#ending]);
   }
 
-  #startTwilio(row: CallRow): void {
+  async #startTwilio(row: CallRow): Promise<void> {
     const port = this.#o.twilio;
     const callSid = row.callSid;
     if (port === undefined || callSid === null) return;
     const callback = `${this.#o.publicUrl}/twilio/recording?callId=${encodeURIComponent(row.id)}`;
-    this.#o.calls.update(row.id, { recordingBackend: 'twilio', recordingStatus: 'starting', recordingStartedAt: this.#now() });
+    await this.#o.calls.update(row.id, { recordingBackend: 'twilio', recordingStatus: 'starting', recordingStartedAt: this.#now() });
     port.start(callSid, callback).then(
-      ({ sid }) => {
-        const now = this.#o.calls.get(row.id);
+      async ({ sid }) => {
+        const now = await this.#o.calls.get(row.id);
         // The status callback may have come first.
-        if (now?.recordingSid === null || now?.recordingSid === undefined) this.#o.calls.update(row.id, { recordingSid: sid, recordingStatus: now?.recordingStatus === 'starting' ? 'in-progress' : (now?.recordingStatus ?? 'in-progress') });
+        if (now?.recordingSid === null || now?.recordingSid === undefined) await this.#o.calls.update(row.id, { recordingSid: sid, recordingStatus: now?.recordingStatus === 'starting' ? 'in-progress' : (now?.recordingStatus ?? 'in-progress') });
       },
-      (err: unknown) => {
-        this.#o.calls.update(row.id, { recordingStatus: 'failed' });
+      async (err: unknown) => {
+        await this.#o.calls.update(row.id, { recordingStatus: 'failed' });
         this.#log.error({ callSid, err: errorMessage(err) }, 'recording: Twilio refused to record the call (check that the account can record calls)');
       },
     );
   }
 
   /** Twilio's recording status callback (signed; `callId` from its URL). */
-  onTwilioStatus(callId: string | undefined, s: TwilioRecordingStatus): boolean {
-    const row = (callId !== undefined ? this.#o.calls.get(callId) : undefined) ?? this.#o.calls.getBySid(s.callSid);
+  async onTwilioStatus(callId: string | undefined, s: TwilioRecordingStatus): Promise<boolean> {
+    const row = (callId !== undefined ? await this.#o.calls.get(callId) : undefined) ?? (await this.#o.calls.getBySid(s.callSid));
     if (row === undefined || row.callSid !== s.callSid) return false;
     if (row.recordingStatus === 'deleted') return true;
-    this.#o.calls.update(row.id, {
+    await this.#o.calls.update(row.id, {
       recordingBackend: 'twilio',
       recordingSid: s.recordingSid,
       recordingStatus: s.status,
@@ -231,10 +231,12 @@ export class RecordingService {
     const before = this.#now() - days * DAY_MS;
     let deleted = 0;
     for (;;) {
-      const rows = this.#o.calls.recordingsBefore(before, 100).filter((r) => !(r.callSid !== null && this.#live.has(r.callSid)));
+      const rows = (await this.#o.calls.recordingsBefore(before, 100)).filter((r) => !(r.callSid !== null && this.#live.has(r.callSid)));
       if (rows.length === 0) break;
       let progressed = false;
       for (const row of rows) {
+        // Another process sweeping at the same time may have taken this one.
+        if (!(await this.#o.calls.claimRecordingDeletion(row.id, row.recordingStatus))) continue;
         try {
           if (row.recordingBackend === 'local') {
             try {
@@ -243,13 +245,18 @@ export class RecordingService {
               if (!(err instanceof Error && 'code' in err && err.code === 'ENOENT')) throw err;
             }
           } else if (row.recordingSid !== null) {
-            if (this.#o.twilio === undefined) continue;
+            if (this.#o.twilio === undefined) {
+              await this.#o.calls.update(row.id, { recordingStatus: row.recordingStatus });
+              continue;
+            }
             await this.#o.twilio.delete(row.recordingSid);
           }
-          this.#o.calls.clearRecording(row.id);
+          await this.#o.calls.clearRecording(row.id);
           deleted++;
           progressed = true;
         } catch (err) {
+          // Handed back: the next sweep (of any process) tries again.
+          await this.#o.calls.update(row.id, { recordingStatus: row.recordingStatus }).catch(() => undefined);
           this.#log.warn({ callId: row.id, err: errorMessage(err) }, 'recording retention: could not delete a recording; trying again at the next sweep');
         }
       }

@@ -428,8 +428,8 @@ export class FleetAdmission {
   }
 
   /** `GET /v1/live` across the fleet: this process answers the others with `list`. */
-  serveLive(list: () => unknown[]): void {
-    this.owners.setQuestionHandler(() => ({ ok: true, data: { calls: list() } }));
+  serveLive(list: () => unknown[] | Promise<unknown[]>): void {
+    this.owners.setQuestionHandler(async () => ({ ok: true, data: { calls: await list() } }));
   }
 
   /** The live calls of every other process that answered within a second (unchecked). */

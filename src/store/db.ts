@@ -316,19 +316,27 @@ export function openDataDir(dataDir: string): Db {
   }
 }
 
-/** Applies the migrations the database has not seen yet. */
+/**
+ * Applies the migrations the database has not seen yet, all in one `BEGIN IMMEDIATE`
+ * transaction: the version is read again once SQLite's write lock is held, so two processes
+ * booting at once on one file apply each migration once (the second one finds nothing to do).
+ */
 export function migrate(db: Db): number {
-  const current = Number(db.pragma('user_version', { simple: true }));
-  if (current > MIGRATIONS.length) {
-    throw new Error(`database schema version ${current} is newer than this Playline (${MIGRATIONS.length}); upgrade Playline`);
-  }
-  for (let v = current; v < MIGRATIONS.length; v++) {
-    const sql = MIGRATIONS[v];
-    if (sql === undefined) break;
-    db.transaction(() => {
+  const check = (current: number): void => {
+    if (current > MIGRATIONS.length) {
+      throw new Error(`database schema version ${current} is newer than this Playline (${MIGRATIONS.length}); upgrade Playline`);
+    }
+  };
+  check(Number(db.pragma('user_version', { simple: true })));
+  return db.transaction(() => {
+    const current = Number(db.pragma('user_version', { simple: true }));
+    check(current);
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v];
+      if (sql === undefined) break;
       db.exec(sql);
       db.pragma(`user_version = ${v + 1}`);
-    })();
-  }
-  return MIGRATIONS.length - current;
+    }
+    return MIGRATIONS.length - current;
+  }).immediate();
 }
