@@ -277,4 +277,21 @@ describe.skipIf(!enabled)('dialing through the fleet queue (REDIS_URL)', () => {
     // A call no process owns is settled as before.
     expect((await p!.calls.getBySid(gone))!.finalizedAt).not.toBeNull();
   });
+
+  it("leaves to their owners, at a restart's reconciliation, a browser call live on another process and one whose token may still be redeemed elsewhere", async () => {
+    const live = 'WC' + '3'.repeat(32);
+    const young = 'WC' + '4'.repeat(32);
+    const old = 'WC' + '5'.repeat(32);
+    const [p] = fleet(1, { claimGraceMs: 30_000, ownedElsewhere: async (sid) => sid === live });
+    const now = Date.now();
+    await p!.calls.insert({ callSid: live, direction: 'web', to: 'agent', from: 'browser', agentId: 'agent', status: 'in-progress' }, now - 120_000);
+    await p!.calls.update((await p!.calls.getBySid(live))!.id, { answeredAt: now - 119_000 });
+    await p!.calls.insert({ callSid: young, direction: 'web', to: 'agent', from: 'browser', agentId: 'agent', status: 'initiated' }, now - 1_000);
+    await p!.calls.insert({ callSid: old, direction: 'web', to: 'agent', from: 'browser', agentId: 'agent', status: 'initiated' }, now - 120_000);
+    await p!.outbound.reconcile();
+    expect((await p!.calls.getBySid(live))!.finalizedAt).toBeNull();
+    expect((await p!.calls.getBySid(young))!.finalizedAt).toBeNull();
+    // A browser call whose socket never opened, long ago, is settled as before.
+    expect((await p!.calls.getBySid(old))!.finalizedAt).not.toBeNull();
+  });
 });

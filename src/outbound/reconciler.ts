@@ -59,6 +59,8 @@ export class Reconciler {
     for (const row of await calls.unfinished()) {
       if (row.status === 'queued') continue;
       if (row.status === 'claimed' && row.callSid === null && this.#c.now() - (row.claimedAt ?? row.createdAt) < this.#claimGraceMs) continue;
+      // A browser call whose token another process may still see redeemed (a shared database).
+      if (row.direction === 'web' && row.answeredAt === null && this.#c.now() - row.createdAt < this.#claimGraceMs) continue;
       if (attempts.isHeld(row.id) || (row.callSid !== null && manager.getSession(row.callSid) !== undefined)) continue;
       try {
         if (row.callSid !== null && this.#ownedElsewhere !== undefined && (await this.#ownedElsewhere(row.callSid))) continue;
@@ -173,6 +175,11 @@ export class Reconciler {
       const row = await calls.get(id);
       if (row === undefined || row.finalizedAt !== null || attempts.isHeld(id)) continue;
       if (row.callSid !== null && manager.getSession(row.callSid) !== undefined) continue;
+      // A shared database (REDIS_URL): a call live on another process is its owner's to settle.
+      if (row.callSid !== null && this.#ownedElsewhere !== undefined && (await this.#ownedElsewhere(row.callSid).catch(() => true))) {
+        attempts.recheckAt(id, now + RECHECK_LATER_MS);
+        continue;
+      }
       attempts.trackDial(
         this.#settleStale(row).then((finished) => {
           if (!finished) attempts.recheckAt(id, this.#c.now() + RECHECK_LATER_MS);
