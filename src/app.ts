@@ -181,6 +181,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       prefix: config.fleet.prefix,
       leaseMs: config.fleet.leaseMs,
       maxConcurrentCalls: config.maxConcurrentCalls,
+      inboundReserved: config.outbound.inboundReserved,
       agentLimits: config.agentLimits,
       maxCallMs: config.timeouts.maxCallMs,
       tokenTtlMs: config.timeouts.streamTokenTtlMs,

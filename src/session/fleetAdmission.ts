@@ -28,7 +28,7 @@
  *
  * Outbound dials hold their slot through {@link FleetAdmission.holdOutboundSlot} (outbound/dialQueue.ts).
  *
- * Not yet fleet-wide: INBOUND_RESERVED for outbound dialing.
+ * INBOUND_RESERVED holds fleet-wide too: outbound dials never take the last INBOUND_RESERVED fleet slots.
  */
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -60,6 +60,8 @@ export interface FleetAdmissionOptions {
   prefix: string;
   leaseMs: number;
   maxConcurrentCalls: number;
+  /** INBOUND_RESERVED: fleet slots outbound dialing never takes. */
+  inboundReserved?: number;
   agentLimits: Map<string, number>;
   maxCallMs: number;
   tokenTtlMs: number;
@@ -119,7 +121,7 @@ export class FleetAdmission {
     this.#redis = new Redis(o.redisUrl, { ...failFastOptions(), lazyConnect: true });
     watchErrors(this.#redis, this.#log, 'fleet');
     const common = { redis: this.#redis, prefix: o.prefix, logger: o.logger };
-    this.slots = new FleetSlots({ ...common, maxConcurrentCalls: o.maxConcurrentCalls, agentLimits: o.agentLimits, leaseMs: o.leaseMs, maxCallMs: o.maxCallMs, ...(o.agentCapacityCooldownMs !== undefined ? { agentCapacityCooldownMs: o.agentCapacityCooldownMs } : {}) });
+    this.slots = new FleetSlots({ ...common, maxConcurrentCalls: o.maxConcurrentCalls, ...(o.inboundReserved !== undefined ? { inboundReserved: o.inboundReserved } : {}), agentLimits: o.agentLimits, leaseMs: o.leaseMs, maxCallMs: o.maxCallMs, ...(o.agentCapacityCooldownMs !== undefined ? { agentCapacityCooldownMs: o.agentCapacityCooldownMs } : {}) });
     this.owners = new CallOwners({ ...common, processId: this.slots.processId, ttlMs: o.leaseMs });
     this.tokens = new FleetTokens<StoredReservation>({
       ...common,
