@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { postgresTestsEnabled, TestPostgres } from './testPostgres.js';
 import { freePort, killGroup, removeAfterAll, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
 const enabled = fleetTestsEnabled();
@@ -27,7 +28,7 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
     await redis?.stop();
   });
 
-  /** Three bridges on one key prefix and one data directory, dialing through `rest`. */
+  /** Bridges on one key prefix and one data directory (or one Postgres: `env.DATABASE_URL`), dialing through `rest`. */
   async function fleet(rest: FakeTwilioRest, ports: number[], env: Record<string, string>, publicUrls: string[] = []): Promise<Child[]> {
     const prefix = `d${++n}:`;
     const dataDir = mkdtempSync(join(tmpdir(), 'playline-fleetdial-'));
@@ -48,7 +49,9 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
     const procs: Child[] = [];
     // The first one creates the database; the others open it once it exists.
     for (const [i, port] of ports.entries()) {
-      const c = await start({ env: { ...common, PUBLIC_URL: publicUrls[i] ?? `http://127.0.0.1:${port}` }, port, dataDir });
+      // DATABASE_URL (Postgres): each process has a data directory of its own, as on separate machines.
+      const own = env.DATABASE_URL !== undefined;
+      const c = await start({ env: { ...common, PUBLIC_URL: publicUrls[i] ?? `http://127.0.0.1:${port}` }, port, ...(own ? {} : { dataDir }) });
       await waitHealthy(c);
       procs.push(c);
     }
@@ -176,4 +179,40 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
       await rest.close();
     }
   }, 120_000);
+
+  describe.runIf(postgresTestsEnabled())('with the records in Postgres (DATABASE_URL), each process on a data directory of its own', () => {
+    let pg: TestPostgres | undefined;
+    beforeAll(async () => {
+      pg = await TestPostgres.start();
+    }, 30_000);
+    afterAll(async () => {
+      await pg?.stop();
+    });
+
+    it('kill -9 of a process while it is dialing: no contact is dialed twice, none is lost, and every process shows the same records', async () => {
+      const ports = [await freePort(), await freePort(), await freePort()];
+      const rest = await FakeTwilioRest.start({ bridgeUrl: `http://127.0.0.1:${ports[0]}`, outcomeFor: () => 'busy', ringMs: [200, 600], createResponseDelayMs: 400 });
+      try {
+        const procs = await fleet(rest, ports, { OUTBOUND_MAX_CPS: '5', LOG_LEVEL: 'info', DATABASE_URL: await pg!.database() });
+        const id = await createCampaign(procs[0]!, 30, { callsPerSecond: 10, maxConcurrent: 10, retry: { maxAttempts: 1 } });
+        await waitFor('8 dials', () => accepted(rest).length >= 8, 20_000);
+        const last = rest.creates[rest.creates.length - 1]!;
+        const victim = procs.find((p) => String(last.params.Url).startsWith(`http://127.0.0.1:${p.port}/`))!;
+        killGroup(victim.pid);
+        await waitExit(victim, 5_000);
+        const survivors = procs.filter((p) => p !== victim);
+        await waitFor('every contact dialed', () => new Set(accepted(rest).map((c) => c.to)).size === 30, 60_000);
+        await waitFor('the campaign to complete', async () => (await campaignOf(survivors[0]!, id)).status === 'completed', 30_000);
+        expect(dialedTwice(rest)).toEqual([]);
+        expect(accepted(rest)).toHaveLength(30);
+        for (const p of survivors) {
+          const c = await campaignOf(p, id);
+          expect(c.progress.counts.byState.pending ?? 0).toBe(0);
+          expect(c.progress.counts.byState.done).toBe(30);
+        }
+      } finally {
+        await rest.close();
+      }
+    }, 120_000);
+  });
 });
