@@ -128,6 +128,56 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     }
   }, 40_000);
 
+  it('an API transfer sent to the non-owner is run by the owner’s session and its answer (here its refusal) comes back; an AMD result landing on the non-owner is on the call’s record', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    // Webhook on A, stream on B: B owns the call.
+    const c = await call(a, b);
+    try {
+      await agentAudio(c);
+      const list = (await get(`${a.url}/v1/calls?limit=10`))?.body as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+      const id = list?.data?.find((r) => r.callSid === c.callSid)?.id;
+      expect(id).toBeDefined();
+
+      // Each process has its own SQLite file here: the call's record is on A, its session on B.
+      // These processes have no carrier that can redirect calls: B's session refuses the transfer,
+      // and A answers B's refusal (alone, A would say the call is not live on this server).
+      const transfer = async (p: Child) => {
+        const res = await fetch(`${p.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'nobody', mode: 'warm', reason: 'r'.repeat(250) }) });
+        const body = (await res.json()) as { error?: { code?: string; message?: string } };
+        return { status: res.status, code: body.error?.code, message: body.error?.message };
+      };
+      expect(await transfer(a)).toEqual({
+        status: 409,
+        code: 'transfer_unavailable',
+        message: 'this call cannot be transferred (a browser call, or no carrier that can redirect calls: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)',
+      });
+
+      // Twilio's AMD result lands on A, not the owner: the call's record has it (with DATABASE_URL
+      // every process reads that record; the voicemail actions are carrier REST calls, made from anywhere).
+      const amd = await postStatusCallback({ bridgeUrl: a.url, path: '/twilio/amd', params: { CallSid: c.callSid, AnsweredBy: 'human', MachineDetectionDuration: '1200' } });
+      expect(amd.status).toBe(204);
+      const detail = (await get(`${a.url}/v1/calls/${id}`))?.body as { answeredBy?: string | null; events?: Array<{ type: string; data?: unknown }> } | undefined;
+      expect(detail?.answeredBy).toBe('human');
+      expect(detail?.events?.find((e) => e.type === 'amd')?.data).toEqual({ answeredBy: 'human', durationMs: 1200 });
+
+      // Once the call ended, no process owns it: A says it is not live, as for a local call.
+      c.stream.sendStop();
+      c.stream.close();
+      await waitFor('B to give up the call', async () => {
+        const r = new Redis(redis.port, '127.0.0.1');
+        try {
+          return (await r.exists(`${prefix}owner:${c.callSid}`)) === 0;
+        } finally {
+          r.disconnect();
+        }
+      }, 5000);
+      expect(await transfer(a)).toMatchObject({ status: 409, code: 'call_not_live' });
+    } finally {
+      c.stop();
+    }
+  }, 40_000);
+
   it('a browser call created on one process streams on another: agent audio flows, it counts in the fleet cap, and its slot comes back when it ends', async () => {
     const { procs, prefix } = await fleet(2);
     const [a, b] = procs as [Child, Child];

@@ -64,9 +64,9 @@ export const controlMessageSchema = z.discriminatedUnion('type', [
     type: z.literal('transfer'),
     request: z.object({
       target: z.string().max(200).optional(),
-      to: z.string().max(200).optional(),
+      to: z.string().max(256).optional(),
       mode: z.enum(['cold', 'warm']),
-      reason,
+      reason: z.string().max(300).optional(),
       summary: z.string().max(4_000).optional(),
       by: z.enum(['api', 'tool', 'dtmf']),
     }),
