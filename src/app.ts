@@ -43,7 +43,7 @@ import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
 import { callHttpTool, type ToolRunner } from './tools/http.js';
 import { TransferCoordinator, type TransferCarrier } from './transfer/coordinator.js';
-import { transferCallbacks } from './http/transferCallbacks.js';
+import { runTransferCallback, transferCallbacks, type TransferCallbackFields, type TransferCallbackKind } from './http/transferCallbacks.js';
 import { WebCalls } from './calls/webCalls.js';
 import { setupFacts } from './api/liveRoutes.js';
 import { webMediaStreamRoute } from './http/webMediaStream.js';
@@ -387,6 +387,23 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
 
   // Transfers need a carrier that can redirect a live call (Twilio REST); without one, calls cannot be transferred.
   const transferCarrier = overrides.transferCarrier ?? (callControl instanceof TwilioRestCallControl ? callControl : undefined);
+  /** REDIS_URL: this process owns a transfer's id while it runs it, so its callbacks come here. */
+  const trackTransfer = (id: string, active: boolean): void => {
+    const f = fleet;
+    if (f === undefined) return;
+    const failed = (err: unknown) => logger.warn({ transferId: id, err: err instanceof Error ? err.message : String(err) }, 'fleet: could not route the transfer callbacks here (those landing elsewhere are answered there)');
+    if (!active) {
+      f.owners.disown(id).catch(failed);
+      return;
+    }
+    f.owners
+      .own(id, (m) => {
+        if (m.type !== 'transfer_callback' || transfers === undefined) return { ok: false, error: 'not a transfer callback' };
+        const twiml = runTransferCallback(transfers, m.kind, id, m.params);
+        return twiml === undefined ? { ok: false, error: `not a ${m.kind} callback: its fields are missing` } : { ok: true, data: { twiml } };
+      })
+      .catch(failed);
+  };
   const transfers =
     transferCarrier === undefined
       ? undefined
@@ -402,6 +419,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
           log: logger.child({ component: 'transfers' }),
           onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+          // REDIS_URL: Twilio's callbacks about this transfer may land on any process; they come here.
+          ...(fleet !== undefined ? { onTracking: (id: string, active: boolean) => trackTransfer(id, active) } : {}),
           prompts,
         });
 
@@ -444,7 +463,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   await app.register(promptRoutes, { prompts });
   await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
   if (transfers !== undefined) {
-    await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
+    await app.register(transferCallbacks, {
+      authToken: config.twilio.authToken,
+      publicUrl: config.publicUrl,
+      streamUrl: config.streamUrl,
+      metrics,
+      transfers,
+      ...(fleet !== undefined ? { forward: (id: string, kind: TransferCallbackKind, fields: TransferCallbackFields) => forwardTransferCallback(fleet, id, kind, fields, logger) } : {}),
+    });
   }
   if (config.recording.backend === 'off') {
     app.addHook('preHandler', async (req, reply) => {
@@ -517,6 +543,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
         const r = await session.requestTransfer(req.data);
         return r.ok ? { ok: true, data: { transferId: r.transferId } } : { ok: false, error: r.error, code: r.code };
       }
+      case 'transfer_callback':
+        return { ok: false, error: 'a transfer callback goes to the process running the transfer (the owner of its transfer id), not of its call' };
     }
   });
   await app.register(webMediaStreamRoute, {
@@ -651,6 +679,25 @@ async function remoteTransfer(fleet: FleetAdmission, callSid: string, req: Trans
   const code = transferRefusalSchema.safeParse(answer.code);
   if (!code.success) throw new Error(`fleet: the process owning call ${callSid} could not run the transfer: ${answer.error}`);
   return { ok: false, code: code.data, error: answer.error };
+}
+
+/** What another process answers to a transfer callback it ran. */
+const transferCallbackAnswerSchema = z.object({ twiml: z.string().max(64 * 1024) });
+
+/** A callback about a transfer that another process runs (REDIS_URL): its answer, or undefined when no process runs it. */
+async function forwardTransferCallback(fleet: FleetAdmission, id: string, kind: TransferCallbackKind, params: TransferCallbackFields, log: Logger): Promise<string | undefined> {
+  try {
+    const answer = await fleet.owners.send(id, { type: 'transfer_callback', kind, params });
+    if (!answer.ok) {
+      log.warn({ transferId: id, kind, err: answer.error }, 'fleet: the process running the transfer could not apply its callback');
+      return undefined;
+    }
+    const data = transferCallbackAnswerSchema.safeParse(answer.data);
+    return data.success ? data.data.twiml : undefined;
+  } catch (err) {
+    if (!(err instanceof FleetError && err.code === 'no_owner')) log.warn({ transferId: id, kind, err: err instanceof Error ? err.message : String(err) }, 'fleet: could not pass a transfer callback to the process running the transfer');
+    return undefined;
+  }
 }
 
 /** The call sessions' settings from the configuration. */
