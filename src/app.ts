@@ -18,10 +18,12 @@ import { mediaStreamRoute, streamRouteSettings, onWebSocketError } from './http/
 import { statusUpdateOf, twilioWebhooks } from './http/twilioWebhooks.js';
 import { FleetAdmission } from './session/fleetAdmission.js';
 import { FleetError } from './fleet/redis.js';
+import { transferAddressSchema } from './transfer/targets.js';
+import { z } from 'zod';
 import { FleetEventBus } from './fleet/events.js';
 import { TERMINAL_CALL_STATUSES } from './store/calls.js';
 import { Metrics } from './metrics.js';
-import type { SessionSettings } from './session/callSession.js';
+import type { SessionSettings, TransferRequest, TransferStart } from './session/callSession.js';
 import { LoadGuard } from './session/loadGuard.js';
 import { SessionManager, type Slot } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
@@ -41,7 +43,7 @@ import { errorCode } from './util/errors.js';
 import { openDataDir, type Db } from './store/db.js';
 import { callHttpTool, type ToolRunner } from './tools/http.js';
 import { TransferCoordinator, type TransferCarrier } from './transfer/coordinator.js';
-import { transferCallbacks } from './http/transferCallbacks.js';
+import { runTransferCallback, transferCallbacks, type TransferCallbackFields, type TransferCallbackKind } from './http/transferCallbacks.js';
 import { WebCalls } from './calls/webCalls.js';
 import { setupFacts } from './api/liveRoutes.js';
 import { webMediaStreamRoute } from './http/webMediaStream.js';
@@ -386,6 +388,23 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
 
   // Transfers need a carrier that can redirect a live call (Twilio REST); without one, calls cannot be transferred.
   const transferCarrier = overrides.transferCarrier ?? (callControl instanceof TwilioRestCallControl ? callControl : undefined);
+  /** REDIS_URL: this process owns a transfer's id while it runs it, so its callbacks come here. */
+  const trackTransfer = (id: string, active: boolean): void => {
+    const f = fleet;
+    if (f === undefined) return;
+    const failed = (err: unknown) => logger.warn({ transferId: id, err: err instanceof Error ? err.message : String(err) }, 'fleet: could not route the transfer callbacks here (those landing elsewhere are answered there)');
+    if (!active) {
+      f.owners.disown(id).catch(failed);
+      return;
+    }
+    f.owners
+      .own(id, (m) => {
+        if (m.type !== 'transfer_callback' || transfers === undefined) return { ok: false, error: 'not a transfer callback' };
+        const twiml = runTransferCallback(transfers, m.kind, id, m.params);
+        return twiml === undefined ? { ok: false, error: `not a ${m.kind} callback: its fields are missing` } : { ok: true, data: { twiml } };
+      })
+      .catch(failed);
+  };
   const transfers =
     transferCarrier === undefined
       ? undefined
@@ -401,6 +420,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
           log: logger.child({ component: 'transfers' }),
           onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+          // REDIS_URL: Twilio's callbacks about this transfer may land on any process; they come here.
+          ...(fleet !== undefined ? { onTracking: (id: string, active: boolean) => trackTransfer(id, active) } : {}),
           prompts,
         });
 
@@ -443,7 +464,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   await app.register(promptRoutes, { prompts });
   await app.register(recordingCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, recordings });
   if (transfers !== undefined) {
-    await app.register(transferCallbacks, { authToken: config.twilio.authToken, publicUrl: config.publicUrl, streamUrl: config.streamUrl, metrics, transfers });
+    await app.register(transferCallbacks, {
+      authToken: config.twilio.authToken,
+      publicUrl: config.publicUrl,
+      streamUrl: config.streamUrl,
+      metrics,
+      transfers,
+      ...(fleet !== undefined ? { forward: (id: string, kind: TransferCallbackKind, fields: TransferCallbackFields) => forwardTransferCallback(fleet, id, kind, fields, logger) } : {}),
+    });
   }
   if (config.recording.backend === 'off') {
     app.addHook('preHandler', async (req, reply) => {
@@ -463,6 +491,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       localMode: config.outbound.localCarrier,
       checkAgent: (agentId) => agents.whyUnusable(agentId),
       sessionOf: (callSid) => manager.getSession(callSid),
+      ...(fleet !== undefined ? { transferElsewhere: (callSid: string, req: TransferRequest) => remoteTransfer(fleet, callSid, req) } : {}),
       live: { manager, agents, calls, webCalls, setup: setupFacts(config), fleet },
       ...(config.outbound.defaultCountry !== undefined ? { defaultCountry: config.outbound.defaultCountry } : {}),
     });
@@ -487,7 +516,7 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
   const streamDeps = { stream: streamRouteSettings(config), manager, metrics, logger, callControl, agents, settings, journal: recorder, tools: operatorTools, recording: recordings, prompts };
   await app.register(mediaStreamRoute, { ...streamDeps, ...(transfers !== undefined ? { transfers } : {}), ...(fleet !== undefined ? { fleet } : {}) });
   // A hang-up or final status for a call live here that landed on another process.
-  fleet?.setControlHandler((callSid, message) => {
+  fleet?.setControlHandler(async (callSid, message) => {
     const session = manager.getSession(callSid);
     switch (message.type) {
       case 'hangup':
@@ -506,8 +535,17 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
         }
         return { ok: true };
       }
-      case 'transfer':
-        return { ok: false, error: 'transfers of a call live on another process are not supported yet: send the request to that process' };
+      case 'transfer': {
+        // It crossed a socket: checked as the API checks its body before the session sees it.
+        const req = forwardedTransferSchema.safeParse(message.request);
+        if (!req.success) return { ok: false, error: `not a transfer request: ${req.error.issues[0]?.message ?? 'invalid'}`, code: 'invalid_request' };
+        if (session === undefined) return { ok: false, error: `call ${callSid} is not live on this process`, code: 'not_live' };
+        if (session.requestTransfer === undefined) return { ok: false, error: 'this call cannot be transferred', code: 'unavailable' };
+        const r = await session.requestTransfer(req.data);
+        return r.ok ? { ok: true, data: { transferId: r.transferId } } : { ok: false, error: r.error, code: r.code };
+      }
+      case 'transfer_callback':
+        return { ok: false, error: 'a transfer callback goes to the process running the transfer (the owner of its transfer id), not of its call' };
     }
   });
   await app.register(webMediaStreamRoute, {
@@ -595,6 +633,71 @@ async function remoteHangup(fleet: FleetAdmission, callSid: string): Promise<boo
   } catch (err) {
     if (err instanceof FleetError && err.code === 'no_owner') return false;
     throw err;
+  }
+}
+
+/** A transfer request forwarded by another process (REDIS_URL), checked as the API checks its own. */
+const forwardedTransferSchema = z
+  .object({
+    target: z.string().min(1).max(40).optional(),
+    to: transferAddressSchema.optional(),
+    mode: z.enum(['cold', 'warm']),
+    reason: z.string().max(300).optional(),
+    summary: z.string().max(4_000).optional(),
+    by: z.enum(['api', 'tool', 'dtmf']),
+  })
+  .refine((b) => (b.target === undefined) !== (b.to === undefined), { message: 'give exactly one of target (a name) or to (a number or sip: URI)' })
+  .transform((b): TransferRequest => ({
+    mode: b.mode,
+    by: b.by,
+    ...(b.target !== undefined ? { target: b.target } : {}),
+    ...(b.to !== undefined ? { to: b.to } : {}),
+    ...(b.reason !== undefined ? { reason: b.reason } : {}),
+    ...(b.summary !== undefined ? { summary: b.summary } : {}),
+  }));
+const transferStartedSchema = z.object({ transferId: z.string().min(1).max(64) });
+const transferRefusalSchema = z.enum(['unavailable', 'not_live', 'unknown_target', 'in_progress', 'carrier_refused']);
+/** The owner asks the carrier before it answers (a REST redirect or a dial): longer than a hang-up. */
+const REMOTE_TRANSFER_TIMEOUT_MS = 15_000;
+
+/**
+ * Transfers a call live on another process (REDIS_URL): its owner runs the request as a local one
+ * and its answer comes back; undefined when no process owns the call.
+ */
+async function remoteTransfer(fleet: FleetAdmission, callSid: string, req: TransferRequest): Promise<TransferStart | undefined> {
+  let answer;
+  try {
+    answer = await fleet.owners.send(callSid, { type: 'transfer', request: req }, { timeoutMs: REMOTE_TRANSFER_TIMEOUT_MS });
+  } catch (err) {
+    if (err instanceof FleetError && err.code === 'no_owner') return undefined;
+    throw err;
+  }
+  if (answer.ok) {
+    const data = transferStartedSchema.safeParse(answer.data);
+    if (!data.success) throw new Error(`fleet: the process owning call ${callSid} answered a transfer without its transferId`);
+    return { ok: true, transferId: data.data.transferId };
+  }
+  const code = transferRefusalSchema.safeParse(answer.code);
+  if (!code.success) throw new Error(`fleet: the process owning call ${callSid} could not run the transfer: ${answer.error}`);
+  return { ok: false, code: code.data, error: answer.error };
+}
+
+/** What another process answers to a transfer callback it ran. */
+const transferCallbackAnswerSchema = z.object({ twiml: z.string().max(64 * 1024) });
+
+/** A callback about a transfer that another process runs (REDIS_URL): its answer, or undefined when no process runs it. */
+async function forwardTransferCallback(fleet: FleetAdmission, id: string, kind: TransferCallbackKind, params: TransferCallbackFields, log: Logger): Promise<string | undefined> {
+  try {
+    const answer = await fleet.owners.send(id, { type: 'transfer_callback', kind, params });
+    if (!answer.ok) {
+      log.warn({ transferId: id, kind, err: answer.error }, 'fleet: the process running the transfer could not apply its callback');
+      return undefined;
+    }
+    const data = transferCallbackAnswerSchema.safeParse(answer.data);
+    return data.success ? data.data.twiml : undefined;
+  } catch (err) {
+    if (!(err instanceof FleetError && err.code === 'no_owner')) log.warn({ transferId: id, kind, err: err instanceof Error ? err.message : String(err) }, 'fleet: could not pass a transfer callback to the process running the transfer');
+    return undefined;
   }
 }
 

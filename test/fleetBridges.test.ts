@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
 import { FakeAgentServer } from '../src/testing/fakeAgent.js';
+import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { BrowserStream } from './browserStream.js';
 import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
 import { freePort, get, killGroup, sleep, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
@@ -125,6 +126,107 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     } finally {
       first.stop();
       second.stop();
+    }
+  }, 40_000);
+
+  it('an API transfer sent to the non-owner is run by the owner’s session and its answer (here its refusal) comes back; an AMD result landing on the non-owner is on the call’s record', async () => {
+    const { procs, prefix } = await fleet(2);
+    const [a, b] = procs as [Child, Child];
+    // Webhook on A, stream on B: B owns the call.
+    const c = await call(a, b);
+    try {
+      await agentAudio(c);
+      const list = (await get(`${a.url}/v1/calls?limit=10`))?.body as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+      const id = list?.data?.find((r) => r.callSid === c.callSid)?.id;
+      expect(id).toBeDefined();
+
+      // Each process has its own SQLite file here: the call's record is on A, its session on B.
+      // These processes have no carrier that can redirect calls: B's session refuses the transfer,
+      // and A answers B's refusal (alone, A would say the call is not live on this server).
+      const transfer = async (p: Child) => {
+        const res = await fetch(`${p.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ target: 'nobody', mode: 'warm', reason: 'r'.repeat(250) }) });
+        const body = (await res.json()) as { error?: { code?: string; message?: string } };
+        return { status: res.status, code: body.error?.code, message: body.error?.message };
+      };
+      expect(await transfer(a)).toEqual({
+        status: 409,
+        code: 'transfer_unavailable',
+        message: 'this call cannot be transferred (a browser call, or no carrier that can redirect calls: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)',
+      });
+
+      // Twilio's AMD result lands on A, not the owner: the call's record has it (with DATABASE_URL
+      // every process reads that record; the voicemail actions are carrier REST calls, made from anywhere).
+      const amd = await postStatusCallback({ bridgeUrl: a.url, path: '/twilio/amd', params: { CallSid: c.callSid, AnsweredBy: 'human', MachineDetectionDuration: '1200' } });
+      expect(amd.status).toBe(204);
+      const detail = (await get(`${a.url}/v1/calls/${id}`))?.body as { answeredBy?: string | null; events?: Array<{ type: string; data?: unknown }> } | undefined;
+      expect(detail?.answeredBy).toBe('human');
+      expect(detail?.events?.find((e) => e.type === 'amd')?.data).toEqual({ answeredBy: 'human', durationMs: 1200 });
+
+      // Once the call ended, no process owns it: A says it is not live, as for a local call.
+      c.stream.sendStop();
+      c.stream.close();
+      await waitFor('B to give up the call', async () => {
+        const r = new Redis(redis.port, '127.0.0.1');
+        try {
+          return (await r.exists(`${prefix}owner:${c.callSid}`)) === 0;
+        } finally {
+          r.disconnect();
+        }
+      }, 5000);
+      expect(await transfer(a)).toMatchObject({ status: 409, code: 'call_not_live' });
+    } finally {
+      c.stop();
+    }
+  }, 40_000);
+
+  it('a cold transfer run by one process completes though Twilio’s callbacks about it land on another: the person’s answer and the dial’s end reach the process running it', async () => {
+    const TOKEN = 'fleet-auth-token-0123456789abcdef';
+    const API = 'fleet-api-token-0123456789abcdef';
+    const PUBLIC = 'https://voice.example.test';
+    const FRONTDESK = '+14155550100';
+    const rest = await FakeTwilioRest.start({
+      bridgeUrl: 'http://127.0.0.1:1',
+      publicUrl: PUBLIC,
+      authToken: TOKEN,
+      timing: { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 60, msPerDialSecond: 10 },
+      ringMs: [10, 20],
+      talkMs: 300,
+    });
+    try {
+      const { procs } = await fleet(2, { TWILIO_ACCOUNT_SID: rest.accountSid, TWILIO_AUTH_TOKEN: TOKEN, TWILIO_API_URL: rest.url, PUBLIC_URL: PUBLIC, API_TOKEN: API });
+      const [a, b] = procs as [Child, Child];
+      const auth = { authorization: `Bearer ${API}` };
+      const getJson = async (url: string): Promise<unknown> => (await fetch(url, { headers: auth })).json();
+      // The call's webhook and stream reach A: A runs the call, and will run its transfer.
+      rest.setBridgeUrl(a.url);
+      const sid = rest.startInbound({ from: '+14155550123', to: '+14155550999', talkMs: 60_000 });
+      let id: string | undefined;
+      await waitFor('the call on A’s records', async () => {
+        const list = (await getJson(`${a.url}/v1/calls?limit=10`)) as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+        id = list?.data?.find((r) => r.callSid === sid)?.id;
+        return id !== undefined;
+      }, 8000);
+      // From now on every Twilio callback lands on B.
+      rest.setBridgeUrl(b.url);
+      let status = 0;
+      await waitFor('the transfer accepted by A (once the agent talks)', async () => {
+        const res = await fetch(`${a.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ to: FRONTDESK }) });
+        status = res.status;
+        await res.body?.cancel();
+        return status !== 409;
+      }, 8000);
+      expect(status).toBe(202);
+      const info = await rest.whenEnded(sid);
+      const dial = info?.dials[0];
+      expect(dial).toMatchObject({ to: FRONTDESK, dialCallStatus: 'completed', bridged: true });
+      expect(dial?.actionRequest?.used).toBe(true);
+      // A (running the transfer) heard the person answer and the dial end, though B received them.
+      const steps = async () => (((await getJson(`${a.url}/v1/calls/${id}`)) as { events?: Array<{ type: string }> } | undefined)?.events ?? []).map((e) => e.type).filter((t) => t.startsWith('transfer_'));
+      await waitFor('the transfer completed on A', async () => (await steps()).includes('transfer_completed'), 5000);
+      expect(await steps()).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
+      expect(b.logs().some((l) => l.msg === 'transfer dial ended')).toBe(true);
+    } finally {
+      await rest.close();
     }
   }, 40_000);
 

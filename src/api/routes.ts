@@ -23,6 +23,7 @@ import type { CampaignRow, CampaignStore, ContactRow } from '../store/campaigns.
 import type { CallStore } from '../store/calls.js';
 import { apiAuth } from './auth.js';
 import type { ManagedSession } from '../session/manager.js';
+import type { TransferRequest, TransferStart } from '../session/callSession.js';
 import { transferAddressSchema } from '../transfer/targets.js';
 import { ApiError, errorResponses, parseOr400 } from './errors.js';
 import {
@@ -74,6 +75,11 @@ export interface ApiDeps {
   checkAgent?: (agentId: string) => string | undefined;
   /** The live session of a call on this server (transfers). */
   sessionOf?: (callSid: string) => ManagedSession | undefined;
+  /**
+   * REDIS_URL: asks the process that owns a call live elsewhere to transfer it (its answer, as a
+   * local request's); undefined when no process owns the call.
+   */
+  transferElsewhere?: (callSid: string, req: TransferRequest) => Promise<TransferStart | undefined>;
   /** Live calls, setup and browser calls (`liveRoutes.ts`). */
   live?: LiveApiDeps;
 }
@@ -324,17 +330,25 @@ export async function apiRoutes(parent: FastifyInstance, deps: ApiDeps): Promise
       const { id } = req.params;
       const row = await calls.get(id);
       if (row === undefined) throw new ApiError('not_found', `no call ${id}: list them with GET /v1/calls`);
-      const session = row.callSid === null ? undefined : deps.sessionOf?.(row.callSid);
-      if (session === undefined) throw new ApiError('call_not_live', `call ${id} is not talking to its agent on this server (status ${row.status}): only a live call can be transferred`);
-      if (session.requestTransfer === undefined) throw new ApiError('transfer_unavailable', 'this call cannot be transferred');
       const b = req.body;
-      const r = await session.requestTransfer({
+      const request: TransferRequest = {
         mode: b.mode,
         by: 'api',
         ...(b.target !== undefined ? { target: b.target } : {}),
         ...(b.to !== undefined ? { to: b.to } : {}),
         ...(b.reason !== undefined ? { reason: b.reason, summary: b.reason } : {}),
-      });
+      };
+      const callSid = row.callSid;
+      const session = callSid === null ? undefined : deps.sessionOf?.(callSid);
+      let r: TransferStart | undefined;
+      if (session !== undefined) {
+        if (session.requestTransfer === undefined) throw new ApiError('transfer_unavailable', 'this call cannot be transferred');
+        r = await session.requestTransfer(request);
+      } else if (callSid !== null && deps.transferElsewhere !== undefined) {
+        // REDIS_URL: the call's media stream may be on another process; that process runs the transfer.
+        r = await deps.transferElsewhere(callSid, request);
+      }
+      if (r === undefined) throw new ApiError('call_not_live', `call ${id} is not talking to its agent on this server (status ${row.status}): only a live call can be transferred`);
       if (!r.ok) {
         const code = r.code === 'unknown_target' ? 'unknown_target' : r.code === 'unavailable' ? 'transfer_unavailable' : r.code === 'carrier_refused' ? 'carrier_error' : 'call_not_live';
         throw new ApiError(code, r.error);

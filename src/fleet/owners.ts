@@ -1,7 +1,8 @@
 /**
  * Call ownership and control across the fleet: the process that holds a call's media WebSocket
  * owns the call; status callbacks, AMD results, API hang-ups, transfers and the console's "end
- * call" may land on any process, and reach the owner through Redis pub/sub.
+ * call" may land on any process, and reach the owner through Redis pub/sub. A process running a
+ * transfer owns its transfer id (`tr_…`) the same way, so Twilio's callbacks about it reach it.
  *
  * Keys and channels (P = prefix, default `playline:`):
  *   P owner:<callSid>   STRING the owning process id; PX = `ttlMs` (default 15 s), refreshed by
@@ -64,12 +65,22 @@ export const controlMessageSchema = z.discriminatedUnion('type', [
     type: z.literal('transfer'),
     request: z.object({
       target: z.string().max(200).optional(),
-      to: z.string().max(200).optional(),
+      to: z.string().max(256).optional(),
       mode: z.enum(['cold', 'warm']),
-      reason,
+      reason: z.string().max(300).optional(),
       summary: z.string().max(4_000).optional(),
       by: z.enum(['api', 'tool', 'dtmf']),
     }),
+  }),
+  /**
+   * A Twilio callback about a transfer (`/twilio/transfer/<id>/<kind>`) that landed on another
+   * process than the one running the transfer; sent to the owner of the transfer id. Its answer's
+   * `data.twiml` is the callback's answer (`action`: the caller's next TwiML).
+   */
+  z.object({
+    type: z.literal('transfer_callback'),
+    kind: z.enum(['action', 'status', 'conference']),
+    params: z.partialRecord(z.enum(['DialCallStatus', 'CallStatus', 'CallSid', 'StatusCallbackEvent']), z.string().max(64)),
   }),
   /** The console's "end call" (with a goodbye). */
   z.object({ type: z.literal('end_call'), reason }),

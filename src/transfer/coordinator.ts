@@ -87,6 +87,8 @@ export interface TransferCoordinatorOptions {
   onTransferred?(): void;
   /** Extra time after the ring timeout before a transfer whose callbacks never came is given up. */
   callbackSlackMs?: number;
+  /** A transfer starts (true) or ends (false) here: REDIS_URL routes its callbacks here meanwhile. */
+  onTracking?(id: string, active: boolean): void;
   /** The return text and the warm summary in the agent's voice (`<Play>`) when TTS is on; `<Say>` otherwise. */
   prompts?: Pick<PromptService, 'spoken' | 'spokenSoon'>;
 }
@@ -126,6 +128,11 @@ export class TransferCoordinator {
     return this.#byCall.has(callSid);
   }
 
+  /** True while the transfer `id` is held by this coordinator (its callbacks mean something here). */
+  tracks(id: string): boolean {
+    return this.#byId.has(id);
+  }
+
   get active(): number {
     return this.#byId.size;
   }
@@ -160,6 +167,7 @@ export class TransferCoordinator {
     }
     this.#byId.set(id, t);
     this.#byCall.set(plan.callSid, t);
+    this.#o.onTracking?.(id, true);
     this.#record(plan, id, 'dialing', {});
     this.#arm(t, target.timeoutS * 1000 + (this.#o.callbackSlackMs ?? 60_000));
     if (plan.mode === 'warm') void this.#callPerson(t);
@@ -313,7 +321,7 @@ export class TransferCoordinator {
   #forget(t: Active): void {
     if (t.timer !== undefined) clearTimeout(t.timer);
     t.timer = undefined;
-    this.#byId.delete(t.id);
+    if (this.#byId.delete(t.id)) this.#o.onTracking?.(t.id, false);
     if (this.#byCall.get(t.plan.callSid) === t) this.#byCall.delete(t.plan.callSid);
   }
 
