@@ -25,7 +25,7 @@ import { TERMINAL_CALL_STATUSES } from './store/calls.js';
 import { Metrics } from './metrics.js';
 import type { SessionSettings, TransferRequest, TransferStart } from './session/callSession.js';
 import { LoadGuard } from './session/loadGuard.js';
-import { SessionManager, type Slot } from './session/manager.js';
+import { SessionManager, type AdmittedCall, type CallRoute, type SessionResume, type Slot } from './session/manager.js';
 import { apiRoutes } from './api/routes.js';
 import { docsRoutes } from './api/docs.js';
 import { errorBody, errorHandler, notFoundHandler } from './api/errors.js';
@@ -198,7 +198,8 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
         void outbound.finishWebCall(callSid);
       },
       // A dialed or browser call's stream may land on a process other than its webhook's: its route is in its record.
-      routeOfCall: (callId) => outbound.routeOfCall(callId),
+      routeOfCall: (callId: string): Promise<CallRoute | undefined> => outbound.routeOfCall(callId),
+      routeOfCallSid: (callSid: string): Promise<CallRoute | undefined> => outbound.routeOfCallSid(callSid),
     });
     try {
       await fleet.start();
@@ -398,9 +399,9 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
       return;
     }
     f.owners
-      .own(id, (m) => {
+      .own(id, async (m) => {
         if (m.type !== 'transfer_callback' || transfers === undefined) return { ok: false, error: 'not a transfer callback' };
-        const twiml = runTransferCallback(transfers, m.kind, id, m.params);
+        const twiml = await runTransferCallback(transfers, m.kind, id, m.params);
         return twiml === undefined ? { ok: false, error: `not a ${m.kind} callback: its fields are missing` } : { ok: true, data: { twiml } };
       })
       .catch(failed);
@@ -420,6 +421,14 @@ export async function createBridge(config: Config, logger: Logger, overrides: Br
           ...(config.messages.transferHoldUrl !== undefined ? { holdUrl: config.messages.transferHoldUrl } : {}),
           log: logger.child({ component: 'transfers' }),
           onTransferred: () => metrics.callsTotal.labels('transferred').inc(),
+          // REDIS_URL: the caller coming back to the agent may land on any process (its token is in Redis).
+          ...(fleet !== undefined
+            ? {
+                admitReturn: (call: AdmittedCall, held: { slot: Slot; route: CallRoute; resume: SessionResume }) =>
+                  fleet.admitRecorded(call, { route: held.route, held: held.slot, outbound: held.slot.outbound === true, resume: held.resume }),
+                cancelReturn: (callSid: string, token: string) => fleet.cancel(callSid, token),
+              }
+            : {}),
           // REDIS_URL: Twilio's callbacks about this transfer may land on any process; they come here.
           ...(fleet !== undefined ? { onTracking: (id: string, active: boolean) => trackTransfer(id, active) } : {}),
           prompts,

@@ -230,6 +230,56 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     }
   }, 40_000);
 
+  it('a caller whose transfer nobody answered comes back to the agent on another process: the dial’s end lands there, and so does the new stream, which resumes the conversation', async () => {
+    const TOKEN = 'fleet-auth-token-0123456789abcdef';
+    const API = 'fleet-api-token-0123456789abcdef';
+    const PUBLIC = 'https://voice.example.test';
+    const FRONTDESK = '+14155550100';
+    const rest = await FakeTwilioRest.start({
+      bridgeUrl: 'http://127.0.0.1:1',
+      publicUrl: PUBLIC,
+      authToken: TOKEN,
+      timing: { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 60, msPerDialSecond: 10 },
+      ringMs: [10, 20],
+      dialOutcome: (to) => (to === FRONTDESK ? 'no-answer' : undefined),
+    });
+    try {
+      const { procs, prefix } = await fleet(2, { TWILIO_ACCOUNT_SID: rest.accountSid, TWILIO_AUTH_TOKEN: TOKEN, TWILIO_API_URL: rest.url, PUBLIC_URL: PUBLIC, API_TOKEN: API });
+      const [a, b] = procs as [Child, Child];
+      const auth = { authorization: `Bearer ${API}` };
+      const getJson = async (url: string): Promise<unknown> => (await fetch(url, { headers: auth })).json();
+      rest.setBridgeUrl(a.url);
+      const sid = rest.startInbound({ from: '+14155550123', to: '+14155550999', talkMs: 60_000 });
+      let id: string | undefined;
+      await waitFor('the call on A’s records', async () => {
+        const list = (await getJson(`${a.url}/v1/calls?limit=10`)) as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+        id = list?.data?.find((r) => r.callSid === sid)?.id;
+        return id !== undefined;
+      }, 8000);
+      // From now on Twilio reaches B only: the dial's end, and the stream back to the agent.
+      rest.setBridgeUrl(b.url);
+      let status = 0;
+      await waitFor('the transfer accepted by A (once the agent talks)', async () => {
+        const res = await fetch(`${a.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ to: FRONTDESK }) });
+        status = res.status;
+        await res.body?.cancel();
+        return status !== 409;
+      }, 8000);
+      expect(status).toBe(202);
+      const steps = async () => (((await getJson(`${a.url}/v1/calls/${id}`)) as { events?: Array<{ type: string }> } | undefined)?.events ?? []).map((e) => e.type).filter((t) => t.startsWith('transfer_'));
+      await waitFor('the caller returned to the agent', async () => (await steps()).includes('transfer_returned'), 8000);
+      // B took the stream back to the agent: it adopted the held slot and its agent is ready again.
+      await waitFor('the returned stream served on B', () => b.logs().some((l) => l.msg === 'agent ready'), 8000);
+      expect(b.logs().some((l) => String(l.msg).includes('slot adopted'))).toBe(true);
+      expect(b.logs().filter((l) => String(l.msg).startsWith('media stream refused'))).toEqual([]);
+      expect(await slotsInUse(prefix)).toBe(1);
+      rest.simulator.hangup(sid);
+      await waitFor('the slot released when the caller hangs up', async () => (await slotsInUse(prefix)) === 0, 8000);
+    } finally {
+      await rest.close();
+    }
+  }, 40_000);
+
   it('a browser call created on one process streams on another: agent audio flows, it counts in the fleet cap, and its slot comes back when it ends', async () => {
     const { procs, prefix } = await fleet(2);
     const [a, b] = procs as [Child, Child];

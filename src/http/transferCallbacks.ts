@@ -39,7 +39,7 @@ export function transferCallbackFields(body: unknown): TransferCallbackFields {
  * process): the answer's TwiML for `action`, '' for the others; undefined when the fields are not
  * what Twilio sends for that callback.
  */
-export function runTransferCallback(transfers: TransferCoordinator, kind: TransferCallbackKind, id: string, body: unknown): string | undefined {
+export async function runTransferCallback(transfers: TransferCoordinator, kind: TransferCallbackKind, id: string, body: unknown): Promise<string | undefined> {
   switch (kind) {
     case 'action': {
       const b = actionBody.safeParse(body);

@@ -311,6 +311,12 @@ export class OutboundService {
     return row === undefined ? undefined : this.callbacks.routeOf(row);
   }
 
+  /** The same, for a call known by its CallSid (a dialed caller coming back after a transfer). */
+  async routeOfCallSid(callSid: string): Promise<CallRoute | undefined> {
+    const row = await this.#o.calls.getBySid(callSid);
+    return row === undefined ? undefined : this.callbacks.routeOf(row);
+  }
+
   async finishWebCall(callSid: string): Promise<void> {
     try {
       const row = await this.#o.calls.getBySid(callSid);

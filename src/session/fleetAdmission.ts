@@ -39,7 +39,7 @@ import { CallOwners, type ControlAnswer, type ControlMessage } from '../fleet/ow
 import { failFastOptions, FleetError, waitReady, watchErrors } from '../fleet/redis.js';
 import { FleetSlots, type FleetSlot, type LostSlot } from '../fleet/slots.js';
 import { FleetTokens } from '../fleet/tokens.js';
-import type { AdmitResult, AdmittedCall, CallRoute, ClaimResult, SessionManager, Slot } from './manager.js';
+import type { AdmitResult, AdmittedCall, CallRoute, ClaimResult, SessionManager, SessionResume, Slot } from './manager.js';
 
 const fleetSlotSchema = z.object({ id: z.string().max(64), callSid: z.string().max(200), agentId: z.string().max(300), provider: z.enum(AGENT_PROVIDERS), outbound: z.boolean() });
 
@@ -48,6 +48,15 @@ const storedReservation = z.object({
   slot: fleetSlotSchema,
   /** Our record of a call we dialed: its route comes from the record. */
   callId: z.string().max(64).optional(),
+  /** A call coming back to its agent after a transfer nobody answered: what the agent is told. */
+  resume: z
+    .object({
+      agentId: z.string().max(300),
+      conversationId: z.string().max(300).optional(),
+      history: z.array(z.object({ role: z.enum(['user', 'agent']), text: z.string().max(100_000) })).max(10_000),
+      note: z.string().max(10_000).optional(),
+    })
+    .optional(),
   /** The route of a browser call (what its API request chose). */
   route: z
     .object({ agentId: z.string().max(300), prompt: z.string().max(100_000).optional(), customGreeting: z.string().max(10_000).optional(), record: z.boolean().optional() })
@@ -78,6 +87,8 @@ export interface FleetAdmissionOptions {
    * process its stream lands on may not be the one that placed it.
    */
   routeOfCall?(callId: string): CallRoute | undefined | Promise<CallRoute | undefined>;
+  /** The same for a dialed call known by its CallSid (a caller coming back after a transfer). */
+  routeOfCallSid?(callSid: string): CallRoute | undefined | Promise<CallRoute | undefined>;
 }
 
 /** How long the fleet slot held for a dialed call can be looked up by the process its answer lands on. */
@@ -233,7 +244,8 @@ export class FleetAdmission {
       } catch (err) {
         this.#log.warn({ callSid, err: errMessage(err) }, 'fleet: could not record this process as the call owner; hang-ups and status callbacks landing elsewhere will not reach it');
       }
-      return { ok: true, reservation: { token: token ?? '', callSid, call: stored.call, route: await this.#routeOf(stored), slot: local } };
+      const resume = stored.resume === undefined ? undefined : storableResume(stored.resume);
+      return { ok: true, reservation: { token: token ?? '', callSid, call: stored.call, route: await this.#routeOf(stored), slot: local, ...(resume !== undefined ? { resume } : {}) } };
     } catch (err) {
       if (fleetSlot !== undefined && !this.#localOf.has(fleetSlot.id)) this.#releaseFleet(fleetSlot);
       this.#log.error({ callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to redeem a stream token; refusing the stream (check REDIS_URL and the Redis server)');
@@ -250,7 +262,7 @@ export class FleetAdmission {
    */
   async admitRecorded(
     call: AdmittedCall,
-    o: { callId?: string | undefined; route: CallRoute; held?: Slot | undefined; outbound: boolean },
+    o: { callId?: string | undefined; route: CallRoute; held?: Slot | undefined; outbound: boolean; resume?: SessionResume | undefined },
     idempotencyToken?: string,
   ): Promise<AdmitResult> {
     const m = this.#o.manager;
@@ -272,7 +284,12 @@ export class FleetAdmission {
       const minted = await this.tokens.mint({
         token,
         callSid: call.callSid,
-        reservation: { call: { ...call }, slot: { ...slot }, ...(o.callId !== undefined ? { callId: o.callId } : { route: storableRoute(o.route) }) },
+        reservation: {
+          call: { ...call },
+          slot: { ...slot },
+          // A dialed call's route comes from its record; a resumed call's from its record or its number; a browser call's travels.
+          ...(o.callId !== undefined ? { callId: o.callId } : o.resume !== undefined ? { resume: storableResume(o.resume) } : { route: storableRoute(o.route) }),
+        },
         ttlMs: this.#o.tokenTtlMs,
         ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
       });
@@ -346,6 +363,14 @@ export class FleetAdmission {
         this.#log.warn({ callId: stored.callId, callSid: stored.call.callSid }, 'fleet: the record of a call whose stream landed here is missing (do the processes share one database?); using its number route');
       } catch (err) {
         this.#log.error({ callId: stored.callId, err: errMessage(err) }, 'fleet: cannot read the record of a call whose stream landed here; using its number route');
+      }
+    }
+    if (stored.callId === undefined && stored.call.direction.startsWith('outbound') && this.#o.routeOfCallSid !== undefined) {
+      try {
+        const route = await this.#o.routeOfCallSid(stored.call.callSid);
+        if (route !== undefined) return m.routeFor(route);
+      } catch (err) {
+        this.#log.error({ callSid: stored.call.callSid, err: errMessage(err) }, 'fleet: cannot read the record of a dialed call whose stream landed here; using its number route');
       }
     }
     return m.resolveRoute(stored.call.to);
@@ -497,6 +522,16 @@ export class FleetAdmission {
     if (this.#closed) return;
     this.slots.release(slot).catch((err: unknown) => this.#log.warn({ callSid: slot.callSid, err: errMessage(err) }, 'fleet: could not release a call slot (its lease expires by itself)'));
   }
+}
+
+/** A resumed call's conversation as it travels through Redis (optional fields left out when absent). */
+function storableResume(r: { agentId: string; conversationId?: string | undefined; history: Array<{ role: 'user' | 'agent'; text: string }>; note?: string | undefined }): SessionResume {
+  return {
+    agentId: r.agentId,
+    history: r.history.map((t) => ({ role: t.role, text: t.text })),
+    ...(r.conversationId !== undefined ? { conversationId: r.conversationId } : {}),
+    ...(r.note !== undefined ? { note: r.note } : {}),
+  };
 }
 
 /** What a browser call's route carries through Redis (its API request's choices). */

@@ -23,7 +23,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { CallJournal } from '../calls/journal.js';
 import { conferenceJoinTwiml, conferenceWaitTwiml, hangupTwiml, sayConnectStreamTwiml, sayHangupTwiml, transferDialTwiml, type SayOptions } from '../carrier/twilio/twiml.js';
-import type { AdmittedCall, CallRoute, SessionManager, SessionResume, Slot } from '../session/manager.js';
+import type { AdmitResult, AdmittedCall, CallRoute, SessionManager, SessionResume, Slot } from '../session/manager.js';
 import type { PromptService } from '../tts/prompts.js';
 
 export type TransferMode = 'cold' | 'warm';
@@ -69,6 +69,13 @@ export interface TransferCarrier {
 
 export interface TransferCoordinatorOptions {
   manager: SessionManager;
+  /**
+   * Admits the caller coming back to the agent on its held slot (default: the manager). With
+   * REDIS_URL the fleet does it, so the new stream may land on any process.
+   */
+  admitReturn?: (call: AdmittedCall, held: { slot: Slot; route: CallRoute; resume: SessionResume }) => AdmitResult | Promise<AdmitResult>;
+  /** Gives up a return's pending token (default: the manager's reservation). */
+  cancelReturn?: (callSid: string, token: string) => void | Promise<void>;
   carrier: TransferCarrier;
   journal: CallJournal;
   /** Public https origin Twilio calls back (no trailing slash). */
@@ -202,12 +209,12 @@ export class TransferCoordinator {
    * `<Dial action>` of a cold transfer: the person's leg ended. Answers the TwiML the caller
    * gets next: back to the agent when the person was not reached, else a hang-up.
    */
-  onDialAction(id: string, p: { dialCallStatus: string; callStatus?: string }): string {
+  async onDialAction(id: string, p: { dialCallStatus: string; callStatus?: string }): Promise<string> {
     const t = this.#byId.get(id);
     if (t === undefined) return hangupTwiml();
     const callerGone = p.callStatus === 'completed' || p.callStatus === 'canceled';
     const status = p.dialCallStatus;
-    if (notReached(status) && t.phase === 'dialing' && !callerGone) return this.#returnTwiml(t, status);
+    if (notReached(status) && t.phase === 'dialing' && !callerGone) return (await this.#returnTwiml(t, status)).twiml;
     // Answered and over (or the caller left): the call ends here.
     if (t.phase === 'dialing' && NOT_REACHED.has(p.dialCallStatus)) this.#record(t.plan, t.id, 'failed', { outcome: p.dialCallStatus });
     this.#finish(t, t.phase === 'answered' || p.dialCallStatus === 'completed' || p.dialCallStatus === 'answered' ? 'answered' : undefined);
@@ -268,29 +275,34 @@ export class TransferCoordinator {
   }
 
   /** The TwiML that takes the caller back to the agent: a short prompt, then a new stream on the held slot. */
-  #returnTwiml(t: Active, outcome: TransferOutcome): string {
+  async #returnTwiml(t: Active, outcome: TransferOutcome): Promise<{ twiml: string; token?: string }> {
     const { plan } = t;
     t.phase = 'returning';
     const note = `(Playline notice, not the caller: the transfer to ${plan.target.name ?? 'the person'} did not go through (${outcome.replace('-', ' ')}). The caller is back with you: tell them, and offer to help or to try again later.)`;
-    const admitted = this.#o.manager.admit(plan.call, { slot: plan.slot, route: plan.route, resume: { ...plan.resume, note } });
+    const held = { slot: plan.slot, route: plan.route, resume: { ...plan.resume, note } };
+    const admitted = this.#o.admitReturn !== undefined ? await this.#o.admitReturn(plan.call, held) : this.#o.manager.admit(plan.call, held);
     this.#record(plan, t.id, 'failed', { outcome });
     this.#forget(t);
     if (!admitted.ok) {
       this.#o.manager.releaseSlot(plan.slot);
       this.#o.log.warn({ callSid: plan.callSid, reason: admitted.reason }, 'transfer not answered and the agent cannot take the caller back; apologizing');
-      return sayHangupTwiml(this.#o.prompts?.spoken('apology') ?? this.#o.apologyText, this.#o.say);
+      return { twiml: sayHangupTwiml(this.#o.prompts?.spoken('apology') ?? this.#o.apologyText, this.#o.say) };
     }
     this.#record(plan, t.id, 'returned', { outcome });
-    return sayConnectStreamTwiml(this.#o.prompts?.spoken('transferReturn') ?? this.#o.returnText, this.#o.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, this.#o.say);
+    return {
+      twiml: sayConnectStreamTwiml(this.#o.prompts?.spoken('transferReturn') ?? this.#o.returnText, this.#o.streamUrl, { agentId: admitted.route.agentId, token: admitted.token }, this.#o.say),
+      token: admitted.token,
+    };
   }
 
   async #returnByRedirect(t: Active, outcome: TransferOutcome): Promise<void> {
     if (t.phase !== 'dialing') return;
-    const twiml = this.#returnTwiml(t, outcome);
+    const { twiml, token } = await this.#returnTwiml(t, outcome);
     const ok = await this.#o.carrier.redirect(t.plan.callSid, twiml);
     if (!ok) {
       this.#o.log.warn({ callSid: t.plan.callSid, transferId: t.id }, 'could not take the caller back from the hold; ending the call');
-      this.#o.manager.cancelReservation(t.plan.callSid);
+      if (token !== undefined && this.#o.cancelReturn !== undefined) await this.#o.cancelReturn(t.plan.callSid, token);
+      else this.#o.manager.cancelReservation(t.plan.callSid);
       this.#o.manager.releaseSlot(t.plan.slot);
       void this.#o.carrier.hangup(t.plan.callSid);
     }
