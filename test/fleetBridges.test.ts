@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
+import type { DialOutcomeFn } from '../src/sim/simCarrier.js';
 import { FakeAgentServer } from '../src/testing/fakeAgent.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { BrowserStream } from './browserStream.js';
@@ -179,11 +180,14 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     }
   }, 40_000);
 
-  it('a cold transfer run by one process completes though Twilio’s callbacks about it land on another: the person’s answer and the dial’s end reach the process running it', async () => {
+  /**
+   * Two processes on one fake Twilio (REST and callbacks): an inbound call runs on A, then every
+   * Twilio request goes to B, and A is asked to transfer it to FRONTDESK (accepted: 202).
+   */
+  async function transferOnA(dialOutcome?: DialOutcomeFn) {
     const TOKEN = 'fleet-auth-token-0123456789abcdef';
     const API = 'fleet-api-token-0123456789abcdef';
     const PUBLIC = 'https://voice.example.test';
-    const FRONTDESK = '+14155550100';
     const rest = await FakeTwilioRest.start({
       bridgeUrl: 'http://127.0.0.1:1',
       publicUrl: PUBLIC,
@@ -191,37 +195,45 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       timing: { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 60, msPerDialSecond: 10 },
       ringMs: [10, 20],
       talkMs: 300,
+      ...(dialOutcome !== undefined ? { dialOutcome } : {}),
     });
+    const { procs, prefix } = await fleet(2, { TWILIO_ACCOUNT_SID: rest.accountSid, TWILIO_AUTH_TOKEN: TOKEN, TWILIO_API_URL: rest.url, PUBLIC_URL: PUBLIC, API_TOKEN: API });
+    const [a, b] = procs as [Child, Child];
+    const auth = { authorization: `Bearer ${API}` };
+    const getJson = async (url: string): Promise<unknown> => (await fetch(url, { headers: auth })).json();
+    // The call's webhook and stream reach A: A runs the call, and will run its transfer.
+    rest.setBridgeUrl(a.url);
+    const sid = rest.startInbound({ from: '+14155550123', to: '+14155550999', talkMs: 60_000 });
+    let id: string | undefined;
+    await waitFor('the call on A’s records', async () => {
+      const list = (await getJson(`${a.url}/v1/calls?limit=10`)) as { data?: Array<{ id: string; callSid?: string }> } | undefined;
+      id = list?.data?.find((r) => r.callSid === sid)?.id;
+      return id !== undefined;
+    }, 8000);
+    // From now on every Twilio request lands on B.
+    rest.setBridgeUrl(b.url);
+    let status = 0;
+    await waitFor('the transfer accepted by A (once the agent talks)', async () => {
+      const res = await fetch(`${a.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ to: FRONTDESK }) });
+      status = res.status;
+      await res.body?.cancel();
+      return status !== 409;
+    }, 8000);
+    expect(status).toBe(202);
+    /** The transfer steps on A's record of the call. */
+    const steps = async () => (((await getJson(`${a.url}/v1/calls/${id}`)) as { events?: Array<{ type: string }> } | undefined)?.events ?? []).map((e) => e.type).filter((t) => t.startsWith('transfer_'));
+    return { rest, a, b, sid, prefix, steps };
+  }
+  const FRONTDESK = '+14155550100';
+
+  it('a cold transfer run by one process completes though Twilio’s callbacks about it land on another: the person’s answer and the dial’s end reach the process running it', async () => {
+    const { rest, b, sid, steps } = await transferOnA();
     try {
-      const { procs } = await fleet(2, { TWILIO_ACCOUNT_SID: rest.accountSid, TWILIO_AUTH_TOKEN: TOKEN, TWILIO_API_URL: rest.url, PUBLIC_URL: PUBLIC, API_TOKEN: API });
-      const [a, b] = procs as [Child, Child];
-      const auth = { authorization: `Bearer ${API}` };
-      const getJson = async (url: string): Promise<unknown> => (await fetch(url, { headers: auth })).json();
-      // The call's webhook and stream reach A: A runs the call, and will run its transfer.
-      rest.setBridgeUrl(a.url);
-      const sid = rest.startInbound({ from: '+14155550123', to: '+14155550999', talkMs: 60_000 });
-      let id: string | undefined;
-      await waitFor('the call on A’s records', async () => {
-        const list = (await getJson(`${a.url}/v1/calls?limit=10`)) as { data?: Array<{ id: string; callSid?: string }> } | undefined;
-        id = list?.data?.find((r) => r.callSid === sid)?.id;
-        return id !== undefined;
-      }, 8000);
-      // From now on every Twilio callback lands on B.
-      rest.setBridgeUrl(b.url);
-      let status = 0;
-      await waitFor('the transfer accepted by A (once the agent talks)', async () => {
-        const res = await fetch(`${a.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ to: FRONTDESK }) });
-        status = res.status;
-        await res.body?.cancel();
-        return status !== 409;
-      }, 8000);
-      expect(status).toBe(202);
       const info = await rest.whenEnded(sid);
       const dial = info?.dials[0];
       expect(dial).toMatchObject({ to: FRONTDESK, dialCallStatus: 'completed', bridged: true });
       expect(dial?.actionRequest?.used).toBe(true);
       // A (running the transfer) heard the person answer and the dial end, though B received them.
-      const steps = async () => (((await getJson(`${a.url}/v1/calls/${id}`)) as { events?: Array<{ type: string }> } | undefined)?.events ?? []).map((e) => e.type).filter((t) => t.startsWith('transfer_'));
       await waitFor('the transfer completed on A', async () => (await steps()).includes('transfer_completed'), 5000);
       expect(await steps()).toEqual(['transfer_requested', 'transfer_dialing', 'transfer_answered', 'transfer_completed']);
       expect(b.logs().some((l) => l.msg === 'transfer dial ended')).toBe(true);
@@ -231,42 +243,8 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
   }, 40_000);
 
   it('a caller whose transfer nobody answered comes back to the agent on another process: the dial’s end lands there, and so does the new stream, which resumes the conversation', async () => {
-    const TOKEN = 'fleet-auth-token-0123456789abcdef';
-    const API = 'fleet-api-token-0123456789abcdef';
-    const PUBLIC = 'https://voice.example.test';
-    const FRONTDESK = '+14155550100';
-    const rest = await FakeTwilioRest.start({
-      bridgeUrl: 'http://127.0.0.1:1',
-      publicUrl: PUBLIC,
-      authToken: TOKEN,
-      timing: { initiatedMs: 0, ringingMs: 10, noAnswerMaxMs: 300, sayMsPerChar: 1, sayMinMs: 10, sayMaxMs: 60, msPerDialSecond: 10 },
-      ringMs: [10, 20],
-      dialOutcome: (to) => (to === FRONTDESK ? 'no-answer' : undefined),
-    });
+    const { rest, b, sid, prefix, steps } = await transferOnA((to) => (to === FRONTDESK ? 'no-answer' : undefined));
     try {
-      const { procs, prefix } = await fleet(2, { TWILIO_ACCOUNT_SID: rest.accountSid, TWILIO_AUTH_TOKEN: TOKEN, TWILIO_API_URL: rest.url, PUBLIC_URL: PUBLIC, API_TOKEN: API });
-      const [a, b] = procs as [Child, Child];
-      const auth = { authorization: `Bearer ${API}` };
-      const getJson = async (url: string): Promise<unknown> => (await fetch(url, { headers: auth })).json();
-      rest.setBridgeUrl(a.url);
-      const sid = rest.startInbound({ from: '+14155550123', to: '+14155550999', talkMs: 60_000 });
-      let id: string | undefined;
-      await waitFor('the call on A’s records', async () => {
-        const list = (await getJson(`${a.url}/v1/calls?limit=10`)) as { data?: Array<{ id: string; callSid?: string }> } | undefined;
-        id = list?.data?.find((r) => r.callSid === sid)?.id;
-        return id !== undefined;
-      }, 8000);
-      // From now on Twilio reaches B only: the dial's end, and the stream back to the agent.
-      rest.setBridgeUrl(b.url);
-      let status = 0;
-      await waitFor('the transfer accepted by A (once the agent talks)', async () => {
-        const res = await fetch(`${a.url}/v1/calls/${id}/transfer`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ to: FRONTDESK }) });
-        status = res.status;
-        await res.body?.cancel();
-        return status !== 409;
-      }, 8000);
-      expect(status).toBe(202);
-      const steps = async () => (((await getJson(`${a.url}/v1/calls/${id}`)) as { events?: Array<{ type: string }> } | undefined)?.events ?? []).map((e) => e.type).filter((t) => t.startsWith('transfer_'));
       await waitFor('the caller returned to the agent', async () => (await steps()).includes('transfer_returned'), 8000);
       // B took the stream back to the agent: it adopted the held slot and its agent is ready again.
       await waitFor('the returned stream served on B', () => b.logs().some((l) => l.msg === 'agent ready'), 8000);

@@ -4,8 +4,8 @@
  * PLAYLINE_REQUIRE_REDIS=1 (CI), where it fails naming the package to install.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
+import { freePort } from '../src/util/freePort.js';
 
 export const REDIS_BIN = process.env.REDIS_SERVER_PATH ?? 'redis-server';
 
@@ -24,17 +24,6 @@ export function fleetTestsEnabled(): boolean {
   return false;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export class TestRedis {
   #proc: ChildProcess | undefined;

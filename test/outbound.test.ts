@@ -23,8 +23,6 @@ async function start(env: Record<string, string> = {}, dialer = new FakeDialer()
   return { tb, dialer };
 }
 
-const json = (body: unknown) => ({ 'content-type': 'application/json', payload: JSON.stringify(body) });
-
 async function api(t: TestBridge, method: 'GET' | 'POST' | 'DELETE', url: string, body?: unknown, headers: Record<string, string> = {}) {
   const res = await t.bridge.app.inject({
     method,

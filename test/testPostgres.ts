@@ -9,10 +9,10 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import postgres from 'postgres';
+import { freePort } from '../src/util/freePort.js';
 
 /** The directory of initdb and postgres (PG_BIN, else the newest /usr/lib/postgresql/<v>/bin). */
 function pgBin(): string | undefined {
@@ -51,17 +51,6 @@ export function postgresTestsEnabled(): boolean {
   return false;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function command(bin: string, args: string[], user: string | undefined): [string, string[]] {
   return user === undefined ? [bin, args] : ['runuser', ['-u', user, '--', bin, ...args]];

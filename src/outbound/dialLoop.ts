@@ -11,7 +11,6 @@
  */
 import type { CampaignRow, ContactRow } from '../store/campaigns.js';
 import type { CallRow } from '../store/calls.js';
-import { newId } from '../store/ids.js';
 import type { Slot } from '../session/manager.js';
 import { errorMessage } from '../util/errors.js';
 import { storeErrorHint } from '../calls/recorder.js';

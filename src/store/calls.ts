@@ -283,6 +283,19 @@ export interface CallStore {
   transaction<T>(fn: (tx: TxStores) => Promise<T>): Promise<T>;
 }
 
+/** The query of a calls page (`?` placeholders; both backends run it), newest first. */
+export function callListSql(f: CallListFilter): { text: string; values: unknown[] } {
+  const where: string[] = [];
+  const values: unknown[] = [];
+  if (f.status !== undefined) (where.push('status = ?'), values.push(f.status));
+  if (f.direction !== undefined) (where.push('direction = ?'), values.push(f.direction));
+  if (f.campaignId !== undefined) (where.push('campaign_id = ?'), values.push(f.campaignId));
+  if (f.to !== undefined) (where.push('to_number = ?'), values.push(f.to));
+  if (f.since !== undefined) (where.push('created_at >= ?'), values.push(f.since));
+  if (f.before !== undefined) (where.push('id < ?'), values.push(f.before));
+  return { text: `SELECT * FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`, values: [...values, f.limit] };
+}
+
 /** Column assignments and values for a patch (booleans as 0/1). */
 export function patchColumns(patch: CallPatch): Array<[string, unknown]> {
   const out: Array<[string, unknown]> = [];
@@ -478,16 +491,8 @@ export class SqliteCallStore implements CallStore {
 
   list(f: CallListFilter): Promise<CallRow[]> {
     return this.#run(() => {
-      const where: string[] = [];
-      const values: unknown[] = [];
-      if (f.status !== undefined) (where.push('status = ?'), values.push(f.status));
-      if (f.direction !== undefined) (where.push('direction = ?'), values.push(f.direction));
-      if (f.campaignId !== undefined) (where.push('campaign_id = ?'), values.push(f.campaignId));
-      if (f.to !== undefined) (where.push('to_number = ?'), values.push(f.to));
-      if (f.since !== undefined) (where.push('created_at >= ?'), values.push(f.since));
-      if (f.before !== undefined) (where.push('id < ?'), values.push(f.before));
-      const sql = `SELECT * FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-      return (this.#db.prepare(sql).all(...values, f.limit) as Raw[]).map(toCallRow);
+      const { text, values } = callListSql(f);
+      return (this.#db.prepare(text).all(...values) as Raw[]).map(toCallRow);
     });
   }
 

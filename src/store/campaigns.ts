@@ -117,6 +117,24 @@ export interface ContactPatch {
 }
 
 /** Conditions for {@link CampaignStore.updateContact}: the update happens only if the contact still matches. */
+/** The conditional UPDATE of one contact (`?` placeholders; both backends run it). */
+export function contactUpdateSql(id: string, patch: ContactPatch, now: number, where?: ContactCondition): { text: string; values: unknown[] } {
+  const sets = ['updated_at = ?'];
+  const values: unknown[] = [now];
+  for (const [k, v] of Object.entries(patch)) {
+    const col = k in CONTACT_COLUMNS ? CONTACT_COLUMNS[k as keyof ContactPatch] : undefined;
+    if (col === undefined || v === undefined) continue;
+    sets.push(`${col} = ?`);
+    values.push(v);
+  }
+  const cond = ['id = ?'];
+  values.push(id);
+  if (where?.state !== undefined) (cond.push('state = ?'), values.push(where.state));
+  if (where?.lastCallId !== undefined) (cond.push('last_call_id = ?'), values.push(where.lastCallId));
+  if (where?.attempts !== undefined) (cond.push('attempts = ?'), values.push(where.attempts));
+  return { text: `UPDATE contacts SET ${sets.join(', ')} WHERE ${cond.join(' AND ')}`, values };
+}
+
 export interface ContactCondition {
   state?: ContactState;
   lastCallId?: string;
@@ -383,20 +401,8 @@ export class SqliteCampaignStore implements CampaignStore {
 
   updateContact(id: string, patch: ContactPatch, now = Date.now(), where?: ContactCondition): Promise<boolean> {
     return this.#run(() => {
-      const sets = ['updated_at = ?'];
-      const values: unknown[] = [now];
-      for (const [k, v] of Object.entries(patch)) {
-        const col = k in CONTACT_COLUMNS ? CONTACT_COLUMNS[k as keyof ContactPatch] : undefined;
-        if (col === undefined || v === undefined) continue;
-        sets.push(`${col} = ?`);
-        values.push(v);
-      }
-      const cond = ['id = ?'];
-      values.push(id);
-      if (where?.state !== undefined) (cond.push('state = ?'), values.push(where.state));
-      if (where?.lastCallId !== undefined) (cond.push('last_call_id = ?'), values.push(where.lastCallId));
-      if (where?.attempts !== undefined) (cond.push('attempts = ?'), values.push(where.attempts));
-      return this.#db.prepare(`UPDATE contacts SET ${sets.join(', ')} WHERE ${cond.join(' AND ')}`).run(...values).changes === 1;
+      const { text, values } = contactUpdateSql(id, patch, now, where);
+      return this.#db.prepare(text).run(...values).changes === 1;
     });
   }
 

@@ -17,7 +17,7 @@
 import postgres from 'postgres';
 import {
   addInChunks,
-  CONTACT_COLUMNS,
+  contactUpdateSql,
   parseJson,
   tally,
   toCampaign,
@@ -44,6 +44,7 @@ import {
   patchColumns,
   toCallEvent,
   toCallRow,
+  callListSql,
   toTurn,
   type CallCondition,
   type CallEvent,
@@ -401,17 +402,10 @@ export class PgCallStore implements CallStore {
   }
 
   async list(f: CallListFilter): Promise<CallRow[]> {
-    const where: string[] = [];
-    const values: unknown[] = [];
-    if (f.status !== undefined) (where.push('status = ?'), values.push(f.status));
-    if (f.direction !== undefined) (where.push('direction = ?'), values.push(f.direction));
-    if (f.campaignId !== undefined) (where.push('campaign_id = ?'), values.push(f.campaignId));
-    if (f.to !== undefined) (where.push('to_number = ?'), values.push(f.to));
-    if (f.since !== undefined) (where.push('created_at >= ?'), values.push(f.since));
-    if (f.before !== undefined) (where.push('id < ?'), values.push(f.before));
-    const text = `SELECT * FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
-    return (await q(this.#sql, text, [...values, f.limit])).map(toCallRow);
+    const { text, values } = callListSql(f);
+    return (await q(this.#sql, text, values)).map(toCallRow);
   }
+
 
   async listByContact(campaignId: string, contactId: string): Promise<CallRow[]> {
     return (await q(this.#sql, 'SELECT * FROM calls WHERE campaign_id = ? AND contact_id = ? ORDER BY id', [campaignId, contactId])).map(toCallRow);
@@ -585,21 +579,10 @@ export class PgCampaignStore implements CampaignStore {
   }
 
   async updateContact(id: string, patch: ContactPatch, now = Date.now(), where?: ContactCondition): Promise<boolean> {
-    const sets = ['updated_at = ?'];
-    const values: unknown[] = [now];
-    for (const [k, v] of Object.entries(patch)) {
-      const col = k in CONTACT_COLUMNS ? CONTACT_COLUMNS[k as keyof ContactPatch] : undefined;
-      if (col === undefined || v === undefined) continue;
-      sets.push(`${col} = ?`);
-      values.push(v);
-    }
-    const cond = ['id = ?'];
-    values.push(id);
-    if (where?.state !== undefined) (cond.push('state = ?'), values.push(where.state));
-    if (where?.lastCallId !== undefined) (cond.push('last_call_id = ?'), values.push(where.lastCallId));
-    if (where?.attempts !== undefined) (cond.push('attempts = ?'), values.push(where.attempts));
-    return (await changed(this.#sql, `UPDATE contacts SET ${sets.join(', ')} WHERE ${cond.join(' AND ')}`, values)) === 1;
+    const { text, values } = contactUpdateSql(id, patch, now, where);
+    return (await changed(this.#sql, text, values)) === 1;
   }
+
 
   async contacts(campaignId: string, opts: { state?: ContactState; outcome?: string; after?: string; limit: number }): Promise<ContactRow[]> {
     const where = ['campaign_id = ?'];
