@@ -80,7 +80,33 @@ async function openStore(config: Config, logger: Logger): Promise<Store> {
 
 const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 
+/** `npm start -- --help`: what the server reads and where the settings are documented. */
+const HELP = `Usage: npm start            (node dist/main.js)
+
+Starts the Playline bridge. Every setting comes from the environment (or a .env file in this
+directory); none is given on the command line. With no keys set it runs in local mode: a local
+agent and a simulated carrier on http://127.0.0.1:8080.
+
+Often used:
+  PORT, HOST, PUBLIC_URL          where it listens, and the https origin Twilio calls
+  TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN
+  DEFAULT_AGENT                   openai:<model>, elevenlabs:<agent_id>, deepgram:<name> or playai:<id>
+  MAX_CONCURRENT_CALLS, AGENT_LIMITS, INBOUND_RESERVED, OUTBOUND_MAX_CPS
+  API_TOKEN                       bearer token of the HTTP API and the console
+  DATA_DIR                        SQLite records (default ./data)
+  DATABASE_URL                    postgres://… : records in Postgres instead
+  REDIS_URL                       redis://… : several processes act as one bridge
+  WORKERS                         processes on this PORT (a number or auto; above 1 needs REDIS_URL)
+  DRAIN_TIMEOUT_S                 how long SIGTERM lets live calls run
+
+Every setting, with its default: README.md ("Settings") and .env.example.
+`;
+
 async function main(): Promise<void> {
+  if (process.argv.includes('--help') || process.argv.includes('-h')) {
+    process.stdout.write(HELP);
+    return;
+  }
   loadDotEnv();
   const config = loadConfig();
   const rootLogger = createLogger(config.logLevel, undefined, resolveLogFormat(config.logFormat, process.stdout.isTTY));
