@@ -175,31 +175,33 @@ export class FleetAdmission {
       const claimed = await this.slots.claim({ callSid: call.callSid, agents: this.#o.agentCandidates(route.agentId) });
       if (!claimed.ok) return { ok: false, reason: claimed.reason };
       slot = claimed.slot;
-      const token = randomBytes(18).toString('base64url');
-      const minted = await this.tokens.mint({
-        token,
-        callSid: call.callSid,
-        reservation: { call: { ...call }, slot: { ...slot } },
-        ttlMs: this.#o.tokenTtlMs,
-        ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
-      });
-      if (!minted.ok) {
-        this.#releaseFleet(slot);
-        return { ok: false, reason: 'duplicate' };
-      }
-      if (minted.replayed) {
-        // Twilio's retry of the same webhook: its first slot stays, this one goes back.
-        this.#releaseFleet(slot);
-        return { ok: true, token: minted.token, route, replayed: true };
-      }
-      this.#pending.set(token, slot);
-      return { ok: true, token, route, replayed: false };
+      const minted = await this.#mint(call, slot, {}, idempotencyToken);
+      // Twilio's retry of the same webhook: its first slot stays, this one goes back.
+      if (!minted.ok || minted.replayed) this.#releaseFleet(slot);
+      if (!minted.ok) return { ok: false, reason: 'duplicate' };
+      if (!minted.replayed) this.#pending.set(minted.token, slot);
+      return { ok: true, token: minted.token, route, replayed: minted.replayed };
     } catch (err) {
       if (slot !== undefined) this.#releaseFleet(slot);
-      // Redis away: the call is refused as at capacity (the caller hears BUSY_TEXT).
-      this.#log.error({ callSid: call.callSid, err: errMessage(err) }, 'fleet: cannot reach Redis to admit a call; refusing it (check REDIS_URL and the Redis server)');
-      return { ok: false, reason: 'capacity' };
+      return this.#redisAway(call.callSid, err);
     }
+  }
+
+  /** Mints the single-use stream token of `call` on `slot`, with what its stream's process needs to serve it. */
+  #mint(call: AdmittedCall, slot: FleetSlot, serve: Pick<StoredReservation, 'callId' | 'route' | 'resume'>, idempotencyToken: string | undefined) {
+    return this.tokens.mint({
+      token: randomBytes(18).toString('base64url'),
+      callSid: call.callSid,
+      reservation: { call: { ...call }, slot: { ...slot }, ...serve },
+      ttlMs: this.#o.tokenTtlMs,
+      ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
+    });
+  }
+
+  /** Redis away at admission: the call is refused as at capacity (the caller hears BUSY_TEXT). */
+  #redisAway(callSid: string, err: unknown, callId?: string): AdmitResult {
+    this.#log.error({ callSid, ...(callId !== undefined ? { callId } : {}), err: errMessage(err) }, 'fleet: cannot reach Redis to admit a call; refusing it (check REDIS_URL and the Redis server)');
+    return { ok: false, reason: 'capacity' };
   }
 
   /** Gives up a pending token minted by {@link admit} (its slot goes back). */
@@ -280,31 +282,20 @@ export class FleetAdmission {
         slot = claimed.slot;
         fresh = true;
       }
-      const token = randomBytes(18).toString('base64url');
-      const minted = await this.tokens.mint({
-        token,
-        callSid: call.callSid,
-        reservation: {
-          call: { ...call },
-          slot: { ...slot },
-          // A dialed call's route comes from its record; a resumed call's from its record or its number; a browser call's travels.
-          ...(o.callId !== undefined ? { callId: o.callId } : o.resume !== undefined ? { resume: storableResume(o.resume) } : { route: storableRoute(o.route) }),
-        },
-        ttlMs: this.#o.tokenTtlMs,
-        ...(idempotencyToken !== undefined ? { idempotencyToken } : {}),
-      });
+      // A dialed call's route comes from its record; a resumed call's from its record or its number; a browser call's travels.
+      const serve = o.callId !== undefined ? { callId: o.callId } : o.resume !== undefined ? { resume: storableResume(o.resume) } : { route: storableRoute(o.route) };
+      const minted = await this.#mint(call, slot, serve, idempotencyToken);
       if (!minted.ok || minted.replayed) {
         // A retry's first token keeps its slot; a slot taken for the retry goes back.
         if (fresh && (!minted.ok || o.held === undefined)) this.#releaseFleet(slot);
         return minted.ok ? { ok: true, token: minted.token, route, replayed: true } : { ok: false, reason: 'duplicate' };
       }
-      if (this.slots.held.has(slot.id)) this.#pending.set(token, slot);
+      if (this.slots.held.has(slot.id)) this.#pending.set(minted.token, slot);
       if (o.callId !== undefined) this.#redis.del(this.#heldKey(o.callId)).catch(() => undefined);
-      return { ok: true, token, route, replayed: false };
+      return { ok: true, token: minted.token, route, replayed: false };
     } catch (err) {
       if (fresh && slot !== undefined) this.#releaseFleet(slot);
-      this.#log.error({ callSid: call.callSid, callId: o.callId, err: errMessage(err) }, 'fleet: cannot reach Redis to admit a call; refusing it (check REDIS_URL and the Redis server)');
-      return { ok: false, reason: 'capacity' };
+      return this.#redisAway(call.callSid, err, o.callId);
     }
   }
 
