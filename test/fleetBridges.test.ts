@@ -4,14 +4,14 @@
  * and final statuses reaching the owner, leases of a killed process coming back, drain per process.
  * Skipped without redis-server unless PLAYLINE_REQUIRE_REDIS=1.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { FakeTwilioStream, postStatusCallback, postVoiceWebhook, type VoiceWebhookResult } from '../src/sim/twilioSim.js';
 import type { DialOutcomeFn } from '../src/sim/simCarrier.js';
 import { FakeAgentServer } from '../src/testing/fakeAgent.js';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
 import { BrowserStream } from './browserStream.js';
-import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { fleetTestsEnabled, useTestRedis } from './fleetRedis.js';
 import { freePort, get, killGroup, sleep, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
 const enabled = fleetTestsEnabled();
@@ -19,21 +19,15 @@ const LEASE_MS = 1500;
 
 describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
   useProcessHarness();
-  let redis: TestRedis;
+  const redis = useTestRedis();
   let n = 0;
-  beforeAll(async () => {
-    redis = await TestRedis.start();
-  }, 20_000);
-  afterAll(async () => {
-    await redis?.stop();
-  });
 
   /** Two (or more) bridges on one fresh key prefix. */
   async function fleet(count: number, env: Record<string, string> = {}): Promise<{ procs: Child[]; prefix: string }> {
     const prefix = `t${++n}:`;
     const procs = await Promise.all(
       Array.from({ length: count }, () =>
-        start({ env: { REDIS_URL: redis.url, FLEET_PREFIX: prefix, FLEET_LEASE_MS: String(LEASE_MS), MAX_CONCURRENT_CALLS: '5', LOG_LEVEL: 'info', ...env } }),
+        start({ env: { REDIS_URL: redis().url, FLEET_PREFIX: prefix, FLEET_LEASE_MS: String(LEASE_MS), MAX_CONCURRENT_CALLS: '5', LOG_LEVEL: 'info', ...env } }),
       ),
     );
     await Promise.all(procs.map((p) => waitHealthy(p)));
@@ -42,7 +36,7 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
 
   /** Fleet slots in Redis now (expired leases trimmed). */
   async function slotsInUse(prefix: string): Promise<number> {
-    const c = new Redis(redis.port, '127.0.0.1');
+    const c = new Redis(redis().port, '127.0.0.1');
     try {
       await c.zremrangebyscore(`${prefix}slots:all`, '-inf', Date.now());
       return await c.zcard(`${prefix}slots:all`);
@@ -167,7 +161,7 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
       c.stream.sendStop();
       c.stream.close();
       await waitFor('B to give up the call', async () => {
-        const r = new Redis(redis.port, '127.0.0.1');
+        const r = new Redis(redis().port, '127.0.0.1');
         try {
           return (await r.exists(`${prefix}owner:${c.callSid}`)) === 0;
         } finally {
@@ -311,7 +305,7 @@ describe.skipIf(!enabled)('bridges sharing one Redis (REDIS_URL)', () => {
     const live = await call(a);
     try {
       await agentAudio(live);
-      const c = new Redis(redis.port, '127.0.0.1');
+      const c = new Redis(redis().port, '127.0.0.1');
       try {
         const ids = await c.zrange(`${prefix}slots:all`, 0, -1);
         expect(ids).toHaveLength(1);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeTwilioRest } from '../src/testing/fakeTwilioRest.js';
-import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { fleetTestsEnabled, useTestRedis } from './fleetRedis.js';
 import { postgresTestsEnabled, TestPostgres } from './testPostgres.js';
 import { freePort, killGroup, removeAfterAll, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
@@ -19,14 +19,8 @@ const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/js
 
 describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one database)', () => {
   useProcessHarness();
-  let redis: TestRedis;
+  const redis = useTestRedis();
   let n = 0;
-  beforeAll(async () => {
-    redis = await TestRedis.start();
-  }, 20_000);
-  afterAll(async () => {
-    await redis?.stop();
-  });
 
   /** Bridges on one key prefix and one data directory (or one Postgres: `env.DATABASE_URL`), dialing through `rest`. */
   async function fleet(rest: FakeTwilioRest, ports: number[], env: Record<string, string>, publicUrls: string[] = []): Promise<Child[]> {
@@ -34,7 +28,7 @@ describe.skipIf(!enabled)('a campaign dialed by three processes (REDIS_URL, one 
     const dataDir = mkdtempSync(join(tmpdir(), 'playline-fleetdial-'));
     removeAfterAll(dataDir);
     const common = {
-      REDIS_URL: redis.url,
+      REDIS_URL: redis().url,
       FLEET_PREFIX: prefix,
       FLEET_LEASE_MS: '1500',
       TWILIO_ACCOUNT_SID: rest.accountSid,

@@ -4,6 +4,7 @@
  * PLAYLINE_REQUIRE_REDIS=1 (CI), where it fails naming the package to install.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { afterAll, beforeAll } from 'vitest';
 import { Redis } from 'ioredis';
 import { freePort } from '../src/util/freePort.js';
 
@@ -99,3 +100,21 @@ export async function ready(c: Redis): Promise<void> {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * One redis-server for the enclosing `describe` (started before its tests, stopped after):
+ * call the returned function inside a test for it.
+ */
+export function useTestRedis(): () => TestRedis {
+  let redis: TestRedis | undefined;
+  beforeAll(async () => {
+    redis = await TestRedis.start();
+  }, 20_000);
+  afterAll(async () => {
+    await redis?.stop();
+  });
+  return () => {
+    if (redis === undefined) throw new Error('the test redis-server is not started (useTestRedis() belongs in a describe block)');
+    return redis;
+  };
+}

@@ -6,11 +6,11 @@
  */
 import { request } from 'node:http';
 import { availableParallelism } from 'node:os';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { restartDelayMs } from '../src/workers.js';
 import { formatWorkersBench, type SetupResult } from '../src/bench/workers.js';
-import { fleetTestsEnabled, TestRedis } from './fleetRedis.js';
+import { fleetTestsEnabled, useTestRedis } from './fleetRedis.js';
 import { liveCall, start, useProcessHarness, waitExit, waitFor, waitHealthy, type Child } from './processHarness.js';
 
 const enabled = fleetTestsEnabled();
@@ -104,17 +104,11 @@ describe('WORKERS=2 without REDIS_URL (a real process)', () => {
 
 describe.skipIf(!enabled)('WORKERS=2 with a real redis-server', () => {
   useProcessHarness();
-  let redis: TestRedis;
+  const redis = useTestRedis();
   let n = 0;
-  beforeAll(async () => {
-    redis = await TestRedis.start();
-  }, 20_000);
-  afterAll(async () => {
-    await redis?.stop();
-  });
 
   async function cluster(env: Record<string, string> = {}): Promise<Child> {
-    const c = await start({ env: { WORKERS: '2', REDIS_URL: redis.url, FLEET_PREFIX: `w${++n}:`, FLEET_LEASE_MS: '2000', ...env } });
+    const c = await start({ env: { WORKERS: '2', REDIS_URL: redis().url, FLEET_PREFIX: `w${++n}:`, FLEET_LEASE_MS: '2000', ...env } });
     await waitHealthy(c, 30_000);
     return c;
   }
