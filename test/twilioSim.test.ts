@@ -243,7 +243,9 @@ describe('FakeTwilioStream', () => {
     await sleep(20);
     const e = echoes();
     expect(e.map((m) => (m.msg.mark as { name: string }).name)).toEqual(['empty', 'after100']);
-    expect((e[0]?.at ?? 0) - t0).toBeLessThan(40);
+    // At once: not held for the 100 ms of audio queued after it (a wall-clock figure under parallel
+    // test load is not a latency target; the bench measures those).
+    expect((e[0]?.at ?? 0) - t0).toBeLessThan(95);
     expect((e[1]?.at ?? 0) - t0).toBeGreaterThanOrEqual(95);
     expect((e[1]?.at ?? 0) - t0).toBeLessThan(250);
     // Echo shape, sequence numbers as strings, increasing.
